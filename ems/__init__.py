@@ -1,0 +1,36 @@
+"""ems: an energy and carbon monitoring simulator for manufacturing groups.
+
+Quick start::
+
+    import ems
+    scenario = ems.load_scenario("scenarios/demo.yaml")
+    result = ems.simulate(scenario)
+    result.readings        # tidy frame: ts (UTC) x site, meter, quantity, value
+    result.wide("qingdao") # one site, one column per meter.quantity
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from ems.model.scenario import ResolvedScenario
+    from ems.sim.engine import SimulationResult
+
+__all__ = ["__version__", "load_scenario", "simulate"]
+
+
+def load_scenario(path: str, **kwargs: Any) -> ResolvedScenario:
+    """Load a scenario file with its sites and overrides; see :func:`ems.model.loader.load_scenario`."""
+    from ems.model.loader import load_scenario as _load
+
+    return _load(path, **kwargs)
+
+
+def simulate(scenario: ResolvedScenario, **kwargs: Any) -> SimulationResult:
+    """Simulate a scenario; see :func:`ems.sim.engine.simulate`."""
+    from ems.sim.engine import simulate as _simulate
+
+    return _simulate(scenario, **kwargs)

@@ -1,0 +1,478 @@
+"""The readings contract: exactly what a real meter sends, and nothing more.
+
+The simulator produces readings, MQTT carries them, the store keeps them, the
+rollups read them. Nothing downstream reaches into simulator state, so a real
+meter can take the simulator's place. This module is the single definition of
+that contract; ``docs/readings.md`` explains it for people.
+
+Conventions
+-----------
+* A reading belongs to one meter and one **interval**. Its timestamp ``ts`` is the
+  **end** of the interval, in UTC, tz-aware (as real interval meters stamp their
+  load profiles). The interval is ``(ts - interval_s, ts]``.
+* ``power_kw`` (and the other ``*_kw``, ``*_m3h`` rates) are **interval averages**.
+* Registers (``*_kwh``, ``*_gj``, ``*_m3``, ``*_kg``, ``*_rmb``) are **cumulative**
+  meter registers read at ``ts``. Energy in an interval is the difference of two
+  registers, so a lost message loses no energy.
+* Signs (``shared/domain.md`` section 1): the grid meter's power is positive when
+  importing; a battery's power is positive when discharging. Import and export
+  have separate registers, as on real meters; all registers only grow.
+* Discrete happenings (fuel deliveries, refrigerant top-ups, outages, certificate
+  purchases, contract settlements, demand-response events) are **events**, kept in
+  an event ledger beside the readings.
+
+The frames
+----------
+``readings``: a tidy (long) frame with a tz-aware UTC ``DatetimeIndex`` named
+``ts`` and columns ``site``, ``meter``, ``quantity`` (categoricals) and ``value``
+(float64). One row per meter, quantity and timestamp.
+
+``events``: columns ``ts`` (UTC), ``site``, ``kind``, ``subject``, ``value``,
+``unit``, ``detail`` (a JSON object as text).
+
+``meters``: one row per meter, from :class:`MeterInfo`; ``sites``: one row per
+site, from :class:`SiteInfo`. These are what a real meter's metadata message and a
+site's registration carry; they travel with the readings so that rollups never
+need the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ems.errors import ReadingError
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "METER_KINDS",
+    "QUANTITIES",
+    "READING_COLUMNS",
+    "SCHEMA_VERSION",
+    "Carrier",
+    "EventKind",
+    "MeterInfo",
+    "MeterKind",
+    "Quantity",
+    "ReadingSet",
+    "SiteInfo",
+    "empty_events",
+    "empty_readings",
+    "events_frame",
+    "validate_readings",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the readings contract; MQTT topics carry it as ``v1``."""
+
+
+class Carrier(StrEnum):
+    """Energy carriers and other metered flows."""
+
+    ELECTRICITY = "electricity"
+    HEAT = "heat"
+    NATURAL_GAS = "natural_gas"
+    DIESEL = "diesel"
+    GASOLINE = "gasoline"
+    OUTPUT = "output"
+    WEATHER = "weather"
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A metered quantity.
+
+    Attributes
+    ----------
+    name : str
+        Name with its unit as suffix, as used in payloads and frames.
+    unit : str
+        Unit symbol.
+    kind : str
+        ``register`` (cumulative, never decreasing), ``average`` (interval
+        average) or ``instant`` (sampled at ``ts``).
+    description : str
+        What it measures and its sign.
+    """
+
+    name: str
+    unit: str
+    kind: str
+    description: str
+
+
+_Q = [
+    Quantity("power_kw", "kW", "average", "active power; grid: import > 0; battery: discharge > 0"),
+    Quantity("import_kwh", "kWh", "register", "active energy imported from the grid"),
+    Quantity("export_kwh", "kWh", "register", "active energy exported to the grid"),
+    Quantity("energy_kwh", "kWh", "register", "active energy generated (pv, chp) or consumed (load)"),
+    Quantity("curtailed_kwh", "kWh", "register", "PV energy available but curtailed (plant controller)"),
+    Quantity("charge_kwh", "kWh", "register", "AC energy into the battery"),
+    Quantity("discharge_kwh", "kWh", "register", "AC energy out of the battery"),
+    Quantity("soc_pct", "%", "instant", "battery state of charge, 0-100 % of nameplate"),
+    Quantity("heat_kw", "kW", "average", "thermal power (steam, hot water)"),
+    Quantity("heat_gj", "GJ", "register", "heat delivered (purchased steam, boiler, recovery)"),
+    Quantity("flow_m3h", "m3/h", "average", "natural gas flow, standard m3"),
+    Quantity("volume_m3", "m3", "register", "natural gas volume, standard m3"),
+    Quantity("mass_kg", "kg", "register", "fuel dispensed into the fleet (diesel, gasoline)"),
+    Quantity("output_rmb", "RMB", "register", "production output value"),
+    Quantity("ghi_wm2", "W/m2", "average", "global horizontal irradiance"),
+    Quantity("poa_wm2", "W/m2", "average", "plane-of-array irradiance"),
+    Quantity("temp_air_c", "degC", "average", "outdoor air temperature"),
+]
+QUANTITIES: dict[str, Quantity] = {q.name: q for q in _Q}
+"""Every quantity the contract knows, by name."""
+
+
+class MeterKind(StrEnum):
+    """Kinds of meter and what each one measures."""
+
+    GRID = "grid"
+    PV = "pv"
+    BATTERY = "battery"
+    LOAD = "load"
+    CHP = "chp"
+    STEAM = "steam"
+    BOILER = "boiler"
+    WASTE_HEAT = "waste_heat"
+    GAS = "gas"
+    FUEL = "fuel"
+    PRODUCTION = "production"
+    WEATHER = "weather"
+
+
+METER_KINDS: dict[MeterKind, tuple[Carrier, tuple[str, ...]]] = {
+    MeterKind.GRID: (Carrier.ELECTRICITY, ("power_kw", "import_kwh", "export_kwh")),
+    MeterKind.PV: (Carrier.ELECTRICITY, ("power_kw", "energy_kwh", "curtailed_kwh")),
+    MeterKind.BATTERY: (
+        Carrier.ELECTRICITY,
+        ("power_kw", "charge_kwh", "discharge_kwh", "soc_pct"),
+    ),
+    MeterKind.LOAD: (Carrier.ELECTRICITY, ("power_kw", "energy_kwh")),
+    MeterKind.CHP: (Carrier.ELECTRICITY, ("power_kw", "energy_kwh", "heat_kw", "heat_gj")),
+    MeterKind.STEAM: (Carrier.HEAT, ("heat_kw", "heat_gj")),
+    MeterKind.BOILER: (Carrier.HEAT, ("heat_kw", "heat_gj")),
+    MeterKind.WASTE_HEAT: (Carrier.HEAT, ("heat_kw", "heat_gj")),
+    MeterKind.GAS: (Carrier.NATURAL_GAS, ("flow_m3h", "volume_m3")),
+    MeterKind.FUEL: (Carrier.DIESEL, ("mass_kg",)),  # carrier per meter: diesel or gasoline
+    MeterKind.PRODUCTION: (Carrier.OUTPUT, ("output_rmb",)),
+    MeterKind.WEATHER: (Carrier.WEATHER, ("ghi_wm2", "poa_wm2", "temp_air_c")),
+}
+"""Default carrier and quantities of each meter kind.
+
+Meaning of the meters in a site's energy balance:
+
+* ``grid``: the utility meter at the point of connection.
+* ``pv``: AC output of a PV array's inverter(s); ``curtailed_kwh`` is what the
+  plant controller reports as available but not taken.
+* ``battery``: AC side of a storage system.
+* ``load``: an electrical consumption sub-meter; ``MeterInfo.attrs["end_use"]``
+  is one of ``production``, ``base``, ``hvac``, ``compressed_air``, ``electrified``,
+  ``other``. The sum of load meters is the site's electrical consumption.
+* ``chp``: a gas CHP unit's electrical and heat output.
+* ``steam``: purchased steam (or heat) at the site boundary.
+* ``boiler`` / ``waste_heat``: heat made on site (from gas, or recovered).
+* ``gas``: the natural gas utility meter (all on-site gas use).
+* ``fuel``: a fleet's fuel dispenser; ``carrier`` is ``diesel`` or ``gasoline``.
+* ``production``: the MES counter of production output value.
+* ``weather``: the plant's weather station.
+"""
+
+
+class EventKind(StrEnum):
+    """Kinds of event in the ledger; ``subject``, ``value`` and ``unit`` per kind."""
+
+    OUTAGE_START = "outage_start"  # subject: asset id
+    OUTAGE_END = "outage_end"
+    MAINTENANCE_START = "maintenance_start"  # subject: asset id
+    MAINTENANCE_END = "maintenance_end"
+    SHUTDOWN_START = "shutdown_start"  # subject: "site"; detail.reason
+    SHUTDOWN_END = "shutdown_end"
+    DR_START = "dr_start"  # subject: "grid"; value: import cap [kW]
+    DR_END = "dr_end"
+    FUEL_DELIVERY = "fuel_delivery"  # subject: fuel meter id; value [kg]; detail.fuel
+    REFRIGERANT_TOPUP = "refrigerant_topup"  # subject: gas name, e.g. R-410A; value [kg]
+    CERTIFICATE = "certificate"  # subject: scheme (GEC, I-REC); value [MWh]; detail below
+    CONTRACT_DELIVERY = "contract_delivery"  # subject: contract kind (hydro, green_power); value [MWh]
+    PROCESS_EMISSION = "process_emission"  # subject: source; value [kgCO2e]
+
+
+EVENT_COLUMNS = ("site", "kind", "subject", "value", "unit", "detail")
+"""Columns of the events frame besides its ``ts`` index.
+
+``detail`` is a JSON object as text. For ``certificate``: ``{"vintage": 2024,
+"technology": "solar", "period_start": "2024-01-01", "period_end": "2024-12-31",
+"action": "retire", "id": "..."}``; for ``contract_delivery``: ``{"period_start":
+..., "period_end": ...}`` (local dates, inclusive) and the contract id.
+"""
+
+READING_COLUMNS = ("site", "meter", "quantity", "value")
+"""Columns of the readings frame besides its ``ts`` index."""
+
+
+@dataclass(frozen=True)
+class MeterInfo:
+    """What a meter's metadata message says about it.
+
+    Attributes
+    ----------
+    site : str
+        Site identifier (``[a-z0-9_-]``).
+    meter : str
+        Meter identifier, unique within the site.
+    kind : str
+        A :class:`MeterKind` value.
+    carrier : str
+        A :class:`Carrier` value.
+    quantities : tuple of str
+        Names from :data:`QUANTITIES` the meter reports.
+    interval_s : int [s]
+        Reading interval.
+    attrs : dict
+        Kind-specific attributes, e.g. ``{"end_use": "hvac"}``, ``{"kwp": 5000}``.
+    """
+
+    site: str
+    meter: str
+    kind: str
+    carrier: str
+    quantities: tuple[str, ...]
+    interval_s: int
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        d = asdict(self)
+        d["quantities"] = list(self.quantities)
+        d["attrs"] = dict(self.attrs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MeterInfo:
+        """Build from :meth:`to_dict` output (or a metadata payload)."""
+        return cls(
+            site=str(d["site"]),
+            meter=str(d["meter"]),
+            kind=str(d["kind"]),
+            carrier=str(d["carrier"]),
+            quantities=tuple(d["quantities"]),
+            interval_s=int(d["interval_s"]),
+            attrs=dict(d.get("attrs") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """What a site's registration says: identity, hierarchy, place and accounting basis.
+
+    Attributes
+    ----------
+    site : str
+        Site identifier.
+    name : str
+        Human-readable name.
+    group, company, park : str
+        Hierarchy for rollups.
+    tz : str
+        IANA time zone; local calendars (days, months, years) use it.
+    lat, lon : float [deg]
+        Location.
+    country : str
+        ISO 3166-1 alpha-2 code, e.g. ``CN``, ``SI``.
+    grid_region : str
+        Grid region used to pick the grid emission factor, e.g. ``CN-East``.
+    factor_set : str
+        Name of the factor set to account with.
+    attrs : dict
+        Anything else the accounting needs (tariff, contract capacity kW, ...).
+    """
+
+    site: str
+    name: str
+    group: str
+    company: str
+    park: str
+    tz: str
+    lat: float
+    lon: float
+    country: str
+    grid_region: str
+    factor_set: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        d = asdict(self)
+        d["attrs"] = dict(self.attrs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SiteInfo:
+        """Build from :meth:`to_dict` output."""
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k != "attrs"}
+        return cls(**kw, attrs=dict(d.get("attrs") or {}))
+
+
+def empty_readings() -> pd.DataFrame:
+    """Return an empty readings frame with the contract's dtypes."""
+    idx = pd.DatetimeIndex([], tz="UTC", name="ts").as_unit("ns")
+    return pd.DataFrame(
+        {
+            "site": pd.Categorical([]),
+            "meter": pd.Categorical([]),
+            "quantity": pd.Categorical([]),
+            "value": np.array([], dtype="float64"),
+        },
+        index=idx,
+    )
+
+
+def empty_events() -> pd.DataFrame:
+    """Return an empty events frame with the contract's dtypes."""
+    return events_frame([])
+
+
+def events_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Build an events frame from dicts with keys ``ts`` and :data:`EVENT_COLUMNS`.
+
+    ``detail`` may be a dict (it is serialised to JSON text) or text.
+    """
+    rows = list(rows)
+    ts = pd.DatetimeIndex([pd.Timestamp(r["ts"]) for r in rows], name="ts")
+    if len(rows) and ts.tz is None:
+        raise ReadingError("events need tz-aware timestamps; found naive ones")
+    ts = ts.tz_convert("UTC") if len(rows) else pd.DatetimeIndex([], tz="UTC", name="ts")
+    ts = ts.as_unit("ns")
+
+    def _detail(v: Any) -> str:
+        if v is None:
+            return "{}"
+        return v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+
+    df = pd.DataFrame(
+        {
+            "site": [str(r["site"]) for r in rows],
+            "kind": [str(r["kind"]) for r in rows],
+            "subject": [str(r.get("subject", "")) for r in rows],
+            "value": np.array([float(r.get("value", math.nan)) for r in rows], dtype="float64"),
+            "unit": [str(r.get("unit", "")) for r in rows],
+            "detail": [_detail(r.get("detail")) for r in rows],
+        },
+        index=ts,
+    )
+    for col in ("site", "kind", "subject", "unit", "detail"):
+        df[col] = df[col].astype(object)
+    return df.sort_index(kind="stable")
+
+
+def validate_readings(df: pd.DataFrame, *, where: str = "readings") -> None:
+    """Check a readings frame against the contract.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Frame to check.
+    where : str
+        Name used in error messages.
+
+    Raises
+    ------
+    ReadingError
+        Naming what was expected and what was found.
+    """
+    if not isinstance(df.index, pd.DatetimeIndex):
+        raise ReadingError(
+            f"{where}: expected a DatetimeIndex named 'ts', found {type(df.index).__name__}"
+        )
+    if df.index.tz is None:
+        raise ReadingError(f"{where}: expected tz-aware UTC timestamps, found naive ones")
+    missing = [c for c in READING_COLUMNS if c not in df.columns]
+    if missing:
+        raise ReadingError(
+            f"{where}: expected columns {list(READING_COLUMNS)}, missing {missing}; "
+            f"found {list(df.columns)}"
+        )
+    unknown = set(map(str, pd.unique(df["quantity"]))) - set(QUANTITIES)
+    if unknown:
+        raise ReadingError(
+            f"{where}: unknown quantities {sorted(unknown)}; expected names from "
+            f"ems.readings.QUANTITIES"
+        )
+    vals = df["value"].to_numpy(dtype="float64", copy=False)
+    if not np.isfinite(vals).all():
+        raise ReadingError(f"{where}: {int((~np.isfinite(vals)).sum())} values are NaN or infinite")
+
+
+@dataclass
+class ReadingSet:
+    """Readings with their event ledger and the metadata that travels with them.
+
+    This is what the simulator returns, what a store gives back, and what the
+    accounting reads.
+
+    Attributes
+    ----------
+    readings : DataFrame
+        The tidy readings frame (see module docs).
+    events : DataFrame
+        The event ledger.
+    meters : list of MeterInfo
+        Metadata of every meter in ``readings``.
+    sites : list of SiteInfo
+        Registration of every site in ``readings``.
+    """
+
+    readings: pd.DataFrame
+    events: pd.DataFrame
+    meters: list[MeterInfo]
+    sites: list[SiteInfo]
+
+    def site(self, site: str) -> SiteInfo:
+        """Return the :class:`SiteInfo` of ``site``."""
+        for s in self.sites:
+            if s.site == site:
+                return s
+        raise ReadingError(f"unknown site {site!r}; known: {[s.site for s in self.sites]}")
+
+    def meters_frame(self) -> pd.DataFrame:
+        """Return the meters as a frame indexed by (site, meter)."""
+        rows = [
+            {
+                "site": m.site,
+                "meter": m.meter,
+                "kind": m.kind,
+                "carrier": m.carrier,
+                "interval_s": m.interval_s,
+                **{f"attr_{k}": v for k, v in m.attrs.items()},
+            }
+            for m in self.meters
+        ]
+        cols = ["site", "meter", "kind", "carrier", "interval_s"]
+        df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+        return df.set_index(["site", "meter"])
+
+    def wide(self, site: str) -> pd.DataFrame:
+        """Return one site's readings as a wide frame.
+
+        Columns are ``(meter, quantity)`` pairs flattened to ``meter.quantity``;
+        the index is the UTC ``ts``.
+        """
+        r = self.readings
+        sub = r[r["site"] == site]
+        if sub.empty:
+            raise ReadingError(f"no readings for site {site!r}")
+        key = sub["meter"].astype(str) + "." + sub["quantity"].astype(str)
+        w = (
+            pd.DataFrame({"key": key.to_numpy(), "value": sub["value"].to_numpy()}, index=sub.index)
+            .reset_index()
+            .pivot_table(index="ts", columns="key", values="value", aggfunc="last", observed=True)
+        )
+        w.columns.name = None
+        return w
