@@ -43,6 +43,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -414,6 +415,12 @@ def validate_readings(df: pd.DataFrame, *, where: str = "readings") -> None:
 class ReadingSet:
     """Readings with their event ledger and the metadata that travels with them.
 
+    A *reading* is one meter's values at one timestamp; in the tidy frame it
+    spans one row per quantity (``value`` rows). ``SiteInfo.attrs`` carries what
+    accounting needs from the site's configuration: ``contract_kw`` [kW],
+    ``tariff`` (the site file's ``grid.tariff`` as JSON data, or None),
+    ``export_limit_kw``.
+
     This is what the simulator returns, what a store gives back, and what the
     accounting reads.
 
@@ -476,3 +483,38 @@ class ReadingSet:
         )
         w.columns.name = None
         return w
+
+    def to_parquet(self, folder: str | Path) -> Path:
+        """Write the set to ``folder``: ``readings.parquet``, ``events.parquet``, ``meters.json``, ``sites.json``.
+
+        This is the exchange format of ``ems run --out`` before a store is used.
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        self.readings.to_parquet(out / "readings.parquet")
+        self.events.to_parquet(out / "events.parquet")
+        (out / "meters.json").write_text(
+            json.dumps([m.to_dict() for m in self.meters], indent=1, default=str)
+        )
+        (out / "sites.json").write_text(
+            json.dumps([s.to_dict() for s in self.sites], indent=1, default=str)
+        )
+        return out
+
+    @classmethod
+    def from_parquet(cls, folder: str | Path) -> ReadingSet:
+        """Read a set written by :meth:`to_parquet`."""
+        src = Path(folder)
+        missing = [
+            n
+            for n in ("readings.parquet", "events.parquet", "meters.json", "sites.json")
+            if not (src / n).exists()
+        ]
+        if missing:
+            raise ReadingError(f"{src}: expected a readings folder; missing {missing}")
+        readings = pd.read_parquet(src / "readings.parquet")
+        validate_readings(readings, where=str(src / "readings.parquet"))
+        events = pd.read_parquet(src / "events.parquet")
+        meters = [MeterInfo.from_dict(d) for d in json.loads((src / "meters.json").read_text())]
+        sites = [SiteInfo.from_dict(d) for d in json.loads((src / "sites.json").read_text())]
+        return cls(readings=readings, events=events, meters=meters, sites=sites)
