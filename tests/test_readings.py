@@ -45,3 +45,14 @@ def test_events_frame_needs_tz():
         events_frame([{"ts": "2024-01-01 00:00", "site": "a", "kind": "certificate"}])
     ev = events_frame([{"ts": "2024-01-01 00:00Z", "site": "a", "kind": "certificate", "detail": {"vintage": 2024}}])
     assert ev.index.tz is not None and ev["detail"].iloc[0] == '{"vintage": 2024}'
+
+
+def test_readings_doc_in_step_with_code():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen", root / "scripts/gen_readings_doc.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (root / "docs/readings.md").read_text() == mod.render(), "run scripts/gen_readings_doc.py"

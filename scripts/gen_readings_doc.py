@@ -1,0 +1,84 @@
+"""Regenerate docs/readings.md from ems.readings (the tables stay in step with the code)."""
+
+from pathlib import Path
+
+from ems.readings import METER_KINDS, QUANTITIES, SCHEMA_VERSION, EventKind
+
+SUBJECT = {
+    "outage_start": "asset id", "outage_end": "asset id",
+    "maintenance_start": "asset id", "maintenance_end": "asset id",
+    "shutdown_start": "`site`", "shutdown_end": "`site`", "dr_start": "`grid`", "dr_end": "`grid`",
+    "fuel_delivery": "fleet meter id", "refrigerant_topup": "gas, e.g. R-410A",
+    "certificate": "scheme: GEC, I-REC", "contract_delivery": "hydro, green_power",
+    "process_emission": "source",
+}
+VALUE = {
+    "dr_start": "import cap [kW]", "fuel_delivery": "[kg]", "refrigerant_topup": "[kg]",
+    "certificate": "[MWh]; detail: vintage, technology, period_year",
+    "contract_delivery": "[MWh]; detail: period_start, period_end",
+    "process_emission": "[kgCO2e]",
+}
+
+
+def render() -> str:
+    out = [f"# The readings contract (v{SCHEMA_VERSION})", "", """\
+The one contract between the parts of ems: exactly what a real meter sends. The simulator produces readings,
+MQTT carries them (`docs/telemetry.md`), the store keeps them (`docs/store.md`), the rollups read them
+(`docs/kpis.md`). Nothing downstream reaches into simulator state. The code is `ems/readings.py`; this page
+is generated from it by `scripts/gen_readings_doc.py`.
+
+## A reading
+
+A reading is one meter's values at one timestamp:
+
+* `site`, `meter`: identifiers `[a-z0-9][a-z0-9_-]{0,62}`;
+* `ts`: the **end** of the interval, UTC, tz-aware; the interval is `(ts - interval_s, ts]`;
+* `interval_s`: the reading interval in seconds (60 to 3600);
+* values by quantity name, the unit in the name: interval averages (`power_kw`), cumulative registers
+  (`import_kwh`), instantaneous values (`soc_pct`).
+
+Energy in an interval is the difference of two registers, so a lost reading loses no energy: the next one
+carries it. Registers only grow; one that goes down is a meter reset or rollover, which the accounting
+detects and reports instead of turning it into negative energy.
+
+In a frame, a reading spans one row per quantity: the tidy frame has a UTC `DatetimeIndex` named `ts` and
+columns `site`, `meter`, `quantity` (categoricals) and `value` (float64).
+
+## Quantities
+""", "| name | unit | kind | meaning |", "| --- | --- | --- | --- |"]
+    out += [f"| `{q.name}` | {q.unit} | {q.kind} | {q.description} |" for q in QUANTITIES.values()]
+    out += ["", "## Meter kinds", "", "| kind | default carrier | quantities |", "| --- | --- | --- |"]
+    out += [
+        f"| `{k.value}` | {c.value} | {', '.join(f'`{q}`' for q in qs)} |"
+        for k, (c, qs) in METER_KINDS.items()
+    ]
+    out += ["", """\
+A site's electrical consumption is the sum of its `load` meters (`attrs.end_use`: production, base, hvac,
+compressed_air, electrified, other). The simulator names its meters `grid`, the PV arrays' and batteries'
+ids, `load-<end_use>`, `chp`, `steam` (purchased), `boiler`, `waste_heat`, `gas`, the fleets' ids,
+`production` and `weather`; a real site may name them as it likes, since kinds and carriers come from the
+metadata.
+
+## Metadata
+
+Each meter announces a `MeterInfo` (site, meter, kind, carrier, quantities, interval_s, attrs) before data,
+and each site a `SiteInfo` (identity, hierarchy group/company/park, IANA time zone, location, country, grid
+region, factor set, and in `attrs` what accounting needs from configuration: `contract_kw`, `tariff`,
+`export_limit_kw`). Over MQTT both are retained messages.
+
+## Events
+
+Discrete happenings are events in a ledger beside the readings: a UTC `ts` and `site`, `kind`, `subject`,
+`value`, `unit`, `detail` (JSON text).
+""", "| kind | subject | value |", "| --- | --- | --- |"]
+    out += [f"| `{k.value}` | {SUBJECT.get(k.value, '')} | {VALUE.get(k.value, '')} |" for k in EventKind]
+    out += ["", """\
+## Versioning
+
+Adding a quantity, a meter kind or an event kind is a compatible change; renaming one or changing its
+meaning or unit needs a new version, carried in MQTT topics (`ems/v2/...`) and payloads (`"v": 2`)."""]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    Path(__file__).resolve().parents[1].joinpath("docs/readings.md").write_text(render())
