@@ -29,6 +29,13 @@ COMMANDS: dict[str, str] = {
     "ingest": "ems.telemetry.commands:ingest",
     "broker": "ems.telemetry.commands:broker",
     "reconcile": "ems.telemetry.commands:reconcile",
+    "calibrate": "ems.studies.commands:calibrate",
+    "compare": "ems.studies.commands:compare",
+    "sweep": "ems.studies.commands:sweep",
+    "pathway": "ems.studies.commands:pathway",
+    "measures": "ems.studies.commands:measures",
+    "live": "ems.dashboard.commands:live",
+    "dashboard": "ems.dashboard.commands:dashboard",
 }
 
 

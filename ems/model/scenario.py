@@ -43,10 +43,17 @@ class Period(BaseModel):
     @model_validator(mode="after")
     def _one_form(self) -> Period:
         if self.year is not None and (self.start or self.end):
-            raise ValueError("give either 'year' or 'start' and 'end', not both")
+            raise ValueError(
+                "expected either 'year' or 'start' and 'end', found both "
+                f"(year={self.year}, start={self.start}, end={self.end})"
+            )
         if self.year is None:
             if self.start is None or self.end is None:
-                raise ValueError("give 'year', or both 'start' and 'end' (end exclusive)")
+                given = [k for k in ("start", "end") if getattr(self, k) is not None]
+                raise ValueError(
+                    "expected 'year', or both 'start' and 'end' (end exclusive), "
+                    f"found {' and '.join(given) or 'none of them'}"
+                )
             if self.end <= self.start:
                 raise ValueError(f"end must be after start; found start={self.start}, end={self.end}")
         return self

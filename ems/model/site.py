@@ -151,8 +151,17 @@ class Tariff(_Model):
             missing = names - set(self.prices)
             if missing:
                 raise ValueError(
-                    f"tariff periods {sorted(missing)} have no price; priced periods: {sorted(self.prices)}"
+                    f"expected a price for every tariff period; found no price for {sorted(missing)} "
+                    f"(priced periods: {sorted(self.prices)})"
                 )
+        seen: dict[int, int] = {}
+        for i, s in enumerate(self.seasons):
+            for m in s.months:
+                if m in seen:
+                    raise ValueError(
+                        f"expected each month in one season; found month {m} in seasons {seen[m]} and {i}"
+                    )
+                seen[m] = i
         return self
 
 
@@ -422,6 +431,12 @@ class Site(_Model):
     steam: Steam | None = None
     chp: Chp | None = None
     other_gas_m3_per_year: float = Field(0.0, ge=0, description="canteens, furnaces [m3/yr]")
+    gas_lhv_mj_per_m3: float = Field(
+        38.931,
+        gt=0,
+        description="lower heating value of the natural gas [MJ/m3, standard]; default 38 931 kJ/m3 "
+        "as in GB/T 2589-2020 Annex A (shared/domain.md section 3)",
+    )
     fleets: list[Fleet] = Field(default_factory=list)
     refrigerants: list[Refrigerant] = Field(default_factory=list)
     process_emissions: list[ProcessEmission] = Field(default_factory=list)

@@ -1,0 +1,90 @@
+"""The simulation clock: the UTC grid of interval ends, local calendars, seeds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from ems.errors import SimulationError
+
+__all__ = ["TimeGrid", "site_seed_sequence", "stable_hash", "time_grid"]
+
+
+def stable_hash(text: str) -> int:
+    """Return a hash of ``text`` that is the same in every process and Python version.
+
+    Python's ``hash`` of a string changes per process; seeds must not.
+    """
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def site_seed_sequence(seed: int, site_id: str) -> np.random.SeedSequence:
+    """Seed sequence of one site: ``SeedSequence([seed, stable_hash(site_id)])``.
+
+    Adding a site to a scenario does not change the others' random draws.
+    """
+    return np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, stable_hash(site_id)])
+
+
+class TimeGrid:
+    """The steps of one site's simulation.
+
+    Parameters
+    ----------
+    start, end : date
+        Local calendar dates ``[start, end)`` in ``tz``.
+    tz : str
+        IANA zone.
+    resolution_s : int [s]
+        Step length; divides an hour.
+
+    Attributes
+    ----------
+    ts : DatetimeIndex
+        Interval ends, UTC (the readings' ``ts``).
+    mid_local : DatetimeIndex
+        Interval midpoints in the site's zone (for calendars and the sun).
+    dt_h : float [h]
+        Step length in hours.
+    """
+
+    def __init__(self, start: dt.date, end: dt.date, tz: str, resolution_s: int) -> None:
+        if end <= start:
+            raise SimulationError(f"period end must be after start; found start={start}, end={end}")
+        if resolution_s <= 0 or 3600 % resolution_s:
+            raise SimulationError(
+                f"expected a resolution that divides an hour, found {resolution_s} s"
+            )
+        t0 = pd.Timestamp(start).tz_localize(tz).tz_convert("UTC")
+        t1 = pd.Timestamp(end).tz_localize(tz).tz_convert("UTC")
+        step = pd.Timedelta(seconds=resolution_s)
+        n = int((t1 - t0) / step)
+        self.tz = tz
+        self.start = start
+        self.end = end
+        self.resolution_s = int(resolution_s)
+        self.dt_h = resolution_s / 3600.0
+        self.t0 = t0
+        self.n = n
+        self.ts = pd.date_range(t0 + step, periods=n, freq=step, name="ts").as_unit("ns")
+        self.mid_utc = self.ts - step / 2
+        self.mid_local = self.mid_utc.tz_convert(tz)
+
+    def step_of(self, when: pd.Timestamp) -> int:
+        """Index of the first step boundary at or after ``when`` (0..n), as a step count from t0."""
+        k = int(
+            np.ceil((when.tz_convert("UTC") - self.t0) / pd.Timedelta(seconds=self.resolution_s))
+        )
+        return min(max(k, 0), self.n)
+
+    def boundary(self, k: int) -> pd.Timestamp:
+        """UTC time of step boundary ``k`` (0 = period start)."""
+        return self.t0 + pd.Timedelta(seconds=self.resolution_s * k)
+
+
+def time_grid(start: dt.date, end: dt.date, tz: str, resolution_s: int) -> TimeGrid:
+    """Build the :class:`TimeGrid` of local ``[start, end)`` at ``resolution_s``."""
+    return TimeGrid(start, end, tz, resolution_s)

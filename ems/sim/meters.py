@@ -1,0 +1,286 @@
+"""From flows to readings: what each meter sends.
+
+Every reading is built from the site's flows (:class:`ems.sim.site.SiteFlows`):
+interval averages are the flows themselves, cumulative registers are a starting
+value (drawn per meter, so nobody relies on zero) plus the running sum of
+``power x interval``. ``ts`` is the interval end in UTC.
+
+=================  =========================================================
+meter id           quantities (from ``ems.readings.METER_KINDS``)
+=================  =========================================================
+``grid``           power_kw (import - export), import_kwh, export_kwh
+PV array id        power_kw (AC delivered), energy_kwh, curtailed_kwh
+battery id         power_kw (discharge - charge), charge_kwh, discharge_kwh, soc_pct
+``load-<use>``     power_kw, energy_kwh; use in production, base, hvac,
+                   compressed_air, electrified
+``chp``            power_kw, energy_kwh, heat_kw, heat_gj (heat used)
+``steam``          heat_kw, heat_gj (purchased)
+``boiler``         heat_kw, heat_gj
+``waste_heat``     heat_kw, heat_gj
+``gas``            flow_m3h, volume_m3 (all on-site gas)
+fleet id           mass_kg (fuel delivered; jumps at deliveries)
+``production``     output_rmb
+``weather``        ghi_wm2, poa_wm2, temp_air_c
+=================  =========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from ems.model.site import Site
+from ems.readings import METER_KINDS, Carrier, MeterInfo, MeterKind, SiteInfo
+from ems.sim.loads import END_USES
+from ems.sim.pv import inverter_kw
+from ems.sim.site import SiteFlows, export_limit
+from ems.sim.thermal import MJ_PER_KWH
+
+__all__ = ["meter_infos", "site_info", "site_series", "start_registers", "tidy_frame", "wide_frame"]
+
+FloatArray = npt.NDArray[np.float64]
+
+_REGISTER_DECADES = {
+    "kWh": (4.0, 7.0),
+    "GJ": (2.0, 5.0),
+    "m3": (4.0, 7.0),
+    "kg": (3.0, 5.0),
+    "RMB": (7.0, 9.5),
+}
+
+
+def _meters(
+    site: Site, arrays: dict[str, FloatArray]
+) -> list[tuple[str, MeterKind, str, dict[str, object]]]:
+    out: list[tuple[str, MeterKind, str, dict[str, object]]] = [
+        ("grid", MeterKind.GRID, Carrier.ELECTRICITY, {"contract_kw": site.grid.contract_kw})
+    ]
+    for p in site.pv:
+        out.append(
+            (
+                p.id,
+                MeterKind.PV,
+                Carrier.ELECTRICITY,
+                {
+                    "kwp": p.kwp,
+                    "inverter_kw": inverter_kw(p),
+                    "tilt_deg": p.tilt_deg,
+                    "azimuth_deg": p.azimuth_deg,
+                },
+            )
+        )
+    for b in site.batteries:
+        out.append(
+            (
+                b.id,
+                MeterKind.BATTERY,
+                Carrier.ELECTRICITY,
+                {
+                    "energy_kwh": b.energy_kwh,
+                    "power_kw": b.power_kw,
+                    "strategy": b.dispatch.strategy,
+                },
+            )
+        )
+    for use in END_USES:
+        if f"load.{use}" in arrays:
+            out.append((f"load-{use}", MeterKind.LOAD, Carrier.ELECTRICITY, {"end_use": use}))
+    if site.chp is not None:
+        out.append(
+            (
+                "chp",
+                MeterKind.CHP,
+                Carrier.ELECTRICITY,
+                {"kw_e": site.chp.kw_e, "fuel": Carrier.NATURAL_GAS.value},
+            )
+        )
+    if site.steam is not None:
+        out.append(("steam", MeterKind.STEAM, Carrier.HEAT, {}))
+    if "boiler_heat" in arrays:
+        out.append(("boiler", MeterKind.BOILER, Carrier.HEAT, {"fuel": Carrier.NATURAL_GAS.value}))
+    if "waste_heat" in arrays:
+        out.append(("waste_heat", MeterKind.WASTE_HEAT, Carrier.HEAT, {}))
+    if "gas_m3h" in arrays:
+        out.append(
+            ("gas", MeterKind.GAS, Carrier.NATURAL_GAS, {"lhv_mj_per_m3": site.gas_lhv_mj_per_m3})
+        )
+    for f in site.fleets:
+        out.append((f.id, MeterKind.FUEL, f.fuel, {"fuel": f.fuel}))
+    out.append(("production", MeterKind.PRODUCTION, Carrier.OUTPUT, {}))
+    out.append(("weather", MeterKind.WEATHER, Carrier.WEATHER, {}))
+    return out
+
+
+def meter_infos(flows: SiteFlows) -> list[MeterInfo]:
+    """Metadata of every meter the site has."""
+    step = flows.grid.resolution_s
+    return [
+        MeterInfo(
+            site=flows.site.id,
+            meter=mid,
+            kind=kind.value,
+            carrier=str(carrier),
+            quantities=METER_KINDS[kind][1],
+            interval_s=step,
+            attrs=attrs,
+        )
+        for mid, kind, carrier, attrs in _meters(flows.site, flows.arrays)
+    ]
+
+
+def site_info(site: Site) -> SiteInfo:
+    """Registration of a site."""
+    return SiteInfo(
+        site=site.id,
+        name=site.name,
+        group=site.hierarchy.group,
+        company=site.hierarchy.company,
+        park=site.hierarchy.park,
+        tz=site.location.tz,
+        lat=site.location.lat,
+        lon=site.location.lon,
+        country=site.location.country,
+        grid_region=site.grid.region,
+        factor_set=site.factor_set,
+        attrs={
+            "contract_kw": site.grid.contract_kw,
+            "tariff": site.grid.tariff.model_dump(mode="json")
+            if site.grid.tariff is not None
+            else None,
+            "export_limit_kw": export_limit(site),
+        },
+    )
+
+
+def start_registers(flows: SiteFlows, rng: np.random.Generator) -> dict[tuple[str, str], float]:
+    """Draw a plausible non-zero starting value for every register of the site."""
+    from ems.readings import QUANTITIES
+
+    out: dict[tuple[str, str], float] = {}
+    for m in meter_infos(flows):
+        for q in m.quantities:
+            spec = QUANTITIES[q]
+            if spec.kind != "register":
+                continue
+            lo, hi = _REGISTER_DECADES.get(spec.unit, (3.0, 6.0))
+            out[(m.meter, q)] = float(np.round(10 ** rng.uniform(lo, hi), 1))
+    return out
+
+
+def _register(start: float, rate: FloatArray, per_step: float) -> FloatArray:
+    out: FloatArray = start + np.cumsum(rate * per_step)
+    return out
+
+
+def site_series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray]]:
+    """Yield ``(meter, quantity, values)`` for every reading series of the site, in meter order."""
+    a = flows.arrays
+    h = flows.grid.dt_h
+    r0 = flows.register_start
+    site = flows.site
+
+    def reg(meter: str, q: str, rate: FloatArray, per_step: float = h) -> FloatArray:
+        return _register(r0.get((meter, q), 0.0), rate, per_step)
+
+    gj = h * MJ_PER_KWH / 1000.0
+    for mid, kind, _c, _attrs in _meters(site, a):
+        if kind == MeterKind.GRID:
+            yield mid, "power_kw", a["grid_import"] - a["grid_export"]
+            yield mid, "import_kwh", reg(mid, "import_kwh", a["grid_import"])
+            yield mid, "export_kwh", reg(mid, "export_kwh", a["grid_export"])
+        elif kind == MeterKind.PV:
+            yield mid, "power_kw", a[f"pv.{mid}"]
+            yield mid, "energy_kwh", reg(mid, "energy_kwh", a[f"pv.{mid}"])
+            yield mid, "curtailed_kwh", reg(mid, "curtailed_kwh", flows.flow(f"pv_curtailed.{mid}"))
+        elif kind == MeterKind.BATTERY:
+            b = next(x for x in site.batteries if x.id == mid)
+            yield mid, "power_kw", a[f"discharge.{mid}"] - a[f"charge.{mid}"]
+            yield mid, "charge_kwh", reg(mid, "charge_kwh", a[f"charge.{mid}"])
+            yield mid, "discharge_kwh", reg(mid, "discharge_kwh", a[f"discharge.{mid}"])
+            yield mid, "soc_pct", a[f"soc.{mid}"] / b.energy_kwh * 100.0
+        elif kind == MeterKind.LOAD:
+            p = a["load." + mid.removeprefix("load-")]
+            yield mid, "power_kw", p
+            yield mid, "energy_kwh", reg(mid, "energy_kwh", p)
+        elif kind == MeterKind.CHP:
+            yield mid, "power_kw", flows.flow("chp")
+            yield mid, "energy_kwh", reg(mid, "energy_kwh", flows.flow("chp"))
+            yield mid, "heat_kw", flows.flow("chp_heat")
+            yield mid, "heat_gj", reg(mid, "heat_gj", flows.flow("chp_heat"), gj)
+        elif kind in (MeterKind.STEAM, MeterKind.BOILER, MeterKind.WASTE_HEAT):
+            key = {
+                MeterKind.STEAM: "purchased_heat",
+                MeterKind.BOILER: "boiler_heat",
+                MeterKind.WASTE_HEAT: "waste_heat",
+            }[kind]
+            yield mid, "heat_kw", a[key]
+            yield mid, "heat_gj", reg(mid, "heat_gj", a[key], gj)
+        elif kind == MeterKind.GAS:
+            yield mid, "flow_m3h", a["gas_m3h"]
+            yield mid, "volume_m3", reg(mid, "volume_m3", a["gas_m3h"])
+        elif kind == MeterKind.FUEL:
+            yield mid, "mass_kg", reg(mid, "mass_kg", flows.flow(f"fuel_kg.{mid}"), 1.0)
+        elif kind == MeterKind.PRODUCTION:
+            yield mid, "output_rmb", reg(mid, "output_rmb", a["output_rmb_h"])
+        elif kind == MeterKind.WEATHER:
+            yield mid, "ghi_wm2", a["ghi"]
+            yield mid, "poa_wm2", a["poa"]
+            yield mid, "temp_air_c", a["temp_air"]
+
+
+def wide_frame(flows: SiteFlows) -> pd.DataFrame:
+    """One site's readings as a wide frame: columns ``meter.quantity``, index ``ts`` (UTC)."""
+    cols = {f"{m}.{q}": v for m, q, v in site_series(flows)}
+    return pd.DataFrame(cols, index=flows.grid.ts)
+
+
+def tidy_frame(flows_list: list[SiteFlows]) -> pd.DataFrame:
+    """The contract's tidy readings frame for some sites (rows grouped by site, meter, quantity)."""
+    from ems.readings import empty_readings
+
+    if not flows_list:
+        return empty_readings()
+    series = [(f.site.id, m, q, v, f.grid.ts) for f in flows_list for m, q, v in site_series(f)]
+    sites = sorted({s for s, *_ in series})
+    meters = sorted({m for _, m, *_ in series})
+    quants = sorted({q for _, _, q, *_ in series})
+    si = {s: i for i, s in enumerate(sites)}
+    mi = {m: i for i, m in enumerate(meters)}
+    qi = {q: i for i, q in enumerate(quants)}
+    lens = [len(v) for *_, v, _ts in series]
+    total = int(sum(lens))
+    ts = np.empty(total, dtype="datetime64[ns]")
+    vals = np.empty(total, dtype="float64")
+    code_t = np.int8 if max(len(sites), len(meters), len(quants)) < 127 else np.int32
+    sc = np.empty(total, dtype=code_t)
+    mc = np.empty(total, dtype=code_t)
+    qc = np.empty(total, dtype=code_t)
+    pos = 0
+    for (s, m, q, _v, t), ln in zip(series, lens, strict=True):
+        sl = slice(pos, pos + ln)
+        ts[sl] = t.tz_localize(None).as_unit("ns").to_numpy()
+        sc[sl] = si[s]
+        mc[sl] = mi[m]
+        qc[sl] = qi[q]
+        pos += ln
+    pos = 0
+    for i, ln in enumerate(lens):  # values last, releasing each series as it is copied
+        vals[pos : pos + ln] = series[i][3]
+        series[i] = (*series[i][:3], np.empty(0), series[i][4])
+        pos += ln
+    del series
+    idx = pd.DatetimeIndex(ts, name="ts", copy=False).tz_localize("UTC")
+    del ts
+    return pd.DataFrame(
+        {
+            "site": pd.Categorical.from_codes(sc, categories=sites),
+            "meter": pd.Categorical.from_codes(mc, categories=meters),
+            "quantity": pd.Categorical.from_codes(qc, categories=quants),
+            "value": vals,
+        },
+        index=idx,
+        copy=False,
+    )

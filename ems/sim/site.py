@@ -1,0 +1,627 @@
+"""One site's simulation: vectorised physics ahead, SimPy for what is sequential.
+
+:class:`SiteSimulation` computes everything that does not depend on dispatch
+(sun, weather, PV available power, loads, tariff periods) as arrays first. A
+SimPy environment then runs the discrete-event processes of :mod:`ems.sim.events`
+(outages, maintenance, demand response, deliveries, ...) beside one dispatch
+process. The dispatch process advances in **blocks**: it sleeps until the next
+state change (or the end), then runs the battery recursion
+(:func:`ems.sim.storage.dispatch_block`) over the steps since its last wake with
+the state that held during them, and only then applies the change. Finally
+:func:`split_flows` closes the energy balance of every step, vectorised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import simpy
+
+from ems.errors import SimulationError
+from ems.model.scenario import ResolvedScenario
+from ems.model.site import PvArray, Site
+from ems.sim import events as ev
+from ems.sim import loads as ld
+from ems.sim import pv as pvm
+from ems.sim import thermal as th
+from ems.sim import weather as wx
+from ems.sim.clock import TimeGrid, site_seed_sequence
+from ems.sim.storage import BatteryLimits, dispatch_block
+from ems.sim.tariff import tou_periods
+
+__all__ = ["SiteFlows", "SiteSimulation", "split_flows"]
+
+FloatArray = npt.NDArray[np.float64]
+
+_SHED_ORDER = ("production", "hvac", "compressed_air", "electrified", "base")
+"""Flexible loads shed under a demand-response cap, first to last."""
+
+
+def split_flows(
+    pv_kw: FloatArray,
+    load_kw: FloatArray,
+    chp_kw: FloatArray,
+    charge_kw: FloatArray,
+    discharge_kw: FloatArray,
+    export_limit_kw: float,
+) -> dict[str, FloatArray]:
+    """Close the energy balance of every step.
+
+    Parameters
+    ----------
+    pv_kw : ndarray [kW]
+        PV AC power available (after outages, before curtailment).
+    load_kw : ndarray [kW]
+        Load served (after any shedding).
+    chp_kw : ndarray [kW]
+        CHP electrical output (never above the load).
+    charge_kw, discharge_kw : ndarray [kW]
+        Total battery charge and discharge (AC).
+    export_limit_kw : float [kW]
+
+    Returns
+    -------
+    dict of ndarray [kW]
+        ``pv_to_load``, ``pv_to_battery``, ``pv_to_grid``, ``pv_curtailed``,
+        ``battery_to_load``, ``battery_to_battery``, ``grid_to_load``,
+        ``grid_to_battery``, ``grid_import``, ``grid_export``; with
+        ``load = pv_to_load + battery_to_load + grid_to_load + chp``,
+        ``pv = pv_to_load + pv_to_battery + pv_to_grid + pv_curtailed`` and
+        ``grid_import = grid_to_load + grid_to_battery``.
+    """
+    r = np.clip(load_kw - chp_kw, 0.0, None)
+    pv_to_load = np.minimum(pv_kw, r)
+    surplus = pv_kw - pv_to_load
+    bat_to_load = np.minimum(discharge_kw, r - pv_to_load)
+    bat_to_bat = discharge_kw - bat_to_load
+    pv_to_bat = np.minimum(charge_kw - bat_to_bat, surplus).clip(0.0, None)
+    grid_to_bat = np.clip(charge_kw - pv_to_bat - bat_to_bat, 0.0, None)
+    grid_to_load = r - pv_to_load - bat_to_load
+    left = surplus - pv_to_bat
+    pv_to_grid = np.minimum(left, export_limit_kw)
+    return {
+        "pv_to_load": pv_to_load,
+        "pv_to_battery": pv_to_bat,
+        "pv_to_grid": pv_to_grid,
+        "pv_curtailed": left - pv_to_grid,
+        "battery_to_load": bat_to_load,
+        "battery_to_battery": bat_to_bat,
+        "grid_to_load": grid_to_load,
+        "grid_to_battery": grid_to_bat,
+        "grid_import": grid_to_load + grid_to_bat,
+        "grid_export": pv_to_grid,
+    }
+
+
+@dataclass
+class SiteFlows:
+    """The internal truth of one simulated site: per-step arrays and the ledger.
+
+    Attributes
+    ----------
+    site : Site
+    grid : TimeGrid
+    arrays : dict of ndarray
+        Per-step values; powers in kW, heat in kW thermal, gas in m3/h,
+        ``soc.<id>`` in kWh at the step's end, ``output_rmb_h`` in RMB/h,
+        ``fuel_kg.<id>`` in kg delivered at the step's end.
+    ledger : list of dict
+        Event rows for :func:`ems.readings.events_frame`.
+    register_start : dict
+        Starting value of every cumulative register, by ``(meter, quantity)``.
+    """
+
+    site: Site
+    grid: TimeGrid
+    arrays: dict[str, FloatArray]
+    ledger: list[dict[str, Any]]
+    register_start: dict[tuple[str, str], float] = field(default_factory=dict)
+    optional: set[str] = field(default_factory=set)
+
+    def flow(self, key: str) -> FloatArray:
+        """Array ``key``; arrays that are zero throughout are not stored and come back as zeros."""
+        got = self.arrays.get(key)
+        if got is None:
+            if key not in self.optional:
+                raise KeyError(key)
+            return np.zeros(self.grid.n)
+        return got
+
+    def frame(self) -> pd.DataFrame:
+        """All arrays plus the balance split as a frame indexed by ``ts`` (for tests)."""
+        a = self.arrays
+        pv_ids = [p.id for p in self.site.pv]
+        bat_ids = [b.id for b in self.site.batteries]
+        n = self.grid.n
+        zero = np.zeros(n)
+        pv_av = sum((a[f"pv.{i}"] + self.flow(f"pv_curtailed.{i}") for i in pv_ids), zero.copy())
+        ch = sum((a[f"charge.{i}"] for i in bat_ids), zero.copy())
+        dis = sum((a[f"discharge.{i}"] for i in bat_ids), zero.copy())
+        load = sum((a[f"load.{u}"] for u in ld.END_USES if f"load.{u}" in a), zero.copy())
+        split = split_flows(pv_av, load, self.flow("chp"), ch, dis, export_limit(self.site))
+        cols: dict[str, FloatArray] = {
+            "load": load,
+            "pv": pv_av,
+            "chp": self.flow("chp"),
+            "charge": ch,
+            "discharge": dis,
+            **split,
+        }
+        cols.update(a)
+        for key in sorted(self.optional - set(a)):
+            cols[key] = np.zeros(n)
+        return pd.DataFrame(cols, index=self.grid.ts)
+
+
+def export_limit(site: Site) -> float:
+    """Largest export [kW]: ``export_limit_kw``, else the contract capacity."""
+    g = site.grid
+    return float(g.export_limit_kw if g.export_limit_kw is not None else g.contract_kw)
+
+
+class SiteSimulation:
+    """Simulate one site over a scenario's period.
+
+    Parameters
+    ----------
+    site : Site
+    scenario : ResolvedScenario
+        Period, resolution and seed.
+    progress : callable, optional
+        ``progress(site_id, steps_done, steps_total)``.
+    base_dir : str, optional
+        Folder that relative weather file paths are resolved against.
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        scenario: ResolvedScenario,
+        progress: Callable[[str, int, int], None] | None = None,
+        base_dir: str | None = None,
+    ) -> None:
+        self.site = site
+        self.grid = TimeGrid(scenario.start, scenario.end, site.location.tz, scenario.resolution_s)
+        if self.grid.n == 0:
+            raise SimulationError(f"site {site.id}: the period has no steps")
+        self.progress = progress
+        self.base_dir = base_dir
+        ss = site_seed_sequence(scenario.seed, site.id)
+        (
+            self.rng_weather,
+            self.rng_loads,
+            self.rng_events,
+            self.rng_meters,
+        ) = (np.random.default_rng(s) for s in ss.spawn(4))
+        self.ledger: list[dict[str, Any]] = []
+        self._pending: list[Callable[[int], None]] = []
+        self._wake: simpy.Event | None = None
+        self._pos = 0
+
+    # ------------------------------------------------------------------ physics
+    def _weather(self) -> dict[str, FloatArray]:
+        g, s = self.grid, self.site
+        zen, azi, dni_extra, g0h = wx.solar_geometry(g.mid_utc, s.location)
+        if s.weather.source == "synthetic":
+            w = wx.synthetic_weather(
+                self.rng_weather, g.mid_local, g.dt_h, s.location, s.weather, zen, dni_extra, g0h
+            )
+        else:
+            path = s.weather.path or ""
+            if self.base_dir and not path.startswith("/"):
+                path = f"{self.base_dir}/{path}"
+            w = wx.read_weather_file(path, s.weather.source, g.mid_local)
+            w["dni_extra"] = dni_extra
+            w["g0h"] = g0h
+            # no sun, no light: keep the file's irradiance consistent with our sun
+            night = g0h <= 0
+            for c in ("ghi", "dni", "dhi"):
+                w[c] = np.where(night, 0.0, w[c])
+        w["zenith"] = zen
+        w["azimuth"] = azi
+        return w
+
+    def _ref_temperature(self, ref_local: pd.DatetimeIndex) -> FloatArray:
+        wcfg = self.site.weather
+        if wcfg.temp_air_c is not None:
+            tm = wx._monthly_interp(wcfg.temp_air_c, ref_local)
+            hour = np.asarray(ref_local.hour, dtype=float) + 0.5
+            out: FloatArray = tm + 0.5 * wcfg.temp_daily_amplitude_c * np.cos(
+                2 * np.pi * (hour - 15.0) / 24.0
+            )
+            return out
+        path = wcfg.path or ""
+        if self.base_dir and not path.startswith("/"):
+            path = f"{self.base_dir}/{path}"
+        return wx.read_weather_file(path, wcfg.source, ref_local)["temp_air"]
+
+    def prepare(self) -> None:
+        """Compute everything that does not depend on dispatch."""
+        g, s = self.grid, self.site
+        n = g.n
+        w = self._weather()
+        self.w = w
+        # PV available AC power per array
+        self.pv_ac: dict[str, FloatArray] = {}
+        mid_day = g.start + (g.end - g.start) / 2
+        for arr in s.pv:
+            poa = pvm.poa_global(
+                arr.tilt_deg,
+                arr.azimuth_deg,
+                w["zenith"],
+                w["azimuth"],
+                w["dni"],
+                w["ghi"],
+                w["dhi"],
+                w["dni_extra"],
+            )
+            self.pv_ac[arr.id] = pvm.ac_power(
+                arr, poa, w["temp_air"], pvm.degradation_factor(arr, mid_day)
+            )
+            if "poa" not in w:
+                w["poa"] = poa
+        if "poa" not in w:
+            ref = PvArray(id="ref", kwp=1.0)
+            w["poa"] = pvm.poa_global(
+                ref.tilt_deg,
+                ref.azimuth_deg,
+                w["zenith"],
+                w["azimuth"],
+                w["dni"],
+                w["ghi"],
+                w["dhi"],
+                w["dni_extra"],
+            )
+        # loads
+        ref_local = ld.reference_year(g.start.year, s.location.tz)
+        ref_temp = self._ref_temperature(ref_local)
+        rho = float(np.exp(-g.dt_h / 0.5))
+
+        def noise(use: str) -> FloatArray:
+            sd = 0.03
+            if use == "production" and s.loads.production is not None:
+                sd = s.loads.production.noise
+            out: FloatArray = np.clip(1.0 + sd * wx.ar1(self.rng_loads, n, rho), 0.0, None)
+            return out
+
+        self.loads = ld.electrical_loads(
+            g.mid_local, w["temp_air"], s.loads, noise, ref_local, ref_temp
+        )
+        self.load_total = sum(self.loads.values(), np.zeros(n))
+        self.running = ld.running_fraction(g.mid_local, s.loads.calendar)
+        self.ref_running = ld.running_fraction(ref_local, s.loads.calendar)
+        # CHP potential (electric-led)
+        if s.chp is not None:
+            may_run = self.running if s.chp.run == "production" else np.ones(n)
+            self.chp_kw, _, _ = th.chp_output(may_run, self.load_total, s.chp)
+        else:
+            self.chp_kw = np.zeros(n)
+        # tariff periods for arbitrage: 1 charge, 2 discharge
+        self.period = np.zeros(n, dtype=np.int8)
+        tariff = s.grid.tariff
+        if tariff is not None and any(b.dispatch.strategy == "tou_arbitrage" for b in s.batteries):
+            names = tou_periods(g.mid_local, tariff)
+            self._period_names = names
+        else:
+            names = None
+        self._tou_names = names
+        # dispatch state
+        self.pv_down = {a.id: 0 for a in s.pv}
+        self.bat_down = {b.id: 0 for b in s.batteries}
+        self.chp_down = 0
+        self.cap: float | None = None
+        self.soc = {b.id: b.soc_initial * b.energy_kwh for b in s.batteries}
+        self.limits = {b.id: BatteryLimits.of(b) for b in s.batteries}
+        self.charge = {b.id: np.zeros(n) for b in s.batteries}
+        self.discharge = {b.id: np.zeros(n) for b in s.batteries}
+        self.soc_arr = {b.id: np.zeros(n) for b in s.batteries}
+        self.cap_arr = np.full(n, np.inf)
+        self.fuel = {f.id: np.zeros(n) for f in s.fleets}
+
+    # ------------------------------------------------------------------ state changes
+    def log(
+        self, k: int, kind: str, subject: str, value: float, unit: str, detail: Any = None
+    ) -> None:
+        """Write a ledger entry at step boundary ``k``."""
+        self.ledger.append(
+            {
+                "ts": self.grid.boundary(k),
+                "site": self.site.id,
+                "kind": str(kind),
+                "subject": subject,
+                "value": value,
+                "unit": unit,
+                "detail": detail,
+            }
+        )
+
+    def request(self, change: Callable[[int], None]) -> None:
+        """Queue a state change; dispatch catches up to now first, then applies it."""
+        self._pending.append(change)
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _set_pv(self, aid: str) -> Callable[[bool], None]:
+        def f(down: bool) -> None:
+            self.pv_down[aid] += 1 if down else -1
+
+        return f
+
+    def _set_bat(self, bid: str) -> Callable[[bool], None]:
+        def f(down: bool) -> None:
+            self.bat_down[bid] += 1 if down else -1
+
+        return f
+
+    def _set_chp(self, down: bool) -> None:
+        self.chp_down += 1 if down else -1
+
+    def _set_cap(self, cap: float | None, k: int) -> None:
+        if cap is not None:
+            self.cap = cap
+            self._dr_start = k
+            self.log(k, "dr_start", "grid", cap, "kW")
+        else:
+            a = getattr(self, "_dr_start", k)
+            shed = float(np.sum(self._shed_block(a, k))) * self.grid.dt_h
+            self.log(
+                k, "dr_end", "grid", float(self.cap or 0.0), "kW", {"shed_kwh": round(shed, 3)}
+            )
+            self.cap = None
+
+    # ------------------------------------------------------------------ dispatch
+    def _shed_block(self, a: int, b: int) -> FloatArray:
+        """Load that the DR cap forces off in steps ``[a, b)`` [kW]."""
+        net = self.load_total[a:b] - self.chp_kw[a:b] - self._pv_avail(a, b)
+        for bid in self.limits:
+            net = net + self.charge[bid][a:b] - self.discharge[bid][a:b]
+        out: FloatArray = np.clip(net - self.cap_arr[a:b], 0.0, None)
+        return out
+
+    def _pv_avail(self, a: int, b: int) -> FloatArray:
+        tot = np.zeros(b - a)
+        for p in self.pv_ac.values():
+            tot += p[a:b]
+        return tot
+
+    def _run_block(self, a: int, b: int) -> None:
+        """Dispatch steps ``[a, b)`` with the current state."""
+        if b <= a:
+            return
+        for aid, down in self.pv_down.items():
+            if down:
+                self.pv_ac[aid][a:b] = 0.0
+        if self.chp_down:
+            self.chp_kw[a:b] = 0.0
+        contract = self.site.grid.contract_kw
+        if self.cap is not None:
+            self.cap_arr[a:b] = self.cap
+        if not self.limits:
+            return
+        net = self.load_total[a:b] - self.chp_kw[a:b] - self._pv_avail(a, b)
+        il = np.full(b - a, min(contract, self.cap) if self.cap is not None else contract)
+        dr = np.full(b - a, self.cap is not None)
+        period = self._periods(a, b)
+        for bid, lim in self.limits.items():
+            if self.bat_down[bid]:
+                self.soc_arr[bid][a:b] = self.soc[bid]
+                continue
+            c, d, soc = dispatch_block(self.soc[bid], net, period[bid], il, dr, lim, self.grid.dt_h)
+            self.charge[bid][a:b] = c
+            self.discharge[bid][a:b] = d
+            self.soc_arr[bid][a:b] = soc
+            self.soc[bid] = float(soc[-1])
+            net = net + c - d
+
+    def _periods(self, a: int, b: int) -> dict[str, npt.NDArray[np.int8]]:
+        out = {}
+        for bat in self.site.batteries:
+            p = np.zeros(b - a, dtype=np.int8)
+            if self._tou_names is not None and bat.dispatch.strategy == "tou_arbitrage":
+                names = self._tou_names[a:b]
+                p[np.isin(names, bat.dispatch.charge_periods)] = 1
+                p[np.isin(names, bat.dispatch.discharge_periods)] = 2
+            out[bat.id] = p
+        return out
+
+    def _dispatch(self, env: simpy.Environment) -> ev.Proc:
+        n = self.grid.n
+        chunk = max(n // 50, 1)  # wake up now and then to report progress
+        while self._pos < n:
+            self._wake = env.event()
+            yield self._wake | env.timeout(min(chunk, n - int(env.now)))
+            now = int(env.now)
+            self._run_block(self._pos, now)
+            self._pos = now
+            pending, self._pending = self._pending, []
+            for change in pending:
+                change(now)
+            if self.progress is not None:
+                self.progress(self.site.id, now, n)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> SiteFlows:
+        """Run the site and return its flows."""
+        self.prepare()
+        g, s = self.grid, self.site
+        env = simpy.Environment()
+        rng = self.rng_events
+        env.process(self._dispatch(env))
+        for arr in s.pv:
+            env.process(ev.failures(env, self, rng, arr.id, arr.reliability, self._set_pv(arr.id)))
+            env.process(ev.maintenance(env, self, arr.id, arr.maintenance, self._set_pv(arr.id)))
+        for bat in s.batteries:
+            env.process(ev.failures(env, self, rng, bat.id, bat.reliability, self._set_bat(bat.id)))
+            env.process(ev.maintenance(env, self, bat.id, bat.maintenance, self._set_bat(bat.id)))
+        if s.chp is not None:
+            env.process(ev.failures(env, self, rng, "chp", s.chp.reliability, self._set_chp))
+        if s.grid.demand_response is not None:
+            env.process(
+                ev.demand_response(
+                    env, self, rng, s.grid.demand_response, s.grid.contract_kw, self._set_cap
+                )
+            )
+        cal = s.loads.calendar
+        env.process(ev.shutdowns(env, self, cal.holidays, cal.shutdowns))
+        days = pd.date_range(g.start, g.end - dt.timedelta(days=1), freq="D")
+        ref_days = pd.date_range(
+            dt.date(g.start.year, 1, 1), dt.date(g.start.year, 12, 31), freq="D"
+        )
+        for fl in s.fleets:
+            if fl.workdays_only:
+                use = days[ld.workdays(days, cal)]
+                per_year = float(ld.workdays(ref_days, cal).sum())
+            else:
+                use, per_year = days, float(len(ref_days))
+            fuel = self.fuel[fl.id]
+
+            def deliver(k: int, kg: float, fuel: FloatArray = fuel) -> None:
+                if k > 0:
+                    fuel[k - 1] += kg
+
+            env.process(
+                ev.fleet_fuel(env, self, rng, fl, [d.date() for d in use], per_year, deliver)
+            )
+        for ref in s.refrigerants:
+            env.process(ev.refrigerant_service(env, self, rng, ref))
+        for cp in s.procurement.certificates:
+            env.process(ev.certificates(env, self, cp))
+        for ct in s.procurement.contracts:
+            env.process(ev.contract_settlements(env, self, ct))
+        if s.process_emissions:
+            loc = g.mid_local
+            key = pd.MultiIndex.from_arrays([loc.year, loc.month])
+            by_month = pd.Series(self.running * g.dt_h, index=key).groupby(level=[0, 1]).sum()
+            rh = {(int(y), int(m)): float(v) for (y, m), v in by_month.items()}
+            per_year = float(self.ref_running.sum())
+            for pe in s.process_emissions:
+                env.process(ev.process_emissions(env, self, pe, rh, per_year))
+        env.run(until=g.n + 1)
+        if self._pos < g.n:  # pragma: no cover - the dispatch process runs to n
+            self._run_block(self._pos, g.n)
+        flows = self._finish()
+        self._release()
+        return flows
+
+    def _release(self) -> None:
+        """Drop the working arrays and the SimPy references (no cycles keep them alive)."""
+        self._wake = None
+        self._pending = []
+        for attr in (
+            "w",
+            "pv_ac",
+            "loads",
+            "load_total",
+            "running",
+            "ref_running",
+            "chp_kw",
+            "charge",
+            "discharge",
+            "soc_arr",
+            "cap_arr",
+            "fuel",
+            "_tou_names",
+            "period",
+        ):
+            self.__dict__.pop(attr, None)
+
+    def _finish(self) -> SiteFlows:
+        g, s = self.grid, self.site
+        n = g.n
+        a: dict[str, FloatArray] = {}
+        shed = self._shed_block(0, n)
+        loads = dict(self.loads)
+        left = shed.copy()
+        for use in _SHED_ORDER:
+            if use in loads and left.any():
+                cut = np.minimum(loads[use], left)
+                loads[use] = loads[use] - cut
+                left = left - cut
+        for use in ld.END_USES:
+            if use in loads:
+                a[f"load.{use}"] = loads[use]
+        a["shed"] = shed
+        load = sum(loads.values(), np.zeros(n))
+        chp = np.minimum(self.chp_kw, load)
+        pv_av = self._pv_avail(0, n)
+        ch = sum(self.charge.values(), np.zeros(n))
+        dis = sum(self.discharge.values(), np.zeros(n))
+        split = split_flows(pv_av, load, chp, ch, dis, export_limit(s))
+        curt = split["pv_curtailed"]
+        frac = np.divide(curt, pv_av, out=np.zeros(n), where=pv_av > 0)
+        for arr in s.pv:
+            p = self.pv_ac[arr.id]
+            a[f"pv_curtailed.{arr.id}"] = p * frac
+            a[f"pv.{arr.id}"] = p - p * frac
+        for bid in self.limits:
+            a[f"charge.{bid}"] = self.charge[bid]
+            a[f"discharge.{bid}"] = self.discharge[bid]
+            a[f"soc.{bid}"] = self.soc_arr[bid]
+        a["grid_import"] = split["grid_import"]
+        a["grid_export"] = split["grid_export"]
+        a["chp"] = chp
+        # heat
+        month = np.asarray(g.mid_local.month)
+        chp_heat = chp / s.chp.eta_e * s.chp.eta_th if s.chp is not None else np.zeros(n)
+        chp_fuel = chp / s.chp.eta_e if s.chp is not None else np.zeros(n)
+        gas_fuel = chp_fuel.copy()
+        if s.steam is not None:
+            demand = th.steam_demand_kw(self.running, self.w["temp_air"], month, s.steam)
+            if s.steam.annual_gj is not None:
+                ref_local = ld.reference_year(g.start.year, s.location.tz)
+                ref = th.steam_demand_kw(
+                    self.ref_running,
+                    self._ref_temperature(ref_local),
+                    np.asarray(ref_local.month),
+                    s.steam,
+                )
+                e_gj = float(ref.sum()) * th.MJ_PER_KWH / 1000.0
+                if e_gj > 0:
+                    demand = demand * (s.steam.annual_gj / e_gj)
+            sup = th.heat_supply(demand, chp_heat, s.steam)
+            a["purchased_heat"] = sup["purchased"]
+            if s.steam.boiler is not None:
+                a["boiler_heat"] = sup["boiler"]
+                gas_fuel = gas_fuel + sup["boiler"] / s.steam.boiler.efficiency
+            if s.steam.waste_heat_share > 0:
+                a["waste_heat"] = sup["waste_heat"]
+            a["chp_heat"] = sup["chp"]
+        gas = th.gas_m3h(gas_fuel, s.gas_lhv_mj_per_m3) + s.other_gas_m3_per_year / 8760.0
+        if (
+            s.chp is not None
+            or (s.steam is not None and s.steam.boiler is not None)
+            or s.other_gas_m3_per_year > 0
+        ):
+            a["gas_m3h"] = gas
+        # production output value [RMB/h]
+        run_h = float(self.ref_running.sum())
+        if run_h <= 0:
+            run_h = float(self.running.sum() * g.dt_h) or 1.0
+        years = np.asarray(g.mid_local.year) - g.start.year
+        a["output_rmb_h"] = (
+            self.running
+            * s.output.annual_rmb
+            / run_h
+            * (1 + s.output.growth_pct_per_year / 100.0) ** years
+        )
+        for fid, f in self.fuel.items():
+            a[f"fuel_kg.{fid}"] = f
+        a["ghi"] = self.w["ghi"]
+        a["poa"] = self.w["poa"]
+        a["temp_air"] = self.w["temp_air"]
+        optional = {"shed", "chp", "chp_heat"}
+        optional |= {f"pv_curtailed.{p.id}" for p in s.pv} | {f"fuel_kg.{f.id}" for f in s.fleets}
+        for key in optional & set(a):
+            if not a[key].any():
+                del a[key]  # zero throughout: SiteFlows.flow gives zeros
+        flows = SiteFlows(site=s, grid=g, arrays=a, ledger=self.ledger, optional=optional)
+        from ems.sim.meters import start_registers
+
+        flows.register_start = start_registers(flows, self.rng_meters)
+        return flows

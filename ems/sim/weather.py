@@ -1,0 +1,350 @@
+"""Weather: sun position, irradiance and air temperature per step.
+
+Two sources: a seeded synthetic model calibrated to monthly means (default), or
+an EPW / TMY3 file read with :mod:`pvlib.iotools`.
+
+Synthetic model
+---------------
+1. Sun: :func:`pvlib.solarposition.get_solarposition` at interval midpoints and
+   the extraterrestrial normal irradiance
+   :func:`pvlib.irradiance.get_extra_radiation`; horizontal extraterrestrial
+   irradiance ``G0h = E0 * max(cos(zenith), 0)`` [W/m2].
+2. Daily clearness index ``kt_d``: a Gaussian AR(1) over days (lag-1 correlation
+   ``cloud_persistence``) mapped through a scaled Beta distribution whose mean is
+   the month's ``clearness_index``; then each calendar month is rescaled so its
+   extraterrestrial-weighted mean equals the target (the definition of the
+   monthly mean clearness index: ``sum(GHI) / sum(G0h)``).
+3. Within the day a multiplicative AR(1) noise (time constant 1 h) with a
+   ``G0h``-weighted mean of one per day, so the day keeps its ``kt_d``;
+   ``GHI = kt_d * noise * G0h``, limited to ``KT_MAX`` of ``G0h``.
+4. DNI and DHI from GHI with the Erbs decomposition
+   (:func:`pvlib.irradiance.erbs`).
+5. Air temperature: monthly means interpolated over the year, a cosine daily cycle
+   peaking at 15:00 local, a daily AR(1) anomaly and step noise.
+
+References
+----------
+Erbs, D. G., Klein, S. A., Duffie, J. A. (1982). Estimation of the diffuse radiation
+fraction for hourly, daily and monthly-average global radiation. Solar Energy 28(4).
+Duffie, J. A., Beckman, W. A. Solar Engineering of Thermal Processes, ch. 1-2
+(daily extraterrestrial irradiation, clearness index).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pvlib
+from scipy import signal, special, stats
+
+from ems.errors import ConfigError
+from ems.model.site import Location, Weather
+
+__all__ = [
+    "KT_MAX",
+    "SUN_STEP_S",
+    "ar1",
+    "daily_clearness",
+    "extraterrestrial_daily",
+    "read_weather_file",
+    "solar_geometry",
+    "synthetic_weather",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+KT_MAX = 0.82
+"""Largest step clearness index allowed [-] (clear, clean air)."""
+_KT_DAILY_MAX = 0.78
+_KT_DAILY_STD = 0.13
+_GSC = 1361.0  # solar constant [W/m2] (Kopp & Lean 2011), as pvlib uses for E0
+
+
+def ar1(rng: np.random.Generator, n: int, rho: float) -> FloatArray:
+    """Stationary AR(1) series with unit variance and lag-1 correlation ``rho`` [-]."""
+    if n == 0:
+        return np.zeros(0)
+    eps = rng.standard_normal(n)
+    rho = float(np.clip(rho, 0.0, 0.9999))
+    if rho == 0.0:
+        return eps
+    eps[0] /= np.sqrt(1.0 - rho * rho)  # start from the stationary distribution
+    out: FloatArray = signal.lfilter([np.sqrt(1.0 - rho * rho)], [1.0, -rho], eps)
+    return out
+
+
+SUN_STEP_S = 600
+"""Finest step at which the sun's position is computed [s]; finer steps interpolate.
+
+The apparent zenith moves at most 0.25 deg/min, smoothly: linear interpolation
+between 10-minute points errs by less than 0.05 deg and saves most of the SPA's
+cost at one-minute resolution.
+"""
+
+
+def solar_geometry(
+    mid_utc: pd.DatetimeIndex, location: Location
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Sun position and extraterrestrial irradiance at interval midpoints.
+
+    Positions come from :func:`pvlib.solarposition.get_solarposition` (NREL SPA,
+    ``nrel_numpy``), computed every :data:`SUN_STEP_S` at most and interpolated
+    linearly in between (azimuth unwrapped).
+
+    Returns
+    -------
+    zenith, azimuth : ndarray [deg]
+        Apparent zenith and azimuth.
+    dni_extra : ndarray [W/m2]
+        Extraterrestrial normal irradiance.
+    g0h : ndarray [W/m2]
+        Extraterrestrial horizontal irradiance ``dni_extra * max(cos(zenith), 0)``
+        (true, not apparent, zenith).
+    """
+    t = np.asarray((mid_utc - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1), dtype=float)
+    step = float(np.min(np.diff(t))) if len(t) > 1 else float(SUN_STEP_S)
+    if step < SUN_STEP_S and len(t) > 2:
+        k = max(int(SUN_STEP_S // step), 1)
+        knots = np.unique(np.concatenate([np.arange(0, len(t), k), [len(t) - 1]]))
+        sp = pvlib.solarposition.get_solarposition(
+            mid_utc[knots], location.lat, location.lon, altitude=location.altitude_m
+        )
+        tk = t[knots]
+        zenith = np.interp(t, tk, sp["apparent_zenith"].to_numpy(dtype=float))
+        true_zenith = np.interp(t, tk, sp["zenith"].to_numpy(dtype=float))
+        az = np.unwrap(np.radians(sp["azimuth"].to_numpy(dtype=float)))
+        azimuth = np.degrees(np.interp(t, tk, az)) % 360.0
+    else:
+        sp = pvlib.solarposition.get_solarposition(
+            mid_utc, location.lat, location.lon, altitude=location.altitude_m
+        )
+        zenith = sp["apparent_zenith"].to_numpy(dtype=float)
+        true_zenith = sp["zenith"].to_numpy(dtype=float)
+        azimuth = sp["azimuth"].to_numpy(dtype=float)
+    del sp
+    doy = (
+        np.asarray(mid_utc.day_of_year, dtype=float)
+        + (np.asarray(mid_utc.hour, dtype=float) + np.asarray(mid_utc.minute, dtype=float) / 60.0)
+        / 24.0
+    )
+    dni_extra = np.asarray(pvlib.irradiance.get_extra_radiation(doy), dtype=float)
+    g0h = dni_extra * np.clip(np.cos(np.radians(true_zenith)), 0.0, None)
+    return zenith, azimuth, dni_extra, g0h
+
+
+def extraterrestrial_daily(days: pd.DatetimeIndex, lat: float) -> FloatArray:
+    """Daily extraterrestrial irradiation on a horizontal plane [Wh/m2/day].
+
+    Duffie & Beckman eq. 1.10.3 with Cooper's declination.
+    """
+    doy = np.asarray(days.day_of_year, dtype=float)
+    phi = np.radians(lat)
+    decl = np.radians(23.45) * np.sin(2 * np.pi * (284 + doy) / 365.0)
+    ws = np.arccos(np.clip(-np.tan(phi) * np.tan(decl), -1.0, 1.0))
+    e0 = 1 + 0.033 * np.cos(2 * np.pi * doy / 365.0)
+    h0 = (
+        (24 / np.pi)
+        * _GSC
+        * e0
+        * (np.cos(phi) * np.cos(decl) * np.sin(ws) + ws * np.sin(phi) * np.sin(decl))
+    )
+    out: FloatArray = np.clip(h0, 0.0, None)
+    return out
+
+
+def daily_clearness(
+    rng: np.random.Generator,
+    days: pd.DatetimeIndex,
+    kt_monthly: list[float],
+    lat: float,
+    persistence: float,
+) -> FloatArray:
+    """Daily clearness index for whole calendar months, calibrated per month.
+
+    Parameters
+    ----------
+    rng : Generator
+    days : DatetimeIndex
+        Whole calendar months of local dates (daily frequency).
+    kt_monthly : list of 12 float [-]
+        Target monthly mean clearness index, Jan..Dec.
+    lat : float [deg]
+    persistence : float [-]
+        Lag-1 autocorrelation of the daily cloudiness.
+
+    Returns
+    -------
+    ndarray [-]
+        ``kt_d``; per month ``sum(kt_d * H0_d) / sum(H0_d)`` equals the target
+        (where the cap allows).
+    """
+    n = len(days)
+    z = ar1(rng, n, persistence)
+    u = special.ndtr(z)
+    month = np.asarray(days.month)
+    target = np.clip(np.asarray(kt_monthly, dtype=float)[month - 1], 0.02, _KT_DAILY_MAX * 0.97)
+    m = target / _KT_DAILY_MAX
+    var = min((_KT_DAILY_STD / _KT_DAILY_MAX) ** 2, 0.9 * float(np.min(m * (1 - m))))
+    k = m * (1 - m) / var - 1.0
+    kt = _KT_DAILY_MAX * stats.beta.ppf(u, m * k, (1 - m) * k)
+    h0 = extraterrestrial_daily(days, lat)
+    key = np.asarray(days.year) * 12 + month
+    for _ in range(4):  # rescale each month to its target; the cap makes it iterative
+        for mk in np.unique(key):
+            sel = key == mk
+            w = h0[sel]
+            now = float(np.sum(kt[sel] * w) / max(np.sum(w), 1e-9))
+            if now > 0:
+                kt[sel] = np.minimum(kt[sel] * target[sel][0] / now, _KT_DAILY_MAX)
+    out: FloatArray = np.asarray(kt, dtype=float)
+    return out
+
+
+def _month_days(start: dt.date, end: dt.date) -> pd.DatetimeIndex:
+    first = dt.date(start.year, start.month, 1)
+    last_month_end = dt.date(
+        (end - dt.timedelta(days=1)).year,
+        (end - dt.timedelta(days=1)).month,
+        calendar.monthrange((end - dt.timedelta(days=1)).year, (end - dt.timedelta(days=1)).month)[
+            1
+        ],
+    )
+    return pd.date_range(first, last_month_end, freq="D")
+
+
+def _monthly_interp(values: list[float], local: pd.DatetimeIndex) -> FloatArray:
+    """Interpolate 12 monthly means periodically over the year at ``local`` times."""
+    doy = np.asarray(local.day_of_year, dtype=float) + np.asarray(local.hour, dtype=float) / 24.0
+    mid = np.array([15.5, 45, 74.5, 105, 135.5, 166, 196.5, 227.5, 258, 288.5, 319, 349.5])
+    xs = np.concatenate([mid - 365.0, mid, mid + 365.0])
+    ys = np.tile(np.asarray(values, dtype=float), 3)
+    out: FloatArray = np.interp(doy, xs, ys)
+    return out
+
+
+def synthetic_weather(
+    rng: np.random.Generator,
+    mid_local: pd.DatetimeIndex,
+    dt_h: float,
+    location: Location,
+    weather: Weather,
+    zenith: FloatArray,
+    dni_extra: FloatArray,
+    g0h: FloatArray,
+) -> dict[str, FloatArray]:
+    """Synthetic GHI, DNI, DHI [W/m2] and air temperature [degC] per step.
+
+    See the module docs for the model. ``rng`` is consumed in a fixed order.
+    """
+    if weather.clearness_index is None or weather.temp_air_c is None:
+        raise ConfigError("synthetic weather needs 'clearness_index' and 'temp_air_c'")
+    start = mid_local[0].date()
+    end = mid_local[-1].date() + dt.timedelta(days=1)
+    days = _month_days(start, end)
+    kt_days = daily_clearness(
+        rng, days, weather.clearness_index, location.lat, weather.cloud_persistence
+    )
+    temp_anom_days = 1.8 * ar1(rng, len(days), 0.7)
+    # map each step to its local day
+    day_of_step = mid_local.normalize().tz_localize(None)
+    di = days.get_indexer(day_of_step)
+    kt_d = kt_days[di]
+    # intra-day variability, time constant 1 h, stronger on broken-cloud days
+    rho = float(np.exp(-dt_h / 1.0))
+    amp = 0.35 * 4.0 * (kt_d / _KT_DAILY_MAX) * (1 - kt_d / _KT_DAILY_MAX)
+    noise = np.exp(amp * ar1(rng, len(mid_local), rho))
+    # normalise per day: G0h-weighted mean of the noise = 1
+    w = noise * g0h
+    num = np.bincount(di, weights=w, minlength=len(days))
+    den = np.bincount(di, weights=g0h, minlength=len(days))
+    scale = np.where(num > 0, den / np.where(num > 0, num, 1.0), 1.0)
+    kt_step = np.minimum(kt_d * noise * scale[di], KT_MAX)
+    ghi = kt_step * g0h
+    doy = np.asarray(mid_local.day_of_year)
+    dec = pvlib.irradiance.erbs(ghi, zenith, doy)
+    dni = np.nan_to_num(np.asarray(dec["dni"], dtype=float))
+    dhi = np.nan_to_num(np.asarray(dec["dhi"], dtype=float))
+    # temperature
+    tmean = _monthly_interp(weather.temp_air_c, mid_local)
+    hour = (
+        np.asarray(mid_local.hour, dtype=float) + np.asarray(mid_local.minute, dtype=float) / 60.0
+    )
+    cycle = 0.5 * weather.temp_daily_amplitude_c * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
+    clear_amp = 0.6 + 0.8 * (kt_d - 0.5)  # clear days swing more
+    temp = tmean + cycle * clear_amp + temp_anom_days[di] + 0.3 * ar1(rng, len(mid_local), rho)
+    return {
+        "ghi": ghi,
+        "dni": dni,
+        "dhi": dhi,
+        "temp_air": temp,
+        "kt_day": kt_d,
+        "dni_extra": dni_extra,
+        "g0h": g0h,
+    }
+
+
+def read_weather_file(
+    path: str | Path, kind: str, mid_local: pd.DatetimeIndex
+) -> dict[str, FloatArray]:
+    """Read an EPW or TMY3 file and map it onto the steps.
+
+    The file's typical year is placed on the simulated years by day of year and
+    hour (its own year is ignored); values are interpolated linearly between the
+    middles of the file's hours (EPW hours 1-24 end at the stated hour, in local
+    standard time; pvlib labels them by their start).
+
+    Parameters
+    ----------
+    path : str or Path
+    kind : {"epw", "tmy3"}
+    mid_local : DatetimeIndex
+        Step midpoints in the site's zone.
+
+    Returns
+    -------
+    dict of ndarray
+        ``ghi``, ``dni``, ``dhi`` [W/m2] and ``temp_air`` [degC].
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"weather file: expected an {kind.upper()} file, found nothing at {p}")
+    try:
+        if kind == "epw":
+            data, _meta = pvlib.iotools.read_epw(str(p), coerce_year=2019)
+        else:
+            data, _meta = pvlib.iotools.read_tmy3(str(p), coerce_year=2019, map_variables=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"weather file {p}: expected a readable {kind.upper()} file; {exc}"
+        ) from exc
+    need = ["ghi", "dni", "dhi", "temp_air"]
+    missing = [c for c in need if c not in data.columns]
+    if missing:
+        raise ConfigError(f"weather file {p}: expected columns {need}, missing {missing}")
+    # hours of the typical year (coerced to non-leap 2019), at the middle of each file hour;
+    # pvlib labels each hour of the file by its start
+    idx = data.index
+    year0 = pd.Timestamp(2019, 1, 1)
+    naive = idx.tz_localize(None) if idx.tz is not None else idx
+    hoy_file = np.asarray((naive - year0) / pd.Timedelta(hours=1), dtype=float) + 0.5
+    order = np.argsort(hoy_file)
+    hoy_file = hoy_file[order]
+    std_offset = idx.tz.utcoffset(None) if idx.tz is not None else None
+    if std_offset is not None:  # files are in local standard time: no DST
+        mid = (mid_local.tz_convert("UTC") + std_offset).tz_localize(None)
+    else:
+        mid = mid_local.tz_localize(None)
+    doy = np.minimum(np.asarray(mid.day_of_year), 365)
+    hoy = (doy - 1) * 24 + np.asarray(mid.hour) + np.asarray(mid.minute) / 60.0
+    out: dict[str, FloatArray] = {}
+    for c in need:
+        vals = data[c].to_numpy(dtype=float)[order]
+        out[c] = np.interp(hoy, hoy_file, vals, period=8760.0)
+    for c in ("ghi", "dni", "dhi"):
+        out[c] = np.clip(out[c], 0.0, None)
+    return out

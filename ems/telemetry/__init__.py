@@ -1,0 +1,7 @@
+"""MQTT telemetry: the v1 contract (``docs/telemetry.md``), publisher, ingestor, brokers.
+
+Modules: :mod:`~ems.telemetry.topics` and :mod:`~ems.telemetry.codec` (pure),
+:mod:`~ems.telemetry.connection` (paho clients), :mod:`~ems.telemetry.publisher`,
+:mod:`~ems.telemetry.ingestor`, :mod:`~ems.telemetry.ledger` (ledger, checkpoint,
+reconciliation), :mod:`~ems.telemetry.broker` (embedded amqtt broker).
+"""

@@ -1,0 +1,201 @@
+"""``ems stream``, ``ems ingest``, ``ems broker`` and ``ems reconcile``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ems.errors import ConfigError
+from ems.readings import ReadingSet
+
+__all__ = ["broker", "ingest", "reconcile", "stream"]
+
+log = logging.getLogger(__name__)
+
+
+def _broker_options(f: Any) -> Any:
+    f = click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client key (PEM).")(f)
+    f = click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (PEM).")(f)
+    f = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA bundle; implies TLS.")(f)
+    f = click.option(
+        "--username", default=None, help="Broker user; the password comes from EMS_MQTT_PASSWORD or EMS_MQTT_PASSWORD_FILE."
+    )(f)
+    f = click.option(
+        "--mqtt-version", type=click.Choice(["5", "3.1.1"]), default=None,
+        help="MQTT protocol (default 5; the URL may say ?protocol=3.1.1).",
+    )(f)
+    return f
+
+
+def _config(url: str, kw: dict[str, Any]) -> Any:
+    from ems.telemetry.connection import BrokerConfig, password_from_env
+
+    return BrokerConfig.from_url(
+        url,
+        username=kw.get("username"),
+        password=password_from_env() if kw.get("username") else None,
+        ca_file=kw.get("tls_ca"),
+        cert_file=kw.get("tls_cert"),
+        key_file=kw.get("tls_key"),
+        protocol=kw.get("mqtt_version"),
+    )
+
+
+def _load_readings(source: str) -> ReadingSet:
+    p = Path(source)
+    if p.is_dir():
+        return ReadingSet.from_parquet(p)
+    if not p.exists():
+        raise ConfigError(f"{source}: expected a scenario file or a readings folder (ems run --out); not found")
+    import ems
+
+    result: Any = ems.simulate(ems.load_scenario(str(p)))
+    if not isinstance(result, ReadingSet):  # pragma: no cover - the simulator's contract
+        raise ConfigError(f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet")
+    return result
+
+
+@click.command()
+@click.argument("scenario")
+@click.option("--broker", "broker_url", default=None, help="mqtt://host:port; default: start the embedded broker.")
+@click.option("--qos", type=click.Choice(["0", "1"]), default="1", show_default=True)
+@click.option("--speed", type=float, default=None, help="Plant seconds per real second (3600: an hour per second).")
+@click.option("--as-fast-as-possible", "fast", is_flag=True, help="As fast as the broker acknowledges (default).")
+@click.option("--batch", type=int, default=100, show_default=True, help="Readings per message when as fast as possible.")
+@click.option("--window", type=int, default=1000, show_default=True, help="Unacknowledged messages per connection.")
+@click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Ledger and checkpoint file (resume after it; reconcile with it).")
+@click.option("--client-id-prefix", default="ems-pub", show_default=True)
+@_broker_options
+def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None, fast: bool, batch: int,
+           window: int, ledger: Path | None, client_id_prefix: str, **kw: Any) -> None:
+    """Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT."""
+    from ems.telemetry.broker import EmbeddedBroker
+    from ems.telemetry.publisher import Publisher, PublishOptions
+
+    if fast and speed is not None:
+        raise click.UsageError("give --speed or --as-fast-as-possible, not both")
+    if speed is not None and speed <= 0:
+        raise click.UsageError(f"--speed must be > 0, found {speed}")
+    rs = _load_readings(scenario)
+    opts = PublishOptions(qos=int(qos), speed=speed, batch=batch, window=window, ledger=ledger,
+                          client_id_prefix=client_id_prefix)
+    with contextlib.ExitStack() as stack:
+        if broker_url is None:
+            b = stack.enter_context(EmbeddedBroker())
+            broker_url = b.url
+            click.echo(f"started the embedded broker at {b.url}", err=True)
+        cfg = _config(broker_url, kw)
+        stats = Publisher(cfg, rs, opts).run()
+    click.echo(
+        f"published {stats.readings} readings in {stats.messages} messages "
+        f"({stats.skipped} already acknowledged before) in {stats.elapsed_s:.1f} s: {stats.rate:,.0f} readings/s"
+    )
+
+
+@click.command()
+@click.option("--broker", "broker_url", default="mqtt://127.0.0.1:1883", show_default=True)
+@click.option("--store", "store_url", required=True, help="Store path or URL (see ems.store.open_store).")
+@click.option("--group", default=None, help="Shared subscription group: ingestors of one group split the load (MQTT 5).")
+@click.option("--client-id", default="ems-ingest", show_default=True, help="Fixed: the broker keeps the session under it.")
+@click.option("--deadletter", type=click.Path(dir_okay=False, path_type=Path), default=Path("deadletter.jsonl"),
+              show_default=True, help="JSONL file of rejected messages.")
+@click.option("--stats", "stats_every", type=float, is_flag=False, flag_value=5.0, default=None,
+              help="Print the counters every N seconds (default 5).")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.")
+@click.option("--batch-readings", type=int, default=5000, show_default=True)
+@click.option("--batch-seconds", type=float, default=0.5, show_default=True)
+@click.option("--session-expiry", type=int, default=3600, show_default=True, help="[s] broker keeps the session offline.")
+@click.option("--max-future", type=float, default=300.0, show_default=True, help="[s] tolerated source clock skew.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until SIGTERM/SIGINT).")
+@_broker_options
+def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
+           stats_every: float | None, metrics_port: int | None, batch_readings: int, batch_seconds: float,
+           session_expiry: int, max_future: float, duration: float | None, **kw: Any) -> None:
+    """Subscribe to ems/v1, check every message and write readings to a store."""
+    import json
+
+    from ems.store import open_store
+    from ems.telemetry.ingestor import IngestOptions, Ingestor
+
+    cfg = _config(broker_url, kw)
+    if group and not cfg.v5:
+        log.warning("shared subscriptions are an MQTT 5 feature; the broker may not support them over 3.1.1")
+    store = open_store(store_url)
+    opts = IngestOptions(group=group, client_id=client_id, deadletter=deadletter, batch_readings=batch_readings,
+                         batch_s=batch_seconds, session_expiry_s=session_expiry, max_future_s=max_future)
+    ing = Ingestor(cfg, store, opts)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ing.start()
+        if metrics_port is not None:
+            port = ing.serve_metrics(metrics_port)
+            click.echo(f"metrics at http://127.0.0.1:{port}/metrics", err=True)
+        t0 = time.monotonic()
+        next_stats = t0 + (stats_every or 0)
+        while not stop.is_set():
+            if duration is not None and time.monotonic() - t0 >= duration:
+                break
+            stop.wait(0.2)
+            if stats_every and time.monotonic() >= next_stats:
+                click.echo(json.dumps(ing.stats()), err=True)
+                next_stats += stats_every
+    finally:
+        ing.stop()
+        store.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    click.echo(json.dumps(ing.stats()))
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=1883, show_default=True)
+def broker(host: str, port: int) -> None:
+    """Run the embedded MQTT broker (amqtt, MQTT 3.1.1) until interrupted."""
+    from ems.telemetry.broker import run_broker
+
+    click.echo(f"embedded broker on mqtt://{host}:{port}?protocol=3.1.1 (Ctrl-C to stop)", err=True)
+    run_broker(host, port)
+
+
+@click.command()
+@click.option("--ledger", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--store", "store_url", required=True, help="Store path or URL.")
+def reconcile(ledger: Path, store_url: str) -> None:
+    """Compare what a publisher's ledger says it sent with what a store holds, per meter.
+
+    Exits 1 if any reading was lost or doubled.
+    """
+    from ems.store import open_store
+    from ems.telemetry.ledger import Ledger
+    from ems.telemetry.ledger import reconcile as _reconcile
+
+    store = open_store(store_url, read_only=True)
+    try:
+        rows = _reconcile(Ledger(ledger), store)
+    finally:
+        store.close()
+    click.echo(f"{'meter':<40} {'published':>10} {'stored':>10} {'lost':>8} {'doubled':>8} {'extra':>8}")
+    for r in rows:
+        flag = "" if r.ok else "  <--"
+        click.echo(f"{r.site + '/' + r.meter:<40} {r.published:>10} {r.stored:>10} {r.lost:>8} {r.doubled:>8} {r.extra:>8}{flag}")
+    lost = sum(r.lost for r in rows)
+    doubled = sum(r.doubled for r in rows)
+    extra = sum(r.extra for r in rows)
+    click.echo(f"total: published {sum(r.published for r in rows)}, stored {sum(r.stored for r in rows)}, "
+               f"lost {lost}, doubled {doubled}, extra {extra}")
+    if lost or doubled:
+        raise SystemExit(1)

@@ -1,0 +1,511 @@
+"""Subscribe to the telemetry topics, check every message, write readings to a store.
+
+Delivery is at least once and nothing is lost on a crash: QoS 1 on a persistent
+session (fixed client id; MQTT 5 ``clean_start=False`` with a session expiry, or
+MQTT 3.1.1 ``clean_session=False``) and *manual* acknowledgements: a message is
+acknowledged only after :meth:`Store.write_readings` returned for its readings.
+A crash in between makes the broker deliver it again; the store's idempotent
+writes make the repeat harmless.
+
+Threads: paho's network thread puts raw messages on a bounded queue (when the
+queue is full it blocks, paho stops reading the socket and the broker holds the
+messages: backpressure instead of unbounded memory); one writer thread decodes,
+checks, batches (by size and time) and writes. Rejected messages go to the dead
+letter topic and a local JSONL file, and are acknowledged.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pandas as pd
+
+from ems.errors import EmsError, PayloadError
+from ems.readings import MeterInfo, SiteInfo, events_frame
+from ems.store.base import Store
+from ems.telemetry import codec, topics
+from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
+
+__all__ = ["IngestOptions", "Ingestor", "SeqTracker"]
+
+log = logging.getLogger(__name__)
+
+_MAX_GAP_TRACKED = 100_000
+
+
+@dataclass
+class IngestOptions:
+    """How to ingest.
+
+    Attributes
+    ----------
+    group : str, optional
+        Share the data subscription with other ingestors (``$share/GROUP/...``).
+    client_id : str
+        Fixed id: the broker keeps the session (and unacknowledged messages) under it.
+    session_expiry_s : int [s]
+        How long the broker keeps the session while disconnected (MQTT 5).
+    batch_readings : int
+        Write when this many readings are waiting ...
+    batch_s : float [s]
+        ... or when the oldest has waited this long.
+    queue_size : int
+        Messages between the network thread and the writer.
+    deadletter : path, optional
+        JSONL file of rejected messages.
+    max_future_s : float [s]
+        Tolerated source clock skew.
+    unknown_grace_s : float [s]
+        How long a reading of a meter without metadata waits for it.
+    meters, sites : lists
+        Known beforehand (besides the retained metadata messages).
+    """
+
+    group: str | None = None
+    client_id: str = "ems-ingest"
+    session_expiry_s: int = 3600
+    batch_readings: int = 5000
+    batch_s: float = 0.5
+    queue_size: int = 2000
+    deadletter: Path | None = None
+    max_future_s: float = 300.0
+    unknown_grace_s: float = 5.0
+    meters: list[MeterInfo] = field(default_factory=list)
+    sites: list[SiteInfo] = field(default_factory=list)
+
+
+class SeqTracker:
+    """Sequence numbers seen per meter: duplicates, gaps and late arrivals.
+
+    Keeps only the highest and lowest seq and the set of missing ones (bounded).
+    """
+
+    def __init__(self) -> None:
+        self.hi: dict[tuple[str, str], int] = {}
+        self.lo: dict[tuple[str, str], int] = {}
+        self.missing: dict[tuple[str, str], set[int]] = {}
+        self.gaps = 0
+
+    def see(self, key: tuple[str, str], seq: int) -> str:
+        """Record ``seq``; return ``new``, ``duplicate``, ``late`` (fills a gap) or ``gap`` (new, after a gap)."""
+        hi = self.hi.get(key)
+        if hi is None:
+            self.hi[key] = self.lo[key] = seq
+            return "new"
+        if seq > hi:
+            self.hi[key] = seq
+            if seq > hi + 1:
+                self.gaps += 1
+                if seq - hi - 1 <= _MAX_GAP_TRACKED:
+                    self.missing.setdefault(key, set()).update(range(hi + 1, seq))
+                return "gap"
+            return "new"
+        held = self.missing.get(key)
+        if held and seq in held:
+            held.discard(seq)
+            return "late"
+        if seq < self.lo[key]:
+            self.lo[key] = seq
+            return "new"
+        return "duplicate"
+
+    def missing_count(self) -> int:
+        """Sequence numbers skipped and not (yet) received."""
+        return sum(len(m) for m in self.missing.values())
+
+
+@dataclass
+class _Item:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received: float
+
+
+class Ingestor:
+    """Subscribe, validate, batch, write, acknowledge.
+
+    Parameters
+    ----------
+    cfg : BrokerConfig
+    store : Store
+    options : IngestOptions
+    """
+
+    def __init__(self, cfg: BrokerConfig, store: Store, options: IngestOptions | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.opts = options or IngestOptions()
+        if self.opts.group:
+            topics.validate_id(self.opts.group, "group")
+        self.meters: dict[tuple[str, str], MeterInfo] = {(m.site, m.meter): m for m in self.opts.meters}
+        self.sites: set[str] = {s.site for s in self.opts.sites} | {m.site for m in self.opts.meters}
+        self.status: dict[str, str] = {}
+        self.counters: Counter[str] = Counter()
+        self.rejected_by_reason: Counter[str] = Counter()
+        self.seqs = SeqTracker()
+        self.lag_s = 0.0
+        self._q: queue.Queue[_Item] = queue.Queue(maxsize=self.opts.queue_size)
+        self._receiving = threading.Event()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._last: dict[tuple[str, str], codec.Reading] = {}
+        self._parked: list[_Item] = []
+        self._parked_at = 0.0
+        self._dl_lock = threading.Lock()
+        self._http: ThreadingHTTPServer | None = None
+        self._batch_reset()
+        self.client = make_client(
+            cfg, self.opts.client_id, persistent=True, manual_ack=True
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Ingestor:
+        """Register known metadata, start the writer, connect and subscribe."""
+        if self.opts.sites:
+            self.store.register_sites(self.opts.sites)
+        if self.opts.meters:
+            self.store.register_meters(self.opts.meters)
+        self._receiving.set()
+        self._writer = threading.Thread(target=self._write_loop, name="ems-ingest-writer", daemon=True)
+        self._writer.start()
+        connect_and_wait(
+            self.client,
+            self.cfg,
+            clean_start=False,
+            session_expiry_s=self.opts.session_expiry_s,
+        )
+        log.info("ingesting from %s as %s", self.cfg.describe(), self.opts.client_id)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop receiving, flush the batch, acknowledge it, disconnect."""
+        self._receiving.clear()
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(timeout)
+        time.sleep(0.1)  # let paho's thread send the last PUBACKs
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+    def __enter__(self) -> Ingestor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, predicate: Callable[[Counter[str]], bool], timeout: float) -> bool:
+        """Wait until ``predicate(counters)`` holds (for tests and scripts); return whether it did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.counters):
+                return True
+            time.sleep(0.05)
+        return predicate(self.counters)
+
+    # ------------------------------------------------------------------ paho thread
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if getattr(rc, "is_failure", False):
+            log.error("broker refused the connection: %s", rc)
+            return
+        subs = [
+            (topics.META_FILTER, 1),
+            (topics.SITE_FILTER, 1),
+            (topics.shared(topics.DATA_FILTER, self.opts.group), 1),
+        ]
+        client.subscribe(subs)  # again on every reconnect
+        log.info("subscribed to %s", [s for s, _ in subs])
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc != 0 and self._receiving.is_set():
+            log.warning("disconnected from %s (%s); paho reconnects", self.cfg.describe(), rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        item = _Item(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time())
+        while self._receiving.is_set():
+            try:
+                self._q.put(item, timeout=0.2)  # blocks when full: backpressure
+                return
+            except queue.Full:
+                continue
+        # stopping: not acknowledged, so the broker delivers it again next session
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _batch_reset(self) -> None:
+        self._b_ts: list[int] = []
+        self._b_site: list[str] = []
+        self._b_meter: list[str] = []
+        self._b_q: list[str] = []
+        self._b_v: list[float] = []
+        self._b_events: list[dict[str, Any]] = []
+        self._b_acks: list[tuple[int, int]] = []
+        self._b_readings = 0
+        self._b_max_ts = 0
+        self._b_since: float | None = None
+
+    def _write_loop(self) -> None:
+        while True:
+            if self._b_since is not None:
+                wait = max(self.opts.batch_s - (time.monotonic() - self._b_since), 0.0)
+            else:
+                wait = 0.2
+            try:
+                item = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self.counters["received"] += 1
+                self._process(item)
+            full = self._b_readings >= self.opts.batch_readings
+            due = self._b_since is not None and time.monotonic() - self._b_since >= self.opts.batch_s
+            if full or due or (item is None and self._b_acks):
+                self._flush()
+            if self._parked and (item is None or time.monotonic() - self._parked_at > 1.0):
+                self._parked_at = time.monotonic()
+                self._retry_parked()
+            if item is None:
+                if self._stop.is_set() and self._q.empty():
+                    self._flush()
+                    return
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    def _process(self, item: _Item) -> None:
+        try:
+            t = topics.parse_topic(item.topic)
+            if t.kind == "data":
+                self._data(item, t.site, t.meter)
+                return
+            if t.kind == "meta":
+                info = codec.decode_meta(t.site, t.meter, item.payload)
+                self.store.register_meters([info])
+                self.meters[(info.site, info.meter)] = info
+                self.sites.add(info.site)
+                self.counters["meta"] += 1
+                self._retry_parked()
+            elif t.kind == "site":
+                site = codec.decode_site(t.site, item.payload)
+                self.store.register_sites([site])
+                self.sites.add(site.site)
+            elif t.kind == "status":
+                self.status[t.site] = item.payload.decode("utf-8", "replace")[:32]
+                log.info("site %s is %s", t.site, self.status[t.site])
+            elif t.kind == "events":
+                rows = codec.decode_events(
+                    t.site, item.payload, now_ns=time.time_ns(), max_future_s=self.opts.max_future_s
+                )
+                self._b_events.extend(rows)
+                self._b_acks.append((item.mid, item.qos))
+                if self._b_since is None:
+                    self._b_since = time.monotonic()
+                return
+            # deadletter: our own republished rejects; nothing to do
+            self._ack(item.mid, item.qos)
+        except PayloadError as exc:
+            self._reject(item, exc)
+
+    def _data(self, item: _Item, site: str, meter: str) -> None:
+        try:
+            msg = codec.decode_data(
+                site,
+                meter,
+                item.payload,
+                self.meters,
+                now_ns=time.time_ns(),
+                max_future_s=self.opts.max_future_s,
+                known_sites=self.sites,
+            )
+            key = (site, meter)
+            prev = self._last.get(key)
+            if prev is not None and msg.readings[0].ts_ns > prev.ts_ns:
+                codec.check_registers(msg.readings, f"ems/v1/{site}/{meter}", previous=prev)
+        except PayloadError as exc:
+            if exc.reason in ("unknown_meter", "unknown_site") and (
+                time.time() - item.received < self.opts.unknown_grace_s
+            ):
+                self._parked.append(item)  # metadata may still be on its way
+                return
+            self._reject(item, exc)
+            return
+        last = msg.readings[-1]
+        if prev is None or last.ts_ns > prev.ts_ns:
+            self._last[key] = last
+        n = 0
+        for r in msg.readings:
+            state = self.seqs.see(key, r.seq)
+            if state == "duplicate":
+                self.counters["duplicates"] += 1
+            elif state == "gap" and not self.opts.group:
+                log.warning("%s/%s: gap in sequence numbers before seq %d", site, meter, r.seq)
+            for q, v in r.values.items():
+                self._b_ts.append(r.ts_ns)
+                self._b_q.append(q)
+                self._b_v.append(v)
+                n += 1
+        self._b_site.extend([site] * n)
+        self._b_meter.extend([meter] * n)
+        self._b_readings += len(msg.readings)
+        self._b_max_ts = max(self._b_max_ts, last.ts_ns)
+        self._b_acks.append((item.mid, item.qos))
+        self.counters["readings_received"] += len(msg.readings)
+        if self._b_since is None:
+            self._b_since = time.monotonic()
+
+    def _retry_parked(self) -> None:
+        if not self._parked:
+            return
+        parked, self._parked = self._parked, []
+        for item in parked:
+            self._process(item)
+
+    def _flush(self) -> None:
+        if not self._b_acks:
+            self._batch_reset()
+            return
+        while True:
+            try:
+                if self._b_ts:
+                    idx = pd.DatetimeIndex(np.asarray(self._b_ts, dtype="datetime64[ns]"), name="ts").tz_localize("UTC")
+                    df = pd.DataFrame(
+                        {
+                            "site": pd.Categorical(self._b_site),
+                            "meter": pd.Categorical(self._b_meter),
+                            "quantity": pd.Categorical(self._b_q),
+                            "value": np.asarray(self._b_v, dtype="float64"),
+                        },
+                        index=idx,
+                    )
+                    self.store.write_readings(df)
+                if self._b_events:
+                    self.store.write_events(events_frame(self._b_events))
+                break
+            except EmsError as exc:
+                log.error("store write failed (%s); retrying in 1 s, nothing acknowledged", exc)
+                if self._stop.wait(1.0) and not self._receiving.is_set():
+                    log.error("stopping with %d messages unacknowledged; the broker keeps them", len(self._b_acks))
+                    self._batch_reset()
+                    return
+        for mid, qos in self._b_acks:  # only now: the readings are in the store
+            self._ack(mid, qos)
+        self.counters["written"] += self._b_readings
+        self.counters["events_written"] += len(self._b_events)
+        self.counters["batches"] += 1
+        if self._b_max_ts:
+            self.lag_s = time.time() - self._b_max_ts / 1e9
+        self._batch_reset()
+
+    def _reject(self, item: _Item, exc: PayloadError) -> None:
+        self.counters["rejected"] += 1
+        self.rejected_by_reason[exc.reason] += 1
+        log.warning("rejected %s: %s", item.topic, exc)
+        record = {
+            "received": dt.datetime.fromtimestamp(item.received, dt.UTC).isoformat().replace("+00:00", "Z"),
+            "reason": exc.reason,
+            "message": str(exc),
+            "topic": item.topic,
+            "payload_b64": base64.b64encode(item.payload).decode("ascii"),
+        }
+        line = json.dumps(record)
+        if self.opts.deadletter is not None:
+            with self._dl_lock, open(self.opts.deadletter, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+                f.flush()
+        self.client.publish(topics.deadletter_topic(exc.reason), line.encode(), qos=1)
+        self._ack(item.mid, item.qos)
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """Live counters: received (messages), readings_received, written, rejected, duplicates, gaps, ..."""
+        c = self.counters
+        return {
+            "received": c["received"],
+            "readings_received": c["readings_received"],
+            "written": c["written"],
+            "rejected": c["rejected"],
+            "duplicates": c["duplicates"],
+            "gaps": self.seqs.gaps,
+            "missing_seq": self.seqs.missing_count(),
+            "events_written": c["events_written"],
+            "queue_depth": self._q.qsize(),
+            "lag_s": round(self.lag_s, 3),
+            "meters_known": len(self.meters),
+            "rejected_by_reason": dict(self.rejected_by_reason),
+        }
+
+    def prometheus(self) -> str:
+        """The counters in the Prometheus text exposition format."""
+        s = self.stats()
+        lines: list[str] = []
+        for name, kind, help_ in (
+            ("received", "counter", "messages received"),
+            ("readings_received", "counter", "readings received in accepted messages"),
+            ("written", "counter", "readings written to the store"),
+            ("rejected", "counter", "messages rejected (dead-lettered)"),
+            ("duplicates", "counter", "readings whose seq was seen before"),
+            ("gaps", "counter", "jumps in a meter's sequence numbers"),
+            ("missing_seq", "gauge", "sequence numbers skipped and not received yet"),
+            ("queue_depth", "gauge", "messages waiting for the writer"),
+            ("lag_s", "gauge", "now minus the newest reading's ts at the last write [s]"),
+        ):
+            metric = f"ems_ingest_{name}" + ("_total" if kind == "counter" else "")
+            lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} {kind}", f"{metric} {s[name]}"]
+        lines += ["# HELP ems_ingest_rejected_by_reason_total rejected messages by reason",
+                  "# TYPE ems_ingest_rejected_by_reason_total counter"]
+        for reason, n in sorted(s["rejected_by_reason"].items()):
+            lines.append(f'ems_ingest_rejected_by_reason_total{{reason="{reason}"}} {n}')
+        return "\n".join(lines) + "\n"
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve :meth:`prometheus` at ``http://host:port/metrics``; return the port."""
+        ingestor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") not in ("/metrics", ""):
+                    self.send_error(404)
+                    return
+                body = ingestor.prometheus().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("metrics: %s", format % args)
+
+        self._http = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._http.serve_forever, name="ems-metrics", daemon=True).start()
+        return int(self._http.server_address[1])
+
+
+def known_from(meters: Iterable[MeterInfo]) -> dict[tuple[str, str], MeterInfo]:
+    """Index meters by (site, meter)."""
+    return {(m.site, m.meter): m for m in meters}

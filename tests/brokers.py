@@ -1,0 +1,87 @@
+"""Real MQTT brokers for tests: mosquitto (Debian) and the embedded amqtt broker.
+
+Import the fixtures into a test module::
+
+    from brokers import amqtt_broker, mosquitto  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ems.telemetry.broker import EmbeddedBroker, free_port, wait_for_port
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    url: str
+    proc: subprocess.Popen | None = None
+    conf: Path | None = None
+
+    def restart(self) -> None:
+        """Stop and start mosquitto on the same port (persistence keeps sessions)."""
+        assert self.proc is not None and self.conf is not None
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = _start_mosquitto(self.conf, self.port)
+
+
+def _start_mosquitto(conf: Path, port: int) -> subprocess.Popen:
+    with open(conf.parent / "mosquitto.log", "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port("127.0.0.1", port, 10.0, proc)
+    return proc
+
+
+def mosquitto_broker(tmp: Path) -> Broker:
+    """Start mosquitto on a free loopback port with persistence in ``tmp``."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence true\n"
+        f"persistence_location {tmp}/\n"
+        "max_queued_messages 0\n"
+        "max_inflight_messages 0\n"
+        "log_dest stdout\n"
+        "log_type error\n"
+        "log_type warning\n"
+    )
+    proc = _start_mosquitto(conf, port)
+    return Broker("127.0.0.1", port, f"mqtt://127.0.0.1:{port}", proc, conf)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A mosquitto broker (MQTT 5 and 3.1.1) for one test."""
+    b = mosquitto_broker(tmp_path / "mosquitto")
+    try:
+        yield b
+    finally:
+        assert b.proc is not None
+        b.proc.terminate()
+        try:
+            b.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            b.proc.kill()
+            b.proc.wait(5)
+
+
+@pytest.fixture
+def amqtt_broker():
+    """The embedded amqtt broker (MQTT 3.1.1 only) for one test."""
+    with EmbeddedBroker() as b:
+        yield Broker(b.host, b.port, b.url)

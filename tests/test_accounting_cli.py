@@ -1,0 +1,61 @@
+"""``ems report`` through click's runner and once as a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from accounting_fixtures import TARIFF, const, from_power, index, meter, readingset, register, site
+from click.testing import CliRunner
+
+from ems.accounting.commands import report
+
+
+def _folder(tmp_path: Path) -> Path:
+    idx = index("2024-01-30", 96 * 3, tz="Asia/Shanghai")
+    frames = [from_power("s1", "grid", "import_kwh", const(idx, 100.0)),
+              from_power("s1", "grid", "export_kwh", const(idx, 5.0)),
+              from_power("s1", "pv", "energy_kwh", const(idx, 20.0)),
+              register("s1", "mes", "output_rmb", const(idx, 500.0))]
+    ev = [{"ts": "2024-01-30T06:00Z", "site": "s1", "kind": "certificate", "subject": "GEC", "value": 1.0,
+           "detail": {"vintage": 2020}}]
+    rs = readingset(frames, [meter("s1", "grid", "grid"), meter("s1", "pv", "pv"), meter("s1", "mes", "production")],
+                    [site("s1", tariff=TARIFF)], ev)
+    return rs.to_parquet(tmp_path / "run")
+
+
+def test_report_cli(tmp_path):
+    src = _folder(tmp_path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(report, [str(src), "--by", "group", "--period", "month", "--out", str(out),
+                                    "--format", "csv,parquet,json,html", "--factor", "natural_gas_kgce_per_m3=1.2143"])
+    assert r.exit_code == 0, r.output
+    assert "KPIs by group and month" in r.output and "Factors used" in r.output
+    k = pd.read_csv(out / "kpis.csv")
+    assert list(k["period"]) == ["2024-01", "2024-02"]
+    assert (out / "kpis.parquet").exists()
+    certs = json.loads((out / "certificates.json").read_text())
+    assert certs[0]["valid"] is False and "outside validity" in certs[0]["reason"]
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 3 and "cn-2023" in html and "0.1229" in html
+
+
+def test_report_cli_errors(tmp_path):
+    r = CliRunner().invoke(report, [])
+    assert r.exit_code != 0
+    r = CliRunner().invoke(report, [str(_folder(tmp_path)), "--format", "xls"])
+    assert r.exit_code != 0 and "--format" in str(r.exception)
+
+
+def test_report_subprocess(tmp_path):
+    src = _folder(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-m", "ems.cli", "report", str(src), "--period", "year"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "2024" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "ems.cli", "report", str(tmp_path / "missing")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("error:")

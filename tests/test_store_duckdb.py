@@ -1,0 +1,460 @@
+"""The embedded store: roundtrip, idempotency, ordering, filtering, durability,
+compaction and a second process reading while the first one writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ems.errors import MissingExtraError, ReadingError, StoreError
+from ems.readings import MeterInfo, ReadingSet, SiteInfo, events_frame
+from ems.store import Store, open_store
+from ems.store.duckdb_store import DuckDBStore
+from ems.store.segments import Segment, list_segments, overlap_groups
+
+UTC = dt.UTC
+GRID_Q = ("power_kw", "import_kwh", "export_kwh")
+PV_Q = ("power_kw", "energy_kwh", "curtailed_kwh")
+
+
+def make_set(sites=("qd", "sd"), start="2024-03-01T00:15Z", periods=192, freq="15min", seed=1):
+    """A small ReadingSet with the contract's columns: a grid and a PV meter per site."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range(start, periods=periods, freq=freq, tz="UTC")
+    frames, meters, infos = [], [], []
+    for s in sites:
+        for meter, kind, qs in (("grid", "grid", GRID_Q), ("pv1", "pv", PV_Q)):
+            meters.append(MeterInfo(s, meter, kind, "electricity", qs, 900, {"x": 1}))
+            for q in qs:
+                v = rng.random(periods) * 100
+                if q.endswith("_kwh"):
+                    v = np.cumsum(v)
+                frames.append(
+                    pd.DataFrame({"site": s, "meter": meter, "quantity": q, "value": v}, index=ts)
+                )
+        infos.append(
+            SiteInfo(
+                s,
+                s.upper(),
+                "grp",
+                "co",
+                "park",
+                "Asia/Shanghai",
+                36.0,
+                120.0,
+                "CN",
+                "CN-East",
+                "cn-2024",
+                {"contract_kw": 5000},
+            )
+        )
+    df = pd.concat(frames).sort_index(kind="stable")
+    df.index.name = "ts"
+    for c in ("site", "meter", "quantity"):
+        df[c] = df[c].astype("category")
+    ev = events_frame(
+        [
+            {
+                "ts": ts[3],
+                "site": sites[0],
+                "kind": "fuel_delivery",
+                "subject": "fleet",
+                "value": 500.0,
+                "unit": "kg",
+                "detail": {"fuel": "diesel"},
+            },
+            {
+                "ts": ts[9],
+                "site": sites[-1],
+                "kind": "outage_start",
+                "subject": "pv1",
+                "value": float("nan"),
+                "unit": "",
+                "detail": None,
+            },
+        ]
+    )
+    return ReadingSet(readings=df, events=ev, meters=meters, sites=infos)
+
+
+def canon(df: pd.DataFrame) -> pd.DataFrame:
+    """Readings in a canonical order with plain string columns, for comparison."""
+    out = df.reset_index()
+    out["ts"] = out["ts"].dt.as_unit("ns")
+    for c in ("site", "meter", "quantity"):
+        out[c] = out[c].astype(str)
+    return out.sort_values(["site", "meter", "quantity", "ts"]).reset_index(drop=True)
+
+
+def keys(df: pd.DataFrame) -> pd.DataFrame:
+    return canon(df)[["ts", "site", "meter", "quantity"]]
+
+
+@pytest.fixture
+def rs():
+    return make_set()
+
+
+@pytest.fixture
+def store(tmp_path):
+    with DuckDBStore(tmp_path / "store") as st:
+        yield st
+
+
+def write_all(st, rs):
+    st.register_sites(rs.sites)
+    st.register_meters(rs.meters)
+    st.write_readings(rs.readings)
+    st.write_events(rs.events)
+
+
+def test_is_a_store(store):
+    assert isinstance(store, Store)
+
+
+def test_roundtrip(store, rs):
+    write_all(store, rs)
+    back = store.read()
+    pd.testing.assert_frame_equal(canon(back.readings), canon(rs.readings))
+    r = back.readings
+    assert r.index.name == "ts"
+    assert str(r.index.tz) == "UTC"
+    assert r.index.dtype == "datetime64[ns, UTC]"
+    for c in ("site", "meter", "quantity"):
+        assert isinstance(r[c].dtype, pd.CategoricalDtype)
+    assert r["value"].dtype == np.float64
+    # ordered by site, then ts
+    for _, sub in r.groupby("site", observed=True):
+        assert sub.index.is_monotonic_increasing
+    assert back.meters == sorted(rs.meters, key=lambda m: (m.site, m.meter))
+    assert back.sites == rs.sites
+    pd.testing.assert_frame_equal(back.events, rs.events, check_dtype=False)
+    assert store.count() == len(rs.readings)
+
+
+def test_write_twice_stored_once(store, rs):
+    write_all(store, rs)
+    write_all(store, rs)
+    assert store.count() == len(rs.readings)
+    back = store.read()
+    pd.testing.assert_frame_equal(canon(back.readings), canon(rs.readings))
+    assert len(back.events) == len(rs.events)
+
+
+def test_overlapping_batches_last_write_wins(store, rs):
+    r = rs.readings
+    half = r.index[len(r) // 2]
+    first = r[r.index <= half]
+    second = r[r.index >= half - pd.Timedelta("2h")].copy()
+    second["value"] = second["value"] + 1000.0
+    store.write_readings(first)
+    store.write_readings(second)
+    expected = pd.concat([r[r.index < half - pd.Timedelta("2h")], second])
+    assert store.count() == len(r)
+    pd.testing.assert_frame_equal(canon(store.read().readings), canon(expected))
+
+
+def test_repeats_within_a_frame_keep_last(store, rs):
+    r = rs.readings.iloc[:60]
+    twice = pd.concat([r, r.assign(value=r["value"] * 2)])
+    store.write_readings(twice)
+    pd.testing.assert_frame_equal(
+        canon(store.read().readings), canon(r.assign(value=r["value"] * 2))
+    )
+
+
+def test_out_of_order_writes(store, rs):
+    r = rs.readings
+    late, early = r[r.index >= r.index[len(r) // 2]], r[r.index < r.index[len(r) // 2]]
+    store.write_readings(late)
+    shuffled = early.sample(frac=1.0, random_state=3)
+    store.write_readings(shuffled)
+    back = store.read().readings
+    pd.testing.assert_frame_equal(canon(back), canon(r))
+    for _, sub in back.groupby("site", observed=True):
+        assert sub.index.is_monotonic_increasing
+
+
+def test_plain_string_columns_and_us_index(store, rs):
+    r = rs.readings.copy()
+    for c in ("site", "meter", "quantity"):
+        r[c] = r[c].astype(str)
+    r.index = r.index.as_unit("us")
+    store.write_readings(r)
+    pd.testing.assert_frame_equal(canon(store.read().readings), canon(rs.readings))
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Shanghai", "Europe/Ljubljana"])
+def test_time_filter_inclusive(store, rs, tz):
+    write_all(store, rs)
+    start = pd.Timestamp("2024-03-01T01:00Z").tz_convert(tz)
+    end = pd.Timestamp("2024-03-01T02:00Z").tz_convert(tz)
+    back = store.read(start=start.to_pydatetime(), end=end.to_pydatetime())
+    r = rs.readings
+    expected = r[(r.index >= start) & (r.index <= end)]
+    pd.testing.assert_frame_equal(canon(back.readings), canon(expected))
+    assert back.events.index.min() >= start
+    assert len(back.events) == 1  # 01:00 is in, 02:30 is out
+    assert back.readings.index.min() == start and back.readings.index.max() == end
+
+
+def test_site_filter(store, rs):
+    write_all(store, rs)
+    back = store.read(sites=["sd"])
+    r = rs.readings
+    pd.testing.assert_frame_equal(canon(back.readings), canon(r[r["site"] == "sd"]))
+    assert [s.site for s in back.sites] == ["sd"]
+    assert {m.site for m in back.meters} == {"sd"}
+    assert set(back.events["site"]) == {"sd"}
+    assert list(back.readings["site"].cat.categories) == ["sd"]
+    assert store.read(sites=["nowhere"]).readings.empty
+
+
+def test_empty_store(store):
+    back = store.read()
+    assert back.readings.empty and back.events.empty
+    assert store.count() == 0
+    assert store.write_readings(make_set().readings.iloc[:0]) == 0
+
+
+def test_naive_bounds_rejected(store):
+    with pytest.raises(StoreError, match="tz-aware"):
+        store.read(start=dt.datetime(2024, 1, 1))
+
+
+def test_bad_input_rejected(store, rs):
+    bad = rs.readings.iloc[:3].copy()
+    bad["quantity"] = "watts"
+    with pytest.raises(ReadingError, match="unknown quantities"):
+        store.write_readings(bad)
+    bad = rs.readings.iloc[:3].copy()
+    bad["site"] = "../etc"
+    with pytest.raises(StoreError, match="names a directory"):
+        store.write_readings(bad)
+    with pytest.raises(ReadingError, match="tz-aware"):
+        store.write_events(rs.events.tz_localize(None))
+
+
+def test_durable_across_reopen_and_read_only(tmp_path, rs):
+    path = tmp_path / "s"
+    with open_store(str(path)) as st:
+        write_all(st, rs)
+    with open_store(f"duckdb://{path}", read_only=True) as ro:
+        pd.testing.assert_frame_equal(canon(ro.read().readings), canon(rs.readings))
+        with pytest.raises(StoreError, match="read-only"):
+            ro.write_readings(rs.readings)
+    assert not list(path.rglob(".tmp-*"))
+
+
+def test_closed_store_refuses(tmp_path, rs):
+    st = DuckDBStore(tmp_path / "s")
+    st.close()
+    st.close()
+    with pytest.raises(StoreError, match="closed"):
+        st.read()
+
+
+def test_not_a_store_dir(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "other.txt").write_text("hello")
+    with pytest.raises(StoreError, match="empty or new directory"):
+        DuckDBStore(tmp_path / "x")
+    with pytest.raises(StoreError, match="expected an ems store"):
+        DuckDBStore(tmp_path / "y", read_only=True)
+
+
+def test_upsert_metadata(store, rs):
+    store.register_sites(rs.sites)
+    changed = SiteInfo(**{**rs.sites[0].to_dict(), "name": "Renamed"})
+    store.register_sites([changed])
+    sites = store.read().sites
+    assert len(sites) == len(rs.sites)
+    assert next(s for s in sites if s.site == changed.site).name == "Renamed"
+    store.register_meters(rs.meters)
+    store.register_meters(rs.meters[:1])
+    assert len(store.read().meters) == len(rs.meters)
+
+
+def test_compaction(store, rs):
+    r = rs.readings
+    for k in range(0, len(r), 100):  # many small, partly repeated batches
+        store.write_readings(r.iloc[max(0, k - 30) : k + 100])
+    store.write_events(rs.events)
+    store.write_events(rs.events)
+    before = store.segments()
+    assert before > 2
+    result = store.compact()
+    assert result["after"] == 3  # two sites + events
+    assert store.segments() == 2
+    assert store.count() == len(r)
+    back = store.read()
+    pd.testing.assert_frame_equal(canon(back.readings), canon(r))
+    assert len(back.events) == 2
+    # writes after compaction still win
+    newer = r.iloc[:10].assign(value=-1.0)
+    store.write_readings(newer)
+    got = canon(store.read().readings).merge(keys(newer))
+    assert (got["value"] == -1.0).all()
+    assert store.compact()["after"] == 3
+    assert store.count() == len(r)
+
+
+def test_sql_view(store, rs):
+    write_all(store, rs)
+    store.write_readings(rs.readings.iloc[:10])
+    out = store.sql("SELECT site, count(*) AS n FROM readings GROUP BY site ORDER BY site")
+    assert out["n"].sum() == len(rs.readings)
+    ev = store.sql("SELECT count(*) AS n FROM events")
+    assert int(ev["n"].iloc[0]) == len(rs.events)
+
+
+def test_overlap_groups():
+    def seg(seq, lo, hi):
+        return Segment(seq, 0, lo, hi, Path(f"{seq}"))
+
+    groups = overlap_groups([seg(1, 0, 10), seg(2, 20, 30), seg(3, 5, 12), seg(4, 31, 40)])
+    assert [[s.seq for s in g] for g in groups] == [[1, 3], [2], [4]]
+
+
+def test_open_store_urls(tmp_path, monkeypatch):
+    st = open_store(tmp_path / "a")
+    assert isinstance(st, DuckDBStore)
+    st.close()
+    st = open_store(f"duckdb://{tmp_path}/b")
+    assert st.root == tmp_path / "b"
+    st.close()
+    monkeypatch.chdir(tmp_path)
+    with open_store() as st:
+        assert st.root == Path("./ems-data")
+    with pytest.raises(StoreError, match="found scheme 'ftp'"):
+        open_store("ftp://example.com/x")
+    with pytest.raises(StoreError, match=r"missing \['bucket'\]"):
+        open_store("influx+http://127.0.0.1:8086?org=o")
+    with pytest.raises(StoreError, match="token in the URL"):
+        open_store("influx+http://127.0.0.1:8086?org=o&bucket=b&token=secret")
+    monkeypatch.setitem(sys.modules, "influxdb_client", None)
+    monkeypatch.delitem(sys.modules, "ems.store.influx", raising=False)
+    with pytest.raises(MissingExtraError, match=r"pip install 'ems\[influx\]'"):
+        open_store("http://127.0.0.1:8086", org="o", bucket="b")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np, pandas as pd
+    from ems.store.duckdb_store import DuckDBStore
+    path, batches, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    st = DuckDBStore(path)
+    t0 = pd.Timestamp("2024-01-01T00:15Z")
+    for b in range(batches):
+        ts = pd.date_range(t0 + pd.Timedelta(minutes=15 * rows * b), periods=rows, freq="15min")
+        df = pd.DataFrame({"site": "qd", "meter": "grid", "quantity": "import_kwh",
+                           "value": np.arange(rows, dtype=float) + b * rows}, index=ts.rename("ts"))
+        st.write_readings(df)
+        if b % 2:  # a repeat of the previous batch: at-least-once delivery
+            st.write_readings(df)
+        if b % 7 == 6:
+            st.compact()
+    st.close()
+    """
+)
+
+
+def test_second_process_reads_while_first_writes(tmp_path):
+    path = tmp_path / "shared"
+    DuckDBStore(path).close()
+    batches, rows = 60, 96
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(batches), str(rows)])
+    seen = []
+    try:
+        with DuckDBStore(path, read_only=True) as reader:
+            deadline = time.monotonic() + 50
+            while time.monotonic() < deadline:
+                done = proc.poll() is not None
+                r = reader.read().readings
+                n = len(r)
+                assert n % rows == 0, f"partial batch visible: {n} rows"
+                assert not r.index.duplicated().any()
+                # values are consecutive from 0: no batch missing before the newest one
+                assert np.array_equal(r["value"].to_numpy(), np.arange(n, dtype=float))
+                seen.append(n)
+                if done:
+                    break
+            final = reader.count()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    assert seen == sorted(seen), "count went backwards"
+    assert len(set(seen)) > 2, f"reader saw too few states: {sorted(set(seen))}"
+    assert seen[-1] == final == batches * rows
+    assert json.loads((path / "ems-store.json").read_text())["format"] == "ems-segments"
+    assert len(list_segments(path / "readings" / "site=qd")) >= 1
+
+
+@pytest.mark.parametrize("tz", ["Asia/Shanghai", "Europe/Ljubljana", "Asia/Kathmandu"])
+def test_daily_registers_pushdown(tmp_path, tz):
+    """Per local day last register value, across a DST change, with repeats resolved."""
+    rs = make_set(sites=("qd",), start="2024-03-29T00:15Z", periods=96 * 4)
+    with DuckDBStore(tmp_path / "s") as st:
+        st.register_sites(rs.sites)
+        st.write_readings(rs.readings)
+        r = rs.readings
+        newer = r[(r.index >= "2024-03-31T10:00Z") & (r.index < "2024-03-31T12:00Z")]
+        newer = newer.assign(value=newer["value"] + 0.5)
+        st.write_readings(newer)  # overlapping segment: must win
+        got = st.daily_registers(tz=tz)
+        default = st.daily_registers()
+    merged = canon(pd.concat([r.drop(newer.index.unique(), errors="ignore"), newer]))
+    merged = merged[merged["quantity"].str.endswith("_kwh")]
+    local_day = (merged["ts"] - pd.Timedelta("1s")).dt.tz_convert(tz).dt.date
+    expected = (
+        merged.assign(day=local_day).groupby(["site", "meter", "quantity", "day"])["value"].last()
+    )
+    g = got.assign(**{c: got[c].astype(str) for c in ("site", "meter", "quantity")})
+    g = g.set_index(["site", "meter", "quantity", "day"])
+    assert len(g) == len(expected)
+    np.testing.assert_array_equal(g["last"].to_numpy(), expected.to_numpy())
+    diff = g["last"].groupby(level=[0, 1, 2]).diff()
+    np.testing.assert_allclose(g["diff"].to_numpy(), diff.to_numpy())
+    assert set(default["quantity"].astype(str)) == {
+        "import_kwh",
+        "export_kwh",
+        "energy_kwh",
+        "curtailed_kwh",
+    }
+    assert len(default) > 0
+
+
+def test_simulated_scenario_roundtrip(tmp_path):
+    """A short simulated scenario (two sites) through the store and back, unchanged."""
+    sim = pytest.importorskip("ems.sim")
+    from sim_fixtures import make_scenario, make_site
+
+    result = sim.simulate(
+        make_scenario(
+            [make_site("qingdao"), make_site("second", climate="qingdao")], dt.date(2024, 6, 1), dt.date(2024, 6, 3), 900
+        )
+    )
+    with DuckDBStore(tmp_path / "s") as st:
+        write_all(st, result)
+        write_all(st, result)  # delivered twice
+        back = st.read()
+        assert st.count() == len(result.readings)
+    pd.testing.assert_frame_equal(canon(back.readings), canon(result.readings))
+    assert back.meters == sorted(result.meters, key=lambda m: (m.site, m.meter))
+    assert sorted(back.sites, key=lambda s: s.site) == sorted(result.sites, key=lambda s: s.site)
+    assert len(result.events) > 0
+    ev = result.events.reset_index().drop_duplicates(["ts", "site", "kind", "subject"], keep="last")
+    ev = ev.sort_values(["ts", "site", "kind", "subject"]).reset_index(drop=True)
+    got = back.events.reset_index().sort_values(["ts", "site", "kind", "subject"])
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ev, check_dtype=False)

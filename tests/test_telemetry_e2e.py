@@ -1,0 +1,262 @@
+"""Telemetry through real brokers (mosquitto, embedded amqtt) into the real DuckDB store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from brokers import amqtt_broker, mosquitto  # noqa: F401
+from click.testing import CliRunner
+from telemetry_cases import BAD_CASES, data
+from telemetry_data import make_readingset
+
+from ems.readings import MeterInfo, ReadingSet
+from ems.store import open_store
+from ems.telemetry.commands import reconcile as reconcile_cmd
+from ems.telemetry.connection import BrokerConfig
+from ems.telemetry.ingestor import IngestOptions, Ingestor
+from ems.telemetry.ledger import Ledger, reconcile
+from ems.telemetry.publisher import PublishOptions, Publisher
+
+pytestmark = pytest.mark.service
+
+KEY = ["site", "meter", "quantity"]
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "ts": pd.DatetimeIndex(df.index).as_unit("ns").asi8,
+            **{c: df[c].astype(str).to_numpy() for c in KEY},
+            "value": df["value"].to_numpy(dtype="float64"),
+        }
+    )
+    return out.sort_values([*KEY, "ts"], kind="stable").reset_index(drop=True)
+
+
+def assert_same_readings(stored: pd.DataFrame, published: pd.DataFrame) -> None:
+    a, b = tidy(stored), tidy(published)
+    assert len(a) == len(b)
+    assert not a.duplicated([*KEY, "ts"]).any()
+    for c in ["ts", *KEY]:
+        assert (a[c].to_numpy() == b[c].to_numpy()).all(), c
+    # bit-equal values
+    assert np.array_equal(a["value"].to_numpy().view("int64"), b["value"].to_numpy().view("int64"))
+
+
+def ingest(cfg, store, **kw) -> Ingestor:
+    kw.setdefault("client_id", "ing-test")
+    kw.setdefault("batch_s", 0.2)
+    return Ingestor(cfg, store, IngestOptions(**kw)).start()
+
+
+def test_week_of_three_sites_through_mosquitto(mosquitto, tmp_path):
+    rs = make_readingset(sites=("alpha", "beta", "gamma"), days=7)
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    ledger = tmp_path / "ledger.json"
+    ing = ingest(cfg, store, deadletter=tmp_path / "dl.jsonl")
+    try:
+        stats = Publisher(cfg, rs, PublishOptions(ledger=ledger, batch=50)).run()
+        n = 3 * 5 * 672
+        assert stats.readings == n
+        assert ing.wait_for(lambda c: c["written"] >= n and c["events_written"] >= 3, 60), ing.stats()
+    finally:
+        ing.stop()
+    s = ing.stats()
+    assert (s["rejected"], s["duplicates"], s["gaps"]) == (0, 0, 0)
+    back = store.read()
+    assert_same_readings(back.readings, rs.readings)
+    assert {m.meter for m in back.meters} == {m.meter for m in rs.meters}
+    assert sorted(s.site for s in back.sites) == ["alpha", "beta", "gamma"]
+    assert len(back.events) == 3
+    report = reconcile(Ledger(ledger), store)
+    assert len(report) == 15 and all(r.ok and r.published == 672 for r in report)
+    store.close()
+    res = CliRunner().invoke(reconcile_cmd, ["--ledger", str(ledger), "--store", str(tmp_path / "store")])
+    assert res.exit_code == 0, res.output
+    assert "lost 0, doubled 0, extra 0" in res.output
+    assert not (tmp_path / "dl.jsonl").exists()
+
+
+def test_reconcile_names_a_loss(mosquitto, tmp_path):
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid",))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    Publisher(cfg, rs, PublishOptions(ledger=tmp_path / "l.json")).run()  # nobody ingests
+    store.write_readings(rs.readings[rs.readings.index < rs.readings.index.max()])  # last one lost
+    (row,) = reconcile(Ledger(tmp_path / "l.json"), store)
+    store.close()
+    assert (row.published, row.stored, row.lost, row.ok) == (96, 95, 1, False)
+    res = CliRunner().invoke(reconcile_cmd, ["--ledger", str(tmp_path / "l.json"), "--store", str(tmp_path / "store")])
+    assert res.exit_code == 1 and "alpha/grid" in res.output and "lost 1" in res.output
+
+
+def test_deadletter_each_bad_message_from_mosquitto_pub(mosquitto, tmp_path):
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    grid = MeterInfo("alpha", "grid", "grid", "electricity", ("power_kw", "import_kwh", "export_kwh"), 900)
+    dl = tmp_path / "dl.jsonl"
+    ing = ingest(cfg, store, meters=[grid], deadletter=dl, unknown_grace_s=0.0)
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-p", str(mosquitto.port), "-t", "ems/v1/_deadletter/#", "-q", "1", "-v",
+         "-C", str(len(BAD_CASES)), "-W", "30"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        import time
+
+        time.sleep(0.3)  # let mosquitto_sub subscribe
+        for i, (_reason, topic, payload) in enumerate(BAD_CASES):
+            f = tmp_path / f"bad{i}"
+            f.write_bytes(payload)
+            subprocess.run(["mosquitto_pub", "-p", str(mosquitto.port), "-q", "1", "-t", topic, "-f", str(f)],
+                           check=True, timeout=10)
+        good = data()
+        subprocess.run(["mosquitto_pub", "-p", str(mosquitto.port), "-q", "1", "-t", "ems/v1/alpha/grid", "-m",
+                        good.decode()], check=True, timeout=10)
+        assert ing.wait_for(lambda c: c["rejected"] >= len(BAD_CASES) and c["written"] >= 1, 30), ing.stats()
+        out, _ = sub.communicate(timeout=30)
+    finally:
+        sub.kill()
+        ing.stop()
+    records = [json.loads(line) for line in dl.read_text().splitlines()]
+    assert Counter(r["reason"] for r in records) == Counter(c[0] for c in BAD_CASES)
+    sent = Counter((c[0], c[1], c[2]) for c in BAD_CASES)
+    got = Counter((r["reason"], r["topic"], base64.b64decode(r["payload_b64"])) for r in records)
+    assert got == sent
+    assert all(r["message"].startswith(r["reason"] + ":") for r in records)
+    topics_seen = [line.split(" ", 1)[0] for line in out.splitlines() if line.startswith("ems/")]
+    assert Counter(t.rsplit("/", 1)[1] for t in topics_seen) == Counter(c[0] for c in BAD_CASES)
+    back = store.read().readings
+    assert len(back) == 2 and set(back["quantity"].astype(str)) == {"power_kw", "import_kwh"}
+    assert ing.stats()["rejected_by_reason"]["bad_topic"] == 2
+    store.close()
+
+
+def test_two_ingestors_share_a_stream(mosquitto, tmp_path):
+    rs = make_readingset(sites=("alpha", "beta"), days=2)
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    stores = [open_store(tmp_path / f"store{i}") for i in range(2)]
+    ings = [ingest(cfg, s, group="grp", client_id=f"ing{i}") for i, s in enumerate(stores)]
+    try:
+        stats = Publisher(cfg, rs, PublishOptions(batch=8)).run()
+        assert ings[0].wait_for(lambda c: c["written"] + ings[1].counters["written"] >= stats.readings, 60)
+    finally:
+        for i in ings:
+            i.stop()
+    parts = [s.read().readings for s in stores]
+    assert all(len(p) > 0 for p in parts)  # each got some
+    union = pd.concat(parts)
+    assert_same_readings(union, rs.readings)  # complete, nothing doubled
+    for s in stores:
+        s.close()
+
+
+def test_resume_after_the_ledger_checkpoint(mosquitto, tmp_path):
+    full = make_readingset(sites=("alpha",), days=2, meters=("grid", "pv1"))
+    cut = full.readings.index[len(full.readings.index.unique()) // 3]
+    first = ReadingSet(full.readings[full.readings.index <= cut], full.events, full.meters, full.sites)
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    ledger = tmp_path / "l.json"
+    ing = ingest(cfg, store)
+    try:
+        s1 = Publisher(cfg, first, PublishOptions(ledger=ledger, batch=10)).run()
+        s2 = Publisher(cfg, full, PublishOptions(ledger=ledger, batch=10)).run()
+        assert s2.skipped == s1.readings and s1.readings + s2.readings == 2 * 192
+        assert ing.wait_for(lambda c: c["written"] >= 2 * 192, 30)
+    finally:
+        ing.stop()
+    assert ing.stats()["duplicates"] == 0 and ing.stats()["gaps"] == 0
+    assert_same_readings(store.read().readings, full.readings)
+    assert all(r.ok for r in reconcile(Ledger(ledger), store))
+    store.close()
+
+
+def test_persistent_session_keeps_messages_while_the_ingestor_is_down(mosquitto, tmp_path):
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid",))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    ingest(cfg, store, client_id="durable").stop()  # session and subscriptions stay on the broker
+    Publisher(cfg, rs, PublishOptions(batch=4)).run()
+    ing = ingest(cfg, store, client_id="durable")
+    try:
+        assert ing.wait_for(lambda c: c["written"] >= 96, 30), ing.stats()
+    finally:
+        ing.stop()
+    assert_same_readings(store.read().readings, rs.readings)
+    store.close()
+
+
+def test_realtime_pacing_and_metrics(mosquitto, tmp_path):
+    import urllib.request
+
+    rs = make_readingset(sites=("alpha",), days=2 / 24, meters=("grid", "weather"))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    ing = ingest(cfg, store)
+    try:
+        port = ing.serve_metrics(0)
+        stats = Publisher(cfg, rs, PublishOptions(speed=36_000.0)).run()  # 2 h of plant in 0.2 s
+        assert stats.readings == 16 and stats.messages >= 16
+        assert ing.wait_for(lambda c: c["written"] >= 16, 20)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        ing.stop()
+    assert "ems_ingest_written_total 16" in text and "# TYPE ems_ingest_lag_s gauge" in text
+    assert_same_readings(store.read().readings, rs.readings)
+    store.close()
+
+
+def test_embedded_amqtt_broker_short_run(amqtt_broker, tmp_path):
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid", "gas"))
+    cfg = BrokerConfig.from_url(amqtt_broker.url)
+    assert cfg.protocol == "3.1.1"
+    store = open_store(tmp_path / "store")
+    ing = ingest(cfg, store)
+    try:
+        stats = Publisher(cfg, rs, PublishOptions(ledger=tmp_path / "l.json", batch=24)).run()
+        assert stats.readings == 192
+        assert ing.wait_for(lambda c: c["written"] >= 192, 30), ing.stats()
+    finally:
+        ing.stop()
+    assert_same_readings(store.read().readings, rs.readings)
+    assert all(r.ok for r in reconcile(Ledger(tmp_path / "l.json"), store))
+    store.close()
+
+
+def test_cli_stream_as_a_subprocess(mosquitto, tmp_path):
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid",))
+    folder = rs.to_parquet(tmp_path / "readings")
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    ing = ingest(cfg, store)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "ems.cli", "stream", str(folder), "--broker", mosquitto.url,
+             "--ledger", str(tmp_path / "l.json"), "--as-fast-as-possible"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "published 96 readings" in out.stdout
+        assert ing.wait_for(lambda c: c["written"] >= 96, 30)
+    finally:
+        ing.stop()
+    assert_same_readings(store.read().readings, rs.readings)
+    store.close()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ems.cli", "stream", str(tmp_path / "nope.yaml"),
+                          "--broker", "mqtt://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "expected a scenario file or a readings folder" in out.stderr
+    assert "Traceback" not in out.stderr
