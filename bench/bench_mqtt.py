@@ -13,6 +13,7 @@ in its own process. Prints the figures and writes ``bench/results/mqtt.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -69,7 +70,7 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen, int]:
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {tmp}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
-        "log_dest none\n"
+        "log_dest none\n" + ("user root\n" if os.geteuid() == 0 else "")
     )
     proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)])
     wait_for_port("127.0.0.1", port, 10, proc)
@@ -77,17 +78,25 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen, int]:
 
 
 def publish_child(port: int, readings: int, batch: int, client_prefix: str) -> subprocess.Popen:
-    code = (
-        "import sys, json; sys.path.insert(0, %r); from bench.bench_mqtt import make_set;"
-        "from ems.telemetry.connection import BrokerConfig;"
-        "from ems.telemetry.publisher import Publisher, PublishOptions;"
-        "rs = make_set(%d); print('ready', flush=True); sys.stdin.readline();"
-        "s = Publisher(BrokerConfig.from_url('mqtt://127.0.0.1:%d'), rs, PublishOptions(batch=%d, client_id_prefix=%r, events=False)).run();"
-        "print(json.dumps({'readings': s.readings, 'messages': s.messages, 'elapsed_s': s.elapsed_s}), flush=True)"
-    ) % (str(HERE.parent), readings, port, batch, client_prefix)
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """Start a publisher process; it builds its data, says ``ready``, and publishes on ``go``."""
+    cmd = [sys.executable, __file__, "--child", str(port), "--readings", str(readings),
+           "--batch", str(batch), "--prefix", client_prefix]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     return p
+
+
+def child(port: int, readings: int, batch: int, prefix: str) -> None:
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.publisher import Publisher, PublishOptions
+
+    rs = make_set(readings)
+    pub = Publisher(BrokerConfig.from_url(f"mqtt://127.0.0.1:{port}"), rs,
+                    PublishOptions(batch=batch, client_id_prefix=prefix, events=False))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    s = pub.run()
+    print(json.dumps({"readings": s.readings, "messages": s.messages, "elapsed_s": s.elapsed_s}), flush=True)
 
 
 def go(p: subprocess.Popen) -> None:
@@ -114,10 +123,8 @@ def machine() -> dict[str, str]:
         info["ram"] = f"{kb / 2**20:.1f} GiB"
     except (OSError, StopIteration):
         pass
-    try:
+    with contextlib.suppress(OSError, IndexError):
         info["mosquitto"] = subprocess.run(["/usr/sbin/mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
-    except (OSError, IndexError):
-        pass
     return info
 
 
@@ -126,7 +133,12 @@ def main() -> None:
     ap.add_argument("--readings", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=100, help="readings per message")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "mqtt.md")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--prefix", default="bench-pub", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child is not None:
+        child(a.child, a.readings, a.batch, a.prefix)
+        return
 
     from ems.store import open_store
     from ems.telemetry.connection import BrokerConfig
@@ -146,8 +158,9 @@ def main() -> None:
               f"{results['publisher readings/s']:,.0f} readings/s", flush=True)
 
         # 2. mosquitto_sub receiving the same stream
+        per_meter = a.readings // 40
+        expected = 40 * -(-per_meter // a.batch)  # data messages
         p = publish_child(port, a.readings, a.batch, "bench-pub-sub")
-        data_msgs = total // a.batch + 4 * 10  # approx; count data messages exactly below
         sub = subprocess.Popen(
             ["mosquitto_sub", "-p", str(port), "-q", "1", "-t", "ems/v1/+/+", "-i", "bench-sub", "-F", "%t"],
             stdout=subprocess.PIPE, text=True,
@@ -157,20 +170,15 @@ def main() -> None:
         go(p)
         n_data = 0
         assert sub.stdout is not None
-        expected = None
         for line in sub.stdout:
             if "/_" not in line:
                 n_data += 1
-            if expected is None and p.poll() is not None:
-                expected = finish(p)["messages"] - 4 * 10 - 4 * 3  # minus metadata, site and status messages
-            if expected is not None and n_data >= expected:
-                break
-            if expected is None and n_data >= data_msgs - 10 * 4 and p.poll() is None:
-                continue
+                if n_data >= expected:
+                    break
         t_sub = time.monotonic() - t0
         sub.kill()
-        if expected is None:
-            finish(p)
+        sub.wait()
+        finish(p)
         results["mosquitto_sub readings/s"] = total / t_sub
         print(f"mosquitto_sub: {total:,} readings in {t_sub:.2f} s: {results['mosquitto_sub readings/s']:,.0f} readings/s",
               flush=True)

@@ -7,6 +7,7 @@ Import the fixtures into a test module::
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def mosquitto_broker(tmp: Path) -> Broker:
         f"persistence_location {tmp}/\n"
         "max_queued_messages 0\n"
         "max_inflight_messages 0\n"
-        "log_dest stdout\n"
+        + ("user root\n" if os.geteuid() == 0 else "")  # else mosquitto drops to a user that cannot write tmp
+        + "log_dest stdout\n"
         "log_type error\n"
         "log_type warning\n"
     )

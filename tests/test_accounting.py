@@ -15,6 +15,8 @@ from accounting_fixtures import (
     register,
     site,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ems.accounting import kpis, load_factor_set, load_targets, progress
 from ems.accounting.energy import stage1
@@ -187,7 +189,8 @@ def test_certificates_exceeding_consumption_are_capped():
 
 
 def test_invalid_certificate_vintage_and_irec_rule():
-    ev = [_cert(1.0, 2021), _cert(1.0, 2025, scheme="I-REC"), _cert(1.0, 2023), _cert(1.0, 2024, scheme="XYZ")]
+    ev = [_cert(1.0, 2021), _cert(1.0, 2025, scheme="I-REC"), _cert(1.0, 2023), _cert(1.0, 2024, scheme="XYZ"),
+          _cert(1.0, 2024, action="purchase")]
     rs, _ = _simple(power=100.0, events=ev)
     res = kpis(rs, period="year")
     c = res.certificates.set_index(["scheme", "vintage"])
@@ -195,9 +198,10 @@ def test_invalid_certificate_vintage_and_irec_rule():
     assert not c.loc[("I-REC", 2025), "valid"] and "> 2024" in c.loc[("I-REC", 2025), "reason"]
     assert c.loc[("GEC", 2023), "valid"]  # vintage 2023 claimed in 2024: following year
     assert not c.loc[("XYZ", 2024), "valid"]
+    assert res.certificates["reason"].str.contains("only certificates retired").sum() == 1
     row = res.kpis.iloc[0]
     assert row["certificates_counted_kwh"] == pytest.approx(1000)
-    assert row["certificates_invalid_kwh"] == pytest.approx(3000)
+    assert row["certificates_invalid_kwh"] == pytest.approx(4000)
     # configurable: GEC valid three years after vintage
     res2 = kpis(rs, period="year", factors={"certificates:GEC:valid_years_after_vintage": 3})
     assert res2.kpis["certificates_counted_kwh"].iloc[0] == pytest.approx(2000)
@@ -352,11 +356,28 @@ def test_targets_progress():
 def test_row_order_does_not_matter():
     rs, _ = _simple(power=100.0, pv=30.0, export=10.0, periods=DAY * 2, tariff=TARIFF)
     ref = kpis(rs, period="day").kpis
-    rs.readings = rs.readings.sample(frac=1.0, random_state=3)
-    got = kpis(rs, period="day").kpis
-    pd.testing.assert_frame_equal(got, ref)
+    r = rs.readings
+    rs.readings = r.sample(frac=1.0, random_state=3)
+    pd.testing.assert_frame_equal(kpis(rs, period="day").kpis, ref)
+    # already ordered by series then time (the fast path without sorting)
+    rs.readings = r.reset_index().sort_values(["site", "meter", "quantity", "ts"]).set_index("ts")
+    pd.testing.assert_frame_equal(kpis(rs, period="day").kpis, ref)
     # a series with only its baseline reading contributes nothing
     one = readingset([register("s1", "gas", "volume_m3", const(index("2024-06-01", 1), 5.0)).iloc[:1]],
                      [meter("s1", "gas", "gas")], [site("s1")])
     with pytest.raises(AccountingError, match="no register readings"):
         kpis(one)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.booleans(), min_size=DAY * 2, max_size=DAY * 2), st.floats(0.0, 500.0))
+def test_energy_conserved_under_message_loss(keep, power):
+    """Property: whatever messages are lost (except the last), the total energy is unchanged."""
+    rs, _ = _simple(power=power, pv=power / 3, export=power / 5, periods=DAY * 2)
+    total = kpis(rs, period="year").kpis[["grid_import_kwh", "pv_generated_kwh"]].to_numpy()
+    r = rs.readings
+    ts = r.index.unique().sort_values()
+    mask = np.asarray([True, *keep[: len(ts) - 2], True])  # keep the baseline and the last reading
+    rs.readings = r[r.index.isin(ts[mask])]
+    got = kpis(rs, period="year").kpis[["grid_import_kwh", "pv_generated_kwh"]].to_numpy()
+    np.testing.assert_allclose(got, total, rtol=1e-9, atol=1e-9)

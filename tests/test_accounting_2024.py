@@ -4,6 +4,9 @@ Hand computation with GB/T 2589-2020 coefficients and the cn-2023 factor set;
 the worked example is written up in docs/accounting-2024.md.
 """
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
 from accounting_fixtures import GROUP_2024, group_2024
 
@@ -61,3 +64,9 @@ def test_gas_coefficient_override():
     fu = res.factors_used.set_index("name")
     assert fu.loc["natural_gas_kgce_per_m3", "value"] == 1.2143
     assert "override" in fu.loc["natural_gas_kgce_per_m3", "source"]
+
+
+def test_against_reference_file(row):
+    ref = pd.read_csv(Path(__file__).parent / "data" / "accounting" / "group-2024-expected.csv")
+    for metric, value in zip(ref["metric"], ref["value"], strict=True):
+        assert row[metric] == pytest.approx(value, rel=1e-6, abs=1e-4), metric

@@ -42,11 +42,21 @@ def test_report_cli(tmp_path):
     assert html.count("<svg") == 3 and "cn-2023" in html and "0.1229" in html
 
 
+def test_report_custom_period(tmp_path):
+    r = CliRunner().invoke(report, [str(_folder(tmp_path)), "--start", "2024-01-31", "--end", "2024-02-01",
+                                    "--out", str(tmp_path / "o"), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    k = pd.read_csv(tmp_path / "o" / "kpis.csv")
+    assert list(k["period"]) == ["2024-01-31..2024-02-01"] and k["grid_import_kwh"].iloc[0] == 100.0 * 48
+
+
 def test_report_cli_errors(tmp_path):
     r = CliRunner().invoke(report, [])
     assert r.exit_code != 0
     r = CliRunner().invoke(report, [str(_folder(tmp_path)), "--format", "xls"])
     assert r.exit_code != 0 and "--format" in str(r.exception)
+    r = CliRunner().invoke(report, [str(tmp_path / "run"), "--start", "2024-01-01"])
+    assert r.exit_code != 0 and "go together" in str(r.exception)
 
 
 def test_report_subprocess(tmp_path):
@@ -59,3 +69,36 @@ def test_report_subprocess(tmp_path):
     p = subprocess.run([sys.executable, "-m", "ems.cli", "report", str(tmp_path / "missing")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error:")
+
+
+def test_report_from_store(tmp_path):
+    from ems.readings import ReadingSet
+    from ems.store import open_store
+
+    rs = ReadingSet.from_parquet(_folder(tmp_path))
+    url = f"duckdb:///{tmp_path / 'store.duckdb'}"
+    st = open_store(url)
+    try:
+        st.register_sites(rs.sites)
+        st.register_meters(rs.meters)
+        st.write_readings(rs.readings)
+        st.write_events(rs.events)
+    finally:
+        st.close()
+    out = tmp_path / "out"
+    r = CliRunner().invoke(report, ["--store", url, "--period", "day", "--out", str(out), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    k = pd.read_csv(out / "kpis.csv")
+    assert k["grid_import_kwh"].sum() == 100.0 * 72
+
+
+def test_report_from_scenario(tmp_path):
+    """The scenario path: simulate the demo scenario, then account for it."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    r = CliRunner().invoke(report, [str(root / "scenarios" / "demo.yaml"), "--by", "park", "--period", "day",
+                                    "--out", str(out), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    k = pd.read_csv(out / "kpis.csv")
+    assert len(k) == 3 * 7 and (k["grid_import_kwh"] > 0).all()
+    assert k["green_share"].between(0, 1).all()

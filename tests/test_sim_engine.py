@@ -403,3 +403,75 @@ def test_errors():
     r = simulate(make_scenario([make_site()]))
     with pytest.raises(SimulationError, match="unknown site"):
         r.wide("nowhere")
+
+
+def test_iter_simulate_equals_simulate():
+    from ems.sim.engine import iter_simulate
+
+    sc = make_scenario([make_site("velenje"), make_site()])
+    whole = simulate(sc)
+    parts = list(iter_simulate(sc))
+    assert [list(p.flows) for p in parts] == [["velenje"], ["qingdao"]]
+    for p in parts:
+        sid = next(iter(p.flows))
+        pd.testing.assert_frame_equal(p.wide(sid), whole.wide(sid), check_exact=True)
+        sub = whole.events[whole.events["site"] == sid]
+        pd.testing.assert_frame_equal(p.events, sub, check_exact=True)
+
+
+def test_guiyang_yield_lower_than_qingdao():
+    ys = {}
+    for c in ("guiyang", "qingdao"):
+        s = make_site(c, batteries=[], grid={"contract_kw": 4000, "region": "x"})
+        r = simulate(make_scenario([s], dt.date(2023, 1, 1), dt.date(2024, 1, 1), 3600, seed=11))
+        ys[c] = r.summary().loc[c, "pv_specific_yield_kwh_per_kwp"]
+    assert 800 <= ys["guiyang"] <= 950 < ys["qingdao"]
+
+
+def test_outage_running_past_the_end_is_closed_in_the_ledger():
+    s = make_site(
+        pv=[
+            {
+                "id": "pv-roof",
+                "kwp": 2000,
+                "maintenance": [{"start": "2024-06-03T12:00", "end": "2024-06-09T00:00"}],
+            }
+        ],
+        batteries=[],
+    )
+    r = simulate(make_scenario([s], dt.date(2024, 6, 1), dt.date(2024, 6, 4), 3600))
+    kinds = r.events["kind"].tolist()
+    assert kinds.count("maintenance_start") == 1 and kinds.count("maintenance_end") == 1
+    assert r.events.index[r.events["kind"] == "maintenance_end"][0] == r.wide("qingdao").index[-1]
+
+
+def test_arbitrage_needs_a_tariff_with_its_periods():
+    bat = [
+        {"id": "bess", "energy_kwh": 100, "power_kw": 50, "dispatch": {"strategy": "tou_arbitrage"}}
+    ]
+    s = make_site(batteries=bat, grid={"contract_kw": 1000, "region": "x"})
+    with pytest.raises(SimulationError, match=r"tou_arbitrage, which needs grid\.tariff"):
+        simulate(make_scenario([s]))
+    bat[0]["dispatch"]["charge_periods"] = ["night"]
+    with pytest.raises(SimulationError, match=r"periods \['night'\] are not tariff periods"):
+        simulate(make_scenario([make_site(batteries=bat)]))
+
+
+def test_array_commissioned_in_the_period_produces_from_then_on():
+    s = make_site(pv=[{"id": "pv-roof", "kwp": 2000, "commissioned": "2024-06-02"}], batteries=[])
+    r = simulate(make_scenario([s]))  # 2024-06-01 .. 06-04
+    w = r.wide("qingdao")
+    local = (w.index - pd.Timedelta(hours=1)).tz_convert("Asia/Shanghai")
+    assert (w.loc[local.day == 1, "pv-roof.power_kw"] == 0).all()
+    assert w.loc[local.day == 2, "pv-roof.power_kw"].max() > 0
+    assert r.summary().loc["qingdao", "pv_kwp"] == pytest.approx(2000 * 2 / 3)
+
+
+def test_maintenance_with_offset_times_equals_local_times():
+    def run(start, end):
+        pv = [{"id": "pv-roof", "kwp": 2000, "maintenance": [{"start": start, "end": end}]}]
+        return simulate(make_scenario([make_site(pv=pv, batteries=[])])).wide("qingdao")
+
+    naive = run("2024-06-02T09:00", "2024-06-02T13:00")
+    aware = run("2024-06-02T01:00+00:00", "2024-06-02T05:00+00:00")
+    pd.testing.assert_frame_equal(naive, aware, check_exact=True)

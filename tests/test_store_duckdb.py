@@ -349,7 +349,7 @@ def test_open_store_urls(tmp_path, monkeypatch):
 
 WRITER = textwrap.dedent(
     """
-    import sys, numpy as np, pandas as pd
+    import sys, time, numpy as np, pandas as pd
     from ems.store.duckdb_store import DuckDBStore
     path, batches, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     st = DuckDBStore(path)
@@ -363,6 +363,7 @@ WRITER = textwrap.dedent(
             st.write_readings(df)
         if b % 7 == 6:
             st.compact()
+        time.sleep(0.01)  # let the reader see many states
     st.close()
     """
 )
@@ -442,7 +443,10 @@ def test_simulated_scenario_roundtrip(tmp_path):
 
     result = sim.simulate(
         make_scenario(
-            [make_site("qingdao"), make_site("second", climate="qingdao")], dt.date(2024, 6, 1), dt.date(2024, 6, 3), 900
+            [make_site("qingdao"), make_site("second", climate="qingdao")],
+            dt.date(2024, 6, 1),
+            dt.date(2024, 6, 3),
+            900,
         )
     )
     with DuckDBStore(tmp_path / "s") as st:
@@ -458,3 +462,51 @@ def test_simulated_scenario_roundtrip(tmp_path):
     ev = ev.sort_values(["ts", "site", "kind", "subject"]).reset_index(drop=True)
     got = back.events.reset_index().sort_values(["ts", "site", "kind", "subject"])
     pd.testing.assert_frame_equal(got.reset_index(drop=True), ev, check_dtype=False)
+
+
+def test_events_repeated_in_one_batch_keep_last(store, rs):
+    ev = rs.events.iloc[:1]
+    twice = pd.concat([ev, ev.assign(value=1.0)])
+    store.write_events(twice)
+    store.write_events(rs.events.iloc[1:])
+    back = store.read().events
+    assert len(back) == len(rs.events)
+    assert back["value"].iloc[0] == 1.0
+    store.compact()
+    assert store.read().events["value"].iloc[0] == 1.0
+
+
+def test_sql_on_empty_store(store):
+    assert int(store.sql("SELECT count(*) AS n FROM readings")["n"].iloc[0]) == 0
+
+
+def test_tiered_compaction_keeps_last_write_wins(tmp_path, rs):
+    """Random overlapping batches with fanout 3 (several generations): the latest write wins."""
+    rng = np.random.default_rng(5)
+    r = rs.readings[rs.readings["site"] == "qd"]
+    expected = canon(r).set_index(["ts", "site", "meter", "quantity"])["value"]
+    with DuckDBStore(tmp_path / "s", fanout=3) as st:
+        st.write_readings(r)
+        for k in range(40):
+            a = int(rng.integers(0, len(r) - 50))
+            batch = r.iloc[a : a + int(rng.integers(1, 50))]
+            batch = batch.assign(value=float(k))
+            st.write_readings(batch)
+            expected.loc[canon(batch).set_index(["ts", "site", "meter", "quantity"]).index] = float(
+                k
+            )
+            gens = {s.gen for s in list_segments(tmp_path / "s" / "readings" / "site=qd")}
+            assert st.segments() < 3 * (len(gens) + 1)
+        assert max(gens) >= 2
+        got = canon(st.read().readings).set_index(["ts", "site", "meter", "quantity"])["value"]
+        pd.testing.assert_series_equal(got, expected.sort_index().reindex(got.index))
+        assert len(got) == len(expected) == st.count()
+        st.compact()
+        assert st.segments() == 1
+        got2 = canon(st.read().readings).set_index(["ts", "site", "meter", "quantity"])["value"]
+        pd.testing.assert_series_equal(got2, got)
+
+
+def test_bad_fanout(tmp_path):
+    with pytest.raises(StoreError, match="fanout"):
+        DuckDBStore(tmp_path / "s", fanout=1)

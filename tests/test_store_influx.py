@@ -436,3 +436,11 @@ def test_rewrite_changed_value_overwrites(vm, monkeypatch):
     (series,) = export(vm, '{__name__="grid_import_kwh",site="vow"}')
     assert series["values"] == one["value"].tolist()
     assert series["timestamps"] == (one.index.as_unit("ms").asi8).tolist()
+
+
+def test_read_only_refuses_writes(monkeypatch):
+    monkeypatch.setenv("EMS_INFLUX_TOKEN", TOKEN)
+    st = InfluxStore("http://127.0.0.1:9", org="o", bucket="b", read_only=True)
+    with pytest.raises(StoreError, match="read-only"):
+        st.register_sites([site()])
+    st.close()

@@ -47,7 +47,7 @@ def test_topics_build_and_parse():
 
 @pytest.mark.parametrize("bad", ["Alpha", "a/b", "+", "#", "_x", "", "a" * 64, "a b"])
 def test_unsafe_identifiers_rejected(bad):
-    with pytest.raises(PayloadError, match="bad_topic: .*must match"):
+    with pytest.raises(PayloadError, match=r"bad_topic: .*must match"):
         topics.data_topic(bad, "grid")
 
 
@@ -107,7 +107,7 @@ def test_meta_roundtrip_and_site_roundtrip():
 def test_register_backwards_across_messages():
     prev = codec.Reading(1, pd.Timestamp("2024-07-01T00:15Z").value, {"import_kwh": 10.0})
     later = [codec.Reading(2, pd.Timestamp("2024-07-01T00:30Z").value, {"import_kwh": 9.5})]
-    with pytest.raises(PayloadError, match="register_backwards: .*import_kwh went from 10.0"):
+    with pytest.raises(PayloadError, match=r"register_backwards: .*import_kwh went from 10.0"):
         codec.check_registers(later, "x", previous=prev)
     # an older reading arriving late is not "backwards"
     older = [codec.Reading(0, pd.Timestamp("2024-07-01T00:00Z").value, {"import_kwh": 9.0})]
@@ -204,7 +204,7 @@ def test_broker_url_parsing_and_secrets(tmp_path, monkeypatch):
         BrokerConfig.from_url("mqtt://u:pw@h:1")
     with pytest.raises(ConfigError, match="expected mqtt://"):
         BrokerConfig.from_url("http://h:1")
-    with pytest.raises(ConfigError, match="protocol must be 5 or 3.1.1"):
+    with pytest.raises(ConfigError, match=r"protocol must be 5 or 3.1.1"):
         BrokerConfig.from_url("mqtt://h:1?protocol=4")
     f = tmp_path / "pw"
     f.write_text("from-file\n")
@@ -220,5 +220,5 @@ def test_connect_to_nothing_fails_clearly():
     from ems.telemetry.connection import connect_and_wait, make_client
 
     cfg = BrokerConfig.from_url(f"mqtt://127.0.0.1:{free_port()}")
-    with pytest.raises(TelemetryError, match="cannot connect to broker mqtt://127.0.0.1"):
+    with pytest.raises(TelemetryError, match=r"cannot connect to broker mqtt://127.0.0.1"):
         connect_and_wait(make_client(cfg), cfg, timeout=2)

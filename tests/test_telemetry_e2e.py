@@ -9,10 +9,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import brokers
 import numpy as np
 import pandas as pd
 import pytest
-from brokers import amqtt_broker, mosquitto  # noqa: F401
 from click.testing import CliRunner
 from telemetry_cases import BAD_CASES, data
 from telemetry_data import make_readingset
@@ -23,9 +23,12 @@ from ems.telemetry.commands import reconcile as reconcile_cmd
 from ems.telemetry.connection import BrokerConfig
 from ems.telemetry.ingestor import IngestOptions, Ingestor
 from ems.telemetry.ledger import Ledger, reconcile
-from ems.telemetry.publisher import PublishOptions, Publisher
+from ems.telemetry.publisher import Publisher, PublishOptions
 
 pytestmark = pytest.mark.service
+
+mosquitto = brokers.mosquitto  # fixtures
+amqtt_broker = brokers.amqtt_broker
 
 KEY = ["site", "meter", "quantity"]
 
@@ -260,3 +263,182 @@ def test_cli_errors_are_one_line(tmp_path):
     assert out.returncode == 2
     assert "expected a scenario file or a readings folder" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_broker_restart_mid_stream_loses_nothing(mosquitto, tmp_path):
+    import threading
+
+    rs = make_readingset(sites=("alpha", "beta"), days=20)
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    ledger = tmp_path / "l.json"
+    ing = ingest(cfg, store, client_id="durable")
+
+    def bounce():
+        ing.wait_for(lambda c: c["received"] > 200, 30)
+        mosquitto.restart()  # persistence keeps the sessions and their queued messages
+
+    t = threading.Thread(target=bounce)
+    t.start()
+    try:
+        stats = Publisher(cfg, rs, PublishOptions(ledger=ledger, batch=5)).run()
+        t.join(30)
+        assert stats.readings == 2 * 5 * 1920
+        assert ing.wait_for(lambda c: c["readings_received"] - c["duplicates"] >= stats.readings, 60)
+    finally:
+        ing.stop()
+    assert ing.stats()["missing_seq"] == 0
+    assert_same_readings(store.read().readings, rs.readings)
+    assert all(r.ok for r in reconcile(Ledger(ledger), store))
+    store.close()
+
+
+class FailingStore:
+    """Wraps a real store; every write fails (the disk is gone, the database is down)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def write_readings(self, df):
+        from ems.errors import StoreError
+
+        raise StoreError("disk full (test)")
+
+
+def test_nothing_is_acknowledged_before_it_is_stored(mosquitto, tmp_path):
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid", "pv1"))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    broken = ingest(cfg, FailingStore(store), client_id="durable")
+    try:
+        Publisher(cfg, rs, PublishOptions(batch=8)).run()
+        assert broken.wait_for(lambda c: c["readings_received"] >= 192, 30)
+    finally:
+        broken.stop(timeout=5)  # gives up: nothing written, nothing acknowledged
+    assert broken.stats()["written"] == 0 and store.count() == 0
+    ing = ingest(cfg, store, client_id="durable")  # the same session: the broker delivers again
+    try:
+        assert ing.wait_for(lambda c: c["written"] >= 192, 30), ing.stats()
+    finally:
+        ing.stop()
+    assert_same_readings(store.read().readings, rs.readings)
+    store.close()
+
+
+def test_cli_ingest_with_stats(mosquitto, tmp_path):
+    import threading
+
+    from ems.telemetry.commands import ingest as ingest_cmd
+
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid",))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+
+    def later():
+        import time
+
+        time.sleep(1.0)
+        Publisher(cfg, rs, PublishOptions(batch=8)).run()
+
+    t = threading.Thread(target=later)
+    t.start()
+    folder = rs.to_parquet(tmp_path / "readings")
+    res = CliRunner().invoke(ingest_cmd, ["--broker", mosquitto.url, "--store", str(tmp_path / "store"),
+                                          "--meta", str(folder),
+                                          "--deadletter", str(tmp_path / "dl.jsonl"), "--stats", "0.5",
+                                          "--duration", "4", "--client-id", "cli"])
+    t.join(30)
+    assert res.exit_code == 0, res.output
+    final = json.loads(res.stdout.strip().splitlines()[-1])
+    assert final["written"] == 96 and final["rejected"] == 0 and final["meters_known"] == 1
+    assert '"queue_depth"' in res.stderr
+    store = open_store(tmp_path / "store")
+    assert_same_readings(store.read().readings, rs.readings)
+    store.close()
+
+
+SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "demo.yaml"
+
+
+def test_simulated_scenario_through_mosquitto_gives_the_same_kpis(mosquitto, tmp_path):
+    """The demo scenario (3 parks, a week at 15 min) over MQTT: same readings, same KPIs."""
+    import ems
+
+    kpis_mod = pytest.importorskip("ems.accounting.kpis")
+    if not SCENARIO.exists():
+        pytest.skip(f"{SCENARIO} not there")
+    rs = ems.simulate(ems.load_scenario(str(SCENARIO)))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    store = open_store(tmp_path / "store")
+    ledger = tmp_path / "ledger.json"
+    ing = ingest(cfg, store)
+    try:
+        stats = Publisher(cfg, rs, PublishOptions(ledger=ledger)).run()
+        assert ing.wait_for(
+            lambda c: c["written"] >= stats.readings and c["events_written"] >= len(rs.events), 60
+        ), ing.stats()
+    finally:
+        ing.stop()
+    assert ing.stats()["rejected"] == 0
+    back = store.read()
+    assert_same_readings(back.readings, rs.readings)
+    assert all(r.ok for r in reconcile(Ledger(ledger), store))
+    store.close()
+    want = kpis_mod.kpis(rs).kpis
+    got = kpis_mod.kpis(back).kpis
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, atol=1e-9)
+
+
+def test_stop_a_realtime_stream_and_resume(mosquitto, tmp_path):
+    import threading
+
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid",))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    ledger = tmp_path / "l.json"
+    pub = Publisher(cfg, rs, PublishOptions(speed=900.0 * 4, ledger=ledger))  # 4 readings per second
+    t = threading.Timer(0.6, pub.stop)
+    t.start()
+    first = pub.run()
+    t.join()
+    assert 0 < first.readings < 96 and first.readings == pub.published()
+    second = Publisher(cfg, rs, PublishOptions(ledger=ledger)).run()
+    assert second.skipped == first.readings and first.readings + second.readings == 96
+    assert Ledger(ledger).total() == 96
+
+
+def test_ems_ingest_subprocess_stops_gracefully_on_sigterm(mosquitto, tmp_path):
+    import signal
+    import time
+    import urllib.request
+
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid", "gas"))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ems.cli", "ingest", "--broker", mosquitto.url, "--store", str(tmp_path / "store"),
+         "--deadletter", str(tmp_path / "dl.jsonl"), "--client-id", "sub", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # "metrics at ...": connected and subscribed
+        assert "metrics at http://127.0.0.1:" in line, line
+        Publisher(cfg, rs, PublishOptions(batch=6)).run()
+        url = line.split("metrics at ", 1)[1].strip()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            if "ems_ingest_written_total 192" in text:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["written"] == 192
+    store = open_store(tmp_path / "store")
+    assert_same_readings(store.read().readings, rs.readings)
+    store.close()

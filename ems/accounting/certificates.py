@@ -98,6 +98,8 @@ def certificate_table(
             valid, reason = False, f"scheme {scheme} has no market rule in the factor set; not accepted"
         elif country not in (rule.get("countries") or []):
             valid, reason = False, f"scheme {scheme} not accepted for sites in {country} (accepted: {rule.get('countries')})"
+        elif str(d.get("action", "retire")) != "retire":
+            valid, reason = False, f"action {d.get('action')!r}: only certificates retired (cancelled) for the period count"
         elif vintage is None:
             valid, reason = False, "no vintage in the certificate detail"
         else:

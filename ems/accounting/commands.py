@@ -73,6 +73,8 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
 @click.option("--store", "store_url", help="Read from a store URL instead of SOURCE (e.g. duckdb:///path.db).")
 @click.option("--by", type=click.Choice(["site", "company", "park", "group"]), default="site", show_default=True)
 @click.option("--period", type=click.Choice(["day", "month", "year"]), default="month", show_default=True)
+@click.option("--start", "start", help="With --end: one custom period of local dates (inclusive), e.g. 2024-01-01.")
+@click.option("--end", "end", help="Last local date of the custom period (inclusive).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for the output files.")
 @click.option("--format", "formats", default="csv,json,html", show_default=True, help="Comma list of csv, parquet, json, html.")
 @click.option("--factor", "factor_overrides", multiple=True, help="Override a factor: KEY=VALUE (repeatable).")
@@ -83,6 +85,8 @@ def report(
     store_url: str | None,
     by: str,
     period: str,
+    start: str | None,
+    end: str | None,
     out_dir: Path | None,
     formats: str,
     factor_overrides: tuple[str, ...],
@@ -102,16 +106,19 @@ def report(
     bad = [f for f in fmts if f not in FORMATS]
     if bad:
         raise ConfigError(f"--format: expected some of {list(FORMATS)}; found {bad}")
+    if (start is None) != (end is None):
+        raise ConfigError(f"--start and --end go together; found start={start!r}, end={end!r}")
     rs = load_source(source, store_url)
-    res = kpis(rs, by=by, period=period, factors=_overrides(factor_overrides, gwp) or None)
+    chosen: str | tuple[str, str] = (start, end) if start is not None and end is not None else period
+    res = kpis(rs, by=by, period=chosen, factors=_overrides(factor_overrides, gwp) or None)
     yearly = rollup(res.daily, by="group", period="year")
     prog = progress(yearly, load_targets(targets_name))
 
     console = Console()
-    short = {"key": by, "period": period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
+    short = {"key": by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
              "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
              "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost"}
-    t = Table(title=f"KPIs by {by} and {period}")
+    t = Table(title=f"KPIs by {by} and {res.period}")
     for c, h in short.items():
         t.add_column(h, justify="left" if c in ("key", "period") else "right", no_wrap=c in ("key", "period"))
     for row in res.kpis[list(short)].itertuples(index=False):

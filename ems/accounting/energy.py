@@ -134,7 +134,10 @@ def stage1(rs: ReadingSet) -> Stage1:
     qc, qnames = _codes(r["quantity"])
     sc, snames = _codes(r["site"])
     mc, mnames = _codes(r["meter"])
-    ts = r.index.as_unit("ns").asi8 if isinstance(r.index, pd.DatetimeIndex) else np.asarray(r.index, dtype=np.int64)
+    if not isinstance(r.index, pd.DatetimeIndex):
+        raise AccountingError(f"readings: expected a DatetimeIndex named 'ts'; found {type(r.index).__name__}")
+    ts_index = r.index if r.index.unit == "ns" else r.index.as_unit("ns")
+    ts = ts_index.asi8
     v = r["value"].to_numpy(dtype=np.float64)
     nm, nq = max(len(mnames), 1), max(len(qnames), 1)
     # series id of every row; rows of non-register quantities get the id k_series (dropped below)
@@ -145,7 +148,7 @@ def stage1(rs: ReadingSet) -> Stage1:
     present = (counts > 0) & q_is_reg[all_combos % nq] if len(counts) else np.zeros(0, bool)
     combos = np.flatnonzero(present)
     k_series = len(combos)
-    dense = np.full(len(counts), k_series, dtype=np.int64)
+    dense = np.full(len(counts), k_series, dtype=np.int16 if k_series < 32000 else np.int64)
     dense[combos] = np.arange(k_series)
     sid = dense[combo] if len(combo) else combo
     n_reg = int(counts[combos].sum()) if k_series else 0
@@ -158,18 +161,20 @@ def stage1(rs: ReadingSet) -> Stage1:
 
     # order by (series, ts); non-register rows sort last and are cut off
     if len(sid) > 1:
-        dsid = np.diff(sid)
-        ordered = n_reg == len(sid) and bool(np.all((dsid > 0) | ((dsid == 0) & (np.diff(ts) >= 0))))
+        ordered = False
+        if n_reg == len(sid):
+            dsid = np.diff(sid)
+            ordered = bool(np.all((dsid > 0) | ((dsid == 0) & (np.diff(ts) >= 0))))
         if not ordered:
-            if bool(np.all(np.diff(ts) >= 0)):
-                key = sid.astype(np.int16) if k_series < 32000 else sid
-                order = np.argsort(key, kind="stable")[:n_reg]
+            if ts_index.is_monotonic_increasing:
+                order = np.argsort(sid, kind="stable")[:n_reg]  # radix sort for int16 ids
             else:
                 order = np.lexsort((ts, sid))[:n_reg]
             ts, v = ts[order], v[order]
             sid = np.repeat(np.arange(k_series, dtype=np.int64), counts[combos])
     elif n_reg < len(sid):
         sid, ts, v = sid[:0], ts[:0], v[:0]
+    sid = sid.astype(np.int64, copy=False)
     ser_n = counts[combos] if k_series else np.zeros(0, np.int64)
 
     meters = {(m.site, m.meter): m for m in rs.meters}
@@ -375,7 +380,11 @@ def stage1(rs: ReadingSet) -> Stage1:
         d0 = int(day.min())
         nd = int(day.max()) - d0 + 1
         npd = len(period_names)
-        key = (p_sid * nd + (day - d0)) * npd + pcode
+        key = p_sid * nd  # in place below: fewer temporaries of the row count
+        key += day
+        key -= d0
+        key *= npd
+        key += pcode
         size = len(all_names) * nd * npd
         key[bnd] = size  # series boundaries: dropped
         if size <= 50_000_000:

@@ -106,6 +106,10 @@ class KpiResult:
     by: str = "site"
     period: str = "month"
 
+    def rollup(self, by: str = "site", period: str | tuple[Any, Any] = "month") -> pd.DataFrame:
+        """Return the KPI frame for another grouping or period (stage 1 is not recomputed)."""
+        return rollup(self.daily, by=by, period=period)
+
 
 def _factor_sets(rs: ReadingSet, factors: FactorSet | Mapping[str, Any] | None) -> dict[str, FactorSet]:
     out: dict[str, FactorSet] = {}

@@ -110,6 +110,10 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
         raise MissingExtraError("matplotlib", "report") from exc
     figs: list[tuple[str, str]] = []
     monthly = rollup(res.daily, by="group", period="month")
+    step = "month"
+    if monthly["period"].nunique() < 3:  # a short run: plot by day instead
+        monthly = rollup(res.daily, by="group", period="day")
+        step = "day"
     carriers = ["electricity_tce", "steam_tce", "natural_gas_tce", "diesel_tce", "gasoline_tce", "pv_consumed_tce_equiv"]
     piv = monthly.groupby("period")[carriers].sum()
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -118,10 +122,10 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
         ax.bar(piv.index, piv[c], bottom=bottom, label=c.replace("_tce", "").replace("_equiv", " (not in total)"))
         bottom += piv[c].to_numpy()
     ax.set_ylabel("tce")
-    ax.set_title("Monthly energy by carrier (GB/T 2589-2020, equivalent value)")
+    ax.set_title(f"Energy by carrier and {step} (GB/T 2589-2020, equivalent value)")
     ax.legend(fontsize=7, ncol=3)
     ax.tick_params(axis="x", rotation=45, labelsize=7)
-    figs.append(("Monthly energy by carrier", _svg(fig)))
+    figs.append((f"Energy by carrier and {step}", _svg(fig)))
 
     g = monthly.groupby("period")[["green_kwh", "electricity_consumed_kwh", "scope12_location_t", "scope12_market_t"]].sum()
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -130,10 +134,13 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
     for lvl, yr in ((30, 2030), (60, 2040), (100, 2050)):
         ax.axhline(lvl, ls="--", lw=0.8, color="grey")
         ax.text(0, lvl, f" target {yr}: {lvl} %", fontsize=7, va="bottom")
-    ax.set_ylabel("%")
+    ax.set_ylabel("green-power share [%]")
+    ax.set_ylim(0, 105)
     ax2 = ax.twinx()
     ax2.bar(g.index, g["scope12_market_t"], alpha=0.3, color="tab:red", label="Scope 1+2 market-based")
-    ax2.set_ylabel("tCO2e")
+    ax2.set_ylabel("Scope 1+2 market-based [tCO2e]")
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
     ax.set_title("Green-power share and emissions against targets")
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     figs.append(("Green share and emissions", _svg(fig)))

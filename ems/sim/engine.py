@@ -20,6 +20,7 @@ from ems.errors import SimulationError
 from ems.model.scenario import ResolvedScenario
 from ems.readings import MeterInfo, ReadingSet, SiteInfo, events_frame
 from ems.sim.meters import meter_infos, site_info, tidy_frame, wide_frame
+from ems.sim.pv import in_service
 from ems.sim.site import SiteFlows, SiteSimulation
 
 __all__ = ["SimulationResult", "estimate_rows", "iter_simulate", "simulate"]
@@ -96,7 +97,8 @@ class SimulationResult(ReadingSet):
         """Per-site totals over the period.
 
         Columns: ``load_kwh``, ``grid_import_kwh``, ``grid_export_kwh``, ``pv_kwh``,
-        ``pv_curtailed_kwh``, ``pv_kwp``, ``pv_specific_yield_kwh_per_kwp``,
+        ``pv_curtailed_kwh``, ``pv_kwp`` (in service, averaged over the period),
+        ``pv_specific_yield_kwh_per_kwp`` (AC, curtailed included),
         ``self_consumption`` [-], ``peak_import_kw``, ``battery_cycles`` (equivalent
         full cycles: discharge / nameplate energy), ``chp_kwh``, ``purchased_heat_gj``,
         ``boiler_heat_gj``, ``gas_m3``, ``diesel_kg``, ``gasoline_kg``, ``output_rmb``,
@@ -109,7 +111,9 @@ class SimulationResult(ReadingSet):
             s = f.site
             pv = sum((a[f"pv.{p.id}"].sum() for p in s.pv), 0.0) * h
             curt = sum((f.flow(f"pv_curtailed.{p.id}").sum() for p in s.pv), 0.0) * h
-            kwp = sum((p.kwp for p in s.pv), 0.0)
+            local_days = f.grid.mid_local.tz_localize(None)
+            # kWp in service, averaged over the period (arrays commissioned during it count pro rata)
+            kwp = sum((p.kwp * float(in_service(p, local_days).mean()) for p in s.pv), 0.0)
             load = sum((a[k].sum() for k in a if k.startswith("load.")), 0.0) * h
             dis = sum((a[f"discharge.{b.id}"].sum() for b in s.batteries), 0.0) * h
             e_bat = sum((b.energy_kwh for b in s.batteries), 0.0)

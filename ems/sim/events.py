@@ -85,6 +85,14 @@ def _hours_to_steps(hours: float, grid: TimeGrid) -> int:
     return max(int(np.ceil(hours * 3600.0 / grid.resolution_s)), 1)
 
 
+def _local_time(when: dt.datetime, tz: str) -> pd.Timestamp:
+    """A site-file time: naive means site-local; aware is converted."""
+    t = pd.Timestamp(when)
+    if t.tzinfo is not None:
+        return t.tz_convert(tz)
+    return t.tz_localize(tz, nonexistent="shift_forward", ambiguous=False)
+
+
 def _local_step(grid: TimeGrid, day: dt.date, hour: float) -> int:
     t = pd.Timestamp(day).tz_localize(grid.tz, nonexistent="shift_forward", ambiguous=False)
     return grid.step_of(t + pd.Timedelta(hours=hour))
@@ -136,12 +144,8 @@ def maintenance(
     g = sink.grid
     spans = []
     for w in windows:
-        a = g.step_of(
-            pd.Timestamp(w.start).tz_localize(g.tz, nonexistent="shift_forward", ambiguous=False)
-        )
-        b = g.step_of(
-            pd.Timestamp(w.end).tz_localize(g.tz, nonexistent="shift_forward", ambiguous=False)
-        )
+        a = g.step_of(_local_time(w.start, g.tz))
+        b = g.step_of(_local_time(w.end, g.tz))
         if b > a and a < g.n:
             spans.append((a, min(b, g.n)))
     for a, b in sorted(spans):

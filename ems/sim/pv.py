@@ -34,7 +34,7 @@ import pvlib
 
 from ems.model.site import PvArray
 
-__all__ = ["ac_power", "degradation_factor", "inverter_kw", "poa_global"]
+__all__ = ["ac_power", "degradation_factor", "in_service", "inverter_kw", "poa_global"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -90,6 +90,27 @@ def degradation_factor(array: PvArray, on: dt.date) -> float:
         return 1.0
     years = max((on - array.commissioned).days / 365.25, 0.0)
     return float((1.0 - array.degradation_pct_per_year / 100.0) ** years)
+
+
+def in_service(array: PvArray, local_dates: npt.ArrayLike) -> FloatArray:
+    """1 on and after the array's commissioning date, 0 before it [-].
+
+    Parameters
+    ----------
+    array : PvArray
+    local_dates : array-like of datetime64
+        Site-local (naive) date or time of each step; compared by calendar date.
+
+    Returns
+    -------
+    ndarray [-]
+        Ones where the array exists; all ones when ``commissioned`` is not set.
+    """
+    d = np.asarray(local_dates, dtype="datetime64[D]")
+    if array.commissioned is None:
+        return np.ones(d.shape, dtype=np.float64)
+    out: FloatArray = (d >= np.datetime64(array.commissioned, "D")).astype(np.float64)
+    return out
 
 
 def ac_power(

@@ -264,6 +264,8 @@ class SiteSimulation:
             self.pv_ac[arr.id] = pvm.ac_power(
                 arr, poa, w["temp_air"], pvm.degradation_factor(arr, mid_day)
             )
+            if arr.commissioned is not None:  # nothing before commissioning
+                self.pv_ac[arr.id] *= pvm.in_service(arr, g.mid_local.tz_localize(None))
             if "poa" not in w:
                 w["poa"] = poa
         if "poa" not in w:
@@ -302,15 +304,27 @@ class SiteSimulation:
             self.chp_kw, _, _ = th.chp_output(may_run, self.load_total, s.chp)
         else:
             self.chp_kw = np.zeros(n)
-        # tariff periods for arbitrage: 1 charge, 2 discharge
-        self.period = np.zeros(n, dtype=np.int8)
+        # tariff period names, needed by arbitrage only
         tariff = s.grid.tariff
-        if tariff is not None and any(b.dispatch.strategy == "tou_arbitrage" for b in s.batteries):
-            names = tou_periods(g.mid_local, tariff)
-            self._period_names = names
-        else:
-            names = None
-        self._tou_names = names
+        self._tou_names: npt.NDArray[np.object_] | None = None
+        for b in s.batteries:
+            if b.dispatch.strategy != "tou_arbitrage":
+                continue
+            if tariff is None:
+                raise SimulationError(
+                    f"site {s.id}: battery {b.id!r} uses tou_arbitrage, which needs grid.tariff; "
+                    "found no tariff"
+                )
+            unknown = set(b.dispatch.charge_periods + b.dispatch.discharge_periods) - set(
+                tariff.prices
+            )
+            if unknown:
+                raise SimulationError(
+                    f"site {s.id}: battery {b.id!r} dispatch periods {sorted(unknown)} are not "
+                    f"tariff periods; expected some of {sorted(tariff.prices)}"
+                )
+            if self._tou_names is None:
+                self._tou_names = tou_periods(g.mid_local, tariff)
         # dispatch state
         self.pv_down = {a.id: 0 for a in s.pv}
         self.bat_down = {b.id: 0 for b in s.batteries}
@@ -505,6 +519,9 @@ class SiteSimulation:
         env.run(until=g.n + 1)
         if self._pos < g.n:  # pragma: no cover - the dispatch process runs to n
             self._run_block(self._pos, g.n)
+        for change in self._pending:  # changes requested at the very end (k = n)
+            change(g.n)
+        self._pending = []
         flows = self._finish()
         self._release()
         return flows

@@ -29,14 +29,13 @@ charging is cut and the battery discharges so that import stays at or below
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ems.model.site import Battery
 
-__all__ = ["STRATEGIES", "BatteryLimits", "DispatchState", "dispatch_block", "dispatch_step"]
+__all__ = ["STRATEGIES", "BatteryLimits", "dispatch_block", "dispatch_step"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -82,16 +81,6 @@ class BatteryLimits:
             if b.dispatch.threshold_kw
             else float("inf"),
         )
-
-
-@dataclass(frozen=True)
-class DispatchState:
-    """State carried between steps: the stored energy [kWh]."""
-
-    soc_kwh: float
-
-
-PeriodFlag = Literal[0, 1, 2]  # 0 other, 1 charge period, 2 discharge period
 
 
 def dispatch_step(

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -51,6 +51,17 @@ from ems.readings import (
     empty_events,
     empty_readings,
     validate_readings,
+)
+from ems.store.arrays import (
+    EVENTS_SCHEMA,
+    READINGS_SCHEMA,
+    TS,
+    codes_of,
+    dict_array,
+    local_us_sql,
+    to_us,
+    unique_last,
+    write_table,
 )
 from ems.store.segments import (
     FileLock,
@@ -72,117 +83,8 @@ DEFAULT_PATH = "ems-data"
 
 FORMAT: dict[str, Any] = {"format": "ems-segments", "version": 1}
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_TS = pa.timestamp("us", tz="UTC")
-_DICT = pa.dictionary(pa.int32(), pa.string())
-READINGS_SCHEMA = pa.schema(
-    [("ts", _TS), ("meter", _DICT), ("quantity", _DICT), ("value", pa.float64())]
-)
-"""Arrow schema of a readings segment (the site is the directory ``site=<id>``)."""
-_EVENTS_SCHEMA = pa.schema(
-    [
-        ("ts", _TS),
-        ("site", pa.string()),
-        ("kind", pa.string()),
-        ("subject", pa.string()),
-        ("value", pa.float64()),
-        ("unit", pa.string()),
-        ("detail", pa.string()),
-    ]
-)
-_ROW_GROUP = 1 << 20
 _RETRIES = 20
 T = TypeVar("T")
-
-
-def _us(t: dt.datetime | pd.Timestamp | str | None, name: str) -> int | None:
-    """Return ``t`` as µs since the epoch (UTC); reject naive times."""
-    if t is None:
-        return None
-    ts = pd.Timestamp(t)
-    if ts.tzinfo is None:
-        raise StoreError(f"read: {name} must be tz-aware (UTC inside); found naive {ts}")
-    return int(ts.tz_convert("UTC").as_unit("ns").value // 1000)
-
-
-def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Return (int32 codes, categories as str) of a column, categorical or not."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        cat = col.array
-        assert isinstance(cat, pd.Categorical)
-        return cat.codes.astype(np.int32, copy=False), [str(c) for c in cat.categories]
-    codes, uniques = pd.factorize(col.astype(str), sort=False)
-    return codes.astype(np.int32, copy=False), [str(u) for u in uniques]
-
-
-def _dict_array(codes: np.ndarray, cats: list[str]) -> pa.DictionaryArray:
-    """Build a compact dictionary array (only the categories used)."""
-    used = np.bincount(codes, minlength=len(cats)) > 0
-    if used.all():
-        return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(cats, pa.string()))
-    remap = np.cumsum(used, dtype=np.int32) - 1
-    kept = [c for c, u in zip(cats, used, strict=True) if u]
-    return pa.DictionaryArray.from_arrays(pa.array(remap[codes]), pa.array(kept, pa.string()))
-
-
-def _unique_last(ts: np.ndarray, series: np.ndarray, nseries: int) -> np.ndarray | None:
-    """Return a keep-mask removing earlier duplicates of (ts, series), or None if unique.
-
-    ``ts`` must be sorted. Duplicates can only sit within a run of equal ``ts``, so
-    a dense key (run number, series) is checked with one ``bincount``.
-    """
-    n = len(ts)
-    if n < 2:
-        return None
-    new_run = np.empty(n, dtype=bool)
-    new_run[0] = True
-    np.not_equal(ts[1:], ts[:-1], out=new_run[1:])
-    run = np.cumsum(new_run, dtype=np.int64) - 1
-    nruns = int(run[-1]) + 1
-    key = run * nseries + series
-    if nruns * nseries <= 8 * n + 1024:
-        if int(np.bincount(key, minlength=nruns * nseries).max()) <= 1:
-            return None
-    elif not pd.Index(key).has_duplicates:
-        return None
-    mask: np.ndarray = ~pd.Index(key).duplicated(keep="last")
-    return mask
-
-
-def _write_table(table: pa.Table, f: IO[bytes], compression: str) -> None:
-    pq.write_table(
-        table,
-        f,
-        compression=compression,
-        row_group_size=_ROW_GROUP,
-        use_dictionary=["meter", "quantity", "site", "kind", "subject", "unit"],
-        write_statistics=["ts"],
-    )
-
-
-def _local_us(expr: str, tz: str, lo: int, hi: int) -> str:
-    """SQL turning ``expr`` [µs since the epoch, UTC] into local wall-clock µs in ``tz``.
-
-    The zone's UTC offsets over ``[lo, hi]`` are found with pandas on a 15-minute grid
-    (every zone's offset is a multiple of 15 minutes and changes on such a boundary)
-    and written as a CASE over the transitions: integer arithmetic in the engine, far
-    cheaper than a per-row time-zone conversion.
-    """
-    try:
-        grid = pd.date_range(
-            pd.Timestamp(lo, unit="us", tz="UTC").floor("D") - pd.Timedelta("1D"),
-            pd.Timestamp(hi, unit="us", tz="UTC").ceil("D") + pd.Timedelta("1D"),
-            freq="15min",
-        )
-        wall = grid.tz_convert(tz).tz_localize(None)
-    except (KeyError, ValueError) as exc:
-        raise StoreError(f"daily_registers: expected an IANA time zone; found {tz!r}") from exc
-    off = (wall.as_unit("us").asi8 - grid.tz_localize(None).as_unit("us").asi8).astype(np.int64)
-    change = np.flatnonzero(np.diff(off)) + 1
-    t_us = grid.as_unit("us").asi8
-    if not len(change):
-        return f"{expr} + {int(off[0])}"
-    whens = " ".join(f"WHEN {expr} >= {int(t_us[i])} THEN {int(off[i])}" for i in change[::-1])
-    return f"{expr} + CASE {whens} ELSE {int(off[0])} END"
 
 
 class DuckDBStore:
@@ -198,6 +100,11 @@ class DuckDBStore:
         Parquet codec of new segments (``zstd``, ``snappy``, ``lz4``, ``none``).
     threads : int, optional
         Threads for writing segments and for DuckDB; default: CPU count.
+    fanout : int or None
+        Tiered compaction after writes: when a site has ``fanout`` segments of one
+        compaction generation, they are merged into one of the next generation (in
+        the writing process, skipped if another compaction runs). None: only
+        explicit :meth:`compact`.
     """
 
     def __init__(
@@ -207,11 +114,15 @@ class DuckDBStore:
         read_only: bool = False,
         compression: str = "zstd",
         threads: int | None = None,
+        fanout: int | None = 64,
     ) -> None:
         self.root = Path(path)
         self.read_only = read_only
         self.compression = compression
         self.threads = max(1, threads or os.cpu_count() or 1)
+        if fanout is not None and fanout < 2:
+            raise StoreError(f"fanout: expected an integer >= 2 or None; found {fanout!r}")
+        self.fanout = fanout
         marker = self.root / "ems-store.json"
         if marker.exists():
             try:
@@ -360,18 +271,21 @@ class DuckDBStore:
             return 0
         idx = readings.index
         assert isinstance(idx, pd.DatetimeIndex)
-        ts = idx.tz_convert("UTC").as_unit("ns").asi8 // 1000
-        site_codes, site_cats = _codes(readings["site"])
+        ts_ns = idx.asi8 if idx.unit == "ns" else idx.as_unit("ns").asi8  # UTC epoch in any tz
+        site_codes, site_cats = codes_of(readings["site"])
         for s in site_cats:
             self._check_site(s)
-        m_codes, m_cats = _codes(readings["meter"])
-        q_codes, q_cats = _codes(readings["quantity"])
+        m_codes, m_cats = codes_of(readings["meter"])
+        q_codes, q_cats = codes_of(readings["quantity"])
         values = readings["value"].to_numpy(dtype=np.float64)
         parts: list[tuple[str, np.ndarray | None]]
         if len(site_cats) == 1 or (site_codes == site_codes[0]).all():
             parts = [(site_cats[int(site_codes[0])], None)]
         else:
-            order = np.argsort(site_codes, kind="stable")
+            small = (
+                site_codes.astype(np.int16, copy=False) if len(site_cats) < 2**15 else site_codes
+            )
+            order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
             bounds = np.concatenate([[0], np.cumsum(np.bincount(site_codes))])
             parts = [
                 (site_cats[i], order[bounds[i] : bounds[i + 1]])
@@ -384,18 +298,18 @@ class DuckDBStore:
         def prepare(part: tuple[str, np.ndarray | None]) -> tuple[str, pa.Table, int, int]:
             site, take = part
             t, m, q, v = (
-                (ts, m_codes, q_codes, values)
+                (ts_ns // 1000, m_codes, q_codes, values)
                 if take is None
-                else (ts[take], m_codes[take], q_codes[take], values[take])
+                else (ts_ns[take] // 1000, m_codes[take], q_codes[take], values[take])
             )
             if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):
                 o = np.argsort(t, kind="stable")
                 t, m, q, v = t[o], m[o], q[o], v[o]
-            keep = _unique_last(t, m.astype(np.int64) * nq + q, nseries)
+            keep = unique_last(t, m.astype(np.int64) * nq + q, nseries)
             if keep is not None:
                 t, m, q, v = t[keep], m[keep], q[keep], v[keep]
             table = pa.table(
-                [pa.array(t, _TS), _dict_array(m, m_cats), _dict_array(q, q_cats), pa.array(v)],
+                [pa.array(t, TS), dict_array(m, m_cats), dict_array(q, q_cats), pa.array(v)],
                 schema=READINGS_SCHEMA,
             )
             return site, table, int(t[0]), int(t[-1])
@@ -410,11 +324,12 @@ class DuckDBStore:
                     return publish(
                         self.root / "readings" / f"site={site}",
                         segment_name(seq0 + i, 0, tmin, tmax),
-                        lambda f: _write_table(table, f, self.compression),
+                        lambda f: write_table(table, f, self.compression),
                     )
 
                 paths = list(ex.map(put, range(len(tables))))
         log.debug("wrote %d readings in %d segments to %s", n, len(paths), self.root)
+        self._auto_compact([p.parent for p in paths])
         return n
 
     def write_events(self, events: pd.DataFrame) -> int:
@@ -436,23 +351,28 @@ class DuckDBStore:
         n = len(events)
         if n == 0:
             return 0
+        keys = pd.DataFrame(
+            {c: events[c].astype(str).to_numpy() for c in ("site", "kind", "subject")}
+        ).assign(ts=events.index.asi8)
+        events = events[~keys.duplicated(keep="last").to_numpy()]
         ts = events.index.tz_convert("UTC").as_unit("ns").asi8 // 1000
         for s in pd.unique(events["site"].astype(str)):
             self._check_site(str(s))
-        cols: dict[str, Any] = {"ts": pa.array(ts, _TS)}
+        cols: dict[str, Any] = {"ts": pa.array(ts, TS)}
         for c in EVENT_COLUMNS:
             if c == "value":
                 cols[c] = pa.array(events[c].to_numpy(dtype=np.float64))
             else:
                 cols[c] = pa.array(events[c].astype(str).tolist(), pa.string())
-        table = pa.table(cols, schema=_EVENTS_SCHEMA)
+        table = pa.table(cols, schema=EVENTS_SCHEMA)
         with self._write_lock.hold():
             seq = self._next_seq(1)
             publish(
                 self.root / "events",
                 segment_name(seq, 0, int(ts.min()), int(ts.max())),
-                lambda f: _write_table(table, f, self.compression),
+                lambda f: write_table(table, f, self.compression),
             )
+        self._auto_compact([self.root / "events"])
         return n
 
     # -- reading --------------------------------------------------------------
@@ -500,9 +420,9 @@ class DuckDBStore:
             s = group[0]
             filters: list[tuple[str, str, Any]] = []
             if lo is not None and s.tmin < lo:
-                filters.append(("ts", ">=", pa.scalar(lo, _TS)))
+                filters.append(("ts", ">=", pa.scalar(lo, TS)))
             if hi is not None and s.tmax > hi:
-                filters.append(("ts", "<=", pa.scalar(hi, _TS)))
+                filters.append(("ts", "<=", pa.scalar(hi, TS)))
             t = pq.read_table(
                 s.path, read_dictionary=["meter", "quantity"], filters=filters or None
             )
@@ -521,7 +441,7 @@ class DuckDBStore:
         t = self._arrow(sql, {"files": [str(s.path) for s in group]})
         return pa.table(
             [
-                t.column("ts").cast(_TS),
+                t.column("ts").cast(TS),
                 pc.dictionary_encode(t.column("meter")),
                 pc.dictionary_encode(t.column("quantity")),
                 t.column("value"),
@@ -638,7 +558,7 @@ class DuckDBStore:
             ``quantity`` are categoricals, ``ts`` a UTC index.
         """
         self.con  # noqa: B018 - raises when closed
-        lo, hi = _us(start, "start"), _us(end, "end")
+        lo, hi = to_us(start, "start"), to_us(end, "end")
         wanted = None if sites is None else sorted(set(sites))
         site_list = self.site_ids() if wanted is None else [s for s in wanted if _SITE_RE.match(s)]
         readings = self._retry(lambda: self._read_readings(site_list, lo, hi))
@@ -716,7 +636,7 @@ class DuckDBStore:
             for zone, segs in by_zone.items():
                 if not segs:
                     continue
-                local = _local_us(
+                local = local_us_sql(
                     "epoch_us(ts) - 1000000",
                     zone,
                     min(s.tmin for s in segs) - 1_000_000,
@@ -756,12 +676,19 @@ class DuckDBStore:
         """
         base = (self.root / "readings").as_posix()
         con = self.con
-        con.sql(
-            "CREATE OR REPLACE TEMP VIEW readings AS "
-            "SELECT ts, site, meter, quantity, arg_max(value, filename) AS value "
-            f"FROM read_parquet('{base}/site=*/*.parquet', hive_partitioning = true, "
-            "filename = true, union_by_name = true) GROUP BY ts, site, meter, quantity"
-        )
+        if not self.site_ids():
+            con.sql(
+                "CREATE OR REPLACE TEMP VIEW readings AS SELECT NULL::TIMESTAMPTZ AS ts, "
+                "NULL::VARCHAR AS site, NULL::VARCHAR AS meter, NULL::VARCHAR AS quantity, "
+                "NULL::DOUBLE AS value WHERE false"
+            )
+        else:
+            con.sql(
+                "CREATE OR REPLACE TEMP VIEW readings AS "
+                "SELECT ts, site, meter, quantity, arg_max(value, filename) AS value "
+                f"FROM read_parquet('{base}/site=*/*.parquet', hive_partitioning = true, "
+                "filename = true, union_by_name = true) GROUP BY ts, site, meter, quantity"
+            )
         ev = (self.root / "events").as_posix()
         if list_segments(self.root / "events"):
             con.sql(
@@ -810,6 +737,37 @@ class DuckDBStore:
         log.info("compacted %s: %d segments -> %d", self.root, before, after)
         return {"before": before, "after": after}
 
+    def _auto_compact(self, folders: list[Path]) -> None:
+        """Tiered compaction: merge a generation of a folder once it has ``fanout`` segments.
+
+        Every segment of a generation is newer than every segment of a higher one
+        (a merge takes all segments of its generation and keeps their highest
+        ``seq``), so merging one generation never reorders writes.
+        """
+        if self.fanout is None:
+            return
+        fanout = self.fanout
+        with self._compact_lock.hold(blocking=False) as got:
+            if not got:
+                return
+            for folder in folders:
+                while True:
+                    with self._write_lock.hold():
+                        segs = list_segments(folder)
+                    gens: dict[int, list[Segment]] = {}
+                    for sg in segs:
+                        gens.setdefault(sg.gen, []).append(sg)
+                    full = [g for g, lst in gens.items() if len(lst) >= fanout]
+                    if not full:
+                        break
+                    log.debug(
+                        "merging %d segments of generation %d in %s",
+                        len(gens[min(full)]),
+                        min(full),
+                        folder,
+                    )
+                    self._merge(folder, gens[min(full)])
+
     def _merge(self, folder: Path, segs: list[Segment]) -> None:
         name = segment_name(
             max(s.seq for s in segs),
@@ -824,14 +782,26 @@ class DuckDBStore:
                 "FROM read_parquet($files, filename = true) "
                 "GROUP BY ts, site, kind, subject ORDER BY ts, site, kind, subject",
                 {"files": [str(s.path) for s in segs]},
-            ).cast(_EVENTS_SCHEMA)
+            ).cast(EVENTS_SCHEMA)
         else:
             # time-ordered overlap groups: a lone segment is copied, overlapping ones
             # are de-duplicated by DuckDB (latest segment wins); the result stays
             # sorted by ts, so reads need no sort
-            parts = [self._read_group(g, None, None) for g in overlap_groups(segs)]
+            groups = overlap_groups(segs)
+            singles = [g for g in groups if len(g) == 1]
+            with ThreadPoolExecutor(self.threads) as ex:
+                read = dict(
+                    zip(
+                        [id(g) for g in singles],
+                        ex.map(lambda g: self._read_group(g, None, None), singles),
+                        strict=True,
+                    )
+                )
+            parts = [
+                read[id(g)] if len(g) == 1 else self._read_group(g, None, None) for g in groups
+            ]
             table = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
-        publish(folder, name, lambda f: _write_table(table, f, self.compression))
+        publish(folder, name, lambda f: write_table(table, f, self.compression))
         for s in segs:
             s.path.unlink()
         fsync_dir(folder)

@@ -111,6 +111,8 @@ class InfluxStore:
         Organisation and bucket.
     token : str, optional
         API token; default from the environment (see :func:`read_token`).
+    read_only : bool
+        Refuse writes (reports and dashboards).
     meta_bucket : str, optional
         Bucket for the ``meta`` measurement (give it infinite retention); default ``bucket``.
     batch_size : int [lines]
@@ -130,6 +132,7 @@ class InfluxStore:
         org: str,
         bucket: str,
         token: str | None = None,
+        read_only: bool = False,
         meta_bucket: str | None = None,
         batch_size: int = 5000,
         flush_interval_ms: int = 1000,
@@ -142,6 +145,7 @@ class InfluxStore:
         self.org = org
         self.bucket = bucket
         self.meta_bucket = meta_bucket or bucket
+        self.read_only = read_only
         self._token = read_token(token)
         self._options = WriteOptions(
             write_type=WriteType.batching,
@@ -223,6 +227,8 @@ class InfluxStore:
     def _put(self, lines: list[str], bucket: str | None = None) -> None:
         if self._write_api is None:
             raise StoreError(f"{self!r} is closed; open the store again to use it")
+        if self.read_only:
+            raise StoreError(f"{self!r} was opened read-only; it does not write")
         if lines:
             self._write_api.write(
                 bucket=bucket or self.bucket, org=self.org, record=lines, write_precision=_SECONDS
@@ -260,10 +266,13 @@ class InfluxStore:
         validate_readings(readings, where="write_readings")
         try:
             lines = lineproto.reading_lines(readings, self._meters, self._sites)
-        except StoreError:
+        except StoreError as exc:
             if self._meta_loaded:
                 raise
-            self._load_meta()  # registered by an earlier process?
+            try:
+                self._load_meta()  # registered by an earlier process?
+            except StoreError:
+                raise exc from None
             lines = lineproto.reading_lines(readings, self._meters, self._sites)
         self._put(lines)
         return len(readings)

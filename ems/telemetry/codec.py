@@ -28,6 +28,7 @@ from ems.readings import QUANTITIES, SCHEMA_VERSION, Carrier, MeterInfo, MeterKi
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_DEPTH_META",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
     "DataMessage",
@@ -39,6 +40,7 @@ __all__ = [
     "encode_data",
     "encode_events",
     "encode_meta",
+    "encode_rows",
     "encode_site",
     "format_ts",
     "load_object",
@@ -48,7 +50,9 @@ __all__ = [
 MAX_PAYLOAD_BYTES = 1 << 20
 """Largest payload accepted [bytes] (1 MiB)."""
 MAX_DEPTH = 6
-"""Deepest nesting of JSON objects and arrays accepted (data payloads need 4)."""
+"""Deepest nesting of JSON objects and arrays accepted in data and events (data needs 3)."""
+MAX_DEPTH_META = 16
+"""Deepest nesting accepted in metadata and site registrations (``attrs`` hold tariffs)."""
 MAX_READINGS = 10_000
 """Most readings accepted in one message."""
 
@@ -97,6 +101,24 @@ def format_ts(ts_ns: int) -> str:
     if frac:
         return f"{base}.{frac:09d}".rstrip("0") + "Z"
     return base + "Z"
+
+
+_TS_CACHE: dict[str, int] = {}
+_TS_CACHE_MAX = 200_000
+
+
+def parse_ts_cached(value: object, where: str) -> int:
+    """:func:`parse_ts` with a bounded cache (meters of a site share timestamps)."""
+    if type(value) is str:
+        ns = _TS_CACHE.get(value)
+        if ns is not None:
+            return ns
+        ns = parse_ts(value, where)
+        if len(_TS_CACHE) >= _TS_CACHE_MAX:
+            _TS_CACHE.clear()
+        _TS_CACHE[value] = ns
+        return ns
+    return parse_ts(value, where)
 
 
 def parse_ts(value: object, where: str = "ts") -> int:
@@ -155,8 +177,17 @@ def _no_constant(name: str) -> float:
     raise ValueError(name)
 
 
-def load_object(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+def load_object(
+    payload: bytes,
+    *,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    check_depth: bool = True,
+    max_depth: int = MAX_DEPTH,
+) -> dict[str, Any]:
     """Parse a payload as one JSON object, with size, encoding and depth limits.
+
+    With ``check_depth=False`` the caller checks the nesting of what it does not
+    type-check itself (very deep documents still fail as ``too_deep``).
 
     Raises
     ------
@@ -173,16 +204,23 @@ def load_object(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[s
     try:
         obj = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
-        raise PayloadError("too_deep", f"expected nesting of at most {MAX_DEPTH}") from None
+        raise PayloadError("too_deep", f"expected nesting of at most {max_depth} levels") from None
     except ValueError as exc:
         if str(exc) in ("NaN", "Infinity", "-Infinity"):
             raise PayloadError("non_finite", f"expected finite numbers, found {exc}") from None
         raise PayloadError("malformed_json", f"expected JSON; {exc}") from None
     if not isinstance(obj, dict):
         raise PayloadError("not_an_object", f"expected a JSON object, found {type(obj).__name__}")
-    if not _depth_ok(obj, MAX_DEPTH):
-        raise PayloadError("too_deep", f"expected nesting of at most {MAX_DEPTH} levels")
+    if check_depth and not _depth_ok(obj, max_depth):
+        raise PayloadError("too_deep", f"expected nesting of at most {max_depth} levels")
     return obj
+
+
+def _extras_shallow(obj: Mapping[str, Any], known: frozenset[str], depth: int, where: str) -> None:
+    """Check the nesting of fields the decoder does not type-check (forward-compatible extras)."""
+    for k, v in obj.items():
+        if k not in known and isinstance(v, dict | list) and not _depth_ok(v, MAX_DEPTH - depth):
+            raise PayloadError("too_deep", f"{where}.{k}: expected nesting of at most {MAX_DEPTH} levels")
 
 
 def _dumps(obj: Any) -> bytes:
@@ -240,6 +278,17 @@ def encode_data(
     )
 
 
+def encode_rows(site: str, meter: str, interval_s: int, rows: list[dict[str, Any]]) -> bytes:
+    """Encode ready rows ``{"seq", "ts" (ISO text), "values"}`` of one meter (no copying).
+
+    Raises
+    ------
+    ValueError
+        If a value is not finite.
+    """
+    return _dumps({"v": SCHEMA_VERSION, "site": site, "meter": meter, "interval_s": int(interval_s), "readings": rows})
+
+
 def decode_data(
     site: str,
     meter: str,
@@ -281,7 +330,8 @@ def decode_data(
         With the reason codes of ``docs/telemetry.md``.
     """
     where = f"ems/v1/{site}/{meter}"
-    obj = load_object(payload, max_bytes=max_bytes)
+    obj = load_object(payload, max_bytes=max_bytes, check_depth=False)
+    _extras_shallow(obj, _TOP_FIELDS, 1, where)
     _version(obj, where)
     _same(obj, "site", site, where)
     _same(obj, "meter", meter, where)
@@ -306,45 +356,58 @@ def decode_data(
     allowed = frozenset(info.quantities)
     limit = now_ns + int(max_future_s * 1e9)
     out: list[Reading] = []
+    append = out.append
     for i, row in enumerate(rows):
-        w = f"{where}.readings[{i}]"
-        if not isinstance(row, dict):
-            raise PayloadError("wrong_type", f"{w}: expected an object, found {row!r}")
-        if "seq" not in row:
-            raise PayloadError("missing_field", f"{w}: expected field 'seq'")
-        seq = row["seq"]
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise PayloadError("seq_not_int", f"{w}.seq: expected an integer >= 0, found {seq!r}")
+        # the fast path checks types; messages are built only on errors
+        if type(row) is not dict:
+            raise PayloadError("wrong_type", f"{where}.readings[{i}]: expected an object, found {row!r}")
+        seq = row.get("seq")
+        if type(seq) is not int or seq < 0:
+            if "seq" not in row:
+                raise PayloadError("missing_field", f"{where}.readings[{i}]: expected field 'seq'")
+            raise PayloadError("seq_not_int", f"{where}.readings[{i}].seq: expected an integer >= 0, found {seq!r}")
         if "ts" not in row:
-            raise PayloadError("missing_field", f"{w}: expected field 'ts'")
-        ts = parse_ts(row["ts"], f"{w}.ts")
+            raise PayloadError("missing_field", f"{where}.readings[{i}]: expected field 'ts'")
+        ts = parse_ts_cached(row["ts"], f"{where}.readings[{i}].ts")
         if ts > limit:
             raise PayloadError(
                 "future_timestamp",
-                f"{w}.ts: {row['ts']} is more than {max_future_s:g} s after now ({format_ts(now_ns)})",
+                f"{where}.readings[{i}].ts: {row['ts']} is more than {max_future_s:g} s after now ({format_ts(now_ns)})",
             )
-        values = _field(row, "values", dict, w)
-        if not values:
-            raise PayloadError("missing_field", f"{w}.values: expected at least one quantity")
-        clean: dict[str, float] = {}
+        values = row.get("values")
+        if type(values) is not dict or not values:
+            if "values" not in row:
+                raise PayloadError("missing_field", f"{where}.readings[{i}]: expected field 'values'")
+            if isinstance(values, dict):
+                raise PayloadError("missing_field", f"{where}.readings[{i}].values: expected at least one quantity")
+            raise PayloadError("wrong_type", f"{where}.readings[{i}].values: expected an object, found {values!r}")
+        if len(row) > 3:
+            _extras_shallow(row, _READING_FIELDS, 3, f"{where}.readings[{i}]")
         for q, v in values.items():
-            if q not in allowed:
-                hint = (
-                    f"meter {meter!r} reports {sorted(allowed)}"
-                    if q in QUANTITIES
-                    else "expected names with units from ems.readings.QUANTITIES, e.g. power_kw"
-                )
-                raise PayloadError("unknown_quantity", f"{w}.values: unknown quantity {q!r}; {hint}")
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                raise PayloadError("wrong_type", f"{w}.values.{q}: expected a number, found {v!r}")
-            fv = float(v)
-            if not math.isfinite(fv):
-                raise PayloadError("non_finite", f"{w}.values.{q}: expected a finite number, found {v!r}")
-            clean[q] = fv
-        out.append(Reading(seq, ts, clean))
+            tv = type(v)
+            if q not in allowed or (tv is not float and tv is not int) or not math.isfinite(v):
+                _bad_value(q, v, allowed, meter, f"{where}.readings[{i}].values")
+        append(Reading(seq, ts, {q: float(v) for q, v in values.items()}))
     out.sort(key=lambda r: r.ts_ns)
     check_registers(out, where)
     return DataMessage(site, meter, interval_s, out)
+
+
+_TOP_FIELDS = frozenset(("v", "site", "meter", "interval_s", "readings"))
+_READING_FIELDS = frozenset(("seq", "ts", "values"))
+
+
+def _bad_value(q: str, v: object, allowed: frozenset[str], meter: str, w: str) -> None:
+    if q not in allowed:
+        hint = (
+            f"meter {meter!r} reports {sorted(allowed)}"
+            if q in QUANTITIES
+            else "expected names with units from ems.readings.QUANTITIES, e.g. power_kw"
+        )
+        raise PayloadError("unknown_quantity", f"{w}: unknown quantity {q!r}; {hint}")
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise PayloadError("wrong_type", f"{w}.{q}: expected a number, found {v!r}")
+    raise PayloadError("non_finite", f"{w}.{q}: expected a finite number, found {v!r}")
 
 
 def check_registers(readings: Sequence[Reading], where: str, previous: Reading | None = None) -> None:
@@ -402,7 +465,7 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
         from its table; ``wrong_type``, ``missing_field`` etc. otherwise.
     """
     where = f"ems/v1/{site}/{meter}/meta"
-    obj = load_object(payload)
+    obj = load_object(payload, max_depth=MAX_DEPTH_META)
     _version(obj, where)
     _same(obj, "site", site, where)
     _same(obj, "meter", meter, where)
@@ -450,7 +513,7 @@ def encode_site(info: SiteInfo) -> bytes:
 def decode_site(site: str, payload: bytes) -> SiteInfo:
     """Decode and check a site registration received on ``ems/v1/{site}/_site``."""
     where = f"ems/v1/{site}/_site"
-    obj = load_object(payload)
+    obj = load_object(payload, max_depth=MAX_DEPTH_META)
     _version(obj, where)
     _same(obj, "site", site, where)
     for name in ("name", "group", "company", "park", "tz", "country", "grid_region", "factor_set"):

@@ -115,13 +115,17 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @click.option("--session-expiry", type=int, default=3600, show_default=True, help="[s] broker keeps the session offline.")
 @click.option("--max-future", type=float, default=300.0, show_default=True, help="[s] tolerated source clock skew.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until SIGTERM/SIGINT).")
+@click.option("--meta", "meta_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder with meters.json and sites.json (ems run --out) known before any metadata message.")
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
            stats_every: float | None, metrics_port: int | None, batch_readings: int, batch_seconds: float,
-           session_expiry: int, max_future: float, duration: float | None, **kw: Any) -> None:
+           session_expiry: int, max_future: float, duration: float | None, meta_dir: Path | None,
+           **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
     import json
 
+    from ems.readings import MeterInfo, SiteInfo
     from ems.store import open_store
     from ems.telemetry.ingestor import IngestOptions, Ingestor
 
@@ -129,8 +133,19 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
     if group and not cfg.v5:
         log.warning("shared subscriptions are an MQTT 5 feature; the broker may not support them over 3.1.1")
     store = open_store(store_url)
+    meters: list[MeterInfo] = []
+    sites: list[SiteInfo] = []
+    if meta_dir is not None:
+        try:
+            if (meta_dir / "meters.json").exists():
+                meters = [MeterInfo.from_dict(d) for d in json.loads((meta_dir / "meters.json").read_text())]
+            if (meta_dir / "sites.json").exists():
+                sites = [SiteInfo.from_dict(d) for d in json.loads((meta_dir / "sites.json").read_text())]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{meta_dir}: expected meters.json/sites.json as written by ems run --out; {exc}") from None
     opts = IngestOptions(group=group, client_id=client_id, deadletter=deadletter, batch_readings=batch_readings,
-                         batch_s=batch_seconds, session_expiry_s=session_expiry, max_future_s=max_future)
+                         batch_s=batch_seconds, session_expiry_s=session_expiry, max_future_s=max_future,
+                         meters=meters, sites=sites)
     ing = Ingestor(cfg, store, opts)
     stop = threading.Event()
 

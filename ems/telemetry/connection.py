@@ -200,4 +200,7 @@ def connect_and_wait(
     if getattr(rc, "is_failure", False):
         client.loop_stop()
         client.disconnect()
-        raise TelemetryError(f"broker {cfg.describe()} refused the connection: {rc}")
+        hint = ""
+        if cfg.v5 and "protocol" in str(rc).lower():
+            hint = "; the broker may speak MQTT 3.1.1 only (amqtt): add ?protocol=3.1.1 to the URL"
+        raise TelemetryError(f"broker {cfg.describe()} refused the connection: {rc}{hint}")

@@ -167,6 +167,7 @@ class Ingestor:
         self._last: dict[tuple[str, str], codec.Reading] = {}
         self._parked: list[_Item] = []
         self._parked_at = 0.0
+        self._connected_once = False
         self._dl_lock = threading.Lock()
         self._http: ThreadingHTTPServer | None = None
         self._batch_reset()
@@ -231,13 +232,23 @@ class Ingestor:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection: %s", rc)
             return
-        subs = [
-            (topics.META_FILTER, 1),
-            (topics.SITE_FILTER, 1),
-            (topics.shared(topics.DATA_FILTER, self.opts.group), 1),
-        ]
+        subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1)]
+        if self.opts.group:  # the shared data filter gives _site to one ingestor only
+            subs.insert(1, (topics.SITE_FILTER, 1))
+        present = getattr(flags, "session_present", None)
+        if self._connected_once and present is False:
+            log.warning(
+                "the broker did not keep this ingestor's session (client id %s): messages published "
+                "while it was disconnected may be lost; run ems reconcile",
+                self.opts.client_id,
+            )
+        self._connected_once = True
         client.subscribe(subs)  # again on every reconnect
-        log.info("subscribed to %s", [s for s, _ in subs])
+        log.info(
+            "subscribed to %s (session present: %s)",
+            [s for s, _ in subs],
+            present,
+        )
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc != 0 and self._receiving.is_set():
@@ -279,7 +290,11 @@ class Ingestor:
                 item = None
             if item is not None:
                 self.counters["received"] += 1
-                self._process(item)
+                try:
+                    self._process(item)
+                except Exception:  # a bug or a store failure: keep running, leave it unacknowledged
+                    self.counters["errors"] += 1
+                    log.exception("could not process a message on %s; it stays unacknowledged", item.topic)
             full = self._b_readings >= self.opts.batch_readings
             due = self._b_since is not None and time.monotonic() - self._b_since >= self.opts.batch_s
             if full or due or (item is None and self._b_acks):
@@ -287,10 +302,9 @@ class Ingestor:
             if self._parked and (item is None or time.monotonic() - self._parked_at > 1.0):
                 self._parked_at = time.monotonic()
                 self._retry_parked()
-            if item is None:
-                if self._stop.is_set() and self._q.empty():
-                    self._flush()
-                    return
+            if item is None and self._stop.is_set() and self._q.empty():
+                self._flush()
+                return
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:
@@ -302,7 +316,10 @@ class Ingestor:
             if t.kind == "data":
                 self._data(item, t.site, t.meter)
                 return
-            if t.kind == "meta":
+            if t.kind == "meta" and not item.payload:  # retained metadata cleared: meter removed
+                self.meters.pop((t.site, t.meter), None)
+                log.info("meter %s/%s removed (empty metadata)", t.site, t.meter)
+            elif t.kind == "meta":
                 info = codec.decode_meta(t.site, t.meter, item.payload)
                 self.store.register_meters([info])
                 self.meters[(info.site, info.meter)] = info
@@ -456,6 +473,7 @@ class Ingestor:
             "queue_depth": self._q.qsize(),
             "lag_s": round(self.lag_s, 3),
             "meters_known": len(self.meters),
+            "errors": c["errors"],
             "rejected_by_reason": dict(self.rejected_by_reason),
         }
 

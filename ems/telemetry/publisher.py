@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -54,11 +55,20 @@ class MeterSeries:
         """Encode readings ``[i, j)`` as one data message."""
         qs = self.quantities
         vals = self.values[i:j].tolist()
-        rows = (
-            (int(s), int(t), {q: v for q, v in zip(qs, row, strict=True) if v == v})
-            for s, t, row in zip(self.seq[i:j].tolist(), self.ts[i:j].tolist(), vals, strict=True)
-        )
-        return codec.encode_data(self.info.site, self.info.meter, self.info.interval_s, rows)
+        rows = [
+            {"seq": s, "ts": t, "values": {q: v for q, v in zip(qs, row, strict=True) if v == v}}
+            for s, t, row in zip(self.seq[i:j].tolist(), self.iso[i:j], vals, strict=True)
+        ]
+        return codec.encode_rows(self.info.site, self.info.meter, self.info.interval_s, rows)
+
+    @property
+    def iso(self) -> list[str]:
+        """ISO 8601 UTC strings of ``ts`` (computed once)."""
+        cached: list[str] | None = self.__dict__.get("_iso")
+        if cached is None:
+            cached = [codec.format_ts(t) for t in self.ts.tolist()]
+            object.__setattr__(self, "_iso", cached)
+        return cached
 
 
 def meter_series(rs: ReadingSet) -> list[MeterSeries]:
@@ -269,6 +279,19 @@ class Publisher:
             topics.data_topic(s.info.site, s.info.meter)  # identifiers are safe
         self._gw: dict[str, _Gateway] = {}
         self._last_save = 0.0
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`run` (in another thread) to stop after the current message.
+
+        What was published is still acknowledged, saved in the ledger, and the
+        sites marked ``offline``; a later run with the same ledger continues.
+        """
+        self._stop.set()
+
+    def published(self) -> int:
+        """Readings acknowledged so far in this run (safe to call from another thread)."""
+        return sum(gw.readings for gw in list(self._gw.values()))
 
     def _sites(self) -> list[SiteInfo]:
         known = {s.site: s for s in self.rs.sites}
@@ -335,7 +358,7 @@ class Publisher:
         b = max(int(self.opts.batch), 1)
         pos = list(starts)
         active = True
-        while active:
+        while active and not self._stop.is_set():
             active = False
             for k, s in enumerate(self.series):
                 i = pos[k]
@@ -362,8 +385,14 @@ class Publisher:
             prev_ns = t0
             for t in all_ts.tolist():
                 delay = (t - t0) / 1e9 - env.now
-                if delay > 0:
-                    yield env.timeout(delay)
+                while delay > 0:  # in slices, so that stop() is honoured within ~0.2 s
+                    step = min(delay, 0.2 * speed)
+                    yield env.timeout(step)
+                    delay -= step
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    return
                 self._events(until_ns=t, since_ns=prev_ns if t != t0 else None)
                 prev_ns = t
                 for k, s in enumerate(self.series):

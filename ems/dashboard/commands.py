@@ -1,0 +1,103 @@
+"""``ems dashboard`` and ``ems live``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import click
+
+from ems.errors import EmsError
+
+__all__ = ["dashboard", "live", "open_for_reading"]
+
+log = logging.getLogger(__name__)
+
+
+def open_for_reading(url: str) -> Any:
+    """Open a store for the dashboard: read-only where the backend supports it."""
+    from ems.store import open_store
+
+    return open_store(url, read_only=True)
+
+
+def wait_for_signal(stop: threading.Event | None = None) -> None:
+    """Block until SIGINT or SIGTERM (or ``stop`` is set); restore the handlers after."""
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.is_set():
+            stop.wait(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@click.command()
+@click.option("--store", "store_url", required=True, help="Store path or URL (see ems.store.open_store).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=int, default=8050, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--poll", "poll_s", type=float, default=1.0, show_default=True, help="[s] between store polls.")
+def dashboard(store_url: str, host: str, port: int, poll_s: float) -> None:
+    """Serve the built-in dashboard of a store (read-only) until interrupted."""
+    from ems.dashboard.monitor import Monitor
+    from ems.dashboard.server import make_server
+
+    if poll_s <= 0:
+        raise click.UsageError(f"--poll must be > 0, found {poll_s}")
+    store = open_for_reading(store_url)
+    mon = Monitor(store, poll_s=poll_s)
+    try:
+        server = make_server(mon, host, port)
+    except EmsError:
+        store.close()
+        raise
+    mon.start()
+    server.start()
+    click.echo(f"dashboard at {server.url}/ (Ctrl-C to stop)", err=True)
+    try:
+        wait_for_signal()
+    finally:
+        server.stop()
+        mon.stop()
+        with mon.lock:
+            store.close()
+    click.echo("dashboard stopped", err=True)
+
+
+@click.command()
+@click.argument("scenario")
+@click.option("--speed", type=float, default=3600.0, show_default=True,
+              help="Plant seconds per real second (3600: an hour per second).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard address.")
+@click.option("--port", type=int, default=8050, show_default=True, help="Dashboard port; 0 picks a free one.")
+@click.option("--broker", "broker_url", default=None,
+              help="mqtt://host:port of an external broker; default: start the embedded one.")
+@click.option("--store", "store_url", default=None,
+              help="Store path or URL (e.g. influx+http://host:8086?org=..&bucket=..); default: a new "
+                   "embedded store in ./ems-live-<time>.")
+@click.option("--ledger", type=click.Path(dir_okay=False), default=None,
+              help="Publisher ledger (default: ledger.json in the embedded store's parent folder).")
+@click.option("--exit-when-done", is_flag=True, help="Stop once everything is published and stored.")
+def live(scenario: str, speed: float, host: str, port: int, broker_url: str | None, store_url: str | None,
+         ledger: str | None, exit_when_done: bool) -> None:
+    """Simulate SCENARIO and watch it live: broker, stream, ingest, store and dashboard in one.
+
+    SCENARIO is a scenario file or a readings folder (``ems run --out``). Ctrl-C
+    stops the publisher, lets the ingestor write and acknowledge what it holds,
+    stops the broker and closes the store: nothing published is lost.
+    """
+    from ems.dashboard.live import LiveOptions, run_live
+
+    if speed <= 0:
+        raise click.UsageError(f"--speed must be > 0, found {speed}")
+    opts = LiveOptions(scenario=scenario, speed=speed, host=host, port=port, broker_url=broker_url,
+                       store_url=store_url, ledger=ledger, exit_when_done=exit_when_done)
+    summary = run_live(opts, echo=lambda s: click.echo(s, err=True))
+    click.echo(summary)

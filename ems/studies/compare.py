@@ -1,0 +1,195 @@
+"""Compare scenarios side by side: KPIs, deltas vs the first, measure economics.
+
+Each input is a scenario file (simulated, with its ``measures:`` applied) or a
+readings folder written by ``ems run --out`` (loaded, accounted as is). The first
+one is the base the deltas and the economics refer to.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ems.errors import ConfigError
+from ems.studies.run import evaluate, summarise
+
+__all__ = ["COMPARE_ROWS", "Comparison", "compare", "load_or_run", "to_html"]
+
+log = logging.getLogger(__name__)
+
+COMPARE_ROWS: tuple[tuple[str, str, float], ...] = (
+    # (key, label with unit, scale applied for display)
+    ("electricity_consumed_kwh", "electricity consumed [MWh]", 1e-3),
+    ("grid_import_kwh", "grid import [MWh]", 1e-3),
+    ("pv_generated_kwh", "PV generated [MWh]", 1e-3),
+    ("pv_consumed_kwh", "PV consumed [MWh]", 1e-3),
+    ("green_kwh", "green electricity claimed [MWh]", 1e-3),
+    ("green_share", "green-power share [%]", 100.0),
+    ("steam_gj", "purchased steam [GJ]", 1.0),
+    ("natural_gas_m3", "natural gas [m3]", 1.0),
+    ("diesel_kg", "diesel [kg]", 1.0),
+    ("total_tce", "energy [tce]", 1.0),
+    ("scope1_t", "Scope 1 [tCO2e]", 1.0),
+    ("scope2_location_t", "Scope 2 location-based [tCO2e]", 1.0),
+    ("scope2_market_t", "Scope 2 market-based [tCO2e]", 1.0),
+    ("scope12_market_t", "Scope 1+2 market-based [tCO2e]", 1.0),
+    ("offsets_t", "offsets [tCO2e]", 1.0),
+    ("net_scope12_t", "Scope 1+2 net of offsets [tCO2e]", 1.0),
+    ("scope12_market_intensity_t_per_10k_rmb", "Scope 1+2 intensity [kgCO2e / RMB 10k]", 1000.0),
+    ("peak_import_kw", "peak import, sum of sites [kW]", 1.0),
+    ("total_cost", "energy cost [CNY]", 1.0),
+    ("capex", "measures capex [CNY]", 1.0),
+    ("annual_cost", "measures annualised cost [CNY/yr]", 1.0),
+    ("savings_per_year", "energy-cost savings [CNY/yr]", 1.0),
+    ("avoided_t_per_year", "avoided [tCO2e/yr]", 1.0),
+    ("payback_years", "simple payback [yr]", 1.0),
+    ("cost_per_tco2e", "cost per tCO2e avoided [CNY/t]", 1.0),
+)
+"""Rows of the comparison table."""
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare`.
+
+    Attributes
+    ----------
+    results : list of dict
+        :func:`ems.studies.run.evaluate` output per scenario, in input order.
+    table : DataFrame
+        Index: KPI labels; columns: scenario names, then ``<name> Δ`` for each
+        scenario after the first (display units).
+    """
+
+    results: list[dict[str, Any]]
+    table: pd.DataFrame
+
+    def measures(self) -> pd.DataFrame:
+        """Every applied measure with its costs, one row each."""
+        rows = [{"scenario": r["scenario"], **m} for r in self.results for m in r.get("measures", [])]
+        return pd.DataFrame(rows)
+
+
+def load_or_run(path: str | Path, *, base: Mapping[str, float] | None = None,
+                resolution_s: int | None = None, costs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate a scenario file, or account a readings folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        Scenario YAML, or a folder with ``readings.parquet`` (``ems run --out``).
+    base : dict, optional
+        Base summary for the economics.
+    resolution_s : int, optional [s]
+        Replace the scenario's resolution (e.g. 3600 for a fast comparison).
+    """
+    import ems
+
+    p = Path(path)
+    if p.is_dir():
+        from ems.accounting import kpis
+        from ems.readings import ReadingSet
+
+        rs = ReadingSet.from_parquet(p)
+        res = kpis(rs, by="site", period="year")
+        d = res.daily["date"]
+        lo, hi = d.min().date(), d.max().date()
+        out: dict[str, Any] = {"scenario": p.name, **summarise(res.rollup(by="site", period=(lo, hi)))}
+        yf = ((hi - lo).days + 1) / 365.0
+        out.update(offsets_t=0.0, net_scope12_t=out["scope12_market_t"], capex=0.0, opex_per_year=0.0,
+                   annual_cost=0.0, measures=[])
+        if base is not None:
+            out["savings_per_year"] = (base["total_cost"] - out["total_cost"]) / yf
+            out["avoided_t_per_year"] = (base["scope12_market_t"] - out["net_scope12_t"]) / yf
+        out.setdefault("savings_per_year", math.nan)
+        out.setdefault("avoided_t_per_year", math.nan)
+        out["payback_years"] = math.nan
+        out["cost_per_tco2e"] = math.nan
+        return out
+    if not p.is_file():
+        raise ConfigError(f"compare: expected a scenario file or a readings folder, found nothing at {str(p)!r}")
+    sc = ems.load_scenario(str(p))
+    if resolution_s is not None:
+        sc.resolution_s = int(resolution_s)
+    return evaluate(sc, base=base, costs=costs)
+
+
+def compare(paths: Sequence[str | Path], *, resolution_s: int | None = None,
+            costs: Mapping[str, Any] | None = None) -> Comparison:
+    """Evaluate each input; the first is the base.
+
+    Parameters
+    ----------
+    paths : list of str or Path
+        Scenario files or readings folders; at least one.
+    resolution_s : int, optional [s]
+    costs : dict, optional
+    """
+    if not paths:
+        raise ConfigError("compare: expected at least one scenario, found none")
+    first = load_or_run(paths[0], resolution_s=resolution_s, costs=costs)
+    base = {k: v for k, v in first.items() if isinstance(v, float)}
+    # the base against itself: no savings, nothing avoided
+    first.update(savings_per_year=0.0, avoided_t_per_year=0.0)
+    results = [first] + [load_or_run(p, base=base, resolution_s=resolution_s, costs=costs) for p in paths[1:]]
+    names: list[str] = []
+    for r in results:
+        n, k = str(r["scenario"]), 2
+        while n in names:
+            n, k = f"{r['scenario']} ({k})", k + 1
+        names.append(n)
+    data: dict[str, list[float]] = {}
+    for n, r in zip(names, results, strict=True):
+        data[n] = [float(r.get(key, math.nan)) * s for key, _, s in COMPARE_ROWS]
+    table = pd.DataFrame(data, index=[label for _, label, _ in COMPARE_ROWS])
+    for n in names[1:]:
+        table[f"{n} Δ"] = table[n] - table[names[0]]
+    return Comparison(results=results, table=table)
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def to_html(cmp: Comparison, title: str = "Scenario comparison") -> str:
+    """A self-contained HTML page: the table and bar charts as inline SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [str(c) for c in cmp.table.columns if not str(c).endswith(" Δ")]
+    charts = []
+    for key, label in (("scope12_market_t", "Scope 1+2 market-based [tCO2e]"),
+                       ("green_share", "green-power share [%]"),
+                       ("total_cost", "energy cost [CNY]"),
+                       ("grid_import_kwh", "grid import [MWh]")):
+        row = next(lab for k, lab, _ in COMPARE_ROWS if k == key)
+        vals = [float(cmp.table.loc[row, n]) for n in names]
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+        ax.bar(range(len(names)), vals, color=["#777"] + ["#2a7"] * (len(names) - 1))
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+        ax.set_title(label)
+        charts.append(_svg(fig))
+        plt.close(fig)
+    table = cmp.table.to_html(float_format=lambda x: f"{x:,.2f}", na_rep="–", classes="kpis")
+    meas = cmp.measures()
+    mtab = meas.to_html(index=False, float_format=lambda x: f"{x:,.2f}") if len(meas) else "<p>no measures</p>"
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.charts svg{max-width:48%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>Deltas (Δ) and economics are against the first scenario, <b>{html.escape(names[0])}</b>.</p>"
+            f"{table}<h2>Measures</h2>{mtab}<h2>Charts</h2><div class='charts'>{''.join(charts)}</div>"
+            "</body></html>")

@@ -1,0 +1,275 @@
+"""The dashboard: views (pure), the monitor's KPI cache, the HTTP server and ``ems dashboard``."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+from dashboard_fixtures import HOSTILE, meters, readings, readingset, site_info, write
+
+from ems.accounting import kpis
+from ems.dashboard import views
+from ems.dashboard.monitor import Monitor
+from ems.dashboard.server import make_server
+from ems.errors import EmsError
+from ems.readings import ReadingSet, empty_events
+from ems.store import open_store
+
+# ---------------------------------------------------------------- views
+
+
+def test_latest_flows_signs_and_soc():
+    df, _ = readings("a", "2024-07-01", 8)
+    f = views.latest_flows(df, meters("a"))
+    last = df[df.index == df.index.max()]
+    get = dict(zip(last["meter"].astype(str) + "." + last["quantity"].astype(str), last["value"], strict=True))
+    assert f["load"] == pytest.approx(get["load1.power_kw"])
+    assert f["grid"] == pytest.approx(get["grid.power_kw"])
+    assert f["battery"] == pytest.approx(get["bess.power_kw"])
+    assert f["steam"] == pytest.approx(300.0)
+    assert f["soc_pct"] == pytest.approx(get["bess.soc_pct"])
+    assert f["last_ts_ms"] == df.index.max().value // 1_000_000
+    # the balance the fixture wrote: grid = load - pv - battery
+    assert f["grid"] == pytest.approx(f["load"] - f["pv"] - f["battery"])
+
+
+def test_latest_flows_empty():
+    assert views.latest_flows(readings("a", "2024-07-01", 1)[0].iloc[:0], meters("a")) == {
+        "soc_pct": None, "last_ts_ms": None}
+
+
+@pytest.mark.parametrize(("range_s", "interval_s", "expected"), [
+    (86_400, 900, 900), (7 * 86_400, 900, 2700), (365 * 86_400, 900, 105_300), (86_400, 60, 300),
+])
+def test_bucket_seconds(range_s, interval_s, expected):
+    b = views.bucket_seconds(range_s, interval_s, 300)
+    assert b == expected
+    assert b % interval_s == 0
+    assert range_s / b <= 300
+
+
+def test_bucket_seconds_rejects_nonsense():
+    with pytest.raises(EmsError, match="expected positive range"):
+        views.bucket_seconds(0, 900)
+
+
+@pytest.mark.parametrize("bucket_s", [900, 3600, 7200])
+def test_power_series_means_and_energy_sums(bucket_s):
+    df, _ = readings("a", "2024-07-01", 96)
+    start, end = pd.Timestamp("2024-07-01", tz="UTC"), pd.Timestamp("2024-07-02", tz="UTC")
+    p = views.power_series(df, meters("a"), start, end, bucket_s)
+    assert len(p["t"]) == 86_400 // bucket_s
+    assert p["t"][-1] == end.value // 1_000_000
+    assert np.mean(p["series"]["load"]) == pytest.approx(1000.0)
+    assert len(p["soc_pct"]) == len(p["t"])
+    e = views.energy_series(df, meters("a"), start, end, bucket_s)
+    load = df[(df["meter"] == "load1") & (df["quantity"] == "energy_kwh")]["value"]
+    # the first reading is the baseline: energy = last - first register value
+    assert sum(e["series"]["load"]["values"]) == pytest.approx(load.iloc[-1] - load.iloc[0])
+    assert e["series"]["steam"]["unit"] == "GJ"
+    assert e["series"]["grid_import"]["carrier"] == "electricity"
+
+
+def test_energy_series_ignores_a_register_reset():
+    df, _ = readings("a", "2024-07-01", 8)
+    sel = (df["meter"] == "load1") & (df["quantity"] == "energy_kwh")
+    vals = df.loc[sel, "value"].to_numpy().copy()
+    vals[4:] -= vals[3]  # reset to zero after the 4th reading
+    df.loc[sel, "value"] = vals
+    e = views.energy_series(df, meters("a"), pd.Timestamp("2024-07-01", tz="UTC"),
+                            pd.Timestamp("2024-07-01 02:00", tz="UTC"), 900)
+    assert min(e["series"]["load"]["values"]) >= 0.0
+
+
+def test_event_list_and_jsonable():
+    rs = readingset({"a": "A"})
+    ev = views.event_list(rs.events)
+    assert [e["kind"] for e in ev] == ["outage_start", "outage_end"]
+    assert ev[0]["value"] is None  # NaN in the ledger
+    assert views.jsonable({"x": float("nan"), "y": np.float64(2.0), "z": [float("inf")]}) == {
+        "x": None, "y": 2.0, "z": [None]}
+
+
+# ---------------------------------------------------------------- monitor
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path / "store")
+    yield s
+    s.close()
+
+
+def test_monitor_overview_kpis_match_accounting(store):
+    rs = readingset({"a": "Alpha", "b": "Beta"}, n=3 * 96)
+    write(store, rs)
+    mon = Monitor(store)
+    mon.refresh()
+    ov = mon.overview()
+    assert [t["site"] for t in ov["sites"]] == ["a", "b"]
+    a = ov["sites"][0]
+    assert a["name"] == "Alpha"
+    assert a["flows"]["load"] == pytest.approx(1000.0)
+    ref = kpis(ReadingSet(rs.readings[rs.readings["site"] == "a"], rs.events.iloc[:0],
+                          [m for m in rs.meters if m.site == "a"], [rs.site("a")]), period="year").kpis
+    for k in ("electricity_consumed_kwh", "total_tce", "green_share", "scope12_market_t"):
+        assert a["year"][k] == pytest.approx(float(ref[k].iloc[0]), rel=1e-9), k
+    assert a["today"]["period"] == a["today_date"]
+    assert {t["target"] for t in a["targets"]} >= {"clean-2030"}
+    assert "g" in ov["group"]
+    json.dumps(ov, allow_nan=False)
+
+
+def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monkeypatch):
+    site = "a"
+    first, reg = readings(site, "2024-07-01", 2 * 96)
+    store.register_sites([site_info(site)])
+    store.register_meters(meters(site))
+    store.write_readings(first)
+    mon = Monitor(store, today_every_s=0.0)
+    full = []
+    orig = Monitor._full_year
+    monkeypatch.setattr(Monitor, "_full_year", lambda self, *a: full.append(1) or orig(self, *a))
+    mon.refresh()
+    v0 = mon.version
+    assert len(full) == 1
+    mon.refresh()  # nothing new: nothing recomputed
+    assert mon.version == v0 and len(full) == 1
+    more, _ = readings(site, "2024-07-01", 96, offset=2 * 96, base=reg, load_kw=2500.0)
+    store.write_readings(more)
+    mon.refresh()
+    assert len(full) == 1, "a new day extends the cached year instead of recomputing it"
+    ov = mon.overview()["sites"][0]
+    assert ov["flows"]["load"] == pytest.approx(2500.0)
+    both = pd.concat([first, more])
+    ref = kpis(ReadingSet(both, empty_events(), meters(site), [site_info(site)]), period="year").kpis
+    assert ov["year"]["electricity_consumed_kwh"] == pytest.approx(float(ref["electricity_consumed_kwh"].iloc[0]))
+    assert ov["year"]["total_tce"] == pytest.approx(float(ref["total_tce"].iloc[0]))
+
+
+def test_monitor_status(store):
+    write(store, readingset({"a": "A"}))
+    mon = Monitor(store)
+    mon.refresh()
+    st = mon.sites["a"]
+    assert mon.status(st)["state"] == "fresh"  # just arrived (a replay)
+    later = st.last_new_wall + 3600
+    assert mon.status(st, now=later)["state"] == "stale"
+    assert mon.status(st, now=st.last_ts.timestamp() + 60)["state"] == "fresh"
+    mon.status_fn = lambda: {"a": "offline"}
+    assert mon.status(st) == {"state": "offline", "source": "mqtt"}
+
+
+def test_site_view(store):
+    write(store, readingset({"a": "A"}, n=3 * 96))
+    mon = Monitor(store)
+    mon.refresh()
+    v = mon.site_view("a", "week")
+    assert v["range"] == "week" and v["bucket_s"] == 2700
+    assert len(v["power"]["t"]) <= 300
+    assert v["end_ms"] == v["power"]["t"][-1]
+    assert [e["kind"] for e in v["events"]] == ["outage_start", "outage_end"]
+    assert v["site"]["tz"] == "Asia/Shanghai"
+    with pytest.raises(EmsError, match="expected one of"):
+        mon.site_view("a", "decade")
+    with pytest.raises(EmsError, match="unknown site"):
+        mon.site_view("nope")
+
+
+# ---------------------------------------------------------------- HTTP server
+
+
+@pytest.fixture
+def server(store):
+    write(store, readingset({"a": HOSTILE}))
+    mon = Monitor(store, poll_s=0.2).start()
+    srv = make_server(mon, port=0).start()
+    yield srv
+    srv.stop()
+    mon.stop()
+
+
+def _get(url, method="GET"):
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_server_routes(server):
+    assert server.server_address[0] == "127.0.0.1"
+    status, headers, body = _get(server.url + "/")
+    assert status == 200 and b"app.js" in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert _get(server.url + "/static/app.js")[0] == 200
+    assert _get(server.url + "/static/style.css")[1]["Content-Type"].startswith("text/css")
+    assert _get(server.url + "/healthz")[2] == b"ok\n"
+    status, _, body = _get(server.url + "/api/site/a?range=day")
+    assert status == 200 and json.loads(body)["site"]["name"] == HOSTILE
+    status, _, body = _get(server.url + "/api/overview")
+    assert status == 200 and json.loads(body)["sites"][0]["name"] == HOSTILE
+
+
+@pytest.mark.parametrize("path", ["/static/../commands.py", "/static/..%2fcommands.py", "/static/.hidden",
+                                  "/nope", "/api/site/zzz"])
+def test_server_404(server, path):
+    assert _get(server.url + path)[0] == 404
+
+
+def test_server_bad_range_is_400(server):
+    status, _, body = _get(server.url + "/api/site/a?range=decade")
+    assert status == 400 and b"expected one of" in body
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_server_is_read_only(server, method):
+    status, headers, _ = _get(server.url + "/api/overview", method)
+    assert status == 405
+    assert headers["Allow"] == "GET, HEAD"
+
+
+def test_server_port_in_use(server):
+    with pytest.raises(EmsError, match="expected to listen on"):
+        make_server(server.monitor, port=server.server_address[1])
+
+
+# ---------------------------------------------------------------- CLI as a real process
+
+
+def test_ems_dashboard_subprocess(tmp_path):
+    s = open_store(tmp_path / "store")
+    write(s, readingset({"a": "A"}))
+    s.close()
+    with subprocess.Popen(
+        [sys.executable, "-m", "ems.cli", "dashboard", "--store", str(tmp_path / "store"), "--port", "0"],
+        stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        try:
+            line = proc.stderr.readline()
+            m = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+            assert m, line
+            assert _get(m.group(1) + "/healthz")[0] == 200
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 0
+            assert "stopped" in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_ems_dashboard_missing_store(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ems.cli", "dashboard", "--store", str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "expected an ems store directory" in r.stderr

@@ -1,0 +1,232 @@
+"""The study commands: calibrate, compare, sweep (synchronous and a real local Dask cluster), pathway, measures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ems.cli import cli
+from ems.model.loader import load_site
+from ems.studies.calibrate import calibrate, load_totals
+from ems.studies.sweep import load_sweep_spec, run_sweep
+
+ROOT = Path(__file__).parent.parent
+SITES = ROOT / "sites"
+
+
+def scenario(tmp: Path, name: str, measures=None, site="qingdao", period=None) -> Path:
+    data = {
+        "name": name,
+        "sites": [str(SITES / f"{site}.yaml")],
+        "period": period or {"start": "2024-07-15", "end": "2024-07-22"},
+        "resolution": "1h",
+        "seed": 1,
+        "measures": measures or [],
+    }
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+# ------------------------------------------------------------------ calibrate
+
+
+def test_calibrate_converges_to_given_totals(tmp_path):
+    site = load_site(SITES / "shunde-sheet-metal.yaml")
+    monthly = [1.0e6, 0.8e6, 1.0e6, 1.05e6, 1.2e6, 1.35e6, 1.45e6, 1.45e6, 1.3e6, 1.0e6, 1.0e6, 1.0e6]
+    f = tmp_path / "totals.yaml"
+    f.write_text(yaml.safe_dump({"year": 2024, "monthly": {"grid_import_kwh": monthly},
+                                 "annual": {"steam_gj": 30000, "natural_gas_m3": 800000}}))
+    totals = load_totals(f)
+    cal = calibrate(site, totals, year=2024, tol=0.005)
+    assert cal.converged and cal.iterations <= 4
+    year = cal.residuals[cal.residuals["month"] == 0].set_index("quantity")
+    assert year.loc["grid_import_kwh", "simulated"] == pytest.approx(sum(monthly), rel=0.005)
+    assert year.loc["steam_gj", "simulated"] == pytest.approx(30000, rel=0.005)
+    assert year.loc["natural_gas_m3", "simulated"] == pytest.approx(800000, rel=0.005)
+    # with monthly figures HVAC carries the season: summer months within 10 %
+    m = cal.residuals[(cal.residuals["quantity"] == "grid_import_kwh") & cal.residuals["month"].between(6, 9)]
+    assert m["deviation"].abs().max() < 0.10
+    assert site.steam.annual_gj == 25000  # the input is left alone
+    reloaded = yaml.safe_load(cal.to_yaml())
+    assert reloaded["id"] == "shunde-sheet-metal"
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ({"annual": {"grid_kwh": 1}}, "expected one of grid_import_kwh"),
+        ({"monthly": {"steam_gj": [1, 2]}}, "expected 12 numbers"),
+        ({"annual": {"steam_gj": 100}, "monthly": {"steam_gj": [1] * 12}}, "monthly values sum to 12"),
+        ({"year": 2024}, "expected a mapping with 'annual'"),
+    ],
+)
+def test_bad_totals(tmp_path, content, match):
+    from ems.errors import ConfigError
+
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=match):
+        load_totals(f)
+
+
+def test_calibrate_cli(tmp_path):
+    f = tmp_path / "totals.yaml"
+    f.write_text(yaml.safe_dump({"annual": {"grid_import_kwh": 14e6, "gasoline_kg": 1000}}))
+    out = tmp_path / "cal.yaml"
+    res = CliRunner().invoke(cli, ["calibrate", str(SITES / "ronshen-plastics.yaml"), "--totals", str(f),
+                                   "--out", str(out)])
+    assert res.exit_code == 1, res.output  # ronshen has no gasoline fleet
+    f.write_text(yaml.safe_dump({"annual": {"grid_import_kwh": 14e6}}))
+    res = CliRunner().invoke(cli, ["calibrate", str(SITES / "ronshen-plastics.yaml"), "--totals", str(f),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "converged" in res.output and "grid_import_kwh" in res.output
+    assert load_site(out).id == "ronshen-plastics"
+
+
+# ------------------------------------------------------------------ compare and measures
+
+
+def test_compare_cli_writes_csv_and_html(tmp_path):
+    a = scenario(tmp_path, "base")
+    b = scenario(tmp_path, "pv", [{"measure": "add_pv", "kwp": 20000}])
+    c = scenario(tmp_path, "zero", [{"measure": "zero_carbon"}])
+    csv, html = tmp_path / "cmp.csv", tmp_path / "cmp.html"
+    res = CliRunner().invoke(cli, ["compare", str(a), str(b), str(c), "--csv", str(csv), "--html", str(html)])
+    assert res.exit_code == 0, res.output
+    t = pd.read_csv(csv, index_col="kpi")
+    assert list(t.columns) == ["base", "pv", "zero", "pv Δ", "zero Δ"]
+    gi = "grid import [MWh]"
+    assert t.loc[gi, "pv Δ"] == pytest.approx(t.loc[gi, "pv"] - t.loc[gi, "base"])
+    assert t.loc[gi, "pv Δ"] < 0
+    assert t.loc["green-power share [%]", "zero"] == pytest.approx(100.0, abs=0.1)
+    assert t.loc["Scope 1+2 net of offsets [tCO2e]", "zero"] == pytest.approx(0.0, abs=1e-6)
+    page = html.read_text()
+    assert page.count("<svg") == 4 and "add_pv" in page and "Scope 1+2" in page
+
+
+def test_compare_loads_a_readings_folder(tmp_path):
+    a = scenario(tmp_path, "base")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", str(a), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    folder = next(p for p in [out, *out.iterdir()] if (p / "readings.parquet").exists())
+    from ems.studies.compare import compare
+
+    cmp = compare([a, folder])
+    gi = "grid import [MWh]"
+    assert cmp.table.loc[gi, cmp.table.columns[1]] == pytest.approx(cmp.table.loc[gi, "base"], rel=1e-6)
+
+
+def test_compare_bad_input(tmp_path):
+    res = CliRunner().invoke(cli, ["compare", str(tmp_path / "missing.yaml")])
+    assert res.exit_code != 0
+    assert "expected a scenario file or a readings folder" in str(res.exception) + res.output
+
+
+def test_measures_cli():
+    res = CliRunner().invoke(cli, ["measures"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for name in ("add_pv", "add_storage", "buy_certificates", "zero_carbon", "[kWp]"):
+        assert name in res.output
+
+
+def test_measures_cli_subprocess():
+    p = subprocess.run([sys.executable, "-m", "ems.cli", "measures"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=60, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "electrify_forklifts" in p.stdout
+
+
+# ------------------------------------------------------------------ sweep
+
+
+def sweep_spec(tmp: Path, target=0.2) -> Path:
+    sc = scenario(tmp, "sweep-base")
+    spec = {"scenario": sc.name, "site": "qingdao",
+            "parameters": {"add_pv.kwp": [0, 20000], "buy_certificates.mwh": [0, 500]},
+            "target": {"metric": "green_share", "min": target}}
+    p = tmp / "sweep.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_sweep_synchronous(tmp_path):
+    spec = load_sweep_spec(sweep_spec(tmp_path))
+    res = run_sweep(spec, scheduler="synchronous")
+    df = res.results
+    assert len(df) == 4
+    assert list(df["p:add_pv.kwp"]) == [0, 0, 20000, 20000]
+    base = df.iloc[0]
+    assert base["grid_import_kwh"] == pytest.approx(res.base["grid_import_kwh"])
+    assert base["capex"] == 0 and base["savings_per_year"] == pytest.approx(0.0)
+    # certificates add green share, cost a little and change no flow
+    assert df.iloc[1]["green_share"] > base["green_share"]
+    assert df.iloc[1]["grid_import_kwh"] == pytest.approx(base["grid_import_kwh"])
+    assert df["pareto"].dtype == bool and df["pareto"].any()
+    assert res.best is not None and res.best["green_share"] >= 0.2
+
+
+def test_sweep_on_a_local_dask_cluster(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["sweep", str(sweep_spec(tmp_path)), "--workers", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == 4
+    sync = run_sweep(load_sweep_spec(tmp_path / "sweep.yaml"), scheduler="synchronous").results
+    assert df["net_scope12_t"].to_numpy() == pytest.approx(sync["net_scope12_t"].to_numpy())
+    assert (out / "pareto.csv").exists() and (out / "best.csv").exists()
+    assert "cheapest meeting green_share >= 0.2" in res.output
+
+
+def test_sweep_spec_errors(tmp_path):
+    from ems.errors import ConfigError
+
+    p = tmp_path / "s.yaml"
+    scenario(tmp_path, "b")
+    p.write_text(yaml.safe_dump({"scenario": "b.yaml", "parameters": {"add_pv.kwpp": [1]}}))
+    with pytest.raises(ConfigError, match="expected <measure>.<parameter>"):
+        load_sweep_spec(p)
+    p.write_text(yaml.safe_dump({"scenario": "b.yaml", "parameters": {"add_pv.kwp": {"min": 0, "max": 1}}}))
+    with pytest.raises(ConfigError, match="needs min and max, and 'sample"):
+        load_sweep_spec(p)
+
+
+# ------------------------------------------------------------------ pathway
+
+
+def test_pathway_cli(tmp_path):
+    sc = scenario(tmp_path, "path-base", site="ronshen-plastics", period={"year": 2024})
+    targets = {
+        "base_year": 2023,
+        "baseline": {},
+        "targets": [
+            {"id": "peak", "year": 2024, "metric": "scope12_market_t", "kind": "peak", "value": None},
+            {"id": "clean", "year": 2025, "metric": "green_share", "kind": "level", "value": 1.0},
+        ],
+    }
+    (tmp_path / "targets.yaml").write_text(yaml.safe_dump(targets))
+    spec = {"scenario": sc.name, "years": [2023, 2024, 2025], "production_growth_pct": 5.0,
+            "grid_factor": {"average": {2023: 0.53, 2025: 0.45}},
+            "additions": [{"year": 2025, "measures": [{"measure": "zero_carbon"}]}],
+            "targets": "targets.yaml"}
+    p = tmp_path / "pathway.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["pathway", str(p), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    y = pd.read_csv(out / "pathway.csv", index_col="year")
+    assert list(y.index) == [2023, 2024, 2025]
+    assert y.loc[2024, "output_rmb"] == pytest.approx(y.loc[2023, "output_rmb"] * 1.05, rel=1e-3)
+    assert y.loc[2025, "net_scope12_t"] == pytest.approx(0.0, abs=1e-6)
+    assert y.loc[2025, "green_share"] == pytest.approx(1.0, abs=1e-3)
+    a = pd.read_csv(out / "targets.csv").set_index("target")
+    assert a.loc["clean", "first_year_met"] == 2025 and bool(a.loc["clean", "met"])
+    assert a.loc["peak", "status"].startswith(("met", "missed"))
