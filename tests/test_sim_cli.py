@@ -19,17 +19,27 @@ pytestmark = pytest.mark.skipif(not DEMO.exists(), reason="scenarios/demo.yaml n
 
 
 def test_run_writes_readings_and_prints_summary(tmp_path):
-    res = CliRunner().invoke(cli, ["run", str(DEMO), "--out", str(tmp_path), "--seed", "3"])
+    store = tmp_path / "store"
+    res = CliRunner().invoke(
+        cli, ["run", str(DEMO), "--out", str(tmp_path), "--seed", "3", "--store", str(store)]
+    )
     assert res.exit_code == 0, res.output
     assert "PV kWh/kWp" in res.output and "qingdao" in res.output
     rs = ReadingSet.from_parquet(tmp_path / "demo")
     assert {s.site for s in rs.sites} >= {"qingdao"}
     assert len(rs.readings) > 0 and len(rs.meters) > 10
+    # the store holds exactly what the Parquet folder holds
+    from ems.store import open_store
+
+    with open_store(str(store)) as st:
+        assert st.count() == len(rs.readings)
+        back = st.read()
+    assert {m.meter for m in back.meters} == {m.meter for m in rs.meters}
 
 
 def test_run_per_site_and_quiet(tmp_path):
     res = CliRunner().invoke(
-        cli, ["run", str(DEMO), "--out", str(tmp_path), "--quiet", "--per-site"]
+        cli, ["run", str(DEMO), "--out", str(tmp_path), "--quiet", "--per-site", "--no-store"]
     )
     assert res.exit_code == 0, res.output
     assert res.output.strip() == ""
@@ -56,11 +66,28 @@ def test_run_missing_scenario_is_one_line_error(tmp_path):
 
 
 def test_run_as_subprocess(tmp_path):
+    """The README's main job: ``ems run`` with no options writes into ./ems-data."""
     proc = subprocess.run(
-        [sys.executable, "-m", "ems.cli", "run", str(DEMO), "--out", str(tmp_path), "--quiet"],
+        [sys.executable, "-m", "ems.cli", "run", str(DEMO), "--quiet"],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "demo" / "readings.parquet").exists()
+    assert (tmp_path / "ems-data").is_dir()
+    report = subprocess.run(
+        [sys.executable, "-m", "ems.cli", "report", "--store", "ems-data", "--period", "year"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "qingdao" in report.stdout
+
+
+def test_no_store_needs_out(tmp_path):
+    res = CliRunner().invoke(cli, ["run", str(DEMO), "--no-store"])
+    assert res.exit_code != 0
+    assert "--no-store needs --out" in str(res.exception) + res.output

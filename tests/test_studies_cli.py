@@ -192,7 +192,7 @@ def test_sweep_spec_errors(tmp_path):
     p = tmp_path / "s.yaml"
     scenario(tmp_path, "b")
     p.write_text(yaml.safe_dump({"scenario": "b.yaml", "parameters": {"add_pv.kwpp": [1]}}))
-    with pytest.raises(ConfigError, match="expected <measure>.<parameter>"):
+    with pytest.raises(ConfigError, match=r"expected <measure>\.<parameter>"):
         load_sweep_spec(p)
     p.write_text(yaml.safe_dump({"scenario": "b.yaml", "parameters": {"add_pv.kwp": {"min": 0, "max": 1}}}))
     with pytest.raises(ConfigError, match="needs min and max, and 'sample"):

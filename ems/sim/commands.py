@@ -1,4 +1,10 @@
-"""``ems run``: simulate a scenario and write its readings."""
+"""``ems run``: simulate a scenario and write its readings.
+
+By default the readings go into the embedded store (``./ems-data``, see
+:mod:`ems.store`), where ``ems report --store`` and the dashboard read them;
+``--out DIR`` also (or, with ``--no-store``, only) writes the Parquet exchange
+folder of :meth:`ems.readings.ReadingSet.to_parquet`.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +21,19 @@ _ONE_FOLDER_MAX_ROWS = 30_000_000
 @click.command("run")
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
+    "--store",
+    "store_url",
+    default=None,
+    metavar="URL",
+    help="Store to write into: a path (embedded, default ./ems-data) or an InfluxDB URL.",
+)
+@click.option("--no-store", is_flag=True, help="Do not write into a store (needs --out).")
+@click.option(
     "--out",
     "out",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("out"),
-    show_default=True,
-    help="Output folder; readings go to OUT/<scenario name>/.",
+    default=None,
+    help="Also write Parquet to OUT/<scenario name>/ (ReadingSet.to_parquet).",
 )
 @click.option("--seed", type=int, default=None, help="Override the scenario's random seed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
@@ -29,8 +42,16 @@ _ONE_FOLDER_MAX_ROWS = 30_000_000
     is_flag=True,
     help="Write one folder per site (OUT/<name>/<site>/) even when small.",
 )
-def run(scenario: Path, out: Path, seed: int | None, quiet: bool, per_site: bool) -> None:
-    """Simulate SCENARIO and write its readings (Parquet) and a summary."""
+def run(
+    scenario: Path,
+    store_url: str | None,
+    no_store: bool,
+    out: Path | None,
+    seed: int | None,
+    quiet: bool,
+    per_site: bool,
+) -> None:
+    """Simulate SCENARIO, write its readings into the store (and Parquet), print a summary."""
     import dataclasses
 
     import pandas as pd
@@ -39,7 +60,13 @@ def run(scenario: Path, out: Path, seed: int | None, quiet: bool, per_site: bool
     from rich.table import Table
 
     import ems
+    from ems.errors import ConfigError
+    from ems.readings import ReadingSet
     from ems.sim.engine import estimate_rows, iter_simulate, simulate
+    from ems.store import DEFAULT_URL, open_store
+
+    if no_store and out is None:
+        raise ConfigError("--no-store needs --out DIR: the readings must go somewhere")
 
     console = Console(quiet=quiet)
     if not console.is_terminal:  # piped or captured: do not squeeze the table
@@ -63,23 +90,46 @@ def run(scenario: Path, out: Path, seed: int | None, quiet: bool, per_site: bool
                 tasks[site] = int(bar.add_task(site, total=total))
             bar.update(tasks[site], completed=done)  # type: ignore[arg-type]
 
-        folder = out / resolved.name
-        if per_site or estimate_rows(resolved) > _ONE_FOLDER_MAX_ROWS:
-            # one site at a time: memory stays bounded by the largest site
-            summaries, n_rows, n_events = [], 0, 0
-            for part in iter_simulate(resolved, progress=progress):
-                part.to_parquet_per_site(folder)
-                summaries.append(part.summary())
-                n_rows += part.n_readings()
-                n_events += len(part.events)
-                del part
-            summary = pd.concat(summaries)
-            where = f"{folder}/<site>/ ({len(summaries)} sites)"
-        else:
-            result = simulate(resolved, progress=progress)
-            result.to_parquet(folder)
-            summary, n_rows, n_events = result.summary(), result.n_readings(), len(result.events)
-            where = str(folder)
+        store = None if no_store else open_store(store_url)
+        wheres = [] if store is None else [store_url or DEFAULT_URL]
+
+        def save(part: ReadingSet) -> None:
+            if store is not None:
+                store.register_sites(part.sites)
+                store.register_meters(part.meters)
+                store.write_readings(part.readings)
+                store.write_events(part.events)
+
+        folder = out / resolved.name if out is not None else None
+        try:
+            if per_site or estimate_rows(resolved) > _ONE_FOLDER_MAX_ROWS:
+                # one site at a time: memory stays bounded by the largest site
+                summaries, n_rows, n_events = [], 0, 0
+                for part in iter_simulate(resolved, progress=progress):
+                    save(part)
+                    if folder is not None:
+                        part.to_parquet_per_site(folder)
+                    summaries.append(part.summary())
+                    n_rows += part.n_readings()
+                    n_events += len(part.events)
+                    del part
+                summary = pd.concat(summaries)
+                if folder is not None:
+                    wheres.append(f"{folder}/<site>/ ({len(summaries)} sites)")
+            else:
+                result = simulate(resolved, progress=progress)
+                save(result)
+                if folder is not None:
+                    result.to_parquet(folder)
+                    wheres.append(str(folder))
+                summary, n_rows, n_events = (
+                    result.summary(),
+                    result.n_readings(),
+                    len(result.events),
+                )
+        finally:
+            if store is not None:
+                store.close()
     if quiet:
         return
     s = summary
@@ -110,6 +160,4 @@ def run(scenario: Path, out: Path, seed: int | None, quiet: bool, per_site: bool
             cells.append("-" if v != v else fmt.format(v * f))  # NaN: not applicable
         table.add_row(str(sid), *cells)
     console.print(table)
-    console.print(
-        f"{result.n_readings():,} readings and {len(result.events):,} events written to {where}"
-    )
+    console.print(f"{n_rows:,} readings and {n_events:,} events written to {' and '.join(wheres)}")

@@ -73,10 +73,10 @@ def measures(costs_file: str | None) -> None:
         t.add_column(c)
     for m in MEASURES.values():
         key = {"buy_certificates": "buy_certificates", "zero_carbon": "offsets"}.get(m.name, m.name)
-        c = costs["measures"].get(key) or {}
-        money = (f"capex {c.get('capex_per_unit', 0):,} {costs.get('currency', '')}/{c.get('unit', '')}, "
-                 f"opex {c.get('opex_share', 0):.1%}/yr + {c.get('opex_per_unit', 0)}/{c.get('unit', '')}, "
-                 f"{c.get('lifetime_years', '')} yr")
+        cd: dict[str, Any] = costs["measures"].get(key) or {}
+        money = (f"capex {cd.get('capex_per_unit', 0):,} {costs.get('currency', '')}/{cd.get('unit', '')}, "
+                 f"opex {cd.get('opex_share', 0):.1%}/yr + {cd.get('opex_per_unit', 0)}/{cd.get('unit', '')}, "
+                 f"{cd.get('lifetime_years', '')} yr")
         params = "\n".join(f"{k}: {v}" for k, v in m.params.items())
         t.add_row(m.name, _e(m.summary), _e(params), _e(money))
     _console().print(t)

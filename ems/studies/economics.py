@@ -45,7 +45,7 @@ def capital_recovery_factor(rate: float, years: float) -> float:
     if rate == 0:
         return 1.0 / years
     g = (1.0 + rate) ** years
-    return rate * g / (g - 1.0)
+    return float(rate * g / (g - 1.0))
 
 
 def annualised_cost(capex: float, opex_per_year: float, rate: float, years: float) -> float:

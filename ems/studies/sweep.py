@@ -20,6 +20,7 @@ which returns a small dict, not the readings. The base is the scenario as it is.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import yaml
 
@@ -161,7 +163,7 @@ def run_variant(scenario: ResolvedScenario, variant: Mapping[str, Any], site: st
     return {**{f"p:{k}": v for k, v in variant.items()}, **r}
 
 
-def pareto_front(cost: Sequence[float], emissions: Sequence[float]) -> np.ndarray:
+def pareto_front(cost: Sequence[float], emissions: Sequence[float]) -> npt.NDArray[np.bool_]:
     """Mask of the points no other point beats on both cost and emissions (both minimised).
 
     A point is dominated when another is no worse on both and better on one.
@@ -187,7 +189,8 @@ def pareto_front(cost: Sequence[float], emissions: Sequence[float]) -> np.ndarra
         strictly = (c < c[i]) | (e < e[i])
         if np.any(better_eq & strictly):
             front[i] = False
-    return front
+    out: npt.NDArray[np.bool_] = front
+    return out
 
 
 def cheapest_meeting(results: pd.DataFrame, target: Mapping[str, Any], cost: str = "total_annual_cost") -> pd.Series | None:
@@ -250,9 +253,10 @@ def run_sweep(
                 progress(i + 1, len(vs))
     else:
         try:
-            from distributed import Client, LocalCluster, as_completed
+            dist: Any = importlib.import_module("distributed")
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise MissingExtraError("dask.distributed", "sweep") from exc
+        Client, LocalCluster, as_completed = dist.Client, dist.LocalCluster, dist.as_completed
         cluster = None
         if scheduler is None:
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,

@@ -299,6 +299,7 @@ def decode_data(
     max_future_s: float = 300.0,
     max_bytes: int = MAX_PAYLOAD_BYTES,
     known_sites: Iterable[str] = (),
+    previous: Reading | None = None,
 ) -> DataMessage:
     """Decode and check a data payload received on ``ems/v1/{site}/{meter}``.
 
@@ -318,6 +319,8 @@ def decode_data(
         Payload size limit.
     known_sites : iterable of str
         Sites known from registrations (besides those of ``meters``).
+    previous : Reading, optional
+        The meter's latest reading already accepted: registers must not fall below it.
 
     Returns
     -------
@@ -389,7 +392,9 @@ def decode_data(
                 _bad_value(q, v, allowed, meter, f"{where}.readings[{i}].values")
         append(Reading(seq, ts, {q: float(v) for q, v in values.items()}))
     out.sort(key=lambda r: r.ts_ns)
-    check_registers(out, where)
+    if previous is not None and out[0].ts_ns <= previous.ts_ns:
+        previous = None  # late or repeated readings: compared among themselves only
+    check_registers(out, where, previous, [q for q in info.quantities if q in _REGISTERS])
     return DataMessage(site, meter, interval_s, out)
 
 
@@ -410,7 +415,12 @@ def _bad_value(q: str, v: object, allowed: frozenset[str], meter: str, w: str) -
     raise PayloadError("non_finite", f"{w}.{q}: expected a finite number, found {v!r}")
 
 
-def check_registers(readings: Sequence[Reading], where: str, previous: Reading | None = None) -> None:
+def check_registers(
+    readings: Sequence[Reading],
+    where: str,
+    previous: Reading | None = None,
+    registers: Iterable[str] | None = None,
+) -> None:
     """Check that registers never decrease over ``readings`` (sorted by ts).
 
     Parameters
@@ -421,27 +431,35 @@ def check_registers(readings: Sequence[Reading], where: str, previous: Reading |
         Used in the message.
     previous : Reading, optional
         The latest reading before these, if known.
+    registers : iterable of str, optional
+        Register quantities to check (default: every register present).
 
     Raises
     ------
     PayloadError
         ``register_backwards``.
     """
-    last: dict[str, tuple[float, int]] = {}
-    if previous is not None:
-        last = {q: (v, previous.ts_ns) for q, v in previous.values.items() if q in _REGISTERS}
-    for r in readings:
-        for q, v in r.values.items():
-            if q not in _REGISTERS:
+    if registers is None:
+        present: set[str] = set()
+        for r in readings:
+            present.update(r.values)
+        registers = sorted(present & _REGISTERS)
+    for q in registers:
+        last_v: float | None = None
+        last_t = 0
+        if previous is not None and q in previous.values:
+            last_v, last_t = previous.values[q], previous.ts_ns
+        for r in readings:
+            v = r.values.get(q)
+            if v is None:
                 continue
-            prev = last.get(q)
-            if prev is not None and v < prev[0] and r.ts_ns > prev[1]:
+            if last_v is not None and v < last_v and r.ts_ns > last_t:
                 raise PayloadError(
                     "register_backwards",
-                    f"{where}: register {q} went from {prev[0]!r} at {format_ts(prev[1])} "
+                    f"{where}: register {q} went from {last_v!r} at {format_ts(last_t)} "
                     f"down to {v!r} at {format_ts(r.ts_ns)}; registers only grow",
                 )
-            last[q] = (v, r.ts_ns)
+            last_v, last_t = v, r.ts_ns
 
 
 # --------------------------------------------------------------------------- metadata

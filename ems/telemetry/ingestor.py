@@ -357,11 +357,8 @@ class Ingestor:
                 now_ns=time.time_ns(),
                 max_future_s=self.opts.max_future_s,
                 known_sites=self.sites,
+                previous=self._last.get((site, meter)),
             )
-            key = (site, meter)
-            prev = self._last.get(key)
-            if prev is not None and msg.readings[0].ts_ns > prev.ts_ns:
-                codec.check_registers(msg.readings, f"ems/v1/{site}/{meter}", previous=prev)
         except PayloadError as exc:
             if exc.reason in ("unknown_meter", "unknown_site") and (
                 time.time() - item.received < self.opts.unknown_grace_s
@@ -370,21 +367,27 @@ class Ingestor:
                 return
             self._reject(item, exc)
             return
+        key = (site, meter)
         last = msg.readings[-1]
+        prev = self._last.get(key)
         if prev is None or last.ts_ns > prev.ts_ns:
             self._last[key] = last
         n = 0
+        see = self.seqs.see
+        b_ts, b_q, b_v = self._b_ts, self._b_q, self._b_v
         for r in msg.readings:
-            state = self.seqs.see(key, r.seq)
-            if state == "duplicate":
-                self.counters["duplicates"] += 1
-            elif state == "gap" and not self.opts.group:
-                log.warning("%s/%s: gap in sequence numbers before seq %d", site, meter, r.seq)
-            for q, v in r.values.items():
-                self._b_ts.append(r.ts_ns)
-                self._b_q.append(q)
-                self._b_v.append(v)
-                n += 1
+            state = see(key, r.seq)
+            if state != "new":
+                if state == "duplicate":
+                    self.counters["duplicates"] += 1
+                elif state == "gap" and not self.opts.group:
+                    log.warning("%s/%s: gap in sequence numbers before seq %d", site, meter, r.seq)
+            vals = r.values
+            k = len(vals)
+            b_ts.extend([r.ts_ns] * k)
+            b_q.extend(vals)
+            b_v.extend(vals.values())
+            n += k
         self._b_site.extend([site] * n)
         self._b_meter.extend([meter] * n)
         self._b_readings += len(msg.readings)

@@ -1,0 +1,232 @@
+"""``ems live``: broker, publisher, ingestor, store and dashboard in one process.
+
+Start order: the broker (embedded amqtt unless ``--broker`` is given), the store
+(a new embedded store unless ``--store`` is given), the ingestor (subscribed
+before anything is published), the dashboard (reading its own read-only handle
+of the store), then the publisher replaying the scenario at ``--speed`` in a
+thread.
+
+Stop order on Ctrl-C (SIGINT) or SIGTERM, so that nothing published is lost:
+
+1. the publisher stops before its next message and waits for the broker's
+   acknowledgements of what it sent (its ledger counts only acknowledged readings);
+2. the ingestor receives, writes and acknowledges everything the broker
+   acknowledged to the publisher (waited for by count), then flushes and stops;
+3. the dashboard stops, then the broker, then the stores are closed;
+4. the ledger is reconciled with the store: published, stored, lost.
+
+A replay at speed ``X`` sleeps ``interval / X`` between steps (0.25 s for 15-min
+readings at the default 3600), so the publisher notices Ctrl-C within one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ems.errors import ConfigError, EmsError
+from ems.readings import ReadingSet
+
+__all__ = ["LiveOptions", "load_readings", "run_live"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveOptions:
+    """What ``ems live`` runs (see the command's help)."""
+
+    scenario: str
+    speed: float = 3600.0
+    host: str = "127.0.0.1"
+    port: int = 8050
+    broker_url: str | None = None
+    store_url: str | None = None
+    ledger: str | None = None
+    exit_when_done: bool = False
+    drain_timeout_s: float = 60.0
+
+
+def load_readings(source: str) -> ReadingSet:
+    """A scenario file (simulated now) or a readings folder (``ems run --out``)."""
+    p = Path(source)
+    if p.is_dir():
+        return ReadingSet.from_parquet(p)
+    if not p.is_file():
+        raise ConfigError(f"{source}: expected a scenario file or a readings folder (ems run --out); not found")
+    import ems
+
+    result: Any = ems.simulate(ems.load_scenario(str(p)))
+    if not isinstance(result, ReadingSet):  # pragma: no cover - the simulator's contract
+        raise ConfigError(f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet")
+    return result
+
+
+class _Stopped(Exception):
+    """Raised inside the publisher's thread to end a replay early."""
+
+
+def _publisher(cfg: Any, rs: ReadingSet, opts: Any, stop: threading.Event) -> Any:
+    """A :class:`~ems.telemetry.publisher.Publisher` that ends cleanly when ``stop`` is set.
+
+    Before each message it checks ``stop``; when set it waits for the broker's
+    acknowledgements of everything in flight (so the ledger is exact) and ends.
+    """
+    from ems.telemetry.publisher import Publisher
+
+    class LivePublisher(Publisher):
+        def _send(self, s: Any, i: int, j: int) -> None:
+            if stop.is_set():
+                for gw in self._gw.values():
+                    gw.finish(self.opts.ack_timeout_s)
+                raise _Stopped
+            super()._send(s, i, j)
+
+    return LivePublisher(cfg, rs, opts)
+
+
+def _default_store() -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return str(Path.cwd() / f"ems-live-{stamp}")
+
+
+def _is_embedded(url: str) -> bool:
+    return "://" not in url or url.lower().startswith("duckdb://")
+
+
+def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
+             stop: threading.Event | None = None) -> str:
+    """Run everything until SIGINT/SIGTERM (or ``stop``); return a one-line summary.
+
+    Raises
+    ------
+    EmsError
+        Bad input (scenario, store URL, busy port) or a failure of a part.
+    """
+    from ems.dashboard.commands import open_for_reading, wait_for_signal
+    from ems.dashboard.monitor import Monitor
+    from ems.dashboard.server import make_server
+    from ems.store import open_store
+    from ems.telemetry.broker import EmbeddedBroker
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.ingestor import IngestOptions, Ingestor
+    from ems.telemetry.ledger import reconcile
+    from ems.telemetry.publisher import PublishOptions
+
+    stop = stop or threading.Event()
+    t_load = time.monotonic()
+    rs = load_readings(opts.scenario)
+    echo(f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s")
+    store_url = opts.store_url or _default_store()
+    tmp = tempfile.TemporaryDirectory(prefix="ems-live-")
+    if opts.ledger:
+        ledger_path = Path(opts.ledger)
+    elif _is_embedded(store_url):
+        base = Path(store_url.split("://", 1)[-1])
+        ledger_path = base.with_name(base.name + ".ledger.json")
+    else:
+        ledger_path = Path(tmp.name) / "ledger.json"
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(tmp.cleanup)
+        # store first: it is closed last, after the broker
+        store = open_store(store_url)
+        stack.callback(store.close)
+        # broker
+        broker_url = opts.broker_url
+        if broker_url is None:
+            b = EmbeddedBroker().start()
+            stack.callback(b.stop)
+            broker_url = b.url
+            echo(f"embedded broker at {broker_url}")
+        cfg = BrokerConfig.from_url(broker_url)
+        # ingestor
+        ing = Ingestor(cfg, store, IngestOptions(
+            client_id=f"ems-live-{os.getpid()}", meters=list(rs.meters), sites=list(rs.sites),
+            deadletter=Path(tmp.name) / "deadletter.jsonl",
+        ))
+        ing.start()
+        ing_stopped = False
+
+        def stop_ingestor() -> None:
+            nonlocal ing_stopped
+            if not ing_stopped:
+                ing_stopped = True
+                ing.stop()
+
+        stack.callback(stop_ingestor)
+        time.sleep(0.5)  # let the SUBSCRIBE reach the broker before the first PUBLISH
+        # dashboard on its own read-only handle
+        reader = open_for_reading(store_url)
+        mon = Monitor(reader, status=lambda: dict(ing.status))
+        server = make_server(mon, opts.host, opts.port)
+
+        def close_reader() -> None:
+            with mon.lock:
+                reader.close()
+
+        stack.callback(close_reader)
+        mon.start()
+        stack.callback(mon.stop)
+        server.start()
+        stack.callback(server.stop)
+        echo(f"dashboard at {server.url}/  store {store_url}  (Ctrl-C to stop)")
+        # publisher
+        pub = _publisher(cfg, rs, PublishOptions(speed=opts.speed, ledger=ledger_path,
+                                                 client_id_prefix=f"ems-live-{os.getpid()}"), stop)
+        before = pub.ledger.total()
+        result: dict[str, Any] = {}
+
+        def publish() -> None:
+            try:
+                result["stats"] = pub.run()
+                echo(f"replay finished: {result['stats'].readings:,} readings published")
+            except _Stopped:
+                result["stopped"] = True
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+            finally:
+                done.set()
+                if opts.exit_when_done or errors:
+                    stop.set()
+
+        th = threading.Thread(target=publish, name="ems-live-publisher", daemon=True)
+        th.start()
+        wait_for_signal(stop)
+        stop.set()
+        th.join(timeout=max(10.0, 900.0 / opts.speed + 5.0))
+        if th.is_alive():
+            log.warning("the publisher did not stop in time; shutting down without it")
+        published = pub.ledger.total() - before
+        # the ingestor must hold everything the broker acknowledged to the publisher
+        deadline = time.monotonic() + opts.drain_timeout_s
+        while ing.counters["written"] < published and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop_ingestor()
+        stats = ing.stats()
+        pub.ledger.save()
+        rows = reconcile(pub.ledger, store) if not errors else []
+        lost = sum(r.lost for r in rows)
+        stored = sum(r.stored for r in rows)
+        summary = (
+            f"published {published:,} readings ({pub.ledger.total():,} in the ledger {ledger_path}), "
+            f"stored {stored:,}, lost {lost:,}; ingestor: {stats['written']:,} written, "
+            f"{stats['rejected']} rejected"
+        )
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, EmsError):
+            raise exc
+        raise EmsError(f"ems live: the publisher failed: {exc!r}") from exc
+    return summary
