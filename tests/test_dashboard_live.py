@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import pytest
+from brokers import mosquitto  # noqa: F401
 from dashboard_fixtures import readingset
 
 from ems.readings import ReadingSet
@@ -36,7 +37,7 @@ def _start(args: list[str]) -> tuple[subprocess.Popen, str]:
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    out, err = proc.communicate()
+    _out, err = proc.communicate()
     raise AssertionError(f"ems live did not start: {err}")
 
 
@@ -44,8 +45,8 @@ def test_live_sigint_stops_cleanly_and_loses_nothing(tmp_path):
     rs = readingset({"alpha": "Alpha", "beta": "Beta"}, n=2 * 96)
     src = rs.to_parquet(tmp_path / "readings")
     store_dir = tmp_path / "store"
-    # 2 days at 15 min: ~4 s of replay at this speed, interrupted part-way
-    proc, url = _start([str(src), "--speed", "40000", "--port", "0", "--store", str(store_dir)])
+    # 2 days at 15 min: ~17 s of replay at this speed, interrupted part-way
+    proc, url = _start([str(src), "--speed", "10000", "--port", "0", "--store", str(store_dir)])
     with proc:
         try:
             deadline = time.monotonic() + 30
@@ -70,7 +71,7 @@ def test_live_sigint_stops_cleanly_and_loses_nothing(tmp_path):
     assert "lost 0" in out, out
     ledger = Ledger(tmp_path / "store.ledger.json")
     published = ledger.total()
-    assert 0 < published
+    assert 0 < published < len(rs.meters) * 2 * 96, "interrupted part-way"
     store = open_store(store_dir, read_only=True)
     try:
         rows = reconcile(ledger, store)
@@ -96,6 +97,24 @@ def test_live_exit_when_done_stores_everything(tmp_path):
         assert store.count() == len(rs.readings)
         assert len(back.events) == len(rs.events)
         assert isinstance(back, ReadingSet)
+    finally:
+        store.close()
+
+
+def test_live_with_an_external_broker(tmp_path, mosquitto):  # noqa: F811
+    rs = readingset({"alpha": "Alpha"}, n=24)
+    src = rs.to_parquet(tmp_path / "readings")
+    r = subprocess.run(
+        [sys.executable, "-m", "ems.cli", "live", str(src), "--speed", "200000", "--port", "0",
+         "--broker", mosquitto.url, "--store", str(tmp_path / "store"), "--exit-when-done"],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "embedded broker" not in r.stderr
+    assert "lost 0" in r.stdout
+    store = open_store(tmp_path / "store", read_only=True)
+    try:
+        assert store.count() == len(rs.readings)
     finally:
         store.close()
 

@@ -95,12 +95,12 @@ def report(
 ) -> None:
     """Compute energy and carbon KPIs from SOURCE (readings folder or scenario YAML) or a store."""
     import pandas as pd
-    from rich.console import Console
     from rich.table import Table
 
     from ems.accounting.kpis import kpis, rollup
     from ems.accounting.report import FORMATS, write_html, write_tables
     from ems.accounting.targets import load_targets, progress
+    from ems.console import make_console
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
@@ -114,7 +114,7 @@ def report(
     yearly = rollup(res.daily, by="group", period="year")
     prog = progress(yearly, load_targets(targets_name))
 
-    console = Console()
+    console = make_console()
     short = {"key": by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
              "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
              "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost"}

@@ -55,11 +55,11 @@ def run(
     import dataclasses
 
     import pandas as pd
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     import ems
+    from ems.console import make_console
     from ems.errors import ConfigError
     from ems.readings import ReadingSet
     from ems.sim.engine import estimate_rows, iter_simulate, simulate
@@ -68,9 +68,7 @@ def run(
     if no_store and out is None:
         raise ConfigError("--no-store needs --out DIR: the readings must go somewhere")
 
-    console = Console(quiet=quiet)
-    if not console.is_terminal:  # piped or captured: do not squeeze the table
-        console = Console(quiet=quiet, width=max(console.width, 160))
+    console = make_console(quiet=quiet)
     resolved = ems.load_scenario(str(scenario))
     if seed is not None:
         resolved = dataclasses.replace(resolved, seed=seed)

@@ -110,7 +110,7 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @click.option("--stats", "stats_every", type=float, is_flag=False, flag_value=5.0, default=None,
               help="Print the counters every N seconds (default 5).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.")
-@click.option("--batch-readings", type=int, default=5000, show_default=True)
+@click.option("--batch-readings", type=int, default=20_000, show_default=True)
 @click.option("--batch-seconds", type=float, default=0.5, show_default=True)
 @click.option("--session-expiry", type=int, default=3600, show_default=True, help="[s] broker keeps the session offline.")
 @click.option("--max-future", type=float, default=300.0, show_default=True, help="[s] tolerated source clock skew.")

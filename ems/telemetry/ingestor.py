@@ -78,7 +78,7 @@ class IngestOptions:
     group: str | None = None
     client_id: str = "ems-ingest"
     session_expiry_s: int = 3600
-    batch_readings: int = 5000
+    batch_readings: int = 20_000
     batch_s: float = 0.5
     queue_size: int = 2000
     deadletter: Path | None = None
