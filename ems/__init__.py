@@ -22,11 +22,27 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "load_scenario", "simulate"]
 
 
-def load_scenario(path: str, **kwargs: Any) -> ResolvedScenario:
-    """Load a scenario file with its sites and overrides; see :func:`ems.model.loader.load_scenario`."""
+def load_scenario(path: str, *, measures: bool = True, **kwargs: Any) -> ResolvedScenario:
+    """Load a scenario file with its sites, overrides and measures.
+
+    Parameters
+    ----------
+    path : str
+        Scenario file.
+    measures : bool
+        Apply the file's ``measures:`` overlays (:func:`ems.studies.measures.apply_measures`),
+        so every command (run, stream, live, report) sees the same changed sites.
+    **kwargs
+        Passed to :func:`ems.model.loader.load_scenario` (e.g. ``overrides``).
+    """
     from ems.model.loader import load_scenario as _load
 
-    return _load(path, **kwargs)
+    scenario: ResolvedScenario = _load(path, **kwargs)
+    if measures and scenario.extra.get("measures"):
+        from ems.studies.measures import apply_measures
+
+        scenario, _ = apply_measures(scenario)
+    return scenario
 
 
 def simulate(scenario: ResolvedScenario, **kwargs: Any) -> SimulationResult:

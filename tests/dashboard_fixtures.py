@@ -7,35 +7,62 @@ import pandas as pd
 
 from ems.readings import METER_KINDS, MeterInfo, ReadingSet, SiteInfo, events_frame
 
-HOSTILE = '<img src=x onerror=alert(1)>'
+HOSTILE = "<img src=x onerror=alert(1)>"
 
 
 def site_info(site: str, name: str | None = None, tz: str = "Asia/Shanghai") -> SiteInfo:
     return SiteInfo(
-        site=site, name=name or site.title(), group="g", company="c", park=f"park-{site}", tz=tz,
-        lat=31.2, lon=121.5, country="CN", grid_region="CN-East", factor_set="cn-2023",
+        site=site,
+        name=name or site.title(),
+        group="g",
+        company="c",
+        park=f"park-{site}",
+        tz=tz,
+        lat=31.2,
+        lon=121.5,
+        country="CN",
+        grid_region="CN-East",
+        factor_set="cn-2023",
         attrs={"contract_kw": 5000.0},
     )
 
 
 def meters(site: str, interval_s: int = 900) -> list[MeterInfo]:
     out = []
-    for meter, kind in (("grid", "grid"), ("pv1", "pv"), ("load1", "load"), ("bess", "battery"),
-                        ("steam", "steam"), ("production", "production")):
+    for meter, kind in (
+        ("grid", "grid"),
+        ("pv1", "pv"),
+        ("load1", "load"),
+        ("bess", "battery"),
+        ("steam", "steam"),
+        ("production", "production"),
+    ):
         carrier, qs = METER_KINDS[kind]
         out.append(MeterInfo(site, meter, kind, str(carrier), qs, interval_s, {}))
     return out
 
 
-def readings(site: str, start: str, n: int, *, interval_s: int = 900, load_kw: float = 1000.0,
-             offset: int = 0, base: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+def readings(
+    site: str,
+    start: str,
+    n: int,
+    *,
+    interval_s: int = 900,
+    load_kw: float = 1000.0,
+    offset: int = 0,
+    base: dict[str, float] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """``n`` intervals of readings starting ``offset`` intervals after ``start`` (UTC).
 
     Returns the tidy frame and the register values at its end (to continue from).
     PV follows a sine by day, the battery alternates, the grid closes the balance.
     """
-    ts = pd.date_range(pd.Timestamp(start, tz="UTC") + pd.Timedelta(seconds=interval_s * (offset + 1)),
-                       periods=n, freq=pd.Timedelta(seconds=interval_s), name="ts")
+    ts = pd.date_range(
+        pd.Timestamp(start, tz="UTC") + pd.Timedelta(seconds=interval_s * (offset + 1)),
+        periods=n,
+        freq=pd.Timedelta(seconds=interval_s),
+        name="ts",
+    )
     h = (ts.hour + ts.minute / 60).to_numpy()
     pv = np.clip(800.0 * np.sin((h - 22) / 12 * np.pi), 0, None)  # daylight in UTC+8
     load = np.full(n, load_kw)
@@ -88,7 +115,13 @@ def readingset(sites: dict[str, str], start: str = "2024-07-01", n: int = 96) ->
         t = df.index[n // 2]
         evs += [
             {"ts": t, "site": site, "kind": "outage_start", "subject": "pv1", "unit": ""},
-            {"ts": t + pd.Timedelta(hours=1), "site": site, "kind": "outage_end", "subject": "pv1", "unit": ""},
+            {
+                "ts": t + pd.Timedelta(hours=1),
+                "site": site,
+                "kind": "outage_end",
+                "subject": "pv1",
+                "unit": "",
+            },
         ]
     df = pd.concat(frames)
     for c in ("site", "meter", "quantity"):

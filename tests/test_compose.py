@@ -57,26 +57,61 @@ def parse_line(line: str) -> tuple[str, set[str], set[str]]:
     """(measurement, tag keys, field keys) of one line of line protocol."""
     key, fields, _ts = _split(line, " ")
     meas, *tags = _split(key, ",")
-    return meas, {t.split("=", 1)[0] for t in tags}, {f.split("=", 1)[0] for f in _split(fields, ",")}
+    return (
+        meas,
+        {t.split("=", 1)[0] for t in tags},
+        {f.split("=", 1)[0] for f in _split(fields, ",")},
+    )
 
 
 @pytest.fixture(scope="module")
 def schema() -> dict[str, dict[str, set[str]]]:
     """What the InfluxDB store writes: measurement -> {"tags": ..., "fields": ...}."""
-    site = SiteInfo(site="s1", name="S", group="g", company="c", park="p", tz="UTC", lat=0.0, lon=0.0,
-                    country="CN", grid_region="CN-East", factor_set="cn-2023")
+    site = SiteInfo(
+        site="s1",
+        name="S",
+        group="g",
+        company="c",
+        park="p",
+        tz="UTC",
+        lat=0.0,
+        lon=0.0,
+        country="CN",
+        grid_region="CN-East",
+        factor_set="cn-2023",
+    )
     meters, rows = {}, []
     ts = pd.Timestamp("2024-07-01T00:15:00Z")
     for kind, (carrier, qs) in METER_KINDS.items():
         m = MeterInfo("s1", f"m-{kind}", str(kind), str(carrier), qs, 900, {})
         meters[("s1", m.meter)] = m
-        rows += [{"ts": ts, "site": "s1", "meter": m.meter, "quantity": q, "value": 1.0} for q in qs]
+        rows += [
+            {"ts": ts, "site": "s1", "meter": m.meter, "quantity": q, "value": 1.0} for q in qs
+        ]
     df = pd.DataFrame(rows).set_index("ts")
     lines = reading_lines(df, meters, {"s1": site})
-    events = events_frame([{"ts": ts, "site": "s1", "kind": "outage_start", "subject": "pv", "value": np.nan,
-                            "unit": "", "detail": {}},
-                           {"ts": ts, "site": "s1", "kind": "fuel_delivery", "subject": "f", "value": 5.0,
-                            "unit": "kg", "detail": {"fuel": "diesel"}}])
+    events = events_frame(
+        [
+            {
+                "ts": ts,
+                "site": "s1",
+                "kind": "outage_start",
+                "subject": "pv",
+                "value": np.nan,
+                "unit": "",
+                "detail": {},
+            },
+            {
+                "ts": ts,
+                "site": "s1",
+                "kind": "fuel_delivery",
+                "subject": "f",
+                "value": 5.0,
+                "unit": "kg",
+                "detail": {"fuel": "diesel"},
+            },
+        ]
+    )
     lines += event_lines(events)
     lines += meta_lines([site], meters.values())
     out: dict[str, dict[str, set[str]]] = {}
@@ -127,7 +162,9 @@ def check_flux(q: str, schema: dict[str, dict[str, set[str]]], variables: set[st
         for fld in re.findall(r'r\._field == "([^"]*)"', body):
             if fld not in fields:
                 problems.append(f"unknown field {fld!r}")
-        for meas, fld in re.findall(r'r\._measurement == "([^"]*)" and r\._field == "([^"]*)"', body):
+        for meas, fld in re.findall(
+            r'r\._measurement == "([^"]*)" and r\._field == "([^"]*)"', body
+        ):
             if meas in schema and fld not in schema[meas]["fields"]:
                 problems.append(f"measurement {meas!r} has no field {fld!r}")
         for name in re.findall(r"\br\.([A-Za-z_][A-Za-z0-9_]*)", body):
@@ -173,8 +210,9 @@ def test_dashboard_queries_match_the_store(path, schema):
     assert len(queries) >= 8
     problems = [f"{where}: {p}" for where, q in queries for p in check_flux(q, schema, variables)]
     assert not problems, "\n".join(problems)
-    uid = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/influxdb.yaml").read_text())[
-        "datasources"][0]["uid"]
+    uid = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/influxdb.yaml").read_text()
+    )["datasources"][0]["uid"]
     for p in d["panels"]:
         assert p["datasource"]["uid"] == uid, p["title"]
         for t in p["targets"]:
@@ -186,25 +224,46 @@ def test_dashboard_queries_match_the_store(path, schema):
 def test_dashboards_are_what_the_builder_writes(tmp_path, monkeypatch):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("build_dashboards", ROOT / "deploy/grafana/build_dashboards.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_dashboards", ROOT / "deploy/grafana/build_dashboards.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "OUT", tmp_path)
     mod.main()
     for p in DASHBOARDS:
-        assert (tmp_path / p.name).read_text() == p.read_text(), f"run deploy/grafana/build_dashboards.py ({p.name})"
+        assert (tmp_path / p.name).read_text() == p.read_text(), (
+            f"run deploy/grafana/build_dashboards.py ({p.name})"
+        )
 
 
-@pytest.mark.parametrize(("query", "problem"), [
-    ('from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r._measurement == "meter")', "unknown measurement"),
-    ('from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r._field == "power")', "unknown field"),
-    ('from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r._measurement == "pv" and r._field == "import_kwh")',
-     "has no field"),
-    ('from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r.plant == "x")', "unknown tag"),
-    ('from(bucket: "b") |> range(start: 0) |> group(columns: ["plant"])', "unknown column"),
-    ('from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r.site == "${nope}")', "undefined variable"),
-    ('from(bucket: "b") |> filter(fn: (r) => r.site == "x")', "without range"),
-])
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        (
+            'from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r._measurement == "meter")',
+            "unknown measurement",
+        ),
+        (
+            'from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r._field == "power")',
+            "unknown field",
+        ),
+        (
+            'from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r._measurement == "pv" and r._field == "import_kwh")',
+            "has no field",
+        ),
+        (
+            'from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r.plant == "x")',
+            "unknown tag",
+        ),
+        ('from(bucket: "b") |> range(start: 0) |> group(columns: ["plant"])', "unknown column"),
+        (
+            'from(bucket: "b") |> range(start: 0) |> filter(fn: (r) => r.site == "${nope}")',
+            "undefined variable",
+        ),
+        ('from(bucket: "b") |> filter(fn: (r) => r.site == "x")', "without range"),
+    ],
+)
 def test_the_flux_checker_catches_mistakes(schema, query, problem):
     assert any(problem in p for p in check_flux(query, schema, {"site"}))
 
@@ -228,7 +287,14 @@ def _env_example() -> dict[str, str]:
 
 
 def test_compose_services(compose):
-    assert set(compose["services"]) == {"mosquitto", "influxdb", "grafana", "ingest", "stream", "dashboard"}
+    assert set(compose["services"]) == {
+        "mosquitto",
+        "influxdb",
+        "grafana",
+        "ingest",
+        "stream",
+        "dashboard",
+    }
     s = compose["services"]
     assert s["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
     assert s["influxdb"]["image"] == "influxdb:2"
@@ -249,7 +315,9 @@ def test_compose_health_and_start_order(compose):
             hc = svc["healthcheck"]
             assert hc["test"][0] in ("CMD", "CMD-SHELL"), name
     assert set(s["ingest"]["depends_on"]) == {"mosquitto", "influxdb"}
-    assert set(s["stream"]["depends_on"]) == {"mosquitto", "ingest"}, "the ingestor subscribes before the replay"
+    assert set(s["stream"]["depends_on"]) == {"mosquitto", "ingest"}, (
+        "the ingestor subscribes before the replay"
+    )
     assert set(s["grafana"]["depends_on"]) == {"influxdb"}
     # no cycles: a topological order exists
     order: list[str] = []
@@ -269,8 +337,13 @@ def test_compose_variables_are_in_env_example(compose):
     env = _env_example()
     missing = used - set(env)
     assert not missing, f".env.example lacks {sorted(missing)}"
-    assert {"DOCKER_INFLUXDB_INIT_ORG", "DOCKER_INFLUXDB_INIT_BUCKET", "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN",
-            "DOCKER_INFLUXDB_INIT_USERNAME", "DOCKER_INFLUXDB_INIT_PASSWORD"} <= used
+    assert {
+        "DOCKER_INFLUXDB_INIT_ORG",
+        "DOCKER_INFLUXDB_INIT_BUCKET",
+        "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN",
+        "DOCKER_INFLUXDB_INIT_USERNAME",
+        "DOCKER_INFLUXDB_INIT_PASSWORD",
+    } <= used
     assert compose["services"]["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
     assert len(env["DOCKER_INFLUXDB_INIT_PASSWORD"]) >= 8  # influx setup refuses shorter passwords
     assert (ROOT / env["EMS_SCENARIO"]).is_file()
@@ -290,7 +363,9 @@ def test_compose_mounts_exist_and_ports_are_local(compose):
 
 def test_grafana_provisioning(compose):
     g = compose["services"]["grafana"]
-    ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/influxdb.yaml").read_text())
+    ds = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/influxdb.yaml").read_text()
+    )
     src = ds["datasources"][0]
     assert src["type"] == "influxdb" and src["jsonData"]["version"] == "Flux"
     assert src["url"] == "http://influxdb:8086"
@@ -316,11 +391,14 @@ def _options(cmd: click.Command) -> set[str]:
     return {o for p in cmd.params for o in getattr(p, "opts", [])}
 
 
-@pytest.mark.parametrize(("service", "module", "name"), [
-    ("ingest", "ems.telemetry.commands", "ingest"),
-    ("stream", "ems.telemetry.commands", "stream"),
-    ("dashboard", "ems.dashboard.commands", "dashboard"),
-])
+@pytest.mark.parametrize(
+    ("service", "module", "name"),
+    [
+        ("ingest", "ems.telemetry.commands", "ingest"),
+        ("stream", "ems.telemetry.commands", "stream"),
+        ("dashboard", "ems.dashboard.commands", "dashboard"),
+    ],
+)
 def test_compose_ems_commands_exist(compose, service, module, name):
     import importlib
 
@@ -334,7 +412,10 @@ def test_compose_ems_commands_exist(compose, service, module, name):
     assert used <= _options(click_cmd), f"unknown options {used - _options(click_cmd)}"
     for a in cmd:
         if "influx+http" in a:
-            assert "org=${DOCKER_INFLUXDB_INIT_ORG}" in a and "bucket=${DOCKER_INFLUXDB_INIT_BUCKET}" in a
+            assert (
+                "org=${DOCKER_INFLUXDB_INIT_ORG}" in a
+                and "bucket=${DOCKER_INFLUXDB_INIT_BUCKET}" in a
+            )
             assert "token" not in a
     if service != "stream":
         assert "EMS_INFLUX_TOKEN" in compose["services"][service]["environment"]

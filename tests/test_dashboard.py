@@ -7,18 +7,21 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pandas as pd
 import pytest
+from brokers import mosquitto  # noqa: F401
 from dashboard_fixtures import HOSTILE, meters, readings, readingset, site_info, write
 
 from ems.accounting import kpis
 from ems.dashboard import views
 from ems.dashboard.monitor import Monitor
 from ems.dashboard.server import make_server
+from ems.dashboard.status import StatusWatcher
 from ems.errors import EmsError
 from ems.readings import ReadingSet, empty_events
 from ems.store import open_store
@@ -30,7 +33,13 @@ def test_latest_flows_signs_and_soc():
     df, _ = readings("a", "2024-07-01", 8)
     f = views.latest_flows(df, meters("a"))
     last = df[df.index == df.index.max()]
-    get = dict(zip(last["meter"].astype(str) + "." + last["quantity"].astype(str), last["value"], strict=True))
+    get = dict(
+        zip(
+            last["meter"].astype(str) + "." + last["quantity"].astype(str),
+            last["value"],
+            strict=True,
+        )
+    )
     assert f["load"] == pytest.approx(get["load1.power_kw"])
     assert f["grid"] == pytest.approx(get["grid.power_kw"])
     assert f["battery"] == pytest.approx(get["bess.power_kw"])
@@ -43,12 +52,20 @@ def test_latest_flows_signs_and_soc():
 
 def test_latest_flows_empty():
     assert views.latest_flows(readings("a", "2024-07-01", 1)[0].iloc[:0], meters("a")) == {
-        "soc_pct": None, "last_ts_ms": None}
+        "soc_pct": None,
+        "last_ts_ms": None,
+    }
 
 
-@pytest.mark.parametrize(("range_s", "interval_s", "expected"), [
-    (86_400, 900, 900), (7 * 86_400, 900, 2700), (365 * 86_400, 900, 105_300), (86_400, 60, 300),
-])
+@pytest.mark.parametrize(
+    ("range_s", "interval_s", "expected"),
+    [
+        (86_400, 900, 900),
+        (7 * 86_400, 900, 2700),
+        (365 * 86_400, 900, 105_300),
+        (86_400, 60, 300),
+    ],
+)
 def test_bucket_seconds(range_s, interval_s, expected):
     b = views.bucket_seconds(range_s, interval_s, 300)
     assert b == expected
@@ -84,8 +101,13 @@ def test_energy_series_ignores_a_register_reset():
     vals = df.loc[sel, "value"].to_numpy().copy()
     vals[4:] -= vals[3]  # reset to zero after the 4th reading
     df.loc[sel, "value"] = vals
-    e = views.energy_series(df, meters("a"), pd.Timestamp("2024-07-01", tz="UTC"),
-                            pd.Timestamp("2024-07-01 02:00", tz="UTC"), 900)
+    e = views.energy_series(
+        df,
+        meters("a"),
+        pd.Timestamp("2024-07-01", tz="UTC"),
+        pd.Timestamp("2024-07-01 02:00", tz="UTC"),
+        900,
+    )
     assert min(e["series"]["load"]["values"]) >= 0.0
 
 
@@ -95,7 +117,10 @@ def test_event_list_and_jsonable():
     assert [e["kind"] for e in ev] == ["outage_start", "outage_end"]
     assert ev[0]["value"] is None  # NaN in the ledger
     assert views.jsonable({"x": float("nan"), "y": np.float64(2.0), "z": [float("inf")]}) == {
-        "x": None, "y": 2.0, "z": [None]}
+        "x": None,
+        "y": 2.0,
+        "z": [None],
+    }
 
 
 # ---------------------------------------------------------------- monitor
@@ -118,8 +143,15 @@ def test_monitor_overview_kpis_match_accounting(store):
     a = ov["sites"][0]
     assert a["name"] == "Alpha"
     assert a["flows"]["load"] == pytest.approx(1000.0)
-    ref = kpis(ReadingSet(rs.readings[rs.readings["site"] == "a"], rs.events.iloc[:0],
-                          [m for m in rs.meters if m.site == "a"], [rs.site("a")]), period="year").kpis
+    ref = kpis(
+        ReadingSet(
+            rs.readings[rs.readings["site"] == "a"],
+            rs.events.iloc[:0],
+            [m for m in rs.meters if m.site == "a"],
+            [rs.site("a")],
+        ),
+        period="year",
+    ).kpis
     for k in ("electricity_consumed_kwh", "total_tce", "green_share", "scope12_market_t"):
         assert a["year"][k] == pytest.approx(float(ref[k].iloc[0]), rel=1e-9), k
     assert a["today"]["period"] == a["today_date"]
@@ -150,8 +182,12 @@ def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monke
     ov = mon.overview()["sites"][0]
     assert ov["flows"]["load"] == pytest.approx(2500.0)
     both = pd.concat([first, more])
-    ref = kpis(ReadingSet(both, empty_events(), meters(site), [site_info(site)]), period="year").kpis
-    assert ov["year"]["electricity_consumed_kwh"] == pytest.approx(float(ref["electricity_consumed_kwh"].iloc[0]))
+    ref = kpis(
+        ReadingSet(both, empty_events(), meters(site), [site_info(site)]), period="year"
+    ).kpis
+    assert ov["year"]["electricity_consumed_kwh"] == pytest.approx(
+        float(ref["electricity_consumed_kwh"].iloc[0])
+    )
     assert ov["year"]["total_tce"] == pytest.approx(float(ref["total_tce"].iloc[0]))
 
 
@@ -187,14 +223,16 @@ def test_site_view(store):
 # ---------------------------------------------------------------- HTTP server
 
 
-@pytest.fixture
-def server(store):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = open_store(tmp_path_factory.mktemp("server") / "store")
     write(store, readingset({"a": HOSTILE}))
     mon = Monitor(store, poll_s=0.2).start()
     srv = make_server(mon, port=0).start()
     yield srv
     srv.stop()
     mon.stop()
+    store.close()
 
 
 def _get(url, method="GET"):
@@ -220,8 +258,16 @@ def test_server_routes(server):
     assert status == 200 and json.loads(body)["sites"][0]["name"] == HOSTILE
 
 
-@pytest.mark.parametrize("path", ["/static/../commands.py", "/static/..%2fcommands.py", "/static/.hidden",
-                                  "/nope", "/api/site/zzz"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../commands.py",
+        "/static/..%2fcommands.py",
+        "/static/.hidden",
+        "/nope",
+        "/api/site/zzz",
+    ],
+)
 def test_server_404(server, path):
     assert _get(server.url + path)[0] == 404
 
@@ -251,8 +297,18 @@ def test_ems_dashboard_subprocess(tmp_path):
     write(s, readingset({"a": "A"}))
     s.close()
     with subprocess.Popen(
-        [sys.executable, "-m", "ems.cli", "dashboard", "--store", str(tmp_path / "store"), "--port", "0"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ems.cli",
+            "dashboard",
+            "--store",
+            str(tmp_path / "store"),
+            "--port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     ) as proc:
         try:
             line = proc.stderr.readline()
@@ -269,7 +325,103 @@ def test_ems_dashboard_subprocess(tmp_path):
 
 
 def test_ems_dashboard_missing_store(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ems.cli", "dashboard", "--store", str(tmp_path / "none")],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "ems.cli", "dashboard", "--store", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert "expected an ems store directory" in r.stderr
+
+
+def test_static_files_ship_as_package_data():
+    """A non-editable install (the Docker image) must carry the page: pyproject's package-data."""
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["ems"]
+    static = sorted((root / "ems/dashboard/static").iterdir())
+    assert {p.name for p in static} >= {"index.html", "app.js", "charts.js", "style.css"}
+    missing = [
+        p.name
+        for p in static
+        if not any(fnmatch(f"dashboard/static/{p.name}", pat) for pat in patterns)
+    ]
+    assert not missing, (
+        f'pyproject.toml [tool.setuptools.package-data] ems needs "dashboard/static/*": {missing}'
+    )
+
+
+# ---------------------------------------------------------------- MQTT site status
+
+
+def _wait(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+@pytest.mark.service
+def test_status_watcher_follows_the_retained_status(mosquitto, store):  # noqa: F811
+    def pub(site, state):
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-h",
+                mosquitto.host,
+                "-p",
+                str(mosquitto.port),
+                "-q",
+                "1",
+                "-r",
+                "-t",
+                f"ems/v1/{site}/_status",
+                "-m",
+                state,
+            ],
+            check=True,
+            timeout=10,
+        )
+
+    pub("a", "online")
+    pub("b", "offline")
+    write(store, readingset({"a": "A"}))
+    with StatusWatcher(mosquitto.url) as watcher:
+        assert _wait(lambda: watcher() == {"a": "online", "b": "offline"}), watcher()
+        mon = Monitor(store, status=watcher)
+        mon.refresh()
+        assert mon.overview()["sites"][0]["status"] == {"state": "online", "source": "mqtt"}
+        pub("a", "offline")
+        assert _wait(lambda: watcher().get("a") == "offline")
+        assert mon.status(mon.sites["a"])["state"] == "offline"
+
+
+def test_ems_dashboard_unreachable_broker(tmp_path):
+    s = open_store(tmp_path / "store")
+    write(s, readingset({"a": "A"}))
+    s.close()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ems.cli",
+            "dashboard",
+            "--store",
+            str(tmp_path / "store"),
+            "--broker",
+            "mqtt://127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "cannot connect to broker" in r.stderr

@@ -27,8 +27,12 @@ def _overview(url: str) -> dict:
 
 
 def _start(args: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "ems.cli", "live", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ems.cli", "live", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for _ in range(20):
         line = proc.stderr.readline()
         m = re.search(r"dashboard at (http://127\.0\.0\.1:\d+)/", line)
@@ -45,8 +49,8 @@ def test_live_sigint_stops_cleanly_and_loses_nothing(tmp_path):
     rs = readingset({"alpha": "Alpha", "beta": "Beta"}, n=2 * 96)
     src = rs.to_parquet(tmp_path / "readings")
     store_dir = tmp_path / "store"
-    # 2 days at 15 min: ~17 s of replay at this speed, interrupted part-way
-    proc, url = _start([str(src), "--speed", "10000", "--port", "0", "--store", str(store_dir)])
+    # 2 days at 15 min: ~35 s of replay at this speed, interrupted part-way
+    proc, url = _start([str(src), "--speed", "5000", "--port", "0", "--store", str(store_dir)])
     with proc:
         try:
             deadline = time.monotonic() + 30
@@ -85,9 +89,23 @@ def test_live_exit_when_done_stores_everything(tmp_path):
     rs = readingset({"alpha": "Alpha"}, n=48)
     src = rs.to_parquet(tmp_path / "readings")
     r = subprocess.run(
-        [sys.executable, "-m", "ems.cli", "live", str(src), "--speed", "200000", "--port", "0",
-         "--store", str(tmp_path / "store"), "--exit-when-done"],
-        capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "ems.cli",
+            "live",
+            str(src),
+            "--speed",
+            "200000",
+            "--port",
+            "0",
+            "--store",
+            str(tmp_path / "store"),
+            "--exit-when-done",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert r.returncode == 0, r.stderr
     assert "lost 0" in r.stdout
@@ -105,9 +123,25 @@ def test_live_with_an_external_broker(tmp_path, mosquitto):  # noqa: F811
     rs = readingset({"alpha": "Alpha"}, n=24)
     src = rs.to_parquet(tmp_path / "readings")
     r = subprocess.run(
-        [sys.executable, "-m", "ems.cli", "live", str(src), "--speed", "200000", "--port", "0",
-         "--broker", mosquitto.url, "--store", str(tmp_path / "store"), "--exit-when-done"],
-        capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "ems.cli",
+            "live",
+            str(src),
+            "--speed",
+            "200000",
+            "--port",
+            "0",
+            "--broker",
+            mosquitto.url,
+            "--store",
+            str(tmp_path / "store"),
+            "--exit-when-done",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert r.returncode == 0, r.stderr
     assert "embedded broker" not in r.stderr
@@ -120,7 +154,11 @@ def test_live_with_an_external_broker(tmp_path, mosquitto):  # noqa: F811
 
 
 def test_live_rejects_a_missing_scenario(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ems.cli", "live", str(tmp_path / "nope.yaml")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "ems.cli", "live", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "expected a scenario file or a readings folder" in r.stderr

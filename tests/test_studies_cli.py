@@ -230,3 +230,29 @@ def test_pathway_cli(tmp_path):
     a = pd.read_csv(out / "targets.csv").set_index("target")
     assert a.loc["clean", "first_year_met"] == 2025 and bool(a.loc["clean", "met"])
     assert a.loc["peak", "status"].startswith(("met", "missed"))
+
+
+def test_compare_bad_resolution(tmp_path):
+    a = scenario(tmp_path, "base")
+    res = CliRunner().invoke(cli, ["compare", str(a), "--resolution", "7min"])
+    assert res.exit_code != 0
+    assert "--resolution: expected a resolution from 1min to 1h" in str(res.exception)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({}, "expected 'years: \\[...\\]' or 'start_year' and 'end_year'"),
+        ({"years": [2024], "grid_factor": {"marginal": {2024: 0.5}}}, "expected 'average' and/or 'residual'"),
+        ({"years": [2024], "additions": [{"measures": []}]}, r"additions\.0: expected \{year: Y, measures"),
+    ],
+)
+def test_pathway_spec_errors(tmp_path, extra, match):
+    from ems.errors import ConfigError
+    from ems.studies.pathway import load_pathway_spec
+
+    sc = scenario(tmp_path, "b")
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"scenario": sc.name, **extra}))
+    with pytest.raises(ConfigError, match=match):
+        load_pathway_spec(p)

@@ -184,3 +184,16 @@ def test_target_share_reached_and_zero_carbon(week, base_week):
     assert z["net_scope12_t"] == pytest.approx(0.0, abs=1e-6)
     offsets = next(m for m in z["measures"] if m["measure"] == "offsets")
     assert offsets["annual_cost"] == pytest.approx(z["offsets_t"] * 80 * 365 / 7, rel=1e-9)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios" / "measures").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_scenarios_apply(path):
+    sc = load_scenario(path)
+    assert sc.extra["measures"], "an example scenario lists its measures"
+
+    def totals(s):
+        return {x.id: {"electricity_consumed_kwh": 100e6, "green_kwh": 10e6} for x in s.sites}
+
+    _, applied = apply_measures(sc, site_totals=totals)
+    assert len(applied) >= len(sc.extra["measures"])
+    assert all(a.quantity > 0 for a in applied)

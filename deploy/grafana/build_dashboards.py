@@ -17,8 +17,17 @@ OUT = Path(__file__).resolve().parent / "dashboards"
 DS = {"type": "influxdb", "uid": "ems-influxdb"}
 RANGE = "from(bucket: v.defaultBucket)\n  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)"
 
-COLORS = {"pv": "#E0A800", "load": "#E8615A", "grid": "#4C82E6", "battery": "#2EB67D", "chp": "#A970FF",
-          "steam": "#FF8C42", "boiler": "#B5835A", "waste_heat": "#D9B38C", "gas": "#8E9AAF"}
+COLORS = {
+    "pv": "#E0A800",
+    "load": "#E8615A",
+    "grid": "#4C82E6",
+    "battery": "#2EB67D",
+    "chp": "#A970FF",
+    "steam": "#FF8C42",
+    "boiler": "#B5835A",
+    "waste_heat": "#D9B38C",
+    "gas": "#8E9AAF",
+}
 
 
 def any_of(col: str, values: list[str]) -> str:
@@ -54,7 +63,9 @@ def latest_sum(kind: str, field: str, site_filter: str, by: str = "_measurement"
 
 def energy_daily(field_by_kind: dict[str, str], site_filter: str, by: str) -> str:
     """Energy per local day from the register differences (resets ignored)."""
-    cond = " or ".join(f'(r._measurement == "{k}" and r._field == "{f}")' for k, f in field_by_kind.items())
+    cond = " or ".join(
+        f'(r._measurement == "{k}" and r._field == "{f}")' for k, f in field_by_kind.items()
+    )
     return (
         'import "timezone"\n'
         'option location = timezone.location(name: "${tz}")\n\n'
@@ -73,7 +84,9 @@ def energy_daily(field_by_kind: dict[str, str], site_filter: str, by: str) -> st
 
 def energy_total(field_by_kind: dict[str, str], site_filter: str, by: str) -> str:
     """Energy over the whole range: register increase, summed by ``by``."""
-    cond = " or ".join(f'(r._measurement == "{k}" and r._field == "{f}")' for k, f in field_by_kind.items())
+    cond = " or ".join(
+        f'(r._measurement == "{k}" and r._field == "{f}")' for k, f in field_by_kind.items()
+    )
     return (
         f"{RANGE}\n"
         f"  |> filter(fn: (r) => {cond})\n"
@@ -92,10 +105,20 @@ def target(query: str, ref: str = "A") -> dict[str, Any]:
 _ids = iter(range(1, 1000))
 
 
-def panel(kind: str, title: str, targets: list[dict[str, Any]], grid: tuple[int, int, int, int], *,
-          unit: str = "", description: str = "", options: dict[str, Any] | None = None,
-          overrides: list[dict[str, Any]] | None = None, custom: dict[str, Any] | None = None,
-          decimals: int | None = None, transformations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def panel(
+    kind: str,
+    title: str,
+    targets: list[dict[str, Any]],
+    grid: tuple[int, int, int, int],
+    *,
+    unit: str = "",
+    description: str = "",
+    options: dict[str, Any] | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    custom: dict[str, Any] | None = None,
+    decimals: int | None = None,
+    transformations: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     x, y, w, h = grid
     defaults: dict[str, Any] = {"unit": unit}
     if decimals is not None:
@@ -120,9 +143,13 @@ def panel(kind: str, title: str, targets: list[dict[str, Any]], grid: tuple[int,
 
 def color_by_name(names: dict[str, str]) -> list[dict[str, Any]]:
     return [
-        {"matcher": {"id": "byName", "options": n},
-         "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": COLORS.get(k, "#999")}},
-                        {"id": "displayName", "value": n}]}
+        {
+            "matcher": {"id": "byName", "options": n},
+            "properties": [
+                {"id": "color", "value": {"mode": "fixed", "fixedColor": COLORS.get(k, "#999")}},
+                {"id": "displayName", "value": n},
+            ],
+        }
         for n, k in names.items()
     ]
 
@@ -130,12 +157,18 @@ def color_by_name(names: dict[str, str]) -> list[dict[str, Any]]:
 def rename_measurements(names: dict[str, str]) -> list[dict[str, Any]]:
     """Series are named by their group key (_measurement); give them readable names."""
     return [
-        {"matcher": {"id": "byFrameRefID", "options": "A"},
-         "properties": [{"id": "displayName", "value": "${__field.labels._measurement}"}]}
+        {
+            "matcher": {"id": "byFrameRefID", "options": "A"},
+            "properties": [{"id": "displayName", "value": "${__field.labels._measurement}"}],
+        }
     ] + [
-        {"matcher": {"id": "byName", "options": k},
-         "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": COLORS.get(k, "#999")}},
-                        {"id": "displayName", "value": label}]}
+        {
+            "matcher": {"id": "byName", "options": k},
+            "properties": [
+                {"id": "color", "value": {"mode": "fixed", "fixedColor": COLORS.get(k, "#999")}},
+                {"id": "displayName", "value": label},
+            ],
+        }
         for k, label in names.items()
     ]
 
@@ -170,8 +203,14 @@ def tz_variable() -> dict[str, Any]:
     }
 
 
-def dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]],
-              description: str, links: list[dict[str, Any]]) -> dict[str, Any]:
+def dashboard(
+    uid: str,
+    title: str,
+    panels: list[dict[str, Any]],
+    variables: list[dict[str, Any]],
+    description: str,
+    links: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "uid": uid,
         "title": title,
@@ -193,181 +232,393 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: lis
 
 
 ELEC_IN = {"grid": "import_kwh", "pv": "energy_kwh", "chp": "energy_kwh"}
-FLOW_NAMES = {"pv": "PV", "load": "Load", "grid": "Grid (import +)", "battery": "Battery (discharge +)",
-              "chp": "CHP"}
+FLOW_NAMES = {
+    "pv": "PV",
+    "load": "Load",
+    "grid": "Grid (import +)",
+    "battery": "Battery (discharge +)",
+    "chp": "CHP",
+}
 
 
 def group_overview() -> dict[str, Any]:
     sites = "contains(value: r.site, set: ${site:json})"
     panels = []
-    stat_opts = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                 "colorMode": "value", "graphMode": "none", "textMode": "value_and_name", "orientation": "horizontal"}
-    rename_site = [{"matcher": {"id": "byFrameRefID", "options": "A"},
-                    "properties": [{"id": "displayName", "value": "${__field.labels.site}"}]}]
-    for i, (kind, field, title) in enumerate([
-        ("pv", "power_kw", "PV now"), ("load", "power_kw", "Load now"), ("grid", "power_kw", "Grid now (import +)"),
-        ("battery", "soc_pct", "Battery state of charge"),
-    ]):
-        panels.append(panel(
-            "stat", title, [target(latest_sum(kind, field, sites, by="site"))], (6 * i, 0, 6, 6),
-            unit="percent" if field == "soc_pct" else "kwatt", decimals=0, options=stat_opts,
-            overrides=rename_site,
-            description="Latest reading in the time range, per site (sum over the site's meters of this kind).",
-        ))
+    stat_opts = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "colorMode": "value",
+        "graphMode": "none",
+        "textMode": "value_and_name",
+        "orientation": "horizontal",
+    }
+    rename_site = [
+        {
+            "matcher": {"id": "byFrameRefID", "options": "A"},
+            "properties": [{"id": "displayName", "value": "${__field.labels.site}"}],
+        }
+    ]
+    for i, (kind, field, title) in enumerate(
+        [
+            ("pv", "power_kw", "PV now"),
+            ("load", "power_kw", "Load now"),
+            ("grid", "power_kw", "Grid now (import +)"),
+            ("battery", "soc_pct", "Battery state of charge"),
+        ]
+    ):
+        panels.append(
+            panel(
+                "stat",
+                title,
+                [target(latest_sum(kind, field, sites, by="site"))],
+                (6 * i, 0, 6, 6),
+                unit="percent" if field == "soc_pct" else "kwatt",
+                decimals=0,
+                options=stat_opts,
+                overrides=rename_site,
+                description="Latest reading in the time range, per site (sum over the site's meters of this kind).",
+            )
+        )
     ts_custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 0, "showPoints": "never"}
-    panels.append(panel(
-        "timeseries", "Grid import by site", [target(
-            f"{RANGE}\n  |> filter(fn: (r) => r._measurement == \"grid\" and r._field == \"power_kw\")\n"
-            f"  |> filter(fn: (r) => {sites})\n"
-            "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
-            '  |> group(columns: ["site", "_time"])\n  |> sum()\n  |> group(columns: ["site"])\n'
-            '  |> sort(columns: ["_time"])'
-        )], (0, 6, 12, 9), unit="kwatt", custom=ts_custom, overrides=rename_site,
-    ))
-    panels.append(panel(
-        "timeseries", "PV by site", [target(
-            f"{RANGE}\n  |> filter(fn: (r) => r._measurement == \"pv\" and r._field == \"power_kw\")\n"
-            f"  |> filter(fn: (r) => {sites})\n"
-            "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
-            '  |> group(columns: ["site", "_time"])\n  |> sum()\n  |> group(columns: ["site"])\n'
-            '  |> sort(columns: ["_time"])'
-        )], (12, 6, 12, 9), unit="kwatt", custom=ts_custom, overrides=rename_site,
-    ))
-    bar_opts = {"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    panels.append(
+        panel(
+            "timeseries",
+            "Grid import by site",
+            [
+                target(
+                    f'{RANGE}\n  |> filter(fn: (r) => r._measurement == "grid" and r._field == "power_kw")\n'
+                    f"  |> filter(fn: (r) => {sites})\n"
+                    "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
+                    '  |> group(columns: ["site", "_time"])\n  |> sum()\n  |> group(columns: ["site"])\n'
+                    '  |> sort(columns: ["_time"])'
+                )
+            ],
+            (0, 6, 12, 9),
+            unit="kwatt",
+            custom=ts_custom,
+            overrides=rename_site,
+        )
+    )
+    panels.append(
+        panel(
+            "timeseries",
+            "PV by site",
+            [
+                target(
+                    f'{RANGE}\n  |> filter(fn: (r) => r._measurement == "pv" and r._field == "power_kw")\n'
+                    f"  |> filter(fn: (r) => {sites})\n"
+                    "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
+                    '  |> group(columns: ["site", "_time"])\n  |> sum()\n  |> group(columns: ["site"])\n'
+                    '  |> sort(columns: ["_time"])'
+                )
+            ],
+            (12, 6, 12, 9),
+            unit="kwatt",
+            custom=ts_custom,
+            overrides=rename_site,
+        )
+    )
+    bar_opts = {
+        "orientation": "horizontal",
+        "displayMode": "gradient",
+        "showUnfilled": True,
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+    }
     supply = {**ELEC_IN, "grid": "import_kwh"}
-    cond = " or ".join(f'(r._measurement == "{k}" and r._field == "{f}")' for k, f in supply.items())
-    panels.append(panel(
-        "bargauge", "Electricity consumed in range", [target(
-            f"{RANGE}\n"
-            f'  |> filter(fn: (r) => {cond} or (r._measurement == "grid" and r._field == "export_kwh"))\n'
-            f"  |> filter(fn: (r) => {sites})\n"
-            "  |> difference(nonNegative: true)\n  |> sum()\n"
-            '  |> map(fn: (r) => ({r with _value: if r._field == "export_kwh" then -r._value else r._value}))\n'
-            '  |> group(columns: ["site"])\n  |> sum()'
-        )], (0, 15, 8, 8), unit="kwatth", options=bar_opts, decimals=0, overrides=rename_site,
-        description="Grid import + PV + CHP - grid export over the time range (register increases); "
-                    "battery losses are inside.",
-    ))
-    panels.append(panel(
-        "bargauge", "PV share of electricity supplied in range", [target(
-            f"{RANGE}\n"
-            f"  |> filter(fn: (r) => {cond})\n"
-            f"  |> filter(fn: (r) => {sites})\n"
-            "  |> difference(nonNegative: true)\n  |> sum()\n"
-            '  |> group(columns: ["site"])\n'
-            "  |> reduce(identity: {pv: 0.0, total: 0.0}, fn: (r, accumulator) => ({\n"
-            '      pv: accumulator.pv + (if r._measurement == "pv" then r._value else 0.0),\n'
-            "      total: accumulator.total + r._value}))\n"
-            "  |> map(fn: (r) => ({site: r.site, _value: if r.total > 0.0 then r.pv / r.total else 0.0}))"
-        )], (8, 15, 8, 8), unit="percentunit", options=bar_opts, decimals=1, overrides=rename_site,
-        description="On-site PV generation over the electricity supplied (grid import + PV + CHP). "
-                    "Green share with contracts and certificates, tce and emissions need the factor "
-                    "tables: see the built-in dashboard or `ems report`.",
-    ))
-    panels.append(panel(
-        "barchart", "Grid import per day", [target(energy_daily({"grid": "import_kwh"}, sites, "site"))],
-        (16, 15, 8, 8), unit="kwatth", overrides=rename_site,
-        options={"xTickLabelRotation": -45, "stacking": "normal", "legend": {"showLegend": True}},
-        transformations=[{"id": "joinByField", "options": {"byField": "_time", "mode": "outer"}}],
-    ))
-    panels.append(panel(
-        "table", "Events", [target(
-            f"{RANGE}\n  |> filter(fn: (r) => r._measurement == \"event\")\n"
-            f"  |> filter(fn: (r) => {sites})\n"
-            '  |> pivot(rowKey: ["_time", "site", "kind", "subject"], columnKey: ["_field"], valueColumn: "_value")\n'
-            '  |> group()\n  |> keep(columns: ["_time", "site", "kind", "subject", "value", "unit"])\n'
-            '  |> sort(columns: ["_time"], desc: true)'
-        )], (0, 23, 24, 8),
-        description="Outages, maintenance, deliveries, demand-response events from the event ledger.",
-    ))
+    cond = " or ".join(
+        f'(r._measurement == "{k}" and r._field == "{f}")' for k, f in supply.items()
+    )
+    panels.append(
+        panel(
+            "bargauge",
+            "Electricity consumed in range",
+            [
+                target(
+                    f"{RANGE}\n"
+                    f'  |> filter(fn: (r) => {cond} or (r._measurement == "grid" and r._field == "export_kwh"))\n'
+                    f"  |> filter(fn: (r) => {sites})\n"
+                    "  |> difference(nonNegative: true)\n  |> sum()\n"
+                    '  |> map(fn: (r) => ({r with _value: if r._field == "export_kwh" then -r._value else r._value}))\n'
+                    '  |> group(columns: ["site"])\n  |> sum()'
+                )
+            ],
+            (0, 15, 8, 8),
+            unit="kwatth",
+            options=bar_opts,
+            decimals=0,
+            overrides=rename_site,
+            description="Grid import + PV + CHP - grid export over the time range (register increases); "
+            "battery losses are inside.",
+        )
+    )
+    panels.append(
+        panel(
+            "bargauge",
+            "PV share of electricity supplied in range",
+            [
+                target(
+                    f"{RANGE}\n"
+                    f"  |> filter(fn: (r) => {cond})\n"
+                    f"  |> filter(fn: (r) => {sites})\n"
+                    "  |> difference(nonNegative: true)\n  |> sum()\n"
+                    '  |> group(columns: ["site"])\n'
+                    "  |> reduce(identity: {pv: 0.0, total: 0.0}, fn: (r, accumulator) => ({\n"
+                    '      pv: accumulator.pv + (if r._measurement == "pv" then r._value else 0.0),\n'
+                    "      total: accumulator.total + r._value}))\n"
+                    "  |> map(fn: (r) => ({site: r.site, _value: if r.total > 0.0 then r.pv / r.total else 0.0}))"
+                )
+            ],
+            (8, 15, 8, 8),
+            unit="percentunit",
+            options=bar_opts,
+            decimals=1,
+            overrides=rename_site,
+            description="On-site PV generation over the electricity supplied (grid import + PV + CHP). "
+            "Green share with contracts and certificates, tce and emissions need the factor "
+            "tables: see the built-in dashboard or `ems report`.",
+        )
+    )
+    panels.append(
+        panel(
+            "barchart",
+            "Grid import per day",
+            [target(energy_daily({"grid": "import_kwh"}, sites, "site"))],
+            (16, 15, 8, 8),
+            unit="kwatth",
+            overrides=rename_site,
+            options={
+                "xTickLabelRotation": -45,
+                "stacking": "normal",
+                "legend": {"showLegend": True},
+            },
+            transformations=[
+                {"id": "joinByField", "options": {"byField": "_time", "mode": "outer"}}
+            ],
+        )
+    )
+    panels.append(
+        panel(
+            "table",
+            "Events",
+            [
+                target(
+                    f'{RANGE}\n  |> filter(fn: (r) => r._measurement == "event")\n'
+                    f"  |> filter(fn: (r) => {sites})\n"
+                    '  |> pivot(rowKey: ["_time", "site", "kind", "subject"], columnKey: ["_field"], valueColumn: "_value")\n'
+                    '  |> group()\n  |> keep(columns: ["_time", "site", "kind", "subject", "value", "unit"])\n'
+                    '  |> sort(columns: ["_time"], desc: true)'
+                )
+            ],
+            (0, 23, 24, 8),
+            description="Outages, maintenance, deliveries, demand-response events from the event ledger.",
+        )
+    )
     return dashboard(
-        "ems-group-overview", "ems · Group overview", panels, [site_variable(True), tz_variable()],
+        "ems-group-overview",
+        "ems · Group overview",
+        panels,
+        [site_variable(True), tz_variable()],
         "Every site of the group: power now, power over time, energy in the range. Matches the built-in "
         "dashboard's overview (ems dashboard).",
-        [{"title": "Site view", "type": "link", "url": "/d/ems-site?${site:queryparam}&${__url_time_range}"}],
+        [
+            {
+                "title": "Site view",
+                "type": "link",
+                "url": "/d/ems-site?${site:queryparam}&${__url_time_range}",
+            }
+        ],
     )
 
 
 def site_view() -> dict[str, Any]:
     site = 'r.site == "${site}"'
     panels = []
-    stat_opts = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                 "colorMode": "value", "graphMode": "area", "textMode": "value_and_name"}
-    for i, (kind, field, title, unit) in enumerate([
-        ("pv", "power_kw", "PV", "kwatt"), ("load", "power_kw", "Load", "kwatt"),
-        ("grid", "power_kw", "Grid (import +)", "kwatt"), ("battery", "power_kw", "Battery (discharge +)", "kwatt"),
-        ("battery", "soc_pct", "State of charge", "percent"), ("steam", "heat_kw", "Steam", "kwatt"),
-    ]):
-        panels.append(panel("stat", title, [target(latest_sum(kind, field, site))], (4 * i, 0, 4, 4),
-                            unit=unit, decimals=0, options=stat_opts))
+    stat_opts = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "colorMode": "value",
+        "graphMode": "area",
+        "textMode": "value_and_name",
+    }
+    for i, (kind, field, title, unit) in enumerate(
+        [
+            ("pv", "power_kw", "PV", "kwatt"),
+            ("load", "power_kw", "Load", "kwatt"),
+            ("grid", "power_kw", "Grid (import +)", "kwatt"),
+            ("battery", "power_kw", "Battery (discharge +)", "kwatt"),
+            ("battery", "soc_pct", "State of charge", "percent"),
+            ("steam", "heat_kw", "Steam", "kwatt"),
+        ]
+    ):
+        panels.append(
+            panel(
+                "stat",
+                title,
+                [target(latest_sum(kind, field, site))],
+                (4 * i, 0, 4, 4),
+                unit=unit,
+                decimals=0,
+                options=stat_opts,
+            )
+        )
     ts_custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 0, "showPoints": "never"}
-    panels.append(panel(
-        "timeseries", "Power by flow", [target(power_sum(["pv", "load", "grid", "battery", "chp"], "power_kw", site))],
-        (0, 4, 24, 10), unit="kwatt", custom=ts_custom, overrides=rename_measurements(FLOW_NAMES),
-        description="Mean per window of each meter, summed over the meters of a kind. Signs: grid import > 0, "
-                    "battery discharge > 0.",
-    ))
-    panels.append(panel(
-        "timeseries", "Heat", [target(power_sum(["steam", "boiler", "waste_heat", "chp"], "heat_kw", site))],
-        (0, 14, 12, 8), unit="kwatt", custom=ts_custom,
-        overrides=rename_measurements({"steam": "Steam (purchased)", "boiler": "Boiler", "waste_heat": "Recovered heat",
-                                       "chp": "CHP heat"}),
-    ))
-    panels.append(panel(
-        "timeseries", "Battery state of charge", [target(
-            f"{RANGE}\n  |> filter(fn: (r) => r._measurement == \"battery\" and r._field == \"soc_pct\")\n"
-            f"  |> filter(fn: (r) => {site})\n"
-            "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
-            '  |> group(columns: ["meter"])'
-        )], (12, 14, 12, 8), unit="percent", custom=ts_custom,
-    ))
+    panels.append(
+        panel(
+            "timeseries",
+            "Power by flow",
+            [target(power_sum(["pv", "load", "grid", "battery", "chp"], "power_kw", site))],
+            (0, 4, 24, 10),
+            unit="kwatt",
+            custom=ts_custom,
+            overrides=rename_measurements(FLOW_NAMES),
+            description="Mean per window of each meter, summed over the meters of a kind. Signs: grid import > 0, "
+            "battery discharge > 0.",
+        )
+    )
+    panels.append(
+        panel(
+            "timeseries",
+            "Heat",
+            [target(power_sum(["steam", "boiler", "waste_heat", "chp"], "heat_kw", site))],
+            (0, 14, 12, 8),
+            unit="kwatt",
+            custom=ts_custom,
+            overrides=rename_measurements(
+                {
+                    "steam": "Steam (purchased)",
+                    "boiler": "Boiler",
+                    "waste_heat": "Recovered heat",
+                    "chp": "CHP heat",
+                }
+            ),
+        )
+    )
+    panels.append(
+        panel(
+            "timeseries",
+            "Battery state of charge",
+            [
+                target(
+                    f'{RANGE}\n  |> filter(fn: (r) => r._measurement == "battery" and r._field == "soc_pct")\n'
+                    f"  |> filter(fn: (r) => {site})\n"
+                    "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
+                    '  |> group(columns: ["meter"])'
+                )
+            ],
+            (12, 14, 12, 8),
+            unit="percent",
+            custom=ts_custom,
+        )
+    )
     bars = {"xTickLabelRotation": -45, "stacking": "normal", "legend": {"showLegend": True}}
     join_time = [{"id": "joinByField", "options": {"byField": "_time", "mode": "outer"}}]
-    panels.append(panel(
-        "barchart", "Electricity per day (supply)", [target(energy_daily(
-            {"grid": "import_kwh", "pv": "energy_kwh", "chp": "energy_kwh", "battery": "discharge_kwh"},
-            site, "_measurement"))],
-        (0, 22, 12, 9), unit="kwatth", options=bars, transformations=join_time,
-        overrides=rename_measurements({"grid": "Grid import", "pv": "PV", "chp": "CHP", "battery": "Battery out"}),
-    ))
-    panels.append(panel(
-        "barchart", "Heat and gas per day", [
-            target(energy_daily({"steam": "heat_gj", "boiler": "heat_gj", "waste_heat": "heat_gj", "chp": "heat_gj"},
-                                site, "_measurement"), "A"),
-            target(energy_daily({"gas": "volume_m3"}, site, "_measurement"), "B"),
-        ],
-        (12, 22, 12, 9), options=bars, transformations=join_time,
-        overrides=rename_measurements({"steam": "Steam [GJ]", "boiler": "Boiler [GJ]", "waste_heat": "Recovered [GJ]",
-                                       "chp": "CHP heat [GJ]", "gas": "Natural gas [m³]"}),
-    ))
-    panels.append(panel(
-        "table", "Events", [target(
-            f"{RANGE}\n  |> filter(fn: (r) => r._measurement == \"event\")\n"
-            f"  |> filter(fn: (r) => {site})\n"
-            '  |> pivot(rowKey: ["_time", "site", "kind", "subject"], columnKey: ["_field"], valueColumn: "_value")\n'
-            '  |> group()\n  |> keep(columns: ["_time", "kind", "subject", "value", "unit", "detail"])\n'
-            '  |> sort(columns: ["_time"], desc: true)'
-        )], (0, 31, 24, 8),
-    ))
+    panels.append(
+        panel(
+            "barchart",
+            "Electricity per day (supply)",
+            [
+                target(
+                    energy_daily(
+                        {
+                            "grid": "import_kwh",
+                            "pv": "energy_kwh",
+                            "chp": "energy_kwh",
+                            "battery": "discharge_kwh",
+                        },
+                        site,
+                        "_measurement",
+                    )
+                )
+            ],
+            (0, 22, 12, 9),
+            unit="kwatth",
+            options=bars,
+            transformations=join_time,
+            overrides=rename_measurements(
+                {"grid": "Grid import", "pv": "PV", "chp": "CHP", "battery": "Battery out"}
+            ),
+        )
+    )
+    panels.append(
+        panel(
+            "barchart",
+            "Heat and gas per day",
+            [
+                target(
+                    energy_daily(
+                        {
+                            "steam": "heat_gj",
+                            "boiler": "heat_gj",
+                            "waste_heat": "heat_gj",
+                            "chp": "heat_gj",
+                        },
+                        site,
+                        "_measurement",
+                    ),
+                    "A",
+                ),
+                target(energy_daily({"gas": "volume_m3"}, site, "_measurement"), "B"),
+            ],
+            (12, 22, 12, 9),
+            options=bars,
+            transformations=join_time,
+            overrides=rename_measurements(
+                {
+                    "steam": "Steam [GJ]",
+                    "boiler": "Boiler [GJ]",
+                    "waste_heat": "Recovered [GJ]",
+                    "chp": "CHP heat [GJ]",
+                    "gas": "Natural gas [m³]",
+                }
+            ),
+        )
+    )
+    panels.append(
+        panel(
+            "table",
+            "Events",
+            [
+                target(
+                    f'{RANGE}\n  |> filter(fn: (r) => r._measurement == "event")\n'
+                    f"  |> filter(fn: (r) => {site})\n"
+                    '  |> pivot(rowKey: ["_time", "site", "kind", "subject"], columnKey: ["_field"], valueColumn: "_value")\n'
+                    '  |> group()\n  |> keep(columns: ["_time", "kind", "subject", "value", "unit", "detail"])\n'
+                    '  |> sort(columns: ["_time"], desc: true)'
+                )
+            ],
+            (0, 31, 24, 8),
+        )
+    )
     # event markers on the time series, as in the built-in site view
     dash = dashboard(
-        "ems-site", "ems · Site", panels, [site_variable(False), tz_variable()],
+        "ems-site",
+        "ems · Site",
+        panels,
+        [site_variable(False), tz_variable()],
         "One site: power flows, heat, battery, energy per day by carrier and the event ledger. Matches the "
         "built-in dashboard's site view (ems dashboard).",
-        [{"title": "Group overview", "type": "link", "url": "/d/ems-group-overview?${__url_time_range}"}],
+        [
+            {
+                "title": "Group overview",
+                "type": "link",
+                "url": "/d/ems-group-overview?${__url_time_range}",
+            }
+        ],
     )
-    dash["annotations"]["list"].append({
-        "name": "Events",
-        "datasource": DS,
-        "enable": True,
-        "iconColor": "purple",
-        "target": {"refId": "Anno", "query": (
-            f"{RANGE}\n  |> filter(fn: (r) => r._measurement == \"event\" and r._field == \"unit\")\n"
-            f"  |> filter(fn: (r) => {site})\n"
-            '  |> map(fn: (r) => ({_time: r._time, _value: r.kind + " " + r.subject}))'
-        )},
-    })
+    dash["annotations"]["list"].append(
+        {
+            "name": "Events",
+            "datasource": DS,
+            "enable": True,
+            "iconColor": "purple",
+            "target": {
+                "refId": "Anno",
+                "query": (
+                    f'{RANGE}\n  |> filter(fn: (r) => r._measurement == "event" and r._field == "unit")\n'
+                    f"  |> filter(fn: (r) => {site})\n"
+                    '  |> map(fn: (r) => ({_time: r._time, _value: r.kind + " " + r.subject}))'
+                ),
+            },
+        }
+    )
     return dash
 
 

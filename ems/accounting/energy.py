@@ -38,6 +38,7 @@ interval) AT TIME ZONE tz)`` and a tariff join, step 5 a ``GROUP BY``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Mapping
@@ -116,8 +117,404 @@ def _member(ids: np.ndarray, members: list[int], size: int) -> np.ndarray:
     return out
 
 
+def _energy_frame(
+    all_names: list[tuple[str, str, str]],
+    period_names: list[str],
+    k_sid: np.ndarray,
+    k_day: np.ndarray,
+    k_p: np.ndarray,
+    sums: np.ndarray,
+    max_rate: np.ndarray,
+    cnt: np.ndarray,
+) -> pd.DataFrame:
+    """The stage-1 frame from output rows (series index, day number, period code)."""
+    names_arr = np.asarray(all_names, dtype=object).reshape(-1, 3)
+    return pd.DataFrame(
+        {
+            "site": names_arr[k_sid, 0],
+            "meter": names_arr[k_sid, 1],
+            "quantity": names_arr[k_sid, 2],
+            "date": (np.asarray(k_day, dtype=np.int64) * _NS_D).view("M8[ns]"),
+            "period": np.asarray(period_names, dtype=object)[k_p],
+            "value": sums,
+            "max_rate": max_rate,
+            "n": cnt.astype(np.int64),
+        }
+    )
+
+
+def _tariff_codes(
+    sites: list[str],
+    tz_of: Mapping[str, str],
+    tariffs: Mapping[str, object],
+    t0: int,
+    step: int,
+    n_slot: int,
+    period_names: list[str],
+) -> dict[str, np.ndarray]:
+    """Tariff period code of each slot ``t0 + i * step`` [ns] for each site.
+
+    ``period_names`` (code -> name) is extended in place, site by site in the given
+    order, with each site's periods in sorted order.
+    """
+    cache: dict[tuple[str, str], np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
+    for site in sites:
+        ckey = (tz_of[site], json.dumps(tariffs[site], sort_keys=True, default=str))
+        if ckey not in cache:
+            try:
+                tariff = Tariff.model_validate(tariffs[site])
+            except ValidationError as exc:
+                raise AccountingError(
+                    f"site {site}: SiteInfo.attrs['tariff'] is not a valid tariff "
+                    f"(expected Tariff.model_dump(mode='json')): {exc.errors()[0]['msg']}"
+                ) from None
+            grid_t = t0 + np.arange(n_slot, dtype=np.int64) * step
+            idx = pd.DatetimeIndex(grid_t.view("M8[ns]"), tz="UTC").tz_convert(tz_of[site])
+            names = tou_periods(idx, tariff).astype(str)
+            pu, inv = np.unique(names, return_inverse=True)
+            for u in pu:
+                if str(u) not in period_names:
+                    period_names.append(str(u))
+            cache[ckey] = np.asarray([period_names.index(str(u)) for u in pu], dtype=np.int64)[inv]
+        out[site] = cache[ckey]
+    return out
+
+
+def _raw_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Codes in their own (small) dtype and names; -1 never occurs in valid readings."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.codes.to_numpy(), [str(c) for c in col.cat.categories]
+    codes, uniques = pd.factorize(col, sort=False)
+    return codes, [str(u) for u in uniques]
+
+
+def _run_sums(mat: np.ndarray, idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Sums of the runs of rows starting at ``idx`` (lengths ``lens``), row after row.
+
+    Adds in the order :func:`numpy.bincount` does (``np.add.reduceat`` does not), so
+    the sums are bit-identical to the general path's.
+    """
+    acc: np.ndarray = mat[idx].copy()
+    for i in range(1, int(lens.max(initial=1))):
+        live = lens > i
+        if live.all():
+            acc += mat[idx + i]
+        else:
+            acc[live] += mat[idx[live] + i]
+    return acc
+
+
+@dataclass
+class _Block:
+    """Rows ``[a, b)`` of the frame that form a dense matrix of ``k`` series x ``length`` times."""
+
+    a: int
+    b: int
+    k: int
+    ts_major: bool
+
+    @property
+    def length(self) -> int:
+        return (self.b - self.a) // self.k
+
+
+def _block_shape(t: np.ndarray, codes: list[np.ndarray], a: int, b: int) -> _Block | None:
+    """Recognise rows ``[a, b)`` as a dense block, ts-major or series-major, or return None.
+
+    ts-major: every timestamp carries the same series in the same order (what a store
+    returns for ``ORDER BY ts``); series-major: each series in turn with the same
+    timestamps (what the simulator yields).
+    """
+    t = t[a:b]
+    n = len(t)
+    if n < 2:
+        return None
+    first = np.flatnonzero(t == t[0])
+    k = len(first)
+    if first[-1] == k - 1:  # ts-major candidate
+        if n % k or n == k:
+            return None
+        t2 = t.reshape(-1, k)
+        if not (t2 == t2[:, :1]).all():
+            return None
+        for c in codes:
+            c2 = c[a:b].reshape(-1, k)
+            if not (c2 == c2[0]).all():
+                return None
+        return _Block(a, b, k, True)
+    length = int(first[1])
+    if length < 2 or k * length != n or not (first == np.arange(k) * length).all():
+        return None
+    t2 = t.reshape(k, length)
+    if not (t2 == t2[0]).all():
+        return None
+    for c in codes:
+        c2 = c[a:b].reshape(k, length)
+        if not (c2 == c2[:, :1]).all():
+            return None
+    return _Block(a, b, k, False)
+
+
+def _dense_blocks(t: np.ndarray, codes: list[np.ndarray]) -> list[_Block] | None:
+    """Split the frame into dense blocks: the whole frame, or one block per site run."""
+    whole = _block_shape(t, codes, 0, len(t))
+    if whole is not None:
+        return [whole]
+    sc = codes[0]
+    cuts = np.flatnonzero(sc[1:] != sc[:-1]) + 1
+    if len(cuts) > 4096:
+        return None
+    bounds = [0, *cuts.tolist(), len(t)]
+    if len(np.unique(sc[bounds[:-1]])) != len(bounds) - 1:  # a site in two runs
+        return None
+    blocks = []
+    for a, b in itertools.pairwise(bounds):
+        blk = _block_shape(t, codes, a, b)
+        if blk is None:
+            return None
+        blocks.append(blk)
+    return blocks
+
+
+def _stage1_dense(rs: ReadingSet) -> Stage1 | None:
+    """Stage 1 without sorting, for readings that form dense blocks (see :func:`_block_shape`).
+
+    Applies when, within each block, every series has one reading per interval (no
+    gap) and no register goes down; returns None otherwise (the general path then
+    handles gaps, resets and rollovers). The result equals the general path's.
+    """
+    r = rs.readings
+    if len(r) < 2 or not isinstance(r.index, pd.DatetimeIndex):
+        return None
+    ts_index = r.index if r.index.unit == "ns" else r.index.as_unit("ns")
+    ts = ts_index.asi8
+    sc, snames = _raw_codes(r["site"])
+    mc, mnames = _raw_codes(r["meter"])
+    qc, qnames = _raw_codes(r["quantity"])
+    blocks = _dense_blocks(ts, [sc, mc, qc])
+    if blocks is None:
+        return None
+    v = r["value"].to_numpy(dtype=np.float64)
+    nm, nq = max(len(mnames), 1), max(len(qnames), 1)
+    q_is_reg = np.asarray([QUANTITIES[q].kind == "register" if q in QUANTITIES else False for q in qnames])
+    # series of each block (its columns), register ones only
+    cols: list[np.ndarray] = []
+    combos_of: list[np.ndarray] = []
+    for blk in blocks:
+        step = 1 if blk.ts_major else blk.length
+        pos = blk.a + np.arange(blk.k) * step
+        combo = (sc[pos].astype(np.int64) * nm + mc[pos]) * nq + qc[pos]
+        reg = np.flatnonzero(q_is_reg[qc[pos]])
+        cols.append(reg)
+        combos_of.append(combo[reg])
+    all_combos = np.concatenate(combos_of) if combos_of else np.zeros(0, np.int64)
+    combos = np.unique(all_combos)
+    if len(combos) != len(all_combos):  # a series in two blocks or twice in one
+        return None
+    k_series = len(combos)
+    s_site = combos // (nm * nq)
+    ser_site = [snames[i] for i in s_site]
+    ser_meter = [mnames[i] for i in (combos // nq) % nm]
+    ser_q = [qnames[i] for i in combos % nq]
+    meters = {(m.site, m.meter): m for m in rs.meters}
+    iv_ns = np.empty(k_series, dtype=np.int64)
+    kind_of: list[str] = []
+    for i in range(k_series):
+        mi = meters.get((ser_site[i], ser_meter[i]))
+        if mi is None:
+            raise AccountingError(
+                f"readings of meter {ser_site[i]}/{ser_meter[i]} have no MeterInfo; expected one per meter in ReadingSet.meters"
+            )
+        iv_ns[i] = int(mi.interval_s) * 1_000_000_000
+        kind_of.append(mi.kind)
+    tz_of = {s.site: s.tz for s in rs.sites}
+    tariffs = {s.site: s.attrs.get("tariff") for s in rs.sites}
+    grid_ser = [i for i in range(k_series) if kind_of[i] == "grid" and ser_q[i] in _RATE_Q and tariffs.get(ser_site[i])]
+
+    # per block: interval differences as a (time x series) matrix
+    prepared = []
+    for blk, reg, combo in zip(blocks, cols, combos_of, strict=True):
+        if not len(reg):
+            continue
+        sid = np.searchsorted(combos, combo)
+        iv = iv_ns[sid]
+        length = blk.length
+        tb = ts[blk.a : blk.b : blk.k] if blk.ts_major else ts[blk.a : blk.a + length]
+        if not (iv == iv[0]).all() or not (np.diff(tb) == iv[0]).all():
+            return None  # uneven intervals or gaps: the general path splits them
+        if blk.ts_major:
+            m = v[blk.a : blk.b].reshape(length, blk.k)
+            mr = m if len(reg) == blk.k else m[:, reg]
+            dmat = mr[1:] - mr[:-1]
+        else:
+            m = v[blk.a : blk.b].reshape(blk.k, length)
+            mr = m if len(reg) == blk.k else m[reg]
+            dmat = (mr[:, 1:] - mr[:, :-1]).T
+        if (dmat < 0).any():
+            return None  # a reset or rollover: the general path lists it
+        prepared.append((sid, int(iv[0]), tb[1:] - iv[0], dmat))
+    if not prepared:
+        return None
+
+    # local day of each interval start, per block and time zone
+    h0 = min(int(p[2][0]) for p in prepared) // _NS_H
+    h1 = max(int(p[2][-1]) for p in prepared) // _NS_H
+    used = {int(x) for x in s_site}
+    table = _offset_table(snames, used, tz_of, h0, h1)
+    # tariff periods on the grid of the grid meters' interval from the first start
+    period_names = [""]
+    tcodes: dict[str, np.ndarray] = {}
+    t0 = g_step = 0
+    if grid_ser:
+        g_in = [p for p in prepared if np.isin(p[0], grid_ser).any()]
+        g_step = int(np.gcd.reduce(iv_ns[grid_ser]))
+        t0 = min(int(p[2][0]) for p in g_in)
+        n_slot = (max(int(p[2][-1]) for p in g_in) - t0) // g_step + 1
+        g_sites = sorted({ser_site[i] for i in grid_ser})
+        tcodes = _tariff_codes(g_sites, tz_of, tariffs, t0, g_step, n_slot, period_names)
+    grid_set = set(grid_ser)
+
+    o_sid: list[np.ndarray] = []
+    o_day: list[np.ndarray] = []
+    o_p: list[np.ndarray] = []
+    o_val: list[np.ndarray] = []
+    o_rate: list[np.ndarray] = []
+    o_n: list[np.ndarray] = []
+    x_site: list[int] = []
+    for sid, iv, start, dmat in prepared:
+        hour = start // _NS_H - h0
+        site_codes = s_site[sid]
+        day_of: dict[int, np.ndarray] = {}
+        for sc_ in np.unique(site_codes).tolist():
+            day_of[sc_] = (start + table[sc_, hour]) // _NS_D
+            if (np.diff(day_of[sc_]) < 0).any():  # a zone whose clock goes back over midnight
+                return None
+        # plain columns: sums per run of equal day, all columns of a day-group at once
+        groups: dict[bytes, list[int]] = {}
+        for sc_, d in day_of.items():
+            groups.setdefault(d.tobytes(), []).append(sc_)
+        for sites_g in groups.values():
+            day = day_of[sites_g[0]]
+            jj = np.flatnonzero(np.isin(site_codes, sites_g))
+            sub = dmat if len(jj) == dmat.shape[1] else dmat[:, jj]
+            idx = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])
+            cnt = np.diff(np.r_[idx, len(day)])
+            sums = _run_sums(sub, idx, cnt)
+            rate_cols = [j for j, c in enumerate(jj) if ser_q[sid[c]] in _RATE_Q]
+            rates = np.full(sums.shape, np.nan)
+            if rate_cols:
+                rates[:, rate_cols] = np.maximum.reduceat(sub[:, rate_cols], idx, axis=0) * _NS_H / iv
+            plain = [j for j, c in enumerate(jj) if int(sid[c]) not in grid_set]
+            nd_ = len(idx)
+            o_sid.append(np.repeat(sid[jj[plain]][None, :], nd_, axis=0).ravel())
+            o_day.append(np.repeat(day[idx], len(plain)))
+            o_p.append(np.zeros(nd_ * len(plain), dtype=np.int64))
+            o_val.append(sums[:, plain].ravel())
+            o_rate.append(rates[:, plain].ravel())
+            o_n.append(np.repeat(cnt, len(plain)))
+        # grid import/export of sites with a tariff: sums per (day, period)
+        pcode_of: dict[int, np.ndarray] = {}
+        for j in [j for j in range(len(sid)) if int(sid[j]) in grid_set]:
+            sc_ = int(site_codes[j])
+            if sc_ not in pcode_of:
+                pcode_of[sc_] = tcodes[snames[sc_]][(start - t0) // g_step]
+            day, pc_ = day_of[sc_], pcode_of[sc_]
+            npd = len(period_names)
+            d0 = int(day[0])
+            key = (day - d0) * npd + pc_
+            size = int(key[-1]) + npd
+            col = np.ascontiguousarray(dmat[:, j])
+            cnt = np.bincount(key, minlength=size)
+            keys = np.flatnonzero(cnt)
+            sums = np.bincount(key, weights=col, minlength=size)[keys]
+            mx = np.full(size, -np.inf)
+            np.maximum.at(mx, key, col)
+            o_sid.append(np.full(len(keys), sid[j], dtype=np.int64))
+            o_day.append(keys // npd + d0)
+            o_p.append(keys % npd)
+            o_val.append(sums)
+            o_rate.append(mx[keys] * _NS_H / iv if ser_q[sid[j]] in _RATE_Q else np.full(len(keys), np.nan))
+            o_n.append(cnt[keys])
+        # derived: PV share of the export, per interval (PV exported first)
+        for sc_ in np.unique(site_codes).tolist():
+            ex = [j for j in np.argsort(sid) if site_codes[j] == sc_ and kind_of[sid[j]] == "grid" and ser_q[sid[j]] == "export_kwh"]
+            pv = [j for j in np.argsort(sid) if site_codes[j] == sc_ and kind_of[sid[j]] == "pv" and ser_q[sid[j]] == "energy_kwh"]
+            if not ex or not pv:
+                continue
+            e_sum = np.zeros(len(start))
+            p_sum = np.zeros(len(start))
+            for j in ex:
+                e_sum += dmat[:, j]
+            for j in pv:
+                p_sum += dmat[:, j]
+            pvx = np.minimum(e_sum, p_sum)
+            day = day_of[sc_]
+            gj = [j for j in ex if int(sid[j]) in grid_set]
+            if gj:
+                if sc_ not in pcode_of:
+                    pcode_of[sc_] = tcodes[snames[sc_]][(start - t0) // g_step]
+                pc_ = pcode_of[sc_]
+            else:
+                pc_ = np.zeros(len(start), dtype=np.int64)
+            npd = len(period_names)
+            d0 = int(day[0])
+            key = (day - d0) * npd + pc_
+            size = int(key[-1]) + npd
+            cnt = np.bincount(key, minlength=size)
+            keys = np.flatnonzero(cnt)
+            o_sid.append(np.full(len(keys), -1 - sc_, dtype=np.int64))  # remapped below
+            o_day.append(keys // npd + d0)
+            o_p.append(keys % npd)
+            o_val.append(np.bincount(key, weights=pvx, minlength=size)[keys])
+            o_rate.append(np.full(len(keys), np.nan))
+            o_n.append(cnt[keys])
+            x_site.append(sc_)
+
+    k_sid = np.concatenate(o_sid)
+    site_ids = sorted(set(x_site))
+    if site_ids:
+        derived = k_sid < 0
+        remap = np.zeros(len(snames), dtype=np.int64)
+        remap[site_ids] = k_series + np.arange(len(site_ids))
+        k_sid[derived] = remap[-1 - k_sid[derived]]
+    all_names = list(zip(ser_site, ser_meter, ser_q, strict=True)) + [(snames[s], "_site", "pv_exported_kwh") for s in site_ids]
+    k_day, k_p = np.concatenate(o_day), np.concatenate(o_p)
+    order = np.lexsort((k_p, k_day, k_sid))
+    energy = _energy_frame(
+        all_names, period_names, k_sid[order], k_day[order], k_p[order],
+        np.concatenate(o_val)[order], np.concatenate(o_rate)[order], np.concatenate(o_n)[order],
+    )
+    anom = pd.DataFrame({c: pd.Series(dtype=object) for c in ANOMALY_COLUMNS})
+    return Stage1(energy=energy, anomalies=anom)
+
+
 def stage1(rs: ReadingSet) -> Stage1:
     """Turn readings into per (site, meter, quantity, local date, period) sums.
+
+    Readings that form dense blocks (every series of a block with one reading per
+    interval at the same timestamps, in ts-major or series-major order, as a store
+    or the simulator gives them) take a path that needs no sort; anything else
+    (gaps, resets, any row order) the general path. Both give the same result.
+
+    Parameters
+    ----------
+    rs : ReadingSet
+        Readings with their meters and sites.
+
+    Returns
+    -------
+    Stage1
+        Energy sums and anomalies; see the module docs for the exact definition.
+    """
+    fast = _stage1_dense(rs)
+    return fast if fast is not None else _stage1_general(rs)
+
+
+def _stage1_general(rs: ReadingSet) -> Stage1:
+    """Stage 1 for any row order and layout (sorts by series and ts).
+
+    Turn readings into per (site, meter, quantity, local date, period) sums.
 
     Parameters
     ----------
@@ -299,29 +696,11 @@ def stage1(rs: ReadingSet) -> Stage1:
         t0 = int(g_start.min())
         slot = (g_start - t0) // g_step
         n_slot = int(slot.max()) + 1
-        cache: dict[tuple[str, str], np.ndarray] = {}
-        for site in sorted({ser_site[i] for i in grid_ser}):
+        g_sites = [s for s in sorted({ser_site[i] for i in grid_ser}) if (gsite == snames.index(s)).any()]
+        codes_of = _tariff_codes(g_sites, tz_of, tariffs, t0, g_step, n_slot, period_names)
+        for site in g_sites:
             in_site = gsite == snames.index(site)
-            if not in_site.any():
-                continue
-            ckey = (tz_of[site], json.dumps(tariffs[site], sort_keys=True, default=str))
-            if ckey not in cache:
-                try:
-                    tariff = Tariff.model_validate(tariffs[site])
-                except ValidationError as exc:
-                    raise AccountingError(
-                        f"site {site}: SiteInfo.attrs['tariff'] is not a valid tariff "
-                        f"(expected Tariff.model_dump(mode='json')): {exc.errors()[0]['msg']}"
-                    ) from None
-                grid_t = t0 + np.arange(n_slot, dtype=np.int64) * g_step
-                idx = pd.DatetimeIndex(grid_t.view("M8[ns]"), tz="UTC").tz_convert(tz_of[site])
-                names = tou_periods(idx, tariff).astype(str)
-                pu, inv = np.unique(names, return_inverse=True)
-                for u in pu:
-                    if str(u) not in period_names:
-                        period_names.append(str(u))
-                cache[ckey] = np.asarray([period_names.index(str(u)) for u in pu], dtype=np.int64)[inv]
-            pcode[grows[in_site]] = cache[ckey][slot[in_site]]
+            pcode[grows[in_site]] = codes_of[site][slot[in_site]]
 
     # derived: PV share of export, per site and interval start
     exp_ser = [i for i in range(k_series) if kind_of[i] == "grid" and ser_q[i] == "export_kwh"]
@@ -371,11 +750,8 @@ def stage1(rs: ReadingSet) -> Stage1:
 
     all_names = list(zip(ser_site, ser_meter, ser_q, strict=True)) + extra_names
     if not len(val):
-        energy = pd.DataFrame({c: pd.Series(dtype=object) for c in STAGE1_COLUMNS[:5]})
-        energy["date"] = pd.Series(dtype="datetime64[ns]")
-        for c in ("value", "max_rate"):
-            energy[c] = pd.Series(dtype=np.float64)
-        energy["n"] = pd.Series(dtype=np.int64)
+        energy = _energy_frame(all_names, period_names, *(np.zeros(0, np.int64),) * 3,
+                               np.zeros(0), np.zeros(0), np.zeros(0, np.int64))
     else:
         d0 = int(day.min())
         nd = int(day.max()) - d0 + 1
@@ -410,19 +786,7 @@ def stage1(rs: ReadingSet) -> Stage1:
         k_sid = keys // (nd * npd)
         k_day = (keys // npd) % nd + d0
         k_p = keys % npd
-        names_arr = np.asarray(all_names, dtype=object).reshape(-1, 3)
-        energy = pd.DataFrame(
-            {
-                "site": names_arr[k_sid, 0],
-                "meter": names_arr[k_sid, 1],
-                "quantity": names_arr[k_sid, 2],
-                "date": (k_day * _NS_D).view("M8[ns]"),
-                "period": np.asarray(period_names, dtype=object)[k_p],
-                "value": sums,
-                "max_rate": max_rate,
-                "n": cnt.astype(np.int64),
-            }
-        )
+        energy = _energy_frame(all_names, period_names, k_sid, k_day, k_p, sums, max_rate, cnt)
     anom = (
         pd.concat(anomalies, ignore_index=True)
         if anomalies

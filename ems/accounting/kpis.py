@@ -130,6 +130,7 @@ class _Used:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._grid: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def scalar(self, fs: FactorSet, key: str) -> float:
         e = fs.entry(key)
@@ -142,7 +143,10 @@ class _Used:
         return float(e["value"])
 
     def grid(self, fs: FactorSet, kind: str, si: SiteInfo, year: int) -> float | None:
-        g = fs.grid_factor(kind, si.grid_region, si.country, year)
+        ck = (id(fs), kind, si.grid_region, si.country, year)
+        if ck not in self._grid:
+            self._grid[ck] = fs.grid_factor(kind, si.grid_region, si.country, year)
+        g = self._grid[ck]
         self.rows[(fs.name, f"grid_{kind}", si.grid_region, year)] = {
             "name": f"grid_{kind}_kgco2_per_kwh", "region": g["region"], "year_requested": year,
             "year_used": g["year"] if g["value"] is not None else None, "value": g["value"],
@@ -175,6 +179,35 @@ def _day_hours(dates: np.ndarray, tz: str) -> np.ndarray:
     return np.asarray((b - a).total_seconds(), dtype=np.float64) / 3600.0
 
 
+def _site_day_hours(site: pd.Series, date: pd.Series, sites: Mapping[str, SiteInfo]) -> np.ndarray:
+    """Hours of each (site, local day) row, computed once per time zone and distinct day."""
+    out = np.zeros(len(site))
+    dates = date.to_numpy()
+    zone = np.asarray([sites[s].tz for s in site], dtype=object) if len(site) else np.zeros(0, object)
+    for tz in pd.unique(zone):
+        rows = np.flatnonzero(zone == tz)
+        uniq, inv = np.unique(dates[rows], return_inverse=True)
+        out[rows] = _day_hours(uniq, str(tz))[inv]
+    return out
+
+
+def _flows(s1: pd.DataFrame, rs: ReadingSet) -> np.ndarray:
+    """Flow name (see ``_FLOW``, fuels by carrier) of each stage-1 row, or None."""
+    kind = {(m.site, m.meter): m.kind for m in rs.meters}
+    carrier = {(m.site, m.meter): m.carrier for m in rs.meters}
+    codes, uniq = pd.MultiIndex.from_arrays([s1["site"], s1["meter"], s1["quantity"]]).factorize()
+    names: list[str | None] = []
+    for site, meter, q in uniq:
+        k = "_site" if meter == "_site" else kind.get((site, meter))
+        f = _FLOW.get((k, q)) if k is not None else None
+        if f is None and k == "fuel" and q == "mass_kg":
+            f = f"{carrier[(site, meter)]}_kg"
+        names.append(f)
+    table = np.asarray(names + [None], dtype=object)
+    out: np.ndarray = table[codes]
+    return out
+
+
 def _event_days(ev: pd.DataFrame, sites: Mapping[str, SiteInfo]) -> np.ndarray:
     out = np.empty(len(ev), dtype="datetime64[ns]")
     for s, idx in ev.groupby("site", sort=False).indices.items():
@@ -198,15 +231,7 @@ def daily_frame(
     """
     used = used or _Used()
     sites = {s.site: s for s in rs.sites}
-    mf = rs.meters_frame().reset_index()[["site", "meter", "kind", "carrier"]]
-    s1 = s1.merge(mf, on=["site", "meter"], how="left")
-    s1.loc[s1["meter"] == "_site", "kind"] = "_site"
-    fmap = pd.DataFrame([(k, q, f) for (k, q), f in _FLOW.items()], columns=["kind", "quantity", "flow"])
-    fuels = mf.loc[mf["kind"] == "fuel", ["site", "meter", "carrier"]]
-    fmap_fuel = fuels.assign(quantity="mass_kg", fuel_flow=fuels["carrier"].astype(str) + "_kg")
-    s1 = s1.merge(fmap, on=["kind", "quantity"], how="left")
-    s1 = s1.merge(fmap_fuel[["site", "meter", "quantity", "fuel_flow"]], on=["site", "meter", "quantity"], how="left")
-    s1["flow"] = s1["flow"].fillna(s1["fuel_flow"])
+    s1 = s1.assign(flow=_flows(s1, rs))
     s1 = s1[s1["flow"].notna()]
     keys = ["site", "date"]
     wide = s1.groupby([*keys, "flow"], sort=True)["value"].sum().unstack("flow", fill_value=0.0)
@@ -221,9 +246,7 @@ def daily_frame(
 
     # hours of each local day (23 h / 25 h on DST days), limited to the hours the grid
     # meter covered (n intervals x interval) so a partial day has a fair load factor
-    daily["hours"] = 0.0
-    for s, idx in daily.groupby("site").indices.items():
-        daily.loc[daily.index[idx], "hours"] = _day_hours(daily["date"].to_numpy()[idx], sites[s].tz)
+    daily["hours"] = _site_day_hours(daily["site"], daily["date"], sites)
     iv = {(m.site, m.meter): m.interval_s for m in rs.meters}
     ivf = pd.DataFrame([(k[0], k[1], float(v)) for k, v in iv.items()], columns=["site", "meter", "iv"])
     cov = gi.merge(ivf, on=["site", "meter"], how="left")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 from typing import Any
 
 import click
-
-from ems.errors import EmsError
 
 __all__ = ["dashboard", "live", "open_for_reading"]
 
@@ -40,53 +39,113 @@ def wait_for_signal(stop: threading.Event | None = None) -> None:
 
 
 @click.command()
-@click.option("--store", "store_url", required=True, help="Store path or URL (see ems.store.open_store).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option(
+    "--store", "store_url", required=True, help="Store path or URL (see ems.store.open_store)."
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (loopback by default).",
+)
 @click.option("--port", type=int, default=8050, show_default=True, help="Port; 0 picks a free one.")
-@click.option("--poll", "poll_s", type=float, default=1.0, show_default=True, help="[s] between store polls.")
-def dashboard(store_url: str, host: str, port: int, poll_s: float) -> None:
+@click.option(
+    "--poll", "poll_s", type=float, default=1.0, show_default=True, help="[s] between store polls."
+)
+@click.option(
+    "--broker",
+    "broker_url",
+    default=None,
+    help="mqtt://host:port to follow the sites' online/offline status (default: fresh/stale from the data).",
+)
+@click.option(
+    "--username",
+    default=None,
+    help="Broker user; the password comes from EMS_MQTT_PASSWORD or EMS_MQTT_PASSWORD_FILE.",
+)
+def dashboard(
+    store_url: str,
+    host: str,
+    port: int,
+    poll_s: float,
+    broker_url: str | None,
+    username: str | None,
+) -> None:
     """Serve the built-in dashboard of a store (read-only) until interrupted."""
     from ems.dashboard.monitor import Monitor
     from ems.dashboard.server import make_server
+    from ems.dashboard.status import StatusWatcher
 
     if poll_s <= 0:
         raise click.UsageError(f"--poll must be > 0, found {poll_s}")
-    store = open_for_reading(store_url)
-    mon = Monitor(store, poll_s=poll_s)
-    try:
+    with contextlib.ExitStack() as stack:
+        watcher = None
+        if broker_url is not None:
+            watcher = StatusWatcher(broker_url, username).start()
+            stack.callback(watcher.stop)
+        store = open_for_reading(store_url)
+        mon = Monitor(store, poll_s=poll_s, status=watcher)
+
+        def close_store() -> None:
+            with mon.lock:
+                store.close()
+
+        stack.callback(close_store)
         server = make_server(mon, host, port)
-    except EmsError:
-        store.close()
-        raise
-    mon.start()
-    server.start()
-    click.echo(f"dashboard at {server.url}/ (Ctrl-C to stop)", err=True)
-    try:
+        mon.start()
+        stack.callback(mon.stop)
+        server.start()
+        stack.callback(server.stop)
+        click.echo(f"dashboard at {server.url}/ (Ctrl-C to stop)", err=True)
         wait_for_signal()
-    finally:
-        server.stop()
-        mon.stop()
-        with mon.lock:
-            store.close()
     click.echo("dashboard stopped", err=True)
 
 
 @click.command()
 @click.argument("scenario")
-@click.option("--speed", type=float, default=3600.0, show_default=True,
-              help="Plant seconds per real second (3600: an hour per second).")
+@click.option(
+    "--speed",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Plant seconds per real second (3600: an hour per second).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard address.")
-@click.option("--port", type=int, default=8050, show_default=True, help="Dashboard port; 0 picks a free one.")
-@click.option("--broker", "broker_url", default=None,
-              help="mqtt://host:port of an external broker; default: start the embedded one.")
-@click.option("--store", "store_url", default=None,
-              help="Store path or URL (e.g. influx+http://host:8086?org=..&bucket=..); default: a new "
-                   "embedded store in ./ems-live-<time>.")
-@click.option("--ledger", type=click.Path(dir_okay=False), default=None,
-              help="Publisher ledger (default: ledger.json in the embedded store's parent folder).")
-@click.option("--exit-when-done", is_flag=True, help="Stop once everything is published and stored.")
-def live(scenario: str, speed: float, host: str, port: int, broker_url: str | None, store_url: str | None,
-         ledger: str | None, exit_when_done: bool) -> None:
+@click.option(
+    "--port", type=int, default=8050, show_default=True, help="Dashboard port; 0 picks a free one."
+)
+@click.option(
+    "--broker",
+    "broker_url",
+    default=None,
+    help="mqtt://host:port of an external broker; default: start the embedded one.",
+)
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Store path or URL (e.g. influx+http://host:8086?org=..&bucket=..); default: a new "
+    "embedded store in ./ems-live-<time>.",
+)
+@click.option(
+    "--ledger",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Publisher ledger (default: ledger.json in the embedded store's parent folder).",
+)
+@click.option(
+    "--exit-when-done", is_flag=True, help="Stop once everything is published and stored."
+)
+def live(
+    scenario: str,
+    speed: float,
+    host: str,
+    port: int,
+    broker_url: str | None,
+    store_url: str | None,
+    ledger: str | None,
+    exit_when_done: bool,
+) -> None:
     """Simulate SCENARIO and watch it live: broker, stream, ingest, store and dashboard in one.
 
     SCENARIO is a scenario file or a readings folder (``ems run --out``). Ctrl-C
@@ -97,7 +156,15 @@ def live(scenario: str, speed: float, host: str, port: int, broker_url: str | No
 
     if speed <= 0:
         raise click.UsageError(f"--speed must be > 0, found {speed}")
-    opts = LiveOptions(scenario=scenario, speed=speed, host=host, port=port, broker_url=broker_url,
-                       store_url=store_url, ledger=ledger, exit_when_done=exit_when_done)
+    opts = LiveOptions(
+        scenario=scenario,
+        speed=speed,
+        host=host,
+        port=port,
+        broker_url=broker_url,
+        store_url=store_url,
+        ledger=ledger,
+        exit_when_done=exit_when_done,
+    )
     summary = run_live(opts, echo=lambda s: click.echo(s, err=True))
     click.echo(summary)

@@ -62,12 +62,16 @@ def load_readings(source: str) -> ReadingSet:
     if p.is_dir():
         return ReadingSet.from_parquet(p)
     if not p.is_file():
-        raise ConfigError(f"{source}: expected a scenario file or a readings folder (ems run --out); not found")
+        raise ConfigError(
+            f"{source}: expected a scenario file or a readings folder (ems run --out); not found"
+        )
     import ems
 
     result: Any = ems.simulate(ems.load_scenario(str(p)))
     if not isinstance(result, ReadingSet):  # pragma: no cover - the simulator's contract
-        raise ConfigError(f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet")
+        raise ConfigError(
+            f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet"
+        )
     return result
 
 
@@ -94,6 +98,16 @@ def _publisher(cfg: Any, rs: ReadingSet, opts: Any, stop: threading.Event) -> An
     return LivePublisher(cfg, rs, opts)
 
 
+def _copy(d: dict[str, str]) -> dict[str, str]:
+    """Copy a dict another thread may be changing (retry on a resize)."""
+    for _ in range(5):
+        try:
+            return dict(d)
+        except RuntimeError:
+            continue
+    return {}
+
+
 def _default_store() -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return str(Path.cwd() / f"ems-live-{stamp}")
@@ -103,8 +117,9 @@ def _is_embedded(url: str) -> bool:
     return "://" not in url or url.lower().startswith("duckdb://")
 
 
-def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
-             stop: threading.Event | None = None) -> str:
+def run_live(
+    opts: LiveOptions, echo: Callable[[str], None] = log.info, stop: threading.Event | None = None
+) -> str:
     """Run everything until SIGINT/SIGTERM (or ``stop``); return a one-line summary.
 
     Raises
@@ -125,7 +140,9 @@ def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
     stop = stop or threading.Event()
     t_load = time.monotonic()
     rs = load_readings(opts.scenario)
-    echo(f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s")
+    echo(
+        f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s"
+    )
     store_url = opts.store_url or _default_store()
     tmp = tempfile.TemporaryDirectory(prefix="ems-live-")
     if opts.ledger:
@@ -136,7 +153,7 @@ def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
     else:
         ledger_path = Path(tmp.name) / "ledger.json"
     errors: list[BaseException] = []
-    done = threading.Event()
+    step_s = max((m.interval_s for m in rs.meters), default=900) / opts.speed
 
     with contextlib.ExitStack() as stack:
         stack.callback(tmp.cleanup)
@@ -152,10 +169,16 @@ def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
             echo(f"embedded broker at {broker_url}")
         cfg = BrokerConfig.from_url(broker_url)
         # ingestor
-        ing = Ingestor(cfg, store, IngestOptions(
-            client_id=f"ems-live-{os.getpid()}", meters=list(rs.meters), sites=list(rs.sites),
-            deadletter=Path(tmp.name) / "deadletter.jsonl",
-        ))
+        ing = Ingestor(
+            cfg,
+            store,
+            IngestOptions(
+                client_id=f"ems-live-{os.getpid()}",
+                meters=list(rs.meters),
+                sites=list(rs.sites),
+                deadletter=Path(tmp.name) / "deadletter.jsonl",
+            ),
+        )
         ing.start()
         ing_stopped = False
 
@@ -169,7 +192,7 @@ def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
         time.sleep(0.5)  # let the SUBSCRIBE reach the broker before the first PUBLISH
         # dashboard on its own read-only handle
         reader = open_for_reading(store_url)
-        mon = Monitor(reader, status=lambda: dict(ing.status))
+        mon = Monitor(reader, status=lambda: _copy(ing.status))
         server = make_server(mon, opts.host, opts.port)
 
         def close_reader() -> None:
@@ -183,8 +206,14 @@ def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
         stack.callback(server.stop)
         echo(f"dashboard at {server.url}/  store {store_url}  (Ctrl-C to stop)")
         # publisher
-        pub = _publisher(cfg, rs, PublishOptions(speed=opts.speed, ledger=ledger_path,
-                                                 client_id_prefix=f"ems-live-{os.getpid()}"), stop)
+        pub = _publisher(
+            cfg,
+            rs,
+            PublishOptions(
+                speed=opts.speed, ledger=ledger_path, client_id_prefix=f"ems-live-{os.getpid()}"
+            ),
+            stop,
+        )
         before = pub.ledger.total()
         result: dict[str, Any] = {}
 
@@ -197,7 +226,6 @@ def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
             except BaseException as exc:  # reported by the main thread
                 errors.append(exc)
             finally:
-                done.set()
                 if opts.exit_when_done or errors:
                     stop.set()
 
@@ -205,13 +233,22 @@ def run_live(opts: LiveOptions, echo: Callable[[str], None] = log.info,
         th.start()
         wait_for_signal(stop)
         stop.set()
-        th.join(timeout=max(10.0, 900.0 / opts.speed + 5.0))
+        th.join(timeout=max(10.0, step_s + 5.0))
         if th.is_alive():
             log.warning("the publisher did not stop in time; shutting down without it")
         published = pub.ledger.total() - before
         # the ingestor must hold everything the broker acknowledged to the publisher
+        # (bounded: give up after drain_timeout_s, or 5 s without progress, e.g. rejections)
         deadline = time.monotonic() + opts.drain_timeout_s
+        last, last_change = -1, time.monotonic()
         while ing.counters["written"] < published and time.monotonic() < deadline:
+            if ing.counters["written"] != last:
+                last, last_change = ing.counters["written"], time.monotonic()
+            elif time.monotonic() - last_change > 5.0:
+                log.warning(
+                    "the ingestor stopped making progress before holding all published readings"
+                )
+                break
             time.sleep(0.05)
         stop_ingestor()
         stats = ing.stats()

@@ -133,11 +133,12 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cache: dict[tuple[str, str], tuple[float, int, dict[str, Any]]] = {}
+        self._group_cache: tuple[int, dict[str, Any]] | None = None
         self.polls = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Monitor:
-        """Start the background polling thread (after a first synchronous poll of metadata)."""
+        """Start the background polling thread."""
         self._thread = threading.Thread(target=self._run, name="ems-dashboard-poll", daemon=True)
         self._thread.start()
         return self
@@ -189,7 +190,9 @@ class Monitor:
         """Read new readings of every site and recompute what is due."""
         with self.lock:
             self._metadata()
-            for st in self.sites.values():
+            states = list(self.sites.values())
+        for st in states:
+            with self.lock:  # per site, so requests are served in between
                 try:
                     self._poll_site(st)
                     self._kpis_site(st)
@@ -197,7 +200,7 @@ class Monitor:
                 except EmsError as exc:
                     st.error = str(exc)
                     log.warning("site %s: %s", st.info.site, exc)
-            self.polls += 1
+        self.polls += 1
 
     def _poll_site(self, st: SiteState) -> None:
         site = st.info.site
@@ -224,14 +227,22 @@ class Monitor:
             }
         )
         both = fresh if st.latest is None else pd.concat([st.latest, fresh], ignore_index=True)
-        st.latest = both.sort_values("t", kind="stable").groupby(["meter", "quantity"], as_index=False).last()
+        st.latest = (
+            both.sort_values("t", kind="stable")
+            .groupby(["meter", "quantity"], as_index=False)
+            .last()
+        )
         new_last = pd.Timestamp(int(t.max()), tz="UTC")
         if st.last_ts is None or new_last > st.last_ts:
             st.last_new_wall = time.time()
         st.last_ts = new_last if st.last_ts is None else max(st.last_ts, new_last)
         tidy = pd.DataFrame(
-            {"site": site, "meter": st.latest["meter"].to_numpy(),
-             "quantity": st.latest["quantity"].to_numpy(), "value": st.latest["value"].to_numpy()},
+            {
+                "site": site,
+                "meter": st.latest["meter"].to_numpy(),
+                "quantity": st.latest["quantity"].to_numpy(),
+                "value": st.latest["value"].to_numpy(),
+            },
             index=pd.DatetimeIndex(pd.to_datetime(st.latest["t"].to_numpy(), utc=True), name="ts"),
         )
         st.flows = views.latest_flows(tidy, st.meters)
@@ -292,7 +303,9 @@ class Monitor:
         if st.dirty_today and (changed or now - st.today_computed_wall >= self.today_every_s):
             rs = self._read(st.info.site, today, None)
             d = self._daily(rs)
-            st.today_daily = None if d is None else d[_date_between(d, today, today + pd.Timedelta(days=1))]
+            st.today_daily = (
+                None if d is None else d[_date_between(d, today, today + pd.Timedelta(days=1))]
+            )
             st.today_computed_wall = now
             st.dirty_today = False
             changed = True
@@ -300,12 +313,18 @@ class Monitor:
             self._summarise(st)
             self.version += 1
 
-    def _full_year(self, st: SiteState, year_start: pd.Timestamp, today: pd.Timestamp) -> pd.DataFrame | None:
+    def _full_year(
+        self, st: SiteState, year_start: pd.Timestamp, today: pd.Timestamp
+    ) -> pd.DataFrame | None:
         t0 = time.monotonic()
         rs = self._read(st.info.site, year_start, today)
         d = self._daily(rs)
-        log.info("site %s: year KPIs from %d readings in %.2f s", st.info.site, len(rs.readings),
-                 time.monotonic() - t0)
+        log.info(
+            "site %s: year KPIs from %d readings in %.2f s",
+            st.info.site,
+            len(rs.readings),
+            time.monotonic() - t0,
+        )
         if d is None:
             return None
         out: pd.DataFrame = d[_date_between(d, year_start, today)]
@@ -316,9 +335,11 @@ class Monitor:
         from ems.accounting.targets import progress
 
         parts = [d for d in (st.year_daily, st.today_daily) if d is not None and len(d)]
-        st.kpi_today = _pick(rollup(st.today_daily, by="site", period="day")) if (
-            st.today_daily is not None and len(st.today_daily)
-        ) else {}
+        st.kpi_today = (
+            _pick(rollup(st.today_daily, by="site", period="day"))
+            if (st.today_daily is not None and len(st.today_daily))
+            else {}
+        )
         if not parts:
             st.kpi_year = {}
             return
@@ -333,8 +354,20 @@ class Monitor:
             return
         st.targets = [
             views.jsonable(
-                {k: r[k] for k in ("target", "metric", "kind", "target_year", "target_value",
-                                   "value", "change_vs_base", "met", "note")}
+                {
+                    k: r[k]
+                    for k in (
+                        "target",
+                        "metric",
+                        "kind",
+                        "target_year",
+                        "target_value",
+                        "value",
+                        "change_vs_base",
+                        "met",
+                        "note",
+                    )
+                }
             )
             for r in prog.to_dict("records")
         ]
@@ -393,12 +426,23 @@ class Monitor:
                     }
                 )
             out: dict[str, Any] = views.jsonable(
-                {"version": self.version, "server_ms": int(time.time() * 1000), "group": self._group(),
-                 "sites": tiles}
+                {
+                    "version": self.version,
+                    "server_ms": int(time.time() * 1000),
+                    "group": self._group(),
+                    "sites": tiles,
+                }
             )
             return out
 
     def _group(self) -> dict[str, Any]:
+        if self._group_cache is not None and self._group_cache[0] == self.version:
+            return self._group_cache[1]
+        out = self._group_kpis()
+        self._group_cache = (self.version, out)
+        return out
+
+    def _group_kpis(self) -> dict[str, Any]:
         from ems.accounting.kpis import rollup
 
         parts = []
@@ -413,49 +457,65 @@ class Monitor:
         return {str(r["key"]): _pick(pd.DataFrame([r])) for r in yearly.to_dict("records")}
 
     def site_view(self, site: str, range_name: str = "day", points: int = 300) -> dict[str, Any]:
-        """One site: series over a time range ending at its newest reading, flows, events."""
+        """One site: series over a time range ending at its newest reading, flows, events.
+
+        The series are cached per (site, range): reused while no new reading arrived,
+        and otherwise for a time growing with the range (1 s for a day, 30 s for a
+        year), so a year's view does not re-read a year at every poll of a live replay.
+        """
         if range_name not in views.RANGES:
             raise EmsError(f"range: expected one of {list(views.RANGES)}; found {range_name!r}")
         with self.lock:
             st = self.sites.get(site)
             if st is None:
                 raise ReadingError(f"unknown site {site!r}; known: {sorted(self.sites)}")
+            fp = st.fingerprint[0]
             key = (site, range_name)
             ttl = {"day": 1.0, "week": 3.0, "month": 10.0, "year": 30.0}[range_name]
             hit = self._cache.get(key)
-            if hit is not None and time.monotonic() - hit[0] < ttl and hit[1] == st.fingerprint[0]:
-                return hit[2]
-            end = st.last_ts if st.last_ts is not None else pd.Timestamp.now(tz="UTC").floor("s")
-            range_s = views.RANGES[range_name]
-            bucket = views.bucket_seconds(range_s, st.interval_s, points)
-            start = end - pd.Timedelta(seconds=range_s)
-            # one interval more at the start: the baseline of the registers
-            rs = self.store.read(
-                sites=[site],
-                start=(start - pd.Timedelta(seconds=st.interval_s)).to_pydatetime(),
-                end=end.to_pydatetime(),
-            )
-            meters = st.meters or [m for m in rs.meters if m.site == site]
+            if hit is not None and (hit[1] == fp or time.monotonic() - hit[0] < ttl):
+                series = hit[2]
+            else:
+                end = (
+                    st.last_ts if st.last_ts is not None else pd.Timestamp.now(tz="UTC").floor("s")
+                )
+                range_s = views.RANGES[range_name]
+                bucket = views.bucket_seconds(range_s, st.interval_s, points)
+                start = end - pd.Timedelta(seconds=range_s)
+                # one interval more at the start: the baseline of the registers
+                rs = self.store.read(
+                    sites=[site],
+                    start=(start - pd.Timedelta(seconds=st.interval_s)).to_pydatetime(),
+                    end=end.to_pydatetime(),
+                )
+                meters = st.meters or [m for m in rs.meters if m.site == site]
+                ev = rs.events
+                if len(ev):
+                    ev = ev[pd.DatetimeIndex(ev.index) > start]
+                series = views.jsonable(
+                    {
+                        "range": range_name,
+                        "bucket_s": bucket,
+                        "start_ms": int(start.value // 1_000_000),
+                        "end_ms": int(end.value // 1_000_000),
+                        "meters": [m.to_dict() for m in meters],
+                        "power": views.power_series(rs.readings, meters, start, end, bucket),
+                        "energy": views.energy_series(rs.readings, meters, start, end, bucket),
+                        "events": views.event_list(ev),
+                    }
+                )
+                self._cache[key] = (time.monotonic(), fp, series)
             out: dict[str, Any] = views.jsonable(
                 {
                     "site": st.info.to_dict(),
                     "status": self.status(st),
-                    "range": range_name,
-                    "bucket_s": bucket,
-                    "start_ms": int(start.value // 1_000_000),
-                    "end_ms": int(end.value // 1_000_000),
                     "flows": st.flows,
-                    "meters": [m.to_dict() for m in meters],
-                    "power": views.power_series(rs.readings, meters, start, end, bucket),
-                    "energy": views.energy_series(rs.readings, meters, start, end, bucket),
-                    "events": views.event_list(rs.events[
-                        pd.DatetimeIndex(rs.events.index) > start] if len(rs.events) else rs.events),
                     "today": st.kpi_today,
                     "year": st.kpi_year,
                     "targets": st.targets,
                 }
             )
-            self._cache[key] = (time.monotonic(), st.fingerprint[0], out)
+            out.update(series)
             return out
 
 

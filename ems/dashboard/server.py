@@ -64,8 +64,14 @@ class _Handler(BaseHTTPRequestHandler):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, ctype: str, head: bool = False,
-              extra: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str,
+        head: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -136,8 +142,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if 0 < length <= 1 << 20:
             self.rfile.read(length)
-        body = json.dumps({"error": f"method {self.command} not allowed: the dashboard is read-only"}).encode()
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, body, "application/json", extra={"Allow": "GET, HEAD"})
+        body = json.dumps(
+            {"error": f"method {self.command} not allowed: the dashboard is read-only"}
+        ).encode()
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED, body, "application/json", extra={"Allow": "GET, HEAD"}
+        )
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
@@ -160,7 +170,12 @@ class DashboardServer(ThreadingHTTPServer):
 
     def start(self) -> DashboardServer:
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self.serve_forever, name="ems-dashboard-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="ems-dashboard-http",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -184,4 +199,6 @@ def make_server(monitor: Monitor, host: str = "127.0.0.1", port: int = 8050) -> 
     try:
         return DashboardServer((host, port), monitor)
     except OSError as exc:
-        raise EmsError(f"dashboard: expected to listen on {host}:{port}; found {exc.strerror or exc}") from exc
+        raise EmsError(
+            f"dashboard: expected to listen on {host}:{port}; found {exc.strerror or exc}"
+        ) from exc

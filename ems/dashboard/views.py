@@ -61,7 +61,12 @@ ENERGY: dict[str, tuple[str, tuple[str, ...], str, str]] = {
 }
 """Energy series name -> (carrier, meter kinds, register, unit)."""
 
-RANGES: dict[str, int] = {"day": 86_400, "week": 7 * 86_400, "month": 30 * 86_400, "year": 365 * 86_400}
+RANGES: dict[str, int] = {
+    "day": 86_400,
+    "week": 7 * 86_400,
+    "month": 30 * 86_400,
+    "year": 365 * 86_400,
+}
 """Time ranges of the site view [s], ending at the site's latest reading."""
 
 _NS = 1_000_000_000
@@ -146,7 +151,9 @@ def _buckets(t_ns: np.ndarray, start_ns: int, bucket_s: int) -> np.ndarray:
     return out
 
 
-def _frame(readings: pd.DataFrame, meters: Iterable[MeterInfo], quantities: set[str]) -> pd.DataFrame:
+def _frame(
+    readings: pd.DataFrame, meters: Iterable[MeterInfo], quantities: set[str]
+) -> pd.DataFrame:
     kinds = _kinds(meters)
     q = readings["quantity"].astype(str).to_numpy()
     keep = np.isin(q, list(quantities))
@@ -253,7 +260,11 @@ def energy_series(
             if sel.empty:
                 continue
             s = sel.groupby("b")["d"].sum().reindex(range(nb), fill_value=0.0)
-            out[name] = {"carrier": carrier, "unit": unit, "values": [float(v) for v in s.to_numpy()]}
+            out[name] = {
+                "carrier": carrier,
+                "unit": unit,
+                "values": [float(v) for v in s.to_numpy()],
+            }
     return {"t": t_ms, "series": out}
 
 

@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def _console() -> Any:
-    from rich.console import Console
+    from ems.console import make_console
 
-    return Console()
+    return make_console()
 
 
 def _e(text: Any) -> str:
@@ -36,6 +36,8 @@ def _fmt(x: Any, digits: int = 2) -> str:
             return "–"
         if math.isinf(x):
             return "never"
+        if abs(x) < 0.5 * 10.0**-digits:
+            x = 0.0  # no "-0.0"
         return f"{x:,.{digits}f}"
     return str(x)
 
@@ -168,7 +170,8 @@ def calibrate(site_file: str, totals_file: str, year: int | None, seed: int, tol
 @click.option("--scheduler", help="Address of a running Dask scheduler, or 'synchronous'; default a local cluster.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Local cluster worker processes.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="sweep-results", show_default=True)
-def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str) -> None:
+@click.option("--costs", "costs_file", type=click.Path(dir_okay=False), help="Cost data YAML.")
+def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, costs_file: str | None) -> None:
     """Run the variants of SPEC_FILE in parallel; write results, the Pareto front and the best variant."""
     from rich.table import Table
 
@@ -176,7 +179,7 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str) -> 
 
     spec = load_sweep_spec(spec_file)
     con = _console()
-    res = run_sweep(spec, scheduler=scheduler, n_workers=workers,
+    res = run_sweep(spec, scheduler=scheduler, n_workers=workers, costs=_costs(costs_file),
                     progress=lambda d, n: log.info("sweep: %d/%d variants", d, n))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +216,8 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str) -> 
 @click.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write pathway.csv and targets.csv here.")
-def pathway(spec_file: str, out_dir: str | None) -> None:
+@click.option("--costs", "costs_file", type=click.Path(dir_okay=False), help="Cost data YAML.")
+def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None:
     """Simulate a pathway year by year and report when each group target is met."""
     from rich.table import Table
 
@@ -221,7 +225,7 @@ def pathway(spec_file: str, out_dir: str | None) -> None:
 
     spec = load_pathway_spec(spec_file)
     con = _console()
-    yearly = run_pathway(spec, progress=lambda y: log.info("pathway: %d done", y))
+    yearly = run_pathway(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
     t = Table(title="Pathway (group, per year)")
     cols = [("net_scope12_t", "Scope 1+2 net [t]", 0), ("scope12_market_intensity_t_per_10k_rmb",
             "intensity [kg/RMB 10k]", 2), ("green_share", "green share [%]", 1), ("total_tce", "energy [tce]", 0),

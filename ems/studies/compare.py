@@ -116,7 +116,7 @@ def load_or_run(path: str | Path, *, base: Mapping[str, float] | None = None,
         return out
     if not p.is_file():
         raise ConfigError(f"compare: expected a scenario file or a readings folder, found nothing at {str(p)!r}")
-    sc = ems.load_scenario(str(p))
+    sc = ems.load_scenario(str(p), measures=False)  # evaluate() applies and prices them
     if resolution_s is not None:
         sc.resolution_s = int(resolution_s)
     return evaluate(sc, base=base, costs=costs)
@@ -171,7 +171,7 @@ def to_html(cmp: Comparison, title: str = "Scenario comparison") -> str:
 
     names = [str(c) for c in cmp.table.columns if not str(c).endswith(" Δ")]
     charts = []
-    for key, label in (("scope12_market_t", "Scope 1+2 market-based [tCO2e]"),
+    for key, label in (("net_scope12_t", "Scope 1+2 net of offsets [tCO2e]"),
                        ("green_share", "green-power share [%]"),
                        ("total_cost", "energy cost [CNY]"),
                        ("grid_import_kwh", "grid import [MWh]")):
@@ -187,7 +187,8 @@ def to_html(cmp: Comparison, title: str = "Scenario comparison") -> str:
     meas = cmp.measures()
     mtab = meas.to_html(index=False, float_format=lambda x: f"{x:,.2f}") if len(meas) else "<p>no measures</p>"
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.charts svg{max-width:48%}")
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}tbody th{text-align:left}"
+             ".charts svg{max-width:48%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>Deltas (Δ) and economics are against the first scenario, <b>{html.escape(names[0])}</b>.</p>"

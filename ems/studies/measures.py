@@ -87,10 +87,10 @@ MEASURES: dict[str, MeasureSpec] = {
             "strategy": "self_consumption (default), tou_arbitrage or peak_shaving",
             "threshold_kw": "peak_shaving: grid import to stay below [kW]"}),
         MeasureSpec("buy_certificates", "buy and retire unbundled green certificates (GEC)", {
-            "site": _SITE, "mwh": "fixed volume over the period [MWh]",
+            "site": _SITE, "mwh": "fixed volume over the period, per site [MWh]",
             "target_share": "or: enough to reach this green-power share [-]"}, sized_from_kpis=True),
         MeasureSpec("green_power", "buy green power through a contract (green power trading)", {
-            "site": _SITE, "mwh": "fixed volume over the period [MWh]",
+            "site": _SITE, "mwh": "fixed volume over the period, per site [MWh]",
             "target_share": "or: enough to reach this green-power share [-]"}, sized_from_kpis=True),
         MeasureSpec("electrify_forklifts", "replace diesel forklifts by electric ones", {
             "site": _SITE, "fleet": "diesel fleet id(s), default every diesel fleet",

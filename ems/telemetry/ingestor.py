@@ -9,15 +9,18 @@ writes make the repeat harmless.
 
 Threads: paho's network thread puts raw messages on a bounded queue (when the
 queue is full it blocks, paho stops reading the socket and the broker holds the
-messages: backpressure instead of unbounded memory); one writer thread decodes,
-checks, batches (by size and time) and writes. Rejected messages go to the dead
-letter topic and a local JSONL file, and are acknowledged.
+messages: backpressure instead of unbounded memory); a decode thread checks and
+batches them (by size and time); a store thread writes the batches (and the
+metadata registrations) in order and then acknowledges them, so decoding goes on
+while the store writes. At most three jobs wait for the store thread. Rejected
+messages go to the dead-letter topic and a local JSONL file, and are acknowledged.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import logging
 import queue
@@ -164,6 +167,9 @@ class Ingestor:
         self._receiving = threading.Event()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
+        self._storer: threading.Thread | None = None
+        # store writes and registrations, in order, on one thread; bounded: backpressure
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=3)
         self._last: dict[tuple[str, str], codec.Reading] = {}
         self._parked: list[_Item] = []
         self._parked_at = 0.0
@@ -187,8 +193,10 @@ class Ingestor:
         if self.opts.meters:
             self.store.register_meters(self.opts.meters)
         self._receiving.set()
-        self._writer = threading.Thread(target=self._write_loop, name="ems-ingest-writer", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="ems-ingest-decode", daemon=True)
         self._writer.start()
+        self._storer = threading.Thread(target=self._store_loop, name="ems-ingest-store", daemon=True)
+        self._storer.start()
         connect_and_wait(
             self.client,
             self.cfg,
@@ -204,6 +212,9 @@ class Ingestor:
         self._stop.set()
         if self._writer is not None:
             self._writer.join(timeout)
+        if self._storer is not None:
+            self._jobs.put(None)
+            self._storer.join(timeout)
         time.sleep(0.1)  # let paho's thread send the last PUBACKs
         self.client.disconnect()
         self.client.loop_stop()
@@ -321,15 +332,19 @@ class Ingestor:
                 log.info("meter %s/%s removed (empty metadata)", t.site, t.meter)
             elif t.kind == "meta":
                 info = codec.decode_meta(t.site, t.meter, item.payload)
-                self.store.register_meters([info])
                 self.meters[(info.site, info.meter)] = info
                 self.sites.add(info.site)
                 self.counters["meta"] += 1
+                reg = functools.partial(self.store.register_meters, [info])
+                self._jobs.put(functools.partial(self._register, reg, item.mid, item.qos))
                 self._retry_parked()
+                return
             elif t.kind == "site":
                 site = codec.decode_site(t.site, item.payload)
-                self.store.register_sites([site])
                 self.sites.add(site.site)
+                reg = functools.partial(self.store.register_sites, [site])
+                self._jobs.put(functools.partial(self._register, reg, item.mid, item.qos))
+                return
             elif t.kind == "status":
                 self.status[t.site] = item.payload.decode("utf-8", "replace")[:32]
                 log.info("site %s is %s", t.site, self.status[t.site])
@@ -405,40 +420,73 @@ class Ingestor:
             self._process(item)
 
     def _flush(self) -> None:
+        """Hand the batch to the store thread (blocks while it is two batches behind)."""
         if not self._b_acks:
             self._batch_reset()
             return
+        df = None
+        if self._b_ts:
+            idx = pd.DatetimeIndex(np.asarray(self._b_ts, dtype="datetime64[ns]"), name="ts").tz_localize("UTC")
+            df = pd.DataFrame(
+                {
+                    "site": pd.Categorical(self._b_site),
+                    "meter": pd.Categorical(self._b_meter),
+                    "quantity": pd.Categorical(self._b_q),
+                    "value": np.asarray(self._b_v, dtype="float64"),
+                },
+                index=idx,
+            )
+        events = events_frame(self._b_events) if self._b_events else None
+        job = functools.partial(
+            self._write_batch, df, events, self._b_acks, self._b_readings, self._b_max_ts
+        )
+        self._batch_reset()
+        self._jobs.put(job)
+
+    def _write_batch(
+        self,
+        df: pd.DataFrame | None,
+        events: pd.DataFrame | None,
+        acks: list[tuple[int, int]],
+        n_readings: int,
+        max_ts: int,
+    ) -> None:
+        """Store thread: write, then (only then) acknowledge."""
         while True:
             try:
-                if self._b_ts:
-                    idx = pd.DatetimeIndex(np.asarray(self._b_ts, dtype="datetime64[ns]"), name="ts").tz_localize("UTC")
-                    df = pd.DataFrame(
-                        {
-                            "site": pd.Categorical(self._b_site),
-                            "meter": pd.Categorical(self._b_meter),
-                            "quantity": pd.Categorical(self._b_q),
-                            "value": np.asarray(self._b_v, dtype="float64"),
-                        },
-                        index=idx,
-                    )
+                if df is not None:
                     self.store.write_readings(df)
-                if self._b_events:
-                    self.store.write_events(events_frame(self._b_events))
+                if events is not None:
+                    self.store.write_events(events)
                 break
             except EmsError as exc:
                 log.error("store write failed (%s); retrying in 1 s, nothing acknowledged", exc)
                 if self._stop.wait(1.0) and not self._receiving.is_set():
-                    log.error("stopping with %d messages unacknowledged; the broker keeps them", len(self._b_acks))
-                    self._batch_reset()
+                    log.error("stopping with %d messages unacknowledged; the broker keeps them", len(acks))
                     return
-        for mid, qos in self._b_acks:  # only now: the readings are in the store
+        for mid, qos in acks:  # only now: the readings are in the store
             self._ack(mid, qos)
-        self.counters["written"] += self._b_readings
-        self.counters["events_written"] += len(self._b_events)
+        self.counters["written"] += n_readings
+        self.counters["events_written"] += 0 if events is None else len(events)
         self.counters["batches"] += 1
-        if self._b_max_ts:
-            self.lag_s = time.time() - self._b_max_ts / 1e9
-        self._batch_reset()
+        if max_ts:
+            self.lag_s = time.time() - max_ts / 1e9
+
+    def _register(self, fn: Callable[[], None], mid: int, qos: int) -> None:
+        """Store thread: register metadata, then acknowledge."""
+        fn()
+        self._ack(mid, qos)
+
+    def _store_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # keep running; what the job held stays unacknowledged
+                self.counters["errors"] += 1
+                log.exception("store job failed; its messages stay unacknowledged")
 
     def _reject(self, item: _Item, exc: PayloadError) -> None:
         self.counters["rejected"] += 1

@@ -169,7 +169,7 @@ function flowDiagram(svg, flows, soc) {
   const nodes = {
     pv: { x: 90, y: 55, label: "PV" }, grid: { x: 60, y: 160, label: "Grid" },
     battery: { x: 90, y: 265, label: "Battery" }, chp: { x: 430, y: 55, label: "CHP" },
-    load: { x: 460, y: 160, label: "Factory load" }, steam: { x: 430, y: 265, label: "Steam" },
+    load: { x: 460, y: 160, label: "Load" }, steam: { x: 430, y: 265, label: "Steam" },
   };
   const f = flows || {};
   const mags = ["pv", "grid", "battery", "chp", "load", "steam"].map((k) => Math.abs(f[k] || 0));
