@@ -192,14 +192,19 @@ def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monke
 
 
 def test_monitor_status(store):
-    write(store, readingset({"a": "A"}))
+    first, reg = readings("a", "2024-07-01", 8)
+    store.register_sites([site_info("a")])
+    store.register_meters(meters("a"))
+    store.write_readings(first)
     mon = Monitor(store)
     mon.refresh()
     st = mon.sites["a"]
-    assert mon.status(st)["state"] == "fresh"  # just arrived (a replay)
-    later = st.last_new_wall + 3600
-    assert mon.status(st, now=later)["state"] == "stale"
-    assert mon.status(st, now=st.last_ts.timestamp() + 60)["state"] == "fresh"
+    assert mon.status(st)["state"] == "stale"  # 2024 readings, found at start: history
+    assert mon.status(st, now=st.last_ts.timestamp() + 60)["state"] == "fresh"  # real time
+    store.write_readings(readings("a", "2024-07-01", 4, offset=8, base=reg)[0])
+    mon.refresh()
+    assert mon.status(st)["state"] == "fresh"  # a replay: readings advance while we watch
+    assert mon.status(st, now=st.last_new_wall + 3600)["state"] == "stale"
     mon.status_fn = lambda: {"a": "offline"}
     assert mon.status(st) == {"state": "offline", "source": "mqtt"}
 
@@ -252,6 +257,8 @@ def test_server_routes(server):
     assert _get(server.url + "/static/app.js")[0] == 200
     assert _get(server.url + "/static/style.css")[1]["Content-Type"].startswith("text/css")
     assert _get(server.url + "/healthz")[2] == b"ok\n"
+    status, headers, body = _get(server.url + "/api/overview", "HEAD")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
     status, _, body = _get(server.url + "/api/site/a?range=day")
     assert status == 200 and json.loads(body)["site"]["name"] == HOSTILE
     status, _, body = _get(server.url + "/api/overview")

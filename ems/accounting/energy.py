@@ -382,7 +382,7 @@ def _stage1_dense(rs: ReadingSet) -> Stage1 | None:
     o_rate: list[np.ndarray] = []
     o_n: list[np.ndarray] = []
     x_site: list[int] = []
-    for sid, iv, start, dmat in prepared:
+    for sid, step_ns, start, dmat in prepared:
         hour = start // _NS_H - h0
         site_codes = s_site[sid]
         day_of: dict[int, np.ndarray] = {}
@@ -404,7 +404,7 @@ def _stage1_dense(rs: ReadingSet) -> Stage1 | None:
             rate_cols = [j for j, c in enumerate(jj) if ser_q[sid[c]] in _RATE_Q]
             rates = np.full(sums.shape, np.nan)
             if rate_cols:
-                rates[:, rate_cols] = np.maximum.reduceat(sub[:, rate_cols], idx, axis=0) * _NS_H / iv
+                rates[:, rate_cols] = np.maximum.reduceat(sub[:, rate_cols], idx, axis=0) * _NS_H / step_ns
             plain = [j for j, c in enumerate(jj) if int(sid[c]) not in grid_set]
             nd_ = len(idx)
             o_sid.append(np.repeat(sid[jj[plain]][None, :], nd_, axis=0).ravel())
@@ -434,7 +434,7 @@ def _stage1_dense(rs: ReadingSet) -> Stage1 | None:
             o_day.append(keys // npd + d0)
             o_p.append(keys % npd)
             o_val.append(sums)
-            o_rate.append(mx[keys] * _NS_H / iv if ser_q[sid[j]] in _RATE_Q else np.full(len(keys), np.nan))
+            o_rate.append(mx[keys] * _NS_H / step_ns if ser_q[sid[j]] in _RATE_Q else np.full(len(keys), np.nan))
             o_n.append(cnt[keys])
         # derived: PV share of the export, per interval (PV exported first)
         for sc_ in np.unique(site_codes).tolist():

@@ -195,15 +195,20 @@ def _flows(s1: pd.DataFrame, rs: ReadingSet) -> np.ndarray:
     """Flow name (see ``_FLOW``, fuels by carrier) of each stage-1 row, or None."""
     kind = {(m.site, m.meter): m.kind for m in rs.meters}
     carrier = {(m.site, m.meter): m.carrier for m in rs.meters}
-    codes, uniq = pd.MultiIndex.from_arrays([s1["site"], s1["meter"], s1["quantity"]]).factorize()
+    cs, us = pd.factorize(s1["site"])
+    cm, um = pd.factorize(s1["meter"])
+    cq, uq = pd.factorize(s1["quantity"])
+    combo = (cs.astype(np.int64) * len(um) + cm) * len(uq) + cq
+    uniq, codes = np.unique(combo, return_inverse=True)
     names: list[str | None] = []
-    for site, meter, q in uniq:
+    for c in uniq.tolist():
+        site, meter, q = us[c // (len(um) * len(uq))], um[(c // len(uq)) % len(um)], uq[c % len(uq)]
         k = "_site" if meter == "_site" else kind.get((site, meter))
         f = _FLOW.get((k, q)) if k is not None else None
         if f is None and k == "fuel" and q == "mass_kg":
             f = f"{carrier[(site, meter)]}_kg"
         names.append(f)
-    table = np.asarray(names + [None], dtype=object)
+    table = np.asarray([*names, None], dtype=object)
     out: np.ndarray = table[codes]
     return out
 

@@ -233,7 +233,8 @@ class Monitor:
             .last()
         )
         new_last = pd.Timestamp(int(t.max()), tz="UTC")
-        if st.last_ts is None or new_last > st.last_ts:
+        if st.last_ts is not None and new_last > st.last_ts:
+            # readings advanced while we watched (what was there at the first poll is history)
             st.last_new_wall = time.time()
         st.last_ts = new_last if st.last_ts is None else max(st.last_ts, new_last)
         tidy = pd.DataFrame(

@@ -157,6 +157,11 @@ function barChart(svg, t, series, opts) {
   return names;
 }
 
+function fmtPower(v) {
+  if (v === null || v === undefined || !isFinite(v)) return "–";
+  return Math.abs(v) >= 10000 ? fmtNum(v / 1000, 1) + " MW" : fmtNum(v, 0) + " kW";
+}
+
 /* power-flow diagram: node positions fixed, arrows by sign, width by magnitude */
 function flowDiagram(svg, flows, soc) {
   clear(svg);
@@ -193,7 +198,7 @@ function flowDiagram(svg, flows, soc) {
       class: "edge e-" + k + (idle ? " idle" : ""), "marker-end": idle ? "" : "url(#arrow)",
     }));
     const lx = (a.x + b.x) / 2, ly = (a.y + b.y) / 2 - 8;
-    svg.appendChild(el("text", { x: lx, y: ly, class: "edge-label", "text-anchor": "middle" }, fmtNum(Math.abs(v), 0) + " kW"));
+    svg.appendChild(el("text", { x: lx, y: ly, class: "edge-label", "text-anchor": "middle" }, fmtPower(Math.abs(v))));
   }
   svg.appendChild(el("circle", { cx: hub.x, cy: hub.y, r: 26, class: "hub" }));
   svg.appendChild(el("text", { x: hub.x, y: hub.y + 4, "text-anchor": "middle", class: "hub-label" }, "site"));
@@ -203,7 +208,7 @@ function flowDiagram(svg, flows, soc) {
     const g = el("g", { class: "node n-" + k + (present ? "" : " absent") });
     g.appendChild(el("circle", { cx: n.x, cy: n.y, r: 30, stroke: COLORS[k] }));
     g.appendChild(el("text", { x: n.x, y: n.y - 2, "text-anchor": "middle", class: "node-label" }, n.label));
-    let sub = present ? fmtNum(f[k], 0) + " kW" : "none";
+    let sub = present ? fmtPower(f[k]) : "none";
     if (k === "battery" && soc !== null && soc !== undefined) sub = fmtNum(soc, 0) + " % SOC";
     g.appendChild(el("text", { x: n.x, y: n.y + 13, "text-anchor": "middle", class: "node-sub" }, sub));
     svg.appendChild(g);
