@@ -1,5 +1,6 @@
 """Stage 1's two paths agree: the dense path (no sort) equals the general path, bit for bit."""
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -7,7 +8,8 @@ import pandas as pd
 import pytest
 from accounting_fixtures import TARIFF, const, from_power, index, meter, readingset, site
 
-from ems.accounting.energy import _stage1_dense, _stage1_general, stage1
+from ems.accounting.energy import _stage1_general, stage1
+from ems.accounting.matrix import _dense_blocks, _stage1_dense
 from ems.readings import ReadingSet
 
 
@@ -70,29 +72,107 @@ def test_one_ts_major_block_with_two_time_zones(simulated):
     pd.testing.assert_frame_equal(got.energy, _stage1_general(rs).energy, check_exact=True)
 
 
-def test_shuffled_rows_take_the_general_path(simulated):
-    rs = _with(simulated, simulated.readings.sample(frac=1.0, random_state=1))
-    assert _stage1_dense(rs) is None
-    pd.testing.assert_frame_equal(stage1(rs).energy, _stage1_general(simulated).energy, check_exact=True)
+def test_shuffled_rows_take_the_grid_path(simulated):
+    r = simulated.readings.sample(frac=1.0, random_state=1)
+    codes = [r[c].cat.codes.to_numpy() for c in ("site", "meter", "quantity")]
+    assert _dense_blocks(r.index.asi8, codes) is None
+    got = _stage1_dense(_with(simulated, r))
+    assert got is not None
+    pd.testing.assert_frame_equal(got.energy, _stage1_general(simulated).energy, check_exact=True)
 
 
-def test_gaps_and_resets_fall_back_to_the_general_path(simulated):
+def test_gaps_of_one_series(simulated):
     r = simulated.readings
-    grid_import = ((r["site"] == "velenje") & (r["meter"] == "grid") & (r["quantity"] == "import_kwh")).to_numpy()
-    pos = np.flatnonzero(grid_import)
-    lost = r.iloc[np.setdiff1d(np.arange(len(r)), pos[100:103])]
-    rs = _with(simulated, lost)
-    assert _stage1_dense(rs) is None
+    pos = np.flatnonzero(_series(r, "velenje", "grid", "import_kwh"))
+    rs = _with(simulated, r.iloc[np.setdiff1d(np.arange(len(r)), pos[100:103])])
     s1 = stage1(rs)
     assert list(s1.anomalies["kind"]) == ["gap"]
-    pd.testing.assert_frame_equal(s1.energy, _stage1_general(rs).energy)
-    reset = r.copy()
-    vals = reset["value"].to_numpy(copy=True)
-    vals[pos[150:]] -= vals[pos[150]] - 1.0  # the register restarts near zero
-    reset["value"] = vals
-    rs = _with(simulated, reset)
-    assert _stage1_dense(rs) is None
-    assert list(stage1(rs).anomalies["kind"]) == ["reset"]
+    assert "3 interval(s) missing" in s1.anomalies["detail"].iloc[0]
+    ref = _stage1_general(rs)
+    pd.testing.assert_frame_equal(s1.energy, ref.energy, check_exact=True)
+    pd.testing.assert_frame_equal(s1.anomalies, ref.anomalies, check_exact=True)
+
+
+def test_a_whole_timestamp_lost_in_a_dense_block(simulated):
+    r = _order(simulated.readings, "site", "ts", "meter", "quantity")
+    t = r.index[(r["site"] == "velenje").to_numpy()][40]
+    drop = ((r["site"] == "velenje") & (r.index == t)).to_numpy()
+    rs = _with(simulated, r[~drop])
+    codes = [rs.readings[c].cat.codes.to_numpy() for c in ("site", "meter", "quantity")]
+    assert _dense_blocks(rs.readings.index.asi8, codes) is not None  # still blocks, one step too long
+    got = _stage1_dense(rs)
+    assert got is not None
+    ref = _stage1_general(rs)
+    pd.testing.assert_frame_equal(got.energy, ref.energy, check_exact=True)
+    pd.testing.assert_frame_equal(got.anomalies, ref.anomalies, check_exact=True)
+    assert set(got.anomalies["kind"]) == {"gap"}
+
+
+@pytest.mark.parametrize("lost", [0.001, 0.05, 0.3])
+def test_lost_messages_on_the_grid_path(simulated, lost):
+    r = simulated.readings
+    keep = np.random.default_rng(int(lost * 1000)).random(len(r)) > lost
+    for frame in (r[keep], r[keep].sample(frac=1.0, random_state=2)):
+        rs = _with(simulated, frame)
+        ref = _stage1_general(rs)
+        assert set(ref.anomalies["kind"]) == {"gap"}
+        got = _stage1_dense(rs)
+        assert got is not None
+        pd.testing.assert_frame_equal(got.energy, ref.energy, check_exact=True)
+        pd.testing.assert_frame_equal(got.anomalies, ref.anomalies, check_exact=True)
+        # a lost message loses no energy: each register's total is its last minus first reading
+        e = got.energy[got.energy["meter"] != "_site"]
+        tot = e.groupby(["site", "meter", "quantity"])["value"].sum()
+        ends = frame.reset_index().sort_values("ts").groupby(["site", "meter", "quantity"], observed=True)["value"]
+        span = (ends.last() - ends.first()).reindex(tot.index)
+        np.testing.assert_allclose(tot.to_numpy(), span.to_numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_repeated_readings_and_mixed_intervals_take_the_general_path(simulated):
+    r = simulated.readings
+    twice = pd.concat([r, r.iloc[np.flatnonzero(_series(r, "qingdao", "grid", "import_kwh"))[[10]]]])
+    assert _stage1_dense(_with(simulated, twice)) is None
+    rs = _with(simulated, twice)
+    pd.testing.assert_frame_equal(stage1(rs).energy, _stage1_general(rs).energy)
+    gap = r.iloc[np.r_[0:50, 51 : len(r)]].sample(frac=1.0, random_state=4)
+    hourly = [dataclasses.replace(m, interval_s=3600) if m.meter == "gas" else m for m in simulated.meters]
+    mixed = ReadingSet(readings=gap, events=simulated.events, meters=hourly, sites=simulated.sites)
+    assert _stage1_dense(mixed) is None
+    assert len(stage1(mixed).energy)
+
+
+def _series(r: pd.DataFrame, site_id: str, meter_id: str, quantity: str) -> np.ndarray:
+    return ((r["site"] == site_id) & (r["meter"] == meter_id) & (r["quantity"] == quantity)).to_numpy()
+
+
+def test_resets_and_rollovers_on_the_dense_path(simulated):
+    r = simulated.readings.copy()
+    vals = r["value"].to_numpy(copy=True)
+    reset = np.flatnonzero(_series(r, "qingdao", "grid", "import_kwh"))
+    vals[reset[150:]] -= vals[reset[150]] - 1.0  # the register restarts near zero
+    roll = np.flatnonzero(_series(r, "velenje", "pv-roof", "energy_kwh"))
+    limit = float(vals[roll[200]]) - 0.5
+    vals[roll[200:]] -= limit  # a register that wraps at `limit`
+    r["value"] = vals
+    meters = [
+        dataclasses.replace(m, attrs={**m.attrs, "rollover_at": limit})
+        if (m.site, m.meter) == ("velenje", "pv-roof") else m
+        for m in simulated.meters
+    ]
+    rs = ReadingSet(readings=r, events=simulated.events, meters=meters, sites=simulated.sites)
+    ref = _stage1_general(rs)
+    assert sorted(ref.anomalies["kind"]) == ["reset", "rollover"]
+    for frame in (r, _order(r, "site", "ts", "meter", "quantity")):
+        got = _stage1_dense(_with(rs, frame))
+        assert got is not None
+        pd.testing.assert_frame_equal(got.energy, ref.energy, check_exact=True)
+        pd.testing.assert_frame_equal(got.anomalies, ref.anomalies, check_exact=True)
+    # no energy lost or made up: the rollover restores the original increments
+    e = ref.energy
+    pv = e[(e["site"] == "velenje") & (e["meter"] == "pv-roof") & (e["quantity"] == "energy_kwh")]
+    orig = _stage1_general(simulated).energy
+    pv0 = orig[(orig["site"] == "velenje") & (orig["meter"] == "pv-roof") & (orig["quantity"] == "energy_kwh")]
+    assert pv["value"].sum() == pytest.approx(pv0["value"].sum())
 
 
 def test_clock_going_back_at_midnight():

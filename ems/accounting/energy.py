@@ -34,11 +34,21 @@ Input: the tidy readings frame; only *register* quantities
 In SQL terms, steps 1-3 are ``LAG(value) OVER (PARTITION BY site, meter, quantity
 ORDER BY ts)`` with ``generate_series`` for gaps, step 4 a ``date_trunc('day', (ts -
 interval) AT TIME ZONE tz)`` and a tariff join, step 5 a ``GROUP BY``.
+
+Three implementations give the same frame, bit for bit, and :func:`stage1` picks the
+first that applies (the first two are in :mod:`ems.accounting.matrix`):
+
+* dense: readings that form time x series matrices (ts-major, as a store returns
+  them, or series-major, as the simulator yields them; one reading per interval). No
+  sort; days and tariff periods are computed once per timestamp, not per row;
+* grid: any row order, lost messages allowed, when every register has the same
+  interval and all readings lie on one grid of it. Register rows are scattered onto a
+  time x series grid (no sort) and gaps are split there;
+* general: anything else (repeated readings, mixed intervals); sorts by series and ts.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from collections.abc import Mapping
@@ -109,14 +119,6 @@ def _offset_table(
     return table
 
 
-def _member(ids: np.ndarray, members: list[int], size: int) -> np.ndarray:
-    """``np.isin`` for small non-negative ids, by table lookup."""
-    table = np.zeros(max(size, int(ids.max(initial=0)) + 1), dtype=bool)
-    table[members] = True
-    out: np.ndarray = table[ids]
-    return out
-
-
 def _energy_frame(
     all_names: list[tuple[str, str, str]],
     period_names: list[str],
@@ -181,312 +183,29 @@ def _tariff_codes(
     return out
 
 
-def _raw_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Codes in their own (small) dtype and names; -1 never occurs in valid readings."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return col.cat.codes.to_numpy(), [str(c) for c in col.cat.categories]
-    codes, uniques = pd.factorize(col, sort=False)
-    return codes, [str(u) for u in uniques]
-
-
-def _run_sums(mat: np.ndarray, idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Sums of the runs of rows starting at ``idx`` (lengths ``lens``), row after row.
-
-    Adds in the order :func:`numpy.bincount` does (``np.add.reduceat`` does not), so
-    the sums are bit-identical to the general path's.
-    """
-    acc: np.ndarray = mat[idx].copy()
-    for i in range(1, int(lens.max(initial=1))):
-        live = lens > i
-        if live.all():
-            acc += mat[idx + i]
-        else:
-            acc[live] += mat[idx[live] + i]
-    return acc
-
-
-@dataclass
-class _Block:
-    """Rows ``[a, b)`` of the frame that form a dense matrix of ``k`` series x ``length`` times."""
-
-    a: int
-    b: int
-    k: int
-    ts_major: bool
-
-    @property
-    def length(self) -> int:
-        return (self.b - self.a) // self.k
-
-
-def _block_shape(t: np.ndarray, codes: list[np.ndarray], a: int, b: int) -> _Block | None:
-    """Recognise rows ``[a, b)`` as a dense block, ts-major or series-major, or return None.
-
-    ts-major: every timestamp carries the same series in the same order (what a store
-    returns for ``ORDER BY ts``); series-major: each series in turn with the same
-    timestamps (what the simulator yields).
-    """
-    t = t[a:b]
-    n = len(t)
-    if n < 2:
-        return None
-    first = np.flatnonzero(t == t[0])
-    k = len(first)
-    if first[-1] == k - 1:  # ts-major candidate
-        if n % k or n == k:
-            return None
-        t2 = t.reshape(-1, k)
-        if not (t2 == t2[:, :1]).all():
-            return None
-        for c in codes:
-            c2 = c[a:b].reshape(-1, k)
-            if not (c2 == c2[0]).all():
-                return None
-        return _Block(a, b, k, True)
-    length = int(first[1])
-    if length < 2 or k * length != n or not (first == np.arange(k) * length).all():
-        return None
-    t2 = t.reshape(k, length)
-    if not (t2 == t2[0]).all():
-        return None
-    for c in codes:
-        c2 = c[a:b].reshape(k, length)
-        if not (c2 == c2[:, :1]).all():
-            return None
-    return _Block(a, b, k, False)
-
-
-def _dense_blocks(t: np.ndarray, codes: list[np.ndarray]) -> list[_Block] | None:
-    """Split the frame into dense blocks: the whole frame, or one block per site run."""
-    whole = _block_shape(t, codes, 0, len(t))
-    if whole is not None:
-        return [whole]
-    sc = codes[0]
-    cuts = np.flatnonzero(sc[1:] != sc[:-1]) + 1
-    if len(cuts) > 4096:
-        return None
-    bounds = [0, *cuts.tolist(), len(t)]
-    if len(np.unique(sc[bounds[:-1]])) != len(bounds) - 1:  # a site in two runs
-        return None
-    blocks = []
-    for a, b in itertools.pairwise(bounds):
-        blk = _block_shape(t, codes, a, b)
-        if blk is None:
-            return None
-        blocks.append(blk)
-    return blocks
-
-
-def _stage1_dense(rs: ReadingSet) -> Stage1 | None:
-    """Stage 1 without sorting, for readings that form dense blocks (see :func:`_block_shape`).
-
-    Applies when, within each block, every series has one reading per interval (no
-    gap) and no register goes down; returns None otherwise (the general path then
-    handles gaps, resets and rollovers). The result equals the general path's.
-    """
-    r = rs.readings
-    if len(r) < 2 or not isinstance(r.index, pd.DatetimeIndex):
-        return None
-    ts_index = r.index if r.index.unit == "ns" else r.index.as_unit("ns")
-    ts = ts_index.asi8
-    sc, snames = _raw_codes(r["site"])
-    mc, mnames = _raw_codes(r["meter"])
-    qc, qnames = _raw_codes(r["quantity"])
-    blocks = _dense_blocks(ts, [sc, mc, qc])
-    if blocks is None:
-        return None
-    v = r["value"].to_numpy(dtype=np.float64)
-    nm, nq = max(len(mnames), 1), max(len(qnames), 1)
-    q_is_reg = np.asarray([QUANTITIES[q].kind == "register" if q in QUANTITIES else False for q in qnames])
-    # series of each block (its columns), register ones only
-    cols: list[np.ndarray] = []
-    combos_of: list[np.ndarray] = []
-    for blk in blocks:
-        step = 1 if blk.ts_major else blk.length
-        pos = blk.a + np.arange(blk.k) * step
-        combo = (sc[pos].astype(np.int64) * nm + mc[pos]) * nq + qc[pos]
-        reg = np.flatnonzero(q_is_reg[qc[pos]])
-        cols.append(reg)
-        combos_of.append(combo[reg])
-    all_combos = np.concatenate(combos_of) if combos_of else np.zeros(0, np.int64)
-    combos = np.unique(all_combos)
-    if len(combos) != len(all_combos):  # a series in two blocks or twice in one
-        return None
-    k_series = len(combos)
-    s_site = combos // (nm * nq)
-    ser_site = [snames[i] for i in s_site]
-    ser_meter = [mnames[i] for i in (combos // nq) % nm]
-    ser_q = [qnames[i] for i in combos % nq]
-    meters = {(m.site, m.meter): m for m in rs.meters}
-    iv_ns = np.empty(k_series, dtype=np.int64)
-    kind_of: list[str] = []
-    for i in range(k_series):
-        mi = meters.get((ser_site[i], ser_meter[i]))
-        if mi is None:
-            raise AccountingError(
-                f"readings of meter {ser_site[i]}/{ser_meter[i]} have no MeterInfo; expected one per meter in ReadingSet.meters"
-            )
-        iv_ns[i] = int(mi.interval_s) * 1_000_000_000
-        kind_of.append(mi.kind)
-    tz_of = {s.site: s.tz for s in rs.sites}
-    tariffs = {s.site: s.attrs.get("tariff") for s in rs.sites}
-    grid_ser = [i for i in range(k_series) if kind_of[i] == "grid" and ser_q[i] in _RATE_Q and tariffs.get(ser_site[i])]
-
-    # per block: interval differences as a (time x series) matrix
-    prepared = []
-    for blk, reg, combo in zip(blocks, cols, combos_of, strict=True):
-        if not len(reg):
-            continue
-        sid = np.searchsorted(combos, combo)
-        iv = iv_ns[sid]
-        length = blk.length
-        tb = ts[blk.a : blk.b : blk.k] if blk.ts_major else ts[blk.a : blk.a + length]
-        if not (iv == iv[0]).all() or not (np.diff(tb) == iv[0]).all():
-            return None  # uneven intervals or gaps: the general path splits them
-        if blk.ts_major:
-            m = v[blk.a : blk.b].reshape(length, blk.k)
-            mr = m if len(reg) == blk.k else m[:, reg]
-            dmat = mr[1:] - mr[:-1]
-        else:
-            m = v[blk.a : blk.b].reshape(blk.k, length)
-            mr = m if len(reg) == blk.k else m[reg]
-            dmat = (mr[:, 1:] - mr[:, :-1]).T
-        if (dmat < 0).any():
-            return None  # a reset or rollover: the general path lists it
-        prepared.append((sid, int(iv[0]), tb[1:] - iv[0], dmat))
-    if not prepared:
-        return None
-
-    # local day of each interval start, per block and time zone
-    h0 = min(int(p[2][0]) for p in prepared) // _NS_H
-    h1 = max(int(p[2][-1]) for p in prepared) // _NS_H
-    used = {int(x) for x in s_site}
-    table = _offset_table(snames, used, tz_of, h0, h1)
-    # tariff periods on the grid of the grid meters' interval from the first start
-    period_names = [""]
-    tcodes: dict[str, np.ndarray] = {}
-    t0 = g_step = 0
-    if grid_ser:
-        g_in = [p for p in prepared if np.isin(p[0], grid_ser).any()]
-        g_step = int(np.gcd.reduce(iv_ns[grid_ser]))
-        t0 = min(int(p[2][0]) for p in g_in)
-        n_slot = (max(int(p[2][-1]) for p in g_in) - t0) // g_step + 1
-        g_sites = sorted({ser_site[i] for i in grid_ser})
-        tcodes = _tariff_codes(g_sites, tz_of, tariffs, t0, g_step, n_slot, period_names)
-    grid_set = set(grid_ser)
-
-    o_sid: list[np.ndarray] = []
-    o_day: list[np.ndarray] = []
-    o_p: list[np.ndarray] = []
-    o_val: list[np.ndarray] = []
-    o_rate: list[np.ndarray] = []
-    o_n: list[np.ndarray] = []
-    x_site: list[int] = []
-    for sid, step_ns, start, dmat in prepared:
-        hour = start // _NS_H - h0
-        site_codes = s_site[sid]
-        day_of: dict[int, np.ndarray] = {}
-        for sc_ in np.unique(site_codes).tolist():
-            day_of[sc_] = (start + table[sc_, hour]) // _NS_D
-            if (np.diff(day_of[sc_]) < 0).any():  # a zone whose clock goes back over midnight
-                return None
-        # plain columns: sums per run of equal day, all columns of a day-group at once
-        groups: dict[bytes, list[int]] = {}
-        for sc_, d in day_of.items():
-            groups.setdefault(d.tobytes(), []).append(sc_)
-        for sites_g in groups.values():
-            day = day_of[sites_g[0]]
-            jj = np.flatnonzero(np.isin(site_codes, sites_g))
-            sub = dmat if len(jj) == dmat.shape[1] else dmat[:, jj]
-            idx = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])
-            cnt = np.diff(np.r_[idx, len(day)])
-            sums = _run_sums(sub, idx, cnt)
-            rate_cols = [j for j, c in enumerate(jj) if ser_q[sid[c]] in _RATE_Q]
-            rates = np.full(sums.shape, np.nan)
-            if rate_cols:
-                rates[:, rate_cols] = np.maximum.reduceat(sub[:, rate_cols], idx, axis=0) * _NS_H / step_ns
-            plain = [j for j, c in enumerate(jj) if int(sid[c]) not in grid_set]
-            nd_ = len(idx)
-            o_sid.append(np.repeat(sid[jj[plain]][None, :], nd_, axis=0).ravel())
-            o_day.append(np.repeat(day[idx], len(plain)))
-            o_p.append(np.zeros(nd_ * len(plain), dtype=np.int64))
-            o_val.append(sums[:, plain].ravel())
-            o_rate.append(rates[:, plain].ravel())
-            o_n.append(np.repeat(cnt, len(plain)))
-        # grid import/export of sites with a tariff: sums per (day, period)
-        pcode_of: dict[int, np.ndarray] = {}
-        for j in [j for j in range(len(sid)) if int(sid[j]) in grid_set]:
-            sc_ = int(site_codes[j])
-            if sc_ not in pcode_of:
-                pcode_of[sc_] = tcodes[snames[sc_]][(start - t0) // g_step]
-            day, pc_ = day_of[sc_], pcode_of[sc_]
-            npd = len(period_names)
-            d0 = int(day[0])
-            key = (day - d0) * npd + pc_
-            size = int(key[-1]) + npd
-            col = np.ascontiguousarray(dmat[:, j])
-            cnt = np.bincount(key, minlength=size)
-            keys = np.flatnonzero(cnt)
-            sums = np.bincount(key, weights=col, minlength=size)[keys]
-            mx = np.full(size, -np.inf)
-            np.maximum.at(mx, key, col)
-            o_sid.append(np.full(len(keys), sid[j], dtype=np.int64))
-            o_day.append(keys // npd + d0)
-            o_p.append(keys % npd)
-            o_val.append(sums)
-            o_rate.append(mx[keys] * _NS_H / step_ns if ser_q[sid[j]] in _RATE_Q else np.full(len(keys), np.nan))
-            o_n.append(cnt[keys])
-        # derived: PV share of the export, per interval (PV exported first)
-        for sc_ in np.unique(site_codes).tolist():
-            ex = [j for j in np.argsort(sid) if site_codes[j] == sc_ and kind_of[sid[j]] == "grid" and ser_q[sid[j]] == "export_kwh"]
-            pv = [j for j in np.argsort(sid) if site_codes[j] == sc_ and kind_of[sid[j]] == "pv" and ser_q[sid[j]] == "energy_kwh"]
-            if not ex or not pv:
-                continue
-            e_sum = np.zeros(len(start))
-            p_sum = np.zeros(len(start))
-            for j in ex:
-                e_sum += dmat[:, j]
-            for j in pv:
-                p_sum += dmat[:, j]
-            pvx = np.minimum(e_sum, p_sum)
-            day = day_of[sc_]
-            gj = [j for j in ex if int(sid[j]) in grid_set]
-            if gj:
-                if sc_ not in pcode_of:
-                    pcode_of[sc_] = tcodes[snames[sc_]][(start - t0) // g_step]
-                pc_ = pcode_of[sc_]
-            else:
-                pc_ = np.zeros(len(start), dtype=np.int64)
-            npd = len(period_names)
-            d0 = int(day[0])
-            key = (day - d0) * npd + pc_
-            size = int(key[-1]) + npd
-            cnt = np.bincount(key, minlength=size)
-            keys = np.flatnonzero(cnt)
-            o_sid.append(np.full(len(keys), -1 - sc_, dtype=np.int64))  # remapped below
-            o_day.append(keys // npd + d0)
-            o_p.append(keys % npd)
-            o_val.append(np.bincount(key, weights=pvx, minlength=size)[keys])
-            o_rate.append(np.full(len(keys), np.nan))
-            o_n.append(cnt[keys])
-            x_site.append(sc_)
-
-    k_sid = np.concatenate(o_sid)
-    site_ids = sorted(set(x_site))
-    if site_ids:
-        derived = k_sid < 0
-        remap = np.zeros(len(snames), dtype=np.int64)
-        remap[site_ids] = k_series + np.arange(len(site_ids))
-        k_sid[derived] = remap[-1 - k_sid[derived]]
-    all_names = list(zip(ser_site, ser_meter, ser_q, strict=True)) + [(snames[s], "_site", "pv_exported_kwh") for s in site_ids]
-    k_day, k_p = np.concatenate(o_day), np.concatenate(o_p)
-    order = np.lexsort((k_p, k_day, k_sid))
-    energy = _energy_frame(
-        all_names, period_names, k_sid[order], k_day[order], k_p[order],
-        np.concatenate(o_val)[order], np.concatenate(o_rate)[order], np.concatenate(o_n)[order],
+def _gap_frame(
+    sid: np.ndarray,
+    ts: np.ndarray,
+    prev: np.ndarray,
+    value: np.ndarray,
+    energy: np.ndarray,
+    n: np.ndarray,
+    names: tuple[list[str], list[str], list[str]],
+) -> pd.DataFrame:
+    """Anomaly rows of differences spanning ``n > 1`` intervals (lost messages)."""
+    return pd.DataFrame(
+        {
+            "site": [names[0][i] for i in sid],
+            "meter": [names[1][i] for i in sid],
+            "quantity": [names[2][i] for i in sid],
+            "ts": pd.DatetimeIndex(ts.view("M8[ns]"), tz="UTC"),
+            "kind": "gap",
+            "prev_value": prev,
+            "value": value,
+            "energy": energy,
+            "detail": [f"{k - 1} interval(s) missing; delta split pro rata over {k} intervals" for k in n],
+        }
     )
-    anom = pd.DataFrame({c: pd.Series(dtype=object) for c in ANOMALY_COLUMNS})
-    return Stage1(energy=energy, anomalies=anom)
 
 
 def stage1(rs: ReadingSet) -> Stage1:
@@ -494,8 +213,10 @@ def stage1(rs: ReadingSet) -> Stage1:
 
     Readings that form dense blocks (every series of a block with one reading per
     interval at the same timestamps, in ts-major or series-major order, as a store
-    or the simulator gives them) take a path that needs no sort; anything else
-    (gaps, resets, any row order) the general path. Both give the same result.
+    or the simulator gives them) take a path that needs no sort; readings in another
+    order or with lost messages, on one time grid, a grid path that needs none
+    either; anything else (repeated readings, mixed intervals) the general path,
+    which sorts. All give the same result (see the module docs).
 
     Parameters
     ----------
@@ -507,8 +228,46 @@ def stage1(rs: ReadingSet) -> Stage1:
     Stage1
         Energy sums and anomalies; see the module docs for the exact definition.
     """
+    from ems.accounting.matrix import _stage1_dense  # it imports this module's helpers
+
     fast = _stage1_dense(rs)
     return fast if fast is not None else _stage1_general(rs)
+
+
+def _resets(
+    sid: np.ndarray,
+    ts: np.ndarray,
+    prev: np.ndarray,
+    value: np.ndarray,
+    delta: np.ndarray,
+    roll: np.ndarray,
+    names: tuple[list[str], list[str], list[str]],
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Energy of the intervals where a register went down, and their anomaly rows.
+
+    ``sid`` series, ``ts`` [ns] end of the interval, ``prev``/``value`` the readings,
+    ``delta`` their (negative) difference, ``roll`` the rollover of every series (NaN: none).
+    """
+    rr = roll[sid]
+    fixed = np.where(np.isfinite(rr), delta + np.nan_to_num(rr), value)
+    frame = pd.DataFrame(
+        {
+            "site": [names[0][i] for i in sid],
+            "meter": [names[1][i] for i in sid],
+            "quantity": [names[2][i] for i in sid],
+            "ts": pd.DatetimeIndex(ts.view("M8[ns]"), tz="UTC"),
+            "kind": np.where(np.isfinite(rr), "rollover", "reset"),
+            "prev_value": prev,
+            "value": value,
+            "energy": fixed,
+            "detail": np.where(
+                np.isfinite(rr),
+                "register passed rollover_at; energy = value + rollover_at - prev_value",
+                "register went down (meter reset or replacement); post-reset value counted as energy since reset",
+            ),
+        }
+    )
+    return fixed, frame
 
 
 def _stage1_general(rs: ReadingSet) -> Stage1:
@@ -555,6 +314,7 @@ def _stage1_general(rs: ReadingSet) -> Stage1:
     ser_site = [snames[i] for i in s_site]
     ser_meter = [mnames[i] for i in s_meter]
     ser_q = [qnames[i] for i in s_q]
+    all_ser = (ser_site, ser_meter, ser_q)
 
     # order by (series, ts); non-register rows sort last and are cut off
     if len(sid) > 1:
@@ -606,28 +366,9 @@ def _stage1_general(rs: ReadingSet) -> Stage1:
     neg = d < 0
     if neg.any():
         ri = np.flatnonzero(neg)
-        rr = roll[c_sid[ri]]
-        fixed = np.where(np.isfinite(rr), d[ri] + np.nan_to_num(rr), v[ri + 1])
+        fixed, frame = _resets(c_sid[ri], ts[ri + 1], v[ri], v[ri + 1], d[ri], roll, all_ser)
         d[ri] = fixed
-        anomalies.append(
-            pd.DataFrame(
-                {
-                    "site": [ser_site[i] for i in c_sid[ri]],
-                    "meter": [ser_meter[i] for i in c_sid[ri]],
-                    "quantity": [ser_q[i] for i in c_sid[ri]],
-                    "ts": pd.DatetimeIndex(ts[ri + 1].view("M8[ns]"), tz="UTC"),
-                    "kind": np.where(np.isfinite(rr), "rollover", "reset"),
-                    "prev_value": v[ri],
-                    "value": v[ri + 1],
-                    "energy": fixed,
-                    "detail": np.where(
-                        np.isfinite(rr),
-                        "register passed rollover_at; energy = value + rollover_at - prev_value",
-                        "register went down (meter reset or replacement); post-reset value counted as energy since reset",
-                    ),
-                }
-            )
-        )
+        anomalies.append(frame)
     irregular = dt != c_iv
     n = np.ones(len(dt), dtype=np.int64)
     if irregular.any():
@@ -635,28 +376,21 @@ def _stage1_general(rs: ReadingSet) -> Stage1:
     gap = n > 1
     if gap.any():
         gi = np.flatnonzero(gap)
-        anomalies.append(
-            pd.DataFrame(
-                {
-                    "site": [ser_site[i] for i in c_sid[gi]],
-                    "meter": [ser_meter[i] for i in c_sid[gi]],
-                    "quantity": [ser_q[i] for i in c_sid[gi]],
-                    "ts": pd.DatetimeIndex(ts[gi + 1].view("M8[ns]"), tz="UTC"),
-                    "kind": "gap",
-                    "prev_value": v[gi],
-                    "value": v[gi + 1],
-                    "energy": d[gi],
-                    "detail": [f"{k - 1} interval(s) missing; delta split pro rata over {k} intervals" for k in n[gi]],
-                }
-            )
-        )
+        anomalies.append(_gap_frame(c_sid[gi], ts[gi + 1], v[gi], v[gi + 1], d[gi], n[gi], all_ser))
+        # every difference becomes n parts; only the few gap rows need more than a copy
+        first = np.cumsum(n) - n  # position of each difference's first part
         rep = np.repeat(np.arange(len(n)), n)
-        k = np.arange(len(rep)) - np.repeat(np.cumsum(n) - n, n)
         p_sid = c_sid[rep]
         p_iv = c_iv[rep]
-        start = ts[1:][rep] - (n[rep] - k) * p_iv
-        val = d[rep] / n[rep]
-        bnd = (np.cumsum(n) - n)[bnd]
+        ng = n[gi]
+        k = np.arange(int(ng.sum())) - np.repeat(np.cumsum(ng) - ng, ng)  # part of its gap
+        parts = np.repeat(first[gi], ng) + k
+        back = np.ones(len(rep), dtype=np.int64)  # intervals from a part's start to the reading
+        back[parts] = np.repeat(ng, ng) - k
+        start = ts[1:][rep] - back * p_iv
+        val = d[rep]  # d / 1 where there is no gap
+        val[parts] = np.repeat(d[gi] / ng, ng)
+        bnd = first[bnd]
     else:
         p_sid, p_iv, val = c_sid, c_iv, d
         start = ts[1:] - c_iv
@@ -688,8 +422,16 @@ def _stage1_general(rs: ReadingSet) -> Stage1:
     pcode = np.zeros(len(start), dtype=np.int64)
     tariffs = {s.site: s.attrs.get("tariff") for s in rs.sites}
     grid_ser = [i for i in range(k_series) if kind_of[i] == "grid" and ser_q[i] in _RATE_Q and tariffs.get(ser_site[i])]
+    exp_ser = [i for i in range(k_series) if kind_of[i] == "grid" and ser_q[i] == "export_kwh"]
+    pv_ser = [i for i in range(k_series) if kind_of[i] == "pv" and ser_q[i] == "energy_kwh"]
+    rate_ser = [i for i in range(k_series) if ser_q[i] in _RATE_Q]
+    # what each row's series is, as bit flags (one gather instead of one per set)
+    flag = np.zeros(k_series + 1, dtype=np.uint8)
+    for bit, members in ((1, grid_ser), (2, exp_ser), (4, pv_ser), (8, rate_ser)):
+        flag[members] |= bit
+    p_flag = flag[p_sid]
     if grid_ser:
-        grows = np.flatnonzero(_member(p_sid, grid_ser, k_series) & ok)
+        grows = np.flatnonzero((p_flag & 1).astype(bool) & ok)
         gsite = p_site[grows]
         g_step = int(np.gcd.reduce(iv_ns[grid_ser]))
         g_start = start[grows]
@@ -703,12 +445,12 @@ def _stage1_general(rs: ReadingSet) -> Stage1:
             pcode[grows[in_site]] = codes_of[site][slot[in_site]]
 
     # derived: PV share of export, per site and interval start
-    exp_ser = [i for i in range(k_series) if kind_of[i] == "grid" and ser_q[i] == "export_kwh"]
-    pv_ser = [i for i in range(k_series) if kind_of[i] == "pv" and ser_q[i] == "energy_kwh"]
     extra_names: list[tuple[str, str, str]] = []
+    x_sid = x_day = x_p = np.zeros(0, dtype=np.int64)
+    pvx = np.zeros(0)
     if exp_ser and pv_ser:
-        em = _member(p_sid, exp_ser, k_series) & ok
-        pm = _member(p_sid, pv_ser, k_series) & ok
+        em = (p_flag & 2).astype(bool) & ok
+        pm = (p_flag & 4).astype(bool) & ok
         g = int(np.gcd.reduce(iv_ns[exp_ser + pv_ser]))
         both_present = bool(em.any() and pm.any())
         tmin = int(min(start[em].min(), start[pm].min())) if both_present else 0
@@ -740,49 +482,50 @@ def _stage1_general(rs: ReadingSet) -> Stage1:
         site_ids = sorted(set(xs.tolist()))
         remap = np.zeros(len(snames), dtype=np.int64)
         remap[site_ids] = k_series + np.arange(len(site_ids))
-        extra_sid = remap[xs]
+        x_sid = remap[xs]
         extra_names = [(snames[s], "_site", "pv_exported_kwh") for s in site_ids]
-        p_sid = np.concatenate([p_sid, extra_sid])
-        val = np.concatenate([val, pvx])
-        day = np.concatenate([day, x_day])
-        pcode = np.concatenate([pcode, x_p])
-        p_iv = np.concatenate([p_iv, np.full(len(pvx), 1, dtype=np.int64)])
 
     all_names = list(zip(ser_site, ser_meter, ser_q, strict=True)) + extra_names
     if not len(val):
         energy = _energy_frame(all_names, period_names, *(np.zeros(0, np.int64),) * 3,
                                np.zeros(0), np.zeros(0), np.zeros(0, np.int64))
     else:
-        d0 = int(day.min())
-        nd = int(day.max()) - d0 + 1
+        # the derived rows (x_*) are summed apart from the readings' rows: their keys never
+        # meet, so the sums are the same as over one concatenated array
+        d0 = int(min(day.min(), x_day.min(initial=day.min())))
+        nd = int(max(day.max(), x_day.max(initial=day.max()))) - d0 + 1
         npd = len(period_names)
         key = p_sid * nd  # in place below: fewer temporaries of the row count
         key += day
         key -= d0
         key *= npd
         key += pcode
+        x_key = ((x_sid * nd) + x_day - d0) * npd + x_p
         size = len(all_names) * nd * npd
         key[bnd] = size  # series boundaries: dropped
+        rm = (p_flag & 8).astype(bool)
+        rm[bnd] = False
+        rates = val[rm] * _NS_H / p_iv[rm]
         if size <= 50_000_000:
             sums = np.bincount(key, weights=val, minlength=size + 1)[:size]
             cnt = np.bincount(key, minlength=size + 1)[:size]
+            if len(x_key):
+                sums += np.bincount(x_key, weights=pvx, minlength=size)
+                cnt += np.bincount(x_key, minlength=size)
             keys = np.flatnonzero(cnt)
             sums, cnt = sums[keys], cnt[keys]
+            mx = np.full(size + 1, -np.inf)
+            np.maximum.at(mx, key[rm], rates)
+            top = mx[keys]
         else:
-            keys, inv = np.unique(key, return_inverse=True)
-            sums = np.bincount(inv, weights=val)
+            keys, inv = np.unique(np.concatenate([key, x_key]), return_inverse=True)
+            sums = np.bincount(inv, weights=np.concatenate([val, pvx]))
             cnt = np.bincount(inv)
+            mx = np.full(len(keys), -np.inf)
+            np.maximum.at(mx, inv[: len(key)][rm], rates)
             keep = keys < size
-            keys, sums, cnt = keys[keep], sums[keep], cnt[keep]
-        rate_ser = [i for i in range(k_series) if ser_q[i] in _RATE_Q]
-        max_rate = np.full(len(keys), np.nan)
-        if rate_ser:
-            rm = _member(p_sid, rate_ser, len(all_names))
-            rm[bnd] = False
-            rate = pd.Series(val[rm] * _NS_H / p_iv[rm]).groupby(key[rm]).max()
-            rate = rate[rate.index < size]
-            pos = np.searchsorted(keys, rate.index.to_numpy())
-            max_rate[pos] = rate.to_numpy()
+            keys, sums, cnt, top = keys[keep], sums[keep], cnt[keep], mx[keep]
+        max_rate = np.where(top == -np.inf, np.nan, top)  # keys without a rate series
         k_sid = keys // (nd * npd)
         k_day = (keys // npd) % nd + d0
         k_p = keys % npd

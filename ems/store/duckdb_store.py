@@ -114,6 +114,9 @@ class DuckDBStore:
         compaction generation, they are merged into one of the next generation (in
         the writing process, skipped if another compaction runs). None: only
         explicit :meth:`compact`.
+    lock_timeout_s : float [s], optional
+        Longest wait for the writers' lock held by another process; then writes raise
+        :class:`StoreError` (an ingestor with a spool then spools). None: wait forever.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class DuckDBStore:
         compression: str = "zstd",
         threads: int | None = None,
         fanout: int | None = 64,
+        lock_timeout_s: float | None = None,
     ) -> None:
         self.root = Path(path)
         self.read_only = read_only
@@ -154,7 +158,7 @@ class DuckDBStore:
                 )
             self.root.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(marker, json.dumps(FORMAT).encode())
-        self._write_lock = FileLock(self.root / ".write.lock")
+        self._write_lock = FileLock(self.root / ".write.lock", lock_timeout_s)
         self._compact_lock = FileLock(self.root / ".compact.lock")
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:")
         self._con.sql(f"SET threads = {self.threads}")

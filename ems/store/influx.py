@@ -166,6 +166,7 @@ class InfluxStore:
             "failed_lines": 0,
         }
         self._first_error: str | None = None
+        self._reported = (0, 0)  # failed batches and lines already raised by flush()/close()
         self._meters: dict[tuple[str, str], MeterInfo] = {}
         self._sites: dict[str, SiteInfo] = {}
         self._meta_loaded = False
@@ -235,11 +236,20 @@ class InfluxStore:
             )
 
     def _raise_failures(self) -> None:
-        if self.stats["failed_batches"]:
+        """Raise for batches that failed since the last report (each failure is reported once).
+
+        ``stats`` keeps the totals; a writer that spools and retries (the ingestor) can
+        flush again after the server is back and gets a clean result.
+        """
+        failed = self.stats["failed_batches"] - self._reported[0]
+        if failed:
+            lines = self.stats["failed_lines"] - self._reported[1]
+            first, self._first_error = self._first_error, None
+            self._reported = (self.stats["failed_batches"], self.stats["failed_lines"])
             raise StoreError(
-                f"InfluxDB {self.url} bucket {self.bucket}: {self.stats['failed_batches']} batch(es) "
-                f"({self.stats['failed_lines']} lines) failed for good after retries; "
-                f"first error: {self._first_error}"
+                f"InfluxDB {self.url} bucket {self.bucket}: {failed} batch(es) "
+                f"({lines} lines) failed for good after retries; "
+                f"first error: {first}"
             )
 
     # -- Store interface ---------------------------------------------------------

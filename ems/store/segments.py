@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -169,10 +170,13 @@ class FileLock:
     ----------
     path : Path
         Lock file (created if missing; its content is irrelevant).
+    timeout_s : float [s], optional
+        Longest wait for a blocking :meth:`hold`; then :class:`StoreError`. None waits forever.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout_s: float | None = None) -> None:
         self.path = path
+        self.timeout_s = timeout_s
 
     @contextlib.contextmanager
     def hold(self, *, blocking: bool = True) -> Iterator[bool]:
@@ -180,14 +184,25 @@ class FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-            try:
-                fcntl.flock(fd, flags)
-            except BlockingIOError:
-                yield False
-                return
-            except OSError as exc:
-                raise StoreError(f"cannot lock {self.path}: {exc}") from exc
+            timed = blocking and self.timeout_s is not None
+            flags = fcntl.LOCK_EX | (0 if blocking and not timed else fcntl.LOCK_NB)
+            deadline = time.monotonic() + (self.timeout_s or 0.0)
+            while True:
+                try:
+                    fcntl.flock(fd, flags)
+                    break
+                except BlockingIOError:
+                    if not timed:
+                        yield False
+                        return
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"cannot lock {self.path}: another process held it for more than "
+                            f"{self.timeout_s:g} s"
+                        ) from None
+                    time.sleep(0.05)
+                except OSError as exc:
+                    raise StoreError(f"cannot lock {self.path}: {exc}") from exc
             try:
                 yield True
             finally:

@@ -93,7 +93,15 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
             broker_url = b.url
             click.echo(f"started the embedded broker at {b.url}", err=True)
         cfg = _config(broker_url, kw)
-        stats = Publisher(cfg, rs, opts).run()
+        pub = Publisher(cfg, rs, opts)
+
+        def on_signal(signum: int, frame: Any) -> None:  # stop after the current message; ledger saved
+            pub.stop()
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                stack.callback(signal.signal, s, signal.signal(s, on_signal))
+        stats = pub.run()
     click.echo(
         f"published {stats.readings} readings in {stats.messages} messages "
         f"({stats.skipped} already acknowledged before) in {stats.elapsed_s:.1f} s: {stats.rate:,.0f} readings/s"
@@ -117,11 +125,15 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until SIGTERM/SIGINT).")
 @click.option("--meta", "meta_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder with meters.json and sites.json (ems run --out) known before any metadata message.")
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Disk spool: batches the store cannot take are kept here (fsynced, acknowledged) and replayed.")
+@click.option("--spool-limit-mb", type=float, default=1024.0, show_default=True,
+              help="[MiB] most disk the spool may use; full: nothing more is acknowledged.")
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
            stats_every: float | None, metrics_port: int | None, batch_readings: int, batch_seconds: float,
            session_expiry: int, max_future: float, duration: float | None, meta_dir: Path | None,
-           **kw: Any) -> None:
+           spool_dir: Path | None, spool_limit_mb: float, **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
     import json
 
@@ -145,7 +157,8 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
             raise ConfigError(f"{meta_dir}: expected meters.json/sites.json as written by ems run --out; {exc}") from None
     opts = IngestOptions(group=group, client_id=client_id, deadletter=deadletter, batch_readings=batch_readings,
                          batch_s=batch_seconds, session_expiry_s=session_expiry, max_future_s=max_future,
-                         meters=meters, sites=sites)
+                         meters=meters, sites=sites, spool=spool_dir,
+                         spool_limit_bytes=int(spool_limit_mb * (1 << 20)))
     ing = Ingestor(cfg, store, opts)
     stop = threading.Event()
 

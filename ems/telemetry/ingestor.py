@@ -19,6 +19,7 @@ messages go to the dead-letter topic and a local JSONL file, and are acknowledge
 from __future__ import annotations
 
 import base64
+import collections
 import datetime as dt
 import functools
 import json
@@ -42,6 +43,7 @@ from ems.readings import MeterInfo, SiteInfo, events_frame
 from ems.store.base import Store
 from ems.telemetry import codec, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
+from ems.telemetry.spool import Spool
 
 __all__ = ["IngestOptions", "Ingestor", "SeqTracker"]
 
@@ -76,6 +78,16 @@ class IngestOptions:
         How long a reading of a meter without metadata waits for it.
     meters, sites : lists
         Known beforehand (besides the retained metadata messages).
+    spool : path, optional
+        Directory of a disk spool: a batch the store cannot take is appended
+        there (fsynced) and acknowledged, and replayed oldest first when the
+        store is back (see :mod:`ems.telemetry.spool`). Without a spool the
+        batch stays unacknowledged and is retried every second.
+    spool_limit_bytes : int [B]
+        Most disk the spool may use; when it is full nothing more is
+        acknowledged until the store takes the spool back (backpressure).
+    spool_alarm_fraction : float
+        Log a warning and count an alarm when the spool holds this fraction of its limit.
     """
 
     group: str | None = None
@@ -89,6 +101,9 @@ class IngestOptions:
     unknown_grace_s: float = 5.0
     meters: list[MeterInfo] = field(default_factory=list)
     sites: list[SiteInfo] = field(default_factory=list)
+    spool: Path | None = None
+    spool_limit_bytes: int = 1 << 30
+    spool_alarm_fraction: float = 0.8
 
 
 class SeqTracker:
@@ -163,6 +178,8 @@ class Ingestor:
         self.rejected_by_reason: Counter[str] = Counter()
         self.seqs = SeqTracker()
         self.lag_s = 0.0
+        # receipt -> durable write and acknowledgement, per message [s] (the latest 50,000)
+        self.latencies: collections.deque[float] = collections.deque(maxlen=50_000)
         self._q: queue.Queue[_Item] = queue.Queue(maxsize=self.opts.queue_size)
         self._receiving = threading.Event()
         self._stop = threading.Event()
@@ -177,6 +194,13 @@ class Ingestor:
         self._dl_lock = threading.Lock()
         self._http: ThreadingHTTPServer | None = None
         self._batch_reset()
+        self.spool: Spool | None = None
+        if self.opts.spool is not None:
+            self.spool = Spool(
+                self.opts.spool, self.opts.spool_limit_bytes, alarm_fraction=self.opts.spool_alarm_fraction
+            )
+        self._spool_alarmed = False
+        self._next_replay = 0.0
         self.client = make_client(
             cfg, self.opts.client_id, persistent=True, manual_ack=True
         )
@@ -218,6 +242,11 @@ class Ingestor:
         time.sleep(0.1)  # let paho's thread send the last PUBACKs
         self.client.disconnect()
         self.client.loop_stop()
+        if self.spool is not None:
+            if not self.spool.empty():
+                log.warning("stopping with %d bytes in the spool %s; the next start replays them",
+                            self.spool.used_bytes, self.spool.path)
+            self.spool.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -285,6 +314,7 @@ class Ingestor:
         self._b_v: list[float] = []
         self._b_events: list[dict[str, Any]] = []
         self._b_acks: list[tuple[int, int]] = []
+        self._b_recv: list[float] = []
         self._b_readings = 0
         self._b_max_ts = 0
         self._b_since: float | None = None
@@ -354,6 +384,7 @@ class Ingestor:
                 )
                 self._b_events.extend(rows)
                 self._b_acks.append((item.mid, item.qos))
+                self._b_recv.append(item.received)
                 if self._b_since is None:
                     self._b_since = time.monotonic()
                 return
@@ -408,6 +439,7 @@ class Ingestor:
         self._b_readings += len(msg.readings)
         self._b_max_ts = max(self._b_max_ts, last.ts_ns)
         self._b_acks.append((item.mid, item.qos))
+        self._b_recv.append(item.received)
         self.counters["readings_received"] += len(msg.readings)
         if self._b_since is None:
             self._b_since = time.monotonic()
@@ -438,10 +470,66 @@ class Ingestor:
             )
         events = events_frame(self._b_events) if self._b_events else None
         job = functools.partial(
-            self._write_batch, df, events, self._b_acks, self._b_readings, self._b_max_ts
+            self._write_batch, df, events, self._b_acks, self._b_readings, self._b_max_ts, self._b_recv
         )
         self._batch_reset()
         self._jobs.put(job)
+
+    def _store_write(self, df: pd.DataFrame | None, events: pd.DataFrame | None) -> None:
+        """Write to the store and wait until it is durable there (``flush`` if the store has one)."""
+        if df is not None:
+            self.store.write_readings(df)
+        if events is not None:
+            self.store.write_events(events)
+        flush = getattr(self.store, "flush", None)
+        if callable(flush):  # a batching client (InfluxDB): queued is not stored
+            flush()
+
+    def _replay(self) -> bool:
+        """Store thread: replay the spool into the store; return True when the spool is empty."""
+        assert self.spool is not None
+        if self.spool.empty():
+            return True
+        if time.monotonic() < self._next_replay:
+            return False
+        try:
+            rows = self.spool.replay(self._replay_write)
+        except (EmsError, OSError) as exc:
+            self._next_replay = time.monotonic() + 1.0
+            log.debug("store still unavailable (%s); %d bytes stay in the spool", exc, self.spool.used_bytes)
+            return False
+        self._spool_alarmed = False
+        log.warning("store is back: replayed %d spooled rows; spool empty", rows)
+        return True
+
+    def _replay_write(self, df: pd.DataFrame | None, events: pd.DataFrame | None) -> None:
+        self._store_write(df, events)
+        if df is not None:
+            keys = pd.DataFrame({"site": df["site"].to_numpy(), "meter": df["meter"].to_numpy(),
+                                 "ts": pd.DatetimeIndex(df.index).asi8})
+            n = len(keys.drop_duplicates())
+            self.counters["replayed"] += n
+            self.counters["written"] += n
+        if events is not None:
+            self.counters["events_written"] += len(events)
+
+    def _spool_write(self, df: pd.DataFrame | None, events: pd.DataFrame | None, n_readings: int) -> bool:
+        """Store thread: append a batch to the spool (durable); False if the spool is full."""
+        assert self.spool is not None
+        if not self.spool.append(df, events):
+            if not self._spool_alarmed:
+                log.warning("spool %s is full (%d of %d bytes): nothing more is acknowledged until the store is back",
+                            self.spool.path, self.spool.used_bytes, self.spool.limit_bytes)
+            self.counters["spool_full"] += 1
+            self._spool_alarmed = True
+            return False
+        self.counters["spooled"] += n_readings
+        if self.spool.alarm and not self._spool_alarmed:
+            self._spool_alarmed = True
+            self.counters["spool_alarms"] += 1
+            log.warning("spool %s holds %d of %d bytes (alarm at %.0f %%): the store has been unavailable a while",
+                        self.spool.path, self.spool.used_bytes, self.spool.limit_bytes, 100 * self.spool.alarm_fraction)
+        return True
 
     def _write_batch(
         self,
@@ -450,26 +538,41 @@ class Ingestor:
         acks: list[tuple[int, int]],
         n_readings: int,
         max_ts: int,
+        received: list[float] | None = None,
     ) -> None:
-        """Store thread: write, then (only then) acknowledge."""
+        """Store thread: write (to the store, or durably to the spool), then (only then) acknowledge."""
+        spooled = False
         while True:
-            try:
-                if df is not None:
-                    self.store.write_readings(df)
-                if events is not None:
-                    self.store.write_events(events)
-                break
-            except EmsError as exc:
-                log.error("store write failed (%s); retrying in 1 s, nothing acknowledged", exc)
-                if self._stop.wait(1.0) and not self._receiving.is_set():
-                    log.error("stopping with %d messages unacknowledged; the broker keeps them", len(acks))
-                    return
-        for mid, qos in acks:  # only now: the readings are in the store
+            if self.spool is not None and not self._replay():
+                if self._spool_write(df, events, n_readings):  # keep the order: behind the spool
+                    spooled = True
+                    break
+            else:
+                try:
+                    self._store_write(df, events)
+                    break
+                except (EmsError, OSError) as exc:
+                    if self.spool is not None:
+                        log.warning("store write failed (%s); spooling to %s", exc, self.spool.path)
+                        self._next_replay = time.monotonic() + 1.0
+                        if self._spool_write(df, events, n_readings):
+                            spooled = True
+                            break
+                    else:
+                        log.error("store write failed (%s); retrying in 1 s, nothing acknowledged", exc)
+            if self._stop.wait(1.0) and not self._receiving.is_set():
+                log.error("stopping with %d messages unacknowledged; the broker keeps them", len(acks))
+                return
+        for mid, qos in acks:  # only now: the readings are in the store or the spool, durably
             self._ack(mid, qos)
-        self.counters["written"] += n_readings
-        self.counters["events_written"] += 0 if events is None else len(events)
+        if received:
+            now = time.time()
+            self.latencies.extend(now - r for r in received)
+        if not spooled:
+            self.counters["written"] += n_readings
+            self.counters["events_written"] += 0 if events is None else len(events)
         self.counters["batches"] += 1
-        if max_ts:
+        if max_ts and not spooled:
             self.lag_s = time.time() - max_ts / 1e9
 
     def _register(self, fn: Callable[[], None], mid: int, qos: int) -> None:
@@ -479,8 +582,20 @@ class Ingestor:
 
     def _store_loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=0.5)
+            except queue.Empty:
+                if self.spool is not None and not self.spool.empty():
+                    try:
+                        self._replay()
+                    except Exception:  # a bug: keep running, the spool stays on disk
+                        self.counters["errors"] += 1
+                        log.exception("spool replay failed")
+                continue
             if job is None:
+                if self.spool is not None and not self.spool.empty():
+                    self._next_replay = 0.0
+                    self._replay()
                 return
             try:
                 job()
@@ -525,8 +640,23 @@ class Ingestor:
             "lag_s": round(self.lag_s, 3),
             "meters_known": len(self.meters),
             "errors": c["errors"],
+            "spooled": c["spooled"],
+            "replayed": c["replayed"],
+            "spool_bytes": 0 if self.spool is None else self.spool.used_bytes,
+            "spool_limit_bytes": 0 if self.spool is None else self.spool.limit_bytes,
+            "spool_alarms": c["spool_alarms"],
+            "spool_full": c["spool_full"],
+            **self._latency_percentiles(),
             "rejected_by_reason": dict(self.rejected_by_reason),
         }
+
+    def _latency_percentiles(self) -> dict[str, float]:
+        lat = np.fromiter(list(self.latencies), dtype="float64")
+        if not len(lat):
+            return {"write_latency_p50_s": 0.0, "write_latency_p95_s": 0.0, "write_latency_p99_s": 0.0}
+        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+        return {"write_latency_p50_s": round(float(p50), 4), "write_latency_p95_s": round(float(p95), 4),
+                "write_latency_p99_s": round(float(p99), 4)}
 
     def prometheus(self) -> str:
         """The counters in the Prometheus text exposition format."""
@@ -542,6 +672,15 @@ class Ingestor:
             ("missing_seq", "gauge", "sequence numbers skipped and not received yet"),
             ("queue_depth", "gauge", "messages waiting for the writer"),
             ("lag_s", "gauge", "now minus the newest reading's ts at the last write [s]"),
+            ("write_latency_p50_s", "gauge", "median receipt-to-durable-write time of recent messages [s]"),
+            ("write_latency_p95_s", "gauge", "95th percentile receipt-to-durable-write time [s]"),
+            ("write_latency_p99_s", "gauge", "99th percentile receipt-to-durable-write time [s]"),
+            ("spooled", "counter", "readings spooled to disk while the store was unavailable"),
+            ("replayed", "counter", "spooled readings replayed into the store"),
+            ("spool_bytes", "gauge", "disk used by the spool [B]"),
+            ("spool_limit_bytes", "gauge", "most disk the spool may use [B]"),
+            ("spool_alarms", "counter", "times the spool passed its alarm fraction"),
+            ("spool_full", "counter", "batches refused by a full spool (left unacknowledged)"),
         ):
             metric = f"ems_ingest_{name}" + ("_total" if kind == "counter" else "")
             lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} {kind}", f"{metric} {s[name]}"]
