@@ -91,3 +91,23 @@ def test_no_store_needs_out(tmp_path):
     res = CliRunner().invoke(cli, ["run", str(DEMO), "--no-store"])
     assert res.exit_code != 0
     assert "--no-store needs --out" in str(res.exception) + res.output
+
+
+def test_large_frames_go_to_the_store_in_time_slices(tmp_path, monkeypatch):
+    import ems.sim.commands as commands
+    from ems.store import open_store
+
+    monkeypatch.setattr(commands, "_STORE_CHUNK_ROWS", 5_000)
+    store = tmp_path / "store"
+    res = CliRunner().invoke(
+        cli, ["run", str(DEMO), "--quiet", "--store", str(store), "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 0, res.output
+    rs = ReadingSet.from_parquet(tmp_path / "demo")
+    with open_store(str(store)) as st:
+        assert st.count() == len(rs.readings)
+        back = st.read().readings
+    key = ["site", "meter", "quantity"]
+    a = rs.readings.reset_index().astype({k: str for k in key}).sort_values([*key, "ts"])
+    b = back.reset_index().astype({k: str for k in key}).sort_values([*key, "ts"])
+    assert a["value"].to_numpy().tolist() == b["value"].to_numpy().tolist()

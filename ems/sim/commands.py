@@ -17,6 +17,9 @@ __all__ = ["run"]
 _ONE_FOLDER_MAX_ROWS = 30_000_000
 """Above this many tidy rows the readings are written per site (memory)."""
 
+_STORE_CHUNK_ROWS = 2_000_000
+"""Rows per store write when a (site's) frame is larger (memory)."""
+
 
 @click.command("run")
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
@@ -92,11 +95,24 @@ def run(
         wheres = [] if store is None else [store_url or DEFAULT_URL]
 
         def save(part: ReadingSet) -> None:
-            if store is not None:
-                store.register_sites(part.sites)
-                store.register_meters(part.meters)
-                store.write_readings(part.readings)
-                store.write_events(part.events)
+            if store is None:
+                return
+            store.register_sites(part.sites)
+            store.register_meters(part.meters)
+            r = part.readings
+            if len(r) <= _STORE_CHUNK_ROWS:
+                store.write_readings(r)
+            else:
+                # in time slices: the store's transient copies stay small, and the
+                # segments do not overlap in time (no de-duplication on read)
+                ts = r.index.asi8
+                n_slices = -(-len(r) // _STORE_CHUNK_ROWS)
+                t0 = int(ts.min())
+                width = (int(ts.max()) - t0) // n_slices + 1  # integer ns: no float rounding
+                slot = (ts - t0) // width
+                for k in range(n_slices):
+                    store.write_readings(r[slot == k])
+            store.write_events(part.events)
 
         folder = out / resolved.name if out is not None else None
         try:

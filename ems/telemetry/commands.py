@@ -73,9 +73,11 @@ def _load_readings(source: str) -> ReadingSet:
 @click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Ledger and checkpoint file (resume after it; reconcile with it).")
 @click.option("--client-id-prefix", default="ems-pub", show_default=True)
+@click.option("--linger", "linger_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="[s] after the stream, answer ingestors' backfill requests until none came for this long; 0: exit.")
 @_broker_options
 def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None, fast: bool, batch: int,
-           window: int, ledger: Path | None, client_id_prefix: str, **kw: Any) -> None:
+           window: int, ledger: Path | None, client_id_prefix: str, linger_s: float, **kw: Any) -> None:
     """Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT."""
     from ems.telemetry.broker import EmbeddedBroker
     from ems.telemetry.publisher import Publisher, PublishOptions
@@ -86,7 +88,7 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
         raise click.UsageError(f"--speed must be > 0, found {speed}")
     rs = _load_readings(scenario)
     opts = PublishOptions(qos=int(qos), speed=speed, batch=batch, window=window, ledger=ledger,
-                          client_id_prefix=client_id_prefix)
+                          client_id_prefix=client_id_prefix, linger_s=linger_s)
     with contextlib.ExitStack() as stack:
         if broker_url is None:
             b = stack.enter_context(EmbeddedBroker())
@@ -105,6 +107,8 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
     click.echo(
         f"published {stats.readings} readings in {stats.messages} messages "
         f"({stats.skipped} already acknowledged before) in {stats.elapsed_s:.1f} s: {stats.rate:,.0f} readings/s"
+        + (f"; {stats.backfilled} published again for {stats.backfill_requests} backfill requests"
+           if stats.backfill_requests else "")
     )
 
 

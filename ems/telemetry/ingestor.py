@@ -14,6 +14,13 @@ batches them (by size and time); a store thread writes the batches (and the
 metadata registrations) in order and then acknowledges them, so decoding goes on
 while the store writes. At most three jobs wait for the store thread. Rejected
 messages go to the dead-letter topic and a local JSONL file, and are acknowledged.
+
+Backfill (:mod:`ems.telemetry.backfill`): readings the broker acknowledged to the
+publisher and then lost (mosquitto SIGKILLed between snapshots) show as a gap in a
+meter's sequence numbers, or, for a lost tail, against the publisher's retained
+high-water mark (``_hwm``). When a gap persists past a grace time the ingestor
+asks the publisher (``_backfill``) for the missing range, after the batches before
+it were written, and asks again after a timeout while it is still missing.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import pandas as pd
 from ems.errors import EmsError, PayloadError
 from ems.readings import MeterInfo, SiteInfo, events_frame
 from ems.store.base import Store
-from ems.telemetry import codec, topics
+from ems.telemetry import backfill, codec, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.spool import Spool
 
@@ -88,6 +95,10 @@ class IngestOptions:
         acknowledged until the store takes the spool back (backpressure).
     spool_alarm_fraction : float
         Log a warning and count an alarm when the spool holds this fraction of its limit.
+    backfill : BackfillPolicy, optional
+        When to ask publishers for missing readings again; None: never. Off with
+        ``group``: an ingestor of a shared group sees only its share, so its gaps are
+        not losses (see ``docs/telemetry.md``).
     """
 
     group: str | None = None
@@ -104,6 +115,7 @@ class IngestOptions:
     spool: Path | None = None
     spool_limit_bytes: int = 1 << 30
     spool_alarm_fraction: float = 0.8
+    backfill: backfill.BackfillPolicy | None = field(default_factory=backfill.BackfillPolicy)
 
 
 class SeqTracker:
@@ -177,6 +189,10 @@ class Ingestor:
         self.counters: Counter[str] = Counter()
         self.rejected_by_reason: Counter[str] = Counter()
         self.seqs = SeqTracker()
+        self.hwm: dict[tuple[str, str], int] = {}
+        self._last_rx: dict[tuple[str, str], float] = {}
+        self.planner = backfill.GapPlanner(self.opts.backfill or backfill.BackfillPolicy())
+        self._next_plan = 0.0
         self.lag_s = 0.0
         # receipt -> durable write and acknowledgement, per message [s] (the latest 50,000)
         self.latencies: collections.deque[float] = collections.deque(maxlen=50_000)
@@ -273,8 +289,9 @@ class Ingestor:
             log.error("broker refused the connection: %s", rc)
             return
         subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1)]
-        if self.opts.group:  # the shared data filter gives _site to one ingestor only
+        if self.opts.group:  # the shared data filter gives _site and _hwm to one ingestor only
             subs.insert(1, (topics.SITE_FILTER, 1))
+            subs.insert(2, (topics.HWM_FILTER, 1))
         present = getattr(flags, "session_present", None)
         if self._connected_once and present is False:
             log.warning(
@@ -340,6 +357,9 @@ class Ingestor:
             due = self._b_since is not None and time.monotonic() - self._b_since >= self.opts.batch_s
             if full or due or (item is None and self._b_acks):
                 self._flush()
+            if self.opts.backfill is not None and not self.opts.group and time.monotonic() >= self._next_plan:
+                self._next_plan = time.monotonic() + 0.25
+                self._plan_backfill()
             if self._parked and (item is None or time.monotonic() - self._parked_at > 1.0):
                 self._parked_at = time.monotonic()
                 self._retry_parked()
@@ -378,6 +398,10 @@ class Ingestor:
             elif t.kind == "status":
                 self.status[t.site] = item.payload.decode("utf-8", "replace")[:32]
                 log.info("site %s is %s", t.site, self.status[t.site])
+            elif t.kind == "hwm":
+                for meter, last in backfill.decode_hwm(t.site, item.payload).items():
+                    self.hwm[(t.site, meter)] = last  # the publisher's latest word
+                self.counters["hwm"] += 1
             elif t.kind == "events":
                 rows = codec.decode_events(
                     t.site, item.payload, now_ns=time.time_ns(), max_future_s=self.opts.max_future_s
@@ -388,7 +412,7 @@ class Ingestor:
                 if self._b_since is None:
                     self._b_since = time.monotonic()
                 return
-            # deadletter: our own republished rejects; nothing to do
+            # deadletter: our own republished rejects; backfill: requests (ours); nothing to do
             self._ack(item.mid, item.qos)
         except PayloadError as exc:
             self._reject(item, exc)
@@ -414,6 +438,7 @@ class Ingestor:
             self._reject(item, exc)
             return
         key = (site, meter)
+        self._last_rx[key] = time.monotonic()
         last = msg.readings[-1]
         prev = self._last.get(key)
         if prev is None or last.ts_ns > prev.ts_ns:
@@ -426,6 +451,8 @@ class Ingestor:
             if state != "new":
                 if state == "duplicate":
                     self.counters["duplicates"] += 1
+                elif state == "late":
+                    self.counters["late"] += 1
                 elif state == "gap" and not self.opts.group:
                     log.warning("%s/%s: gap in sequence numbers before seq %d", site, meter, r.seq)
             vals = r.values
@@ -443,6 +470,22 @@ class Ingestor:
         self.counters["readings_received"] += len(msg.readings)
         if self._b_since is None:
             self._b_since = time.monotonic()
+
+    def _plan_backfill(self) -> None:
+        """Decode thread: queue the backfill requests due; the store thread sends them after the batches before."""
+        reqs = self.planner.plan(time.monotonic(), self.seqs.missing, self.seqs.hi, self.hwm, self._last_rx)
+        if reqs:
+            self._flush()
+        for req in reqs:
+            self._jobs.put(functools.partial(self._request_backfill, req))
+
+    def _request_backfill(self, req: backfill.BackfillRequest) -> None:
+        """Store thread: publish one backfill request (QoS 1)."""
+        self.counters["backfill_requests"] += 1
+        self.counters["backfill_requested_seq"] += req.count
+        log.warning("%s/%s: seq %d..%d missing; asking the publisher to send them again",
+                    req.site, req.meter, req.from_seq, req.to_seq)
+        self.client.publish(topics.backfill_topic(req.site), backfill.encode_request(req), qos=1)
 
     def _retry_parked(self) -> None:
         if not self._parked:
@@ -635,6 +678,9 @@ class Ingestor:
             "duplicates": c["duplicates"],
             "gaps": self.seqs.gaps,
             "missing_seq": self.seqs.missing_count(),
+            "late": c["late"],
+            "backfill_requests": c["backfill_requests"],
+            "backfill_requested_seq": c["backfill_requested_seq"],
             "events_written": c["events_written"],
             "queue_depth": self._q.qsize(),
             "lag_s": round(self.lag_s, 3),
@@ -670,6 +716,9 @@ class Ingestor:
             ("duplicates", "counter", "readings whose seq was seen before"),
             ("gaps", "counter", "jumps in a meter's sequence numbers"),
             ("missing_seq", "gauge", "sequence numbers skipped and not received yet"),
+            ("late", "counter", "readings that filled a gap in the sequence numbers (e.g. backfilled)"),
+            ("backfill_requests", "counter", "backfill requests sent to publishers"),
+            ("backfill_requested_seq", "counter", "sequence numbers asked for in backfill requests"),
             ("queue_depth", "gauge", "messages waiting for the writer"),
             ("lag_s", "gauge", "now minus the newest reading's ts at the last write [s]"),
             ("write_latency_p50_s", "gauge", "median receipt-to-durable-write time of recent messages [s]"),

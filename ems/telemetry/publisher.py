@@ -13,6 +13,13 @@ Every acknowledgement goes into the :class:`~ems.telemetry.ledger.Ledger`; a
 restarted publisher continues after each meter's checkpoint, so nothing is
 skipped and nothing sent twice except messages in flight at the crash (which
 idempotent stores absorb).
+
+Backfill (:mod:`ems.telemetry.backfill`): each gateway publishes its site's
+retained high-water mark (``_hwm``: per meter the ledger's ``last_seq``) every
+``hwm_every_s``, after a reconnect and at the end, and answers backfill requests
+(``_backfill``) by publishing the asked readings again (same seq, ts, values),
+up to what the broker acknowledged. After the stream it stays ``linger_s`` for
+late requests.
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pandas as pd
 
-from ems.errors import ReadingError, TelemetryError
+from ems.errors import PayloadError, ReadingError, TelemetryError
 from ems.readings import MeterInfo, ReadingSet, SiteInfo
-from ems.telemetry import codec, topics
+from ems.telemetry import backfill, codec, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.ledger import Ledger
 
@@ -127,6 +134,13 @@ class PublishOptions:
         Publish the event ledger too.
     ack_timeout_s : float [s]
         How long to wait at the end for the last acknowledgements.
+    hwm_every_s : float [s]
+        How often to publish the sites' high-water marks while streaming (and once at the end).
+    linger_s : float [s]
+        After the stream, keep answering backfill requests until none came for this long
+        (at most ten times as long in all); 0: end at once. ``ems stream --linger``.
+    backfill_max : int
+        Most readings answered for one request (a bigger request is cut).
     """
 
     qos: int = 1
@@ -137,6 +151,9 @@ class PublishOptions:
     client_id_prefix: str = "ems-pub"
     events: bool = True
     ack_timeout_s: float = 60.0
+    hwm_every_s: float = 1.0
+    linger_s: float = 0.0
+    backfill_max: int = 100_000
 
 
 @dataclass
@@ -147,6 +164,8 @@ class PublishStats:
     messages: int = 0
     skipped: int = 0
     elapsed_s: float = 0.0
+    backfilled: int = 0
+    backfill_requests: int = 0
     per_meter: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -167,18 +186,36 @@ class _Gateway:
         self.readings = 0
         self.messages = 0
         self.per_meter: dict[str, int] = {}
+        self.requests: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.backfill_mids: dict[int, int] = {}
+        self.backfilled = 0
+        self.reconnected = threading.Event()
+        self._connected_once = False
         cid = f"{opts.client_id_prefix}-{site}"[:64]
         self.client = make_client(cfg, cid, will=(topics.status_topic(site), b"offline"))
         self.client.max_inflight_messages_set(max(opts.window, 20))
         self.client.max_queued_messages_set(0)
         self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
         self.cfg = cfg
 
     # paho's network thread: never take a lock here that the publishing thread
     # holds while calling into paho (paho calls this under its own mutex)
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         self.acks.put(mid)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if getattr(rc, "is_failure", False):
+            return
+        client.subscribe(topics.backfill_topic(self.site), qos=1)  # again after every reconnect
+        if self._connected_once:
+            self.reconnected.set()  # the broker may have lost the retained high-water mark
+        self._connected_once = True
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.requests.put(bytes(msg.payload))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc != 0:
@@ -195,6 +232,8 @@ class _Gateway:
             return
         while True:
             entry = self.pending.pop(mid, None)
+            bf = self.backfill_mids.pop(mid, 0)
+            self.backfilled += bf
             if entry is not None:
                 meter, token, n, t0, t1 = entry
                 if n:
@@ -218,8 +257,9 @@ class _Gateway:
         n: int = 0,
         t0: int = 0,
         t1: int = 0,
+        backfill: int = 0,
     ) -> None:
-        """Publish one message, waiting while the window is full."""
+        """Publish one message, waiting while the window is full (``backfill``: readings answering a request)."""
         qos = self.opts.qos
         while True:
             self.drain()
@@ -232,12 +272,15 @@ class _Gateway:
             self.drain(block_s=0.2)
         token = self.ledger.sent(self.site, meter, last_seq) if n else []
         if qos == 0:
+            self.backfilled += backfill
             if n:
                 self.ledger.acked(self.site, meter, token, n, t0, t1)
                 self.readings += n
                 self.per_meter[meter] = self.per_meter.get(meter, 0) + n
             self.messages += 1
             return
+        if backfill:
+            self.backfill_mids[info.mid] = backfill
         self.pending[info.mid] = (meter, token, n, t0, t1)
 
     def finish(self, timeout: float) -> None:
@@ -279,7 +322,10 @@ class Publisher:
             topics.data_topic(s.info.site, s.info.meter)  # identifiers are safe
         self._gw: dict[str, _Gateway] = {}
         self._last_save = 0.0
+        self._last_hwm = 0.0
         self._stop = threading.Event()
+        self._by_key = {(s.info.site, s.info.meter): s for s in self.series}
+        self.backfill_requests = 0
 
     def stop(self) -> None:
         """Ask a running :meth:`run` (in another thread) to stop after the current message.
@@ -349,6 +395,78 @@ class Publisher:
         if now - self._last_save > 1.0:
             self.ledger.save()
             self._last_save = now
+        self._housekeeping(now)
+
+    # ------------------------------------------------------------------ backfill
+
+    def _housekeeping(self, now: float) -> None:
+        """Answer backfill requests; publish the high-water marks when due or after a reconnect."""
+        due = now - self._last_hwm >= self.opts.hwm_every_s
+        for gw in list(self._gw.values()):
+            if not gw.requests.empty():
+                self._answer(gw)
+            if due or gw.reconnected.is_set():
+                gw.reconnected.clear()
+                self._publish_hwm(gw)
+        if due:
+            self._last_hwm = now
+
+    def _publish_hwm(self, gw: _Gateway) -> None:
+        marks = {
+            s.info.meter: self.ledger.last_seq(gw.site, s.info.meter) for s in self.series if s.info.site == gw.site
+        }
+        if any(marks.values()):
+            gw.publish(topics.hwm_topic(gw.site), backfill.encode_hwm(gw.site, marks), retain=True)
+
+    def _answer(self, gw: _Gateway) -> int:
+        """Publish again the readings the queued backfill requests of ``gw`` ask for; return how many requests."""
+        served = 0
+        while True:
+            try:
+                raw = gw.requests.get_nowait()
+            except queue.Empty:
+                return served
+            served += 1
+            self.backfill_requests += 1
+            try:
+                req = backfill.decode_request(gw.site, raw)
+            except PayloadError as exc:
+                log.warning("site %s: ignored a backfill request: %s", gw.site, exc)
+                continue
+            s = self._by_key.get((req.site, req.meter))
+            if s is None:
+                log.warning("site %s: backfill request for unknown meter %r ignored", gw.site, req.meter)
+                continue
+            # only what the broker acknowledged (the rest is still to come in the stream), bounded
+            top = min(req.to_seq, self.ledger.last_seq(req.site, req.meter), req.from_seq + self.opts.backfill_max - 1)
+            if top < req.from_seq:
+                continue
+            n = 0
+            for i, j in backfill.answer_slices(s.seq, req.from_seq, top, self.opts.batch):
+                gw.publish(topics.data_topic(req.site, req.meter), s.payload(i, j), backfill=j - i)
+                n += j - i
+            log.info("site %s: backfill of %s seq %d..%d: published %d readings again",
+                     gw.site, req.meter, req.from_seq, top, n)
+
+    def _linger(self) -> None:
+        """Answer backfill requests until none came for ``linger_s`` (at most ten times that in all)."""
+        linger = float(self.opts.linger_s)
+        if linger <= 0 or self._stop.is_set():
+            return
+        start = last = time.monotonic()
+        log.info("streamed; answering backfill requests until none came for %g s", linger)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - last >= linger or now - start >= 10 * linger:
+                return
+            for gw in list(self._gw.values()):
+                gw.drain()
+                if not gw.requests.empty() and self._answer(gw):
+                    last = time.monotonic()
+                if gw.reconnected.is_set():
+                    gw.reconnected.clear()
+                    self._publish_hwm(gw)
+            time.sleep(0.05)
 
     def _starts(self) -> list[int]:
         """First index to send per series: after the ledger's checkpoint."""
@@ -425,12 +543,19 @@ class Publisher:
                 self._realtime(starts)
             for gw in self._gw.values():
                 gw.finish(self.opts.ack_timeout_s)
+            for gw in self._gw.values():  # the final marks: a lost tail shows against them
+                self._publish_hwm(gw)
+            self._linger()
+            for gw in self._gw.values():
+                gw.finish(self.opts.ack_timeout_s)
         finally:
             for gw in self._gw.values():
                 gw.close()
             self.ledger.save()
-        stats = PublishStats(skipped=skipped, elapsed_s=time.monotonic() - t_start)
+        stats = PublishStats(skipped=skipped, elapsed_s=time.monotonic() - t_start,
+                             backfill_requests=self.backfill_requests)
         for site, gw in self._gw.items():
+            stats.backfilled += gw.backfilled
             stats.readings += gw.readings
             stats.messages += gw.messages
             for m, n in gw.per_meter.items():

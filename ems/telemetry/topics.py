@@ -9,6 +9,8 @@ is always one of the contract's own sub-topics::
     ems/v1/{site}/_site            the site's registration (retained)
     ems/v1/{site}/_status          ``online`` / ``offline`` (retained; last will)
     ems/v1/{site}/_events          the site's event ledger entries
+    ems/v1/{site}/_hwm             the publisher's high-water mark per meter (retained)
+    ems/v1/{site}/_backfill        ingestors' requests to publish readings again
     ems/v1/_deadletter/{reason}    messages an ingestor rejected
 """
 
@@ -23,14 +25,17 @@ from ems.errors import PayloadError
 __all__ = [
     "DATA_FILTER",
     "DEADLETTER_PREFIX",
+    "HWM_FILTER",
     "ID_RE",
     "META_FILTER",
     "PREFIX",
     "SITE_FILTER",
     "Topic",
+    "backfill_topic",
     "data_topic",
     "deadletter_topic",
     "events_topic",
+    "hwm_topic",
     "meta_topic",
     "parse_topic",
     "shared",
@@ -51,11 +56,15 @@ META_FILTER = f"{PREFIX}/+/+/meta"
 """Subscription for the retained meter metadata."""
 SITE_FILTER = f"{PREFIX}/+/_site"
 """Subscription for the retained site registrations."""
+HWM_FILTER = f"{PREFIX}/+/_hwm"
+"""Subscription for the retained high-water marks (also matched by ``DATA_FILTER``)."""
 DEADLETTER_PREFIX = f"{PREFIX}/_deadletter"
 """Where rejected messages are republished, one sub-topic per reason."""
 
-TopicKind = Literal["data", "meta", "site", "status", "events", "deadletter"]
-_SPECIAL: dict[str, TopicKind] = {"_site": "site", "_status": "status", "_events": "events"}
+TopicKind = Literal["data", "meta", "site", "status", "events", "hwm", "backfill", "deadletter"]
+_SPECIAL: dict[str, TopicKind] = {
+    "_site": "site", "_status": "status", "_events": "events", "_hwm": "hwm", "_backfill": "backfill"
+}
 
 
 def validate_id(value: object, what: str = "identifier") -> str:
@@ -98,6 +107,16 @@ def status_topic(site: str) -> str:
 def events_topic(site: str) -> str:
     """Return the topic of a site's events."""
     return f"{PREFIX}/{validate_id(site, 'site')}/_events"
+
+
+def hwm_topic(site: str) -> str:
+    """Return the topic of a site's retained high-water mark."""
+    return f"{PREFIX}/{validate_id(site, 'site')}/_hwm"
+
+
+def backfill_topic(site: str) -> str:
+    """Return the topic of backfill requests to a site's gateway."""
+    return f"{PREFIX}/{validate_id(site, 'site')}/_backfill"
 
 
 def deadletter_topic(reason: str) -> str:
@@ -151,6 +170,7 @@ def parse_topic(topic: str) -> Topic:
         return Topic("meta", parts[2], parts[3])
     raise PayloadError(
         "bad_topic",
-        f"expected ems/v1/{{site}}/{{meter}}, .../meta, .../_site, .../_status or .../_events; "
+        f"expected ems/v1/{{site}}/{{meter}}, .../meta, .../_site, .../_status, .../_events, .../_hwm "
+        f"or .../_backfill; "
         f"found {topic!r}",
     )
