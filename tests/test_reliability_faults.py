@@ -81,7 +81,7 @@ def test_broker_sigkill_mid_stream_and_restart(tmp_path, figures):  # noqa: F811
     t = threading.Thread(target=crash)
     t.start()
     try:
-        stats = Publisher(cfg, rs, PublishOptions(ledger=ledger, batch=5, linger_s=8.0)).run()
+        stats = Publisher(cfg, rs, PublishOptions(ledger=ledger, batch=5, linger_s=5.0)).run()
         t.join(30)
         poll(lambda: reconciled(ledger, store)["lost"] == 0 and ing.stats()["queue_depth"] == 0, 30, every=0.5)
         time.sleep(0.5)

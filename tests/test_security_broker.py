@@ -150,7 +150,7 @@ def test_secrets_never_reach_logs_or_outputs(secure_broker, tmp_path):
     try:
         ing.wait_log("metrics at")
         pub = EmsProc(["-vv", "stream", str(folder), "--broker", b["url"], "--username", "alpha", "--tls-ca", b["ca"],
-                       "--ledger", str(tmp_path / "ledger.json")], logs, "stream",
+                       "--ledger", str(tmp_path / "ledger.json"), "--linger", "0"], logs, "stream",
                       {"EMS_MQTT_PASSWORD": PW_ALPHA, "EMS_INFLUX_TOKEN": TOKEN})
         assert pub.wait(60) == 0, pub.err.read_text()[-2000:]
         assert poll(lambda: '"written": 192' in ing.err.read_text(), 30)

@@ -35,9 +35,12 @@ def test_request_and_hwm_round_trip():
     req = BackfillRequest("alpha", "grid", 5, 9)
     assert backfill.decode_request("alpha", backfill.encode_request(req)) == req
     assert req.count == 5
-    raw = backfill.encode_hwm("alpha", {"pv1": 3, "grid": 672})
-    assert json.loads(raw) == {"v": 1, "site": "alpha", "last_seq": {"grid": 672, "pv1": 3}}
-    assert backfill.decode_hwm("alpha", raw) == {"grid": 672, "pv1": 3}
+    t = codec.parse_ts("2026-01-05T10:00:00Z")
+    raw = backfill.encode_hwm("alpha", {"pv1": 3, "grid": 672}, t)
+    assert json.loads(raw) == {"v": 1, "site": "alpha", "sent": "2026-01-05T10:00:00Z",
+                               "last_seq": {"grid": 672, "pv1": 3}}
+    assert backfill.decode_hwm("alpha", raw) == backfill.HighWaterMark("alpha", {"grid": 672, "pv1": 3}, t)
+    assert backfill.decode_hwm("alpha", b'{"v":1,"site":"alpha","last_seq":{}}').sent_ns == 0  # sent: optional
     assert topics.parse_topic(topics.hwm_topic("alpha")) == topics.Topic("hwm", "alpha")
     assert topics.parse_topic(topics.backfill_topic("alpha")) == topics.Topic("backfill", "alpha")
 
@@ -68,6 +71,7 @@ def test_bad_requests_are_refused_with_a_reason(payload, reason):
         (b'{"v":1,"site":"alpha","last_seq":{"Grid":3}}', "bad_topic"),
         (b'{"v":1,"site":"alpha","last_seq":[3]}', "wrong_type"),
         (b'{"v":1,"site":"beta","last_seq":{}}', "bad_topic"),
+        (b'{"v":1,"site":"alpha","sent":"yesterday","last_seq":{}}', "bad_timestamp"),
     ],
 )
 def test_bad_hwm_is_refused_with_a_reason(payload, reason):
@@ -205,3 +209,28 @@ def test_readings_skipped_at_the_broker_are_backfilled_by_the_publisher(mosquitt
     assert np.array_equal(got, np.sort(s.values[:, 0]))
     assert Ledger(ledger).last_seq(*K) == 20
     store.close()
+
+
+def test_the_ingestor_keeps_the_newest_hwm_and_ignores_its_own_requests(tmp_path):
+    from ems.telemetry.ingestor import _Item
+
+    ing = Ingestor(BrokerConfig(), open_store(tmp_path / "store"), IngestOptions(client_id="bf-unit"))
+    new = backfill.encode_hwm("alpha", {"grid": 20}, 2_000_000_000)
+    old = backfill.encode_hwm("alpha", {"grid": 12}, 1_000_000_000)  # a stale retained copy, delivered late
+    req = backfill.encode_request(BackfillRequest("alpha", "grid", 1, 2))
+    for topic, payload in [(topics.hwm_topic("alpha"), new), (topics.hwm_topic("alpha"), old),
+                           (topics.backfill_topic("alpha"), req)]:
+        ing._process(_Item(topic, payload, 0, 0, time.time()))
+    assert ing.hwm == {K: 20} and ing.counters["hwm"] == 2 and ing.counters["rejected"] == 0
+    ing.store.close()
+
+
+def test_stream_has_a_bounded_linger_option():
+    from click.testing import CliRunner
+
+    from ems.telemetry.commands import stream
+
+    out = CliRunner().invoke(stream, ["--help"])
+    assert out.exit_code == 0 and "--linger" in out.output
+    bad = CliRunner().invoke(stream, ["x", "--linger", "-1"])
+    assert bad.exit_code == 2 and "--linger" in bad.output

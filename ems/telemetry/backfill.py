@@ -6,8 +6,10 @@ close that window without an operator (``docs/telemetry.md``, "Backfill"):
 
 ``ems/v1/{site}/_hwm`` (retained, QoS 1, publisher -> ingestors)
     The high-water mark: per meter the last seq up to which the broker
-    acknowledged everything. ``{"v": 1, "site": "alpha", "last_seq": {"grid": 672}}``.
-    It reveals a lost *tail* (no later message shows the gap).
+    acknowledged everything, and when it was sent:
+    ``{"v": 1, "site": "alpha", "sent": "2026-01-05T10:00:00Z", "last_seq": {"grid": 672}}``.
+    It reveals a lost *tail* (no later message shows the gap). ``sent`` lets an
+    ingestor ignore an older copy (a broker restored from a snapshot may deliver one late).
 ``ems/v1/{site}/_backfill`` (QoS 1, ingestor -> publisher)
     A request to publish a meter's readings ``from_seq..to_seq`` (inclusive)
     again: ``{"v": 1, "site": "alpha", "meter": "grid", "from_seq": 5, "to_seq": 9}``.
@@ -28,12 +30,13 @@ import numpy as np
 
 from ems.errors import PayloadError
 from ems.telemetry import topics
-from ems.telemetry.codec import _dumps, _field, _same, _version, load_object
+from ems.telemetry.codec import _dumps, _field, _same, _version, format_ts, load_object, parse_ts
 
 __all__ = [
     "BackfillPolicy",
     "BackfillRequest",
     "GapPlanner",
+    "HighWaterMark",
     "answer_slices",
     "decode_hwm",
     "decode_request",
@@ -91,15 +94,24 @@ def decode_request(site: str, payload: bytes) -> BackfillRequest:
     return BackfillRequest(site, meter, a, b)
 
 
-def encode_hwm(site: str, last_seq: Mapping[str, int]) -> bytes:
-    """Encode a site's high-water mark: per meter, the last seq acknowledged without a hole."""
+@dataclass(frozen=True)
+class HighWaterMark:
+    """A site's high-water mark: per meter the last seq acknowledged without a hole; ``sent_ns`` [ns] (0: not given)."""
+
+    site: str
+    last_seq: dict[str, int]
+    sent_ns: int = 0
+
+
+def encode_hwm(site: str, last_seq: Mapping[str, int], sent_ns: int) -> bytes:
+    """Encode a site's high-water mark: per meter, the last seq acknowledged without a hole, sent at ``sent_ns`` [ns]."""
     topics.validate_id(site, "site")
-    return _dumps({"v": 1, "site": site, "last_seq": {topics.validate_id(m, "meter"): int(s)
-                                                      for m, s in sorted(last_seq.items())}})
+    return _dumps({"v": 1, "site": site, "sent": format_ts(sent_ns),
+                   "last_seq": {topics.validate_id(m, "meter"): int(s) for m, s in sorted(last_seq.items())}})
 
 
-def decode_hwm(site: str, payload: bytes) -> dict[str, int]:
-    """Decode a high-water mark received on ``ems/v1/{site}/_hwm``; return ``{meter: last_seq}``.
+def decode_hwm(site: str, payload: bytes) -> HighWaterMark:
+    """Decode a high-water mark received on ``ems/v1/{site}/_hwm`` (``sent`` is optional).
 
     Raises
     ------
@@ -120,7 +132,8 @@ def decode_hwm(site: str, payload: bytes) -> dict[str, int]:
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
             raise PayloadError("wrong_type", f"{where}.last_seq.{m}: expected an integer >= 0, found {s!r}")
         out[m] = s
-    return out
+    sent = parse_ts(obj["sent"], f"{where}.sent") if "sent" in obj else 0
+    return HighWaterMark(site, out, sent)
 
 
 def ranges(seqs: Iterable[int], max_len: int = 0) -> list[tuple[int, int]]:

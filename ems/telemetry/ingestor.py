@@ -191,6 +191,7 @@ class Ingestor:
         self.seqs = SeqTracker()
         self.hwm: dict[tuple[str, str], int] = {}
         self._last_rx: dict[tuple[str, str], float] = {}
+        self._hwm_sent: dict[str, int] = {}
         self.planner = backfill.GapPlanner(self.opts.backfill or backfill.BackfillPolicy())
         self._next_plan = 0.0
         self.lag_s = 0.0
@@ -399,8 +400,11 @@ class Ingestor:
                 self.status[t.site] = item.payload.decode("utf-8", "replace")[:32]
                 log.info("site %s is %s", t.site, self.status[t.site])
             elif t.kind == "hwm":
-                for meter, last in backfill.decode_hwm(t.site, item.payload).items():
-                    self.hwm[(t.site, meter)] = last  # the publisher's latest word
+                mark = backfill.decode_hwm(t.site, item.payload)
+                if mark.sent_ns >= self._hwm_sent.get(t.site, 0):  # not an older copy delivered late
+                    self._hwm_sent[t.site] = mark.sent_ns
+                    for meter, last in mark.last_seq.items():
+                        self.hwm[(t.site, meter)] = last  # the publisher's latest word
                 self.counters["hwm"] += 1
             elif t.kind == "events":
                 rows = codec.decode_events(

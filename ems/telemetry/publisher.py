@@ -416,7 +416,7 @@ class Publisher:
             s.info.meter: self.ledger.last_seq(gw.site, s.info.meter) for s in self.series if s.info.site == gw.site
         }
         if any(marks.values()):
-            gw.publish(topics.hwm_topic(gw.site), backfill.encode_hwm(gw.site, marks), retain=True)
+            gw.publish(topics.hwm_topic(gw.site), backfill.encode_hwm(gw.site, marks, time.time_ns()), retain=True)
 
     def _answer(self, gw: _Gateway) -> int:
         """Publish again the readings the queued backfill requests of ``gw`` ask for; return how many requests."""
@@ -509,6 +509,7 @@ class Publisher:
                     delay -= step
                     if self._stop.is_set():
                         return
+                    self._housekeeping(time.monotonic())  # answer backfill requests between steps
                 if self._stop.is_set():
                     return
                 self._events(until_ns=t, since_ns=prev_ns if t != t0 else None)
