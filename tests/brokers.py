@@ -66,6 +66,53 @@ def mosquitto_broker(tmp: Path) -> Broker:
     return Broker("127.0.0.1", port, f"mqtt://127.0.0.1:{port}", proc, conf)
 
 
+def secure_mosquitto(d: Path, users: dict[str, str], acl: str | None = None) -> Broker:
+    """Start mosquitto with TLS (a CA made here with openssl), a password file and an optional ACL.
+
+    The broker's URL is ``mqtts://127.0.0.1:PORT``; the CA is ``d / "ca.pem"``.
+    """
+    if not (shutil.which("openssl") and shutil.which("mosquitto_passwd") and Path(MOSQUITTO).exists()):
+        pytest.skip("needs openssl, mosquitto and mosquitto_passwd")
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*a: str) -> None:
+        subprocess.run(a, check=True, capture_output=True, timeout=60)
+
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ems-test-ca",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
+        str(d / "ca.key"), "-CAcreateserial", "-days", "1", "-extfile", str(d / "ext.cnf"), "-out",
+        str(d / "server.pem"))
+    for i, (user, pw) in enumerate(users.items()):
+        run("mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(d / "passwd"), user, pw)
+    acl_line = ""
+    if acl is not None:
+        (d / "acl").write_text(acl)
+        acl_line = f"acl_file {d / 'acl'}\n"
+    port = free_port()
+    conf = d / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n{acl_line}"
+        f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n"
+        + ("user root\n" if os.geteuid() == 0 else "") + "log_dest none\n"
+    )
+    return Broker("127.0.0.1", port, f"mqtts://127.0.0.1:{port}", _start_mosquitto(conf, port), conf)
+
+
+def stop(b: Broker) -> None:
+    """Stop a broker started here."""
+    if b.proc is not None and b.proc.poll() is None:
+        b.proc.terminate()
+        try:
+            b.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            b.proc.kill()
+            b.proc.wait(5)
+
+
 @pytest.fixture
 def mosquitto(tmp_path):
     """A mosquitto broker (MQTT 5 and 3.1.1) for one test."""

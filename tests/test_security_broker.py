@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 import time
 import urllib.error
@@ -20,7 +17,7 @@ from telemetry_data import make_readingset
 
 from ems.errors import LocatedError
 from ems.store import open_store
-from ems.telemetry.broker import free_port, wait_for_port
+from ems.telemetry.broker import free_port
 from ems.telemetry.connection import BrokerConfig
 from ems.telemetry.ingestor import IngestOptions, Ingestor
 from ems.telemetry.publisher import Publisher, PublishOptions
@@ -35,43 +32,17 @@ TOKEN = "influx-Token-0b7e55d1"
 @pytest.fixture
 def secure_broker(tmp_path):
     """mosquitto with TLS (a CA made here with openssl), a password file and a per-site ACL."""
-    if not (shutil.which("openssl") and shutil.which("mosquitto_passwd") and Path(brokers.MOSQUITTO).exists()):
-        pytest.skip("needs openssl, mosquitto and mosquitto_passwd")
-    d = tmp_path / "tls"
-    d.mkdir()
-
-    def run(*a):
-        return subprocess.run(a, check=True, capture_output=True, timeout=60)
-
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ems-rel-ca",
-        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
-        str(d / "ca.key"), "-CAcreateserial", "-days", "1", "-extfile", str(d / "ext.cnf"), "-out",
-        str(d / "server.pem"))
-    run("mosquitto_passwd", "-b", "-c", str(d / "passwd"), "alpha", PW_ALPHA)
-    run("mosquitto_passwd", "-b", str(d / "passwd"), "ingest", PW_INGEST)
-    # a site's gateway writes only below its own site; the ingestor reads everything and writes dead letters
-    (d / "acl").write_text(
-        "user ingest\ntopic read ems/v1/#\ntopic write ems/v1/_deadletter/#\n\n"
-        "pattern write ems/v1/%u/#\npattern read ems/v1/%u/#\n"
+    b = brokers.secure_mosquitto(
+        tmp_path / "tls",
+        {"alpha": PW_ALPHA, "ingest": PW_INGEST},
+        # a site's gateway writes only below its own site; the ingestor reads everything and writes dead letters
+        acl="user ingest\ntopic read ems/v1/#\ntopic write ems/v1/_deadletter/#\n\n"
+        "pattern write ems/v1/%u/#\npattern read ems/v1/%u/#\n",
     )
-    port = free_port()
-    conf = d / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n"
-        f"acl_file {d / 'acl'}\ncafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n"
-        + ("user root\n" if os.geteuid() == 0 else "") + "log_dest none\n"
-    )
-    proc = subprocess.Popen([brokers.MOSQUITTO, "-c", str(conf)])
     try:
-        wait_for_port("127.0.0.1", port, 10, proc)
-        yield {"url": f"mqtts://127.0.0.1:{port}", "port": port, "ca": str(d / "ca.pem")}
+        yield {"url": b.url, "port": b.port, "ca": str(tmp_path / "tls" / "ca.pem")}
     finally:
-        proc.terminate()
-        proc.wait(10)
+        brokers.stop(b)
 
 
 def _raw_client(port: int, ca: str, user: str, pw: str) -> tuple[mqtt.Client, list]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -451,34 +450,12 @@ def test_ems_ingest_subprocess_stops_gracefully_on_sigterm(mosquitto, tmp_path):
 
 def test_tls_and_password_from_the_environment(tmp_path, monkeypatch):
     """mosquitto with TLS and a password file; the password comes from EMS_MQTT_PASSWORD_FILE."""
-    import shutil
-
-    from ems.telemetry.broker import free_port, wait_for_port
     from ems.telemetry.commands import stream as stream_cmd
 
-    if not (shutil.which("openssl") and shutil.which("mosquitto_passwd") and Path(brokers.MOSQUITTO).exists()):
-        pytest.skip("needs openssl, mosquitto and mosquitto_passwd")
     d = tmp_path / "tls"
-    d.mkdir()
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=60)  # noqa: E731
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ems-test-ca",
-        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-        "-CAcreateserial", "-days", "1", "-extfile", str(d / "ext.cnf"), "-out", str(d / "server.pem"))
-    run("mosquitto_passwd", "-b", "-c", str(d / "passwd"), "meter", "s3cret-pw")
-    port = free_port()
-    conf = d / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n"
-        f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n"
-        + ("user root\n" if os.geteuid() == 0 else "") + "log_dest none\n"
-    )
-    proc = subprocess.Popen([brokers.MOSQUITTO, "-c", str(conf)])
+    broker = brokers.secure_mosquitto(d, {"meter": "s3cret-pw"})
+    port = broker.port
     try:
-        wait_for_port("127.0.0.1", port, 10, proc)
         (d / "pw").write_text("s3cret-pw\n")
         monkeypatch.delenv("EMS_MQTT_PASSWORD", raising=False)
         monkeypatch.setenv("EMS_MQTT_PASSWORD_FILE", str(d / "pw"))
@@ -507,5 +484,4 @@ def test_tls_and_password_from_the_environment(tmp_path, monkeypatch):
         assert res.exit_code != 0
         assert "refused the connection" in str(res.exception) and "wrong" not in str(res.exception)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        brokers.stop(broker)
