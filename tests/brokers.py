@@ -102,15 +102,21 @@ def secure_mosquitto(d: Path, users: dict[str, str], acl: str | None = None) -> 
     return Broker("127.0.0.1", port, f"mqtts://127.0.0.1:{port}", _start_mosquitto(conf, port), conf)
 
 
+def terminate(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """SIGTERM a child process, SIGKILL it after ``grace_s`` [s]; nothing if it has ended."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def stop(b: Broker) -> None:
     """Stop a broker started here."""
-    if b.proc is not None and b.proc.poll() is None:
-        b.proc.terminate()
-        try:
-            b.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            b.proc.kill()
-            b.proc.wait(5)
+    terminate(b.proc)
 
 
 @pytest.fixture
@@ -120,13 +126,7 @@ def mosquitto(tmp_path):
     try:
         yield b
     finally:
-        assert b.proc is not None
-        b.proc.terminate()
-        try:
-            b.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            b.proc.kill()
-            b.proc.wait(5)
+        stop(b)
 
 
 @pytest.fixture

@@ -114,13 +114,7 @@ class Mosquitto:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        brokers.terminate(self.proc, 10)
 
 
 # ---------------------------------------------------------------- ems subprocesses
@@ -170,13 +164,7 @@ class EmsProc:
         return 0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        brokers.terminate(self.proc, 15)
 
 
 class IngestProc(EmsProc):
@@ -241,13 +229,7 @@ class Victoria:
         assert poll(healthy, 20), "victoria-metrics did not start"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        brokers.terminate(self.proc, 20)
 
     def samples(self, match: str) -> list[dict[str, Any]]:
         from urllib.parse import quote
