@@ -49,7 +49,10 @@ import yaml
 from ems.accounting.intensity import IntensitySeries, calibrate, validate_intensity
 from ems.errors import ConfigError
 
-__all__ = ["MixModel", "MixResult", "load_mix", "load_technologies", "mix_regions", "model_mix", "modelled_intensity"]
+__all__ = [
+    "MixModel", "MixResult", "load_mix", "load_technologies", "mix_regions", "model_mix", "modelled_intensity",
+    "sun_shape", "year_hours",
+]
 
 _VARIABLE = ("wind", "solar")
 
@@ -207,8 +210,8 @@ def _spread(monthly: tuple[float, ...], within: np.ndarray, month: np.ndarray) -
     return out
 
 
-def _sun(hours: pd.DatetimeIndex, lat: float, lon: float) -> np.ndarray:
-    """Mean of max(cos(zenith), 0) over each hour (sampled at its quarter points)."""
+def sun_shape(hours: pd.DatetimeIndex, lat: float, lon: float) -> np.ndarray:
+    """Mean of ``max(cos(zenith), 0)`` over each hour starting at ``hours`` (sampled at its quarter points) [-]."""
     from pvlib.solarposition import get_solarposition
 
     samples = [hours + pd.Timedelta(minutes=m) for m in (7.5, 22.5, 37.5, 52.5)]
@@ -235,7 +238,7 @@ def _profiles(m: MixModel, hours: pd.DatetimeIndex) -> tuple[np.ndarray, dict[st
         if tech in m.dispatch:
             continue
         if tech == "solar":  # the sun's path x the month's clearness relative to clear sky
-            w = _sun(hours, m.lat, m.lon) * np.asarray(m.monthly.get(tech, flat[:12]))[month]
+            w = sun_shape(hours, m.lat, m.lon) * np.asarray(m.monthly.get(tech, flat[:12]))[month]
             out[tech] = share * w / w.sum()
         else:
             out[tech] = share * _spread(m.monthly.get(tech, tuple(flat[:12])), diurnal(tech), month)

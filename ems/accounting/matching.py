@@ -1,0 +1,402 @@
+"""Hourly matching of green supply to use (24/7 carbon-free energy), per site.
+
+Pure functions over a site's hourly frame (hour starts in UTC as index; energies [kWh] of
+each hour, from the register aggregates of stage 1). The annual rule (``docs/kpis.md``,
+section 5) pools a whole period: PV consumed, contracts and certificates each count against
+the period's consumption. Hourly matching counts a supply only against the use of the hour
+in which it was generated (EnergyTag granular certificates; the 24/7 CFE score; the GHG
+Protocol's proposed revision of its Scope 2 Guidance).
+
+Steps for one site (each a function below)
+------------------------------------------
+1. :func:`site_flows`: who supplied whom in each hour. ``load = import + pv + chp +
+   discharge - charge - export`` (end uses); PV consumed goes to the load first, its surplus
+   charges the battery; the rest of the charge comes from the grid (or CHP). The load is then
+   served by the battery, CHP, and the grid.
+2. :func:`track_battery`: green and non-green energy through the state of charge. The
+   battery is one pool of two colours mixed in proportion; energy charged from PV is green,
+   energy charged from the grid (or CHP) is not and never becomes green. A discharge of ``d``
+   takes ``d / rte`` from the pool (``rte``: round-trip efficiency), in the pool's proportion;
+   the difference is the loss, consumption of that colour, counted in the hour of discharge.
+   Energy in the battery before the data begins has no known origin and counts as not green.
+3. :func:`match_hours`: the **use** of an hour is its load plus the battery losses counted
+   in it. Green on-site supply (PV to load, green battery output and its losses) is green.
+   Contracts with a delivery profile, then granular certificates of the hour, cover what
+   the grid supplied directly to the load in that hour, never more (a surplus in one hour
+   does not move to another). Grid energy that went into the battery stays unmatched.
+4. :func:`period_kpis`: sums per local day, month or year; the hourly CFE score and, from the
+   same hours pooled over the period, the annual-matched share (annual certificates spread by
+   :func:`spread_by_weight`, counted here only); hourly and annual Scope 2 side by side.
+
+Over a period in which the battery ends as it started, use equals electricity consumed as
+the annual rule defines it; ``stored_change_kwh`` (consumed - use) shows what is left in
+the battery. The hourly-matched share is never above the annual-matched one (a sum of
+hourly minima is never above the minimum of the sums) and both are equal when supply and use
+have the same shape.
+
+References
+----------
+EnergyTag, Granular Certificate Scheme Standard (2024); GHG Protocol, Scope 2 Guidance (2015)
+and its proposed revision (public consultation October to December 2025: hourly matching
+within a deliverable market boundary); Google, "24/7 by 2030: Realizing a carbon-free
+future" (2020, the CFE score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ems.errors import AccountingError
+
+__all__ = [
+    "FLOW_INPUTS",
+    "match_hours",
+    "period_kpis",
+    "round_trip_efficiency",
+    "scope2_hourly",
+    "site_flows",
+    "spread_by_weight",
+    "track_battery",
+]
+
+FLOW_INPUTS = (
+    "grid_import_kwh", "grid_export_kwh", "pv_generated_kwh", "pv_exported_kwh",
+    "chp_generated_kwh", "battery_charge_kwh", "battery_discharge_kwh",
+)
+"""Columns :func:`site_flows` reads (absent ones are 0; ``pv_exported_kwh`` defaults to
+``min(grid export, PV)`` of the hour)."""
+
+_BATTERY = ("out_green_kwh", "out_other_kwh", "loss_green_kwh", "loss_other_kwh", "stored_green_kwh", "stored_other_kwh")
+
+
+def _col(h: pd.DataFrame, name: str) -> np.ndarray:
+    if name in h:
+        v: np.ndarray = h[name].to_numpy(dtype=float)
+        if np.isnan(v).any() or (v < 0).any():
+            raise AccountingError(f"hourly frame: column {name!r}: expected kWh >= 0; found NaN or a negative value")
+        return v
+    return np.zeros(len(h))
+
+
+def site_flows(hourly: pd.DataFrame) -> pd.DataFrame:
+    """Split each hour's energy of a site into who supplied whom.
+
+    Parameters
+    ----------
+    hourly : DataFrame
+        Index: hour starts (tz-aware); columns from :data:`FLOW_INPUTS` [kWh].
+
+    Returns
+    -------
+    DataFrame
+        Same index; ``consumed_kwh`` (import + PV + CHP - export, the annual rule's
+        consumption), ``load_kwh``, ``pv_to_load_kwh``, ``pv_to_battery_kwh``,
+        ``grid_to_battery_kwh``, ``other_to_battery_kwh`` (CHP), ``battery_to_load_kwh``,
+        ``battery_exported_kwh``, ``chp_to_load_kwh``, ``grid_to_load_kwh``,
+        ``grid_import_kwh``, ``battery_discharge_kwh`` [kWh].
+    """
+    imp, exp, pv = _col(hourly, "grid_import_kwh"), _col(hourly, "grid_export_kwh"), _col(hourly, "pv_generated_kwh")
+    chp, ch, dis = _col(hourly, "chp_generated_kwh"), _col(hourly, "battery_charge_kwh"), _col(hourly, "battery_discharge_kwh")
+    pvx = _col(hourly, "pv_exported_kwh") if "pv_exported_kwh" in hourly else np.minimum(exp, pv)
+    load = np.clip(imp + pv + chp + dis - ch - exp, 0.0, None)
+    pv_cons = np.clip(pv - pvx, 0.0, None)
+    pv_load = np.minimum(pv_cons, load)
+    pv_batt = np.minimum(pv_cons - pv_load, ch)
+    grid_batt = np.minimum(ch - pv_batt, imp)
+    rest = load - pv_load
+    batt_load = np.minimum(dis, rest)
+    rest = rest - batt_load
+    chp_load = np.minimum(chp, rest)
+    grid_load = np.clip(rest - chp_load, 0.0, None)
+    return pd.DataFrame({
+        "consumed_kwh": np.clip(imp + pv + chp - exp, 0.0, None),
+        "load_kwh": load,
+        "pv_to_load_kwh": pv_load,
+        "pv_to_battery_kwh": pv_batt,
+        "grid_to_battery_kwh": grid_batt,
+        "other_to_battery_kwh": ch - pv_batt - grid_batt,
+        "battery_to_load_kwh": batt_load,
+        "battery_exported_kwh": dis - batt_load,
+        "chp_to_load_kwh": chp_load,
+        "grid_to_load_kwh": grid_load,
+        "grid_import_kwh": imp,
+        "battery_discharge_kwh": dis,
+    }, index=hourly.index)
+
+
+def round_trip_efficiency(charge_kwh: float, discharge_kwh: float, stored_change_kwh: float = 0.0) -> float:
+    """Round-trip efficiency from a period's totals: ``discharge / (charge - stored change)``.
+
+    Parameters
+    ----------
+    charge_kwh, discharge_kwh : float [kWh]
+        AC energy into and out of the battery over the period.
+    stored_change_kwh : float [kWh]
+        Energy stored at the end minus at the start (from the state of charge), if known.
+
+    Returns
+    -------
+    float [-]
+        Clipped to ``[0.5, 1.0]``; 1.0 when the battery did not cycle.
+    """
+    net_in = charge_kwh - stored_change_kwh
+    if discharge_kwh <= 0 or net_in <= 0:
+        return 1.0
+    return float(min(max(discharge_kwh / net_in, 0.5), 1.0))
+
+
+def track_battery(
+    green_in: np.ndarray,
+    other_in: np.ndarray,
+    out: np.ndarray,
+    rte: float,
+    initial_kwh: float = 0.0,
+) -> pd.DataFrame:
+    """Green and non-green energy through a battery's state of charge, hour by hour.
+
+    Within an hour the charge is taken in before the discharge is taken out.
+
+    Parameters
+    ----------
+    green_in, other_in : array [kWh]
+        AC energy charged from PV (green) and from the grid or CHP (not green) in each hour.
+    out : array [kWh]
+        AC energy discharged in each hour.
+    rte : float [-]
+        Round-trip efficiency (see :func:`round_trip_efficiency`), in (0, 1].
+    initial_kwh : float [kWh]
+        Energy in the battery when the data begins (charge side), origin unknown: not green.
+
+    Returns
+    -------
+    DataFrame
+        Per hour: ``out_green_kwh``, ``out_other_kwh`` (discharged energy by origin),
+        ``loss_green_kwh``, ``loss_other_kwh`` (losses counted at discharge), and the pool at
+        the end of the hour ``stored_green_kwh``, ``stored_other_kwh`` [kWh, charge side].
+    """
+    if not 0.0 < rte <= 1.0:
+        raise AccountingError(f"track_battery: expected a round-trip efficiency in (0, 1]; found {rte}")
+    n = len(out)
+    res = np.zeros((n, 6))
+    g, o = 0.0, float(initial_kwh)
+    gi, oi, d = np.asarray(green_in, float).tolist(), np.asarray(other_in, float).tolist(), np.asarray(out, float).tolist()
+    for i in range(n):
+        g += gi[i]
+        o += oi[i]
+        need = d[i] / rte
+        if need > 0.0:
+            tot = g + o
+            take = need if need < tot else tot
+            tg = take * g / tot if tot > 0.0 else 0.0
+            to = need - tg  # includes any shortfall: energy stored before the data, not green
+            g -= tg
+            o = max(o - (take - tg), 0.0)
+            res[i, 0], res[i, 1] = tg * rte, to * rte
+            res[i, 2], res[i, 3] = tg - tg * rte, to - to * rte
+        res[i, 4], res[i, 5] = g, o
+    return pd.DataFrame(res, columns=list(_BATTERY))
+
+
+def match_hours(
+    flows: pd.DataFrame,
+    battery: pd.DataFrame | None = None,
+    contract_kwh: np.ndarray | pd.Series | None = None,
+    granular_kwh: np.ndarray | pd.Series | None = None,
+) -> pd.DataFrame:
+    """Match green supply to each hour's use (see the module docs).
+
+    Parameters
+    ----------
+    flows : DataFrame
+        From :func:`site_flows`.
+    battery : DataFrame, optional
+        From :func:`track_battery` over the same hours (none: the site has no battery).
+    contract_kwh : array [kWh], optional
+        Deliveries of contracts (PPAs, green-power trades) in each hour, by their profiles.
+    granular_kwh : array [kWh], optional
+        Granular certificates generated in each hour (within the site's market boundary).
+
+    Returns
+    -------
+    DataFrame
+        Same index as ``flows``; additive columns [kWh]: ``use_kwh``, ``green_onsite_kwh``,
+        ``grid_origin_use_kwh``, ``chp_use_kwh``, ``contract_kwh``, ``granular_kwh``,
+        ``contract_matched_kwh``, ``granular_matched_kwh``, ``matched_kwh``,
+        ``unmatched_kwh``, ``consumed_kwh``, ``stored_change_kwh``, ``grid_import_kwh``,
+        ``covered_import_kwh``; and the battery pool at each hour's end
+        (``stored_green_kwh``, ``stored_other_kwh``, not additive).
+    """
+    n = len(flows)
+    b = _battery_frame(battery, n)
+    dis = flows["battery_discharge_kwh"].to_numpy()
+    to_load = np.divide(flows["battery_to_load_kwh"].to_numpy(), dis, out=np.zeros(n), where=dis > 0)
+    out_g, out_o = b["out_green_kwh"].to_numpy() * to_load, b["out_other_kwh"].to_numpy() * to_load
+    loss_g, loss_o = b["loss_green_kwh"].to_numpy(), b["loss_other_kwh"].to_numpy()
+    green = flows["pv_to_load_kwh"].to_numpy() + out_g + loss_g
+    grid_direct = flows["grid_to_load_kwh"].to_numpy()
+    con = _hourly(contract_kwh, n, "contract_kwh")
+    gran = _hourly(granular_kwh, n, "granular_kwh")
+    con_m = np.minimum(con, grid_direct)
+    gran_m = np.minimum(gran, grid_direct - con_m)
+    use = flows["load_kwh"].to_numpy() + loss_g + loss_o
+    matched = green + con_m + gran_m
+    return pd.DataFrame({
+        "use_kwh": use,
+        "green_onsite_kwh": green,
+        "grid_origin_use_kwh": grid_direct + out_o + loss_o,
+        "chp_use_kwh": flows["chp_to_load_kwh"].to_numpy(),
+        "contract_kwh": con,
+        "granular_kwh": gran,
+        "contract_matched_kwh": con_m,
+        "granular_matched_kwh": gran_m,
+        "matched_kwh": matched,
+        "unmatched_kwh": np.clip(use - matched, 0.0, None),
+        "consumed_kwh": flows["consumed_kwh"].to_numpy(),
+        "stored_change_kwh": flows["consumed_kwh"].to_numpy() - use,
+        "grid_import_kwh": flows["grid_import_kwh"].to_numpy(),
+        "covered_import_kwh": con_m + gran_m,
+        "stored_green_kwh": b["stored_green_kwh"].to_numpy(),
+        "stored_other_kwh": b["stored_other_kwh"].to_numpy(),
+    }, index=flows.index)
+
+
+def _battery_frame(battery: pd.DataFrame | None, n: int) -> pd.DataFrame:
+    if battery is None:  # no battery: nothing in, out or stored
+        return pd.DataFrame(np.zeros((n, len(_BATTERY))), columns=list(_BATTERY))
+    if len(battery) != n:
+        raise AccountingError(f"match_hours: expected battery rows for the {n} hours of flows; found {len(battery)}")
+    return battery
+
+
+def _hourly(x: np.ndarray | pd.Series | None, n: int, name: str) -> np.ndarray:
+    if x is None:
+        return np.zeros(n)
+    v = np.asarray(x, dtype=float)
+    if v.shape != (n,) or np.isnan(v).any() or (v < 0).any():
+        raise AccountingError(f"match_hours: {name}: expected {n} hourly values >= 0; found shape {v.shape}")
+    return v
+
+
+def spread_by_weight(kwh: float, weights: pd.Series, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+    """Spread an amount over the hours of ``[start, end)`` pro rata to a weight.
+
+    The stated rule for annual (non-granular) certificates in the annual-matched figure: pro
+    rata to the grid-origin use of each hour of the certificate's period; equally if that is 0.
+
+    Parameters
+    ----------
+    kwh : float [kWh]
+    weights : Series [kWh]
+        Indexed by hour start (tz-aware).
+    start, end : Timestamp
+        The period (tz-aware), end excluded.
+
+    Returns
+    -------
+    Series [kWh]
+        Same index as ``weights``; 0 outside the period. Sums to ``kwh`` unless the period
+        holds no hour of ``weights`` (then all 0).
+    """
+    inside = (weights.index >= start) & (weights.index < end)
+    w = np.where(inside, np.clip(weights.to_numpy(dtype=float), 0.0, None), 0.0)
+    if w.sum() <= 0:
+        w = inside.astype(float)
+    total = w.sum()
+    return pd.Series(kwh * w / total if total > 0 else w, index=weights.index)
+
+
+def scope2_hourly(matched: pd.DataFrame, factors: pd.DataFrame, residual_annual: float) -> pd.DataFrame:
+    """Hourly Scope 2 of electricity: location-based, market-based and marginal.
+
+    Parameters
+    ----------
+    matched : DataFrame
+        From :func:`match_hours` (``grid_import_kwh``, ``covered_import_kwh``).
+    factors : DataFrame
+        Same index; ``average_kg_per_kwh``, ``marginal_kg_per_kwh``, ``residual_kg_per_kwh``
+        [kgCO2/kWh] (:func:`ems.accounting.intensity.factors_at`).
+    residual_annual : float [kgCO2/kWh]
+        Residual-mix factor for hours the series gives none (the factor set's).
+
+    Returns
+    -------
+    DataFrame [kgCO2]
+        ``scope2_location_hourly_kg`` (import x the hour's average), ``scope2_market_hourly_kg``
+        (unmatched import x residual), ``scope2_marginal_kg`` (import x the hour's marginal; NaN
+        where the series has none).
+    """
+    imp = matched["grid_import_kwh"].to_numpy()
+    res = factors["residual_kg_per_kwh"].fillna(residual_annual).to_numpy()
+    return pd.DataFrame({
+        "scope2_location_hourly_kg": imp * factors["average_kg_per_kwh"].to_numpy(),
+        "scope2_market_hourly_kg": (imp - matched["covered_import_kwh"].to_numpy()) * res,
+        "scope2_marginal_kg": imp * factors["marginal_kg_per_kwh"].to_numpy(),
+    }, index=matched.index)
+
+
+_ADDITIVE = (
+    "use_kwh", "green_onsite_kwh", "grid_origin_use_kwh", "chp_use_kwh", "contract_kwh", "granular_kwh",
+    "contract_matched_kwh", "granular_matched_kwh", "matched_kwh", "unmatched_kwh", "consumed_kwh",
+    "stored_change_kwh", "grid_import_kwh", "covered_import_kwh", "annual_cert_kwh",
+    "scope2_location_hourly_kg", "scope2_market_hourly_kg", "scope2_marginal_kg",
+)
+
+
+def period_kpis(hourly: pd.DataFrame, tz: str, period: str, annual: Mapping[str, float]) -> pd.DataFrame:
+    """Sum a site's matched hours per local period and compute the hourly and annual figures.
+
+    Parameters
+    ----------
+    hourly : DataFrame
+        :func:`match_hours` joined with :func:`scope2_hourly`, and ``annual_cert_kwh`` (annual
+        certificates spread by :func:`spread_by_weight`; 0 if none).
+    tz : str
+        The site's IANA zone (periods are its local calendar).
+    period : str
+        ``day``, ``month`` or ``year``.
+    annual : mapping
+        ``average_kg_per_kwh`` and ``residual_kg_per_kwh`` [kgCO2/kWh]: the annual factors of
+        the factor set for the period (the annual figures' factors).
+
+    Returns
+    -------
+    DataFrame
+        One row per period label: the sums, ``cfe`` (hourly-matched share = matched / use),
+        ``annual_matched_kwh`` and ``annual_matched_share`` (the same hours pooled),
+        ``scope2_location_annual_kg``, ``scope2_market_annual_kg`` and the differences
+        ``scope2_location_diff_kg``, ``scope2_market_diff_kg`` (hourly - annual).
+    """
+    fmt = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
+    if period not in fmt:
+        raise AccountingError(f"period: expected one of {list(fmt)}; found {period!r}")
+    label = hourly.index.tz_convert(tz).strftime(fmt[period])
+    cols = [c for c in _ADDITIVE if c in hourly]
+    g = hourly[cols].groupby(np.asarray(label))
+    s = g.sum()
+    if "scope2_marginal_kg" in s:  # a period with an hour of unknown marginal factor has no marginal figure
+        s.loc[g["scope2_marginal_kg"].apply(lambda x: bool(x.isna().any())), "scope2_marginal_kg"] = np.nan
+    s.index.name = "period"
+    return annual_figures(s, annual)
+
+
+def annual_figures(s: pd.DataFrame, annual: Mapping[str, float]) -> pd.DataFrame:
+    """Add the ratios and the annual-matched figures to period sums (see :func:`period_kpis`)."""
+    s = s.copy()
+    for c in ("annual_cert_kwh", "scope2_location_hourly_kg", "scope2_market_hourly_kg"):
+        if c not in s:
+            s[c] = 0.0
+    use = s["use_kwh"].to_numpy()
+    instruments = s["contract_kwh"] + s["granular_kwh"] + s["annual_cert_kwh"]
+    counted = np.minimum(instruments, s["grid_origin_use_kwh"])
+    s["annual_matched_kwh"] = s["green_onsite_kwh"] + counted
+    s["cfe"] = np.divide(s["matched_kwh"].to_numpy(), use, out=np.full(len(s), np.nan), where=use > 0)
+    s["annual_matched_share"] = np.divide(s["annual_matched_kwh"].to_numpy(), use, out=np.full(len(s), np.nan), where=use > 0)
+    imp = s["grid_import_kwh"]
+    s["scope2_location_annual_kg"] = imp * float(annual["average_kg_per_kwh"])
+    s["scope2_market_annual_kg"] = (imp - np.minimum(instruments, imp)) * float(annual["residual_kg_per_kwh"])
+    s["scope2_location_diff_kg"] = s["scope2_location_hourly_kg"] - s["scope2_location_annual_kg"]
+    s["scope2_market_diff_kg"] = s["scope2_market_hourly_kg"] - s["scope2_market_annual_kg"]
+    return s
