@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ems.accounting.matching import (
     match_hours,
+    month_hour_table,
     period_kpis,
     round_trip_efficiency,
     scope2_hourly,
@@ -284,3 +285,14 @@ def test_profile_errors_say_what_was_expected():
         profile_weights("peaky", hours)
     with pytest.raises(AccountingError, match=r"the CN-South mix has no 'lignite'"):
         profile_weights("CN-South:lignite", hours)
+
+
+def test_month_hour_table_sums_by_local_month_and_hour():
+    _, _, m = _run(_one_day(), rte=0.9, contract=np.full(24, 10.0))
+    t = month_hour_table(m, "Asia/Shanghai", "matched_kwh")
+    assert t.shape == (12, 24)
+    assert t.to_numpy().sum() == pytest.approx(m["matched_kwh"].sum())
+    assert t.loc[6, 18] == pytest.approx(m["matched_kwh"].iloc[10])  # 10:00 UTC is 18:00 in Shanghai
+    assert t.loc[1].sum() == 0.0
+    with pytest.raises(AccountingError, match="expected a column 'nope'"):
+        month_hour_table(m, "UTC", "nope")

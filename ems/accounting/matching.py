@@ -54,6 +54,7 @@ from ems.errors import AccountingError
 __all__ = [
     "FLOW_INPUTS",
     "match_hours",
+    "month_hour_table",
     "period_kpis",
     "round_trip_efficiency",
     "scope2_hourly",
@@ -400,3 +401,32 @@ def annual_figures(s: pd.DataFrame, annual: Mapping[str, float]) -> pd.DataFrame
     s["scope2_location_diff_kg"] = s["scope2_location_hourly_kg"] - s["scope2_location_annual_kg"]
     s["scope2_market_diff_kg"] = s["scope2_market_hourly_kg"] - s["scope2_market_annual_kg"]
     return s
+
+
+def month_hour_table(hourly: pd.DataFrame, tz: str, column: str) -> pd.DataFrame:
+    """Sum a column of a site's hours by local month (rows 1-12) and local hour of day (columns 0-23).
+
+    The table behind the heatmap of matched and unmatched energy: which hours of which months the
+    green supply covers.
+
+    Parameters
+    ----------
+    hourly : DataFrame
+        From :func:`match_hours` (index: hour starts, tz-aware).
+    tz : str
+        The site's IANA zone.
+    column : str
+        E.g. ``matched_kwh`` or ``unmatched_kwh`` [kWh].
+
+    Returns
+    -------
+    DataFrame
+        12 x 24 [unit of the column]; months or hours without data are 0.
+    """
+    if column not in hourly:
+        raise AccountingError(f"month_hour_table: expected a column {column!r}; found {list(hourly.columns)}")
+    local = hourly.index.tz_convert(tz)
+    t = hourly[column].groupby([np.asarray(local.month), np.asarray(local.hour)]).sum().unstack(fill_value=0.0)
+    out: pd.DataFrame = t.reindex(index=range(1, 13), columns=range(24), fill_value=0.0)
+    out.index.name, out.columns.name = "month", "hour"
+    return out
