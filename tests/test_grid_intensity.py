@@ -21,7 +21,7 @@ from ems.accounting.intensity import (
     validate_intensity,
     weighted_mean,
 )
-from ems.accounting.intensity_files import read_intensity
+from ems.accounting.intensity_files import read_intensity, write_intensity
 from ems.errors import AccountingError, ConfigError
 
 DATA = Path(__file__).parent / "data" / "intensity"
@@ -249,3 +249,16 @@ def test_year_hours_follow_the_local_calendar():
     h = year_hours(2024, "Europe/Ljubljana")
     assert len(h) == 8784
     assert h[0] == pd.Timestamp("2023-12-31T23:00Z")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_write_then_read_keeps_values_and_provenance(tmp_path, suffix):
+    s = read_intensity(DATA / "entsoe-web-generation.csv")
+    p = write_intensity(s, tmp_path / f"si{suffix}")
+    back = read_intensity(p)
+    assert np.allclose(back.region("SI")["average_kg_per_kwh"], s.region("SI")["average_kg_per_kwh"], atol=1e-6)
+    assert "ENTSO-E" in back.data_source
+    summary = back.summary()
+    assert summary.loc["SI", "hours"] == 4 and summary.loc["SI", "missing_hours"] == 0
+    with pytest.raises(AccountingError, match=r"expected a \.csv or \.parquet path"):
+        write_intensity(s, tmp_path / "si.txt")

@@ -110,6 +110,20 @@ class IntensitySeries:
         """Return a copy with one more provenance note."""
         return replace(self, notes=(*self.notes, note))
 
+    def summary(self) -> pd.DataFrame:
+        """Per region: hours, first and last hour, hours missing in that span, and the mean, minimum
+        and maximum of the average intensity and the mean marginal [kgCO2/kWh] (unweighted)."""
+        g = self.frame.groupby("region", sort=True)
+        first, last = g["hour"].min(), g["hour"].max()
+        span = ((last - first) / pd.Timedelta(hours=1)).astype(int) + 1
+        out = pd.DataFrame({
+            "hours": g.size(), "first_hour": first, "last_hour": last, "missing_hours": span - g.size(),
+            "average_mean": g["average_kg_per_kwh"].mean(), "average_min": g["average_kg_per_kwh"].min(),
+            "average_max": g["average_kg_per_kwh"].max(), "marginal_mean": g["marginal_kg_per_kwh"].mean(),
+        })
+        out.index.name = "region"
+        return out
+
     def describe(self) -> str:
         """One line of provenance for reports."""
         tail = f"; {'; '.join(self.notes)}" if self.notes else ""

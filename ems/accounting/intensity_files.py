@@ -43,7 +43,7 @@ from ems.accounting.gridmix import load_technologies
 from ems.accounting.intensity import IntensitySeries, validate_intensity
 from ems.errors import AccountingError
 
-__all__ = ["LAYOUTS", "read_intensity"]
+__all__ = ["LAYOUTS", "read_intensity", "write_intensity"]
 
 LAYOUTS = ("ems", "electricitymaps", "entsoe")
 """File layouts :func:`read_intensity` accepts."""
@@ -93,6 +93,31 @@ def read_intensity(
     if lay == "electricitymaps":
         return _electricitymaps(raw, p, region=region, kind=kind)
     return _entsoe(raw, p, region=region, mtu_tz=mtu_tz)
+
+
+def write_intensity(series: IntensitySeries, path: str | Path) -> Path:
+    """Write a series in the ems layout (``.csv`` or ``.parquet``), gCO2/kWh, with its provenance.
+
+    The ``source`` column carries :meth:`IntensitySeries.describe`, so a converted file keeps
+    where its values came from.
+    """
+    p = Path(path)
+    f = series.frame
+    out = pd.DataFrame({
+        "region": f["region"],
+        "hour_utc": f["hour"].dt.strftime("%Y-%m-%dT%H:%MZ") if p.suffix.lower() != ".parquet" else f["hour"],
+        "average_g_per_kwh": (f["average_kg_per_kwh"] * _G).round(3),
+        "marginal_g_per_kwh": (f["marginal_kg_per_kwh"] * _G).round(3),
+        "residual_g_per_kwh": (f["residual_kg_per_kwh"] * _G).round(3),
+        "source": series.describe(),
+    })
+    if p.suffix.lower() == ".parquet":
+        out.to_parquet(p, index=False)
+    elif p.suffix.lower() == ".csv":
+        out.to_csv(p, index=False)
+    else:
+        raise AccountingError(f"{p}: expected a .csv or .parquet path; found {p.suffix or 'no suffix'!r}")
+    return p
 
 
 def _read_table(p: Path) -> pd.DataFrame:
