@@ -16,8 +16,8 @@ Model (``docs/grid-intensity.md`` explains it with the sources)
    (no output at night, longer and higher days in summer) times the month's clearness relative
    to clear sky (its ``monthly`` row), scaled to its annual share.
 3. **Residual load** = load - profiled output. Where it falls below ``min_dispatch_fraction``
-   of its mean (dispatchable plants at minimum stable output), wind and solar are curtailed
-   to keep it there.
+   of its mean (dispatchable plants at minimum stable output), wind and solar (and hydro
+   where the file lists it as ``curtailable``: spilled water) are curtailed to keep it there.
 4. **Dispatchable technologies** fill the residual in ``dispatch`` order, base to peak: the
    first takes the bottom slice of every hour up to a level chosen so its annual energy is its
    share, the next the slice above, the last the rest.
@@ -54,7 +54,7 @@ __all__ = [
     "sun_shape", "year_hours",
 ]
 
-_VARIABLE = ("wind", "solar")
+_CURTAILABLE = ("wind", "solar")
 
 
 def _data_dir() -> Path:
@@ -95,6 +95,9 @@ class MixModel:
     dispatch : tuple of str
         Dispatchable technologies, base to peak.
     min_dispatch_fraction : float [-]
+    curtailable : tuple of str
+        Profiled technologies curtailed (in proportion) to keep the dispatchable ones at their
+        minimum (default wind and solar; add hydro where water is spilled).
     source : str
         The data file.
     sources : dict
@@ -115,6 +118,7 @@ class MixModel:
     min_dispatch_fraction: float
     source: str
     sources: dict[str, str]
+    curtailable: tuple[str, ...] = _CURTAILABLE
 
 
 def load_mix(region_or_path: str) -> MixModel:
@@ -146,6 +150,7 @@ def load_mix(region_or_path: str) -> MixModel:
         weekend_load_factor=float(d.get("weekend_load_factor", 1.0)),
         dispatch=tuple(d["dispatch"]), min_dispatch_fraction=float(d.get("min_dispatch_fraction", 0.0)),
         source=str(p), sources={k: str(v) for k, v in (d.get("sources") or {}).items()},
+        curtailable=tuple(d.get("curtailable", _CURTAILABLE)),
     )
     _check(model, p)
     return model
@@ -268,9 +273,9 @@ def model_mix(m: MixModel, year: int) -> MixResult:
     residual = load - sum(prof.values())
     floor = m.min_dispatch_fraction * residual.mean()
     short = np.clip(floor - residual, 0.0, None)
-    variable = sum((prof[t] for t in _VARIABLE if t in prof), np.zeros(len(hours)))
+    variable = sum((prof[t] for t in m.curtailable if t in prof), np.zeros(len(hours)))
     cut = np.minimum(short, variable)
-    for t in _VARIABLE:
+    for t in m.curtailable:
         if t in prof:
             prof[t] = prof[t] - cut * np.divide(prof[t], variable, out=np.zeros(len(hours)), where=variable > 0)
     residual = residual + cut
