@@ -216,12 +216,26 @@ def _spread(monthly: tuple[float, ...], within: np.ndarray, month: np.ndarray) -
 
 
 def sun_shape(hours: pd.DatetimeIndex, lat: float, lon: float) -> np.ndarray:
-    """Mean of ``max(cos(zenith), 0)`` over each hour starting at ``hours`` (sampled at its quarter points) [-]."""
-    from pvlib.solarposition import get_solarposition
+    """Mean of ``max(cos(zenith), 0)`` over each hour starting at ``hours`` [-].
 
-    samples = [hours + pd.Timedelta(minutes=m) for m in (7.5, 22.5, 37.5, 52.5)]
-    cos = [np.cos(np.radians(get_solarposition(t, lat, lon, method="nrel_numpy")["apparent_zenith"].to_numpy()))
-           for t in samples]
+    Sampled at the hour's quarter points; declination and equation of time by Spencer (1971)
+    and the zenith by the analytical formula, as pvlib implements them (a fraction of a degree,
+    ample for a generation or delivery shape).
+
+    References
+    ----------
+    J. W. Spencer, "Fourier series representation of the position of the sun", Search 2 (1971) 172.
+    """
+    from pvlib.solarposition import declination_spencer71, equation_of_time_spencer71, solar_zenith_analytical
+
+    utc = hours.tz_convert("UTC")
+    doy = utc.day_of_year.to_numpy().astype(float)
+    hod = (utc.hour.to_numpy() + utc.minute.to_numpy() / 60.0).astype(float)
+    decl, eot = declination_spencer71(doy), equation_of_time_spencer71(doy)  # [rad], [min]
+    cos = []
+    for q in (0.125, 0.375, 0.625, 0.875):
+        hour_angle = np.radians(((hod + q) + lon / 15.0 + eot / 60.0 - 12.0) * 15.0)
+        cos.append(np.cos(solar_zenith_analytical(np.radians(lat), hour_angle, decl)))
     out: np.ndarray = np.clip(np.mean(cos, axis=0), 0.0, None)
     return out
 

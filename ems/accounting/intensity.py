@@ -167,16 +167,16 @@ def validate_intensity(
         raise AccountingError(f"{where}: field 'hour': expected tz-aware timestamps (UTC); found {hour.dtype}")
     hour = hour.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     off = hour != hour.dt.floor("h")
-    _refuse(off.to_numpy(), lines, where, "hour", "a whole hour (minutes and seconds 0)", hour.astype(str))
+    _refuse(off.to_numpy(), lines, where, "hour", "a whole hour (minutes and seconds 0)", hour)
     out = pd.DataFrame({"region": f["region"].astype(str), "hour": hour})
     for col in _VALUES:
         out[col] = pd.to_numeric(f[col], errors="coerce") if col in f else np.nan
         bad = out[col].to_numpy() < 0
-        _refuse(bad, lines, where, col, "a value >= 0", out[col].astype(str))
+        _refuse(bad, lines, where, col, "a value >= 0", out[col])
     _refuse(out["average_kg_per_kwh"].isna().to_numpy(), lines, where, "average_kg_per_kwh",
-            "a number", f["average_kg_per_kwh"].astype(str))
+            "a number", f["average_kg_per_kwh"])
     dup = out.duplicated(["region", "hour"], keep="first").to_numpy()
-    _refuse(dup, lines, where, "hour", "one row per region and hour (repeated)", out["hour"].astype(str))
+    _refuse(dup, lines, where, "hour", "one row per region and hour (repeated)", out["hour"])
     order = np.lexsort((out["hour"].to_numpy(), out["region"].to_numpy()))
     return out.iloc[order].reset_index(drop=True)
 
@@ -187,7 +187,7 @@ def _refuse(bad: np.ndarray, lines: np.ndarray, where: str, field_name: str, exp
     i = int(np.flatnonzero(bad)[0])
     more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
     raise AccountingError(
-        f"{where}:{int(lines[i])}: field {field_name!r}: expected {expected}; found {found.iloc[i]!r}{more}"
+        f"{where}:{int(lines[i])}: field {field_name!r}: expected {expected}; found {str(found.iloc[i])!r}{more}"
     )
 
 
