@@ -20,7 +20,6 @@ from ems.accounting.profiles import delivery_kwh, profile_weights
 from ems.errors import AccountingError
 
 IDX = pd.date_range("2024-06-01", periods=24, freq="h", tz="UTC")
-ANNUAL = {"average_kg_per_kwh": 0.5, "residual_kg_per_kwh": 0.7}
 
 
 def _run(hourly, rte=1.0, contract=None, granular=None, initial=0.0):
@@ -72,9 +71,9 @@ def test_one_day_pv_battery_ppa_and_granular_certificate_by_hand():
 
     factors = pd.DataFrame({"average_kg_per_kwh": np.where((IDX.hour >= 6) & (IDX.hour < 18), 0.4, 0.6),
                             "marginal_kg_per_kwh": np.nan, "residual_kg_per_kwh": np.nan}, index=IDX)
-    hourly = m.join(scope2_hourly(m, factors, residual_annual=0.7))
+    hourly = m.join(scope2_hourly(m, factors, annual_average=0.5, annual_residual=0.7))
     hourly["annual_cert_kwh"] = spread_by_weight(100.0, m["grid_origin_use_kwh"], IDX[0], IDX[-1] + pd.Timedelta("1h"))
-    k = period_kpis(hourly, "UTC", "day", ANNUAL).iloc[0]
+    k = period_kpis(hourly, "UTC", "day").iloc[0]
     assert k["cfe"] == pytest.approx(850.0 / 2440.0)
     # annual rule: PV 600 + PPA 240 + certificate 50 + annual certificate 100, pooled over the day
     assert k["annual_matched_kwh"] == pytest.approx(990.0)
@@ -161,11 +160,11 @@ def test_spread_by_weight_over_a_period_and_local_periods():
     assert spread_by_weight(6.0, w * 0, IDX[0], IDX[3]).iloc[:3].tolist() == pytest.approx([2.0, 2.0, 2.0])
     # a local day in Shanghai starts at 16:00 UTC the day before
     _, _, m = _run(_one_day())
-    days = period_kpis(m, "Asia/Shanghai", "day", ANNUAL)
+    days = period_kpis(m, "Asia/Shanghai", "day")
     assert list(days.index) == ["2024-06-01", "2024-06-02"]
     assert days["use_kwh"].sum() == pytest.approx(m["use_kwh"].sum())
     with pytest.raises(AccountingError, match="period: expected one of"):
-        period_kpis(m, "UTC", "week", ANNUAL)
+        period_kpis(m, "UTC", "week")
 
 
 def test_bad_hourly_input_is_refused():
@@ -215,7 +214,7 @@ def test_property_hourly_matched_share_never_above_annual_matched(case):
     hourly, rte, contract, granular, annual = case
     f, b, m = _run(hourly, rte, contract, granular)
     m["annual_cert_kwh"] = spread_by_weight(annual, m["grid_origin_use_kwh"], m.index[0], m.index[-1] + pd.Timedelta("1h"))
-    k = period_kpis(m, "UTC", "year", ANNUAL).iloc[0]
+    k = period_kpis(m, "UTC", "year").iloc[0]
     assert k["matched_kwh"] <= k["annual_matched_kwh"] + 1e-6
     if k["use_kwh"] > 0:
         assert k["cfe"] <= k["annual_matched_share"] + 1e-9
@@ -241,7 +240,7 @@ def test_property_flat_supply_and_use_give_equal_hourly_and_annual_shares(n, loa
     imp, exp = max(load - pv, 0.0), max(pv - load, 0.0)
     hourly = pd.DataFrame({"grid_import_kwh": imp, "grid_export_kwh": exp, "pv_generated_kwh": pv}, index=idx)
     _, _, m = _run(hourly, contract=np.full(n, contract), granular=np.full(n, granular))
-    k = period_kpis(m, "UTC", "year", ANNUAL).iloc[0]
+    k = period_kpis(m, "UTC", "year").iloc[0]
     assert k["matched_kwh"] == pytest.approx(k["annual_matched_kwh"], rel=1e-9, abs=1e-9)
     if k["use_kwh"] > 0:
         assert k["cfe"] == pytest.approx(k["annual_matched_share"], rel=1e-9)

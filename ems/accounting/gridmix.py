@@ -226,7 +226,11 @@ def sun_shape(hours: pd.DatetimeIndex, lat: float, lon: float) -> np.ndarray:
     ----------
     J. W. Spencer, "Fourier series representation of the position of the sun", Search 2 (1971) 172.
     """
-    from pvlib.solarposition import declination_spencer71, equation_of_time_spencer71, solar_zenith_analytical
+    from pvlib.solarposition import (
+        declination_spencer71,
+        equation_of_time_spencer71,
+        solar_zenith_analytical,
+    )
 
     utc = hours.tz_convert("UTC")
     doy = utc.day_of_year.to_numpy().astype(float)

@@ -44,18 +44,18 @@ future" (2020, the CFE score).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 
 from ems.errors import AccountingError
 
 __all__ = [
+    "ADDITIVE",
     "FLOW_INPUTS",
     "match_hours",
     "month_hour_table",
     "period_kpis",
+    "ratios",
     "round_trip_efficiency",
     "scope2_hourly",
     "site_flows",
@@ -309,8 +309,13 @@ def spread_by_weight(kwh: float, weights: pd.Series, start: pd.Timestamp, end: p
     return pd.Series(kwh * w / total if total > 0 else w, index=weights.index)
 
 
-def scope2_hourly(matched: pd.DataFrame, factors: pd.DataFrame, residual_annual: float) -> pd.DataFrame:
-    """Hourly Scope 2 of electricity: location-based, market-based and marginal.
+def scope2_hourly(
+    matched: pd.DataFrame,
+    factors: pd.DataFrame,
+    annual_average: float | np.ndarray,
+    annual_residual: float | np.ndarray,
+) -> pd.DataFrame:
+    """Scope 2 of electricity hour by hour, hourly and annual factors side by side.
 
     Parameters
     ----------
@@ -319,85 +324,94 @@ def scope2_hourly(matched: pd.DataFrame, factors: pd.DataFrame, residual_annual:
     factors : DataFrame
         Same index; ``average_kg_per_kwh``, ``marginal_kg_per_kwh``, ``residual_kg_per_kwh``
         [kgCO2/kWh] (:func:`ems.accounting.intensity.factors_at`).
-    residual_annual : float [kgCO2/kWh]
-        Residual-mix factor for hours the series gives none (the factor set's).
+    annual_average, annual_residual : float or array [kgCO2/kWh]
+        The factor set's annual grid average and residual mix (per hour where the hours span
+        years); the residual also stands in for hours the series gives none.
 
     Returns
     -------
     DataFrame [kgCO2]
         ``scope2_location_hourly_kg`` (import x the hour's average), ``scope2_market_hourly_kg``
         (unmatched import x residual), ``scope2_marginal_kg`` (import x the hour's marginal; NaN
-        where the series has none).
+        where the series has none), ``scope2_location_annual_kg`` (import x annual average) and
+        ``residual_weighted_kg`` (import x annual residual, for the annual market-based figure).
     """
     imp = matched["grid_import_kwh"].to_numpy()
-    res = factors["residual_kg_per_kwh"].fillna(residual_annual).to_numpy()
+    res_annual = np.broadcast_to(np.asarray(annual_residual, dtype=float), imp.shape)
+    res = factors["residual_kg_per_kwh"].to_numpy()
+    res = np.where(np.isnan(res), res_annual, res)
     return pd.DataFrame({
         "scope2_location_hourly_kg": imp * factors["average_kg_per_kwh"].to_numpy(),
         "scope2_market_hourly_kg": (imp - matched["covered_import_kwh"].to_numpy()) * res,
         "scope2_marginal_kg": imp * factors["marginal_kg_per_kwh"].to_numpy(),
+        "scope2_location_annual_kg": imp * np.asarray(annual_average, dtype=float),
+        "residual_weighted_kg": imp * res_annual,
     }, index=matched.index)
 
 
-_ADDITIVE = (
+ADDITIVE = (
     "use_kwh", "green_onsite_kwh", "grid_origin_use_kwh", "chp_use_kwh", "contract_kwh", "granular_kwh",
     "contract_matched_kwh", "granular_matched_kwh", "matched_kwh", "unmatched_kwh", "consumed_kwh",
     "stored_change_kwh", "grid_import_kwh", "covered_import_kwh", "annual_cert_kwh",
     "scope2_location_hourly_kg", "scope2_market_hourly_kg", "scope2_marginal_kg",
+    "scope2_location_annual_kg", "residual_weighted_kg",
 )
+"""Columns of matched hours that add up over hours, periods and sites."""
+
+_PERIOD_FORMAT = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
 
 
-def period_kpis(hourly: pd.DataFrame, tz: str, period: str, annual: Mapping[str, float]) -> pd.DataFrame:
+def period_kpis(hourly: pd.DataFrame, tz: str, period: str) -> pd.DataFrame:
     """Sum a site's matched hours per local period and compute the hourly and annual figures.
 
     Parameters
     ----------
     hourly : DataFrame
-        :func:`match_hours` joined with :func:`scope2_hourly`, and ``annual_cert_kwh`` (annual
-        certificates spread by :func:`spread_by_weight`; 0 if none).
+        :func:`match_hours` joined with :func:`scope2_hourly` (optional), and ``annual_cert_kwh``
+        (annual certificates spread by :func:`spread_by_weight`; absent: none).
     tz : str
         The site's IANA zone (periods are its local calendar).
     period : str
         ``day``, ``month`` or ``year``.
-    annual : mapping
-        ``average_kg_per_kwh`` and ``residual_kg_per_kwh`` [kgCO2/kWh]: the annual factors of
-        the factor set for the period (the annual figures' factors).
 
     Returns
     -------
     DataFrame
-        One row per period label: the sums, ``cfe`` (hourly-matched share = matched / use),
-        ``annual_matched_kwh`` and ``annual_matched_share`` (the same hours pooled),
-        ``scope2_location_annual_kg``, ``scope2_market_annual_kg`` and the differences
-        ``scope2_location_diff_kg``, ``scope2_market_diff_kg`` (hourly - annual).
+        One row per period label: the sums of :data:`ADDITIVE`, ``annual_matched_kwh`` (the
+        period's supplies pooled, capped per site and period), ``scope2_market_annual_kg``, and
+        the ratios of :func:`ratios`.
     """
-    fmt = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
-    if period not in fmt:
-        raise AccountingError(f"period: expected one of {list(fmt)}; found {period!r}")
-    label = hourly.index.tz_convert(tz).strftime(fmt[period])
-    cols = [c for c in _ADDITIVE if c in hourly]
-    g = hourly[cols].groupby(np.asarray(label))
-    s = g.sum()
+    if period not in _PERIOD_FORMAT:
+        raise AccountingError(f"period: expected one of {list(_PERIOD_FORMAT)}; found {period!r}")
+    label = np.asarray(hourly.index.tz_convert(tz).strftime(_PERIOD_FORMAT[period]))
+    cols = [c for c in ADDITIVE if c in hourly]
+    s = hourly[cols].groupby(label).sum()
     if "scope2_marginal_kg" in s:  # a period with an hour of unknown marginal factor has no marginal figure
-        s.loc[g["scope2_marginal_kg"].apply(lambda x: bool(x.isna().any())), "scope2_marginal_kg"] = np.nan
+        unknown = hourly["scope2_marginal_kg"].isna().groupby(label).any()
+        s.loc[unknown.reindex(s.index).to_numpy(), "scope2_marginal_kg"] = np.nan
     s.index.name = "period"
-    return annual_figures(s, annual)
-
-
-def annual_figures(s: pd.DataFrame, annual: Mapping[str, float]) -> pd.DataFrame:
-    """Add the ratios and the annual-matched figures to period sums (see :func:`period_kpis`)."""
-    s = s.copy()
-    for c in ("annual_cert_kwh", "scope2_location_hourly_kg", "scope2_market_hourly_kg"):
+    for c in ADDITIVE:
         if c not in s:
             s[c] = 0.0
-    use = s["use_kwh"].to_numpy()
     instruments = s["contract_kwh"] + s["granular_kwh"] + s["annual_cert_kwh"]
-    counted = np.minimum(instruments, s["grid_origin_use_kwh"])
-    s["annual_matched_kwh"] = s["green_onsite_kwh"] + counted
+    s["annual_matched_kwh"] = s["green_onsite_kwh"] + np.minimum(instruments, s["grid_origin_use_kwh"])
+    imp = s["grid_import_kwh"].to_numpy()
+    residual = np.divide(s["residual_weighted_kg"].to_numpy(), imp, out=np.zeros(len(s)), where=imp > 0)
+    s["scope2_market_annual_kg"] = (imp - np.minimum(instruments.to_numpy(), imp)) * residual
+    return ratios(s)
+
+
+def ratios(s: pd.DataFrame) -> pd.DataFrame:
+    """Shares and differences from summed columns (per site and period, or summed over sites).
+
+    Adds ``cfe`` (hourly-matched share = matched / use), ``annual_matched_share``
+    (annual matched / use), ``scope2_location_diff_kg`` and ``scope2_market_diff_kg`` (hourly -
+    annual). Shares are NaN where there is no use.
+    """
+    s = s.copy()
+    use = s["use_kwh"].to_numpy()
     s["cfe"] = np.divide(s["matched_kwh"].to_numpy(), use, out=np.full(len(s), np.nan), where=use > 0)
     s["annual_matched_share"] = np.divide(s["annual_matched_kwh"].to_numpy(), use, out=np.full(len(s), np.nan), where=use > 0)
-    imp = s["grid_import_kwh"]
-    s["scope2_location_annual_kg"] = imp * float(annual["average_kg_per_kwh"])
-    s["scope2_market_annual_kg"] = (imp - np.minimum(instruments, imp)) * float(annual["residual_kg_per_kwh"])
     s["scope2_location_diff_kg"] = s["scope2_location_hourly_kg"] - s["scope2_location_annual_kg"]
     s["scope2_market_diff_kg"] = s["scope2_market_hourly_kg"] - s["scope2_market_annual_kg"]
     return s
