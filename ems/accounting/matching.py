@@ -55,6 +55,7 @@ __all__ = [
     "match_hours",
     "month_hour_table",
     "period_kpis",
+    "period_labels",
     "ratios",
     "round_trip_efficiency",
     "scope2_hourly",
@@ -383,7 +384,7 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str) -> pd.DataFrame:
     """
     if period not in _PERIOD_FORMAT:
         raise AccountingError(f"period: expected one of {list(_PERIOD_FORMAT)}; found {period!r}")
-    label = np.asarray(hourly.index.tz_convert(tz).strftime(_PERIOD_FORMAT[period]))
+    label = period_labels(hourly.index, tz, period)
     cols = [c for c in ADDITIVE if c in hourly]
     s = hourly[cols].groupby(label).sum()
     if "scope2_marginal_kg" in s:  # a period with an hour of unknown marginal factor has no marginal figure
@@ -399,6 +400,26 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str) -> pd.DataFrame:
     residual = np.divide(s["residual_weighted_kg"].to_numpy(), imp, out=np.zeros(len(s)), where=imp > 0)
     s["scope2_market_annual_kg"] = (imp - np.minimum(instruments.to_numpy(), imp)) * residual
     return ratios(s)
+
+
+def period_labels(hours: pd.DatetimeIndex, tz: str, period: str) -> np.ndarray:
+    """Local period label (``2024``, ``2024-06``, ``2024-06-01``) of each hour start."""
+    if period not in _PERIOD_FORMAT:
+        raise AccountingError(f"period: expected one of {list(_PERIOD_FORMAT)}; found {period!r}")
+    local = hours.tz_convert(tz)
+    y, m, d = local.year.to_numpy(), local.month.to_numpy(), local.day.to_numpy()
+    key = {"year": y, "month": y * 100 + m, "day": (y * 100 + m) * 100 + d}[period]
+    uniq, inv = np.unique(key, return_inverse=True)  # format each distinct period once
+    out: np.ndarray = np.array([_label(int(k), period) for k in uniq], dtype=object)[inv]
+    return out
+
+
+def _label(key: int, period: str) -> str:
+    if period == "year":
+        return f"{key:04d}"
+    if period == "month":
+        return f"{key // 100:04d}-{key % 100:02d}"
+    return f"{key // 10000:04d}-{key // 100 % 100:02d}-{key % 100:02d}"
 
 
 def ratios(s: pd.DataFrame) -> pd.DataFrame:
