@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ems.accounting.matching import (
+    battery_inputs,
     match_hours,
     month_hour_table,
     period_kpis,
@@ -22,11 +23,11 @@ from ems.errors import AccountingError
 IDX = pd.date_range("2024-06-01", periods=24, freq="h", tz="UTC")
 
 
-def _run(hourly, rte=1.0, contract=None, granular=None, initial=0.0):
+def _run(hourly, rte=1.0, contract=None, granular=None, initial=0.0, sold=None):
     f = site_flows(hourly)
-    b = track_battery(f["pv_to_battery_kwh"], f["grid_to_battery_kwh"] + f["other_to_battery_kwh"],
-                      f["battery_discharge_kwh"], rte, initial)
-    return f, b, match_hours(f, b, contract, granular)
+    green_in, other_in = battery_inputs(f, sold)
+    b = track_battery(green_in, other_in, f["battery_discharge_kwh"], rte, initial)
+    return f, b, match_hours(f, b, contract, granular, sold)
 
 
 def _one_day():
@@ -140,9 +141,20 @@ def test_stored_change_shows_energy_left_in_the_battery():
 def test_chp_is_use_that_no_instrument_covers():
     h = pd.DataFrame({"grid_import_kwh": [50.0], "chp_generated_kwh": [50.0]}, index=IDX[:1])
     _, _, m = _run(h, contract=np.array([100.0]))
-    assert m["chp_use_kwh"].iloc[0] == 50.0
+    assert m["onsite_other_use_kwh"].iloc[0] == 50.0
     assert m["contract_matched_kwh"].iloc[0] == 50.0  # only the grid's 50
     assert m["matched_kwh"].iloc[0] == 50.0
+
+
+def test_pv_whose_certificates_were_sold_is_not_green_even_through_the_battery():
+    h = _one_day()
+    sold = np.where(h["pv_generated_kwh"] > 0, 0.5, 0.0)  # half the PV's certificates were sold
+    f, b, m = _run(h, rte=0.9, sold=sold)
+    assert m["green_onsite_kwh"].sum() == pytest.approx(300.0)  # half of 600
+    assert m["onsite_other_use_kwh"].sum() == pytest.approx(200.0)  # half of the 400 PV to load
+    assert b["out_green_kwh"].sum() == pytest.approx(90.0)  # pool 100 green of 400
+    with pytest.raises(AccountingError, match=r"expected 24 hourly shares in \[0, 1\]"):
+        battery_inputs(f, np.full(24, 2.0))
 
 
 def test_pv_exported_is_not_green_use():
@@ -222,7 +234,7 @@ def test_property_hourly_matched_share_never_above_annual_matched(case):
     # energy balances of every hour
     assert np.allclose(f["pv_to_load_kwh"] + f["pv_to_battery_kwh"],
                        hourly["pv_generated_kwh"] - np.minimum(hourly["grid_export_kwh"], hourly["pv_generated_kwh"]))
-    assert np.allclose(m["use_kwh"], m["green_onsite_kwh"] + m["grid_origin_use_kwh"] + m["chp_use_kwh"])
+    assert np.allclose(m["use_kwh"], m["green_onsite_kwh"] + m["grid_origin_use_kwh"] + m["onsite_other_use_kwh"])
     assert np.allclose(b["out_green_kwh"] + b["out_other_kwh"], hourly["battery_discharge_kwh"])
     # what the battery took in is out, lost or still stored
     inflow = f["pv_to_battery_kwh"].sum() + f["grid_to_battery_kwh"].sum() + f["other_to_battery_kwh"].sum()

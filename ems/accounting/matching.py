@@ -52,6 +52,7 @@ from ems.errors import AccountingError
 __all__ = [
     "ADDITIVE",
     "FLOW_INPUTS",
+    "battery_inputs",
     "match_hours",
     "month_hour_table",
     "period_kpis",
@@ -202,11 +203,41 @@ def track_battery(
     return pd.DataFrame(res, columns=list(_BATTERY))
 
 
+def battery_inputs(flows: pd.DataFrame, pv_sold_share: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Green and non-green energy charged in each hour, for :func:`track_battery`.
+
+    Parameters
+    ----------
+    flows : DataFrame
+        From :func:`site_flows`.
+    pv_sold_share : array [-], optional
+        Share of each hour's PV whose certificates were sold (that PV is not green).
+
+    Returns
+    -------
+    green_in, other_in : array [kWh]
+    """
+    share = _share(pv_sold_share, len(flows))
+    pv_in = flows["pv_to_battery_kwh"].to_numpy()
+    other = flows["grid_to_battery_kwh"].to_numpy() + flows["other_to_battery_kwh"].to_numpy()
+    return pv_in * (1.0 - share), other + pv_in * share
+
+
+def _share(x: np.ndarray | None, n: int) -> np.ndarray:
+    if x is None:
+        return np.zeros(n)
+    v = np.asarray(x, dtype=float)
+    if v.shape != (n,) or np.isnan(v).any() or (v < 0).any() or (v > 1).any():
+        raise AccountingError(f"pv_sold_share: expected {n} hourly shares in [0, 1]; found shape {v.shape}")
+    return v
+
+
 def match_hours(
     flows: pd.DataFrame,
     battery: pd.DataFrame | None = None,
     contract_kwh: np.ndarray | pd.Series | None = None,
     granular_kwh: np.ndarray | pd.Series | None = None,
+    pv_sold_share: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Match green supply to each hour's use (see the module docs).
 
@@ -220,12 +251,16 @@ def match_hours(
         Deliveries of contracts (PPAs, green-power trades) in each hour, by their profiles.
     granular_kwh : array [kWh], optional
         Granular certificates generated in each hour (within the site's market boundary).
+    pv_sold_share : array [-], optional
+        Share of each hour's PV whose certificates were sold: that PV is used on site but is
+        not green (give the same shares to :func:`battery_inputs`).
 
     Returns
     -------
     DataFrame
         Same index as ``flows``; additive columns [kWh]: ``use_kwh``, ``green_onsite_kwh``,
-        ``grid_origin_use_kwh``, ``chp_use_kwh``, ``contract_kwh``, ``granular_kwh``,
+        ``grid_origin_use_kwh``, ``onsite_other_use_kwh`` (CHP, PV whose certificates were
+        sold), ``contract_kwh``, ``granular_kwh``,
         ``contract_matched_kwh``, ``granular_matched_kwh``, ``matched_kwh``,
         ``unmatched_kwh``, ``consumed_kwh``, ``stored_change_kwh``, ``grid_import_kwh``,
         ``covered_import_kwh``; and the battery pool at each hour's end
@@ -237,7 +272,9 @@ def match_hours(
     to_load = np.divide(flows["battery_to_load_kwh"].to_numpy(), dis, out=np.zeros(n), where=dis > 0)
     out_g, out_o = b["out_green_kwh"].to_numpy() * to_load, b["out_other_kwh"].to_numpy() * to_load
     loss_g, loss_o = b["loss_green_kwh"].to_numpy(), b["loss_other_kwh"].to_numpy()
-    green = flows["pv_to_load_kwh"].to_numpy() + out_g + loss_g
+    pv_load = flows["pv_to_load_kwh"].to_numpy()
+    sold = _share(pv_sold_share, n) * pv_load
+    green = pv_load - sold + out_g + loss_g
     grid_direct = flows["grid_to_load_kwh"].to_numpy()
     con = _hourly(contract_kwh, n, "contract_kwh")
     gran = _hourly(granular_kwh, n, "granular_kwh")
@@ -249,7 +286,7 @@ def match_hours(
         "use_kwh": use,
         "green_onsite_kwh": green,
         "grid_origin_use_kwh": grid_direct + out_o + loss_o,
-        "chp_use_kwh": flows["chp_to_load_kwh"].to_numpy(),
+        "onsite_other_use_kwh": flows["chp_to_load_kwh"].to_numpy() + sold,
         "contract_kwh": con,
         "granular_kwh": gran,
         "contract_matched_kwh": con_m,
@@ -351,7 +388,7 @@ def scope2_hourly(
 
 
 ADDITIVE = (
-    "use_kwh", "green_onsite_kwh", "grid_origin_use_kwh", "chp_use_kwh", "contract_kwh", "granular_kwh",
+    "use_kwh", "green_onsite_kwh", "grid_origin_use_kwh", "onsite_other_use_kwh", "contract_kwh", "granular_kwh",
     "contract_matched_kwh", "granular_matched_kwh", "matched_kwh", "unmatched_kwh", "consumed_kwh",
     "stored_change_kwh", "grid_import_kwh", "covered_import_kwh", "annual_cert_kwh",
     "scope2_location_hourly_kg", "scope2_market_hourly_kg", "scope2_marginal_kg",
