@@ -268,10 +268,7 @@ def match_hours(
     """
     n = len(flows)
     b = _battery_frame(battery, n)
-    dis = flows["battery_discharge_kwh"].to_numpy()
-    to_load = np.divide(flows["battery_to_load_kwh"].to_numpy(), dis, out=np.zeros(n), where=dis > 0)
-    out_g, out_o = b["out_green_kwh"].to_numpy() * to_load, b["out_other_kwh"].to_numpy() * to_load
-    loss_g, loss_o = b["loss_green_kwh"].to_numpy(), b["loss_other_kwh"].to_numpy()
+    out_g, out_o, loss_g, loss_o = _battery_to_load(flows, b)
     pv_load = flows["pv_to_load_kwh"].to_numpy()
     sold = _share(pv_sold_share, n) * pv_load
     green = pv_load - sold + out_g + loss_g
@@ -300,6 +297,14 @@ def match_hours(
         "stored_green_kwh": b["stored_green_kwh"].to_numpy(),
         "stored_other_kwh": b["stored_other_kwh"].to_numpy(),
     }, index=flows.index)
+
+
+def _battery_to_load(flows: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Green and other battery output to the load (the exported part left out), and the losses."""
+    dis = flows["battery_discharge_kwh"].to_numpy()
+    to_load = np.divide(flows["battery_to_load_kwh"].to_numpy(), dis, out=np.zeros(len(dis)), where=dis > 0)
+    return (b["out_green_kwh"].to_numpy() * to_load, b["out_other_kwh"].to_numpy() * to_load,
+            b["loss_green_kwh"].to_numpy(), b["loss_other_kwh"].to_numpy())
 
 
 def _battery_frame(battery: pd.DataFrame | None, n: int) -> pd.DataFrame:

@@ -1,0 +1,379 @@
+"""Hourly carbon KPIs of a set of sites: hourly energy, hourly factors, instruments, matching, rollups.
+
+This module only orchestrates; the rules are pure functions elsewhere:
+
+* hourly energy per site from the stage-1 hourly rows (register differences per local clock
+  hour, :mod:`ems.accounting.energy`): :func:`site_hours`;
+* the hourly grid intensity of each site (:func:`site_intensity`): a loaded series for the
+  site's most local place (province, grid region, country), else ems's modelled mix of its grid
+  region calibrated to the site's own annual factor, else the annual factor flat;
+* instruments on hours (:func:`site_instruments`): contracts by delivery profile
+  (:mod:`ems.accounting.profiles`), granular certificates on their generation hours, annual
+  certificates (annual-matched figure only) and sold own-PV certificates;
+* matching and Scope 2 (:mod:`ems.accounting.matching`), then sums per site, company, park or
+  group and local day, month or year (:meth:`HourlyResult.rollup`).
+
+Rules and sources: ``docs/hourly-matching.md``, ``docs/grid-intensity.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ems.accounting import matching
+from ems.accounting.gridmix import load_mix, mix_regions, modelled_intensity
+from ems.accounting.intensity import IntensitySeries, factors_at
+from ems.accounting.profiles import delivery_kwh
+from ems.errors import AccountingError
+from ems.readings import MeterInfo, SiteInfo
+
+__all__ = ["BY", "HourlyResult", "hourly_kpis", "site_hours", "site_instruments", "site_intensity"]
+
+BY = ("site", "company", "park", "group")
+
+_FLOW_OF = {
+    ("grid", "import_kwh"): "grid_import_kwh",
+    ("grid", "export_kwh"): "grid_export_kwh",
+    ("pv", "energy_kwh"): "pv_generated_kwh",
+    ("_site", "pv_exported_kwh"): "pv_exported_kwh",
+    ("chp", "energy_kwh"): "chp_generated_kwh",
+    ("battery", "charge_kwh"): "battery_charge_kwh",
+    ("battery", "discharge_kwh"): "battery_discharge_kwh",
+}
+
+AnnualFactors = Callable[[SiteInfo, int], Mapping[str, Any]]
+"""``(site, year) -> {"average": kgCO2/kWh, "residual": kgCO2/kWh or None, "source": str}``."""
+
+
+def site_hours(hourly: pd.DataFrame, meters: Sequence[MeterInfo]) -> dict[str, pd.DataFrame]:
+    """Per site, the energy of each hour by flow (:data:`ems.accounting.matching.FLOW_INPUTS`).
+
+    Parameters
+    ----------
+    hourly : DataFrame
+        Stage-1 hourly rows: ``site``, ``meter``, ``quantity``, ``hour`` (UTC start of the local
+        clock hour), ``value`` [kWh] (other columns ignored; tariff periods are summed).
+    meters : sequence of MeterInfo
+        The meters' kinds name the flows.
+
+    Returns
+    -------
+    dict
+        Site -> frame indexed by every hour from the site's first to its last (hours without
+        rows are 0), columns the flows the site has.
+    """
+    kind = {(m.site, m.meter): m.kind for m in meters}
+    h = hourly[hourly["quantity"].isin({q for _, q in _FLOW_OF})]
+    combos = h[["site", "meter", "quantity"]].astype(str).drop_duplicates()
+    combos["flow"] = [
+        _FLOW_OF.get(("_site" if m == "_site" else kind.get((s, m), ""), q))
+        for s, m, q in combos.itertuples(index=False)
+    ]
+    combos = combos.dropna(subset=["flow"])
+    h = h.assign(site=h["site"].astype(str), meter=h["meter"].astype(str), quantity=h["quantity"].astype(str))
+    h = h.merge(combos, on=["site", "meter", "quantity"], how="inner")
+    wide = h.groupby(["site", "hour", "flow"], sort=True)["value"].sum().unstack("flow", fill_value=0.0)
+    out: dict[str, pd.DataFrame] = {}
+    for site, g in wide.groupby(level="site", sort=True):
+        frame = g.droplevel("site")
+        idx = pd.date_range(frame.index.min(), frame.index.max(), freq="h")
+        out[str(site)] = frame.reindex(idx, fill_value=0.0).rename_axis("hour")
+    return out
+
+
+@dataclass
+class HourlyResult:
+    """What :func:`hourly_kpis` returns.
+
+    Attributes
+    ----------
+    hours : dict
+        Site -> matched hours (:func:`ems.accounting.matching.match_hours` joined with Scope 2
+        and ``annual_cert_kwh``), indexed by hour start (UTC).
+    sites : dict
+        Site -> SiteInfo.
+    intensity : DataFrame
+        Per site: the series used (``method``, ``provenance``, ``hours_filled``).
+    instruments : DataFrame
+        Per instrument: how it was placed on hours (``placement``) and the kWh placed.
+    notes : list of str
+    """
+
+    hours: dict[str, pd.DataFrame]
+    sites: dict[str, SiteInfo]
+    intensity: pd.DataFrame
+    instruments: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def rollup(self, by: str = "site", period: str = "year") -> pd.DataFrame:
+        """KPIs per ``by`` (site, company, park, group) and local ``period`` (day, month, year).
+
+        Each site's periods are computed on its own calendar (the annual-matched cap is per site
+        and period, as in the annual rule); sums over sites keep every additive column and
+        recompute the shares.
+        """
+        if by not in BY:
+            raise AccountingError(f"by: expected one of {list(BY)}; found {by!r}")
+        rows = []
+        for site, h in self.hours.items():
+            si = self.sites[site]
+            p = matching.period_kpis(h, si.tz, period).reset_index()
+            rows.append(p.assign(site=site, company=si.company, park=si.park, group=si.group))
+        if not rows:
+            return pd.DataFrame(columns=["by", "key", "period"])
+        allp = pd.concat(rows, ignore_index=True)
+        sums = [*matching.ADDITIVE, "annual_matched_kwh", "scope2_market_annual_kg"]
+        g = allp.groupby([by, "period"], sort=True)
+        out = g[sums].sum(min_count=1)
+        if "scope2_marginal_kg" in out:  # unknown at one site: unknown for the sum
+            out.loc[g["scope2_marginal_kg"].apply(lambda x: bool(x.isna().any())), "scope2_marginal_kg"] = np.nan
+        out = matching.ratios(out.fillna({c: 0.0 for c in sums if c != "scope2_marginal_kg"}))
+        out["sites"] = g["site"].nunique()
+        out = out.reset_index().rename(columns={by: "key"})
+        out.insert(0, "by", by)
+        return out
+
+    def month_hour(self, site: str, column: str = "matched_kwh") -> pd.DataFrame:
+        """Month x local hour table of a site (see :func:`ems.accounting.matching.month_hour_table`)."""
+        if site not in self.hours:
+            raise AccountingError(f"month_hour: expected one of the sites {sorted(self.hours)}; found {site!r}")
+        return matching.month_hour_table(self.hours[site], self.sites[site].tz, column)
+
+
+def _years(hours: pd.DatetimeIndex, tz: str) -> np.ndarray:
+    out: np.ndarray = hours.tz_convert(tz).year.to_numpy()
+    return out
+
+
+def site_intensity(
+    si: SiteInfo,
+    hours: pd.DatetimeIndex,
+    annual: AnnualFactors,
+    series: Sequence[IntensitySeries] = (),
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The hourly factors of a site and where they come from.
+
+    Choice, first that applies: a loaded series that has the site's province, grid region or
+    country (most local first); ems's modelled mix of the site's grid region (or country),
+    calibrated per local year to the site's own annual average factor; the annual factor itself,
+    flat. Hours a loaded series lacks take the annual factor (counted in ``hours_filled``).
+
+    Returns
+    -------
+    factors : DataFrame
+        Indexed by ``hours``: ``average_kg_per_kwh``, ``marginal_kg_per_kwh``,
+        ``residual_kg_per_kwh``, ``annual_average``, ``annual_residual`` [kgCO2/kWh].
+    provenance : dict
+        ``site``, ``method``, ``place``, ``provenance``, ``hours_filled``.
+    """
+    years = _years(hours, si.tz)
+    ann = {int(y): annual(si, int(y)) for y in np.unique(years)}
+    avg = np.array([float(ann[int(y)]["average"]) for y in years])
+    res = np.array([float(ann[int(y)]["residual"] if ann[int(y)].get("residual") is not None else ann[int(y)]["average"])
+                    for y in years])
+    places = [p for _, p in _places(si) if p]
+    loaded = next(((s, p) for p in places for s in series if p in s.regions), None)
+    model = next((p for p in (si.grid_region, si.country) if p in mix_regions()), None)
+    if loaded is not None:
+        f, prov = _loaded(*loaded, hours, avg)
+    elif model is not None:
+        f, prov = _modelled(model, hours, years, ann)
+    else:
+        f = pd.DataFrame({"average_kg_per_kwh": avg, "marginal_kg_per_kwh": np.nan, "residual_kg_per_kwh": np.nan},
+                         index=hours.tz_convert("UTC"))
+        prov = {"method": "annual", "place": si.grid_region, "hours_filled": len(hours),
+                "provenance": f"no hourly series or mix model for {', '.join(places)}: the annual factor in every hour"}
+    f = f.assign(annual_average=avg, annual_residual=res)
+    return f, {"site": si.site, **prov}
+
+
+def _loaded(s: IntensitySeries, place: str, hours: pd.DatetimeIndex, avg: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A loaded series; hours it lacks take the annual average."""
+    f = factors_at(s, place, hours, fallback={"average_kg_per_kwh": np.nan})
+    holes = f["average_kg_per_kwh"].isna().to_numpy()
+    f.loc[holes, "average_kg_per_kwh"] = avg[holes]
+    return f, {"method": s.method, "place": place, "provenance": s.describe(), "hours_filled": int(holes.sum())}
+
+
+def _modelled(model: str, hours: pd.DatetimeIndex, years: np.ndarray,
+              ann: Mapping[int, Mapping[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """ems's mix model of the region, calibrated per local year to the site's annual average."""
+    parts = [modelled_intensity(load_mix(model), int(y), float(ann[int(y)]["average"]), str(ann[int(y)].get("source", "")))
+             for y in np.unique(years)]
+    frame = pd.concat([p.frame for p in parts], ignore_index=True)
+    f = factors_at(IntensitySeries(frame, parts[0].source, "modelled"), model, hours)
+    return f, {"method": "modelled", "place": model, "provenance": "; ".join(p.describe() for p in parts), "hours_filled": 0}
+
+
+def _places(si: SiteInfo) -> list[tuple[str, str]]:
+    places = getattr(si, "places", None)
+    if callable(places):
+        out: list[tuple[str, str]] = places()
+        return out
+    return [("region", si.grid_region), ("country", si.country)]
+
+
+def _local_span(start: Any, end: Any, tz: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """``[start, end]`` local dates, inclusive, as UTC instants ``[first midnight, day after end)``."""
+    a = pd.Timestamp(start).tz_localize(tz) if pd.Timestamp(start).tzinfo is None else pd.Timestamp(start)
+    b = pd.Timestamp(end)
+    b = (b + pd.Timedelta(days=1)).tz_localize(tz) if b.tzinfo is None else b
+    return a.tz_convert("UTC"), b.tz_convert("UTC")
+
+
+def _detail(text: Any) -> dict[str, Any]:
+    if isinstance(text, dict):
+        return text
+    try:
+        d = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def site_instruments(
+    si: SiteInfo,
+    flows: pd.DataFrame,
+    instruments: pd.DataFrame,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Place a site's instruments on its hours.
+
+    Parameters
+    ----------
+    si : SiteInfo
+    flows : DataFrame
+        The site's :func:`ems.accounting.matching.site_flows` (its index: the hours).
+    instruments : DataFrame
+        The site's rows of the instrument table: ``instrument`` (PPA or a certificate scheme),
+        ``status`` (``counted`` or ``sold`` are placed), ``mwh``, ``period_start``/``period_end``
+        (local dates), ``vintage_start``/``vintage_end``, ``id``, and ``detail`` (the event's JSON:
+        ``profile`` of a contract, ``generation_start``/``generation_end`` of a granular
+        certificate, ISO times with offset).
+
+    Returns
+    -------
+    arrays : dict
+        ``contract_kwh``, ``granular_kwh``, ``pv_sold_kwh`` per hour, and ``annual`` (a list of
+        (kWh, start, end) of annual certificates, spread later by grid-origin use).
+    placements : list of dict
+        One per instrument: ``site``, ``id``, ``instrument``, ``kwh``, ``placement``.
+    """
+    hours = flows.index
+    n = len(hours)
+    out: dict[str, Any] = {"contract_kwh": np.zeros(n), "granular_kwh": np.zeros(n), "pv_sold_kwh": np.zeros(n), "annual": []}
+    placed = []
+    pv = flows["pv_to_load_kwh"] + flows["pv_to_battery_kwh"]
+    for r in instruments.itertuples(index=False):
+        d = _detail(getattr(r, "detail", ""))
+        kwh = float(r.mwh) * 1000.0
+        how = _place(si, hours, r, d, kwh, pv, out)
+        placed.append({"site": si.site, "id": r.id, "instrument": r.instrument, "kwh": kwh, "placement": how})
+    return out, placed
+
+
+def _place(si: SiteInfo, hours: pd.DatetimeIndex, r: Any, d: Mapping[str, Any], kwh: float,
+           pv: pd.Series, out: dict[str, Any]) -> str:
+    """Add one instrument to ``out``; return how it was placed."""
+    if r.status == "sold":  # own PV whose certificates were sold: not green, over its generation period
+        a, b = _local_span(r.vintage_start, r.vintage_end, si.tz)
+        out["pv_sold_kwh"] += matching.spread_by_weight(kwh, pv, a, b).to_numpy()
+        return f"own PV sold: pro rata to PV consumed {a:%Y-%m-%d}..{b:%Y-%m-%d}"
+    if d.get("generation_start") and d.get("generation_end"):
+        a, b = pd.Timestamp(d["generation_start"]), pd.Timestamp(d["generation_end"])
+        if a.tzinfo is None or b.tzinfo is None:
+            raise AccountingError(f"certificate {r.id or r.instrument}: generation_start/end: expected times with their UTC offset; found {a}, {b}")
+        out["granular_kwh"] += matching.spread_by_weight(kwh, pd.Series(1.0, index=hours), a, b).to_numpy()
+        return f"granular: generation {a.isoformat()}..{b.isoformat()}"
+    a, b = _local_span(r.period_start, r.period_end, si.tz)
+    if r.instrument == "PPA":
+        profile = str(d.get("profile") or "baseload")
+        out["contract_kwh"] += delivery_kwh(kwh, profile, hours, a, b, lat=si.lat, lon=si.lon).to_numpy()
+        return f"contract, profile {profile}" + ("" if d.get("profile") else " (none given: baseload)")
+    out["annual"].append((kwh, a, b))
+    return "annual certificate: annual-matched figure only, pro rata to grid-origin use"
+
+
+def _rte(site: str, meters: Sequence[MeterInfo], flows: pd.DataFrame) -> float:
+    """Round-trip efficiency: the battery meters' announced ``eta_charge x eta_discharge``, else the totals'."""
+    eta = [float(m.attrs["eta_charge"]) * float(m.attrs["eta_discharge"]) for m in meters
+           if m.site == site and m.kind == "battery" and "eta_charge" in m.attrs and "eta_discharge" in m.attrs]
+    if eta:
+        return float(np.mean(eta))
+    ch = float(flows["pv_to_battery_kwh"].sum() + flows["grid_to_battery_kwh"].sum() + flows["other_to_battery_kwh"].sum())
+    return matching.round_trip_efficiency(ch, float(flows["battery_discharge_kwh"].sum()))
+
+
+def _match_site(si: SiteInfo, h: pd.DataFrame, meters: Sequence[MeterInfo], inst: pd.DataFrame,
+                annual: AnnualFactors, series: Sequence[IntensitySeries]) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, Any]]]:
+    f = matching.site_flows(h)
+    arrays, placed = site_instruments(si, f, inst)
+    pv = (f["pv_to_load_kwh"] + f["pv_to_battery_kwh"]).to_numpy()
+    sold = np.divide(np.minimum(arrays["pv_sold_kwh"], pv), pv, out=np.zeros(len(f)), where=pv > 0)
+    battery = None
+    if f["battery_discharge_kwh"].any() or f["pv_to_battery_kwh"].any() or f["grid_to_battery_kwh"].any():
+        green_in, other_in = matching.battery_inputs(f, sold)
+        battery = matching.track_battery(green_in, other_in, f["battery_discharge_kwh"].to_numpy(), _rte(si.site, meters, f))
+    m = matching.match_hours(f, battery, arrays["contract_kwh"], arrays["granular_kwh"], sold)
+    m["annual_cert_kwh"] = 0.0
+    for kwh, a, b in arrays["annual"]:
+        m["annual_cert_kwh"] += matching.spread_by_weight(kwh, m["grid_origin_use_kwh"], a, b).to_numpy()
+    fac, prov = site_intensity(si, m.index, annual, series)
+    s2 = matching.scope2_hourly(m, fac, fac["annual_average"].to_numpy(), fac["annual_residual"].to_numpy())
+    m = m.join(s2)
+    m["average_kg_per_kwh"] = fac["average_kg_per_kwh"].to_numpy()
+    return m, prov, placed
+
+
+def hourly_kpis(
+    hourly: pd.DataFrame,
+    meters: Sequence[MeterInfo],
+    sites: Sequence[SiteInfo],
+    annual: AnnualFactors,
+    instruments: pd.DataFrame | None = None,
+    series: Sequence[IntensitySeries] = (),
+) -> HourlyResult:
+    """Hourly matching and hourly Scope 2 of every site.
+
+    Parameters
+    ----------
+    hourly : DataFrame
+        Stage-1 hourly rows (:func:`site_hours`).
+    meters, sites : sequence
+        The readings' metadata.
+    annual : callable
+        ``(site, year) -> {"average", "residual", "source"}``: the annual factors the annual
+        figures use (the factor set's choice for the site's place).
+    instruments : DataFrame, optional
+        The instrument table (see :func:`site_instruments`); rows of other status are ignored.
+    series : sequence of IntensitySeries
+        Loaded hourly intensity, used for sites whose place it covers.
+
+    Returns
+    -------
+    HourlyResult
+    """
+    by_site = {s.site: s for s in sites}
+    inst = instruments if instruments is not None else pd.DataFrame(columns=["site", "status"])
+    inst = inst[inst["status"].isin(["counted", "sold"])]
+    hours: dict[str, pd.DataFrame] = {}
+    prov: list[dict[str, Any]] = []
+    placed: list[dict[str, Any]] = []
+    for site, h in site_hours(hourly, meters).items():
+        if site not in by_site:
+            raise AccountingError(f"hourly energy of site {site!r} but no SiteInfo for it; known {sorted(by_site)}")
+        m, p, pl = _match_site(by_site[site], h, meters, inst[inst["site"] == site], annual, series)
+        hours[site], prov, placed = m, [*prov, p], [*placed, *pl]
+    notes = [
+        "hourly matching: PV and green battery output first, then contracts by delivery profile and granular "
+        "certificates, each against the grid's direct supply of the hour (docs/hourly-matching.md)",
+        "annual certificates count in the annual-matched figure only, spread pro rata to grid-origin use",
+    ]
+    return HourlyResult(hours=hours, sites={s: by_site[s] for s in hours}, intensity=pd.DataFrame(prov),
+                        instruments=pd.DataFrame(placed, columns=["site", "id", "instrument", "kwh", "placement"]),
+                        notes=notes)
