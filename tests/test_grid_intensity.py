@@ -172,6 +172,9 @@ def test_factors_at_missing_hours_error_or_fallback():
     assert got.attrs["filled_hours"] == 1
     with pytest.raises(AccountingError, match="expected region 'Y'"):
         factors_at(s, "Y", want)
+    # a local hour starting at :30 UTC (India, UTC+5:30) reads the UTC hour it starts in
+    india = pd.DatetimeIndex([pd.Timestamp("2024-01-01T05:30+05:30"), pd.Timestamp("2024-01-01T06:30+05:30")])
+    assert factors_at(s, "X", india)["average_kg_per_kwh"].tolist() == pytest.approx([0.5, 0.6])
 
 
 def test_weighted_mean_and_calibration_hit_the_annual_factor():

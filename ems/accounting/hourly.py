@@ -78,6 +78,8 @@ def site_hours(hourly: pd.DataFrame, meters: Sequence[MeterInfo]) -> dict[str, p
     combos = combos.dropna(subset=["flow"])
     h = h.assign(site=h["site"].astype(str), meter=h["meter"].astype(str), quantity=h["quantity"].astype(str))
     h = h.merge(combos, on=["site", "meter", "quantity"], how="inner")
+    hour = pd.DatetimeIndex(h["hour"])
+    h = h.assign(hour=hour.tz_localize("UTC") if hour.tz is None else hour.tz_convert("UTC"))
     wide = h.groupby(["site", "hour", "flow"], sort=True)["value"].sum().unstack("flow", fill_value=0.0)
     out: dict[str, pd.DataFrame] = {}
     for site, g in wide.groupby(level="site", sort=True):

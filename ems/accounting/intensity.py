@@ -205,7 +205,7 @@ def factors_at(
     region : str
         Region to read.
     hours : DatetimeIndex
-        Hour starts, tz-aware.
+        Hour starts, tz-aware (a start within a UTC hour reads that hour's values).
     fallback : dict, optional
         Values [kgCO2/kWh] by column name (e.g. the annual ``average_kg_per_kwh`` of the factor
         set) for hours the series does not cover. Without it a missing hour is an error.
@@ -225,7 +225,8 @@ def factors_at(
     if hours.tz is None:
         raise AccountingError("factors_at: expected tz-aware hours; found naive timestamps")
     want = hours.tz_convert("UTC")
-    got = series.region(region).reindex(want)
+    got = series.region(region).reindex(want.floor("h"))  # a local hour starting at :30 (UTC+5:30) reads its UTC hour
+    got.index = want
     holes = got["average_kg_per_kwh"].isna().to_numpy()
     if holes.any() and not fallback:
         first = ", ".join(str(h) for h in want[holes][:3])
