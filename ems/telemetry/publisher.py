@@ -28,7 +28,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from ems.readings import MeterInfo, ReadingSet, SiteInfo
 from ems.telemetry import backfill, codec, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.ledger import Ledger
+from ems.telemetry.pacing import run_paced
 
 __all__ = ["MeterSeries", "PublishOptions", "PublishStats", "Publisher", "meter_series"]
 
@@ -488,45 +488,29 @@ class Publisher:
                 active = True
 
     def _realtime(self, starts: list[int]) -> None:
-        import simpy.rt
-
-        speed = float(self.opts.speed or 1.0)
         parts = [s.ts[i:] for s, i in zip(self.series, starts, strict=True)]
         all_ts = np.unique(np.concatenate(parts)) if parts else np.array([], dtype="int64")
         if len(all_ts) == 0:
             return
-        t0 = int(all_ts[0])
-        env = simpy.rt.RealtimeEnvironment(initial_time=0, factor=1.0 / speed, strict=False)
         pos = list(starts)
+        prev = [int(all_ts[0])]
 
-        def proc(env: simpy.rt.RealtimeEnvironment) -> Generator[simpy.Event, Any, None]:
-            prev_ns = t0
-            for t in all_ts.tolist():
-                delay = (t - t0) / 1e9 - env.now
-                while delay > 0:  # in slices, so that stop() is honoured within ~0.2 s
-                    step = min(delay, 0.2 * speed)
-                    yield env.timeout(step)
-                    delay -= step
-                    if self._stop.is_set():
-                        return
-                    self._housekeeping(time.monotonic())  # answer backfill requests between steps
-                if self._stop.is_set():
-                    return
-                self._events(until_ns=t, since_ns=prev_ns if t != t0 else None)
-                prev_ns = t
-                for k, s in enumerate(self.series):
-                    i = pos[k]
-                    j = i
-                    while j < len(s.ts) and s.ts[j] <= t:
-                        j += 1
-                    if j > i:
-                        self._send(s, i, j)
-                        pos[k] = j
-                for gw in self._gw.values():
-                    gw.drain()
+        def step(t: int) -> None:
+            self._events(until_ns=t, since_ns=prev[0] if t != int(all_ts[0]) else None)
+            prev[0] = t
+            for k, s in enumerate(self.series):
+                i = pos[k]
+                j = i
+                while j < len(s.ts) and s.ts[j] <= t:
+                    j += 1
+                if j > i:
+                    self._send(s, i, j)
+                    pos[k] = j
+            for gw in self._gw.values():
+                gw.drain()
 
-        env.process(proc(env))
-        env.run()
+        run_paced(all_ts, float(self.opts.speed or 1.0), step, stop=self._stop,
+                  idle=lambda: self._housekeeping(time.monotonic()))  # answer backfill requests between steps
 
     def run(self) -> PublishStats:
         """Connect, publish everything not yet acknowledged, wait for the acks, disconnect."""
