@@ -186,6 +186,7 @@ class Ingestor:
         self.meters: dict[tuple[str, str], MeterInfo] = {(m.site, m.meter): m for m in self.opts.meters}
         self.sites: set[str] = {s.site for s in self.opts.sites} | {m.site for m in self.opts.meters}
         self.status: dict[str, str] = {}
+        self.meter_status: dict[tuple[str, str], dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self.rejected_by_reason: Counter[str] = Counter()
         self.seqs = SeqTracker()
@@ -289,7 +290,8 @@ class Ingestor:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection: %s", rc)
             return
-        subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1)]
+        subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1),
+                (topics.METER_STATUS_FILTER, 1)]
         if self.opts.group:  # the shared data filter gives _site and _hwm to one ingestor only
             subs.insert(1, (topics.SITE_FILTER, 1))
             subs.insert(2, (topics.HWM_FILTER, 1))
@@ -399,6 +401,8 @@ class Ingestor:
             elif t.kind == "status":
                 self.status[t.site] = item.payload.decode("utf-8", "replace")[:32]
                 log.info("site %s is %s", t.site, self.status[t.site])
+            elif t.kind == "meter_status":  # a gateway's word on one meter (e.g. offline: timeout)
+                self.meter_status[(t.site, t.meter)] = codec.load_object(item.payload) if item.payload else {}
             elif t.kind == "hwm":
                 mark = backfill.decode_hwm(t.site, item.payload)
                 if mark.sent_ns >= self._hwm_sent.get(t.site, 0):  # not an older copy delivered late
@@ -689,6 +693,7 @@ class Ingestor:
             "queue_depth": self._q.qsize(),
             "lag_s": round(self.lag_s, 3),
             "meters_known": len(self.meters),
+            "meters_offline": sum(m.get("status") == "offline" for m in self.meter_status.values()),
             "errors": c["errors"],
             "spooled": c["spooled"],
             "replayed": c["replayed"],
