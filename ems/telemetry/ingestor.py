@@ -45,10 +45,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pandas as pd
 
-from ems.errors import EmsError, PayloadError
+from ems.errors import EmsError, PayloadError, TelemetryError
 from ems.readings import MeterInfo, SiteInfo, events_frame
 from ems.store.base import Store
-from ems.telemetry import backfill, codec, topics
+from ems.telemetry import backfill, codec, sparkplug, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.spool import Spool
 
@@ -99,6 +99,11 @@ class IngestOptions:
         When to ask publishers for missing readings again; None: never. Off with
         ``group``: an ingestor of a shared group sees only its share, so its gaps are
         not losses (see ``docs/telemetry.md``).
+    encoding : str
+        ``json`` (contract v1 topics) or ``sparkplug``: Sparkplug B of group ``sparkplug_group``
+        (:mod:`ems.telemetry.sparkplug`; rebirth requests instead of backfill).
+    sparkplug_group : str
+        The Sparkplug group id to subscribe to.
     """
 
     group: str | None = None
@@ -116,6 +121,8 @@ class IngestOptions:
     spool_limit_bytes: int = 1 << 30
     spool_alarm_fraction: float = 0.8
     backfill: backfill.BackfillPolicy | None = field(default_factory=backfill.BackfillPolicy)
+    encoding: str = "json"
+    sparkplug_group: str = "ems"
 
 
 class SeqTracker:
@@ -219,6 +226,12 @@ class Ingestor:
             )
         self._spool_alarmed = False
         self._next_replay = 0.0
+        self._host: sparkplug.HostSession | None = None
+        if self.opts.encoding == "sparkplug":
+            if self.opts.group:
+                raise TelemetryError("Sparkplug sequence numbers need every message of a node: no --group with sparkplug")
+            self._host = sparkplug.HostSession(self.meters)
+            self.opts.backfill = None  # Sparkplug asks for a rebirth instead
         self.client = make_client(
             cfg, self.opts.client_id, persistent=True, manual_ack=True
         )
@@ -292,6 +305,8 @@ class Ingestor:
             return
         subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1),
                 (topics.METER_STATUS_FILTER, 1)]
+        if self._host is not None:
+            subs = [(f"{sparkplug.NAMESPACE}/{self.opts.sparkplug_group}/#", 1)]
         if self.opts.group:  # the shared data filter gives _site and _hwm to one ingestor only
             subs.insert(1, (topics.SITE_FILTER, 1))
             subs.insert(2, (topics.HWM_FILTER, 1))
@@ -375,6 +390,9 @@ class Ingestor:
             self.client.ack(mid, qos)
 
     def _process(self, item: _Item) -> None:
+        if self._host is not None:
+            self._sparkplug(item)
+            return
         try:
             t = topics.parse_topic(item.topic)
             if t.kind == "data":
@@ -445,6 +463,62 @@ class Ingestor:
                 return
             self._reject(item, exc)
             return
+        self._accept(item, msg)
+
+    def _sparkplug(self, item: _Item) -> None:
+        """Sparkplug B: births register meters and sites, deaths mark them offline, data goes the JSON way."""
+        assert self._host is not None
+        try:
+            out = self._host.handle(item.topic, item.payload, max_future_s=self.opts.max_future_s, previous=self._last)
+        except PayloadError as exc:
+            asked: sparkplug.Outcome | None = getattr(exc, "outcome", None)
+            if asked is not None and asked.rebirth is not None:
+                self.client.publish(*asked.rebirth, qos=0)
+            if exc.reason in ("unknown_meter", "unknown_site") and time.time() - item.received < self.opts.unknown_grace_s:
+                self._parked.append(item)  # its birth may still come (a rebirth was asked for)
+            else:
+                self._reject(item, exc)
+            return
+        if out.rebirth is not None:
+            log.warning("Sparkplug: asking %s for a rebirth (sequence gap or unknown node)", out.rebirth[0])
+            self.client.publish(*out.rebirth, qos=0)
+        self.status.update(out.status)
+        self.meter_status.update({k: {"status": v} for k, v in out.meter_status.items()})
+        if out.data is not None:
+            self._accept(item, out.data)
+            return
+        if out.events:
+            self._b_events.extend(out.events)
+            self._b_acks.append((item.mid, item.qos))
+            self._b_recv.append(item.received)
+            if self._b_since is None:
+                self._b_since = time.monotonic()
+            return
+        self._sparkplug_births(item, out)
+
+    def _sparkplug_births(self, item: _Item, out: sparkplug.Outcome) -> None:
+        """Register what a birth announced (store thread), acknowledging the message after."""
+        regs: list[Callable[[], None]] = []
+        if out.site is not None:
+            self.sites.add(out.site.site)
+            regs.append(functools.partial(self.store.register_sites, [out.site]))
+        if out.meters:
+            for info in out.meters:
+                self.meters[(info.site, info.meter)] = info
+                self.sites.add(info.site)
+            self.counters["meta"] += len(out.meters)
+            regs.append(functools.partial(self.store.register_meters, out.meters))
+        if not regs:
+            self._ack(item.mid, item.qos)
+            return
+        for reg in regs[:-1]:
+            self._jobs.put(reg)
+        self._jobs.put(functools.partial(self._register, regs[-1], item.mid, item.qos))
+        self._retry_parked()
+
+    def _accept(self, item: _Item, msg: codec.DataMessage) -> None:
+        """Batch the readings of a checked data message (either encoding)."""
+        site, meter = msg.site, msg.meter
         key = (site, meter)
         self._last_rx[key] = time.monotonic()
         last = msg.readings[-1]
