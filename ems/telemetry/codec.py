@@ -33,6 +33,7 @@ __all__ = [
     "MAX_READINGS",
     "DataMessage",
     "Reading",
+    "check_gas",
     "decode_data",
     "decode_events",
     "decode_meta",
@@ -518,7 +519,25 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
     attrs = obj.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {attrs!r}")
+    if kind == MeterKind.LINE:
+        rates = attrs.get("emissions") or []
+        for i, rate in enumerate(rates if isinstance(rates, list) else [rates]):
+            check_gas(rate.get("gas") if isinstance(rate, dict) else rate, f"{where}.attrs.emissions[{i}].gas")
     return MeterInfo(site, meter, kind, carrier, tuple(qs), interval, attrs)
+
+
+def check_gas(name: object, where: str) -> None:
+    """Refuse a gas missing from the GWP table (``ems/data/gases.yaml``): the message is dead-lettered.
+
+    Raises
+    ------
+    PayloadError
+        ``unknown_gas``, naming the field and the gas.
+    """
+    from ems.gases import load_gases, unknown_gas_message
+
+    if not isinstance(name, str) or load_gases().canonical(name) is None:
+        raise PayloadError("unknown_gas", f"{where}: {unknown_gas_message(name)}")
 
 
 def encode_site(info: SiteInfo) -> bytes:
@@ -596,6 +615,10 @@ def decode_events(site: str, payload: bytes, *, now_ns: int, max_future_s: float
         detail = e.get("detail") or {}
         if not isinstance(detail, dict):
             raise PayloadError("wrong_type", f"{w}.detail: expected an object, found {detail!r}")
+        if kind == "refrigerant_topup":
+            check_gas(e.get("subject"), f"{w}.subject")
+        elif kind == "process_emission" and str(e.get("unit", "")).lower() == "kg":
+            check_gas(detail.get("gas", e.get("subject")), f"{w}.detail.gas")
         out.append(
             {
                 "ts": format_ts(ts),
