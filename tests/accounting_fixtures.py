@@ -127,6 +127,8 @@ def group_2024() -> ReadingSet:
          "detail": {"period_start": "2024-01-01", "period_end": "2024-12-31", "id": "hydro-2024"}},
         {"ts": "2024-12-31T08:00Z", "site": "grp", "kind": "certificate", "subject": "GEC",
          "value": g["gec_mwh"], "unit": "MWh",
-         "detail": {"vintage": 2024, "technology": "solar", "period_year": 2024, "id": "gec-2024"}},
+         "detail": {"vintage": 2024, "technology": "solar", "period_year": 2024, "id": "gec-2024",
+                    "serials": {"prefix": "GEC-2024-TEST", "first": 1, "last": 50_080},
+                    "plant": "solar farm (test)", "plant_commissioned": "2021-06-30", "market_boundary": "CN"}},
     ]
     return readingset(frames, meters, [site("grp", tz, company="group", park="all", group="hisense")], events)

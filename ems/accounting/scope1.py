@@ -1,0 +1,168 @@
+"""Scope 1 by gas: fugitive and process emissions in kg of a named gas, from readings only.
+
+Three sources, all in the readings contract:
+
+* production lines (``line`` meters, register ``output_units``): units made each local day
+  x the per-unit rates in the meter's metadata (``attrs["emissions"]``: gas, kg_per_unit,
+  kind ``fugitive`` or ``process``, activity, e.g. refrigerant charging losses, foam
+  blowing agent);
+* ``refrigerant_topup`` events: kg of the named gas topped up after leaks (fugitive);
+* ``process_emission`` events: kg of a named gas (``unit: kg``, gas in ``detail.gas`` or the
+  subject), or, for older ledgers, an amount already in kgCO2e (``unit: kgCO2e``).
+
+CO2e = kg x GWP100 of the factor set's IPCC edition (:mod:`ems.gases`). Only Kyoto-basket
+gases enter Scope 1; HCFCs and CFCs (Montreal Protocol) and gases without a Kyoto listing
+are memo items, reported in kg (and CO2e where IPCC gives a GWP) but never added to Scope 1.
+A gas missing from the table is reported as unknown and counted nowhere, so one bad record
+never stops a report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ems.gases import GasTable
+from ems.readings import ReadingSet
+
+__all__ = ["GAS_COLUMNS", "gas_daily", "gas_sums"]
+
+GAS_COLUMNS = ("site", "date", "gas", "basket", "in_scope1", "kind", "activity", "source", "kg", "gwp", "kgco2e", "note")
+"""Columns of the per-gas daily frame; ``kg`` of gas, ``kgco2e`` [kgCO2e]."""
+
+
+def _detail(text: Any) -> dict[str, Any]:
+    try:
+        d = json.loads(text) if isinstance(text, str) and text else (text or {})
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _line_rows(s1: pd.DataFrame, rs: ReadingSet) -> pd.DataFrame:
+    lines = {(m.site, m.meter): m for m in rs.meters if m.kind == "line"}
+    if not lines:
+        return pd.DataFrame(columns=["site", "date", "gas", "kind", "activity", "source", "kg", "co2e_given"])
+    u = s1[(s1["quantity"] == "output_units") & s1["meter"].isin({k[1] for k in lines})]
+    u = u.groupby(["site", "meter", "date"], observed=True, sort=True)["value"].sum().reset_index()
+    parts = []
+    for (site, meter), g in u.groupby(["site", "meter"], observed=True, sort=False):
+        m = lines.get((str(site), str(meter)))
+        if m is None:
+            continue
+        for rate in m.attrs.get("emissions") or []:
+            parts.append(pd.DataFrame({
+                "site": str(site), "date": g["date"].to_numpy(), "gas": str(rate["gas"]),
+                "kind": str(rate.get("kind", "fugitive")), "activity": str(rate.get("activity", "")),
+                "source": f"{meter} ({m.attrs.get('product', '')})", "kg": g["value"].to_numpy() * float(rate["kg_per_unit"]),
+                "co2e_given": np.nan,
+            }))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["site", "date", "gas"])
+
+
+def _event_rows(ev: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
+    rows = []
+    for (e, day) in zip(ev.itertuples(index=False), days, strict=True):
+        if e.kind == "refrigerant_topup":
+            rows.append((e.site, day, e.subject, "fugitive", "refrigerant top-up", "events", float(e.value), np.nan))
+        elif e.kind == "process_emission":
+            d = _detail(e.detail)
+            if str(e.unit).lower() in ("kgco2e", ""):
+                rows.append((e.site, day, "CO2e", "process", str(e.subject), "events", np.nan, float(e.value)))
+            else:
+                rows.append((e.site, day, str(d.get("gas") or e.subject), str(d.get("kind", "process")),
+                             str(d.get("activity") or e.subject), "events", float(e.value), np.nan))
+    return pd.DataFrame(rows, columns=["site", "date", "gas", "kind", "activity", "source", "kg", "co2e_given"])
+
+
+def gas_daily(
+    s1: pd.DataFrame, rs: ReadingSet, event_days: np.ndarray, editions: Mapping[str, str], gases: GasTable
+) -> pd.DataFrame:
+    """Per (site, local day, gas, activity) kg and CO2e of fugitive and process gases.
+
+    Parameters
+    ----------
+    s1 : DataFrame
+        Stage-1 sums (``site, meter, quantity, date, value``).
+    rs : ReadingSet
+        For the line meters' metadata and the event ledger.
+    event_days : ndarray
+        Local day of each event of ``rs.events`` (datetime64, naive midnight).
+    editions : mapping
+        Site -> IPCC GWP edition of its factor set.
+    gases : GasTable
+
+    Returns
+    -------
+    DataFrame
+        :data:`GAS_COLUMNS`, one row per (site, date, gas, kind, activity, source).
+    """
+    ev = rs.events
+    mask = ev["kind"].isin(["refrigerant_topup", "process_emission"]).to_numpy()
+    raw = pd.concat([_line_rows(s1, rs), _event_rows(ev[mask], event_days[mask])], ignore_index=True)
+    if raw.empty:
+        return pd.DataFrame(columns=list(GAS_COLUMNS))
+    keys = ["site", "date", "gas", "kind", "activity", "source"]
+    raw = raw.groupby(keys, sort=True, dropna=False)[["kg", "co2e_given"]].sum(min_count=1).reset_index()
+    info = {g: _gas_info(g, gases) for g in raw["gas"].unique()}
+    raw["basket"] = [info[g][1] for g in raw["gas"]]
+    raw["gas"] = [info[g][0] for g in raw["gas"]]
+    gwp = np.asarray([_gwp(g, editions.get(s, gases.default_edition), gases) for g, s in zip(raw["gas"], raw["site"], strict=True)])
+    given = raw["co2e_given"].to_numpy(dtype=float)
+    raw["gwp"] = np.where(np.isnan(given), gwp, np.nan)
+    raw["kgco2e"] = np.where(np.isnan(given), raw["kg"].to_numpy(dtype=float) * np.nan_to_num(gwp), given)
+    raw["in_scope1"] = (raw["basket"] == "kyoto") | ~np.isnan(given)
+    raw["note"] = [_note(b, g, x) for b, g, x in zip(raw["basket"], gwp, given, strict=True)]
+    raw["kg"] = raw["kg"].fillna(0.0)
+    return raw[list(GAS_COLUMNS)]
+
+
+def _gas_info(name: str, gases: GasTable) -> tuple[str, str]:
+    if name == "CO2e":
+        return "CO2e", "kyoto"
+    key = gases.canonical(name)
+    return (key, gases.gases[key].basket) if key else (name, "unknown")
+
+
+def _gwp(name: str, edition: str, gases: GasTable) -> float:
+    if name == "CO2e" or gases.canonical(name) is None:
+        return np.nan
+    v = gases.gwp(name, edition)
+    return np.nan if v is None else float(v)
+
+
+def _note(basket: str, gwp: float, given: float) -> str:
+    if not np.isnan(given):
+        return "reported in kgCO2e by the source"
+    if basket == "unknown":
+        return "unknown gas: not in the GWP table (ems/data/gases.yaml); not counted"
+    if basket == "montreal":
+        return "Montreal Protocol substance: memo item, outside Scope 1"
+    if basket == "none":
+        return "not a Kyoto gas: memo item, outside Scope 1" + ("" if not np.isnan(gwp) else "; no IPCC GWP, kg only")
+    return ""
+
+
+def gas_sums(g: pd.DataFrame) -> pd.DataFrame:
+    """Per (site, date) additive columns of the daily frame from :func:`gas_daily` [kgCO2e, kg]."""
+    cols = ["scope1_refrigerant_kg", "scope1_fugitive_kg", "scope1_process_kg", "memo_non_kyoto_kgco2e",
+            "memo_non_kyoto_gas_kg", "refrigerant_kg", "unknown_gas_kg"]
+    if g.empty:
+        return pd.DataFrame(columns=["site", "date", *cols])
+    top = g["activity"] == "refrigerant top-up"
+    s1 = g["in_scope1"].astype(bool)
+    parts = {
+        "scope1_refrigerant_kg": g["kgco2e"].where(s1 & top, 0.0),
+        "scope1_fugitive_kg": g["kgco2e"].where(s1 & ~top & (g["kind"] == "fugitive"), 0.0),
+        "scope1_process_kg": g["kgco2e"].where(s1 & ~top & (g["kind"] != "fugitive"), 0.0),
+        "memo_non_kyoto_kgco2e": g["kgco2e"].where(~s1 & (g["basket"] != "unknown"), 0.0),
+        "memo_non_kyoto_gas_kg": g["kg"].where(~s1 & (g["basket"] != "unknown"), 0.0),
+        "refrigerant_kg": g["kg"].where(top, 0.0),
+        "unknown_gas_kg": g["kg"].where(g["basket"] == "unknown", 0.0),
+    }
+    w = pd.DataFrame({"site": g["site"], "date": g["date"], **parts})
+    return w.groupby(["site", "date"], sort=True)[cols].sum().reset_index()
