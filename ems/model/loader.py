@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ems.errors import ConfigError, LocatedError
-from ems.model.scenario import ResolvedScenario, ScenarioFile
+from ems.model.scenario import ResolvedScenario, ScenarioFile, apply_boundary
 from ems.model.site import Site
 
 __all__ = [
@@ -665,7 +665,12 @@ def _resolve(
         for dotted, value in extra_paths.items():
             apply(site_id, str(dotted), value, (doc.name, None), None, ())
 
-    sites = [_resolve_site_paths(_validate_site(sdoc), sdoc.name) for sdoc in site_docs]
+    sites = apply_boundary(spec.boundary, [_resolve_site_paths(_validate_site(sdoc), sdoc.name) for sdoc in site_docs])
+    unknown = sorted(set(spec.boundary.exclude) - set(by_id)) if spec.boundary else []
+    if unknown:
+        file, line = doc.locate(("boundary", "exclude"))
+        raise LocatedError(f"expected ids of sites in this scenario ({', '.join(sorted(by_id))}), found {unknown}",
+                           file=file, line=line, field="boundary.exclude")
     start, end = spec.period.bounds()
     return ResolvedScenario(
         name=spec.name,

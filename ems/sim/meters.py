@@ -20,6 +20,7 @@ battery id         power_kw (discharge - charge), charge_kwh, discharge_kwh, soc
 ``gas``            flow_m3h, volume_m3 (all on-site gas)
 fleet id           mass_kg (fuel delivered; jumps at deliveries)
 ``production``     output_rmb
+``line-<product>`` output_units (units made by a production line)
 ``weather``        ghi_wm2, poa_wm2, temp_air_c
 =================  =========================================================
 """
@@ -69,6 +70,7 @@ def _meters(
                     "inverter_kw": inverter_kw(p),
                     "tilt_deg": p.tilt_deg,
                     "azimuth_deg": p.azimuth_deg,
+                    **({"commissioned": p.commissioned.isoformat()} if p.commissioned else {}),
                 },
             )
         )
@@ -110,6 +112,9 @@ def _meters(
     for f in site.fleets:
         out.append((f.id, MeterKind.FUEL, f.fuel, {"fuel": f.fuel}))
     out.append(("production", MeterKind.PRODUCTION, Carrier.OUTPUT, {}))
+    for line in site.products:
+        emissions = [e.model_dump(mode="json") for e in line.emissions]
+        out.append((f"line-{line.id}", MeterKind.LINE, Carrier.OUTPUT, {"product": line.product, "emissions": emissions}))
     out.append(("weather", MeterKind.WEATHER, Carrier.WEATHER, {}))
     return out
 
@@ -145,12 +150,18 @@ def site_info(site: Site) -> SiteInfo:
         country=site.location.country,
         grid_region=site.grid.region,
         factor_set=site.factor_set,
+        province=site.location.province or "",
         attrs={
             "contract_kw": site.grid.contract_kw,
             "tariff": site.grid.tariff.model_dump(mode="json")
             if site.grid.tariff is not None
             else None,
             "export_limit_kw": export_limit(site),
+            "boundary": {
+                "approach": site.reporting.approach,
+                "included": site.reporting.included,
+                "reason": site.reporting.reason,
+            },
         },
     )
 
@@ -225,6 +236,8 @@ def site_series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray]]:
             yield mid, "mass_kg", reg(mid, "mass_kg", flows.flow(f"fuel_kg.{mid}"), 1.0)
         elif kind == MeterKind.PRODUCTION:
             yield mid, "output_rmb", reg(mid, "output_rmb", a["output_rmb_h"])
+        elif kind == MeterKind.LINE:
+            yield mid, "output_units", reg(mid, "output_units", a["units_h." + mid.removeprefix("line-")])
         elif kind == MeterKind.WEATHER:
             yield mid, "ghi_wm2", a["ghi"]
             yield mid, "poa_wm2", a["poa"]
