@@ -28,10 +28,10 @@ TARIFF = {
 
 
 def site(site="s1", tz="Asia/Shanghai", *, company="c1", park="p1", group="g", country="CN",
-         grid_region="CN-East", factor_set="cn-2023", **attrs: Any) -> SiteInfo:
+         grid_region="CN-East", factor_set="cn-2023", province="", **attrs: Any) -> SiteInfo:
     return SiteInfo(site=site, name=site.upper(), group=group, company=company, park=park, tz=tz,
                     lat=30.0, lon=120.0, country=country, grid_region=grid_region,
-                    factor_set=factor_set, attrs=attrs)
+                    factor_set=factor_set, attrs=attrs, province=province)
 
 
 def index(start: str, periods: int, interval_s: int = 900, tz: str = "UTC") -> pd.DatetimeIndex:

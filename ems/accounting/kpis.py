@@ -648,12 +648,32 @@ def rollup(
         o["currency"] = gg["currency"].first()
         o = o.reset_index().rename(columns={by: "key"})
     o.insert(0, "by", by)
-    _derive(o, tce_method, onsite_renewables)
-    _ratios(o, period)
-    return o
+    cols = _Cols(o)
+    _derive(cols, tce_method, onsite_renewables)
+    _ratios(cols, period)
+    return cols.frame()
 
 
-def _derive(o: pd.DataFrame, method: str, onsite: str) -> None:
+class _Cols:
+    """Derived columns collected apart and joined once (no fragmented frame)."""
+
+    def __init__(self, base: pd.DataFrame) -> None:
+        self.base = base
+        self.new: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.new[key] if key in self.new else self.base[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.new[key] = value
+
+    def frame(self) -> pd.DataFrame:
+        n = len(self.base)
+        new = pd.DataFrame({k: (v if np.ndim(v) else np.full(n, v)) for k, v in self.new.items()}, index=self.base.index)
+        return pd.concat([self.base.drop(columns=[c for c in new if c in self.base]), new], axis=1)
+
+
+def _derive(o: _Cols, method: str, onsite: str) -> None:
     """Totals of energy, emissions and cost from the sums (in place)."""
     o["electricity_tce"] = o[f"electricity_tce_{method}"]
     o["pv_consumed_tce_equiv"] = o[f"pv_consumed_tce_{method}"]
@@ -678,7 +698,7 @@ def _derive(o: pd.DataFrame, method: str, onsite: str) -> None:
                        + o["natural_gas_cost"] + o["fuel_cost"] + o["certificate_cost"])
 
 
-def _ratios(o: pd.DataFrame, period: str | tuple[Any, Any]) -> None:
+def _ratios(o: _Cols, period: str | tuple[Any, Any]) -> None:
     """Shares, intensities and the energy-saving rate (in place); NaN where a denominator is zero, with a note."""
     o["green_share"] = _div(o["green_kwh"], o["electricity_consumed_kwh"])
     o["self_consumption"] = _div(o["pv_consumed_kwh"], o["pv_generated_kwh"])
@@ -700,10 +720,10 @@ def _ratios(o: pd.DataFrame, period: str | tuple[Any, Any]) -> None:
     o["green_share_note"] = np.where(o["electricity_consumed_kwh"] > 0, "", "no electricity consumed: share not defined")
     o["self_consumption_note"] = np.where(o["pv_generated_kwh"] > 0, "", "no PV generation")
     prev = _prev_label(o["period"], period)
-    look = o.set_index(["key", "period"])["tce_per_10k_rmb"]
+    look = pd.Series(o["tce_per_10k_rmb"].to_numpy(), index=pd.MultiIndex.from_arrays([o["key"], o["period"]]))
     last = look.reindex(pd.MultiIndex.from_arrays([o["key"], prev])).to_numpy()
     o["tce_per_10k_rmb_last_year"] = last
-    o["energy_saving_rate"] = 1.0 - _div(o["tce_per_10k_rmb"], pd.Series(last, index=o.index))
+    o["energy_saving_rate"] = 1.0 - _div(o["tce_per_10k_rmb"], pd.Series(last, index=o.base.index))
 
 
 def gas_rollup(gases: pd.DataFrame, daily: pd.DataFrame, by: str = "site", period: str | tuple[Any, Any] = "year") -> pd.DataFrame:
