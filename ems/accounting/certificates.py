@@ -28,7 +28,9 @@ NEA GEC rules, Guo Neng Fa Xin Neng Gui [2024] No. 67.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import functools
 import json
 from collections.abc import Mapping
 from importlib import resources
@@ -68,13 +70,21 @@ def load_framework(name: str | None = None, path: str | None = None) -> dict[str
         The framework's rules plus ``name`` and ``markets`` (country -> market).
     """
     p = Path(path) if path else Path(str(resources.files("ems").joinpath("data", "frameworks.yaml")))
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    data = _frameworks_file(str(p), p.stat().st_mtime_ns)
     fws = data.get("frameworks") or {}
     key = name or str(data.get("default", ""))
     if key not in fws:
         raise ConfigError(f"framework: expected one of {sorted(fws)}; found {key!r}")
     markets = {c: str(m.get("market", c)) for c, m in (data.get("markets") or {}).items()}
-    return {**fws[key], "name": key, "markets": markets, "version": str(data.get("version", ""))}
+    return {**copy.deepcopy(fws[key]), "name": key, "markets": markets, "version": str(data.get("version", ""))}
+
+
+@functools.lru_cache(maxsize=4)
+def _frameworks_file(path: str, mtime_ns: int) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "frameworks" not in data:
+        raise ConfigError(f"{path}: expected a mapping with 'frameworks' and 'markets'")
+    return data
 
 
 def _detail(text: Any) -> dict[str, Any]:
@@ -115,8 +125,8 @@ def _serials(d: Mapping[str, Any], kind: str, ident: str, ps: dt.date, pe: dt.da
     return None
 
 
-def _row(ts: Any, site: str, kind: str, e: pd.Series, local: dt.date) -> dict[str, Any]:
-    d = _detail(e["detail"])
+def _row(ts: Any, site: str, kind: str, e: Any, local: dt.date) -> dict[str, Any]:
+    d = _detail(e.detail)
     ppa = kind == "PPA"
     ps, pe = _period(d, "period_start", "period_end", "period_year", local if ppa else dt.date(local.year, 1, 1))
     if ppa and not (d.get("period_start") or d.get("period_year")):
@@ -126,8 +136,8 @@ def _row(ts: Any, site: str, kind: str, e: pd.Series, local: dt.date) -> dict[st
     ser = _serials(d, kind, ident, ps, pe)
     return {
         "ts": ts, "site": site, "instrument": kind, "action": str(d.get("action", "retire")), "id": ident,
-        "mwh": float(e["value"]), "serial_prefix": ser[0] if ser else "", "serial_first": ser[1] if ser else -1,
-        "serial_last": ser[2] if ser else -1, "technology": str(d.get("technology") or (e["subject"] if ppa else "")),
+        "mwh": float(e.value), "serial_prefix": ser[0] if ser else "", "serial_first": ser[1] if ser else -1,
+        "serial_last": ser[2] if ser else -1, "technology": str(d.get("technology") or (e.subject if ppa else "")),
         "plant": str(d.get("plant") or ""), "commissioned": _date(d.get("plant_commissioned")),
         "vintage_start": vs, "vintage_end": ve, "market_boundary": str(d.get("market_boundary") or ""),
         "period_start": ps, "period_end": pe, "retired_on": local, "status": "counted", "reason": "",
@@ -136,14 +146,15 @@ def _row(ts: Any, site: str, kind: str, e: pd.Series, local: dt.date) -> dict[st
 
 def _parse(events: pd.DataFrame, sites: Mapping[str, SiteInfo]) -> pd.DataFrame:
     ev = events[events["kind"].isin(["certificate", "contract_delivery"])]
+    local = np.empty(len(ev), dtype=object)
+    for s, idx in ev.groupby("site", sort=False).indices.items():
+        tz = sites[s].tz if s in sites else "UTC"
+        local[idx] = list(pd.DatetimeIndex(ev.index[idx]).tz_convert(tz).date)
     rows = []
-    for ts, e in ev.iterrows():
-        site = str(e["site"])
-        tz = sites[site].tz if site in sites else "UTC"
-        local = pd.Timestamp(ts).tz_convert(tz).date()
-        kind = "PPA" if e["kind"] == "contract_delivery" else str(e["subject"])
-        row = _row(ts, site, kind, e, local)
-        row["contract"] = str(e["subject"]) if kind == "PPA" else ""
+    for ts, e, day in zip(ev.index, ev.itertuples(index=False), local, strict=True):
+        kind = "PPA" if e.kind == "contract_delivery" else str(e.subject)
+        row = _row(ts, str(e.site), kind, e, day)
+        row["contract"] = str(e.subject) if kind == "PPA" else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=[*INSTRUMENT_COLUMNS, "contract"])
 
@@ -156,22 +167,22 @@ def _describe(r: Any) -> str:
 def _double_retirements(df: pd.DataFrame) -> None:
     """Refuse every retirement that reuses a serial already retired (in ledger order), naming both."""
     seen: dict[str, list[tuple[int, int, int]]] = {}
-    for i, r in enumerate(df.itertuples(index=False)):
+    rows = list(df.itertuples(index=False))
+    status, reason = df["status"].to_list(), df["reason"].to_list()
+    for i, r in enumerate(rows):
         if not r.serial_prefix:
             continue
         held = seen.setdefault(r.serial_prefix, [])
         clash = next((h for h in held if not (r.serial_last < h[0] or r.serial_first > h[1])), None)
         if clash is not None:
-            first = df.iloc[clash[2]]
             lo, hi = max(r.serial_first, clash[0]), min(r.serial_last, clash[1])
             span = f"{lo}" if lo == hi else f"{lo}-{hi}"
-            df.iloc[i, df.columns.get_loc("status")] = "refused"
-            df.iloc[i, df.columns.get_loc("reason")] = (
-                f"double retirement: serials {r.serial_prefix} {span} were already retired by "
-                f"{_describe(first)}; this retirement {_describe(r)} is refused"
-            )
+            status[i] = "refused"
+            reason[i] = (f"double retirement: serials {r.serial_prefix} {span} were already retired by "
+                         f"{_describe(rows[clash[2]])}; this retirement {_describe(r)} is refused")
             continue
         held.append((r.serial_first, r.serial_last, i))
+    df["status"], df["reason"] = status, reason
 
 
 def _months(d: dt.date, n: int) -> dt.date:
@@ -264,52 +275,52 @@ def instrument_table(
     return df
 
 
-def allocate(items: pd.DataFrame, daily: pd.DataFrame, weight: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _rows_by_site(caps: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row positions in ``caps`` and their local dates, per site."""
+    dates = caps["date"].to_numpy()
+    return {str(s): (idx, dates[idx]) for s, idx in caps.groupby("site", sort=False).indices.items()}
+
+
+def allocate(items: pd.DataFrame, caps: pd.DataFrame, weight: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Spread instruments over a site's local days within their period, pro rata to ``weight``.
 
     Parameters
     ----------
     items : DataFrame
-        Columns ``site, mwh, start, end`` (local dates, inclusive) and ``item`` (an id).
-    daily : DataFrame
-        Columns ``site, date`` (naive midnight) and ``weight`` [kWh].
+        Columns ``item, site, mwh, start, end`` (local dates, inclusive).
+    caps : DataFrame
+        Columns ``site, date`` (naive midnight) and ``weight`` [kWh], one row per (site, day).
     weight : str
-        Column of ``daily`` to weigh by (grid import for certificates and contracts, PV consumed
+        Column of ``caps`` to weigh by (grid import for certificates and contracts, PV consumed
         for sold PV certificates).
 
     Returns
     -------
     allocated : DataFrame
-        ``site, date, kwh, item`` [kWh].
+        ``row`` (position in ``caps``), ``item``, ``kwh`` [kWh].
     unallocated : DataFrame
         ``item, site, kwh, reason``: items whose period has no day, or no weight, in the readings.
     """
-    by_site = {s: (g["date"].to_numpy(), g[weight].to_numpy(dtype=float)) for s, g in daily.groupby("site", sort=False)}
-    parts: list[tuple[str, np.ndarray, np.ndarray, int]] = []
-    lost = []
+    by_site = _rows_by_site(caps)
+    w_all = caps[weight].to_numpy(dtype=float)
+    rows, kwhs, ids, lost = [], [], [], []
     for it in items.itertuples(index=False):
         kwh = float(it.mwh) * 1000.0
-        dates, w = by_site.get(it.site, (np.zeros(0, "datetime64[ns]"), np.zeros(0)))
+        pos, dates = by_site.get(str(it.site), (np.zeros(0, np.int64), np.zeros(0, "datetime64[ns]")))
         m = (dates >= np.datetime64(it.start, "ns")) & (dates <= np.datetime64(it.end, "ns"))
-        wm = np.clip(w[m], 0.0, None)
+        wm = np.clip(w_all[pos[m]], 0.0, None)
         if not m.any() or wm.sum() <= 0:
             why = "no readings for the site" if not len(dates) else (
                 f"period {it.start}..{it.end} outside the readings" if not m.any() else f"no {weight} in {it.start}..{it.end}")
             lost.append({"item": it.item, "site": it.site, "kwh": kwh, "reason": why})
             continue
-        parts.append((it.site, dates[m], kwh * wm / wm.sum(), it.item))
-    return _frame(parts, "kwh"), pd.DataFrame(lost, columns=["item", "site", "kwh", "reason"])
-
-
-def _frame(parts: list[tuple[str, np.ndarray, np.ndarray, int]], value: str) -> pd.DataFrame:
-    """One frame ``site, date, <value>, item`` from per-item arrays."""
-    n = [len(p[1]) for p in parts]
-    return pd.DataFrame({
-        "site": np.repeat(np.asarray([p[0] for p in parts], dtype=object), n),
-        "date": np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, "datetime64[ns]"),
-        value: np.concatenate([p[2] for p in parts]) if parts else np.zeros(0),
-        "item": np.repeat(np.asarray([p[3] for p in parts], dtype=np.int64), n),
-    })
+        rows.append(pos[m])
+        kwhs.append(kwh * wm / wm.sum())
+        ids.append(np.full(int(m.sum()), it.item, dtype=np.int64))
+    alloc = pd.DataFrame({"row": np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                          "item": np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                          "kwh": np.concatenate(kwhs) if kwhs else np.zeros(0)})
+    return alloc, pd.DataFrame(lost, columns=["item", "site", "kwh", "reason"])
 
 
 _CLASSES = {"contract": "contracts", "certificate": "certificates", "pv_sold": "pv_sold"}
@@ -318,30 +329,29 @@ _CAP = {"contract": "grid_import_kwh", "certificate": "grid_import_kwh", "pv_sol
 
 def _fill(items: pd.DataFrame, caps: pd.DataFrame) -> pd.DataFrame:
     """Count items in order, each up to what is left of its cap over its own period, spread pro rata to what is left."""
-    left = {(s, c): g[c].to_numpy(dtype=float).copy() for s, g in caps.groupby("site", sort=False) for c in set(_CAP.values())}
-    dates = {s: g["date"].to_numpy() for s, g in caps.groupby("site", sort=False)}
-    parts: list[tuple[str, np.ndarray, np.ndarray, int]] = []
-    cls: dict[int, str] = {}
+    by_site = _rows_by_site(caps)
+    left = {c: caps[c].to_numpy(dtype=float).copy() for c in set(_CAP.values())}
+    rows, kwhs, ids = [], [], []
     for it in items.itertuples(index=False):
-        rest = left.get((it.site, _CAP[it.cls]))
-        if rest is None:
-            continue
-        m = (dates[it.site] >= np.datetime64(it.start, "ns")) & (dates[it.site] <= np.datetime64(it.end, "ns"))
-        avail = rest[m]
+        pos, dates = by_site.get(str(it.site), (np.zeros(0, np.int64), np.zeros(0, "datetime64[ns]")))
+        p = pos[(dates >= np.datetime64(it.start, "ns")) & (dates <= np.datetime64(it.end, "ns"))]
+        rest = left[_CAP[it.cls]]
+        avail = rest[p]
         total = float(avail.sum())
         got = min(float(it.mwh) * 1000.0, total)
         if got <= 0:
             continue
         share = avail * (got / total)
-        rest[m] = np.maximum(avail - share, 0.0)
-        parts.append((it.site, dates[it.site][m], share, it.item))
-        cls[it.item] = it.cls
-    out = _frame(parts, "counted_kwh")
-    out["cls"] = out["item"].map(cls).astype(object)
-    return out
+        rest[p] = np.maximum(avail - share, 0.0)
+        rows.append(p)
+        kwhs.append(share)
+        ids.append(np.full(len(p), it.item, dtype=np.int64))
+    return pd.DataFrame({"row": np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                         "item": np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                         "counted_kwh": np.concatenate(kwhs) if kwhs else np.zeros(0)})
 
 
-def cover(items: pd.DataFrame, caps: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def cover(items: pd.DataFrame, caps: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Offered and counted kWh of every instrument on every local day.
 
     Each instrument counts up to the grid import (PV consumed, for sold own-PV certificates)
@@ -356,32 +366,34 @@ def cover(items: pd.DataFrame, caps: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
         ``item, site, cls`` (``contract``, ``certificate``, ``pv_sold``), ``mwh``, ``start``, ``end``
         (local dates, inclusive), in ledger order.
     caps : DataFrame
-        ``site, date, grid_import_kwh, pv_consumed_kwh`` [kWh].
+        ``site, date, grid_import_kwh, pv_consumed_kwh`` [kWh], one row per (site, day).
 
     Returns
     -------
     days : DataFrame
-        Per ``site, date``: ``contracts_kwh, certificates_kwh, pv_sold_kwh`` offered (pro rata to
-        the cap) and ``contracts_counted_kwh, certificates_counted_kwh, pv_sold_counted_kwh`` [kWh].
-    counted : DataFrame
-        ``site, date, item, cls, counted_kwh``.
+        Row for row with ``caps``: ``contracts_kwh, certificates_kwh, pv_sold_kwh`` offered (pro
+        rata to the cap) and ``contracts_counted_kwh, certificates_counted_kwh, pv_sold_counted_kwh`` [kWh].
+    offered, counted : DataFrame
+        ``row, item, cls, kwh`` and ``row, item, cls, counted_kwh``: per item and day.
     unallocated : DataFrame
         ``item, site, kwh, reason``: items with no day (or no cap) in their period.
     """
-    keys = ["site", "date"]
     order = items.assign(rank=items["cls"].map({"contract": 0, "certificate": 1, "pv_sold": 2})).sort_values(["rank", "item"], kind="stable")
-    offered, lost = [], []
-    for cls, g in order.groupby("cls", sort=False):
-        a, u = allocate(g, caps, _CAP[str(cls)])
-        offered.append(a.assign(cls=cls))
+    cls = dict(zip(items["item"], items["cls"], strict=True))
+    parts, lost = [], []
+    for c, g in order.groupby("cls", sort=False):
+        a, u = allocate(g, caps, _CAP[str(c)])
+        parts.append(a)
         lost.append(u)
+    offered = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"row": [], "item": [], "kwh": []})
+    offered["cls"] = offered["item"].map(cls)
     counted = _fill(order, caps)
-    days = caps[keys].copy()
+    counted["cls"] = counted["item"].map(cls)
+    n = len(caps)
+    out = {}
     for c, name in _CLASSES.items():
-        off = pd.concat(offered, ignore_index=True) if offered else pd.DataFrame(columns=[*keys, "kwh", "cls"])
-        o = off[off["cls"] == c].groupby(keys)["kwh"].sum().rename(f"{name}_kwh")
-        k = counted[counted["cls"] == c].groupby(keys)["counted_kwh"].sum().rename(f"{name}_counted_kwh")
-        days = days.merge(o.reset_index(), on=keys, how="left").merge(k.reset_index(), on=keys, how="left")
-    days = days.fillna({c: 0.0 for c in days.columns if c.endswith("_kwh")})
+        o, k = offered[offered["cls"] == c], counted[counted["cls"] == c]
+        out[f"{name}_kwh"] = np.bincount(o["row"].to_numpy(np.int64), o["kwh"].to_numpy(float), minlength=n)
+        out[f"{name}_counted_kwh"] = np.bincount(k["row"].to_numpy(np.int64), k["counted_kwh"].to_numpy(float), minlength=n)
     unalloc = pd.concat(lost, ignore_index=True) if lost else pd.DataFrame(columns=["item", "site", "kwh", "reason"])
-    return days, counted, unalloc
+    return pd.DataFrame(out, index=caps.index), offered, counted, unalloc

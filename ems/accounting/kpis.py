@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ems.accounting import scope1
-from ems.accounting.certificates import allocate, cover, instrument_table, load_framework
+from ems.accounting.certificates import cover, instrument_table, load_framework
 from ems.accounting.energy import stage1
 from ems.accounting.factors import FactorSet, load_factor_set
 from ems.accounting.money import convert, load_fx, site_currency, sum_money
@@ -266,31 +266,46 @@ def _event_days(ev: pd.DataFrame, sites: Mapping[str, SiteInfo]) -> np.ndarray:
     return out
 
 
+def _day_keys(s1: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Row of each stage-1 line in the daily frame, and the daily frame's ``site, date`` (sorted)."""
+    sc, su = pd.factorize(s1["site"], sort=True)
+    days = (s1["date"].to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // np.timedelta64(1, "D")
+    key = sc.astype(np.int64) * 1_000_000 + days.astype(np.int64)
+    uk, row = np.unique(key, return_inverse=True)
+    base = pd.DataFrame({"site": np.asarray(su, dtype=object)[uk // 1_000_000],
+                         "date": ((uk % 1_000_000) * np.timedelta64(1, "D") + np.datetime64(0, "D")).astype("datetime64[ns]")})
+    return row, base
+
+
 def _wide(s1: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per (site, day) flows, peak import, hours and the electricity balance; and the grid-import rows."""
-    s1 = s1.assign(flow=_flows(s1, rs))
-    s1 = s1[s1["flow"].notna()]
-    keys = ["site", "date"]
-    wide = s1.groupby([*keys, "flow"], sort=True)["value"].sum().unstack("flow", fill_value=0.0)
-    daily = wide.reindex(columns=list(FLOWS), fill_value=0.0).reset_index()
-    if daily.empty:
+    """Per (site, day) flows, peak import, hours and the electricity balance; and the grid-import rows (with ``row``)."""
+    flow = _flows(s1, rs)
+    keep = np.fromiter((f is not None for f in flow), dtype=bool, count=len(flow))
+    s1, flow = s1[keep], flow[keep]
+    if not len(s1):
         raise AccountingError("no register readings to account: expected import_kwh, energy_kwh, heat_gj, volume_m3, ... registers")
-    gi = s1[s1["flow"] == "grid_import_kwh"]
+    row, daily = _day_keys(s1)
+    n = len(daily)
+    col = {f: i for i, f in enumerate(FLOWS)}
+    fcode = np.asarray([col[f] for f in flow], dtype=np.int64)
+    table = np.bincount(row * len(FLOWS) + fcode, s1["value"].to_numpy(float), minlength=n * len(FLOWS)).reshape(n, len(FLOWS))
+    daily = pd.concat([daily, pd.DataFrame(table, columns=list(FLOWS))], axis=1)
+    is_gi = fcode == col["grid_import_kwh"]
+    gi = s1[is_gi].assign(row=row[is_gi])
+    mc, mu = pd.factorize(gi["meter"])
+    ivs = {(m.site, m.meter): float(m.interval_s) for m in rs.meters}
+    iv = np.asarray([ivs.get((s, m), 0.0) for s, m in zip(gi["site"], gi["meter"], strict=True)]) if len(gi) else np.zeros(0)
+    slot = gi["row"].to_numpy(np.int64) * max(len(mu), 1) + mc
     # peak: per grid meter the max interval rate of the day, summed over grid meters
-    peak = gi.groupby([*keys, "meter"])["max_rate"].max().groupby(level=[0, 1]).sum().rename("peak_import_kw")
-    daily = daily.merge(peak.reset_index(), on=keys, how="left")
-    daily["peak_import_kw"] = daily["peak_import_kw"].fillna(0.0)
+    peak = np.zeros(n * max(len(mu), 1))
+    np.maximum.at(peak, slot, gi["max_rate"].to_numpy(float))
+    daily["peak_import_kw"] = peak.reshape(n, -1).sum(axis=1)
     # hours of each local day (23 h / 25 h on DST days), limited to the hours the grid
     # meter covered (n intervals x interval) so a partial day has a fair load factor
-    daily["hours"] = _site_day_hours(daily["site"], daily["date"], sites)
-    ivf = pd.DataFrame([(m.site, m.meter, float(m.interval_s)) for m in rs.meters], columns=["site", "meter", "iv"])
-    cov = gi.merge(ivf, on=["site", "meter"], how="left")
-    cov = cov.assign(h=cov["n"] * cov["iv"].fillna(0.0) / 3600.0)
-    cov = cov.groupby([*keys, "meter"])["h"].sum().groupby(level=[0, 1]).max().rename("covered")
-    if len(cov):
-        daily = daily.merge(cov.reset_index(), on=keys, how="left")
-        daily["hours"] = np.where(daily["covered"].notna(), np.minimum(daily["hours"], daily["covered"].fillna(0.0)), daily["hours"])
-        daily = daily.drop(columns="covered")
+    hours = _site_day_hours(daily["site"], daily["date"], sites)
+    cov = np.bincount(slot, gi["n"].to_numpy(float) * iv / 3600.0, minlength=n * max(len(mu), 1)).reshape(n, -1).max(axis=1)
+    has = np.bincount(gi["row"].to_numpy(np.int64), minlength=n) > 0
+    daily["hours"] = np.where(has, np.minimum(hours, cov), hours)
     daily["electricity_consumed_kwh"] = (
         daily["grid_import_kwh"] + daily["pv_generated_kwh"] + daily["chp_generated_kwh"] - daily["grid_export_kwh"]
     ).clip(lower=0.0)
@@ -354,24 +369,24 @@ def _energy(d: pd.DataFrame, f: Mapping[str, np.ndarray]) -> None:
 
 def _tariff_costs(d: pd.DataFrame, gi: pd.DataFrame, sites: Mapping[str, SiteInfo]) -> pd.DataFrame:
     """Energy charges by tariff period and the monthly demand charge spread over the month's days."""
-    keys = ["site", "date"]
-    ptab = pd.DataFrame(
-        [(s.site, p, float(v)) for s in sites.values() for p, v in ((s.attrs.get("tariff") or {}).get("prices") or {}).items()],
-        columns=["site", "period", "price"],
-    )
-    gi = gi.merge(ptab, on=["site", "period"], how="left")
-    gi = gi.assign(cost=gi["price"].fillna(0.0).to_numpy() * gi["value"].to_numpy())
-    d = d.merge(gi.groupby(keys)["cost"].sum().rename("energy_cost").reset_index(), on=keys, how="left")
-    per = gi[gi["period"] != ""].groupby([*keys, "period"])["value"].sum().unstack("period", fill_value=0.0)
-    per.columns = [f"import_{c}_kwh" for c in per.columns]
-    d = d.merge(per.reset_index(), on=keys, how="left") if len(per.columns) else d
-    d = d.fillna({c: 0.0 for c in d.columns if c.startswith("import_") or c == "energy_cost"})
-    dc = np.array([float((sites[s].attrs.get("tariff") or {}).get("demand_charge_per_kw_month", 0.0) or 0.0) for s in d["site"]])
-    month = d["date"].dt.to_period("M")
-    mpeak = d.groupby([d["site"], month])["peak_import_kw"].transform("max")
-    mdays = d.groupby([d["site"], month])["date"].transform("count")
-    d["demand_charge"] = mpeak * dc / mdays
-    return d
+    n = len(d)
+    rows = gi["row"].to_numpy(np.int64)
+    prices = {(s.site, p): float(v) for s in sites.values() for p, v in ((s.attrs.get("tariff") or {}).get("prices") or {}).items()}
+    pc, pu = pd.factorize(gi["period"])
+    sc, su = pd.factorize(gi["site"])
+    grid = np.asarray([[prices.get((str(s), str(p)), 0.0) for p in pu] for s in su]).reshape(len(su), len(pu))
+    value = gi["value"].to_numpy(float)
+    new = {"energy_cost": np.bincount(rows, grid[sc, pc] * value if len(gi) else value, minlength=n)}
+    for i, p in sorted(enumerate(pu), key=lambda x: str(x[1])):
+        if p != "":
+            m = pc == i
+            new[f"import_{p}_kwh"] = np.bincount(rows[m], value[m], minlength=n)
+    rate = {s: float((si.attrs.get("tariff") or {}).get("demand_charge_per_kw_month", 0.0) or 0.0) for s, si in sites.items()}
+    dc = d["site"].map(rate).to_numpy(float)
+    month = d["date"].to_numpy("datetime64[M]").astype(np.int64)
+    g = pd.DataFrame({"s": pd.factorize(d["site"])[0], "m": month, "p": d["peak_import_kw"].to_numpy()}).groupby(["s", "m"])["p"]
+    new["demand_charge"] = g.transform("max").to_numpy() * dc / g.transform("count").to_numpy()
+    return d.assign(**new)
 
 
 def _costs(d: pd.DataFrame, f: Mapping[str, np.ndarray], sites: Mapping[str, SiteInfo], fx: Mapping[str, Any],
@@ -382,7 +397,7 @@ def _costs(d: pd.DataFrame, f: Mapping[str, np.ndarray], sites: Mapping[str, Sit
     d["fuel_cost"] = d["diesel_kg"] * f["p_diesel"] + d["gasoline_kg"] * f["p_gasoline"]
     d["export_revenue"] = d["grid_export_kwh"] * f["p_export"]
     d["certificate_cost"] = d["certificates_bought_mwh"] * f["p_cert"]
-    d["currency"] = [site_currency(sites[s], fx) for s in d["site"]]
+    d["currency"] = d["site"].map({s: site_currency(si, fx) for s, si in sites.items()}).astype(object)
     rate = np.ones(len(d))
     used: list[dict[str, Any]] = []
     for cur, idx in d.groupby("currency").indices.items():
@@ -401,66 +416,78 @@ def _gases(d: pd.DataFrame, s1: pd.DataFrame, rs: ReadingSet, evd: np.ndarray,
     g = scope1.gas_daily(s1, rs, evd, editions, load_gases())
     used.gwp(g, editions)
     sums = scope1.gas_sums(g)
-    d = d.merge(sums, on=["site", "date"], how="left") if len(sums) else d
-    for c in sums.columns.drop(["site", "date"], errors="ignore").union(
-            ["scope1_refrigerant_kg", "scope1_fugitive_kg", "scope1_process_kg", "memo_non_kyoto_kgco2e",
-             "memo_non_kyoto_gas_kg", "refrigerant_kg", "unknown_gas_kg"]):
-        d[c] = d[c].fillna(0.0) if c in d else 0.0
-    return d, g
+    rows = _rows_of(d, sums["site"].to_numpy(), sums["date"].to_numpy())
+    ok = rows >= 0
+    new = {}
+    for c in scope1.SUM_COLUMNS:
+        col = np.zeros(len(d))
+        np.add.at(col, rows[ok], sums[c].to_numpy(float)[ok])
+        new[c] = col
+    return d.assign(**new), g
 
 
 def _instruments(d: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo], fsets: Mapping[str, FactorSet],
                  framework: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Registry, eligibility, allocation and day-by-day coverage of certificates and contracts."""
+    """Registry, eligibility, allocation and coverage of certificates and contracts, as day columns of ``d``."""
     own = {f"{m.site}/{m.meter}" for m in rs.meters if m.kind == "pv"}
     inst = instrument_table(rs.events, sites, framework, own).reset_index(drop=True)
-    cols = ["contracts_kwh", "certificates_kwh", "pv_sold_kwh", "contracts_counted_kwh", "certificates_counted_kwh",
-            "pv_sold_counted_kwh", "re_excluded_kwh", "certificates_bought_mwh", "contract_hydro_kwh",
-            "contract_green_power_kwh", "certificates_valid_kwh", "certificates_invalid_kwh"]
+    d = d.reset_index(drop=True)
+    n = len(d)
+    cols = dict.fromkeys(("contracts_kwh", "certificates_kwh", "pv_sold_kwh", "contracts_counted_kwh",
+                          "certificates_counted_kwh", "pv_sold_counted_kwh", "re_excluded_kwh", "certificates_bought_mwh",
+                          "contract_hydro_kwh", "contract_green_power_kwh", "certificates_invalid_kwh"), None)
+    out: dict[str, Any] = {c: np.zeros(n) for c in cols}
     lost = pd.DataFrame(columns=["item", "site", "kwh", "reason"])
-    if len(inst):
-        bought = inst[(inst["action"] == "retire") & (inst["instrument"] != "PPA")]
-        bought = bought.assign(date=pd.to_datetime(bought["retired_on"]).astype("datetime64[ns]"))
-        d = d.merge(bought.groupby(["site", "date"])["mwh"].sum().rename("certificates_bought_mwh").reset_index(),
-                    on=["site", "date"], how="left")
     if inst.empty:
-        for c in cols:
-            d[c] = d[c].fillna(0.0) if c in d else 0.0
+        d = d.assign(**out, certificates_valid_kwh=np.zeros(n))
         return d, inst.assign(counted_mwh=np.zeros(0)), lost
     live = inst[inst["status"].isin(["counted", "sold"])]
     sold = (live["status"] == "sold").to_numpy()
     items = live.assign(
         item=live.index, cls=np.where(sold, "pv_sold", np.where(live["instrument"] == "PPA", "contract", "certificate")),
         start=np.where(sold, live["vintage_start"], live["period_start"]), end=np.where(sold, live["vintage_end"], live["period_end"]))
-    caps = d[["site", "date", "grid_import_kwh", "pv_consumed_kwh"]]
-    days, acc, lost = cover(items, caps)
-    days = _by_kind(days, items, inst, caps)
-    inst["counted_mwh"] = acc.groupby("item")["counted_kwh"].sum().reindex(inst.index).fillna(0.0).to_numpy() / 1000.0
+    days, offered, counted, lost = cover(items, d[["site", "date", "grid_import_kwh", "pv_consumed_kwh"]])
+    for c in days.columns:
+        out[c] = days[c].to_numpy()
+    inst["counted_mwh"] = np.bincount(counted["item"].to_numpy(np.int64), counted["counted_kwh"].to_numpy(float),
+                                      minlength=len(inst)) / 1000.0
     dual: set[str] = set()
     for fs in fsets.values():
         dual |= set(fs.dual_control_sources)
-    dual_items = inst.index[inst["instrument"].isin(dual) | inst["contract"].isin(dual)]
-    dd = acc[acc["item"].isin(dual_items) & (acc["cls"] != "pv_sold")]
-    days = days.merge(dd.groupby(["site", "date"])["counted_kwh"].sum().rename("re_excluded_kwh").reset_index(),
-                      on=["site", "date"], how="left")
-    d = d.merge(days, on=["site", "date"], how="left")
-    for c in cols:
-        d[c] = d[c].fillna(0.0) if c in d else 0.0
-    lost["item"] = [inst.at[i, "id"] or inst.at[i, "instrument"] for i in lost["item"]] if len(lost) else lost["item"]
-    return d, inst, lost
-
-
-def _by_kind(days: pd.DataFrame, items: pd.DataFrame, inst: pd.DataFrame, caps: pd.DataFrame) -> pd.DataFrame:
-    """Offered contract kWh by contract kind, and refused certificates on their retirement day [kWh]."""
-    keys = ["site", "date"]
+    is_dual = (inst["instrument"].isin(dual) | inst["contract"].isin(dual)).to_numpy()
+    k = counted[is_dual[counted["item"].to_numpy(np.int64)] & (counted["cls"] != "pv_sold").to_numpy()]
+    out["re_excluded_kwh"] = np.bincount(k["row"].to_numpy(np.int64), k["counted_kwh"].to_numpy(float), minlength=n)
     for kind, col in (("hydro", "contract_hydro_kwh"), ("green_power", "contract_green_power_kwh")):
-        a, _ = allocate(items[(items["cls"] == "contract") & (items["contract"] == kind)], caps, "grid_import_kwh")
-        days = days.merge(a.groupby(keys)["kwh"].sum().rename(col).reset_index(), on=keys, how="left")
-    bad = inst[(inst["status"] == "refused") & (inst["instrument"] != "PPA")]
-    bad = bad.assign(date=pd.to_datetime(bad["retired_on"]).astype("datetime64[ns]"), kwh=bad["mwh"] * 1000.0)
-    days = days.merge(bad.groupby(keys)["kwh"].sum().rename("certificates_invalid_kwh").reset_index(), on=keys, how="outer")
-    days["certificates_valid_kwh"] = days["certificates_kwh"]
-    return days.fillna({c: 0.0 for c in days.columns if c.endswith("_kwh")})
+        o = offered[(inst["contract"].to_numpy()[offered["item"].to_numpy(np.int64)] == kind)]
+        out[col] = np.bincount(o["row"].to_numpy(np.int64), o["kwh"].to_numpy(float), minlength=n)
+    _on_retirement_day(d, inst, out)
+    lost["item"] = [inst.at[i, "id"] or inst.at[i, "instrument"] for i in lost["item"]] if len(lost) else lost["item"]
+    return d.assign(**out, certificates_valid_kwh=out["certificates_kwh"]), inst, lost
+
+
+def _rows_of(d: pd.DataFrame, site: Any, date: Any) -> np.ndarray:
+    """Row positions in ``d`` of (site, local day) pairs; -1 where ``d`` has no such row."""
+    codes = {s: i for i, s in enumerate(pd.unique(d["site"]))}
+    day = np.timedelta64(1, "D")
+    key = d["site"].map(codes).to_numpy(np.int64) * 1_000_000 + (d["date"].to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // day
+    order = np.argsort(key, kind="stable")
+    want = (pd.Series(site).map(codes).fillna(-1).to_numpy(np.int64) * 1_000_000
+            + (pd.to_datetime(pd.Series(date)).to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // day)
+    i = np.clip(np.searchsorted(key[order], want), 0, max(len(key) - 1, 0))
+    found = len(key) > 0
+    return np.where(found & (key[order][i] == want), order[i], -1) if found else np.full(len(want), -1)
+
+
+def _on_retirement_day(d: pd.DataFrame, inst: pd.DataFrame, out: dict[str, np.ndarray]) -> None:
+    """Certificates bought [MWh] and refused [kWh] on the local day of their retirement (in place)."""
+    c = inst[inst["instrument"] != "PPA"]
+    rows = _rows_of(d, c["site"].to_numpy(), c["retired_on"].to_numpy())
+    ok = rows >= 0
+    mwh = c["mwh"].to_numpy(float)
+    bought = ok & (c["action"] == "retire").to_numpy()
+    bad = ok & (c["status"] == "refused").to_numpy()
+    np.add.at(out["certificates_bought_mwh"], rows[bought], mwh[bought])
+    np.add.at(out["certificates_invalid_kwh"], rows[bad], mwh[bad] * 1000.0)
 
 
 def _market(d: pd.DataFrame, f: Mapping[str, np.ndarray]) -> None:

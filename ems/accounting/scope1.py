@@ -29,7 +29,7 @@ import pandas as pd
 from ems.gases import GasTable
 from ems.readings import ReadingSet
 
-__all__ = ["GAS_COLUMNS", "gas_daily", "gas_sums"]
+__all__ = ["GAS_COLUMNS", "SUM_COLUMNS", "gas_daily", "gas_sums"]
 
 GAS_COLUMNS = ("site", "date", "gas", "basket", "in_scope1", "kind", "activity", "source", "kg", "gwp", "kgco2e", "note")
 """Columns of the per-gas daily frame; ``kg`` of gas, ``kgco2e`` [kgCO2e]."""
@@ -43,25 +43,34 @@ def _detail(text: Any) -> dict[str, Any]:
     return d if isinstance(d, dict) else {}
 
 
+_RAW = ["site", "date", "gas", "kind", "activity", "source", "kg", "co2e_given"]
+
+
 def _line_rows(s1: pd.DataFrame, rs: ReadingSet) -> pd.DataFrame:
+    """Units made per (line meter, day) x each per-unit rate of the meter's metadata [kg of gas]."""
     lines = {(m.site, m.meter): m for m in rs.meters if m.kind == "line"}
     if not lines:
-        return pd.DataFrame(columns=["site", "date", "gas", "kind", "activity", "source", "kg", "co2e_given"])
+        return pd.DataFrame(columns=_RAW)
     u = s1[(s1["quantity"] == "output_units") & s1["meter"].isin({k[1] for k in lines})]
-    u = u.groupby(["site", "meter", "date"], observed=True, sort=True)["value"].sum().reset_index()
-    parts = []
-    for (site, meter), g in u.groupby(["site", "meter"], observed=True, sort=False):
+    cols: dict[str, list[Any]] = {c: [] for c in _RAW}
+    for (site, meter), g in u.groupby(["site", "meter"], observed=True, sort=True):
         m = lines.get((str(site), str(meter)))
         if m is None:
             continue
+        day = g.groupby("date", sort=True)["value"].sum()  # over tariff periods
+        dates, units = day.index.to_numpy(), day.to_numpy()
+        idx = units
         for rate in m.attrs.get("emissions") or []:
-            parts.append(pd.DataFrame({
-                "site": str(site), "date": g["date"].to_numpy(), "gas": str(rate["gas"]),
-                "kind": str(rate.get("kind", "fugitive")), "activity": str(rate.get("activity", "")),
-                "source": f"{meter} ({m.attrs.get('product', '')})", "kg": g["value"].to_numpy() * float(rate["kg_per_unit"]),
-                "co2e_given": np.nan,
-            }))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["site", "date", "gas"])
+            n = len(idx)
+            for c, v in (("site", str(site)), ("gas", str(rate["gas"])), ("kind", str(rate.get("kind", "fugitive"))),
+                         ("activity", str(rate.get("activity", ""))), ("source", f"{meter} ({m.attrs.get('product', '')})")):
+                cols[c].append(np.full(n, v, dtype=object))
+            cols["date"].append(dates)
+            cols["kg"].append(units * float(rate["kg_per_unit"]))
+            cols["co2e_given"].append(np.full(n, np.nan))
+    if not cols["kg"]:
+        return pd.DataFrame(columns=_RAW)
+    return pd.DataFrame({c: np.concatenate(v) for c, v in cols.items()})
 
 
 def _event_rows(ev: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
@@ -76,7 +85,7 @@ def _event_rows(ev: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
             else:
                 rows.append((e.site, day, str(d.get("gas") or e.subject), str(d.get("kind", "process")),
                              str(d.get("activity") or e.subject), "events", float(e.value), np.nan))
-    return pd.DataFrame(rows, columns=["site", "date", "gas", "kind", "activity", "source", "kg", "co2e_given"])
+    return pd.DataFrame(rows, columns=_RAW)
 
 
 def gas_daily(
@@ -103,22 +112,37 @@ def gas_daily(
     """
     ev = rs.events
     mask = ev["kind"].isin(["refrigerant_topup", "process_emission"]).to_numpy()
-    raw = pd.concat([_line_rows(s1, rs), _event_rows(ev[mask], event_days[mask])], ignore_index=True)
-    if raw.empty:
-        return pd.DataFrame(columns=list(GAS_COLUMNS))
     keys = ["site", "date", "gas", "kind", "activity", "source"]
-    raw = raw.groupby(keys, sort=True, dropna=False)[["kg", "co2e_given"]].sum(min_count=1).reset_index()
-    info = {g: _gas_info(g, gases) for g in raw["gas"].unique()}
-    raw["basket"] = [info[g][1] for g in raw["gas"]]
-    raw["gas"] = [info[g][0] for g in raw["gas"]]
-    gwp = np.asarray([_gwp(g, editions.get(s, gases.default_edition), gases) for g, s in zip(raw["gas"], raw["site"], strict=True)])
+    events = _event_rows(ev[mask], event_days[mask])
+    events = events.groupby(keys, sort=True, dropna=False)[["kg", "co2e_given"]].sum(min_count=1).reset_index()
+    raw = pd.concat([_line_rows(s1, rs), events], ignore_index=True)  # line rows are unique per key already
+    if raw.empty:
+        return pd.DataFrame(columns=list(GAS_COLUMNS)).astype({"date": "datetime64[ns]"})
+    raw["date"] = pd.to_datetime(raw["date"]).astype("datetime64[ns]")
     given = raw["co2e_given"].to_numpy(dtype=float)
+    # gas properties once per distinct (gas, site edition, CO2e given?)
+    cg, ug = pd.factorize(raw["gas"])
+    cs, us = pd.factorize(raw["site"])
+    combo = (cg.astype(np.int64) * len(us) + cs) * 2 + np.isnan(given)
+    uniq, code = np.unique(combo, return_inverse=True)
+    props = [_props(str(ug[c // 2 // len(us)]), editions.get(str(us[c // 2 % len(us)]), gases.default_edition),
+                    bool(c % 2), gases) for c in uniq.tolist()]
+    raw["gas"] = np.asarray([p[0] for p in props], dtype=object)[code]
+    raw["basket"] = np.asarray([p[1] for p in props], dtype=object)[code]
+    gwp = np.asarray([p[2] for p in props], dtype=float)[code]
+    raw["note"] = np.asarray([p[3] for p in props], dtype=object)[code]
     raw["gwp"] = np.where(np.isnan(given), gwp, np.nan)
     raw["kgco2e"] = np.where(np.isnan(given), raw["kg"].to_numpy(dtype=float) * np.nan_to_num(gwp), given)
-    raw["in_scope1"] = (raw["basket"] == "kyoto") | ~np.isnan(given)
-    raw["note"] = [_note(b, g, x) for b, g, x in zip(raw["basket"], gwp, given, strict=True)]
+    raw["in_scope1"] = (raw["basket"] == "kyoto").to_numpy() | ~np.isnan(given)
     raw["kg"] = raw["kg"].fillna(0.0)
-    return raw[list(GAS_COLUMNS)]
+    return raw[list(GAS_COLUMNS)].sort_values(["site", "date", "gas", "kind", "activity"], kind="stable").reset_index(drop=True)
+
+
+def _props(name: str, edition: str, kg_given: bool, gases: GasTable) -> tuple[str, str, float, str]:
+    """Canonical name, basket, GWP and note of a gas (CO2e rows: given by the source)."""
+    gas, basket = _gas_info(name, gases)
+    gwp = _gwp(gas, edition, gases)
+    return gas, basket, gwp, _note(basket, gwp, np.nan if kg_given else 0.0)
 
 
 def _gas_info(name: str, gases: GasTable) -> tuple[str, str]:
@@ -147,10 +171,17 @@ def _note(basket: str, gwp: float, given: float) -> str:
     return ""
 
 
+SUM_COLUMNS = ("scope1_refrigerant_kg", "scope1_fugitive_kg", "scope1_process_kg", "memo_non_kyoto_kgco2e",
+               "memo_non_kyoto_gas_kg", "refrigerant_kg", "unknown_gas_kg")
+"""Additive daily columns from :func:`gas_sums` [kgCO2e; memo_non_kyoto_gas_kg, refrigerant_kg, unknown_gas_kg in kg]."""
+
+
 def gas_sums(g: pd.DataFrame) -> pd.DataFrame:
-    """Per (site, date) additive columns of the daily frame from :func:`gas_daily` [kgCO2e, kg]."""
-    cols = ["scope1_refrigerant_kg", "scope1_fugitive_kg", "scope1_process_kg", "memo_non_kyoto_kgco2e",
-            "memo_non_kyoto_gas_kg", "refrigerant_kg", "unknown_gas_kg"]
+    """Each row's contribution to the additive daily columns :data:`SUM_COLUMNS` [kgCO2e, kg].
+
+    Rows keep ``site`` and ``date``; several rows may fall on one (site, day): add them up.
+    """
+    cols = list(SUM_COLUMNS)
     if g.empty:
         return pd.DataFrame(columns=["site", "date", *cols])
     top = g["activity"] == "refrigerant top-up"
@@ -164,5 +195,4 @@ def gas_sums(g: pd.DataFrame) -> pd.DataFrame:
         "refrigerant_kg": g["kg"].where(top, 0.0),
         "unknown_gas_kg": g["kg"].where(g["basket"] == "unknown", 0.0),
     }
-    w = pd.DataFrame({"site": g["site"], "date": g["date"], **parts})
-    return w.groupby(["site", "date"], sort=True)[cols].sum().reset_index()
+    return pd.DataFrame({"site": g["site"], "date": g["date"], **parts})
