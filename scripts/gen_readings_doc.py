@@ -58,9 +58,8 @@ A site's electrical consumption is the sum of its `load` meters (`attrs.end_use`
 compressed_air, electrified, other). The simulator names its meters `grid`, the PV arrays' and batteries'
 ids, `load-<end_use>`, `chp`, `steam` (purchased), `boiler`, `waste_heat`, `gas`, the fleets' ids,
 `production`, `line-<product line>` and `weather`; a real site may name them as it likes, since kinds and
-carriers come from the metadata. A `line` meter's `attrs` name its `product` and its per-unit `emissions`
-(gas, kg_per_unit, kind fugitive or process, activity, source): production and the gases it emits travel as
-readings and metadata, like everything the accounting reads.
+carriers come from the metadata. A `line` meter's `attrs` name its `product` and per-unit `emissions` (gas,
+kg_per_unit, kind fugitive or process, activity, source): production and its gases travel as readings.
 
 ## Metadata
 
@@ -68,8 +67,7 @@ Each meter announces a `MeterInfo` (site, meter, kind, carrier, quantities, inte
 and each site a `SiteInfo` (identity, hierarchy group/company/park, IANA time zone, location, country, grid
 region, province (ISO 3166-2, may be empty), factor set, and in `attrs` what accounting needs from
 configuration: `contract_kw`, `tariff` (with its currency), `export_limit_kw`, `boundary` (reporting-boundary
-approach, included, reason)). Over MQTT both are retained messages. A gas a message names that is not in the
-GWP table is refused (`unknown_gas`) and dead-lettered.
+approach, included, reason)). Over MQTT both are retained messages; a gas not in the GWP table is refused.
 
 ## Events
 

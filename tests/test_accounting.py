@@ -195,7 +195,7 @@ def test_invalid_certificate_vintage_and_irec_rule():
     rs, _ = _simple(power=100.0, events=ev)
     res = kpis(rs, period="year")  # RE100: generation from 2023-07-01 to 2025-03-31 for 2024
     c = res.instruments
-    status = dict(zip(zip(c["instrument"], c["vintage_start"].astype(str)), c["status"], strict=False))
+    status = dict(zip(zip(c["instrument"], c["vintage_start"].astype(str), strict=True), c["status"], strict=True))
     reason = c.set_index(["instrument", c["vintage_start"].astype(str)])["reason"]
     assert status[("GEC", "2021-01-01")] == "refused" and "outside the RE100 window" in reason[("GEC", "2021-01-01")]
     assert status[("I-REC", "2025-01-01")] == "refused" and "> 2024" in reason[("I-REC", "2025-01-01")]

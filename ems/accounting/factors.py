@@ -41,8 +41,9 @@ import pandas as pd
 import yaml
 
 from ems.errors import AccountingError, ConfigError
+from ems.readings import SiteInfo
 
-__all__ = ["GRID_LEVELS", "FactorSet", "load_factor_set"]
+__all__ = ["GRID_LEVELS", "FactorSet", "FactorsUsed", "load_factor_set"]
 
 _SCALAR_SECTIONS = ("coefficients", "emission")
 GRID_LEVELS = ("province", "region", "country")
@@ -186,6 +187,73 @@ class FactorSet:
     def dual_control_sources(self) -> list[str]:
         """Sources (certificate schemes, contract kinds) excluded from dual-control totals."""
         return list((self.data.get("dual_control") or {}).get("excluded_sources") or [])
+
+
+_USED_COLUMNS = ["name", "site", "level", "place", "year_requested", "year_used", "value", "unit", "source", "note",
+                 "to_confirm", "set", "version"]
+
+
+class FactorsUsed:
+    """Collects the factors used, for the audit table ``factors_used``.
+
+    One row per coefficient, emission factor, price and GWP, and per site and year for
+    grid factors (level, place and year chosen, value, source, note).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def _add(self, key: tuple[Any, ...], fs: FactorSet, **row: Any) -> None:
+        self.rows[key] = {"site": "*", "level": "", "place": "*", "year_requested": "", "year_used": "", "note": "",
+                          "to_confirm": False, "set": fs.name, "version": fs.version, **row}
+
+    def scalar(self, fs: FactorSet, key: str) -> float:
+        e = fs.entry(key)
+        self._add((fs.name, key), fs, name=key, value=float(e["value"]), unit=str(e.get("unit", "")),
+                  source=str(e.get("source", "")).strip(), to_confirm=bool(e.get("to_confirm", False)))
+        return float(e["value"])
+
+    def price(self, fs: FactorSet, key: str, currency: str) -> float:
+        e = fs.price_entry(key, currency)
+        self._add((fs.name, key, currency), fs, name=key, value=float(e["value"]), unit=str(e.get("unit", "")),
+                  source=str(e.get("source", "")).strip(), note="assumption" if e.get("assumption") else "")
+        return float(e["value"])
+
+    def coal_equivalent(self, fs: FactorSet, year: int) -> float:
+        e = fs.coal_equivalent(year)
+        self._add((fs.name, "coal_equivalent", year), fs, name="electricity_kgce_per_kwh_coal_equivalent",
+                  year_requested=str(year), year_used=str(e["year"]), value=float(e["value"]), unit=str(e.get("unit", "")),
+                  source=str(e.get("source", "")).strip(), note=str(e["note"]), to_confirm=bool(e.get("to_confirm", False)))
+        return float(e["value"])
+
+    def grid(self, fs: FactorSet, kind: str, si: SiteInfo, year: int, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+        g = fs.grid_factor(kind, si.places(), year)
+        if g["value"] is None and fallback is not None:
+            g = {**fallback, "note": f"{g['note']}; fallback: the location-based factor ({fallback['place']} "
+                 f"{fallback['year']}), the last step of the GHG Protocol Scope 2 market-based hierarchy"}
+        self._add((fs.name, "grid", kind, si.site, year), fs, name=f"grid_{kind}_kgco2_per_kwh", site=si.site,
+                  level=g["level"], place=g["place"], year_requested=str(year), year_used=str(g["year"]),
+                  value=float(g["value"]) if g["value"] is not None else 0.0, unit=g["unit"], source=g["source"],
+                  note=g["note"], to_confirm=bool(g["to_confirm"]))
+        return g
+
+    def gwp(self, gases: pd.DataFrame, editions: Mapping[str, str]) -> None:
+        """One row per gas and IPCC edition used (memo gases without a GWP are not listed)."""
+        from ems.gases import load_gases
+
+        t = load_gases()
+        for gas, site in gases[["gas", "site"]].drop_duplicates().itertuples(index=False):
+            e = editions.get(site, t.default_edition)
+            v = t.gwp(gas, e) if t.canonical(gas) else None
+            if v is None:
+                continue
+            self.rows[("gwp", gas, e)] = {"name": f"gwp100 {gas}", "site": "*", "level": "", "place": "*",
+                                          "year_requested": "", "year_used": "", "value": float(v), "unit": "kgCO2e/kg",
+                                          "source": t.source(e), "note": f"IPCC {e}; basket {t.get(gas).basket}",
+                                          "to_confirm": False, "set": "gases.yaml", "version": t.version}
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.rows.values()), columns=_USED_COLUMNS)
 
 
 def _pick(row: Mapping[str, Any], year: int, level: str, note: str) -> dict[str, Any]:

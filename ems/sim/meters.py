@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from ems.model.site import Site
+from ems.model.site import ProductLine, PvArray, Site
 from ems.readings import METER_KINDS, Carrier, MeterInfo, MeterKind, SiteInfo
 from ems.sim.loads import END_USES
 from ems.sim.pv import inverter_kw
@@ -59,21 +59,7 @@ def _meters(
     out: list[tuple[str, MeterKind, str, dict[str, object]]] = [
         ("grid", MeterKind.GRID, Carrier.ELECTRICITY, {"contract_kw": site.grid.contract_kw})
     ]
-    for p in site.pv:
-        out.append(
-            (
-                p.id,
-                MeterKind.PV,
-                Carrier.ELECTRICITY,
-                {
-                    "kwp": p.kwp,
-                    "inverter_kw": inverter_kw(p),
-                    "tilt_deg": p.tilt_deg,
-                    "azimuth_deg": p.azimuth_deg,
-                    **({"commissioned": p.commissioned.isoformat()} if p.commissioned else {}),
-                },
-            )
-        )
+    out += [(p.id, MeterKind.PV, Carrier.ELECTRICITY, _pv_attrs(p)) for p in site.pv]
     for b in site.batteries:
         out.append(
             (
@@ -112,11 +98,20 @@ def _meters(
     for f in site.fleets:
         out.append((f.id, MeterKind.FUEL, f.fuel, {"fuel": f.fuel}))
     out.append(("production", MeterKind.PRODUCTION, Carrier.OUTPUT, {}))
-    for line in site.products:
-        emissions = [e.model_dump(mode="json") for e in line.emissions]
-        out.append((f"line-{line.id}", MeterKind.LINE, Carrier.OUTPUT, {"product": line.product, "emissions": emissions}))
+    out += [(f"line-{p.id}", MeterKind.LINE, Carrier.OUTPUT, _line_attrs(p)) for p in site.products]
     out.append(("weather", MeterKind.WEATHER, Carrier.WEATHER, {}))
     return out
+
+
+def _pv_attrs(p: PvArray) -> dict[str, object]:
+    """A PV array's metadata: ratings, orientation and commissioning date (capacity in service)."""
+    return {"kwp": p.kwp, "inverter_kw": inverter_kw(p), "tilt_deg": p.tilt_deg, "azimuth_deg": p.azimuth_deg,
+            "commissioned": p.commissioned.isoformat() if p.commissioned else ""}
+
+
+def _line_attrs(line: ProductLine) -> dict[str, object]:
+    """A production line's metadata: its product and per-unit emissions (gas, kg_per_unit, kind, activity, source)."""
+    return {"product": line.product, "emissions": [e.model_dump(mode="json") for e in line.emissions]}
 
 
 def meter_infos(flows: SiteFlows) -> list[MeterInfo]:
