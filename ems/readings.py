@@ -66,6 +66,7 @@ __all__ = [
     "SiteInfo",
     "empty_events",
     "empty_readings",
+    "event_detail",
     "events_frame",
     "validate_readings",
 ]
@@ -394,6 +395,17 @@ def events_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for col in ("site", "kind", "subject", "unit", "detail"):
         df[col] = df[col].astype(object)
     return df.sort_index(kind="stable")
+
+
+def event_detail(text: Any) -> dict[str, Any]:
+    """The ``detail`` of an event as a dict (JSON text or a dict); ``{}`` when it is empty or not an object."""
+    if isinstance(text, dict):
+        return text
+    try:
+        d = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def validate_readings(df: pd.DataFrame, *, where: str = "readings") -> None:

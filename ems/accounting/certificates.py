@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
-import json
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -42,7 +41,7 @@ import pandas as pd
 import yaml
 
 from ems.errors import ConfigError
-from ems.readings import SiteInfo
+from ems.readings import SiteInfo, event_detail
 
 __all__ = ["INSTRUMENT_COLUMNS", "allocate", "cover", "instrument_table", "load_framework"]
 
@@ -87,16 +86,6 @@ def _frameworks_file(path: str, mtime_ns: int) -> dict[str, Any]:
     return data
 
 
-def _detail(text: Any) -> dict[str, Any]:
-    if isinstance(text, dict):
-        return text
-    try:
-        d = json.loads(text) if text else {}
-    except (TypeError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
 def _date(x: Any) -> dt.date | None:
     if x is None or x == "":
         return None
@@ -126,7 +115,7 @@ def _serials(d: Mapping[str, Any], kind: str, ident: str, ps: dt.date, pe: dt.da
 
 
 def _row(ts: Any, site: str, kind: str, e: Any, local: dt.date) -> dict[str, Any]:
-    d = _detail(e.detail)
+    d = event_detail(e.detail)
     ppa = kind == "PPA"
     ps, pe = _period(d, "period_start", "period_end", "period_year", local if ppa else dt.date(local.year, 1, 1))
     if ppa and not (d.get("period_start") or d.get("period_year")):

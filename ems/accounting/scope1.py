@@ -19,7 +19,6 @@ never stops a report.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,20 +26,12 @@ import numpy as np
 import pandas as pd
 
 from ems.gases import GasTable
-from ems.readings import ReadingSet
+from ems.readings import ReadingSet, event_detail
 
 __all__ = ["GAS_COLUMNS", "SUM_COLUMNS", "gas_daily", "gas_sums"]
 
 GAS_COLUMNS = ("site", "date", "gas", "basket", "in_scope1", "kind", "activity", "source", "kg", "gwp", "kgco2e", "note")
 """Columns of the per-gas daily frame; ``kg`` of gas, ``kgco2e`` [kgCO2e]."""
-
-
-def _detail(text: Any) -> dict[str, Any]:
-    try:
-        d = json.loads(text) if isinstance(text, str) and text else (text or {})
-    except ValueError:
-        return {}
-    return d if isinstance(d, dict) else {}
 
 
 _RAW = ["site", "date", "gas", "kind", "activity", "source", "kg", "co2e_given"]
@@ -79,7 +70,7 @@ def _event_rows(ev: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
         if e.kind == "refrigerant_topup":
             rows.append((e.site, day, e.subject, "fugitive", "refrigerant top-up", "events", float(e.value), np.nan))
         elif e.kind == "process_emission":
-            d = _detail(e.detail)
+            d = event_detail(e.detail)
             if str(e.unit).lower() in ("kgco2e", ""):
                 rows.append((e.site, day, "CO2e", "process", str(e.subject), "events", np.nan, float(e.value)))
             else:
