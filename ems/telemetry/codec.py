@@ -34,6 +34,7 @@ __all__ = [
     "DataMessage",
     "Reading",
     "check_gas",
+    "check_line_gases",
     "deadletter_record",
     "decode_data",
     "decode_events",
@@ -521,11 +522,17 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
     attrs = obj.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {attrs!r}")
-    if kind == MeterKind.LINE:
-        rates = attrs.get("emissions") or []
-        for i, rate in enumerate(rates if isinstance(rates, list) else [rates]):
-            check_gas(rate.get("gas") if isinstance(rate, dict) else rate, f"{where}.attrs.emissions[{i}].gas")
+    check_line_gases(kind, attrs, where)
     return MeterInfo(site, meter, kind, carrier, tuple(qs), interval, attrs)
+
+
+def check_line_gases(kind: str, attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse a production line's metadata that names a gas missing from the GWP table (``unknown_gas``)."""
+    if kind != MeterKind.LINE:
+        return
+    rates = attrs.get("emissions") or []
+    for i, rate in enumerate(rates if isinstance(rates, list) else [rates]):
+        check_gas(rate.get("gas") if isinstance(rate, dict) else rate, f"{where}.attrs.emissions[{i}].gas")
 
 
 def check_gas(name: object, where: str) -> None:
