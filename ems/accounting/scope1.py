@@ -43,21 +43,27 @@ def _line_rows(s1: pd.DataFrame, rs: ReadingSet) -> pd.DataFrame:
     if not lines:
         return pd.DataFrame(columns=_RAW)
     u = s1[(s1["quantity"] == "output_units") & s1["meter"].isin({k[1] for k in lines})]
+    cs, us = pd.factorize(u["site"])
+    cm, um = pd.factorize(u["meter"])
+    day = (u["date"].to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // np.timedelta64(1, "D")
+    key, inv = np.unique((cs.astype(np.int64) * len(um) + cm) * 1_000_000 + day, return_inverse=True)
+    units = np.bincount(inv, u["value"].to_numpy(float), minlength=len(key))  # summed over tariff periods
+    block = key // 1_000_000
+    dates = ((key % 1_000_000) * np.timedelta64(1, "D") + np.datetime64(0, "D")).astype("datetime64[ns]")
     cols: dict[str, list[Any]] = {c: [] for c in _RAW}
-    for (site, meter), g in u.groupby(["site", "meter"], observed=True, sort=True):
-        m = lines.get((str(site), str(meter)))
+    for b in np.unique(block):
+        site, meter = str(us[b // len(um)]), str(um[b % len(um)])
+        m = lines.get((site, meter))
         if m is None:
             continue
-        day = g.groupby("date", sort=True)["value"].sum()  # over tariff periods
-        dates, units = day.index.to_numpy(), day.to_numpy()
-        idx = units
+        sel = block == b
         for rate in m.attrs.get("emissions") or []:
-            n = len(idx)
-            for c, v in (("site", str(site)), ("gas", str(rate["gas"])), ("kind", str(rate.get("kind", "fugitive"))),
+            n = int(sel.sum())
+            for c, v in (("site", site), ("gas", str(rate["gas"])), ("kind", str(rate.get("kind", "fugitive"))),
                          ("activity", str(rate.get("activity", ""))), ("source", f"{meter} ({m.attrs.get('product', '')})")):
                 cols[c].append(np.full(n, v, dtype=object))
-            cols["date"].append(dates)
-            cols["kg"].append(units * float(rate["kg_per_unit"]))
+            cols["date"].append(dates[sel])
+            cols["kg"].append(units[sel] * float(rate["kg_per_unit"]))
             cols["co2e_given"].append(np.full(n, np.nan))
     if not cols["kg"]:
         return pd.DataFrame(columns=_RAW)
