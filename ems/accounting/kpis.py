@@ -219,6 +219,14 @@ def _day_keys(s1: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     return row, base
 
 
+def _intervals(gi: pd.DataFrame, rs: ReadingSet) -> np.ndarray:
+    """Reading interval [s] of each row's meter (0 for a meter the set does not describe)."""
+    ivs = {(m.site, m.meter): float(m.interval_s) for m in rs.meters}
+    codes, pairs = pd.factorize(pd.MultiIndex.from_arrays([gi["site"], gi["meter"]]))
+    per_pair = np.asarray([ivs.get(p, 0.0) for p in pairs], dtype=float)
+    return per_pair[codes] if len(gi) else np.zeros(0)
+
+
 def _wide(s1: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per (site, day) flows, peak import, hours and the electricity balance; and the grid-import rows (with ``row``)."""
     flow = _flows(s1, rs)
@@ -235,8 +243,7 @@ def _wide(s1: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo]) -> tu
     is_gi = fcode == col["grid_import_kwh"]
     gi = s1[is_gi].assign(row=row[is_gi])
     mc, mu = pd.factorize(gi["meter"])
-    ivs = {(m.site, m.meter): float(m.interval_s) for m in rs.meters}
-    iv = np.asarray([ivs.get((s, m), 0.0) for s, m in zip(gi["site"], gi["meter"], strict=True)]) if len(gi) else np.zeros(0)
+    iv = _intervals(gi, rs)
     slot = gi["row"].to_numpy(np.int64) * max(len(mu), 1) + mc
     # peak: per grid meter the max interval rate of the day, summed over grid meters
     peak = np.zeros(n * max(len(mu), 1))
