@@ -223,8 +223,13 @@ EVENT_COLUMNS = ("site", "kind", "subject", "value", "unit", "detail")
 "2024-12-31" (or "vintage": 2024), "market_boundary": "CN", "period_start": "2024-01-01",
 "period_end": "2024-12-31" (or "period_year": 2024)}``: the consumption period it is
 retired for, local dates inclusive; a certificate of the site's own PV names the plant
-``"<site>/<pv meter>"``. For ``contract_delivery``: ``{"id": ..., "period_start": ...,
-"period_end": ..., "plant": ..., "plant_commissioned": ..., "market_boundary": ...}``.
+``"<site>/<pv meter>"``. A granular certificate (EnergyTag) also gives the hour(s) it was
+generated in: ``"generation_start": "2024-06-01T12:00+08:00", "generation_end":
+"2024-06-01T13:00+08:00"`` (times with their offset). For ``contract_delivery``: ``{"id": ...,
+"period_start": ..., "period_end": ..., "plant": ..., "plant_commissioned": ...,
+"market_boundary": ..., "profile": "solar"}``; ``profile`` says how the delivery falls on the
+hours of its period (``baseload``, ``solar``, ``<region>:<technology>``, ``as_consumed``;
+``docs/hourly-matching.md``).
 For ``process_emission`` in kg of a gas: ``unit: "kg"`` and ``{"gas": "HFC-245fa",
 "kind": "process", "activity": "..."}``; with ``unit: "kgCO2e"`` the value is already CO2e.
 """

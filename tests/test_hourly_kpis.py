@@ -1,7 +1,5 @@
 """Hourly KPIs of several sites from stage-1 hourly rows: intensity choice, instruments, rollups."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,17 +57,17 @@ def _instruments(site):
     rows = [
         {"site": site, "instrument": "PPA", "status": "counted", "mwh": 0.24, "id": "ppa-1",
          "period_start": "2024-06-01", "period_end": "2024-06-01", "vintage_start": "2024-06-01",
-         "vintage_end": "2024-06-01", "detail": json.dumps({"profile": "baseload"})},
+         "vintage_end": "2024-06-01", "profile": "baseload"},
         {"site": site, "instrument": "GO", "status": "counted", "mwh": 0.05, "id": "gc-22h",
          "period_start": "2024-06-01", "period_end": "2024-06-01", "vintage_start": "2024-06-01",
-         "vintage_end": "2024-06-01",
-         "detail": json.dumps({"generation_start": "2024-06-01T22:00Z", "generation_end": "2024-06-01T23:00Z"})},
+         "vintage_end": "2024-06-01", "generation_start": pd.Timestamp("2024-06-01T22:00Z"),
+         "generation_end": pd.Timestamp("2024-06-01T23:00Z")},
         {"site": site, "instrument": "GO", "status": "counted", "mwh": 0.1, "id": "go-annual",
          "period_start": "2024-06-01", "period_end": "2024-06-01", "vintage_start": "2024-01-01",
-         "vintage_end": "2024-12-31", "detail": "{}"},
+         "vintage_end": "2024-12-31"},
         {"site": site, "instrument": "GO", "status": "refused", "mwh": 9.0, "id": "go-refused",
          "period_start": "2024-06-01", "period_end": "2024-06-01", "vintage_start": "2020-01-01",
-         "vintage_end": "2020-12-31", "detail": "{}"},
+         "vintage_end": "2020-12-31"},
     ]
     return pd.DataFrame(rows)
 
@@ -132,7 +130,7 @@ def test_intensity_choice_series_then_model_then_annual_and_group_sums():
 def test_sold_own_pv_and_announced_efficiency():
     inst = pd.DataFrame([{"site": "a", "instrument": "GEC", "status": "sold", "mwh": 0.3, "id": "own-pv",
                           "period_start": "2024-06-01", "period_end": "2024-06-01", "vintage_start": "2024-06-01",
-                          "vintage_end": "2024-06-01", "detail": "{}"}])
+                          "vintage_end": "2024-06-01"}])
     res = hourly_kpis(_one_day_rows("a"), _meters("a"), [_site("a", "TEST", "XX")], _annual, inst,
                       series=[_series("TEST", 0.4, 0.6)])
     k = res.rollup("site", "day").iloc[0]
@@ -152,3 +150,24 @@ def test_month_hour_and_errors():
         res.rollup("country")
     with pytest.raises(AccountingError, match="no SiteInfo for it"):
         hourly_kpis(_one_day_rows("a"), _meters("a"), [], _annual)
+
+
+def test_registry_reads_generation_hours_and_delivery_profile_from_the_ledger():
+    from ems.accounting.certificates import instrument_table, load_framework
+    from ems.readings import events_frame
+
+    si = _site("a", "CN-North", "CN", tz="Asia/Shanghai")
+    ev = events_frame([
+        {"ts": "2024-06-02T00:00Z", "site": "a", "kind": "certificate", "subject": "GEC", "value": 1.0, "unit": "MWh",
+         "detail": {"id": "gc-1", "serials": {"prefix": "GEC-X", "first": 1, "last": 1}, "plant": "wind farm",
+                    "plant_commissioned": "2020-01-01", "generation_start": "2024-06-01T20:00+08:00",
+                    "generation_end": "2024-06-01T21:00+08:00", "period_start": "2024-06-01", "period_end": "2024-06-30"}},
+        {"ts": "2024-06-30T00:00Z", "site": "a", "kind": "contract_delivery", "subject": "green_power", "value": 30.0,
+         "unit": "MWh", "detail": {"id": "ppa-1", "period_start": "2024-06-01", "period_end": "2024-06-30", "profile": "solar"}},
+    ])
+    t = instrument_table(ev, {"a": si}, load_framework("RE100"))
+    gc, ppa = t.iloc[0], t.iloc[1]
+    assert gc["generation_start"] == pd.Timestamp("2024-06-01T12:00Z") and gc["generation_end"] == pd.Timestamp("2024-06-01T13:00Z")
+    assert str(gc["vintage_start"]) == "2024-06-01"  # the generation day stands for the vintage
+    assert gc["status"] == "counted"
+    assert ppa["profile"] == "solar" and pd.isna(ppa["generation_start"])

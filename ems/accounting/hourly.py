@@ -18,7 +18,6 @@ Rules and sources: ``docs/hourly-matching.md``, ``docs/grid-intensity.md``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,16 +228,6 @@ def _local_span(start: Any, end: Any, tz: str) -> tuple[pd.Timestamp, pd.Timesta
     return a.tz_convert("UTC"), b.tz_convert("UTC")
 
 
-def _detail(text: Any) -> dict[str, Any]:
-    if isinstance(text, dict):
-        return text
-    try:
-        d = json.loads(text) if text else {}
-    except (TypeError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
 def site_instruments(
     si: SiteInfo,
     flows: pd.DataFrame,
@@ -252,11 +241,11 @@ def site_instruments(
     flows : DataFrame
         The site's :func:`ems.accounting.matching.site_flows` (its index: the hours).
     instruments : DataFrame
-        The site's rows of the instrument table: ``instrument`` (PPA or a certificate scheme),
-        ``status`` (``counted`` or ``sold`` are placed), ``mwh``, ``period_start``/``period_end``
-        (local dates), ``vintage_start``/``vintage_end``, ``id``, and ``detail`` (the event's JSON:
-        ``profile`` of a contract, ``generation_start``/``generation_end`` of a granular
-        certificate, ISO times with offset).
+        The site's rows of the instrument table (:func:`ems.accounting.certificates.instrument_table`):
+        ``instrument`` (PPA or a certificate scheme), ``status`` (``counted`` and ``sold`` are
+        placed), ``mwh``, ``id``, ``period_start``/``period_end`` and ``vintage_start``/``vintage_end``
+        (local dates), ``generation_start``/``generation_end`` (UTC; a granular certificate's hours)
+        and ``profile`` (a contract's delivery profile).
 
     Returns
     -------
@@ -272,31 +261,29 @@ def site_instruments(
     placed = []
     pv = flows["pv_to_load_kwh"] + flows["pv_to_battery_kwh"]
     for r in instruments.itertuples(index=False):
-        d = _detail(getattr(r, "detail", ""))
         kwh = float(r.mwh) * 1000.0
-        how = _place(si, hours, r, d, kwh, pv, out)
+        how = _place(si, hours, r, kwh, pv, out)
         placed.append({"site": si.site, "id": r.id, "instrument": r.instrument, "kwh": kwh, "placement": how})
     return out, placed
 
 
-def _place(si: SiteInfo, hours: pd.DatetimeIndex, r: Any, d: Mapping[str, Any], kwh: float,
-           pv: pd.Series, out: dict[str, Any]) -> str:
+def _place(si: SiteInfo, hours: pd.DatetimeIndex, r: Any, kwh: float, pv: pd.Series, out: dict[str, Any]) -> str:
     """Add one instrument to ``out``; return how it was placed."""
     if r.status == "sold":  # own PV whose certificates were sold: not green, over its generation period
         a, b = _local_span(r.vintage_start, r.vintage_end, si.tz)
         out["pv_sold_kwh"] += matching.spread_by_weight(kwh, pv, a, b).to_numpy()
         return f"own PV sold: pro rata to PV consumed {a:%Y-%m-%d}..{b:%Y-%m-%d}"
-    if d.get("generation_start") and d.get("generation_end"):
-        a, b = pd.Timestamp(d["generation_start"]), pd.Timestamp(d["generation_end"])
-        if a.tzinfo is None or b.tzinfo is None:
-            raise AccountingError(f"certificate {r.id or r.instrument}: generation_start/end: expected times with their UTC offset; found {a}, {b}")
+    gs, ge = getattr(r, "generation_start", pd.NaT), getattr(r, "generation_end", pd.NaT)
+    if r.instrument != "PPA" and not (pd.isna(gs) or pd.isna(ge)):
+        a, b = pd.Timestamp(gs), pd.Timestamp(ge)
         out["granular_kwh"] += matching.spread_by_weight(kwh, pd.Series(1.0, index=hours), a, b).to_numpy()
-        return f"granular: generation {a.isoformat()}..{b.isoformat()}"
+        return f"granular: generated {a:%Y-%m-%d %H:%M}..{b:%H:%M} UTC"
     a, b = _local_span(r.period_start, r.period_end, si.tz)
     if r.instrument == "PPA":
-        profile = str(d.get("profile") or "baseload")
+        given = str(getattr(r, "profile", "") or "")
+        profile = given or "baseload"
         out["contract_kwh"] += delivery_kwh(kwh, profile, hours, a, b, lat=si.lat, lon=si.lon).to_numpy()
-        return f"contract, profile {profile}" + ("" if d.get("profile") else " (none given: baseload)")
+        return f"contract, profile {profile}" + ("" if given else " (none given: baseload)")
     out["annual"].append((kwh, a, b))
     return "annual certificate: annual-matched figure only, pro rata to grid-origin use"
 
