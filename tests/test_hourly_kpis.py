@@ -171,3 +171,18 @@ def test_registry_reads_generation_hours_and_delivery_profile_from_the_ledger():
     assert str(gc["vintage_start"]) == "2024-06-01"  # the generation day stands for the vintage
     assert gc["status"] == "counted"
     assert ppa["profile"] == "solar" and pd.isna(ppa["generation_start"])
+
+
+def test_annual_factors_follow_the_factor_set_rule_most_local_first():
+    from ems.accounting.factors import load_factor_set
+    from ems.accounting.hourly import annual_factors
+
+    fs = load_factor_set("cn-2023")
+    si = SiteInfo(site="q", name="q", group="G", company="C", park="P", tz="Asia/Shanghai", lat=36.1, lon=120.4,
+                  country="CN", grid_region="CN-North", factor_set="cn-2023", province="CN-SD")
+    pick = annual_factors({"q": fs})(si, 2024)
+    expected = fs.grid_factor("average", si.places(), 2024)
+    assert pick["average"] == pytest.approx(expected["value"])
+    assert expected["place"] == "CN-SD"  # Shandong's provincial factor, not the region's
+    with pytest.raises(AccountingError, match="no factor set"):
+        annual_factors({})(si, 2024)

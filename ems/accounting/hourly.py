@@ -26,13 +26,14 @@ import numpy as np
 import pandas as pd
 
 from ems.accounting import matching
+from ems.accounting.factors import FactorSet
 from ems.accounting.gridmix import load_mix, mix_regions, modelled_intensity
 from ems.accounting.intensity import IntensitySeries, factors_at
 from ems.accounting.profiles import delivery_kwh
 from ems.errors import AccountingError
 from ems.readings import MeterInfo, SiteInfo
 
-__all__ = ["BY", "HourlyResult", "hourly_kpis", "site_hours", "site_instruments", "site_intensity"]
+__all__ = ["BY", "HourlyResult", "annual_factors", "hourly_kpis", "site_hours", "site_instruments", "site_intensity"]
 
 BY = ("site", "company", "park", "group")
 
@@ -48,6 +49,36 @@ _FLOW_OF = {
 
 AnnualFactors = Callable[[SiteInfo, int], Mapping[str, Any]]
 """``(site, year) -> {"average": kgCO2/kWh, "residual": kgCO2/kWh or None, "source": str}``."""
+
+
+def annual_factors(fsets: Mapping[str, FactorSet]) -> AnnualFactors:
+    """The annual factors of each site's factor set, chosen as the annual figures choose them.
+
+    Most local place first (province, grid region, country), then the nearest year
+    (:meth:`ems.accounting.factors.FactorSet.grid_factor`); no residual mix: the average.
+
+    Raises
+    ------
+    AccountingError
+        A site without a factor set or without any grid-average factor for its places.
+    """
+    cache: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def pick(si: SiteInfo, year: int) -> Mapping[str, Any]:
+        key = (si.site, year)
+        if key not in cache:
+            fs = fsets.get(si.site)
+            if fs is None:
+                raise AccountingError(f"site {si.site}: no factor set; expected one of the sites {sorted(fsets)}")
+            avg = fs.grid_factor("average", si.places(), year)
+            if avg["value"] is None:
+                raise AccountingError(f"site {si.site}: {avg['note']} in factor set {fs.name!r}")
+            res = fs.grid_factor("residual", si.places(), year)
+            cache[key] = {"average": float(avg["value"]), "residual": res["value"],
+                          "source": f"{avg['level']} {avg['place']} {avg['year']}: {avg['source']}"}
+        return cache[key]
+
+    return pick
 
 
 def site_hours(hourly: pd.DataFrame, meters: Sequence[MeterInfo]) -> dict[str, pd.DataFrame]:
@@ -178,7 +209,7 @@ def site_intensity(
     avg = np.array([float(ann[int(y)]["average"]) for y in years])
     res = np.array([float(ann[int(y)]["residual"] if ann[int(y)].get("residual") is not None else ann[int(y)]["average"])
                     for y in years])
-    places = [p for _, p in _places(si) if p]
+    places = [p for _, p in si.places() if p]
     loaded = next(((s, p) for p in places for s in series if p in s.regions), None)
     model = next((p for p in (si.grid_region, si.country) if p in mix_regions()), None)
     if loaded is not None:
@@ -210,14 +241,6 @@ def _modelled(model: str, hours: pd.DatetimeIndex, years: np.ndarray,
     frame = pd.concat([p.frame for p in parts], ignore_index=True)
     f = factors_at(IntensitySeries(frame, parts[0].source, "modelled"), model, hours)
     return f, {"method": "modelled", "place": model, "provenance": "; ".join(p.describe() for p in parts), "hours_filled": 0}
-
-
-def _places(si: SiteInfo) -> list[tuple[str, str]]:
-    places = getattr(si, "places", None)
-    if callable(places):
-        out: list[tuple[str, str]] = places()
-        return out
-    return [("region", si.grid_region), ("country", si.country)]
 
 
 def _local_span(start: Any, end: Any, tz: str) -> tuple[pd.Timestamp, pd.Timestamp]:
