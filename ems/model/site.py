@@ -430,6 +430,15 @@ class Contract(_Model):
     plant: str = Field("", description="generating plant")
     plant_commissioned: dt.date | None = None
     market_boundary: str | None = Field(None, description="market of the plant, e.g. CN, EU-AIB; default the site's")
+    profile: str | None = Field(
+        None,
+        pattern=r"^(baseload|solar|as_consumed|[A-Za-z0-9][A-Za-z0-9_-]*:[a-z_]+)$",
+        description=(
+            "how each settlement's energy falls on the hours of its period, for hourly matching: baseload, "
+            "solar, as_consumed or <grid region>:<technology> of ems's modelled mix (e.g. CN-South:hydro); "
+            "default baseload"
+        ),
+    )
 
 
 class CertificatePurchase(_Model):
