@@ -177,7 +177,8 @@ Meaning of the meters in a site's energy balance:
 * ``grid``: the utility meter at the point of connection.
 * ``pv``: AC output of a PV array's inverter(s); ``curtailed_kwh`` is what the
   plant controller reports as available but not taken.
-* ``battery``: AC side of a storage system.
+* ``battery``: AC side of a storage system; ``attrs`` may give ``energy_kwh`` (usable
+  capacity) and ``eta_charge``, ``eta_discharge`` (one-way efficiencies).
 * ``load``: an electrical consumption sub-meter; ``MeterInfo.attrs["end_use"]``
   is one of ``production``, ``base``, ``hvac``, ``compressed_air``, ``electrified``,
   ``other``. The sum of load meters is the site's electrical consumption.
