@@ -28,13 +28,26 @@ def _broker_options(f: Any) -> Any:
         "--username", default=None, help="Broker user; the password comes from EMS_MQTT_PASSWORD or EMS_MQTT_PASSWORD_FILE."
     )(f)
     f = click.option(
-        "--mqtt-version", type=click.Choice(["5", "3.1.1"]), default=None,
-        help="MQTT protocol (default 5; the URL may say ?protocol=3.1.1).",
+        "--mqtt-version", type=click.Choice(["auto", "5", "3.1.1"]), default=None,
+        help="MQTT protocol (default auto: 5, or 3.1.1 if the broker refuses 5; the URL may say ?protocol=...).",
     )(f)
     return f
 
 
 def _config(url: str, kw: dict[str, Any]) -> Any:
+    """The broker config of the options, its protocol negotiated; say which protocol is used."""
+    from ems.telemetry.connection import AUTO, negotiate
+
+    cfg = _url_config(url, kw)
+    used = negotiate(cfg)
+    if cfg.protocol == AUTO:
+        why = ("" if used.v5 else
+               ": it refused MQTT 5 (sessions as clean_session=False, no shared subscriptions)")
+        click.echo(f"broker {used.describe()}{why}", err=True)
+    return used
+
+
+def _url_config(url: str, kw: dict[str, Any]) -> Any:
     from ems.telemetry.connection import BrokerConfig, password_from_env
 
     return BrokerConfig.from_url(
@@ -197,9 +210,10 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
 @click.option("--port", type=int, default=1883, show_default=True)
 def broker(host: str, port: int) -> None:
     """Run the embedded MQTT broker (amqtt, MQTT 3.1.1) until interrupted."""
-    from ems.telemetry.broker import run_broker
+    from ems.telemetry.broker import check_port_free, run_broker
 
-    click.echo(f"embedded broker on mqtt://{host}:{port}?protocol=3.1.1 (Ctrl-C to stop)", err=True)
+    check_port_free(host, port, "embedded broker")
+    click.echo(f"embedded broker on mqtt://{host}:{port} (MQTT 3.1.1; Ctrl-C to stop)", err=True)
     run_broker(host, port)
 
 

@@ -1,0 +1,121 @@
+"""What a new energy manager meets first (issue 15): errors that guide, nothing left behind.
+
+Each test reproduces what a newcomer following the README ran into, through the
+real command line (a subprocess, as a user types it) or click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from brokers import amqtt_broker, mosquitto  # noqa: F401
+from dashboard_fixtures import readingset
+
+from ems.telemetry.connection import BrokerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ems(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``ems ARGS`` as a user would, in ``cwd``; return the finished process."""
+    env = dict(os.environ, COLUMNS="120")
+    return subprocess.run(
+        [sys.executable, "-m", "ems.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+@pytest.fixture
+def busy_port():
+    """A loopback port something already listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- 3. a busy port: one line, checked first, nothing left behind ---------------------------------
+
+def test_broker_on_a_busy_port_says_so_in_one_line(busy_port):
+    p = ems("broker", "--port", str(busy_port))
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert f"port {busy_port} on 127.0.0.1 is already in use" in lines[0]
+    assert "--port" in lines[0]
+
+
+def test_live_on_a_busy_port_fails_before_loading_and_leaves_nothing(tmp_path, busy_port):
+    scenario = str(ROOT / "scenarios" / "demo.yaml")
+    p = ems("live", scenario, "--port", str(busy_port), cwd=tmp_path)
+    assert p.returncode == 2
+    assert "loaded" not in p.stderr  # the port is checked before the scenario is simulated
+    assert "Traceback" not in p.stderr
+    assert f"dashboard: port {busy_port} on 127.0.0.1 is already in use" in p.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_live_failing_after_opening_its_store_removes_it(tmp_path):
+    src = readingset({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
+    work = tmp_path / "work"
+    work.mkdir()
+    p = ems("live", str(src), "--port", "0", "--broker", f"mqtt://127.0.0.1:{_closed_port()}", cwd=work)
+    assert p.returncode == 2
+    assert "cannot connect to broker" in p.stderr
+    assert list(work.iterdir()) == []  # no ems-live-<time>/ with its .write.lock, no ledger
+
+
+def test_live_keeps_a_store_that_existed(tmp_path):
+    from ems.store import open_store
+
+    src = readingset({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
+    open_store(tmp_path / "store").close()  # an empty store the user made: theirs to keep
+    p = ems("live", str(src), "--port", "0", "--store", str(tmp_path / "store"), "--broker",
+            f"mqtt://127.0.0.1:{_closed_port()}")
+    assert p.returncode == 2
+    assert (tmp_path / "store" / "ems-store.json").exists()
+
+
+# -- 4. MQTT 5 first, 3.1.1 when refused, and say which --------------------------------------------
+
+def test_stream_to_the_embedded_broker_needs_no_url_suffix(tmp_path, amqtt_broker):  # noqa: F811
+    src = readingset({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
+    url = f"mqtt://127.0.0.1:{amqtt_broker.port}"
+    t0 = time.monotonic()
+    p = ems("stream", str(src), "--broker", url, "--linger", "0")
+    assert p.returncode == 0, p.stderr
+    assert time.monotonic() - t0 < 60  # not a CONNECT timeout (15 s) per site; no timing asserted finer
+    assert "(MQTT 3.1.1): it refused MQTT 5" in p.stderr
+    assert "published" in p.stdout
+
+
+def test_negotiation_picks_mqtt5_on_mosquitto_and_311_on_amqtt(mosquitto, amqtt_broker):  # noqa: F811
+    from ems.telemetry.connection import negotiate
+
+    assert negotiate(BrokerConfig.from_url(mosquitto.url)).protocol == "5"
+    assert negotiate(BrokerConfig.from_url(f"mqtt://127.0.0.1:{amqtt_broker.port}")).protocol == "3.1.1"
+    fixed = BrokerConfig.from_url(f"mqtt://127.0.0.1:{amqtt_broker.port}?protocol=5")
+    assert negotiate(fixed) is fixed  # an explicit protocol is not probed
+
+
+def test_an_explicit_mqtt5_against_amqtt_is_refused_at_once_with_a_hint(amqtt_broker):  # noqa: F811
+    from ems.errors import TelemetryError
+    from ems.telemetry.connection import connect_and_wait, make_client
+
+    cfg = BrokerConfig.from_url(f"mqtt://127.0.0.1:{amqtt_broker.port}?protocol=5")
+    client = make_client(cfg, "ems-test-explicit-5")
+    with pytest.raises(TelemetryError, match=r"speaks MQTT 3\.1\.1 only: leave out \?protocol=5"):
+        connect_and_wait(client, cfg, timeout=10)
