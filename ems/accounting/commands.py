@@ -94,13 +94,18 @@ def report(
     targets_name: str,
 ) -> None:
     """Compute energy and carbon KPIs from SOURCE (readings folder or scenario YAML) or a store."""
-    import pandas as pd
-    from rich.table import Table
-
     from ems.accounting.kpis import kpis, rollup
-    from ems.accounting.report import FORMATS, write_html, write_tables
+    from ems.accounting.report import (
+        FORMATS,
+        factors_table,
+        kpi_table,
+        targets_table,
+        write_html,
+        write_tables,
+    )
     from ems.accounting.targets import load_targets, progress
     from ems.console import make_console
+    from ems.formatting import machine_frame, to_rich
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
@@ -115,43 +120,16 @@ def report(
     prog = progress(yearly, load_targets(targets_name))
 
     console = make_console()
-    short = {"key": by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
-             "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
-             "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost"}
-    t = Table(title=f"KPIs by {by} and {res.period}")
-    for c, h in short.items():
-        t.add_column(h, justify="left" if c in ("key", "period") else "right", no_wrap=c in ("key", "period"))
-    for row in res.kpis[list(short)].itertuples(index=False):
-        cells = []
-        for c, v in zip(short, row, strict=True):
-            if c == "green_share":
-                cells.append("" if pd.isna(v) else f"{100 * v:.1f}")
-            elif isinstance(v, float):
-                cells.append("" if pd.isna(v) else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}")
-            else:
-                cells.append(str(v))
-        t.add_row(*cells)
-    console.print(t)
+    console.print(to_rich(kpi_table(res, console=True)))
     if len(prog):
-        tp = Table(title="Progress against targets (group, latest year)")
-        for c in ("target", "metric", "target_value", "base_value", "value", "change_vs_base", "met"):
-            tp.add_column(c)
-        for r in prog.itertuples(index=False):
-            tp.add_row(r.target, r.metric, str(r.target_value), "n/a" if pd.isna(r.base_value) else f"{r.base_value:.4g}", f"{r.value:.4g}",
-                       f"{r.change_vs_base:+.1%}" if r.change_vs_base == r.change_vs_base else "", str(r.met))
-        console.print(tp)
-    tf = Table(title="Factors used")
-    for c in ("name", "region", "year_used", "value", "unit", "set", "version"):
-        tf.add_column(c)
-    for r in res.factors_used.itertuples(index=False):
-        tf.add_row(r.name, str(r.region), "" if pd.isna(r.year_used) else str(r.year_used), f"{r.value}", r.unit, r.set, r.version)
-    console.print(tf)
+        console.print(to_rich(targets_table(prog, "Progress against targets (group, latest year)")))
+    console.print(to_rich(factors_table(res.factors_used)))
     if len(res.anomalies):
         console.print(f"[yellow]{len(res.anomalies)} register anomalies (resets, rollovers, gaps); see anomalies table[/]")
     if out_dir is not None:
         paths = write_tables(res, out_dir, fmts)
         if len(prog) and "csv" in fmts:
-            prog.to_csv(out_dir / "targets.csv", index=False)
+            machine_frame(prog).to_csv(out_dir / "targets.csv", index=False)
         if "html" in fmts:
             paths.append(write_html(res, out_dir / "report.html", rs, prog))
         console.print(f"wrote {len(paths)} files to {out_dir}")

@@ -1,11 +1,14 @@
 """Report writers: KPI files (CSV, Parquet, JSON) and a self-contained HTML report.
 
 The HTML embeds matplotlib figures as inline SVG, so it opens offline, and lists
-every factor value and version used.
+every factor value and version used. Numbers for people follow :mod:`ems.formatting`
+(one rule, one stylesheet); the files for machines keep full precision, with missing
+values as empty fields or nulls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 import json
@@ -17,15 +20,108 @@ import pandas as pd
 
 from ems.accounting.kpis import KpiResult, rollup
 from ems.errors import MissingExtraError
+from ems.formatting import (
+    MISSING,
+    Table,
+    cell,
+    display_of,
+    html_page,
+    machine_frame,
+    table_of,
+    thousands_axis,
+    to_html,
+    with_unit,
+    year,
+)
 from ems.readings import ReadingSet
 
-__all__ = ["SUMMARY_COLUMNS", "typical_day", "write_html", "write_tables"]
+__all__ = [
+    "SUMMARY_COLUMNS", "SUMMARY_LABELS", "factors_table", "kpi_table", "targets_table", "typical_day",
+    "write_html", "write_tables",
+]
 
 SUMMARY_COLUMNS = (
     "key", "period", "total_tce", "direct_tce", "indirect_tce", "tce_per_10k_rmb", "green_share",
     "scope1_t", "scope2_location_t", "scope2_market_t", "peak_import_kw", "total_cost",
 )
+SUMMARY_LABELS = {
+    "total_tce": "energy", "direct_tce": "direct", "indirect_tce": "indirect",
+    "tce_per_10k_rmb": "energy intensity", "green_share": "green-power share", "scope1_t": "Scope 1",
+    "scope2_location_t": "Scope 2 location", "scope2_market_t": "Scope 2 market",
+    "peak_import_kw": "peak import", "total_cost": "energy cost",
+}
+"""Labels of the summary columns; the unit is added from the column name."""
+CONSOLE_COLUMNS = (
+    "key", "period", "total_tce", "tce_per_10k_rmb", "green_share", "scope1_t", "scope2_location_t",
+    "scope2_market_t", "peak_import_kw", "total_cost",
+)
+CONSOLE_LABELS = {
+    **SUMMARY_LABELS, "tce_per_10k_rmb": "intensity", "green_share": "green share",
+    "scope2_location_t": "Scope 2 loc.", "scope2_market_t": "Scope 2 mkt.", "total_cost": "cost",
+}
+"""The summary in a terminal: narrower (direct and indirect energy are in the files and the HTML)."""
 FORMATS = ("csv", "parquet", "json", "html")
+
+
+def kpi_table(res: KpiResult, *, console: bool = False) -> Table:
+    """The KPI summary for people: one row per key and period (``console``: the narrow one)."""
+    cols = [c for c in (CONSOLE_COLUMNS if console else SUMMARY_COLUMNS) if c in res.kpis]
+    labels = CONSOLE_LABELS if console else SUMMARY_LABELS
+    return table_of(res.kpis, f"KPIs by {res.by} and {res.period}", columns=cols,
+                    labels={**labels, "key": res.by, "period": res.period})
+
+
+def targets_table(df: pd.DataFrame, title: str, value: str = "value") -> Table:
+    """Targets against results, each row in its metric's unit (a change target in %).
+
+    ``df`` has the columns of :data:`ems.accounting.targets.PROGRESS_COLUMNS` (``value``)
+    or of :data:`ems.studies.pathway.ASSESS_COLUMNS` (``value="value_in_target_year"``).
+    """
+    # a status ("missed (first met in 2040)") says what met and first_year_met say
+    said = ("met", "first_year_met") if "status" in df else ()
+    shown = [c for c in ("target", "target_year", "target_value", "base_value", value, "change_vs_base",
+                         "first_year_met", "status", "met", "note") if c in df and c not in said]
+    t = Table(title=title, headers=[], wrap={shown.index("note")} if "note" in shown else set())
+    t.headers = [{"target_year": "year", "target_value": "target", "base_value": "base", value: "value",
+                  "change_vs_base": "change vs base [%]", "first_year_met": "first met"}.get(c, c)
+                 for c in shown]
+    t.numeric = [c in ("target_year", "target_value", "base_value", value, "change_vs_base", "first_year_met")
+                 for c in shown]
+    for r in df.to_dict("records"):
+        row = []
+        for c in shown:
+            x = r[c]
+            if c == "target_value":
+                row.append(_target_value(str(r["kind"]), str(r["metric"]), x))
+            elif c in ("base_value", value):
+                row.append(with_unit(str(r["metric"]), x))
+            elif c == "change_vs_base":
+                row.append(cell(x, display_of("change_vs_base"), signed=True))
+            elif c in ("target_year", "first_year_met"):
+                row.append(year(x))
+            else:
+                row.append(cell(x))
+        t.rows.append(row)
+    if "note" in shown and len({r[-1] for r in t.rows}) == 1:  # one note for all: say it once, below
+        note = t.rows[0][-1] if t.rows else ""
+        t.headers, t.numeric, t.wrap = t.headers[:-1], t.numeric[:-1], set()
+        t.rows = [r[:-1] for r in t.rows]
+        t.notes = [f"note: {note}"] if note and note != MISSING else []
+    return t
+
+
+def _target_value(kind: str, metric: str, x: Any) -> str:
+    if kind == "change":
+        return with_unit("change_vs_base", x, signed=True) + " vs base"
+    if kind == "peak":
+        return "peak"
+    return with_unit(metric, x)
+
+
+def factors_table(df: pd.DataFrame) -> Table:
+    """Every factor used, as given in its factor set (value, unit, year, source)."""
+    cols = [c for c in ("name", "region", "year_used", "value", "unit", "set", "version") if c in df]
+    return table_of(df, "Factors used", columns=cols, labels={"year_used": "year", "set": "factor set"})
 
 
 def _frames(res: KpiResult) -> dict[str, pd.DataFrame]:
@@ -40,14 +136,15 @@ def _frames(res: KpiResult) -> dict[str, pd.DataFrame]:
 
 
 def write_tables(res: KpiResult, out: Path, formats: tuple[str, ...]) -> list[Path]:
-    """Write the KPI frame and its audit tables as CSV, Parquet and/or JSON; return the paths."""
+    """Write the KPI frame and its audit tables as CSV, Parquet and/or JSON; return the paths.
+
+    Full precision in the stored units (``docs/kpis.md``); a missing value is an empty
+    CSV field or a null (:func:`ems.formatting.machine_frame`).
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for name, df in _frames(res).items():
-        df = df.copy()
-        for c in df.columns:
-            if df[c].dtype == object:
-                df[c] = df[c].map(lambda x: x if x is None or isinstance(x, (str, bool, int, float)) else str(x))
+        df = machine_frame(df)
         if "csv" in formats:
             p = out / f"{name}.csv"
             df.to_csv(p, index=False)
@@ -119,9 +216,11 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     bottom = np.zeros(len(piv))
     for c in carriers:
-        ax.bar(piv.index, piv[c], bottom=bottom, label=c.replace("_tce", "").replace("_equiv", " (not in total)"))
+        label = c.removesuffix("_tce").removesuffix("_tce_equiv").replace("_", " ").replace("pv", "PV")
+        ax.bar(piv.index, piv[c], bottom=bottom, label=label + (" (not in total)" if c.endswith("_equiv") else ""))
         bottom += piv[c].to_numpy()
-    ax.set_ylabel("tce")
+    thousands_axis(ax.yaxis)
+    ax.set_ylabel("energy [tce]")
     ax.set_title(f"Energy by carrier and {step} (GB/T 2589-2020, equivalent value)")
     ax.legend(fontsize=7, ncol=3)
     ax.tick_params(axis="x", rotation=45, labelsize=7)
@@ -139,6 +238,7 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
     ax2 = ax.twinx()
     ax2.bar(g.index, g["scope12_market_t"], alpha=0.3, color="tab:red", label="Scope 1+2 market-based")
     ax2.set_ylabel("Scope 1+2 market-based [tCO2e]")
+    thousands_axis(ax2.yaxis)
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     ax.set_title("Green-power share and emissions against targets")
@@ -149,25 +249,16 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
         site = rs.sites[0].site
         td = typical_day(rs, site)
         fig, ax = plt.subplots(figsize=(8, 3.5))
+        names = {"grid_import_kw": "grid import", "grid_export_kw": "grid export", "pv_kw": "PV"}
         for c in td.columns:
-            ax.plot(td.index, td[c], label=c)
+            ax.plot(td.index, td[c], label=names.get(c, c))
+        thousands_axis(ax.yaxis)
         ax.set_xlabel(f"local hour ({rs.sites[0].tz})")
-        ax.set_ylabel("kW")
+        ax.set_ylabel("mean power [kW]")
         ax.set_title(f"Typical day of site {site}")
         ax.legend(fontsize=7)
         figs.append((f"Typical day: {site}", _svg(fig)))
     return figs
-
-
-def _table(df: pd.DataFrame, fmt: str = "{:,.4g}") -> str:
-    def cell(x: Any) -> str:
-        if isinstance(x, float):
-            return "" if np.isnan(x) else fmt.format(x)
-        return html.escape(str(x))
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in df.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def write_html(
@@ -175,26 +266,33 @@ def write_html(
 ) -> Path:
     """Write a self-contained HTML report (inline SVG plots, KPI and audit tables)."""
     figs = _plots(res, rs, targets)
-    summary = res.kpis[[c for c in SUMMARY_COLUMNS if c in res.kpis]]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>ems energy and carbon report</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}</style></head><body>",
-        f"<h1>Energy and carbon report</h1><p>Grouping: <b>{html.escape(res.by)}</b>, period: <b>{html.escape(res.period)}</b>.</p>",
-        "<h2>KPIs</h2>", _table(summary),
+    body = [
+        f"<p class='lead'>Grouping: <b>{html.escape(res.by)}</b>, period: <b>{html.escape(res.period)}</b>. "
+        "Energy is GB/T 2589-2020 comprehensive energy consumption (equivalent value); emissions follow "
+        "the GHG Protocol (Scope 2 location- and market-based).</p>",
+        _scroll(to_html(kpi_table(res))),
     ]
-    for title, svg in figs:
-        parts += [f"<h2>{html.escape(title)}</h2>", svg]
+    body += [f"<h2>{html.escape(title)}</h2><figure>{svg}</figure>" for title, svg in figs]
     if targets is not None and len(targets):
-        parts += ["<h2>Progress against targets</h2>", _table(targets)]
-    parts += [
-        "<h2>Factors used</h2><p>Every value with its set, version and source; values flagged to_confirm are to be confirmed.</p>",
-        _table(res.factors_used),
-        "<h2>Certificates</h2>", _table(res.certificates) if len(res.certificates) else "<p>none</p>",
-        "<h2>Anomalies</h2>", _table(res.anomalies) if len(res.anomalies) else "<p>none</p>",
+        body.append(_scroll(to_html(targets_table(targets, "Progress against targets"))))
+    body += [
+        "<h2>Factors used</h2><p>Every value as given in its factor set, with set and version; "
+        "values flagged to_confirm are to be confirmed.</p>",
+        _scroll(to_html(dataclasses.replace(factors_table(res.factors_used), title=""))),
+        _section("Certificates", res.certificates),
+        _section("Anomalies", res.anomalies),
         "<h2>Conventions</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in res.notes) + "</ul>",
-        "</body></html>",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    path.write_text(html_page("Energy and carbon report", body))
     return path
+
+
+def _scroll(table_html: str) -> str:
+    return f"<div class='scroll'>{table_html}</div>"
+
+
+def _section(title: str, df: pd.DataFrame) -> str:
+    if not len(df):
+        return f"<h2>{html.escape(title)}</h2><p>none</p>"
+    return _scroll(to_html(table_of(df, title)))

@@ -42,6 +42,15 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
+_STUDY_LABELS = {
+    "total_annual_cost": "total annual cost", "net_scope12_t": "Scope 1+2 net", "green_share": "green share",
+    "capex": "capex", "cost_per_tco2e": "cost per tCO2e avoided",
+    "scope12_market_intensity_t_per_10k_rmb": "intensity", "total_tce": "energy",
+    "annual_cost": "measures",
+}
+"""Labels of study columns; units come from the column names (:mod:`ems.formatting`)."""
+
+
 def _resolution_s(text: str | None) -> int | None:
     if text is None:
         return None
@@ -98,19 +107,12 @@ def compare(scenarios: tuple[str, ...], resolution: str | None, csv_path: str | 
     Each SCENARIO is a scenario YAML (its measures applied) or a readings folder
     from 'ems run --out'.
     """
-    from rich.table import Table
-
+    from ems.formatting import to_rich
     from ems.studies.compare import compare as run_compare
-    from ems.studies.compare import to_html
+    from ems.studies.compare import comparison_table, to_html
 
     cmp = run_compare(list(scenarios), resolution_s=_resolution_s(resolution), costs=_costs(costs_file))
-    t = Table(title="Scenario comparison (Δ vs the first)")
-    t.add_column("KPI")
-    for c in cmp.table.columns:
-        t.add_column(_e(c), justify="right")
-    for label, row in cmp.table.iterrows():
-        t.add_row(_e(label), *(_fmt(float(v)) for v in row))
-    _console().print(t)
+    _console().print(to_rich(comparison_table(cmp)))
     if csv_path:
         cmp.table.to_csv(csv_path, index_label="kpi")
         click.echo(f"wrote {csv_path}")
@@ -173,8 +175,7 @@ def calibrate(site_file: str, totals_file: str, year: int | None, seed: int, tol
 @click.option("--costs", "costs_file", type=click.Path(dir_okay=False), help="Cost data YAML.")
 def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, costs_file: str | None) -> None:
     """Run the variants of SPEC_FILE in parallel; write results, the Pareto front and the best variant."""
-    from rich.table import Table
-
+    from ems.formatting import cell, table_of, to_rich, with_unit
     from ems.studies.sweep import load_sweep_spec, run_sweep
 
     spec = load_sweep_spec(spec_file)
@@ -192,23 +193,22 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
     front = df[df["pareto"]].sort_values("total_annual_cost")
     front.to_csv(out / "pareto.csv", index=False)
     pcols = [c for c in df.columns if c.startswith("p:")]
-    t = Table(title=f"Pareto front: cost vs Scope 1+2 ({len(front)} of {len(df)} variants)")
-    for c in [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]:
-        t.add_column(c.removeprefix("p:"), justify="right")
-    for _, r in front.iterrows():
-        t.add_row(*(_fmt(r[c]) if not isinstance(r[c], str) else r[c] for c in
-                    [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]))
-    con.print(t)
+    shown = [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]
+    con.print(to_rich(table_of(
+        front, f"Pareto front: cost vs Scope 1+2 ({len(front)} of {len(df)} variants)", columns=shown,
+        labels={**{c: c.removeprefix("p:") for c in pcols}, **_STUDY_LABELS})))
     if res.target is not None:
         tgt = res.target
-        cond = f"{tgt['metric']} >= {tgt['min']}" if "min" in tgt else f"{tgt['metric']} <= {tgt['max']}"
+        metric = str(tgt["metric"])
+        cond = (f"{metric} >= {with_unit(metric, tgt['min'])}" if "min" in tgt
+                else f"{metric} <= {with_unit(metric, tgt['max'])}")
         if res.best is None:
             con.print(f"no variant meets {cond}")
         else:
             b = res.best
-            desc = ", ".join(f"{c.removeprefix('p:')}={b[c]}" for c in pcols)
-            con.print(f"cheapest meeting {cond}: {desc}; total annual cost {_fmt(float(b['total_annual_cost']))}, "
-                      f"{tgt['metric']} {_fmt(float(b[tgt['metric']]), 4)}")
+            desc = ", ".join(f"{c.removeprefix('p:')} = {cell(b[c])}" for c in pcols)
+            con.print(f"cheapest meeting {cond}: {desc}; total annual cost "
+                      f"{with_unit('total_annual_cost', b['total_annual_cost'])}, {metric} {with_unit(metric, b[metric])}")
             pd.DataFrame([b]).to_csv(out / "best.csv", index=False)
     click.echo(f"wrote {out / 'results.csv'}, {out / 'pareto.csv'}")
 
@@ -219,36 +219,19 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
 @click.option("--costs", "costs_file", type=click.Path(dir_okay=False), help="Cost data YAML.")
 def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None:
     """Simulate a pathway year by year and report when each group target is met."""
-    from rich.table import Table
-
+    from ems.accounting.report import targets_table
+    from ems.formatting import table_of, to_rich
     from ems.studies.pathway import assess, load_pathway_spec, run_pathway
 
     spec = load_pathway_spec(spec_file)
     con = _console()
     yearly = run_pathway(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
-    t = Table(title="Pathway (group, per year)")
-    cols = [("net_scope12_t", "Scope 1+2 net [t]", 0), ("scope12_market_intensity_t_per_10k_rmb",
-            "intensity [kg/RMB 10k]", 2), ("green_share", "green share [%]", 1), ("total_tce", "energy [tce]", 0),
-            ("annual_cost", "measures [CNY/yr]", 0)]
-    t.add_column("year")
-    for _, label, _ in cols:
-        t.add_column(_e(label), justify="right")
-    for y, r in yearly.iterrows():
-        vals = []
-        for c, _, d in cols:
-            v = float(r[c])
-            v = v * 1000 if c.endswith("10k_rmb") else v * 100 if c == "green_share" else v
-            vals.append(_fmt(v, d))
-        t.add_row(str(y), *vals)
-    con.print(t)
+    cols = ["net_scope12_t", "scope12_market_intensity_t_per_10k_rmb", "green_share", "total_tce", "annual_cost"]
+    con.print(to_rich(table_of(yearly.rename_axis("year").reset_index(), "Pathway (group, per year)",
+                               columns=["year", *cols], labels=_STUDY_LABELS)))
     a = assess(yearly, spec.targets)
-    t2 = Table(title=f"Targets (base year {spec.targets['base_year']})")
-    for c in ("target", "target_year", "target_value", "value_in_target_year", "first_year_met", "status", "note"):
-        t2.add_column(c)
-    for _, r in a.iterrows():
-        t2.add_row(*(_fmt(r[c], 4) if isinstance(r[c], float) else _e(r[c]) for c in
-                     ("target", "target_year", "target_value", "value_in_target_year", "first_year_met", "status", "note")))
-    con.print(t2)
+    con.print(to_rich(targets_table(a, f"Targets (base year {spec.targets['base_year']})",
+                                    value="value_in_target_year")))
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
