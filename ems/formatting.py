@@ -43,6 +43,7 @@ __all__ = [
     "labelled",
     "machine_frame",
     "number",
+    "plural",
     "table_of",
     "thousands_axis",
     "to_html",
@@ -186,6 +187,11 @@ def labelled(x: Any, label: str, *, signed: bool = False) -> str:
     """A value already in the display unit its label names: ``labelled(1.23e5, "grid import [MWh]")``."""
     m = re.search(r"\[([^\]]+)\]\s*$", label)
     return number(x, DECIMALS.get(m.group(1), 2) if m else 2, signed=signed)
+
+
+def plural(n: int, word: str) -> str:
+    """A count with its noun: ``1 event``, ``2 events``, ``61,152 readings``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def year(x: Any) -> str:

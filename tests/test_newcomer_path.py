@@ -119,3 +119,53 @@ def test_an_explicit_mqtt5_against_amqtt_is_refused_at_once_with_a_hint(amqtt_br
     client = make_client(cfg, "ems-test-explicit-5")
     with pytest.raises(TelemetryError, match=r"speaks MQTT 3\.1\.1 only: leave out \?protocol=5"):
         connect_and_wait(client, cfg, timeout=10)
+
+
+# -- 8. one definition of a reading; ingest stats for people -----------------------------------------
+
+def test_run_stream_and_the_folder_count_readings_alike(tmp_path, amqtt_broker):  # noqa: F811
+    """issue 15: ems stream counted 27,552 readings where ems run counted 61,152 for the same scenario."""
+    from click.testing import CliRunner
+
+    from ems.cli import cli
+    from ems.readings import ReadingSet
+
+    res = CliRunner().invoke(cli, ["run", str(ROOT / "scenarios" / "demo.yaml"), "--no-store", "--out",
+                                   str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "demo"
+    rs = ReadingSet.from_parquet(folder)
+    assert f"{rs.n_readings():,} readings ({rs.n_values():,} values)" in res.output
+    p = ems("stream", str(folder), "--broker", f"mqtt://127.0.0.1:{amqtt_broker.port}", "--linger", "0")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"published {rs.n_readings():,} readings in ")
+
+
+def test_ingest_stats_line_reads_without_json():
+    from ems.telemetry.commands import stats_line
+
+    replayed = {"received": 341, "readings_received": 27552, "written": 27552, "rejected": 1, "duplicates": 0,
+                "queue_depth": 0, "lag_s": 74398134.13, "spooled": 0, "write_latency_p50_s": 0.1521,
+                "write_latency_p95_s": 0.5541}
+    line = stats_line(replayed, {**replayed, "readings_received": 17552}, 5.0)
+    assert line == ("2,000 readings/s; 27,552 readings stored; 1 message dead-lettered; "
+                    "receipt to write p50 0.15 s, p95 0.55 s; queue 0")
+    assert "lag" not in line and "{" not in line
+
+
+# -- 9. the run summary adds up --------------------------------------------------------------------
+
+def test_run_summary_has_chp_and_counts_in_words(tmp_path):
+    from click.testing import CliRunner
+
+    from ems.cli import cli
+
+    res = CliRunner().invoke(cli, ["run", str(ROOT / "scenarios" / "demo.yaml"), "--store", str(tmp_path / "st")])
+    assert res.exit_code == 0, res.output
+    text = res.output
+    assert "CHP" in text and "1 event written" in text and "1 events" not in text
+    row = next(line for line in text.splitlines() if line.startswith("│ velenje"))
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    load, imp, exp, pv, chp = (float(c.replace(",", "")) for c in cells[1:6])
+    assert chp > 100  # Velenje's CHP, 144 MWh in the demo week
+    assert load == pytest.approx(imp - exp + pv + chp, rel=0.02)  # the row adds up (battery losses aside)

@@ -352,7 +352,7 @@ def test_cli_ingest_with_stats(mosquitto, tmp_path):
     res = CliRunner().invoke(ingest_cmd, ["--broker", mosquitto.url, "--store", str(tmp_path / "store"),
                                           "--meta", str(folder),
                                           "--deadletter", str(tmp_path / "dl.jsonl"), "--stats", "0.5",
-                                          "--duration", "4", "--client-id", "cli"])
+                                          "--json", "--duration", "4", "--client-id", "cli"])
     t.join(30)
     assert res.exit_code == 0, res.output
     final = json.loads(res.stdout.strip().splitlines()[-1])
@@ -445,7 +445,8 @@ def test_ems_ingest_subprocess_stops_gracefully_on_sigterm(mosquitto, tmp_path):
             proc.kill()
             proc.communicate(timeout=10)
     assert proc.returncode == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["written"] == 192
+    final = out.strip().splitlines()[-1]  # readable by default (issue 15); --json for machines
+    assert final.startswith("ingest stopped: ") and "; 192 readings stored; 0 messages dead-lettered;" in final
     store = open_store(tmp_path / "store")
     assert_same_readings(store.read().readings, rs.readings)
     store.close()

@@ -164,7 +164,8 @@ def run_live(
     t_load = time.monotonic()
     rs = load_readings(opts.scenario)
     echo(
-        f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s"
+        f"loaded {rs.n_readings():,} readings ({rs.n_values():,} values) of {len(rs.sites)} sites "
+        f"in {time.monotonic() - t_load:.1f} s"
     )
     store_url = opts.store_url or _default_store()
     tmp = tempfile.TemporaryDirectory(prefix="ems-live-")

@@ -251,7 +251,7 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
 def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None:
     """Simulate a pathway year by year and report when each group target is met."""
     from ems.accounting.report import targets_table
-    from ems.formatting import table_of, to_rich
+    from ems.formatting import machine_frame, table_of, to_rich
     from ems.studies.pathway import assess, load_pathway_spec, run_pathway
 
     spec = load_pathway_spec(spec_file)
@@ -266,6 +266,6 @@ def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        yearly.to_csv(out / "pathway.csv")
-        a.to_csv(out / "targets.csv", index=False)
+        machine_frame(yearly).to_csv(out / "pathway.csv")
+        machine_frame(a).to_csv(out / "targets.csv", index=False)
         click.echo(f"wrote {out / 'pathway.csv'}, {out / 'targets.csv'}")

@@ -92,6 +92,7 @@ def _load_readings(source: str) -> ReadingSet:
 def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None, fast: bool, batch: int,
            window: int, ledger: Path | None, client_id_prefix: str, linger_s: float, **kw: Any) -> None:
     """Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT."""
+    from ems.formatting import plural
     from ems.telemetry.broker import EmbeddedBroker
     from ems.telemetry.publisher import Publisher, PublishOptions
 
@@ -118,8 +119,8 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
                 stack.callback(signal.signal, s, signal.signal(s, on_signal))
         stats = pub.run()
     click.echo(
-        f"published {stats.readings} readings in {stats.messages} messages "
-        f"({stats.skipped} already acknowledged before) in {stats.elapsed_s:.1f} s: {stats.rate:,.0f} readings/s"
+        f"published {plural(stats.readings, 'reading')} in {plural(stats.messages, 'message')} "
+        f"({stats.skipped:,} already acknowledged before) in {stats.elapsed_s:.1f} s: {stats.rate:,.0f} readings/s"
         + (f"; {stats.backfilled} published again for {stats.backfill_requests} backfill requests"
            if stats.backfill_requests else "")
     )
@@ -133,7 +134,9 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @click.option("--deadletter", type=click.Path(dir_okay=False, path_type=Path), default=Path("deadletter.jsonl"),
               show_default=True, help="JSONL file of rejected messages.")
 @click.option("--stats", "stats_every", type=float, is_flag=False, flag_value=5.0, default=None,
-              help="Print the counters every N seconds (default 5).")
+              help="Print a line of counters to stderr every N seconds (default 5).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Counters as JSON (every field of Ingestor.stats) instead of readable lines.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.")
 @click.option("--batch-readings", type=int, default=20_000, show_default=True)
 @click.option("--batch-seconds", type=float, default=0.5, show_default=True)
@@ -148,7 +151,7 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
               help="[MiB] most disk the spool may use; full: nothing more is acknowledged.")
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
-           stats_every: float | None, metrics_port: int | None, batch_readings: int, batch_seconds: float,
+           stats_every: float | None, as_json: bool, metrics_port: int | None, batch_readings: int, batch_seconds: float,
            session_expiry: int, max_future: float, duration: float | None, meta_dir: Path | None,
            spool_dir: Path | None, spool_limit_mb: float, **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
@@ -190,19 +193,51 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
             click.echo(f"metrics at http://127.0.0.1:{port}/metrics", err=True)
         t0 = time.monotonic()
         next_stats = t0 + (stats_every or 0)
+        prev, t_prev = ing.stats(), t0
         while not stop.is_set():
             if duration is not None and time.monotonic() - t0 >= duration:
                 break
             stop.wait(0.2)
             if stats_every and time.monotonic() >= next_stats:
-                click.echo(json.dumps(ing.stats()), err=True)
+                now, t_now = ing.stats(), time.monotonic()
+                click.echo(json.dumps(now) if as_json else stats_line(now, prev, t_now - t_prev), err=True)
+                prev, t_prev = now, t_now
                 next_stats += stats_every
     finally:
         ing.stop()
         store.close()
         for s, h in old.items():
             signal.signal(s, h)
-    click.echo(json.dumps(ing.stats()))
+    final = ing.stats()
+    click.echo(json.dumps(final) if as_json else "ingest stopped: " + stats_line(final, None, time.monotonic() - t0))
+
+
+def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) -> str:
+    """The ingestor's counters as one line for people.
+
+    Rate over the last ``dt_s`` [s] (since ``prev``; the whole run without it), readings
+    stored and dead-lettered, and receipt-to-write latency (p50/p95: from a message's
+    arrival to its readings being durable in the store). The age of the data (``lag_s``)
+    is left to ``--json``: on replayed history it is years, not a delay.
+    """
+    from ems.formatting import number, plural
+
+    got = now["readings_received"] - (prev["readings_received"] if prev else 0)
+    rate = got / dt_s if dt_s > 0 else 0.0
+    parts = [
+        f"{number(rate, 0)} readings/s",
+        f"{plural(int(now['written']), 'reading')} stored",
+        f"{plural(int(now['rejected']), 'message')} dead-lettered",
+    ]
+    if now.get("duplicates"):
+        parts.append(f"{plural(int(now['duplicates']), 'duplicate')}")
+    if now.get("spooled"):
+        parts.append(f"{number(now['spooled'], 0)} spooled")
+    p50, p95 = now.get("write_latency_p50_s"), now.get("write_latency_p95_s")
+    if p50 is not None and p95 is not None:
+        parts.append(f"receipt to write p50 {number(p50, 2)} s, p95 {number(p95, 2)} s")
+    parts.append(f"queue {number(now.get('queue_depth', 0), 0)}")
+    return "; ".join(parts)
 
 
 @click.command()
