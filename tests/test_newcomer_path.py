@@ -169,3 +169,30 @@ def test_run_summary_has_chp_and_counts_in_words(tmp_path):
     load, imp, exp, pv, chp = (float(c.replace(",", "")) for c in cells[1:6])
     assert chp > 100  # Velenje's CHP, 144 MWh in the demo week
     assert load == pytest.approx(imp - exp + pv + chp, rel=0.02)  # the row adds up (battery losses aside)
+
+
+# -- 1. a reader never creates a store --------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["does-not-exist", "duckdb:///{tmp}/nope.db"])
+def test_report_on_a_missing_store_says_so_and_creates_nothing(tmp_path, url):
+    url = url.format(tmp=tmp_path)
+    p = ems("report", "--store", url, cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "no store at" in p.stderr and "(nothing there)" in p.stderr
+    assert "ems run scenarios/demo.yaml --store" in p.stderr  # what to run first
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_on_an_empty_store_says_it_is_empty(tmp_path):
+    from click.testing import CliRunner
+
+    from ems.cli import cli
+    from ems.errors import StoreError
+    from ems.store import open_store
+
+    open_store(tmp_path / "st").close()  # a store with nothing in it
+    before = sorted(p.name for p in (tmp_path / "st").iterdir())
+    res = CliRunner().invoke(cli, ["report", "--store", str(tmp_path / "st")])
+    assert isinstance(res.exception, StoreError)
+    assert f"store {tmp_path / 'st'} is empty: no readings yet" in str(res.exception)
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == before  # read only: nothing written

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ems.errors import ConfigError
+from ems.errors import ConfigError, StoreError
 from ems.readings import ReadingSet
 
 __all__ = ["load_source", "report"]
@@ -35,11 +35,14 @@ def load_source(source: str | None, store: str | None) -> ReadingSet:
     if store:
         from ems.store import open_store  # type: ignore[attr-defined]
 
-        st = open_store(store)
+        st = open_store(store, read_only=True)  # a report never creates a store
         try:
             rs: ReadingSet = st.read()
         finally:
             st.close()
+        if rs.readings.empty:
+            raise StoreError(f"store {store} is empty: no readings yet; write some first, e.g. "
+                             f"ems run scenarios/demo.yaml --store {store}")
         return rs
     if not source:
         raise ConfigError("expected SOURCE (a readings folder or a scenario YAML) or --store URL; found neither")

@@ -272,11 +272,12 @@ def reconcile(ledger: Path, store_url: str) -> None:
     click.echo(f"{'meter':<40} {'published':>10} {'stored':>10} {'lost':>8} {'doubled':>8} {'extra':>8}")
     for r in rows:
         flag = "" if r.ok else "  <--"
-        click.echo(f"{r.site + '/' + r.meter:<40} {r.published:>10} {r.stored:>10} {r.lost:>8} {r.doubled:>8} {r.extra:>8}{flag}")
+        click.echo(f"{r.site + '/' + r.meter:<40} {r.published:>10,} {r.stored:>10,} {r.lost:>8,} {r.doubled:>8,} "
+                   f"{r.extra:>8,}{flag}")
     lost = sum(r.lost for r in rows)
     doubled = sum(r.doubled for r in rows)
     extra = sum(r.extra for r in rows)
-    click.echo(f"total: published {sum(r.published for r in rows)}, stored {sum(r.stored for r in rows)}, "
-               f"lost {lost}, doubled {doubled}, extra {extra}")
+    click.echo(f"total readings: published {sum(r.published for r in rows):,}, stored {sum(r.stored for r in rows):,}, "
+               f"lost {lost:,}, doubled {doubled:,}, extra {extra:,}")
     if lost or doubled:
         raise SystemExit(1)
