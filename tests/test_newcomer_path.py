@@ -196,3 +196,48 @@ def test_report_on_an_empty_store_says_it_is_empty(tmp_path):
     assert isinstance(res.exception, StoreError)
     assert f"store {tmp_path / 'st'} is empty: no readings yet" in str(res.exception)
     assert sorted(p.name for p in (tmp_path / "st").iterdir()) == before  # read only: nothing written
+
+
+# -- 2. validate refuses what run refuses, with file:line and the closest name ---------------------
+
+_BAD = {
+    "unknown measure": ("  - {measure: add_solar, site: qingdao, kwp: 20000}\n", 5, "measures.0.measure",
+                        "found 'add_solar' (did you mean 'add_pv'?)"),
+    "unknown site": ("  - {measure: add_pv, site: qingdoa, kwp: 20000}\n", 5, "measures.0.site",
+                     "found 'qingdoa' (did you mean 'qingdao'?)"),
+    "unknown parameter": ("  - {measure: add_pv, site: qingdao, kwp: 20000, tilt: 10}\n", 5, "measures.0.tilt",
+                          "found 'tilt' (did you mean 'tilt_deg'?)"),
+    "bad value": ("  - {measure: add_pv, kwp: 100}\n  - {measure: hvac_control, saving: 1.5}\n", 6, "measures.1",
+                  "hvac_control.saving: expected a value in [0.0, 1.0], found 1.5"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD))
+def test_validate_refuses_what_run_refuses(tmp_path, case):
+    from click.testing import CliRunner
+
+    from ems.cli import cli
+    from ems.errors import LocatedError
+
+    measures, line, field, found = _BAD[case]
+    f = tmp_path / "scenario.yaml"
+    f.write_text(f"name: bad\nsites: [{ROOT / 'sites' / 'qingdao.yaml'}]\nperiod: {{year: 2024}}\nmeasures:\n"
+                 + measures)
+    v = CliRunner().invoke(cli, ["validate", str(f)])
+    assert v.exit_code == 1
+    assert v.output.startswith(f"{f}:{line}: {field}: ") and found in v.output, v.output
+    r = CliRunner().invoke(cli, ["run", str(f), "--store", str(tmp_path / "st")])
+    assert isinstance(r.exception, LocatedError)
+    assert str(r.exception) == v.output.strip()  # the same words from both
+    assert not (tmp_path / "st").exists()
+
+
+def test_validate_suggests_the_site_file_meant(tmp_path):
+    from click.testing import CliRunner
+
+    from ems.cli import cli
+
+    f = tmp_path / "scenario.yaml"
+    f.write_text(f"name: x\nsites: [{ROOT / 'sites' / 'qingdoa.yaml'}]\nperiod: {{year: 2024}}\n")
+    v = CliRunner().invoke(cli, ["validate", str(f)])
+    assert v.exit_code == 1 and f"{f}:2: sites.0: " in v.output and "(did you mean 'qingdao.yaml'?)" in v.output
