@@ -241,3 +241,61 @@ def test_validate_suggests_the_site_file_meant(tmp_path):
     f.write_text(f"name: x\nsites: [{ROOT / 'sites' / 'qingdoa.yaml'}]\nperiod: {{year: 2024}}\n")
     v = CliRunner().invoke(cli, ["validate", str(f)])
     assert v.exit_code == 1 and f"{f}:2: sites.0: " in v.output and "(did you mean 'qingdao.yaml'?)" in v.output
+
+
+# -- 10. what the README's examples write is ignored by git ----------------------------------------
+
+def _readme_outputs() -> list[str]:
+    """Relative paths the README's commands write: their output options, and the commands' defaults."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    found = re.findall(r"--(?:out|ledger|html|csv|store|deadletter) (?!')([\w./-]+)", text)
+    defaults = ["ems-data/", "sweep-results/", "deadletter.jsonl", "ems-live-20240101T000000Z/",
+                "ems-live-20240101T000000Z.ledger.json"]
+    return sorted({p for p in found if not p.startswith(("/", "docs/")) and not p.isupper()} | set(defaults))
+
+
+def test_readme_outputs_are_ignored_by_git():
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = _readme_outputs()
+    assert "out/report" in paths and "out/sent.json" in paths  # the parser still finds the examples
+    probes = [p.rstrip("/") + ("/x" if p.endswith("/") or "." not in Path(p).name else "") for p in paths]
+    r = subprocess.run(["git", "check-ignore", "--no-index", "-v", *probes], cwd=ROOT, capture_output=True,
+                       text=True, check=False)
+    ignored = {line.split("\t")[1] for line in r.stdout.splitlines()}
+    assert set(probes) <= ignored, f"not ignored: {sorted(set(probes) - ignored)}"
+
+
+# -- 5. README command 1 installs what the README's examples use -----------------------------------
+
+def test_readme_install_covers_the_examples():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    first = next(line for line in text.splitlines() if "pip install -e" in line)
+    extras = set(re.search(r"pip install -e '?\.(?:\[([\w,]+)\])?", first).group(1).split(","))
+    needs = {"sweep": "ems sweep "}  # extra -> a README example that needs it
+    for extra, example in needs.items():
+        if example in text:
+            assert extra in extras, f"README command 1 must install ems[{extra}] for `{example.strip()}`"
+
+
+# -- 11. the README shows a picture, and what each command prints ----------------------------------
+
+def test_readme_shows_the_dashboard_and_what_commands_print():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    head = "\n".join(text.splitlines()[:8])
+    pics = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", head)
+    assert pics and (ROOT / pics[0]).is_file(), "a picture near the top"
+    using = text.split("## Using it", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = sorted({m.group(1) for m in re.finditer(r"^ems (\w+)", using, re.M)})
+    printed = text.split("### What the commands print", 1)[1].split("\n## ", 1)[0]
+    described = {c for c in commands if f"`ems {c}" in printed}
+    quiet = {"validate", "schema", "broker"}  # their output is shown in the block's own comments
+    assert set(commands) - described <= quiet, sorted(set(commands) - described - quiet)

@@ -133,6 +133,7 @@ def report(
         paths = write_tables(res, out_dir, fmts)
         if len(prog) and "csv" in fmts:
             machine_frame(prog).to_csv(out_dir / "targets.csv", index=False)
+            paths.append(out_dir / "targets.csv")
         if "html" in fmts:
             paths.append(write_html(res, out_dir / "report.html", rs, prog))
         console.print(f"wrote {len(paths)} files to {out_dir}")

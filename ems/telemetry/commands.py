@@ -234,7 +234,7 @@ def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) ->
     if now.get("spooled"):
         parts.append(f"{number(now['spooled'], 0)} spooled")
     p50, p95 = now.get("write_latency_p50_s"), now.get("write_latency_p95_s")
-    if p50 is not None and p95 is not None:
+    if p50 is not None and p95 is not None and now["written"]:
         parts.append(f"receipt to write p50 {number(p50, 2)} s, p95 {number(p95, 2)} s")
     parts.append(f"queue {number(now.get('queue_depth', 0), 0)}")
     return "; ".join(parts)
