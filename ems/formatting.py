@@ -293,21 +293,27 @@ def _is_year(column: str) -> bool:
 
 
 def to_rich(t: Table) -> Any:
-    """The table as a :class:`rich.table.Table` (markup in cells is shown, not interpreted)."""
+    """The table as a :class:`rich.table.Table` (markup in cells is shown, not interpreted).
+
+    Cells never wrap; the unit of a header goes on a line of its own. Long text columns
+    (``t.wrap``) go under the table, one line per row (``first cell: text``), so that a
+    terminal of any width shows whole sentences rather than a word per line.
+    """
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    rt = RichTable(title=escape(t.title) if t.title else None, caption="\n".join(map(escape, t.notes)) or None,
+    keep = [i for i in range(len(t.headers)) if i not in t.wrap]
+    below = [f"{row[0]}: {row[i]}" for row in t.rows for i in sorted(t.wrap) if row[i] not in ("", MISSING)]
+    notes = [*below, *t.notes]
+    rt = RichTable(title=escape(t.title) if t.title else None, caption="\n".join(map(escape, notes)) or None,
                    caption_justify="left")
-    for i, h in enumerate(t.headers):
+    for i in keep:
         num = t.numeric[i] if i < len(t.numeric) else False
         widest = max((len(r[i]) for r in t.rows), default=1)
-        # cells never wrap (min_width: the widest), headers may: the unit on a line of its own
-        rt.add_column(escape(h.replace(" [", "\n[", 1)), justify="right" if num else "left",
-                      min_width=max(widest, 24) if i in t.wrap else widest,
-                      ratio=1 if i in t.wrap else None)
+        rt.add_column(escape(t.headers[i].replace(" [", "\n[", 1)), justify="right" if num else "left",
+                      min_width=widest)
     for row in t.rows:
-        rt.add_row(*(escape(c) for c in row))
+        rt.add_row(*(escape(row[i]) for i in keep))
     return rt
 
 

@@ -98,3 +98,26 @@ def test_machine_frame_keeps_precision_and_writes_real_nulls(tmp_path):
     m.to_csv(tmp_path / "f.csv", index=False)
     assert (tmp_path / "f.csv").read_text().splitlines()[2] == ",,"
     assert "NaN" not in m.to_json(orient="records")
+
+
+@pytest.mark.parametrize("width", [100, 160])
+def test_a_targets_note_wraps_in_lines_not_words(width):
+    """issue 15: the targets table's note column wrapped one word per line."""
+    from rich.console import Console
+
+    from ems.accounting.report import targets_table
+    from ems.formatting import to_rich
+
+    rows = [{"target": f"t-{i}", "metric": "scope12_market_t", "kind": "change", "target_year": 2030,
+             "target_value": -0.4, "base_value": 420805.3, "value_in_target_year": 284498.1, "first_year_met": 2040,
+             "met": False, "status": "missed (first met in 2040)",
+             "note": f"Scope 1+2 absolute -{i} % vs 2023, operational carbon neutrality (residual offset)"}
+            for i in range(3)]
+    con = Console(width=width, record=True)
+    con.print(to_rich(targets_table(pd.DataFrame(rows), "Targets", value="value_in_target_year")))
+    text = con.export_text()
+    body = [line for line in text.splitlines() if line.startswith("│")]
+    assert len(body) == len(rows)  # a line per target
+    for r in rows:  # each note whole, under the table
+        assert f"{r['target']}: {r['note']}" in " ".join(text.split())
+    assert max(len(line) for line in text.splitlines()) <= width
