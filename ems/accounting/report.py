@@ -246,19 +246,23 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
     figs.append(("Green share and emissions", _svg(fig)))
 
     if rs is not None and rs.sites:
-        site = rs.sites[0].site
-        td = typical_day(rs, site)
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        names = {"grid_import_kw": "grid import", "grid_export_kw": "grid export", "pv_kw": "PV"}
-        for c in td.columns:
-            ax.plot(td.index, td[c], label=names.get(c, c))
-        thousands_axis(ax.yaxis)
-        ax.set_xlabel(f"local hour ({rs.sites[0].tz})")
-        ax.set_ylabel("mean power [kW]")
-        ax.set_title(f"Typical day of site {site}")
-        ax.legend(fontsize=7)
-        figs.append((f"Typical day: {site}", _svg(fig)))
+        figs.append((f"Typical day: {rs.sites[0].site}", _typical_day_svg(rs, plt)))
     return figs
+
+
+def _typical_day_svg(rs: ReadingSet, plt: Any) -> str:
+    site = rs.sites[0].site
+    td = typical_day(rs, site)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = {"grid_import_kw": "grid import", "grid_export_kw": "grid export", "pv_kw": "PV"}
+    for c in td.columns:
+        ax.plot(td.index, td[c], label=names.get(c, c))
+    thousands_axis(ax.yaxis)
+    ax.set_xlabel(f"local hour ({rs.sites[0].tz})")
+    ax.set_ylabel("mean power [kW]")
+    ax.set_title(f"Typical day of site {site}")
+    ax.legend(fontsize=7)
+    return _svg(fig)
 
 
 def write_html(

@@ -423,8 +423,7 @@ def calibrate(
         dev = _deviations(m, totals)
         history.append(dev)
         converged = all(abs(v) <= tol for v in dev.values())
-    res = _residuals(m, totals)
-    cal = Calibration(site=s, iterations=it, converged=converged, residuals=res, history=history, tol=tol,
-                      month_tol=month_tol, base=site)
+    cal = Calibration(site=s, iterations=it, converged=converged, residuals=_residuals(m, totals),
+                      history=history, tol=tol, month_tol=month_tol, base=site)
     cal.converged = converged and cal.misses().empty
     return cal

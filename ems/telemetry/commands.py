@@ -206,17 +206,7 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
             port = ing.serve_metrics(metrics_port)
             click.echo(f"metrics at http://127.0.0.1:{port}/metrics", err=True)
         t0 = time.monotonic()
-        next_stats = t0 + (stats_every or 0)
-        prev, t_prev = ing.stats(), t0
-        while not stop.is_set():
-            if duration is not None and time.monotonic() - t0 >= duration:
-                break
-            stop.wait(0.2)
-            if stats_every and time.monotonic() >= next_stats:
-                now, t_now = ing.stats(), time.monotonic()
-                click.echo(json.dumps(now) if as_json else stats_line(now, prev, t_now - t_prev), err=True)
-                prev, t_prev = now, t_now
-                next_stats += stats_every
+        _print_stats_until(stop, ing, duration, stats_every, as_json)
     finally:
         ing.stop()
         store.close()
@@ -224,6 +214,25 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
             signal.signal(s, h)
     final = ing.stats()
     click.echo(json.dumps(final) if as_json else "ingest stopped: " + stats_line(final, None, time.monotonic() - t0))
+
+
+def _print_stats_until(stop: threading.Event, ing: Any, duration: float | None, every: float | None,
+                       as_json: bool) -> None:
+    """Wait for ``stop`` (or ``duration`` [s]); print the counters to stderr every ``every`` [s]."""
+    import json
+
+    t0 = time.monotonic()
+    next_stats = t0 + (every or 0)
+    prev, t_prev = ing.stats(), t0
+    while not stop.is_set():
+        if duration is not None and time.monotonic() - t0 >= duration:
+            break
+        stop.wait(0.2)
+        if every and time.monotonic() >= next_stats:
+            now, t_now = ing.stats(), time.monotonic()
+            click.echo(json.dumps(now) if as_json else stats_line(now, prev, t_now - t_prev), err=True)
+            prev, t_prev = now, t_now
+            next_stats += every
 
 
 def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) -> str:
