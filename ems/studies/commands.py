@@ -215,6 +215,7 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
                     progress=lambda d, n: log.info("sweep: %d/%d variants", d, n))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "best.csv").unlink(missing_ok=True)  # no stale answer from an earlier sweep
     df = res.results
     df.to_csv(out / "results.csv", index=False)
     try:
@@ -241,7 +242,9 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
             con.print(f"cheapest meeting {cond}: {desc}; total annual cost "
                       f"{with_unit('total_annual_cost', b['total_annual_cost'])}, {metric} {with_unit(metric, b[metric])}")
             pd.DataFrame([b]).to_csv(out / "best.csv", index=False)
-    click.echo(f"wrote {out / 'results.csv'}, {out / 'pareto.csv'}")
+    written = [f.name for f in (out / "results.csv", out / "results.parquet", out / "pareto.csv", out / "best.csv")
+               if f.exists()]
+    click.echo(f"wrote {', '.join(written)} to {out}")
 
 
 @click.command()
