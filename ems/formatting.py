@@ -59,7 +59,7 @@ DECIMALS: dict[str, int] = {
     "kWh": 0, "MWh": 1, "kW": 0, "GJ": 1, "m3": 0, "kg": 0, "tce": 1, "tCO2e": 1, "tCO2e/yr": 1,
     "CNY": 0, "CNY/yr": 0, "RMB": 0, "CNY/tCO2e": 0, "%": 1, "kgce/RMB 10k": 2,
     "kgCO2e/RMB 10k": 2, "kWh/RMB 10k": 1, "GJ/RMB 10k": 3, "m3/RMB 10k": 2, "kg/RMB 10k": 3,
-    "kWh/kWp": 0, "yr": 1, "h": 1, "cycles": 1, "s": 1, "readings": 0, "readings/s": 0,
+    "kWh/kWp": 0, "kWp": 0, "yr": 1, "h": 1, "cycles": 1, "s": 1, "readings": 0, "readings/s": 0,
     "messages": 0,
 }
 """Decimals shown per display unit."""
@@ -100,7 +100,7 @@ _EXACT: dict[str, Display] = {
     "opex_per_year": Display("CNY/yr"), "savings_per_year": Display("CNY/yr"),
     "avoided_t_per_year": Display("tCO2e/yr"), "demand_charge": Display("CNY"),
     "export_revenue": Display("CNY"), "pv_kwh_per_kwp": Display("kWh/kWp"),
-    "lifetime_years": Display("yr"), "discount_rate": _SHARE,
+    "lifetime_years": Display("yr"), "discount_rate": _SHARE, "pv_kwp": Display("kWp"),
 }
 _SUFFIXES: tuple[tuple[str, Display], ...] = (
     ("_kwh_per_10k_rmb", Display("kWh/RMB 10k")), ("_gj_per_10k_rmb", Display("GJ/RMB 10k")),
@@ -195,8 +195,10 @@ def plural(n: int, word: str) -> str:
 
 
 def year(x: Any) -> str:
-    """A calendar year: no thousands separator; :data:`MISSING` if missing."""
-    return MISSING if _missing(x) or pd.isna(x) else f"{int(x)}"
+    """A calendar year: no thousands separator; :data:`MISSING` if missing (or an empty text)."""
+    if _missing(x) or pd.isna(x) or (isinstance(x, str) and not x.strip()):
+        return MISSING
+    return f"{int(x)}"
 
 
 def with_unit(column: str, x: Any, *, signed: bool = False) -> str:
@@ -296,14 +298,17 @@ def to_rich(t: Table) -> Any:
     """The table as a :class:`rich.table.Table` (markup in cells is shown, not interpreted).
 
     Cells never wrap; the unit of a header goes on a line of its own. Long text columns
-    (``t.wrap``) go under the table, one line per row (``first cell: text``), so that a
-    terminal of any width shows whole sentences rather than a word per line.
+    (``t.wrap``) go under the table, one line per row (``first cell: text``; with several,
+    ``first cell, header: text``), so that a terminal of any width shows whole sentences
+    rather than a word per line.
     """
     from rich.markup import escape
     from rich.table import Table as RichTable
 
     keep = [i for i in range(len(t.headers)) if i not in t.wrap]
-    below = [f"{row[0]}: {row[i]}" for row in t.rows for i in sorted(t.wrap) if row[i] not in ("", MISSING)]
+    named = len(t.wrap) > 1
+    below = [f"{row[0]}{', ' + t.headers[i] if named else ''}: {row[i]}"
+             for row in t.rows for i in sorted(t.wrap) if row[i] not in ("", MISSING)]
     notes = [*below, *t.notes]
     rt = RichTable(title=escape(t.title) if t.title else None, caption="\n".join(map(escape, notes)) or None,
                    caption_justify="left")
@@ -353,7 +358,8 @@ def html_page(title: str, body: Iterable[str]) -> str:
     )
 
 
-_TEXT_MISSING = re.compile(r"^(nan|none|<na>|nat)$", re.IGNORECASE)
+_TEXT_MISSING = re.compile(r"^(nan|NaN|None|<NA>|NaT)$")
+"""How Python and pandas print a missing value (``str(None)``...); a word such as ``none`` is data."""
 
 
 def machine_frame(df: pd.DataFrame) -> pd.DataFrame:

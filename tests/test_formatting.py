@@ -121,3 +121,41 @@ def test_a_targets_note_wraps_in_lines_not_words(width):
     for r in rows:  # each note whole, under the table
         assert f"{r['target']}: {r['note']}" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_targets_table_of_progress_shows_value_base_change_requirement_status_reason():
+    """issue 11's progress rows through issue 15's rule: values in their metric's unit, a change signed in %."""
+    from ems.accounting.report import targets_table
+    from ems.accounting.targets import load_targets, progress
+
+    yearly = pd.DataFrame({
+        "key": ["g", "g"], "period": ["2023", "2024"], "days": [365, 200],
+        "scope12_market_t": [700_000.0, 640_000.0], "scope12_market_intensity_t_per_10k_rmb": [np.nan, 0.0052],
+        "green_share": [0.12, 0.1812], "pv_kwp": [68_600.0, 73_000.0],
+    })
+    t = targets_table(progress(yearly, load_targets("group")), "Progress")
+    assert t.headers == ["target", "value", "base", "change vs base [%]", "requirement", "status", "reason"]
+    rows = {r[0]: r for r in t.rows}
+    assert rows["absolute-2040"][1:4] == ["640,000.0 tCO2e", "647,251.0 tCO2e", "-1.1"]
+    assert rows["clean-2030"][1:4] == ["18.1 %", "15.1 %", "+20.0"]
+    assert rows["intensity-2030"][1:4] == ["5.20 kgCO2e/RMB 10k", "–", "–"]
+    assert rows["pv-capacity"][1] == "73,000 kWp"
+    assert rows["clean-2030"][4].startswith("at least 30.0 % by 2030") and rows["clean-2030"][5] == "not assessable"
+    assert "less than a year of data (200 of 366 days in 2024)" in rows["clean-2030"][6]
+    assert t.numeric == [False, True, True, True, False, False, False] and t.wrap == {4, 6}
+    text = " ".join(" ".join(r) for r in t.rows)
+    assert not any(bad in text for bad in ("nan", "None", "<NA>", "e-0", "%)")), text
+
+
+def test_kpi_table_names_the_currency_of_costs():
+    from types import SimpleNamespace
+
+    from ems.accounting.report import kpi_table
+
+    one = pd.DataFrame({"key": ["a", "b"], "period": ["2024", "2024"], "total_cost": [1234.4, 5.0],
+                        "currency": ["CNY", "CNY"]})
+    t = kpi_table(SimpleNamespace(kpis=one, by="site", period="year"))  # type: ignore[arg-type]
+    assert t.headers[-1] == "energy cost [CNY]" and "currency" not in t.headers
+    two = one.assign(currency=["CNY", "EUR"])
+    t = kpi_table(SimpleNamespace(kpis=two, by="site", period="year"))  # type: ignore[arg-type]
+    assert t.headers[-2:] == ["energy cost", "currency"] and t.rows[1][-2:] == ["5", "EUR"]

@@ -299,3 +299,14 @@ def test_pathway_spec_errors(tmp_path, extra, match):
     p.write_text(yaml.safe_dump({"scenario": sc.name, **extra}))
     with pytest.raises(ConfigError, match=match):
         load_pathway_spec(p)
+
+
+def test_calibrate_edit_keeps_flow_mappings_over_several_lines():
+    """A value is replaced where it stands: a flow mapping written over two lines stays so (sites/*.yaml)."""
+    from ems.studies.calibrate import _edit_yaml
+
+    text = "a:\n  b: 10   # kept\n  l: [1, 2.5, 3]\n  m: {x: 1,\n      y: 2.0}\n"
+    out = _edit_yaml(text, {("a", "b"): 12.0, ("a", "l", 1): 2.75, ("a", "m", "y"): 3.25})
+    assert out == "a:\n  b: 12   # kept\n  l: [1, 2.75, 3]\n  m: {x: 1,\n      y: 3.25}\n"
+    added = _edit_yaml(text, {("a", "z"): 4.5})  # a default the file left out: added by the round trip
+    assert "  z: 4.5" in added and "# kept" in added

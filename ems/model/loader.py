@@ -41,7 +41,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ems.errors import ConfigError, LocatedError
-from ems.model.scenario import ResolvedScenario, ScenarioFile
+from ems.model.scenario import ResolvedScenario, ScenarioFile, apply_boundary
 from ems.model.site import Site
 
 __all__ = [
@@ -641,6 +641,16 @@ def located_measure_error(exc: ConfigError, path: str | Path) -> ConfigError:
     return LocatedError(m.group(2), file=file, line=line, field=f"measures.{i}")
 
 
+def _bounded(spec: ScenarioFile, doc: Document, sites: list[Site]) -> list[Site]:
+    """Apply the scenario's reporting boundary; an excluded id must be one of its sites."""
+    unknown = sorted(set(spec.boundary.exclude) - {s.id for s in sites}) if spec.boundary else []
+    if unknown:
+        file, line = doc.locate(("boundary", "exclude"))
+        raise LocatedError(f"expected ids of sites in this scenario ({', '.join(sorted(s.id for s in sites))}), "
+                           f"found {unknown}", file=file, line=line, field="boundary.exclude")
+    return apply_boundary(spec.boundary, sites)
+
+
 def _resolve(
     doc: Document, base: Path, extra: Mapping[str, Mapping[str, Any]] | None
 ) -> ResolvedScenario:
@@ -723,7 +733,7 @@ def _resolve(
             apply(site_id, str(dotted), value, (doc.name, None), None, ())
 
     _check_measures(doc, spec.measures, list(by_id))
-    sites = [_resolve_site_paths(_validate_site(sdoc), sdoc.name) for sdoc in site_docs]
+    sites = _bounded(spec, doc, [_resolve_site_paths(_validate_site(sdoc), sdoc.name) for sdoc in site_docs])
     start, end = spec.period.bounds()
     return ResolvedScenario(
         name=spec.name,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,57 @@ def _get(data: Any, path: tuple[str | int, ...]) -> Any:
 
 
 def _edit_yaml(text: str, changes: Mapping[tuple[str | int, ...], float]) -> str:
-    """``text`` with the values at ``changes``' paths replaced (added where the file left a default)."""
+    """``text`` with the values at ``changes``' paths replaced (added where the file left a default).
+
+    A value the file holds is replaced where it stands, so every other byte stays (flow
+    mappings over several lines included); only a value the file left to its default needs
+    the ruamel.yaml round trip, which keeps comments and order but joins flow mappings.
+    """
+    from ruamel.yaml import YAML
+
+    doc = YAML().load(text)
+    lines = text.splitlines(keepends=True)
+    rest: dict[tuple[str | int, ...], float] = {}
+    for path, value in sorted(changes.items(), key=lambda kv: _place(doc, kv[0]) or (-1, -1), reverse=True):
+        place = _place(doc, path)  # last place first: an edit never moves one still to do
+        m = _PLAIN.match(lines[place[0]], place[1]) if place else None
+        if place is None or m is None:
+            rest[path] = value
+            continue
+        line = lines[place[0]]
+        lines[place[0]] = line[:m.start()] + _scalar(m.group(0), value) + line[m.end():]
+    edited = "".join(lines)
+    return _round_trip(edited, rest) if rest else edited
+
+
+_PLAIN = re.compile(r"-?[0-9][0-9_.eE+-]*(?=\s*(?:[,}\]#]|$))")
+"""A plain number where a YAML value starts (the values calibration fits)."""
+
+
+def _place(doc: Any, path: tuple[str | int, ...]) -> tuple[int, int] | None:
+    """Line and column (0-based) of the value at ``path`` in the loaded file, None if it is not there."""
+    node = _get(doc, path[:-1])
+    key, lc = path[-1], getattr(node, "lc", None)  # ruamel.yaml's line/column record
+    try:
+        if isinstance(node, dict) and key in node:
+            line, col = lc.value(key)  # type: ignore[union-attr]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            line, col = lc.item(key)  # type: ignore[union-attr]
+        else:
+            return None
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return int(line), int(col)
+
+
+def _scalar(old: str, value: float) -> str:
+    """``value`` written as the file wrote the number it replaces (an integer stays one)."""
+    is_int = re.fullmatch(r"-?[0-9_]+", old) is not None
+    return str(int(value)) if is_int and float(value).is_integer() else repr(float(value))
+
+
+def _round_trip(text: str, changes: Mapping[tuple[str | int, ...], float]) -> str:
+    """``text`` with ``changes`` set through a ruamel.yaml round trip (for values the file does not hold)."""
     import io
 
     from ruamel.yaml import YAML
