@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from ems.accounting.energy import _stage1_general, stage1
+from ems.accounting.energy import stage1
 from ems.accounting.factors import load_factor_set
 from ems.accounting.kpis import _Used, daily_frame, kpis, rollup
 from ems.readings import MeterInfo, ReadingSet, SiteInfo, events_frame

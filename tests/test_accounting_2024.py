@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from accounting_fixtures import GROUP_2024, group_2024
+from builders import GROUP_2024, group_2024
 
 from ems.accounting import kpis
 

@@ -29,7 +29,7 @@ from reliability_kit import (
     poll,
     reconciled,
 )
-from telemetry_data import make_readingset
+from builders import make_readingset
 
 from ems.store import open_store
 from ems.store.influx import InfluxStore

@@ -12,7 +12,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from telemetry_data import make_readingset
+from builders import make_readingset
 
 from ems.errors import PayloadError
 from ems.store import open_store

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from telemetry_cases import BAD_CASES, data
-from telemetry_data import make_readingset
+from builders import make_readingset
 
 from ems.readings import MeterInfo, ReadingSet
 from ems.store import open_store
