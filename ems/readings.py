@@ -510,6 +510,15 @@ class ReadingSet:
     meters: list[MeterInfo]
     sites: list[SiteInfo]
 
+    def close(self) -> None:
+        """Release what the set holds open (a store for :func:`ems.open_readings`); in memory: nothing."""
+
+    def __enter__(self) -> ReadingSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def site(self, site: str) -> SiteInfo:
         """Return the :class:`SiteInfo` of ``site``."""
         for s in self.sites:

@@ -402,40 +402,6 @@ def test_second_process_reads_while_first_writes(tmp_path):
     assert len(list_segments(path / "readings" / "site=qd")) >= 1
 
 
-@pytest.mark.parametrize("tz", ["Asia/Shanghai", "Europe/Ljubljana", "Asia/Kathmandu"])
-def test_daily_registers_pushdown(tmp_path, tz):
-    """Per local day last register value, across a DST change, with repeats resolved."""
-    rs = make_set(sites=("qd",), start="2024-03-29T00:15Z", periods=96 * 4)
-    with DuckDBStore(tmp_path / "s") as st:
-        st.register_sites(rs.sites)
-        st.write_readings(rs.readings)
-        r = rs.readings
-        newer = r[(r.index >= "2024-03-31T10:00Z") & (r.index < "2024-03-31T12:00Z")]
-        newer = newer.assign(value=newer["value"] + 0.5)
-        st.write_readings(newer)  # overlapping segment: must win
-        got = st.daily_registers(tz=tz)
-        default = st.daily_registers()
-    merged = canon(pd.concat([r.drop(newer.index.unique(), errors="ignore"), newer]))
-    merged = merged[merged["quantity"].str.endswith("_kwh")]
-    local_day = (merged["ts"] - pd.Timedelta("1s")).dt.tz_convert(tz).dt.date
-    expected = (
-        merged.assign(day=local_day).groupby(["site", "meter", "quantity", "day"])["value"].last()
-    )
-    g = got.assign(**{c: got[c].astype(str) for c in ("site", "meter", "quantity")})
-    g = g.set_index(["site", "meter", "quantity", "day"])
-    assert len(g) == len(expected)
-    np.testing.assert_array_equal(g["last"].to_numpy(), expected.to_numpy())
-    diff = g["last"].groupby(level=[0, 1, 2]).diff()
-    np.testing.assert_allclose(g["diff"].to_numpy(), diff.to_numpy())
-    assert set(default["quantity"].astype(str)) == {
-        "import_kwh",
-        "export_kwh",
-        "energy_kwh",
-        "curtailed_kwh",
-    }
-    assert len(default) > 0
-
-
 def test_simulated_scenario_roundtrip(tmp_path):
     """A short simulated scenario (two sites) through the store and back, unchanged."""
     sim = pytest.importorskip("ems.sim")

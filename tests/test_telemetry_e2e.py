@@ -13,9 +13,9 @@ import brokers
 import numpy as np
 import pandas as pd
 import pytest
+from builders import make_readingset
 from click.testing import CliRunner
 from telemetry_cases import BAD_CASES, data
-from builders import make_readingset
 
 from ems.readings import MeterInfo, ReadingSet
 from ems.store import open_store

@@ -1,4 +1,4 @@
-"""``ems report``: KPIs from a readings folder, a store or a scenario."""
+"""``ems report``: KPIs from a store, a readings folder or a scenario."""
 
 from __future__ import annotations
 
@@ -9,48 +9,10 @@ from typing import Any
 import click
 
 from ems.errors import ConfigError
-from ems.readings import ReadingSet
 
-__all__ = ["load_source", "report"]
+__all__ = ["report"]
 
 log = logging.getLogger(__name__)
-
-
-def _as_readingset(obj: Any) -> ReadingSet:
-    if isinstance(obj, ReadingSet):
-        return obj
-    for attr in ("readingset", "reading_set", "to_readingset"):
-        x = getattr(obj, attr, None)
-        if x is not None:
-            x = x() if callable(x) else x
-            if isinstance(x, ReadingSet):
-                return x
-    if all(hasattr(obj, a) for a in ("readings", "events", "meters", "sites")):
-        return ReadingSet(readings=obj.readings, events=obj.events, meters=list(obj.meters), sites=list(obj.sites))
-    raise ConfigError(f"expected the simulation to return a ReadingSet; found {type(obj).__name__}")
-
-
-def load_source(source: str | None, store: str | None) -> ReadingSet:
-    """Return the ReadingSet of a readings folder, a scenario YAML or a store URL."""
-    if store:
-        from ems.store import open_store  # type: ignore[attr-defined]
-
-        st = open_store(store)
-        try:
-            rs: ReadingSet = st.read()
-        finally:
-            st.close()
-        return rs
-    if not source:
-        raise ConfigError("expected SOURCE (a readings folder or a scenario YAML) or --store URL; found neither")
-    p = Path(source)
-    if p.is_dir():
-        return ReadingSet.from_parquet(p)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        import ems
-
-        return _as_readingset(ems.simulate(ems.load_scenario(str(p))))
-    raise ConfigError(f"{source}: expected a readings folder (ems run --out) or a scenario .yaml; found neither")
 
 
 def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
@@ -68,9 +30,56 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
     return ov
 
 
+def _cell(c: str, v: Any) -> str:
+    import pandas as pd
+
+    if c == "green_share":
+        return "" if pd.isna(v) else f"{100 * v:.1f}"
+    if isinstance(v, float):
+        return "" if pd.isna(v) else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def _print(rep: Any, by: str) -> None:
+    import pandas as pd
+    from rich.table import Table
+
+    from ems.console import make_console
+
+    console = make_console()
+    res, prog = rep.result, rep.progress
+    short = {"key": by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
+             "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
+             "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost"}
+    t = Table(title=f"KPIs by {by} and {res.period}")
+    for c, h in short.items():
+        t.add_column(h, justify="left" if c in ("key", "period") else "right", no_wrap=c in ("key", "period"))
+    for row in res.kpis[list(short)].itertuples(index=False):
+        t.add_row(*(_cell(c, v) for c, v in zip(short, row, strict=True)))
+    console.print(t)
+    if len(prog):
+        tp = Table(title="Progress against targets (group, latest year)")
+        for c in ("target", "metric", "target_value", "base_value", "value", "change_vs_base", "met"):
+            tp.add_column(c)
+        for r in prog.itertuples(index=False):
+            tp.add_row(r.target, r.metric, str(r.target_value), "n/a" if pd.isna(r.base_value) else f"{r.base_value:.4g}",
+                       f"{r.value:.4g}", f"{r.change_vs_base:+.1%}" if r.change_vs_base == r.change_vs_base else "",
+                       str(r.met))
+        console.print(tp)
+    tf = Table(title="Factors used")
+    for c in ("name", "region", "year_used", "value", "unit", "set", "version"):
+        tf.add_column(c)
+    for r in res.factors_used.itertuples(index=False):
+        tf.add_row(r.name, str(r.region), "" if pd.isna(r.year_used) else str(r.year_used), f"{r.value}", r.unit,
+                   r.set, r.version)
+    console.print(tf)
+    if len(res.anomalies):
+        console.print(f"[yellow]{len(res.anomalies)} register anomalies (resets, rollovers, gaps); see anomalies table[/]")
+
+
 @click.command()
 @click.argument("source", required=False)
-@click.option("--store", "store_url", help="Read from a store URL instead of SOURCE (e.g. duckdb:///path.db).")
+@click.option("--store", "store_url", help="Read from a store path or URL instead of SOURCE (e.g. ./ems-data).")
 @click.option("--by", type=click.Choice(["site", "company", "park", "group"]), default="site", show_default=True)
 @click.option("--period", type=click.Choice(["day", "month", "year"]), default="month", show_default=True)
 @click.option("--start", "start", help="With --end: one custom period of local dates (inclusive), e.g. 2024-01-01.")
@@ -80,78 +89,24 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
 @click.option("--factor", "factor_overrides", multiple=True, help="Override a factor: KEY=VALUE (repeatable).")
 @click.option("--gwp", type=click.Choice(["AR4", "AR5"]), help="IPCC GWP edition for refrigerants.")
 @click.option("--targets", "targets_name", default="group", show_default=True, help="Targets name or YAML path.")
-def report(
-    source: str | None,
-    store_url: str | None,
-    by: str,
-    period: str,
-    start: str | None,
-    end: str | None,
-    out_dir: Path | None,
-    formats: str,
-    factor_overrides: tuple[str, ...],
-    gwp: str | None,
-    targets_name: str,
-) -> None:
-    """Compute energy and carbon KPIs from SOURCE (readings folder or scenario YAML) or a store."""
-    import pandas as pd
-    from rich.table import Table
-
-    from ems.accounting.kpis import kpis, rollup
-    from ems.accounting.report import FORMATS, write_html, write_tables
-    from ems.accounting.targets import load_targets, progress
-    from ems.console import make_console
+def report(source: str | None, store_url: str | None, by: str, period: str, start: str | None, end: str | None,
+           out_dir: Path | None, formats: str, factor_overrides: tuple[str, ...], gwp: str | None,
+           targets_name: str) -> None:
+    """Compute energy and carbon KPIs from SOURCE (a store, a readings folder or a scenario YAML)."""
+    from ems.accounting.report import FORMATS
+    from ems.accounting.reporting import make_report, write_report
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
     if bad:
         raise ConfigError(f"--format: expected some of {list(FORMATS)}; found {bad}")
-    if (start is None) != (end is None):
-        raise ConfigError(f"--start and --end go together; found start={start!r}, end={end!r}")
-    rs = load_source(source, store_url)
-    chosen: str | tuple[str, str] = (start, end) if start is not None and end is not None else period
-    res = kpis(rs, by=by, period=chosen, factors=_overrides(factor_overrides, gwp) or None)
-    yearly = rollup(res.daily, by="group", period="year")
-    prog = progress(yearly, load_targets(targets_name))
-
-    console = make_console()
-    short = {"key": by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
-             "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
-             "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost"}
-    t = Table(title=f"KPIs by {by} and {res.period}")
-    for c, h in short.items():
-        t.add_column(h, justify="left" if c in ("key", "period") else "right", no_wrap=c in ("key", "period"))
-    for row in res.kpis[list(short)].itertuples(index=False):
-        cells = []
-        for c, v in zip(short, row, strict=True):
-            if c == "green_share":
-                cells.append("" if pd.isna(v) else f"{100 * v:.1f}")
-            elif isinstance(v, float):
-                cells.append("" if pd.isna(v) else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}")
-            else:
-                cells.append(str(v))
-        t.add_row(*cells)
-    console.print(t)
-    if len(prog):
-        tp = Table(title="Progress against targets (group, latest year)")
-        for c in ("target", "metric", "target_value", "base_value", "value", "change_vs_base", "met"):
-            tp.add_column(c)
-        for r in prog.itertuples(index=False):
-            tp.add_row(r.target, r.metric, str(r.target_value), "n/a" if pd.isna(r.base_value) else f"{r.base_value:.4g}", f"{r.value:.4g}",
-                       f"{r.change_vs_base:+.1%}" if r.change_vs_base == r.change_vs_base else "", str(r.met))
-        console.print(tp)
-    tf = Table(title="Factors used")
-    for c in ("name", "region", "year_used", "value", "unit", "set", "version"):
-        tf.add_column(c)
-    for r in res.factors_used.itertuples(index=False):
-        tf.add_row(r.name, str(r.region), "" if pd.isna(r.year_used) else str(r.year_used), f"{r.value}", r.unit, r.set, r.version)
-    console.print(tf)
-    if len(res.anomalies):
-        console.print(f"[yellow]{len(res.anomalies)} register anomalies (resets, rollovers, gaps); see anomalies table[/]")
-    if out_dir is not None:
-        paths = write_tables(res, out_dir, fmts)
-        if len(prog) and "csv" in fmts:
-            prog.to_csv(out_dir / "targets.csv", index=False)
-        if "html" in fmts:
-            paths.append(write_html(res, out_dir / "report.html", rs, prog))
-        console.print(f"wrote {len(paths)} files to {out_dir}")
+    where = store_url or source
+    if not where:
+        raise ConfigError("expected SOURCE (a store, a readings folder or a scenario YAML) or --store URL; found neither")
+    rep = make_report(where, by=by, period=period, start=start, end=end,
+                      factors=_overrides(factor_overrides, gwp), targets=targets_name)
+    with rep.readings:
+        _print(rep, by)
+        if out_dir is not None:
+            paths = write_report(rep, out_dir, fmts)
+            click.echo(f"wrote {len(paths)} files to {out_dir}")

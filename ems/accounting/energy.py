@@ -54,6 +54,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,7 @@ __all__ = [
     "HOURLY_COLUMNS",
     "STAGE1_COLUMNS",
     "Stage1",
+    "Stage1Source",
     "daily_from_hourly",
     "empty_anomalies",
     "stage1",
@@ -109,6 +111,17 @@ class Stage1:
         if callable(self._hourly):
             self._hourly = self._hourly()
         return self._hourly
+
+
+@runtime_checkable
+class Stage1Source(Protocol):
+    """Readings that give their own stage 1: a store pushes it down to its register aggregates
+    (:class:`ems.store.base.StoredReadings`); :func:`stage1` then asks them instead of
+    computing it from the readings frame."""
+
+    def stage1(self) -> Stage1:
+        """Stage 1 of every reading of the set, equal to computing it from them."""
+        ...
 
 
 @dataclass
@@ -172,7 +185,14 @@ def stage1(
     AccountingError
         Readings without a DatetimeIndex, a meter without MeterInfo or a site without
         SiteInfo, or a tariff that is not a valid description.
+
+    Notes
+    -----
+    A set that gives its own stage 1 (:class:`Stage1Source`, e.g. the readings of a
+    store) is asked for it when no window is given.
     """
+    if start is None and end is None and isinstance(rs, Stage1Source):
+        return rs.stage1()
     series, views = _layout(rs)
     acc = _Accumulator(series, {s.site: s for s in rs.sites}, _ns(start), _ns(end))
     for j, (t, x) in enumerate(views):

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ems.errors import ConfigError, EmsError
+from ems.errors import EmsError
 from ems.readings import ReadingSet
 
-__all__ = ["LiveOptions", "load_readings", "run_live"]
+__all__ = ["LiveOptions", "run_live"]
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +54,6 @@ class LiveOptions:
     ledger: str | None = None
     exit_when_done: bool = False
     drain_timeout_s: float = 60.0
-
-
-def load_readings(source: str) -> ReadingSet:
-    """A scenario file (simulated now) or a readings folder (``ems run --out``)."""
-    p = Path(source)
-    if p.is_dir():
-        return ReadingSet.from_parquet(p)
-    if not p.is_file():
-        raise ConfigError(
-            f"{source}: expected a scenario file or a readings folder (ems run --out); not found"
-        )
-    import ems
-
-    result: Any = ems.simulate(ems.load_scenario(str(p)))
-    if not isinstance(result, ReadingSet):  # pragma: no cover - the simulator's contract
-        raise ConfigError(
-            f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet"
-        )
-    return result
 
 
 class _Stopped(Exception):
@@ -139,7 +120,9 @@ def run_live(
 
     stop = stop or threading.Event()
     t_load = time.monotonic()
-    rs = load_readings(opts.scenario)
+    import ems
+
+    rs = ems.open_readings(opts.scenario)
     echo(
         f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s"
     )

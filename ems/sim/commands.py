@@ -72,7 +72,9 @@ def run(
         raise ConfigError("--no-store needs --out DIR: the readings must go somewhere")
 
     console = make_console(quiet=quiet)
-    resolved = ems.load_scenario(str(scenario))
+    from ems.studies.measures import size_measures
+
+    resolved = size_measures(ems.load_scenario(str(scenario)))  # measures sized from KPIs: a study step
     if seed is not None:
         resolved = dataclasses.replace(resolved, seed=seed)
     with Progress(

@@ -26,6 +26,7 @@ import simpy
 from ems.errors import SimulationError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import PvArray, Site
+from ems.readings import tou_periods
 from ems.sim import events as ev
 from ems.sim import loads as ld
 from ems.sim import pv as pvm
@@ -33,7 +34,6 @@ from ems.sim import thermal as th
 from ems.sim import weather as wx
 from ems.sim.clock import TimeGrid, site_seed_sequence
 from ems.sim.storage import BatteryLimits, dispatch_block
-from ems.readings import tou_periods
 
 __all__ = ["SiteFlows", "SiteSimulation", "split_flows"]
 
