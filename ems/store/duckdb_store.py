@@ -72,6 +72,10 @@ class DuckDBStore:
     aggregates : bool
         Keep the register aggregates up to date as readings are written (default). Without
         them :meth:`stage1` computes everything from the raw readings.
+    silent_after_s : float [s]
+        The aggregates do not wait for a meter series whose newest reading is this much
+        older than its site's newest (a meter out of service); when it reports again, the
+        intervals it changes are computed again.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class DuckDBStore:
         fanout: int | None = 64,
         lock_timeout_s: float | None = None,
         aggregates: bool = True,
+        silent_after_s: float = 2 * 86400.0,
     ) -> None:
         if fanout is not None and fanout < 2:
             raise StoreError(f"fanout: expected an integer >= 2 or None; found {fanout!r}")
@@ -93,7 +98,7 @@ class DuckDBStore:
         self.registry = Registry(self.ctx)
         self.reader = SegmentReader(self.ctx)
         self.writer = SegmentWriter(self.ctx, self.reader, fanout)
-        self.aggregates = RegisterAggregates(self.ctx, self.reader, self.registry)
+        self.aggregates = RegisterAggregates(self.ctx, self.reader, self.registry, silent_after_s)
         self._keep_aggregates = aggregates
 
     # -- lifecycle ------------------------------------------------------------

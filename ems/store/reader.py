@@ -26,7 +26,7 @@ from ems.store.context import StoreContext
 from ems.store.registry import SITE_RE
 from ems.store.segments import Segment, list_segments, overlap_groups
 
-__all__ = ["SegmentReader"]
+__all__ = ["SegmentReader", "readings_frame"]
 
 
 def _code_dtype(n: int) -> type[np.signedinteger[Any]]:
@@ -105,7 +105,7 @@ class SegmentReader:
         ordered = [tables[k] for k in range(len(jobs))]
         if sum(t.num_rows for t in ordered) == 0:
             return empty_readings()
-        return _frame([site for site, _ in jobs], ordered)
+        return readings_frame([site for site, _ in jobs], ordered)
 
     def read_events(self, sites: set[str] | None, lo: int | None, hi: int | None) -> pd.DataFrame:
         """The event ledger of ``sites`` in ``[lo, hi]`` [µs], the last write of each event winning."""
@@ -197,7 +197,7 @@ class SegmentReader:
         return self.ctx.retry(run)
 
 
-def _frame(sites: list[str], tables: list[pa.Table]) -> pd.DataFrame:
+def readings_frame(sites: list[str], tables: list[pa.Table]) -> pd.DataFrame:
     """The readings frame of tables (one per job, ``sites`` naming each), assembled column by
     column into arrays allocated once: this is most of a read's time at ~10 M rows."""
     n = sum(t.num_rows for t in tables)

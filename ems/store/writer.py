@@ -9,6 +9,7 @@ has ``fanout`` of them; :meth:`SegmentWriter.compact` merges everything.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,12 +60,15 @@ class SiteBatch:
     table : pyarrow.Table
         Columns ``ts`` (µs, UTC), ``meter``, ``quantity`` (dictionaries), ``value``.
     tmin, tmax : int [µs since the epoch, UTC]
+    seq : int
+        Sequence number of its segment, once published.
     """
 
     site: str
     table: pa.Table
     tmin: int
     tmax: int
+    seq: int = 0
 
 
 def site_batches(readings: pd.DataFrame, threads: int) -> list[SiteBatch]:
@@ -147,6 +151,7 @@ class SegmentWriter:
         root, compression = self.ctx.root, self.ctx.compression
         with ThreadPoolExecutor(min(self.ctx.threads, len(batches))) as ex, self.ctx.write_lock.hold():
             seq0 = self._next_seq(len(batches))
+            batches = [dataclasses.replace(b, seq=seq0 + i) for i, b in enumerate(batches)]
 
             def put(i: int) -> Path:
                 b = batches[i]
