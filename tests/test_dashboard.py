@@ -161,8 +161,8 @@ def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monke
     store.write_readings(first)
     mon = Monitor(store, today_every_s=0.0)
     full = []
-    orig = Monitor._full_year
-    monkeypatch.setattr(Monitor, "_full_year", lambda self, *a: full.append(1) or orig(self, *a))
+    orig = Monitor._start_frame
+    monkeypatch.setattr(Monitor, "_start_frame", lambda self, *a: full.append(1) or orig(self, *a))
     mon.refresh()
     v0 = mon.version
     assert len(full) == 1
