@@ -161,4 +161,4 @@ def test_live_rejects_a_missing_scenario(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2
-    assert "expected a scenario file or a readings folder" in r.stderr
+    assert "a readings folder (ems run --out) or a scenario .yaml; found nothing" in r.stderr

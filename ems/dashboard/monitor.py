@@ -450,34 +450,7 @@ class Monitor:
             if hit is not None and (hit[1] == fp or time.monotonic() - hit[0] < ttl):
                 series = hit[2]
             else:
-                end = (
-                    st.last_ts if st.last_ts is not None else pd.Timestamp.now(tz="UTC").floor("s")
-                )
-                range_s = views.RANGES[range_name]
-                bucket = views.bucket_seconds(range_s, st.interval_s, points)
-                start = end - pd.Timedelta(seconds=range_s)
-                # one interval more at the start: the baseline of the registers
-                rs = self.store.read(
-                    sites=[site],
-                    start=(start - pd.Timedelta(seconds=st.interval_s)).to_pydatetime(),
-                    end=end.to_pydatetime(),
-                )
-                meters = st.meters or [m for m in rs.meters if m.site == site]
-                ev = rs.events
-                if len(ev):
-                    ev = ev[pd.DatetimeIndex(ev.index) > start]
-                series = views.jsonable(
-                    {
-                        "range": range_name,
-                        "bucket_s": bucket,
-                        "start_ms": int(start.value // 1_000_000),
-                        "end_ms": int(end.value // 1_000_000),
-                        "meters": [m.to_dict() for m in meters],
-                        "power": views.power_series(rs.readings, meters, start, end, bucket),
-                        "energy": views.energy_series(rs.readings, meters, start, end, bucket),
-                        "events": views.event_list(ev),
-                    }
-                )
+                series = self._series(st, range_name, points)
                 self._cache[key] = (time.monotonic(), fp, series)
             out: dict[str, Any] = views.jsonable(
                 {
@@ -491,6 +464,33 @@ class Monitor:
             )
             out.update(series)
             return out
+
+
+    def _series(self, st: SiteState, range_name: str, points: int) -> dict[str, Any]:
+        """Power and energy series and events of a site over a range ending at its newest reading."""
+        site = st.info.site
+        end = st.last_ts if st.last_ts is not None else pd.Timestamp.now(tz="UTC").floor("s")
+        range_s = views.RANGES[range_name]
+        bucket = views.bucket_seconds(range_s, st.interval_s, points)
+        start = end - pd.Timedelta(seconds=range_s)
+        # one interval more at the start: the baseline of the registers
+        rs = self.store.read(sites=[site], start=(start - pd.Timedelta(seconds=st.interval_s)).to_pydatetime(),
+                             end=end.to_pydatetime())
+        meters = st.meters or [m for m in rs.meters if m.site == site]
+        ev = rs.events
+        if len(ev):
+            ev = ev[pd.DatetimeIndex(ev.index) > start]
+        out: dict[str, Any] = views.jsonable({
+            "range": range_name,
+            "bucket_s": bucket,
+            "start_ms": int(start.value // 1_000_000),
+            "end_ms": int(end.value // 1_000_000),
+            "meters": [m.to_dict() for m in meters],
+            "power": views.power_series(rs.readings, meters, start, end, bucket),
+            "energy": views.energy_series(rs.readings, meters, start, end, bucket),
+            "events": views.event_list(ev),
+        })
+        return out
 
 
 def _date_between(daily: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp) -> np.ndarray:
