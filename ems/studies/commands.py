@@ -182,15 +182,8 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
     res = run_sweep(spec, scheduler=scheduler, n_workers=workers, costs=_costs(costs_file),
                     progress=lambda d, n: log.info("sweep: %d/%d variants", d, n))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = res.results
-    df.to_csv(out / "results.csv", index=False)
-    try:
-        df.to_parquet(out / "results.parquet", index=False)
-    except (ImportError, ValueError) as exc:  # pragma: no cover - pyarrow is a dependency
-        log.warning("no parquet written: %s", exc)
-    front = df[df["pareto"]].sort_values("total_annual_cost")
-    front.to_csv(out / "pareto.csv", index=False)
+    written = res.write(out)
+    df, front = res.results, res.front
     pcols = [c for c in df.columns if c.startswith("p:")]
     t = Table(title=f"Pareto front: cost vs Scope 1+2 ({len(front)} of {len(df)} variants)")
     for c in [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]:
@@ -209,8 +202,7 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
             desc = ", ".join(f"{c.removeprefix('p:')}={b[c]}" for c in pcols)
             con.print(f"cheapest meeting {cond}: {desc}; total annual cost {_fmt(float(b['total_annual_cost']))}, "
                       f"{tgt['metric']} {_fmt(float(b[tgt['metric']]), 4)}")
-            pd.DataFrame([b]).to_csv(out / "best.csv", index=False)
-    click.echo(f"wrote {out / 'results.csv'}, {out / 'pareto.csv'}")
+    click.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 
 @click.command()
@@ -221,11 +213,12 @@ def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None
     """Simulate a pathway year by year and report when each group target is met."""
     from rich.table import Table
 
-    from ems.studies.pathway import assess, load_pathway_spec, run_pathway
+    from ems.studies.pathway import load_pathway_spec, study
 
     spec = load_pathway_spec(spec_file)
     con = _console()
-    yearly = run_pathway(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
+    res = study(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
+    yearly, a = res.yearly, res.targets
     t = Table(title="Pathway (group, per year)")
     cols = [("net_scope12_t", "Scope 1+2 net [t]", 0), ("scope12_market_intensity_t_per_10k_rmb",
             "intensity [kg/RMB 10k]", 2), ("green_share", "green share [%]", 1), ("total_tce", "energy [tce]", 0),
@@ -241,7 +234,6 @@ def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None
             vals.append(_fmt(v, d))
         t.add_row(str(y), *vals)
     con.print(t)
-    a = assess(yearly, spec.targets)
     t2 = Table(title=f"Targets (base year {spec.targets['base_year']})")
     for c in ("target", "target_year", "target_value", "value_in_target_year", "first_year_met", "status", "note"):
         t2.add_column(c)
@@ -250,8 +242,5 @@ def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None
                      ("target", "target_year", "target_value", "value_in_target_year", "first_year_met", "status", "note")))
     con.print(t2)
     if out_dir:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        yearly.to_csv(out / "pathway.csv")
-        a.to_csv(out / "targets.csv", index=False)
-        click.echo(f"wrote {out / 'pathway.csv'}, {out / 'targets.csv'}")
+        paths = res.write(Path(out_dir))
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}")
