@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from builders import meter, readingset, rows, site
 
 from ems.errors import MissingExtraError, ReadingError, StoreError
-from ems.readings import MeterInfo, ReadingSet, SiteInfo, events_frame
+from ems.readings import SiteInfo
 from ems.store import Store, open_store
 from ems.store.duckdb_store import DuckDBStore
 from ems.store.segments import Segment, list_segments, overlap_groups
@@ -29,61 +30,23 @@ PV_Q = ("power_kw", "energy_kwh", "curtailed_kwh")
 def make_set(sites=("qd", "sd"), start="2024-03-01T00:15Z", periods=192, freq="15min", seed=1):
     """A small ReadingSet with the contract's columns: a grid and a PV meter per site."""
     rng = np.random.default_rng(seed)
-    ts = pd.date_range(start, periods=periods, freq=freq, tz="UTC")
-    frames, meters, infos = [], [], []
+    ts = pd.date_range(start, periods=periods, freq=freq, tz="UTC", name="ts")
+    frames, ms, infos = [], [], []
     for s in sites:
-        for meter, kind, qs in (("grid", "grid", GRID_Q), ("pv1", "pv", PV_Q)):
-            meters.append(MeterInfo(s, meter, kind, "electricity", qs, 900, {"x": 1}))
+        for meter_id, kind, qs in (("grid", "grid", GRID_Q), ("pv1", "pv", PV_Q)):
+            ms.append(meter(s, meter_id, kind, carrier="electricity", quantities=qs, x=1))
             for q in qs:
                 v = rng.random(periods) * 100
-                if q.endswith("_kwh"):
-                    v = np.cumsum(v)
-                frames.append(
-                    pd.DataFrame({"site": s, "meter": meter, "quantity": q, "value": v}, index=ts)
-                )
-        infos.append(
-            SiteInfo(
-                s,
-                s.upper(),
-                "grp",
-                "co",
-                "park",
-                "Asia/Shanghai",
-                36.0,
-                120.0,
-                "CN",
-                "CN-East",
-                "cn-2024",
-                {"contract_kw": 5000},
-            )
-        )
-    df = pd.concat(frames).sort_index(kind="stable")
-    df.index.name = "ts"
-    for c in ("site", "meter", "quantity"):
-        df[c] = df[c].astype("category")
-    ev = events_frame(
-        [
-            {
-                "ts": ts[3],
-                "site": sites[0],
-                "kind": "fuel_delivery",
-                "subject": "fleet",
-                "value": 500.0,
-                "unit": "kg",
-                "detail": {"fuel": "diesel"},
-            },
-            {
-                "ts": ts[9],
-                "site": sites[-1],
-                "kind": "outage_start",
-                "subject": "pv1",
-                "value": float("nan"),
-                "unit": "",
-                "detail": None,
-            },
-        ]
-    )
-    return ReadingSet(readings=df, events=ev, meters=meters, sites=infos)
+                frames.append(rows(s, meter_id, q, ts, np.cumsum(v) if q.endswith("_kwh") else v))
+        infos.append(site(s, "Asia/Shanghai", name=s.upper(), group="grp", company="co", park="park", lat=36.0,
+                          lon=120.0, factor_set="cn-2024", contract_kw=5000))
+    events = [
+        {"ts": ts[3], "site": sites[0], "kind": "fuel_delivery", "subject": "fleet", "value": 500.0, "unit": "kg",
+         "detail": {"fuel": "diesel"}},
+        {"ts": ts[9], "site": sites[-1], "kind": "outage_start", "subject": "pv1", "value": float("nan"), "unit": "",
+         "detail": None},
+    ]
+    return readingset(frames, ms, infos, events)
 
 
 def canon(df: pd.DataFrame) -> pd.DataFrame:
@@ -102,12 +65,6 @@ def keys(df: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture
 def rs():
     return make_set()
-
-
-@pytest.fixture
-def store(tmp_path):
-    with DuckDBStore(tmp_path / "store") as st:
-        yield st
 
 
 def write_all(st, rs):
