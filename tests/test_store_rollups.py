@@ -184,3 +184,13 @@ def test_rollups_while_another_process_writes_at_live_speed(tmp_path):
     man = _manifest(path, "alpha")
     assert man.watermark is not None and len(man.chunks) == 1  # the days merged into one chunk
     assert json.loads((path / "rollups" / "site=alpha" / "manifest.json").read_text())["version"] == 1
+
+
+def test_a_bulk_load_brings_the_aggregates_up_to_date_once(store, simulated):
+    _register(store, simulated)
+    with store.bulk_load():
+        for part in _slices(simulated.readings, 4):
+            store.write_readings(part)
+        assert not (store.root / "rollups").exists()
+    assert _manifest(store.root, "qingdao").watermark == pd.Timestamp("2024-04-02", tz="Asia/Shanghai").value
+    _same_as_a_read(store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
@@ -57,6 +58,10 @@ class Store(Protocol):
     ) -> ReadingSet:
         """Read readings (UTC ``[start, end]``), events and metadata back as a ReadingSet
         (with ``readings=False`` an empty readings frame: events and metadata only)."""
+        ...
+
+    def bulk_load(self) -> AbstractContextManager[None]:
+        """Writes inside the ``with`` block are one bulk load (the store may defer its upkeep to its end)."""
         ...
 
     def stage1(self, *, sites: Iterable[str] | None = None) -> Stage1:

@@ -22,6 +22,7 @@ start again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterable
@@ -198,6 +199,11 @@ class DuckDBStore:
         :meth:`read`, bit for bit.
         """
         return self.aggregates.stage1(sites)
+
+    def bulk_load(self) -> contextlib.AbstractContextManager[None]:
+        """A bulk load: writes inside the ``with`` block bring the register aggregates up to date
+        once, at its end, instead of after each write (``ems run`` writes a year in slices)."""
+        return self.aggregates.deferred()
 
     def rebuild_aggregates(self, sites: Iterable[str] | None = None) -> None:
         """Drop the register aggregates and materialize them again from the raw readings."""

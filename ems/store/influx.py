@@ -14,6 +14,7 @@ the file named by ``EMS_INFLUX_TOKEN_FILE``; it is never logged, never shown in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -366,6 +367,10 @@ class InfluxStore:
             meters=[m for k, m in sorted(self._meters.items()) if keep is None or m.site in keep],
             sites=[s for k, s in sorted(self._sites.items()) if keep is None or k in keep],
         )
+
+    def bulk_load(self) -> contextlib.AbstractContextManager[None]:
+        """A bulk load: nothing to defer here (the write API batches on its own)."""
+        return contextlib.nullcontext()
 
     def stage1(self, *, sites: Iterable[str] | None = None) -> Stage1:
         """Stage 1 of every reading of ``sites``: only the register fields leave the server

@@ -35,11 +35,13 @@ Kept up to date under the writers' lock, after every ``write_readings``:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,34 @@ def day_start(t_ns: int, tz: str) -> int:
     return int(midnight.tz_convert("UTC").value)
 
 
+@dataclass
+class Written:
+    """What a write (or several, merged) put into one site: its time span [µs], each register
+    series' first and last reading [ns], the meters, and the rows when there is one batch."""
+
+    site: str
+    tmin: int
+    tmax: int
+    first: dict[str, int]
+    last: dict[str, int]
+    meters: set[str]
+    table: pa.Table | None = None
+    seq: int = 0
+
+    @classmethod
+    def of(cls, b: SiteBatch) -> Written:
+        meters = set(b.table.column("meter").combine_chunks().dictionary.to_pylist()) if b.table.num_rows else set()
+        return cls(b.site, b.tmin, b.tmax, _written(b.table, "min"), _written(b.table, "max"), meters, b.table, b.seq)
+
+    def merge(self, other: Written) -> Written:
+        first = {k: min(v, other.first.get(k, v)) for k, v in self.first.items()} | {
+            k: v for k, v in other.first.items() if k not in self.first}
+        last = {k: max(v, other.last.get(k, v)) for k, v in self.last.items()} | {
+            k: v for k, v in other.last.items() if k not in self.last}
+        return Written(self.site, min(self.tmin, other.tmin), max(self.tmax, other.tmax), first, last,
+                       self.meters | other.meters)
+
+
 class RegisterAggregates:
     """Materialized stage 1 of one store, per site (see module docs).
 
@@ -133,6 +163,7 @@ class RegisterAggregates:
         self.registry = registry
         self.active_ns = int(active_s * 1e9)
         self._last: dict[str, dict[str, int]] = {}  # site -> series -> newest reading [ns], this process's view
+        self._deferred: dict[str, Written] | None = None
 
     def folder(self, site: str) -> Path:
         return self.ctx.root / "rollups" / f"site={site}"
@@ -181,7 +212,7 @@ class RegisterAggregates:
 
     # -- raw readings ------------------------------------------------------------
     def _window(self, site: str, meta: _Meta, lo: int | None, hi: int | None,
-                batch: SiteBatch | None = None) -> tuple[ReadingSet, _Times]:
+                batch: Written | None = None) -> tuple[ReadingSet, _Times]:
         """The site's raw readings around ``[lo, hi)`` [ns]: widened until every register series
         has a reading at or before ``lo`` and at or after ``hi``, or the data ends.
 
@@ -201,13 +232,13 @@ class RegisterAggregates:
                 return ReadingSet(df, empty_events(), meta.meters(site), meta.sites(site)), times
             look *= 8
 
-    def _read(self, site: str, segs: list[Any], a: int | None, b: int | None, batch: SiteBatch | None) -> pd.DataFrame:
+    def _read(self, site: str, segs: list[Any], a: int | None, b: int | None, batch: Written | None) -> pd.DataFrame:
         """Raw readings of the site in ``[a, b]`` [ns]; the batch's rows taken as written when it is
         the newest data and the range reaches past its start."""
         lo_us, hi_us = None if a is None else a // 1000, None if b is None else b // 1000
-        newest = batch is not None and (hi_us is None or hi_us >= batch.tmax) and all(
+        newest = batch is not None and batch.table is not None and (hi_us is None or hi_us >= batch.tmax) and all(
             s.tmax < batch.tmin or s.path.name.startswith(f"{batch.seq:016d}-") for s in segs)
-        if not newest or batch is None:
+        if not newest or batch is None or batch.table is None:
             return self.reader.read_readings([site], lo_us, hi_us)
         before = self.reader.read_readings([site], lo_us, batch.tmin - 1) if lo_us is None or lo_us < batch.tmin else None
         table = batch.table if lo_us is None or lo_us <= batch.tmin else batch.table.filter(
@@ -219,31 +250,52 @@ class RegisterAggregates:
     # -- keeping up to date ------------------------------------------------------
     def after_write(self, batches: list[SiteBatch]) -> None:
         """Bring the aggregates of the written sites up to date (hold the writers' lock)."""
-        meta = _Meta(self.registry)
-        for b in batches:
-            try:
-                self._update(b, meta)
-            except EmsError as exc:  # e.g. readings before their site's registration: computed at query time
-                log.debug("register aggregates of site %s not updated: %s", b.site, exc)
+        written = [Written.of(b) for b in batches]
+        if self._deferred is not None:
+            for w in written:
+                had = self._deferred.get(w.site)
+                self._deferred[w.site] = dataclasses.replace(w, table=None) if had is None else had.merge(w)
+            return
+        self._update_all(written)
 
-    def _update(self, b: SiteBatch, meta: _Meta) -> None:
-        info = meta.site(b.site)
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold the updates during a bulk load: each written site is brought up to date once, at the end."""
+        self._deferred = {}
+        try:
+            yield
+        finally:
+            pending, self._deferred = self._deferred, None
+            if pending:
+                with self.ctx.write_lock.hold():
+                    self._update_all(list(pending.values()))
+
+    def _update_all(self, written: list[Written]) -> None:
+        meta = _Meta(self.registry)
+        for w in written:
+            try:
+                self._update(w, meta)
+            except EmsError as exc:  # e.g. readings before their site's registration: computed at query time
+                log.debug("register aggregates of site %s not updated: %s", w.site, exc)
+
+    def _update(self, w: Written, meta: _Meta) -> None:
+        info = meta.site(w.site)
         if info is None:
             return
-        man = Manifest.load(self.folder(b.site) / "manifest.json")
+        man = Manifest.load(self.folder(w.site) / "manifest.json")
         changed = False
-        stale = self._stale_from(b, man)
+        stale = self._stale_from(w, man)
         if stale is not None:
-            self._recompute(b.site, meta, man, stale)
+            self._recompute(w.site, meta, man, stale)
             changed = True
-        until = self._complete_until(b.site, b)
+        until = self._complete_until(w.site, w)
         target = None if until is None else day_start(until, info.tz)
         if target is not None and (man.watermark is None or target > man.watermark):
-            changed |= self._advance(b.site, meta, man, target, info.tz, b)
+            changed |= self._advance(w.site, meta, man, target, info.tz, w)
         if changed:
-            self._publish(b.site, man)
+            self._publish(w.site, man)
 
-    def _complete_until(self, site: str, b: SiteBatch | None = None) -> int | None:
+    def _complete_until(self, site: str, w: Written | None = None) -> int | None:
         """The time [ns] up to which every series of the site that speaks has its readings: the
         oldest newest reading of the series heard from in the last ``active_s`` (None: none)."""
         last = self._last.get(site)
@@ -254,15 +306,15 @@ class RegisterAggregates:
                 f"{m}/{q}": int(x) * 1000 for m, q, x in zip(
                     t.column("meter").to_pylist(), t.column("quantity").to_pylist(), t.column("t").to_pylist(),
                     strict=True) if q in _REGISTERS}
-        elif b is not None:
-            for k, x in _last_written(b).items():
+        elif w is not None:
+            for k, x in w.last.items():
                 last[k] = max(x, last.get(k, x))
         if not last:
             return None
         newest = max(last.values())
         return min(x for x in last.values() if x >= newest - self.active_ns)
 
-    def _stale_from(self, b: SiteBatch, man: Manifest) -> int | None:
+    def _stale_from(self, w: Written, man: Manifest) -> int | None:
         """The earliest interval start [ns] a write changes below the watermark, or None.
 
         A written reading before the watermark, or one between a series' last reading before
@@ -273,12 +325,11 @@ class RegisterAggregates:
             return None
         afters = [a for _, a in man.series.values() if a is not None]
         known = {k.split("/", 1)[0] for k in man.series}
-        meters = set(b.table.column("meter").combine_chunks().dictionary.to_pylist()) if b.table.num_rows else set()
-        if (b.tmin * 1000 >= man.watermark and len(afters) == len(man.series) and meters <= known
-                and b.tmin * 1000 >= max(afters, default=0)):
+        if (w.tmin * 1000 >= man.watermark and len(afters) == len(man.series) and w.meters <= known
+                and w.tmin * 1000 >= max(afters, default=0)):
             return None  # an append after every series' first reading past the watermark
         stale: list[int] = []
-        for key, t in _first_written(b).items():
+        for key, t in w.first.items():
             if key not in man.series:  # a series new here, or back after a long silence
                 stale.append(min(t, man.watermark - 1))
                 continue
@@ -307,7 +358,7 @@ class RegisterAggregates:
                  pd.Timestamp(a, tz="UTC"))
 
     def _advance(self, site: str, meta: _Meta, man: Manifest, target: int, tz: str,
-                 batch: SiteBatch | None = None) -> bool:
+                 batch: Written | None = None) -> bool:
         """Materialize the days from the watermark to ``target``; merge a small last chunk."""
         lo = man.watermark
         if lo is None:
@@ -448,23 +499,15 @@ class _Times:
         return {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))}
 
 
-def _written(b: SiteBatch, how: str) -> dict[str, int]:
+def _written(table: pa.Table, how: str) -> dict[str, int]:
     """Each written register series' first (``min``) or last (``max``) reading [ns] in a batch."""
-    g = b.table.group_by(["meter", "quantity"]).aggregate([("ts", how)])
+    g = table.group_by(["meter", "quantity"]).aggregate([("ts", how)])
     out = {}
     for m, q, t in zip(g.column("meter").to_pylist(), g.column("quantity").to_pylist(),
                        g.column(f"ts_{how}").cast(pa.int64()).to_pylist(), strict=True):
         if q in _REGISTERS:
             out[f"{m}/{q}"] = int(t) * 1000
     return out
-
-
-def _first_written(b: SiteBatch) -> dict[str, int]:
-    return _written(b, "min")
-
-
-def _last_written(b: SiteBatch) -> dict[str, int]:
-    return _written(b, "max")
 
 
 _TEXT = pa.string()
