@@ -50,10 +50,12 @@ TARIFF: dict[str, Any] = {
 
 def site(site: str = "s1", tz: str = "Asia/Shanghai", *, name: str | None = None, company: str = "c1",
          park: str = "p1", group: str = "g", country: str = "CN", grid_region: str = "CN-East",
-         factor_set: str = "cn-2023", lat: float = 30.0, lon: float = 120.0, **attrs: Any) -> SiteInfo:
+         factor_set: str = "cn-2023", lat: float = 30.0, lon: float = 120.0, province: str = "",
+         **attrs: Any) -> SiteInfo:
     """A site registration; ``attrs`` go to ``SiteInfo.attrs`` (``tariff=``, ``contract_kw=``)."""
     return SiteInfo(site=site, name=name or site.upper(), group=group, company=company, park=park, tz=tz,
-                    lat=lat, lon=lon, country=country, grid_region=grid_region, factor_set=factor_set, attrs=attrs)
+                    lat=lat, lon=lon, country=country, grid_region=grid_region, factor_set=factor_set, attrs=attrs,
+                    province=province)
 
 
 def site_info(site_id: str, name: str | None = None, tz: str = "Asia/Shanghai", **attrs: Any) -> SiteInfo:
@@ -280,7 +282,9 @@ def group_2024() -> ReadingSet:
          "detail": {"period_start": "2024-01-01", "period_end": "2024-12-31", "id": "hydro-2024"}},
         {"ts": "2024-12-31T08:00Z", "site": "grp", "kind": "certificate", "subject": "GEC",
          "value": g["gec_mwh"], "unit": "MWh",
-         "detail": {"vintage": 2024, "technology": "solar", "period_year": 2024, "id": "gec-2024"}},
+         "detail": {"vintage": 2024, "technology": "solar", "period_year": 2024, "id": "gec-2024",
+                    "serials": {"prefix": "GEC-2024-TEST", "first": 1, "last": 50_080},
+                    "plant": "solar farm (test)", "plant_commissioned": "2021-06-30", "market_boundary": "CN"}},
     ]
     return readingset(frames, ms, [site("grp", tz, company="group", park="all", group="hisense")], events)
 

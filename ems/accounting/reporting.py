@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from ems.accounting.kpis import KpiResult, kpis
+from ems.accounting.kpis import KpiResult, kpis, rollup
 from ems.accounting.targets import load_targets, progress
 from ems.errors import ConfigError
 from ems.readings import ReadingSet
@@ -48,6 +48,7 @@ def make_report(
     end: str | dt.date | None = None,
     factors: Mapping[str, Any] | None = None,
     targets: str = "group",
+    **options: Any,
 ) -> Report:
     """KPIs of a source (:func:`ems.open_readings`: a store, a readings folder, a scenario) and
     the group's progress against ``targets``.
@@ -64,6 +65,9 @@ def make_report(
         Factor overrides (:mod:`ems.accounting.factors`).
     targets : str
         Targets name or YAML path (:func:`ems.accounting.load_targets`).
+    **options
+        ``tce_method``, ``onsite_renewables``, ``framework``, ``currency``: as for
+        :func:`ems.accounting.kpis`.
 
     Raises
     ------
@@ -79,22 +83,20 @@ def make_report(
 
         rs = ems.open_readings(source)
     chosen: str | tuple[Any, Any] = (start, end) if start is not None and end is not None else period
-    res = kpis(rs, by=by, period=chosen, factors=factors or None)
-    yearly = res.rollup(by="group", period="year")
+    res = kpis(rs, by=by, period=chosen, factors=factors or None, **options)
+    yearly = rollup(res.daily, by="group", period="year", tce_method=options.get("tce_method", "calorific"),
+                    onsite_renewables=options.get("onsite_renewables", "excluded"))
     return Report(result=res, progress=progress(yearly, load_targets(targets)), readings=rs)
 
 
 def write_report(rep: Report, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
-    """Write the report's tables in ``formats`` (and ``targets.csv``, ``report.html``); return the
-    paths of the tables and the HTML page."""
+    """Write the report's tables (the targets among them) in ``formats``, and ``report.html``; return the paths."""
     from ems.accounting.report import FORMATS, write_html, write_tables
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"--format: expected some of {list(FORMATS)}; found {bad}")
-    paths = write_tables(rep.result, out_dir, formats)
-    if len(rep.progress) and "csv" in formats:
-        rep.progress.to_csv(out_dir / "targets.csv", index=False)
+    paths = write_tables(rep.result, out_dir, formats, rep.progress)
     if "html" in formats:
         paths.append(write_html(rep.result, out_dir / "report.html", rep.readings, rep.progress))
     return paths

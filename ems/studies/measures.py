@@ -126,7 +126,8 @@ def _buy(s: Site, sc: ResolvedScenario, kind: str, mwh: float, tag: str) -> str:
     if kind == "certificates" and s.location.country == "CN":
         s.procurement.certificates.append(CertificatePurchase(
             id=next_id(f"{tag}-gec", used), scheme="GEC", mwh=mwh, vintage=sc.start.year, schedule="once",
-            date=sc.end - dt.timedelta(days=1), period_year=sc.start.year))
+            date=sc.end - dt.timedelta(days=1), period_year=sc.start.year,
+            plant="new renewable plant (bought by the measure)", plant_commissioned=dt.date(sc.start.year - 1, 1, 1)))
         return "certificates"
     s.procurement.contracts.append(Contract(
         id=next_id(f"{tag}-green", used), kind="green_power",

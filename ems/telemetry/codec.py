@@ -33,6 +33,9 @@ __all__ = [
     "MAX_READINGS",
     "DataMessage",
     "Reading",
+    "check_gas",
+    "check_line_gases",
+    "deadletter_record",
     "decode_data",
     "decode_events",
     "decode_meta",
@@ -44,6 +47,7 @@ __all__ = [
     "encode_site",
     "format_ts",
     "load_object",
+    "meter_status",
     "parse_ts",
 ]
 
@@ -518,7 +522,31 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
     attrs = obj.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {attrs!r}")
+    check_line_gases(kind, attrs, where)
     return MeterInfo(site, meter, kind, carrier, tuple(qs), interval, attrs)
+
+
+def check_line_gases(kind: str, attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse a production line's metadata that names a gas missing from the GWP table (``unknown_gas``)."""
+    if kind != MeterKind.LINE:
+        return
+    rates = attrs.get("emissions") or []
+    for i, rate in enumerate(rates if isinstance(rates, list) else [rates]):
+        check_gas(rate.get("gas") if isinstance(rate, dict) else rate, f"{where}.attrs.emissions[{i}].gas")
+
+
+def check_gas(name: object, where: str) -> None:
+    """Refuse a gas missing from the GWP table (``ems/data/gases.yaml``): the message is dead-lettered.
+
+    Raises
+    ------
+    PayloadError
+        ``unknown_gas``, naming the field and the gas.
+    """
+    from ems.gases import load_gases, unknown_gas_message
+
+    if not isinstance(name, str) or load_gases().canonical(name) is None:
+        raise PayloadError("unknown_gas", f"{where}: {unknown_gas_message(name)}")
 
 
 def encode_site(info: SiteInfo) -> bytes:
@@ -596,6 +624,10 @@ def decode_events(site: str, payload: bytes, *, now_ns: int, max_future_s: float
         detail = e.get("detail") or {}
         if not isinstance(detail, dict):
             raise PayloadError("wrong_type", f"{w}.detail: expected an object, found {detail!r}")
+        if kind == "refrigerant_topup":
+            check_gas(e.get("subject"), f"{w}.subject")
+        elif kind == "process_emission" and str(e.get("unit", "")).lower() == "kg":
+            check_gas(detail.get("gas", e.get("subject")), f"{w}.detail.gas")
         out.append(
             {
                 "ts": format_ts(ts),
@@ -609,3 +641,41 @@ def decode_events(site: str, payload: bytes, *, now_ns: int, max_future_s: float
         )
     return out
 
+
+
+# --------------------------------------------------------------------------- dead letters, meter status
+
+
+def deadletter_record(reason: str, message: str, topic: str, payload: bytes, received_s: float) -> dict[str, Any]:
+    """The record of a rejected message (JSONL file and ``ems/v1/_deadletter/{reason}``).
+
+    Parameters
+    ----------
+    reason, message : str
+        The short code and the full explanation.
+    topic : str
+        Where the message was (or would have been) published.
+    payload : bytes
+        The message itself (kept as base64).
+    received_s : float [s since the epoch]
+        When it was received (or read, for a gateway).
+    """
+    import base64
+
+    return {
+        "received": dt.datetime.fromtimestamp(received_s, dt.UTC).isoformat().replace("+00:00", "Z"),
+        "reason": reason,
+        "message": message,
+        "topic": topic,
+        "payload_b64": base64.b64encode(payload).decode("ascii"),
+    }
+
+
+def meter_status(site: str, meter: str, status: str, reason: str = "", since_ns: int | None = None) -> bytes:
+    """Encode a meter's status (``online``/``offline``) for ``ems/v1/{site}/{meter}/_status``."""
+    d: dict[str, Any] = {"v": SCHEMA_VERSION, "site": site, "meter": meter, "status": status}
+    if reason:
+        d["reason"] = reason
+    if since_ns is not None:
+        d["since"] = format_ts(since_ns)
+    return _dumps(d)
