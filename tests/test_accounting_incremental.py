@@ -11,7 +11,7 @@ from ems.accounting.incremental import DailyFrame
 from ems.accounting.kpis import _factor_sets, _Used, daily_frame
 
 COLUMNS = ["grid_import_kwh", "grid_export_kwh", "pv_generated_kwh", "pv_exported_kwh", "electricity_consumed_kwh",
-           "steam_gj", "output_rmb", "electricity_tce", "energy_cost", "peak_import_kw", "hours"]
+           "steam_gj", "output_rmb", "electricity_tce_calorific", "energy_cost", "peak_import_kw", "hours"]
 
 
 def _want(rs):
