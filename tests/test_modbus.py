@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from modbus_kit import serve_modbus
 from builders import make_readingset
+from modbus_kit import serve_modbus
 
 from ems.errors import LocatedError, PayloadError
 from ems.modbus import registers as R

@@ -254,7 +254,9 @@ def _layout(rs: ReadingSet) -> tuple[_Series, list[View]]:
         return out
 
     is_reg = [q in QUANTITIES and QUANTITIES[q].kind == "register" for q in qnames]
-    where = _blocks(ts, [sc, mc, qc], combo) or _runs(ts, combo(slice(None))) or _sorted(ts, combo(slice(None)))
+    reg_q = np.asarray([*is_reg, False], dtype=bool)
+    where = (_blocks(ts, [sc, mc, qc], combo) or _runs(ts, combo(slice(None)))
+             or _sorted(ts, combo(slice(None)), reg_q[qc]))
     found: dict[int, View] = {}
     shared: dict[tuple[int, int], np.ndarray] = {}
     for c, pos in where:
@@ -323,14 +325,28 @@ def _runs(ts: np.ndarray, combo: np.ndarray) -> Where | None:
     return [(int(combo[a]), slice(a, b)) for a, b in zip(first.tolist(), last.tolist(), strict=True)]
 
 
-def _sorted(ts: np.ndarray, combo: np.ndarray) -> Where:
-    """Series positions after sorting by series, then ts (stable: repeated readings keep their order)."""
-    if not len(combo):
+def _sorted(ts: np.ndarray, combo: np.ndarray, keep: np.ndarray) -> Where:
+    """Positions of the rows ``keep`` marks, sorted by series, then ts (stable: repeated readings
+    keep their order). Rows already in time order need only a radix sort by series."""
+    rows = np.flatnonzero(keep)
+    if not len(rows):
         return []
-    order = np.lexsort((ts, combo))
-    c = combo[order]
-    bounds = np.r_[0, np.flatnonzero(c[1:] != c[:-1]) + 1, len(c)].tolist()
-    return [(int(c[a]), order[a:b]) for a, b in itertools.pairwise(bounds)]
+    c = combo[rows]
+    present = np.flatnonzero(np.bincount(c))
+    lut = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+    lut[present] = np.arange(len(present))
+    sid = lut[c]
+    key = sid.astype(np.int16) if len(present) < 2**15 else sid
+    t = ts[rows]
+    if bool((t[1:] >= t[:-1]).all()):
+        order = np.argsort(key, kind="stable")
+    else:
+        by_t = np.argsort(t, kind="stable")
+        order = by_t[np.argsort(key[by_t], kind="stable")]
+    s_sorted = sid[order]
+    bounds = np.r_[0, np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1, len(order)].tolist()
+    pos = rows[order]
+    return [(int(present[s_sorted[a]]), pos[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def _series_table(names: list[tuple[str, str, str]], rs: ReadingSet) -> _Series:
