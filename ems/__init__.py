@@ -64,7 +64,15 @@ def load_scenario(path: str | os.PathLike[str], *, measures: bool = True, **kwar
     from ems.model.measures import apply_physical
 
     scenario: ResolvedScenario = _load(Path(path), **kwargs)
-    return apply_physical(scenario)[0] if measures else scenario
+    if not measures or not scenario.extra.get("measures"):
+        return scenario
+    from ems.errors import ConfigError
+    from ems.model.loader import located_measure_error
+
+    try:
+        return apply_physical(scenario)[0]
+    except ConfigError as exc:  # with the file and line of the measure
+        raise located_measure_error(exc, Path(path)) from None
 
 
 def simulate(scenario: ResolvedScenario, **kwargs: Any) -> SimulationResult:

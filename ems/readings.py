@@ -554,6 +554,19 @@ class ReadingSet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def n_readings(self) -> int:
+        """Number of readings: distinct (site, meter, ts), what a meter sends and a command counts."""
+        r = self.readings
+        if r.empty:
+            return 0
+        key = pd.DataFrame({"s": pd.Categorical(r["site"]).codes, "m": pd.Categorical(r["meter"]).codes,
+                            "t": r.index.asi8})
+        return len(key.drop_duplicates())
+
+    def n_values(self) -> int:
+        """Number of values: rows of the tidy frame, one per quantity of a reading."""
+        return len(self.readings)
+
     def site(self, site: str) -> SiteInfo:
         """Return the :class:`SiteInfo` of ``site``."""
         for s in self.sites:

@@ -30,66 +30,29 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
     return ov
 
 
-def _cell(v: object, share: bool = False) -> str:
-    """Content of a console cell: nothing for a missing number, shares in %."""
-    import math
-
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float):
-        if share:
-            return f"{100 * v:.1f}"
-        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
-
-
 def _print_tables(console: Any, res: Any, prog: Any) -> None:
-    from rich.table import Table
+    """The report in a terminal, by the one formatting rule (:mod:`ems.formatting`)."""
+    from ems.accounting.report import (
+        factors_table,
+        fx_table,
+        gases_table,
+        grid_factors_table,
+        instruments_table,
+        kpi_table,
+        targets_table,
+    )
+    from ems.formatting import to_rich
 
-    short = {"key": res.by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
-             "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
-             "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost", "currency": "currency"}
-    t = Table(title=f"KPIs by {res.by} and {res.period}")
-    for c, h in short.items():
-        t.add_column(h, justify="left" if c in ("key", "period", "currency") else "right", no_wrap=c in ("key", "period"))
-    for row in res.kpis[list(short)].itertuples(index=False):
-        t.add_row(*[_cell(v, share=c == "green_share") for c, v in zip(short, row, strict=True)])
-    console.print(t)
-    for line in res.notes[:2]:
-        console.print(line)
-    if len(prog):
-        tp = Table(title="Progress against targets (group, latest year)")
-        for c in ("target", "value", "base", "change", "requirement", "status", "reason"):
-            tp.add_column(c)
-        for r in prog.itertuples(index=False):
-            share = str(r.metric).endswith("share")
-            chg = _cell(r.change_vs_base, True)
-            tp.add_row(r.target, _cell(r.value, share), _cell(r.base_value, share), f"{chg} %" if chg else "",
-                       r.requirement, r.status, r.reason)
-        console.print(tp)
-    fu = res.factors_used
-    grid = fu[fu["site"] != "*"]
-    tg = Table(title="Grid factor per site (most local place first, then nearest year)")
-    for c in ("site", "factor", "level", "place", "year", "value", "source"):
-        tg.add_column(c, overflow="fold")
-    for r in grid.itertuples(index=False):
-        tg.add_row(r.site, r.name.replace("_kgco2_per_kwh", "").replace("grid_", ""), r.level, r.place,
-                   str(r.year_used), _cell(r.value), r.source[:60])
-    console.print(tg)
-    tf = Table(title="Factors used")
-    for c in ("name", "year", "value", "unit", "set", "version"):
-        tf.add_column(c)
-    for r in fu[fu["site"] == "*"].itertuples(index=False):
-        tf.add_row(r.name, str(r.year_used or ""), _cell(r.value), r.unit, r.set, r.version)
-    console.print(tf)
-    if len(res.instruments):
-        ti = Table(title=f"Certificates and contracts ({res.options.get('framework')})")
-        for c in ("site", "instrument", "id", "MWh", "counted MWh", "status", "reason"):
-            ti.add_column(c, overflow="fold")
-        agg = res.instruments.groupby(["site", "instrument", "id", "status", "reason"], sort=False)[["mwh", "counted_mwh"]].sum()
-        for (site, inst, ident, status, reason), r in agg.iterrows():
-            ti.add_row(site, inst, ident, _cell(r["mwh"]), _cell(r["counted_mwh"]), status, reason)
-        console.print(ti)
+    console.print(to_rich(kpi_table(res, console=True)))
+    for line in res.notes[:2]:  # the tce method and the reporting boundary
+        console.print(line, markup=False, highlight=False)
+    tables = [targets_table(prog, "Progress against targets (group, latest year)")] if len(prog) else []
+    tables += [grid_factors_table(res.factors_used), factors_table(res.factors_used)]
+    tables += [gases_table(res)] if len(res.gases) else []
+    tables += [instruments_table(res.instruments, res.options.get("framework", ""))] if len(res.instruments) else []
+    tables += [fx_table(res.fx_used, res.options.get("currency", "CNY"))] if len(res.fx_used) else []
+    for t in tables:
+        console.print(to_rich(t))
 
 
 @click.command()

@@ -14,8 +14,9 @@ import pandas as pd
 
 from ems.accounting.kpis import KpiResult, kpis, rollup
 from ems.accounting.targets import load_targets, progress
-from ems.errors import ConfigError
+from ems.errors import ConfigError, StoreError
 from ems.readings import ReadingSet
+from ems.store.base import StoredReadings
 
 __all__ = ["Report", "make_report", "write_report"]
 
@@ -73,6 +74,8 @@ def make_report(
     ------
     ConfigError
         Only one of ``start`` and ``end``.
+    StoreError
+        A store without readings.
     """
     if (start is None) != (end is None):
         raise ConfigError(f"--start and --end go together; found start={start!r}, end={end!r}")
@@ -81,7 +84,11 @@ def make_report(
     else:
         import ems
 
-        rs = ems.open_readings(source)
+        rs = ems.open_readings(source)  # a store is opened read-only: a report never creates one
+        if isinstance(rs, StoredReadings) and rs.store.count() == 0:
+            rs.close()
+            raise StoreError(f"store {source} is empty: no readings yet; write some first, e.g. "
+                             f"ems run scenarios/demo.yaml --store {source}")
     chosen: str | tuple[Any, Any] = (start, end) if start is not None and end is not None else period
     res = kpis(rs, by=by, period=chosen, factors=factors or None, **options)
     yearly = rollup(res.daily, by="group", period="year", tce_method=options.get("tce_method", "calorific"),

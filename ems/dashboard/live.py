@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -98,6 +99,27 @@ def _is_embedded(url: str) -> bool:
     return "://" not in url or url.lower().startswith("duckdb://")
 
 
+def _discard_on_failure(store: Any, ledger_path: Path) -> Callable[..., bool]:
+    """An exit callback removing a store this run created if the run fails before storing.
+
+    A failed start (a refused broker, a bad scenario found late) must not leave an
+    empty ``ems-live-<time>/`` folder with its lock file, nor a ledger, behind. A
+    store that holds readings is kept: nothing accepted is lost.
+    """
+    new_ledger = not ledger_path.exists()
+
+    def discard(et: type[BaseException] | None, ev: BaseException | None, tb: Any) -> bool:
+        if et is None or store.count() > 0:
+            return False
+        shutil.rmtree(store.root, ignore_errors=True)
+        if new_ledger:
+            ledger_path.unlink(missing_ok=True)
+        log.info("removed %s: the run failed before storing anything", store.root)
+        return False
+
+    return discard
+
+
 def _ledger_path(opts: LiveOptions, store_url: str, tmp: str) -> Path:
     if opts.ledger:
         return Path(opts.ledger)
@@ -110,14 +132,16 @@ def _ledger_path(opts: LiveOptions, store_url: str, tmp: str) -> Path:
 def _broker(stack: contextlib.ExitStack, url: str | None, echo: Callable[[str], None]) -> Any:
     """The broker's config: the given URL, or an embedded broker started here."""
     from ems.telemetry.broker import EmbeddedBroker
-    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.connection import BrokerConfig, negotiate
 
     if url is None:
         b = EmbeddedBroker().start()
         stack.callback(b.stop)
         url = b.url
         echo(f"embedded broker at {url}")
-    return BrokerConfig.from_url(url)
+    cfg = negotiate(BrokerConfig.from_url(url))
+    echo(f"broker {cfg.describe()}")
+    return cfg
 
 
 def _ingestor(stack: contextlib.ExitStack, cfg: Any, store: Any, rs: ReadingSet, tmp: str) -> tuple[Any, Callable[[], None]]:
@@ -200,6 +224,16 @@ def _drain(ing: Any, published: int, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
+def _load(source: str, echo: Callable[[str], None]) -> ReadingSet:
+    import ems
+
+    t_load = time.monotonic()
+    rs = ems.open_readings(source)
+    echo(f"loaded {rs.n_readings():,} readings ({rs.n_values():,} values) of {len(rs.sites)} sites "
+         f"in {time.monotonic() - t_load:.1f} s")
+    return rs
+
+
 def run_live(
     opts: LiveOptions, echo: Callable[[str], None] = log.info, stop: threading.Event | None = None
 ) -> str:
@@ -212,24 +246,27 @@ def run_live(
     """
     import ems
     from ems.dashboard.commands import wait_for_signal
+    from ems.telemetry.broker import check_port_free
     from ems.telemetry.ledger import reconcile
     from ems.telemetry.publisher import PublishOptions
 
     stop = stop or threading.Event()
-    t_load = time.monotonic()
-    rs = ems.open_readings(opts.scenario)
-    echo(f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s")
+    check_port_free(opts.host, opts.port, "dashboard", "choose another --port (0 picks a free one)")
+    rs = _load(opts.scenario, echo)
     store_url = opts.store_url or _default_store()
     errors: list[BaseException] = []
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ems-live-"))
+        ledger_path = _ledger_path(opts, store_url, tmp)
+        new_store = _is_embedded(store_url) and not Path(store_url.split("://", 1)[-1]).exists()
         store = stack.enter_context(contextlib.closing(ems.open_store(store_url)))  # closed last, after the broker
+        if new_store:
+            stack.push(_discard_on_failure(store, ledger_path))
         cfg = _broker(stack, opts.broker_url, echo)
         ing, stop_ingestor = _ingestor(stack, cfg, store, rs, tmp)
         time.sleep(0.5)  # let the SUBSCRIBE reach the broker before the first PUBLISH
         server = serve_dashboard(stack, store_url, opts.host, opts.port, status=lambda: _copy(ing.status))
         echo(f"dashboard at {server.url}/  store {store_url}  (Ctrl-C to stop)")
-        ledger_path = _ledger_path(opts, store_url, tmp)
         pub = _publisher(cfg, rs, PublishOptions(speed=opts.speed, ledger=ledger_path,
                                                  client_id_prefix=f"ems-live-{os.getpid()}"), stop)
         before = pub.ledger.total()

@@ -39,8 +39,9 @@ from ems.model.scenario import ResolvedScenario
 from ems.model.site import Battery, Dispatch, PvArray, Site
 
 __all__ = [
-    "COMMON_PARAMS",
+    "COMMON_PARAMETERS",
     "MEASURES",
+    "MEASURE_WORDS",
     "Change",
     "MeasureSpec",
     "apply_physical",
@@ -110,8 +111,20 @@ MEASURES: dict[str, MeasureSpec] = {
 }
 """The measure catalogue by name."""
 
-COMMON_PARAMS = {"measure", "site", "capex_per_unit", "opex_share", "opex_per_unit", "lifetime_years", "discount_rate"}
-"""Parameters every measure takes (the cost overrides are read by the studies)."""
+MEASURE_WORDS: dict[str, str] = {
+    "solar": "add_pv", "pv": "add_pv", "photovoltaic": "add_pv", "battery": "add_storage",
+    "bess": "add_storage", "storage": "add_storage", "certificate": "buy_certificates",
+    "certificates": "buy_certificates", "gec": "buy_certificates", "rec": "buy_certificates",
+    "ppa": "green_power", "forklift": "electrify_forklifts", "forklifts": "electrify_forklifts",
+    "heat": "waste_heat_recovery", "compressor": "compressed_air_upgrade", "air": "compressed_air_upgrade",
+    "hvac": "hvac_control", "neutral": "zero_carbon",
+}
+"""Words people use for a measure, for 'did you mean' hints (``add_solar`` -> ``add_pv``)."""
+
+COMMON_PARAMETERS = frozenset(
+    {"measure", "site", "capex_per_unit", "opex_share", "opex_per_unit", "lifetime_years", "discount_rate"}
+)
+"""Keys every measure accepts besides its own parameters (cost data may be overridden per measure)."""
 
 
 @dataclass
@@ -335,7 +348,7 @@ def check_measures(measures: Iterable[Any]) -> list[Mapping[str, Any]]:
         spec = MEASURES.get(str(m["measure"]))
         if spec is None:
             raise fail(i, f"expected a measure in {', '.join(MEASURES)}, found {str(m['measure'])!r}")
-        unknown = set(m) - set(spec.params) - COMMON_PARAMS
+        unknown = set(m) - set(spec.params) - COMMON_PARAMETERS
         if unknown:
             raise fail(i, f"{spec.name}: expected parameters {', '.join(spec.params)}, found unknown {sorted(unknown)}")
     return out

@@ -9,10 +9,16 @@ folder of :meth:`ems.readings.ReadingSet.to_parquet`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-__all__ = ["run"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ems.formatting import Table
+
+__all__ = ["run", "summary_table"]
 
 _ONE_FOLDER_MAX_ROWS = 30_000_000
 """Above this many tidy rows the readings are written per site (memory)."""
@@ -59,11 +65,11 @@ def run(
 
     import pandas as pd
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     import ems
     from ems.console import make_console
     from ems.errors import ConfigError
+    from ems.formatting import plural, to_rich
     from ems.readings import ReadingSet
     from ems.sim.engine import estimate_rows, iter_simulate, simulate
     from ems.store import DEFAULT_URL, open_store
@@ -121,13 +127,14 @@ def run(
         try:
             if per_site or estimate_rows(resolved) > _ONE_FOLDER_MAX_ROWS:
                 # one site at a time: memory stays bounded by the largest site
-                summaries, n_rows, n_events = [], 0, 0
+                summaries, n_rows, n_readings, n_events = [], 0, 0, 0
                 for part in iter_simulate(resolved, progress=progress):
                     save(part)
                     if folder is not None:
                         part.to_parquet_per_site(folder)
                     summaries.append(part.summary())
-                    n_rows += part.n_readings()
+                    n_rows += part.n_values()
+                    n_readings += part.n_readings()
                     n_events += len(part.events)
                     del part
                 summary = pd.concat(summaries)
@@ -139,8 +146,9 @@ def run(
                 if folder is not None:
                     result.to_parquet(folder)
                     wheres.append(str(folder))
-                summary, n_rows, n_events = (
+                summary, n_rows, n_readings, n_events = (
                     result.summary(),
+                    result.n_values(),
                     result.n_readings(),
                     len(result.events),
                 )
@@ -149,32 +157,48 @@ def run(
                 store.close()
     if quiet:
         return
-    s = summary
-    table = Table(
-        title=f"{resolved.name}: {resolved.start} to {resolved.end}, {resolved.resolution_s} s, seed {resolved.seed}"
+    console.print(to_rich(summary_table(resolved, summary)))
+    console.print(
+        f"{plural(n_readings, 'reading')} ({plural(n_rows, 'value')}) and {plural(n_events, 'event')} "
+        f"written to {' and '.join(wheres)}"
     )
-    cols = [
-        ("load_kwh", "load MWh", 1e-3, "{:,.0f}"),
-        ("grid_import_kwh", "import MWh", 1e-3, "{:,.0f}"),
-        ("grid_export_kwh", "export MWh", 1e-3, "{:,.0f}"),
-        ("pv_kwh", "PV MWh", 1e-3, "{:,.0f}"),
-        ("pv_specific_yield_kwh_per_kwp", "PV kWh/kWp", 1.0, "{:,.0f}"),
-        ("self_consumption", "self-cons.", 100.0, "{:.0f} %"),
-        ("peak_import_kw", "peak kW", 1.0, "{:,.0f}"),
-        ("battery_cycles", "bat. cycles", 1.0, "{:.0f}"),
-        ("purchased_heat_gj", "steam GJ", 1.0, "{:,.0f}"),
-        ("gas_m3", "gas m3", 1.0, "{:,.0f}"),
-        ("diesel_kg", "diesel kg", 1.0, "{:,.0f}"),
-        ("gasoline_kg", "gasoline kg", 1.0, "{:,.0f}"),
-    ]
-    table.add_column("site")
-    for _, title, _, _ in cols:
-        table.add_column(title, justify="right")
-    for sid, row in s.iterrows():
-        cells = []
-        for key, _, f, fmt in cols:
-            v = row[key]
-            cells.append("-" if v != v else fmt.format(v * f))  # NaN: not applicable
-        table.add_row(str(sid), *cells)
-    console.print(table)
-    console.print(f"{n_rows:,} readings and {n_events:,} events written to {' and '.join(wheres)}")
+
+
+_SUMMARY = (
+    # summary column, shown as, scale (kWh -> MWh)
+    ("load_kwh", "load_mwh", 1e-3),
+    ("grid_import_kwh", "grid_import_mwh", 1e-3),
+    ("grid_export_kwh", "grid_export_mwh", 1e-3),
+    ("pv_kwh", "pv_mwh", 1e-3),
+    ("chp_kwh", "chp_mwh", 1e-3),
+    ("pv_specific_yield_kwh_per_kwp", "pv_kwh_per_kwp", 1.0),
+    ("self_consumption", "self_consumption", 1.0),
+    ("peak_import_kw", "peak_import_kw", 1.0),
+    ("battery_cycles", "battery_efc", 1.0),
+    ("purchased_heat_gj", "steam_gj", 1.0),
+    ("gas_m3", "natural_gas_m3", 1.0),
+    ("diesel_kg", "diesel_kg", 1.0),
+    ("gasoline_kg", "gasoline_kg", 1.0),
+)
+_SUMMARY_LABELS = {
+    "load_mwh": "load", "grid_import_mwh": "import", "grid_export_mwh": "export", "pv_mwh": "PV",
+    "chp_mwh": "CHP", "pv_kwh_per_kwp": "PV yield", "self_consumption": "PV self-cons.",
+    "peak_import_kw": "peak import", "battery_efc": "battery", "steam_gj": "steam", "natural_gas_m3": "gas",
+    "diesel_kg": "diesel", "gasoline_kg": "gasoline",
+}
+
+
+def summary_table(resolved: Any, summary: pd.DataFrame) -> Table:
+    """The per-site summary of a run, by the formatting rule (``ems.formatting``).
+
+    Electricity balances across a row: load = import - export + PV + CHP (+ battery
+    discharge - charge, a few per cent of losses).
+    """
+    import pandas as pd
+
+    from ems.formatting import table_of
+
+    df = pd.DataFrame({shown: summary[col] * scale for col, shown, scale in _SUMMARY}, index=summary.index)
+    df = df.rename_axis("site").reset_index()
+    title = f"{resolved.name}: {resolved.start} to {resolved.end}, {resolved.resolution_s} s, seed {resolved.seed}"
+    return table_of(df, title, labels=_SUMMARY_LABELS)

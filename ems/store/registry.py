@@ -41,8 +41,9 @@ def open_root(root: Path, read_only: bool) -> None:
         if fmt.get("format") != FORMAT["format"] or int(fmt.get("version", 0)) > int(FORMAT["version"]):
             raise StoreError(f"{marker}: expected store format {FORMAT}, found {fmt}")
         return
-    if read_only:
-        raise StoreError(f"{root}: expected an ems store directory (with ems-store.json); found none")
+    if read_only:  # a reader never creates anything: say what is there and what to run
+        found = "nothing there" if not root.exists() else "a folder without ems-store.json"
+        raise StoreError(f"no store at {root} ({found}); write one first, e.g. ems run scenarios/demo.yaml --store {root}")
     if root.exists() and any(root.iterdir()):
         raise StoreError(f"{root}: expected an empty or new directory for a new store; found other files")
     root.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ems.model.measures import (
+    COMMON_PARAMETERS,
+    MEASURE_WORDS,
     MEASURES,
     Change,
     MeasureSpec,
@@ -35,7 +37,9 @@ from ems.model.site import Site
 from ems.studies.economics import annualised_cost
 
 __all__ = [
+    "COMMON_PARAMETERS",
     "MEASURES",
+    "MEASURE_WORDS",
     "AppliedMeasure",
     "MeasureSpec",
     "apply_measures",

@@ -188,9 +188,11 @@ class PathwayResult:
 
     def write(self, out: Path) -> list[Path]:
         """Write ``pathway.csv`` and ``targets.csv`` into ``out``."""
+        from ems.formatting import machine_frame
+
         out.mkdir(parents=True, exist_ok=True)
-        self.yearly.to_csv(out / "pathway.csv")
-        self.targets.to_csv(out / "targets.csv", index=False)
+        machine_frame(self.yearly).to_csv(out / "pathway.csv")
+        machine_frame(self.targets).to_csv(out / "targets.csv", index=False)
         return [out / "pathway.csv", out / "targets.csv"]
 
 

@@ -224,18 +224,20 @@ class SweepResult:
         return self.results[self.results["pareto"]].sort_values("total_annual_cost")
 
     def write(self, out: Path) -> list[Path]:
-        """Write ``results.csv`` (and ``.parquet``), ``pareto.csv`` and ``best.csv`` into ``out``."""
+        """Write ``results.csv`` (and ``.parquet``), ``pareto.csv`` and ``best.csv`` into ``out``;
+        return the files written (no stale ``best.csv`` of an earlier sweep is left)."""
         out.mkdir(parents=True, exist_ok=True)
-        paths = [out / "results.csv", out / "pareto.csv"]
-        self.results.to_csv(paths[0], index=False)
+        (out / "best.csv").unlink(missing_ok=True)
+        self.results.to_csv(out / "results.csv", index=False)
         try:
             self.results.to_parquet(out / "results.parquet", index=False)
         except (ImportError, ValueError) as exc:  # pragma: no cover - pyarrow is a dependency
             log.warning("no parquet written: %s", exc)
-        self.front.to_csv(paths[1], index=False)
+        self.front.to_csv(out / "pareto.csv", index=False)
         if self.best is not None:
             pd.DataFrame([self.best]).to_csv(out / "best.csv", index=False)
-        return paths
+        return [f for f in (out / "results.csv", out / "results.parquet", out / "pareto.csv", out / "best.csv")
+                if f.exists()]
 
 
 def _on_dask(spec: SweepSpec, vs: list[dict[str, float]], costs: Mapping[str, Any], scheduler: str | None,
