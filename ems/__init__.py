@@ -89,7 +89,8 @@ def open_store(url: str | os.PathLike[str] | None = None, **options: Any) -> Sto
     return _open(url, **options)
 
 
-def open_readings(source: str | os.PathLike[str], *, sites: list[str] | None = None) -> ReadingSet:
+def open_readings(source: str | os.PathLike[str], *, sites: list[str] | None = None,
+                  store: bool = False) -> ReadingSet:
     """The readings of a source, as a :class:`ReadingSet`: the one way in.
 
     Parameters
@@ -104,6 +105,9 @@ def open_readings(source: str | os.PathLike[str], *, sites: list[str] | None = N
           from KPIs are sized first: :func:`ems.studies.measures.size_measures`).
     sites : list of str, optional
         For a store: only these sites.
+    store : bool
+        ``source`` names a store (``--store``): a path without a store is an error
+        (``no store at ...``), never a new store.
 
     Raises
     ------
@@ -115,12 +119,12 @@ def open_readings(source: str | os.PathLike[str], *, sites: list[str] | None = N
 
     text = os.fspath(source)
     p = Path(text)
-    if "://" in text or (p / "ems-store.json").is_file():
+    if store or "://" in text or (p / "ems-store.json").is_file():
         from ems.store.base import StoredReadings
 
         embedded = "://" not in text or text.lower().startswith("duckdb://")
-        store = open_store(text, read_only=True) if embedded else open_store(text)
-        return StoredReadings(store, sites=sites, owned=True)
+        st = open_store(text, read_only=True) if embedded else open_store(text)
+        return StoredReadings(st, sites=sites, owned=True)
     if p.is_dir() and (p / "readings.parquet").is_file():
         return ReadingSet.from_parquet(p)
     if p.is_file() and p.suffix in (".yaml", ".yml"):

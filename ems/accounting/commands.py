@@ -103,7 +103,8 @@ def report(
     where = store_url or source
     if not where:
         raise ConfigError("expected SOURCE (a store, a readings folder or a scenario YAML) or --store URL; found neither")
-    rep = make_report(where, by=by, period=period, start=start, end=end, factors=_overrides(factor_overrides, gwp),
+    rep = make_report(where, store=store_url is not None, by=by, period=period, start=start, end=end,
+                      factors=_overrides(factor_overrides, gwp),
                       targets=targets_name, tce_method=tce_method, onsite_renewables=onsite_re, framework=framework,
                       currency=currency)
     with rep.readings:

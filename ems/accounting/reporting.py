@@ -49,6 +49,7 @@ def make_report(
     end: str | dt.date | None = None,
     factors: Mapping[str, Any] | None = None,
     targets: str = "group",
+    store: bool = False,
     **options: Any,
 ) -> Report:
     """KPIs of a source (:func:`ems.open_readings`: a store, a readings folder, a scenario) and
@@ -66,6 +67,8 @@ def make_report(
         Factor overrides (:mod:`ems.accounting.factors`).
     targets : str
         Targets name or YAML path (:func:`ems.accounting.load_targets`).
+    store : bool
+        ``source`` is a store (``ems report --store``).
     **options
         ``tce_method``, ``onsite_renewables``, ``framework``, ``currency``: as for
         :func:`ems.accounting.kpis`.
@@ -84,7 +87,7 @@ def make_report(
     else:
         import ems
 
-        rs = ems.open_readings(source)  # a store is opened read-only: a report never creates one
+        rs = ems.open_readings(source, store=store)  # a store is opened read-only: a report never creates one
         if isinstance(rs, StoredReadings) and rs.store.count() == 0:
             rs.close()
             raise StoreError(f"store {source} is empty: no readings yet; write some first, e.g. "
