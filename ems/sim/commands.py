@@ -78,7 +78,9 @@ def run(
         raise ConfigError("--no-store needs --out DIR: the readings must go somewhere")
 
     console = make_console(quiet=quiet)
-    resolved = ems.load_scenario(str(scenario))
+    from ems.studies.measures import size_measures
+
+    resolved = size_measures(ems.load_scenario(str(scenario)))  # measures sized from KPIs: a study step
     if seed is not None:
         resolved = dataclasses.replace(resolved, seed=seed)
     with Progress(
@@ -106,18 +108,19 @@ def run(
             store.register_sites(part.sites)
             store.register_meters(part.meters)
             r = part.readings
-            if len(r) <= _STORE_CHUNK_ROWS:
-                store.write_readings(r)
-            else:
-                # in time slices: the store's transient copies stay small, and the
-                # segments do not overlap in time (no de-duplication on read)
-                ts = r.index.asi8
-                n_slices = -(-len(r) // _STORE_CHUNK_ROWS)
-                t0 = int(ts.min())
-                width = (int(ts.max()) - t0) // n_slices + 1  # integer ns: no float rounding
-                slot = (ts - t0) // width
-                for k in range(n_slices):
-                    store.write_readings(r[slot == k])
+            with store.bulk_load():  # the store's register aggregates: updated once, after the slices
+                if len(r) <= _STORE_CHUNK_ROWS:
+                    store.write_readings(r)
+                else:
+                    # in time slices: the store's transient copies stay small, and the
+                    # segments do not overlap in time (no de-duplication on read)
+                    ts = r.index.asi8
+                    n_slices = -(-len(r) // _STORE_CHUNK_ROWS)
+                    t0 = int(ts.min())
+                    width = (int(ts.max()) - t0) // n_slices + 1  # integer ns: no float rounding
+                    slot = (ts - t0) // width
+                    for k in range(n_slices):
+                        store.write_readings(r[slot == k])
             store.write_events(part.events)
 
         folder = out / resolved.name if out is not None else None
