@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ems.accounting.matching import (
     battery_inputs,
+    initial_content,
     match_hours,
     month_hour_table,
     period_kpis,
@@ -119,6 +120,15 @@ def test_energy_stored_before_the_data_is_not_green():
     assert b["stored_green_kwh"].iloc[1] == pytest.approx(20.0)
 
 
+def test_initial_content_is_the_least_that_explains_the_discharges():
+    charged, out = np.array([0.0, 50.0, 0.0]), np.array([30.0, 0.0, 45.0])
+    s0 = initial_content(charged, out, rte=0.9)
+    assert s0 == pytest.approx(max(30 / 0.9, 30 / 0.9 - 50 + 45 / 0.9))  # 33.3: the first hour's discharge
+    b = track_battery(np.zeros(3), charged, out, 0.9, s0)
+    assert b["stored_other_kwh"].min() >= -1e-9
+    assert initial_content(np.array([10.0]), np.array([5.0]), 1.0) == 0.0
+
+
 def test_round_trip_efficiency_from_totals_and_bad_values():
     assert round_trip_efficiency(400.0, 360.0) == pytest.approx(0.9)
     assert round_trip_efficiency(400.0, 342.0, stored_change_kwh=20.0) == pytest.approx(0.9)
@@ -128,14 +138,22 @@ def test_round_trip_efficiency_from_totals_and_bad_values():
         track_battery(np.zeros(1), np.zeros(1), np.zeros(1), rte=1.2)
 
 
-def test_stored_change_shows_energy_left_in_the_battery():
+def test_energy_left_in_the_battery_counts_in_the_period_by_its_colour():
     h = _one_day()
     h.loc[IDX[18:22], "battery_discharge_kwh"] = 0.0
     h.loc[IDX[18:22], "grid_import_kwh"] = 100.0
     _, _, m = _run(h, rte=0.9)
+    # the hours show who served the load; 400 kWh went into the battery and stayed there
     assert m["consumed_kwh"].sum() - m["use_kwh"].sum() == pytest.approx(400.0)
-    assert m["stored_change_kwh"].sum() == pytest.approx(400.0)
     assert m["stored_green_kwh"].iloc[-1] == pytest.approx(200.0)
+    k = period_kpis(m, "UTC", "day").iloc[0]
+    assert k["use_kwh"] == pytest.approx(m["consumed_kwh"].sum())  # the period's use is its consumption
+    assert k["green_onsite_kwh"] == pytest.approx(600.0)  # PV 400 to the load + 200 stored green
+    assert k["grid_origin_use_kwh"] == pytest.approx(2000.0 + 200.0)  # grid to load + grid stored
+    # by local day in Shanghai the energy stored on one day is used the next: the days add up
+    days = period_kpis(m, "Asia/Shanghai", "day")
+    assert days["use_kwh"].sum() == pytest.approx(k["use_kwh"])
+    assert days["matched_kwh"].sum() == pytest.approx(k["matched_kwh"])
 
 
 def test_chp_is_use_that_no_instrument_covers():
@@ -174,7 +192,7 @@ def test_spread_by_weight_over_a_period_and_local_periods():
     _, _, m = _run(_one_day())
     days = period_kpis(m, "Asia/Shanghai", "day")
     assert list(days.index) == ["2024-06-01", "2024-06-02"]
-    assert days["use_kwh"].sum() == pytest.approx(m["use_kwh"].sum())
+    assert days["use_kwh"].sum() == pytest.approx(m["consumed_kwh"].sum())
     with pytest.raises(AccountingError, match="period: expected one of"):
         period_kpis(m, "UTC", "week")
 
@@ -228,6 +246,8 @@ def test_property_hourly_matched_share_never_above_annual_matched(case):
     m["annual_cert_kwh"] = spread_by_weight(annual, m["grid_origin_use_kwh"], m.index[0], m.index[-1] + pd.Timedelta("1h"))
     k = period_kpis(m, "UTC", "year").iloc[0]
     assert k["matched_kwh"] <= k["annual_matched_kwh"] + 1e-6
+    # a period's use is its electricity consumed, whatever the battery holds at the end
+    assert k["use_kwh"] == pytest.approx(m["consumed_kwh"].sum(), rel=1e-9, abs=1e-6)
     if k["use_kwh"] > 0:
         assert k["cfe"] <= k["annual_matched_share"] + 1e-9
         assert 0.0 <= k["cfe"] <= 1.0 + 1e-9

@@ -20,20 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ems.accounting import matching
-from ems.accounting.factors import FactorSet
+from ems.accounting.factors import FactorSet, load_factor_set
 from ems.accounting.gridmix import load_mix, mix_regions, modelled_intensity
 from ems.accounting.intensity import IntensitySeries, factors_at
 from ems.accounting.profiles import delivery_kwh
 from ems.errors import AccountingError
-from ems.readings import MeterInfo, SiteInfo
 
-__all__ = ["BY", "HourlyResult", "annual_factors", "hourly_kpis", "site_hours", "site_instruments", "site_intensity"]
+if TYPE_CHECKING:
+    from ems.accounting.kpis import KpiResult
+from ems.readings import MeterInfo, ReadingSet, SiteInfo
+
+__all__ = [
+    "BY", "SIDE_BY_SIDE", "HourlyResult", "annual_factors", "hourly_kpis", "hourly_of", "side_by_side", "site_hours",
+    "site_instruments", "site_intensity",
+]
 
 BY = ("site", "company", "park", "group")
 
@@ -143,8 +149,9 @@ class HourlyResult:
     instruments: pd.DataFrame
     notes: list[str] = field(default_factory=list)
 
-    def rollup(self, by: str = "site", period: str = "year") -> pd.DataFrame:
-        """KPIs per ``by`` (site, company, park, group) and local ``period`` (day, month, year).
+    def rollup(self, by: str = "site", period: str | tuple[Any, Any] = "year") -> pd.DataFrame:
+        """KPIs per ``by`` (site, company, park, group) and local ``period`` (day, month, year, or
+        an inclusive range of local dates).
 
         Each site's periods are computed on its own calendar (the annual-matched cap is per site
         and period, as in the annual rule); sums over sites keep every additive column and
@@ -327,11 +334,13 @@ def _match_site(si: SiteInfo, h: pd.DataFrame, meters: Sequence[MeterInfo], inst
     arrays, placed = site_instruments(si, f, inst)
     pv = (f["pv_to_load_kwh"] + f["pv_to_battery_kwh"]).to_numpy()
     sold = np.divide(np.minimum(arrays["pv_sold_kwh"], pv), pv, out=np.zeros(len(f)), where=pv > 0)
-    battery = None
+    battery, initial = None, 0.0
     if f["battery_discharge_kwh"].any() or f["pv_to_battery_kwh"].any() or f["grid_to_battery_kwh"].any():
         green_in, other_in = matching.battery_inputs(f, sold)
-        battery = matching.track_battery(green_in, other_in, f["battery_discharge_kwh"].to_numpy(), _rte(si.site, meters, f))
-    m = matching.match_hours(f, battery, arrays["contract_kwh"], arrays["granular_kwh"], sold)
+        out, rte = f["battery_discharge_kwh"].to_numpy(), _rte(si.site, meters, f)
+        initial = matching.initial_content(green_in + other_in, out, rte)
+        battery = matching.track_battery(green_in, other_in, out, rte, initial)
+    m = matching.match_hours(f, battery, arrays["contract_kwh"], arrays["granular_kwh"], sold, initial)
     m["annual_cert_kwh"] = 0.0
     for kwh, a, b in arrays["annual"]:
         m["annual_cert_kwh"] += matching.spread_by_weight(kwh, m["grid_origin_use_kwh"], a, b).to_numpy()
@@ -389,3 +398,52 @@ def hourly_kpis(
     return HourlyResult(hours=hours, sites={s: by_site[s] for s in hours}, intensity=pd.DataFrame(prov),
                         instruments=pd.DataFrame(placed, columns=["site", "id", "instrument", "kwh", "placement"]),
                         notes=notes)
+
+
+def hourly_of(res: KpiResult, rs: ReadingSet, series: Sequence[IntensitySeries] = ()) -> HourlyResult:
+    """Hourly matching of the readings a KPI result was computed from, with the same factors
+    and instruments (the stage-1 hourly rows of ``res``, else computed from ``rs``)."""
+    from ems.accounting.energy import stage1
+
+    s1 = res.energy if res.energy is not None else stage1(rs)
+    fsets = res.factor_sets or {s.site: load_factor_set(s.factor_set or "cn-2023") for s in rs.sites}
+    return hourly_kpis(s1.hourly, rs.meters, rs.sites, annual_factors(fsets), res.instruments, series)
+
+
+SIDE_BY_SIDE = (
+    "key", "period", "green_share", "cfe", "scope2_electricity_location_t", "scope2_location_hourly_t",
+    "scope2_location_diff_t", "scope2_electricity_market_t", "scope2_market_hourly_t", "scope2_market_diff_t",
+)
+"""Columns of :func:`side_by_side`."""
+
+
+def side_by_side(annual: pd.DataFrame, hourly: pd.DataFrame) -> pd.DataFrame:
+    """The annual figures (``ems.accounting.kpis``) beside the hourly ones, per key and period.
+
+    Parameters
+    ----------
+    annual : DataFrame
+        A KPI table (``key``, ``period``, ``green_share``, ``scope2_electricity_location_kg``,
+        ``scope2_electricity_market_kg``).
+    hourly : DataFrame
+        :meth:`HourlyResult.rollup` for the same grouping and period.
+
+    Returns
+    -------
+    DataFrame
+        :data:`SIDE_BY_SIDE` plus ``annual_matched_share`` (the annual rule on the same hours, a
+        check) and ``use_kwh``: green share annual and hourly (CFE); Scope 2 of electricity
+        location- and market-based, annual and hourly [tCO2], and hourly - annual.
+    """
+    a = annual[["key", "period", "green_share", "scope2_electricity_location_kg", "scope2_electricity_market_kg"]]
+    h = hourly[["key", "period", "cfe", "annual_matched_share", "use_kwh", "scope2_location_hourly_kg",
+                "scope2_market_hourly_kg"]]
+    m = a.merge(h, on=["key", "period"], how="inner")
+    out = pd.DataFrame({"key": m["key"], "period": m["period"], "green_share": m["green_share"], "cfe": m["cfe"]})
+    for kind in ("location", "market"):
+        out[f"scope2_electricity_{kind}_t"] = m[f"scope2_electricity_{kind}_kg"] / 1000.0
+        out[f"scope2_{kind}_hourly_t"] = m[f"scope2_{kind}_hourly_kg"] / 1000.0
+        out[f"scope2_{kind}_diff_t"] = out[f"scope2_{kind}_hourly_t"] - out[f"scope2_electricity_{kind}_t"]
+    out["annual_matched_share"] = m["annual_matched_share"]
+    out["use_kwh"] = m["use_kwh"]
+    return out

@@ -18,21 +18,22 @@ Steps for one site (each a function below)
    energy charged from the grid (or CHP) is not and never becomes green. A discharge of ``d``
    takes ``d / rte`` from the pool (``rte``: round-trip efficiency), in the pool's proportion;
    the difference is the loss, consumption of that colour, counted in the hour of discharge.
-   Energy in the battery before the data begins has no known origin and counts as not green.
+   Energy in the battery before the data begins has no known origin and counts as not green
+   (:func:`initial_content` estimates it).
 3. :func:`match_hours`: the **use** of an hour is its load plus the battery losses counted
    in it. Green on-site supply (PV to load, green battery output and its losses) is green.
    Contracts with a delivery profile, then granular certificates of the hour, cover what
    the grid supplied directly to the load in that hour, never more (a surplus in one hour
    does not move to another). Grid energy that went into the battery stays unmatched.
-4. :func:`period_kpis`: sums per local day, month or year; the hourly CFE score and, from the
-   same hours pooled over the period, the annual-matched share (annual certificates spread by
+4. :func:`period_kpis`: sums per local day, month or year, plus the battery pool's change
+   over the period by colour (so a period's use is its electricity consumed as the annual rule
+   counts it, and days add up to years); the hourly CFE score and, from the same hours pooled
+   over the period, the annual-matched share (annual certificates spread by
    :func:`spread_by_weight`, counted here only); hourly and annual Scope 2 side by side.
 
-Over a period in which the battery ends as it started, use equals electricity consumed as
-the annual rule defines it; ``stored_change_kwh`` (consumed - use) shows what is left in
-the battery. The hourly-matched share is never above the annual-matched one (a sum of
-hourly minima is never above the minimum of the sums) and both are equal when supply and use
-have the same shape.
+The hourly-matched share is never above the annual-matched one (a sum of hourly minima is
+never above the minimum of the sums) and both are equal when supply and use have the same
+shape.
 
 References
 ----------
@@ -44,6 +45,8 @@ future" (2020, the CFE score).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -53,6 +56,7 @@ __all__ = [
     "ADDITIVE",
     "FLOW_INPUTS",
     "battery_inputs",
+    "initial_content",
     "match_hours",
     "month_hour_table",
     "period_kpis",
@@ -151,6 +155,24 @@ def round_trip_efficiency(charge_kwh: float, discharge_kwh: float, stored_change
     return float(min(max(discharge_kwh / net_in, 0.5), 1.0))
 
 
+def initial_content(charged: np.ndarray, out: np.ndarray, rte: float) -> float:
+    """The least energy the battery must have held before the first hour for its discharges [kWh].
+
+    ``max(0, max over hours of (sum of out / rte - sum of charged))``, charge before discharge
+    within an hour: what the readings show leaving the battery that they never show entering
+    it. Its origin is unknown, so :func:`track_battery` counts it not green.
+
+    Parameters
+    ----------
+    charged, out : array [kWh]
+        AC energy charged (any origin) and discharged in each hour.
+    rte : float [-]
+        Round-trip efficiency.
+    """
+    need = np.cumsum(np.asarray(out, dtype=float) / rte - np.asarray(charged, dtype=float))
+    return float(max(need.max(initial=0.0), 0.0))
+
+
 def track_battery(
     green_in: np.ndarray,
     other_in: np.ndarray,
@@ -238,6 +260,7 @@ def match_hours(
     contract_kwh: np.ndarray | pd.Series | None = None,
     granular_kwh: np.ndarray | pd.Series | None = None,
     pv_sold_share: np.ndarray | None = None,
+    initial_kwh: float = 0.0,
 ) -> pd.DataFrame:
     """Match green supply to each hour's use (see the module docs).
 
@@ -247,6 +270,8 @@ def match_hours(
         From :func:`site_flows`.
     battery : DataFrame, optional
         From :func:`track_battery` over the same hours (none: the site has no battery).
+    initial_kwh : float [kWh]
+        Energy in the battery before the first hour (not green), as given to :func:`track_battery`.
     contract_kwh : array [kWh], optional
         Deliveries of contracts (PPAs, green-power trades) in each hour, by their profiles.
     granular_kwh : array [kWh], optional
@@ -262,9 +287,12 @@ def match_hours(
         ``grid_origin_use_kwh``, ``onsite_other_use_kwh`` (CHP, PV whose certificates were
         sold), ``contract_kwh``, ``granular_kwh``,
         ``contract_matched_kwh``, ``granular_matched_kwh``, ``matched_kwh``,
-        ``unmatched_kwh``, ``consumed_kwh``, ``stored_change_kwh``, ``grid_import_kwh``,
-        ``covered_import_kwh``; and the battery pool at each hour's end
-        (``stored_green_kwh``, ``stored_other_kwh``, not additive).
+        ``unmatched_kwh``, ``consumed_kwh``, ``grid_import_kwh``, ``covered_import_kwh``,
+        ``stored_green_change_kwh``, ``stored_other_change_kwh`` (the battery pool's change in the
+        hour, charge side); and the pool at each hour's end (``stored_green_kwh``,
+        ``stored_other_kwh``, not additive). An hour shows who served its load (the battery's
+        output in the hour it is used); :func:`period_kpis` adds the pool's change over the
+        period, so a period's use is its electricity consumed.
     """
     n = len(flows)
     b = _battery_frame(battery, n)
@@ -291,9 +319,10 @@ def match_hours(
         "matched_kwh": matched,
         "unmatched_kwh": np.clip(use - matched, 0.0, None),
         "consumed_kwh": flows["consumed_kwh"].to_numpy(),
-        "stored_change_kwh": flows["consumed_kwh"].to_numpy() - use,
         "grid_import_kwh": flows["grid_import_kwh"].to_numpy(),
         "covered_import_kwh": con_m + gran_m,
+        "stored_green_change_kwh": np.diff(b["stored_green_kwh"].to_numpy(), prepend=0.0),
+        "stored_other_change_kwh": np.diff(b["stored_other_kwh"].to_numpy(), prepend=float(initial_kwh)),
         "stored_green_kwh": b["stored_green_kwh"].to_numpy(),
         "stored_other_kwh": b["stored_other_kwh"].to_numpy(),
     }, index=flows.index)
@@ -395,7 +424,7 @@ def scope2_hourly(
 ADDITIVE = (
     "use_kwh", "green_onsite_kwh", "grid_origin_use_kwh", "onsite_other_use_kwh", "contract_kwh", "granular_kwh",
     "contract_matched_kwh", "granular_matched_kwh", "matched_kwh", "unmatched_kwh", "consumed_kwh",
-    "stored_change_kwh", "grid_import_kwh", "covered_import_kwh", "annual_cert_kwh",
+    "stored_green_change_kwh", "stored_other_change_kwh", "grid_import_kwh", "covered_import_kwh", "annual_cert_kwh",
     "scope2_location_hourly_kg", "scope2_market_hourly_kg", "scope2_marginal_kg",
     "scope2_location_annual_kg", "residual_weighted_kg",
 )
@@ -404,7 +433,7 @@ ADDITIVE = (
 _PERIOD_FORMAT = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
 
 
-def period_kpis(hourly: pd.DataFrame, tz: str, period: str) -> pd.DataFrame:
+def period_kpis(hourly: pd.DataFrame, tz: str, period: str | tuple[Any, Any]) -> pd.DataFrame:
     """Sum a site's matched hours per local period and compute the hourly and annual figures.
 
     Parameters
@@ -414,8 +443,8 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str) -> pd.DataFrame:
         (annual certificates spread by :func:`spread_by_weight`; absent: none).
     tz : str
         The site's IANA zone (periods are its local calendar).
-    period : str
-        ``day``, ``month`` or ``year``.
+    period : str or (date, date)
+        ``day``, ``month``, ``year`` or an inclusive range of local dates (one row ``start..end``).
 
     Returns
     -------
@@ -424,9 +453,10 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str) -> pd.DataFrame:
         period's supplies pooled, capped per site and period), ``scope2_market_annual_kg``, and
         the ratios of :func:`ratios`.
     """
-    if period not in _PERIOD_FORMAT:
-        raise AccountingError(f"period: expected one of {list(_PERIOD_FORMAT)}; found {period!r}")
-    label = period_labels(hourly.index, tz, period)
+    if isinstance(period, tuple):
+        hourly, label = _in_range(hourly, tz, period)
+    else:
+        label = period_labels(hourly.index, tz, period)
     cols = [c for c in ADDITIVE if c in hourly]
     s = hourly[cols].groupby(label).sum()
     if "scope2_marginal_kg" in s:  # a period with an hour of unknown marginal factor has no marginal figure
@@ -436,12 +466,35 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str) -> pd.DataFrame:
     for c in ADDITIVE:
         if c not in s:
             s[c] = 0.0
+    _with_storage(s)
     instruments = s["contract_kwh"] + s["granular_kwh"] + s["annual_cert_kwh"]
     s["annual_matched_kwh"] = s["green_onsite_kwh"] + np.minimum(instruments, s["grid_origin_use_kwh"])
     imp = s["grid_import_kwh"].to_numpy()
     residual = np.divide(s["residual_weighted_kg"].to_numpy(), imp, out=np.zeros(len(s)), where=imp > 0)
     s["scope2_market_annual_kg"] = (imp - np.minimum(instruments.to_numpy(), imp)) * residual
     return ratios(s)
+
+
+def _with_storage(s: pd.DataFrame) -> None:
+    """Count the battery pool's change over each period (in place): green energy stored in the
+    period is green use of it, other energy stored is grid-origin use, so that a period's use is
+    its electricity consumed whatever the battery holds at its ends."""
+    dg, do = s["stored_green_change_kwh"], s["stored_other_change_kwh"]
+    s["use_kwh"] = s["use_kwh"] + dg + do
+    s["green_onsite_kwh"] = s["green_onsite_kwh"] + dg
+    s["matched_kwh"] = s["matched_kwh"] + dg
+    s["grid_origin_use_kwh"] = s["grid_origin_use_kwh"] + do
+    s["unmatched_kwh"] = s["use_kwh"] - s["matched_kwh"]
+
+
+def _in_range(hourly: pd.DataFrame, tz: str, period: tuple[Any, Any]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The hours of an inclusive range of local dates, all labelled ``start..end``."""
+    if len(period) != 2:
+        raise AccountingError(f"period: expected (start, end) local dates; found {period!r}")
+    lo, hi = (pd.Timestamp(x).date() for x in period)
+    day = hourly.index.tz_convert(tz).date
+    keep = (day >= lo) & (day <= hi)
+    return hourly[keep], np.full(int(keep.sum()), f"{lo}..{hi}", dtype=object)
 
 
 def period_labels(hours: pd.DatetimeIndex, tz: str, period: str) -> np.ndarray:
