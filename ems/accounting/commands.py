@@ -30,23 +30,28 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
     return ov
 
 
-def _print_tables(console: Any, res: Any, prog: Any) -> None:
+def _print_tables(console: Any, rep: Any) -> None:
     """The report in a terminal, by the one formatting rule (:mod:`ems.formatting`)."""
     from ems.accounting.report import (
         factors_table,
         fx_table,
         gases_table,
         grid_factors_table,
+        hourly_table,
         instruments_table,
+        intensity_table,
         kpi_table,
         targets_table,
     )
     from ems.formatting import to_rich
 
+    res, prog = rep.result, rep.progress
     console.print(to_rich(kpi_table(res, console=True)))
     for line in res.notes[:2]:  # the tce method and the reporting boundary
         console.print(line, markup=False, highlight=False)
-    tables = [targets_table(prog, "Progress against targets (group, latest year)")] if len(prog) else []
+    tables = [hourly_table(rep.side_by_side(), res.by, res.period), intensity_table(rep.hourly.intensity)] \
+        if rep.hourly is not None else []
+    tables += [targets_table(prog, "Progress against targets (group, latest year)")] if len(prog) else []
     tables += [grid_factors_table(res.factors_used), factors_table(res.factors_used)]
     tables += [gases_table(res)] if len(res.gases) else []
     tables += [instruments_table(res.instruments, res.options.get("framework", ""))] if len(res.instruments) else []
@@ -74,6 +79,11 @@ def _print_tables(console: Any, res: Any, prog: Any) -> None:
 @click.option("--framework", type=click.Choice(["RE100", "GHG-Scope2", "CN-GEC"]), default="RE100", show_default=True,
               help="Eligibility rules for certificates and contracts.")
 @click.option("--currency", default=None, help="Reporting currency of company, park and group costs (default CNY).")
+@click.option("--hourly/--no-hourly", default=True, show_default=True,
+              help="Also match green supply to use hour by hour (CFE) and compute hourly Scope 2.")
+@click.option("--intensity", "intensity", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="An hourly carbon-intensity file (ems layout, Electricity Maps or ENTSO-E export) for the "
+                   "places it covers (repeatable); other sites use the modelled mix of their grid region.")
 def report(
     source: str | None,
     store_url: str | None,
@@ -90,6 +100,8 @@ def report(
     onsite_re: str,
     framework: str,
     currency: str | None,
+    hourly: bool,
+    intensity: tuple[str, ...],
 ) -> None:
     """Compute energy and carbon KPIs from SOURCE (a store, a readings folder or a scenario YAML)."""
     from ems.accounting.report import FORMATS
@@ -106,10 +118,10 @@ def report(
     rep = make_report(where, store=store_url is not None, by=by, period=period, start=start, end=end,
                       factors=_overrides(factor_overrides, gwp),
                       targets=targets_name, tce_method=tce_method, onsite_renewables=onsite_re, framework=framework,
-                      currency=currency)
+                      currency=currency, hourly=hourly, intensity=intensity)
     with rep.readings:
         console = make_console()
-        _print_tables(console, rep.result, rep.progress)
+        _print_tables(console, rep)
         if len(rep.result.anomalies):
             console.print(f"[yellow]{len(rep.result.anomalies)} register anomalies (resets, rollovers, gaps); "
                           "see anomalies table[/]")

@@ -131,8 +131,10 @@ def load_mix(region_or_path: str) -> MixModel:
         technology without a share, a technology without a factor: file and field named.
     """
     p = Path(region_or_path)
+    name = str(p)
     if p.suffix not in (".yaml", ".yml"):
         p = _data_dir() / f"{region_or_path}.yaml"
+        name = f"ems/data/gridmix/{region_or_path}.yaml"  # built in: named as in the repository
         if not p.exists():
             raise ConfigError(f"no mix model for region {region_or_path!r}; expected one of {mix_regions()} or a YAML path")
     d = yaml.safe_load(p.read_text())
@@ -149,7 +151,7 @@ def load_mix(region_or_path: str) -> MixModel:
         diurnal={k: tuple(float(x) for x in v) for k, v in (d.get("diurnal") or {}).items()},
         weekend_load_factor=float(d.get("weekend_load_factor", 1.0)),
         dispatch=tuple(d["dispatch"]), min_dispatch_fraction=float(d.get("min_dispatch_fraction", 0.0)),
-        source=str(p), sources={k: str(v) for k, v in (d.get("sources") or {}).items()},
+        source=name, sources={k: str(v) for k, v in (d.get("sources") or {}).items()},
         curtailable=tuple(d.get("curtailable", _CURTAILABLE)),
     )
     _check(model, p)

@@ -137,7 +137,8 @@ class HourlyResult:
     sites : dict
         Site -> SiteInfo.
     intensity : DataFrame
-        Per site: the series used (``method``, ``provenance``, ``hours_filled``).
+        Per site: the series used (``method``, ``place``, ``source`` in short, ``sources`` in full,
+        ``hours_filled``).
     instruments : DataFrame
         Per instrument: how it was placed on hours (``placement``) and the kWh placed.
     notes : list of str
@@ -209,7 +210,7 @@ def site_intensity(
         Indexed by ``hours``: ``average_kg_per_kwh``, ``marginal_kg_per_kwh``,
         ``residual_kg_per_kwh``, ``annual_average``, ``annual_residual`` [kgCO2/kWh].
     provenance : dict
-        ``site``, ``method``, ``place``, ``provenance``, ``hours_filled``.
+        ``site``, ``method``, ``place``, ``source`` (short), ``sources`` (every input), ``hours_filled``.
     """
     years = _years(hours, si.tz)
     ann = {int(y): annual(si, int(y)) for y in np.unique(years)}
@@ -227,7 +228,8 @@ def site_intensity(
         f = pd.DataFrame({"average_kg_per_kwh": avg, "marginal_kg_per_kwh": np.nan, "residual_kg_per_kwh": np.nan},
                          index=hours.tz_convert("UTC"))
         prov = {"method": "annual", "place": si.grid_region, "hours_filled": len(hours),
-                "provenance": f"no hourly series or mix model for {', '.join(places)}: the annual factor in every hour"}
+                "source": f"no hourly series or mix model for {', '.join(places)}: the annual factor in every hour",
+                "sources": f"no hourly series or mix model for {', '.join(places)}: the annual factor in every hour"}
     f = f.assign(annual_average=avg, annual_residual=res)
     return f, {"site": si.site, **prov}
 
@@ -237,7 +239,8 @@ def _loaded(s: IntensitySeries, place: str, hours: pd.DatetimeIndex, avg: np.nda
     f = factors_at(s, place, hours, fallback={"average_kg_per_kwh": np.nan})
     holes = f["average_kg_per_kwh"].isna().to_numpy()
     f.loc[holes, "average_kg_per_kwh"] = avg[holes]
-    return f, {"method": s.method, "place": place, "provenance": s.describe(), "hours_filled": int(holes.sum())}
+    return f, {"method": s.method, "place": place, "source": f"{s.source} ({s.data_source})" if s.data_source else s.source,
+               "sources": s.describe(), "hours_filled": int(holes.sum())}
 
 
 def _modelled(model: str, hours: pd.DatetimeIndex, years: np.ndarray,
@@ -247,7 +250,10 @@ def _modelled(model: str, hours: pd.DatetimeIndex, years: np.ndarray,
              for y in np.unique(years)]
     frame = pd.concat([p.frame for p in parts], ignore_index=True)
     f = factors_at(IntensitySeries(frame, parts[0].source, "modelled"), model, hours)
-    return f, {"method": "modelled", "place": model, "provenance": "; ".join(p.describe() for p in parts), "hours_filled": 0}
+    to = "; ".join(f"{float(ann[int(y)]['average']):g} kgCO2/kWh in {int(y)} ({str(ann[int(y)].get('source', '')).split(':')[0]})"
+                   for y in np.unique(years))
+    return f, {"method": "modelled", "place": model, "source": f"{parts[0].source}, calibrated to {to}",
+               "sources": "; ".join(p.describe() for p in parts), "hours_filled": 0}
 
 
 def _local_span(start: Any, end: Any, tz: str) -> tuple[pd.Timestamp, pd.Timestamp]:
