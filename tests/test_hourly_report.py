@@ -84,3 +84,22 @@ def test_ems_report_cli_with_a_measured_intensity_file(simulated, tmp_path):
     assert prov.loc["qingdao", "method"] == "modelled"
     out = CliRunner().invoke(cli, ["report", str(folder), "--no-hourly"])
     assert out.exit_code == 0 and "hourly (CFE)" not in out.output
+
+
+def test_store_pushes_down_the_hourly_series_matching_reads(simulated, store):
+    from ems.accounting.hourly import flow_series
+
+    store.register_sites(simulated.sites)
+    store.register_meters(simulated.meters)
+    store.write_readings(simulated.readings)
+    pairs = flow_series(simulated.meters)
+    got = store.hourly(series=pairs)
+    full = store.stage1().hourly
+    anyq = {q for m, q in pairs if m == "*"}
+    keep = [q in anyq or (m, q) in set(pairs) for m, q in zip(full["meter"].astype(str), full["quantity"].astype(str), strict=True)]
+    want = full[keep]
+    key = ["site", "meter", "quantity", "hour"]
+    a = got.astype({c: str for c in key[:3]}).groupby(key)["value"].sum()
+    b = want.astype({c: str for c in key[:3]}).groupby(key)["value"].sum()
+    pd.testing.assert_series_equal(a, b, check_exact=True)
+    assert set(got["quantity"].astype(str)) <= {q for _, q in pairs}

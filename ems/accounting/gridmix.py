@@ -51,7 +51,7 @@ from ems.errors import ConfigError
 
 __all__ = [
     "MixModel", "MixResult", "load_mix", "load_technologies", "mix_regions", "model_mix", "modelled_intensity",
-    "sun_shape", "year_hours",
+    "regional_intensity", "sun_shape", "year_hours",
 ]
 
 _CURTAILABLE = ("wind", "solar")
@@ -70,7 +70,12 @@ def load_technologies() -> dict[str, Any]:
 
 def mix_regions() -> list[str]:
     """Regions with a built-in mix model."""
-    return sorted(p.stem for p in _data_dir().glob("*.yaml") if p.stem != "technologies")
+    return list(_mix_regions())
+
+
+@functools.cache
+def _mix_regions() -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in _data_dir().glob("*.yaml") if p.stem != "technologies"))
 
 
 @dataclass(frozen=True)
@@ -345,3 +350,10 @@ def modelled_intensity(m: MixModel, year: int, annual_kg_per_kwh: float, annual_
                           "; ".join(f"{k}: {v}" for k, v in m.sources.items()),
                           (f"{m.region} {year}: modelled shares {shares}; curtailed {r.curtailed.sum():.2%} of load",))
     return calibrate(raw, m.region, annual_kg_per_kwh, r.load, annual_source)
+
+
+@functools.lru_cache(maxsize=64)
+def regional_intensity(region: str, year: int, annual_kg_per_kwh: float, annual_source: str) -> IntensitySeries:
+    """:func:`modelled_intensity` of a built-in region, kept for the process (the same inputs give
+    the same series; do not change its frame)."""
+    return modelled_intensity(load_mix(region), year, annual_kg_per_kwh, annual_source)

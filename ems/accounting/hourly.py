@@ -27,9 +27,9 @@ import pandas as pd
 
 from ems.accounting import matching
 from ems.accounting.factors import FactorSet, load_factor_set
-from ems.accounting.gridmix import load_mix, mix_regions, modelled_intensity
+from ems.accounting.gridmix import mix_regions, regional_intensity
 from ems.accounting.intensity import IntensitySeries, factors_at
-from ems.accounting.profiles import delivery_kwh
+from ems.accounting.profiles import profile_weights
 from ems.errors import AccountingError
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 from ems.readings import MeterInfo, ReadingSet, SiteInfo
 
 __all__ = [
-    "BY", "SIDE_BY_SIDE", "HourlyResult", "annual_factors", "hourly_kpis", "hourly_of", "side_by_side", "site_hours",
+    "BY", "SIDE_BY_SIDE", "HourlyResult", "annual_factors", "flow_series", "hourly_kpis", "hourly_of", "side_by_side",
+    "site_hours",
     "site_instruments", "site_intensity",
 ]
 
@@ -105,24 +106,50 @@ def site_hours(hourly: pd.DataFrame, meters: Sequence[MeterInfo]) -> dict[str, p
         rows are 0), columns the flows the site has.
     """
     kind = {(m.site, m.meter): m.kind for m in meters}
-    h = hourly[hourly["quantity"].isin({q for _, q in _FLOW_OF})]
-    combos = h[["site", "meter", "quantity"]].astype(str).drop_duplicates()
-    combos["flow"] = [
-        _FLOW_OF.get(("_site" if m == "_site" else kind.get((s, m), ""), q))
-        for s, m, q in combos.itertuples(index=False)
-    ]
-    combos = combos.dropna(subset=["flow"])
-    h = h.assign(site=h["site"].astype(str), meter=h["meter"].astype(str), quantity=h["quantity"].astype(str))
-    h = h.merge(combos, on=["site", "meter", "quantity"], how="inner")
+    h = hourly[hourly["quantity"].isin({q for _, q in _FLOW_OF}).to_numpy()]
+    codes, names = zip(*(_codes(h[c]) for c in ("site", "meter", "quantity")), strict=True)
+    n_m, n_q = len(names[1]), len(names[2])
+    combo = (codes[0].astype(np.int64) * n_m + codes[1]) * n_q + codes[2]
+    flows = sorted(set(_FLOW_OF.values()))
+    table = np.full(max(len(names[0]) * n_m * n_q, 1), -1, dtype=np.int64)
+    for c in np.flatnonzero(np.bincount(combo, minlength=len(table))).tolist():  # a few dozen series: name each once
+        table[c] = _flow_index(str(names[0][c // (n_m * n_q)]), str(names[1][c // n_q % n_m]),
+                               str(names[2][c % n_q]), kind, flows)
+    flow = table[combo]
+    keep = flow >= 0
     hour = pd.DatetimeIndex(h["hour"])
-    h = h.assign(hour=hour.tz_localize("UTC") if hour.tz is None else hour.tz_convert("UTC"))
-    wide = h.groupby(["site", "hour", "flow"], sort=True)["value"].sum().unstack("flow", fill_value=0.0)
+    hour = hour.tz_localize("UTC") if hour.tz is None else hour.tz_convert("UTC")
     out: dict[str, pd.DataFrame] = {}
-    for site, g in wide.groupby(level="site", sort=True):
-        frame = g.droplevel("site")
-        idx = pd.date_range(frame.index.min(), frame.index.max(), freq="h")
-        out[str(site)] = frame.reindex(idx, fill_value=0.0).rename_axis("hour")
-    return out
+    site_codes, t, v, f = codes[0][keep], hour.as_unit("ns").asi8[keep], h["value"].to_numpy(dtype=float)[keep], flow[keep]
+    for i, site in enumerate(names[0]):
+        m = site_codes == i
+        if m.any():
+            out[str(site)] = _wide(t[m], f[m], v[m], flows)
+    return dict(sorted(out.items()))
+
+
+def _codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes and names of a column (a categorical's own codes, else factorized)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.codes.to_numpy().astype(np.int64), col.cat.categories
+    codes, names = pd.factorize(col, sort=False)
+    return codes.astype(np.int64), pd.Index(names)
+
+
+def _flow_index(site: str, meter: str, quantity: str, kind: Mapping[tuple[str, str], str], flows: list[str]) -> int:
+    """Index in ``flows`` of a series' flow, or -1 if it is none of them."""
+    name = _FLOW_OF.get(("_site" if meter == "_site" else kind.get((site, meter), ""), quantity))
+    return flows.index(name) if name is not None else -1
+
+
+def _wide(t: np.ndarray, flow: np.ndarray, value: np.ndarray, flows: list[str]) -> pd.DataFrame:
+    """Sum values per (hour, flow) into a frame over every hour from the first to the last."""
+    h = (t - t.min()) // 3_600_000_000_000
+    n = int(h.max()) + 1
+    grid = np.bincount(h * len(flows) + flow, weights=value, minlength=n * len(flows)).reshape(n, len(flows))
+    present = np.flatnonzero(np.bincount(flow, minlength=len(flows)))
+    idx = pd.DatetimeIndex(t.min() + np.arange(n, dtype=np.int64) * 3_600_000_000_000, tz="UTC", name="hour")
+    return pd.DataFrame(grid[:, present], index=idx, columns=[flows[i] for i in present])
 
 
 @dataclass
@@ -213,10 +240,11 @@ def site_intensity(
         ``site``, ``method``, ``place``, ``source`` (short), ``sources`` (every input), ``hours_filled``.
     """
     years = _years(hours, si.tz)
-    ann = {int(y): annual(si, int(y)) for y in np.unique(years)}
-    avg = np.array([float(ann[int(y)]["average"]) for y in years])
+    uniq, at = np.unique(years, return_inverse=True)
+    ann = {int(y): annual(si, int(y)) for y in uniq}
+    avg = np.array([float(ann[int(y)]["average"]) for y in uniq])[at]
     res = np.array([float(ann[int(y)]["residual"] if ann[int(y)].get("residual") is not None else ann[int(y)]["average"])
-                    for y in years])
+                    for y in uniq])[at]
     places = [p for _, p in si.places() if p]
     loaded = next(((s, p) for p in places for s in series if p in s.regions), None)
     model = next((p for p in (si.grid_region, si.country) if p in mix_regions()), None)
@@ -246,10 +274,11 @@ def _loaded(s: IntensitySeries, place: str, hours: pd.DatetimeIndex, avg: np.nda
 def _modelled(model: str, hours: pd.DatetimeIndex, years: np.ndarray,
               ann: Mapping[int, Mapping[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """ems's mix model of the region, calibrated per local year to the site's annual average."""
-    parts = [modelled_intensity(load_mix(model), int(y), float(ann[int(y)]["average"]), str(ann[int(y)].get("source", "")))
+    parts = [regional_intensity(model, int(y), float(ann[int(y)]["average"]), str(ann[int(y)].get("source", "")))
              for y in np.unique(years)]
-    frame = pd.concat([p.frame for p in parts], ignore_index=True)
-    f = factors_at(IntensitySeries(frame, parts[0].source, "modelled"), model, hours)
+    values = parts[0].region(model) if len(parts) == 1 else pd.concat([p.region(model) for p in parts])
+    f = values.reindex(hours.tz_convert("UTC").floor("h"))
+    f.index = hours.tz_convert("UTC")
     to = "; ".join(f"{float(ann[int(y)]['average']):g} kgCO2/kWh in {int(y)} ({str(ann[int(y)].get('source', '')).split(':')[0]})"
                    for y in np.unique(years))
     return f, {"method": "modelled", "place": model, "source": f"{parts[0].source}, calibrated to {to}",
@@ -295,30 +324,50 @@ def site_instruments(
     n = len(hours)
     out: dict[str, Any] = {"contract_kwh": np.zeros(n), "granular_kwh": np.zeros(n), "pv_sold_kwh": np.zeros(n), "annual": []}
     placed = []
-    pv = flows["pv_to_load_kwh"] + flows["pv_to_battery_kwh"]
+    ctx = _Hours(si, hours, (flows["pv_to_load_kwh"] + flows["pv_to_battery_kwh"]).to_numpy())
     for r in instruments.itertuples(index=False):
         kwh = float(r.mwh) * 1000.0
-        how = _place(si, hours, r, kwh, pv, out)
+        how = _place(ctx, r, kwh, out)
         placed.append({"site": si.site, "id": r.id, "instrument": r.instrument, "kwh": kwh, "placement": how})
     return out, placed
 
 
-def _place(si: SiteInfo, hours: pd.DatetimeIndex, r: Any, kwh: float, pv: pd.Series, out: dict[str, Any]) -> str:
+@dataclass
+class _Hours:
+    """A site's hours, as instruments are placed on them (profiles kept per name)."""
+
+    si: SiteInfo
+    hours: pd.DatetimeIndex
+    pv: np.ndarray
+    profiles: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def spread(self, kwh: float, weights: np.ndarray, a: pd.Timestamp, b: pd.Timestamp) -> np.ndarray:
+        """``kwh`` over the hours of ``[a, b)`` pro rata to ``weights`` (:func:`matching.spread_over`)."""
+        return matching.spread_over(kwh, weights, self.hours.asi8, a, b)
+
+    def profile(self, name: str) -> np.ndarray:
+        if name not in self.profiles:
+            self.profiles[name] = profile_weights(name, self.hours, lat=self.si.lat, lon=self.si.lon).to_numpy(dtype=float)
+        return self.profiles[name]
+
+
+def _place(ctx: _Hours, r: Any, kwh: float, out: dict[str, Any]) -> str:
     """Add one instrument to ``out``; return how it was placed."""
+    tz = ctx.si.tz
     if r.status == "sold":  # own PV whose certificates were sold: not green, over its generation period
-        a, b = _local_span(r.vintage_start, r.vintage_end, si.tz)
-        out["pv_sold_kwh"] += matching.spread_by_weight(kwh, pv, a, b).to_numpy()
+        a, b = _local_span(r.vintage_start, r.vintage_end, tz)
+        out["pv_sold_kwh"] += ctx.spread(kwh, ctx.pv, a, b)
         return f"own PV sold: pro rata to PV consumed {a:%Y-%m-%d}..{b:%Y-%m-%d}"
     gs, ge = getattr(r, "generation_start", pd.NaT), getattr(r, "generation_end", pd.NaT)
     if r.instrument != "PPA" and not (pd.isna(gs) or pd.isna(ge)):
         a, b = pd.Timestamp(gs), pd.Timestamp(ge)
-        out["granular_kwh"] += matching.spread_by_weight(kwh, pd.Series(1.0, index=hours), a, b).to_numpy()
+        out["granular_kwh"] += ctx.spread(kwh, np.ones(len(ctx.hours)), a, b)
         return f"granular: generated {a:%Y-%m-%d %H:%M}..{b:%H:%M} UTC"
-    a, b = _local_span(r.period_start, r.period_end, si.tz)
+    a, b = _local_span(r.period_start, r.period_end, tz)
     if r.instrument == "PPA":
         given = str(getattr(r, "profile", "") or "")
         profile = given or "baseload"
-        out["contract_kwh"] += delivery_kwh(kwh, profile, hours, a, b, lat=si.lat, lon=si.lon).to_numpy()
+        out["contract_kwh"] += ctx.spread(kwh, ctx.profile(profile), a, b)
         return f"contract, profile {profile}" + ("" if given else " (none given: baseload)")
     out["annual"].append((kwh, a, b))
     return "annual certificate: annual-matched figure only, pro rata to grid-origin use"
@@ -406,14 +455,26 @@ def hourly_kpis(
                         notes=notes)
 
 
-def hourly_of(res: KpiResult, rs: ReadingSet, series: Sequence[IntensitySeries] = ()) -> HourlyResult:
-    """Hourly matching of the readings a KPI result was computed from, with the same factors
-    and instruments (the stage-1 hourly rows of ``res``, else computed from ``rs``)."""
-    from ems.accounting.energy import stage1
+def flow_series(meters: Sequence[MeterInfo]) -> list[tuple[str, str]]:
+    """The (meter, quantity) series hourly matching reads (meter ``"*"``: any meter)."""
+    anyq = sorted({q for (k, q) in _FLOW_OF if k != "pv" and k != "chp"})
+    own = sorted({(m.meter, q) for m in meters for (k, q) in _FLOW_OF if m.kind in ("pv", "chp") and k == m.kind})
+    return [("*", q) for q in anyq] + own
 
-    s1 = res.energy if res.energy is not None else stage1(rs)
+
+def hourly_of(res: KpiResult, rs: ReadingSet, series: Sequence[IntensitySeries] = ()) -> HourlyResult:
+    """Hourly matching of the readings a KPI result was computed from, with the same factors and
+    instruments. The hours come from the store's register aggregates (only the series matching
+    reads) when ``rs`` is a store's readings, else from the stage-1 result of ``res``."""
+    from ems.accounting.energy import stage1
+    from ems.store.base import StoredReadings
+
+    if isinstance(rs, StoredReadings):
+        rows = rs.hourly(flow_series(rs.meters))
+    else:
+        rows = (res.energy if res.energy is not None else stage1(rs)).hourly
     fsets = res.factor_sets or {s.site: load_factor_set(s.factor_set or "cn-2023") for s in rs.sites}
-    return hourly_kpis(s1.hourly, rs.meters, rs.sites, annual_factors(fsets), res.instruments, series)
+    return hourly_kpis(rows, rs.meters, rs.sites, annual_factors(fsets), res.instruments, series)
 
 
 SIDE_BY_SIDE = (

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ems.accounting.energy import stage1
+from ems.accounting.energy import Stage1, stage1
 from ems.accounting.factors import FactorSet
 from ems.accounting.kpis import _factor_sets, _Used, daily_frame
 from ems.errors import AccountingError
@@ -67,6 +67,7 @@ class DailyFrame:
         self._closed = pd.DataFrame()
         self._open: pd.DataFrame | None = pd.DataFrame()
         self._open_s1 = pd.DataFrame()
+        self._open_stage: Stage1 | None = None  # stage 1 of the open days, with their hours
         self._buffer = empty_readings()
 
     # -- state ----------------------------------------------------------------
@@ -77,6 +78,17 @@ class DailyFrame:
         if not parts:
             return pd.DataFrame()
         return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+    @property
+    def today_hourly(self) -> pd.DataFrame:
+        """Stage-1 hourly rows of the open days (:data:`ems.accounting.energy.HOURLY_COLUMNS`), for
+        hourly matching of today."""
+        return self._open_stage.hourly if self._open_stage is not None else pd.DataFrame()
+
+    @property
+    def factor_sets(self) -> dict[str, FactorSet]:
+        """The factor set of the site, by site (as :func:`ems.accounting.kpis.kpis` chooses it)."""
+        return self._fsets
 
     @property
     def today(self) -> pd.DataFrame:
@@ -123,8 +135,11 @@ class DailyFrame:
         return True
 
     def _open_energy(self) -> pd.DataFrame:
-        rs = ReadingSet(self._buffer, self.events, self.meters, [self.site])
-        return stage1(rs, start=self.open_from).energy if len(self._buffer) else pd.DataFrame()
+        if not len(self._buffer):
+            self._open_stage = None
+            return pd.DataFrame()
+        self._open_stage = stage1(ReadingSet(self._buffer, self.events, self.meters, [self.site]), start=self.open_from)
+        return self._open_stage.energy
 
     def _roll_days(self) -> None:
         """Close the open days before the day every speaking series has reached."""

@@ -30,6 +30,7 @@ factors; the most precise in time and place available).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -92,19 +93,23 @@ class IntensitySeries:
         return sorted(self.frame["region"].unique().tolist())
 
     def region(self, name: str) -> pd.DataFrame:
-        """Return one region's values indexed by hour (UTC).
+        """Return one region's values indexed by hour (UTC); do not change it (it is kept).
 
         Raises
         ------
         AccountingError
             The series has no such region.
         """
-        sub = self.frame[self.frame["region"] == name]
-        if sub.empty:
+        out = self._by_region.get(name)
+        if out is None:
             raise AccountingError(
                 f"intensity series {self.source!r}: expected region {name!r}; found {self.regions}"
             )
-        return sub.set_index("hour")[list(_VALUES)]
+        return out
+
+    @functools.cached_property
+    def _by_region(self) -> dict[str, pd.DataFrame]:
+        return {str(r): g.set_index("hour")[list(_VALUES)] for r, g in self.frame.groupby("region", sort=True)}
 
     def with_note(self, note: str) -> IntensitySeries:
         """Return a copy with one more provenance note."""

@@ -66,6 +66,7 @@ __all__ = [
     "scope2_hourly",
     "site_flows",
     "spread_by_weight",
+    "spread_over",
     "track_battery",
 ]
 
@@ -373,12 +374,19 @@ def spread_by_weight(kwh: float, weights: pd.Series, start: pd.Timestamp, end: p
         Same index as ``weights``; 0 outside the period. Sums to ``kwh`` unless the period
         holds no hour of ``weights`` (then all 0).
     """
-    inside = (weights.index >= start) & (weights.index < end)
-    w = np.where(inside, np.clip(weights.to_numpy(dtype=float), 0.0, None), 0.0)
+    hours = pd.DatetimeIndex(weights.index)
+    return pd.Series(spread_over(kwh, weights.to_numpy(dtype=float), hours.asi8, start, end), index=weights.index)
+
+
+def spread_over(kwh: float, weights: np.ndarray, hours_ns: np.ndarray, start: pd.Timestamp, end: pd.Timestamp) -> np.ndarray:
+    """:func:`spread_by_weight` on arrays: ``hours_ns`` the hour starts [ns since the epoch, UTC]."""
+    inside = (hours_ns >= pd.Timestamp(start).value) & (hours_ns < pd.Timestamp(end).value)
+    w = np.where(inside, np.clip(weights, 0.0, None), 0.0)
     if w.sum() <= 0:
         w = inside.astype(float)
     total = w.sum()
-    return pd.Series(kwh * w / total if total > 0 else w, index=weights.index)
+    out: np.ndarray = kwh * w / total if total > 0 else w
+    return out
 
 
 def scope2_hourly(
@@ -455,27 +463,38 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str | tuple[Any, Any]) ->
     """
     if isinstance(period, tuple):
         hourly, label = _in_range(hourly, tz, period)
+        names, inv = np.unique(label, return_inverse=True) if len(label) else (np.array([], dtype=object), np.zeros(0, int))
     else:
-        label = period_labels(hourly.index, tz, period)
-    cols = [c for c in ADDITIVE if c in hourly]
-    s = hourly[cols].groupby(label).sum()
-    if "scope2_marginal_kg" in s:  # a period with an hour of unknown marginal factor has no marginal figure
-        unknown = hourly["scope2_marginal_kg"].isna().groupby(label).any()
-        s.loc[unknown.reindex(s.index).to_numpy(), "scope2_marginal_kg"] = np.nan
-    s.index.name = "period"
-    for c in ADDITIVE:
-        if c not in s:
-            s[c] = 0.0
+        names, inv = _period_codes(hourly.index, tz, period)
+    s = _sums(hourly, names, inv)
     _with_storage(s)
     instruments = s["contract_kwh"] + s["granular_kwh"] + s["annual_cert_kwh"]
     s["annual_matched_kwh"] = s["green_onsite_kwh"] + np.minimum(instruments, s["grid_origin_use_kwh"])
-    imp = s["grid_import_kwh"].to_numpy()
-    residual = np.divide(s["residual_weighted_kg"].to_numpy(), imp, out=np.zeros(len(s)), where=imp > 0)
-    s["scope2_market_annual_kg"] = (imp - np.minimum(instruments.to_numpy(), imp)) * residual
-    return ratios(s)
+    imp = s["grid_import_kwh"]
+    residual = np.divide(s["residual_weighted_kg"], imp, out=np.zeros(len(imp)), where=imp > 0)
+    s["scope2_market_annual_kg"] = (imp - np.minimum(instruments, imp)) * residual
+    _ratios(s)
+    return pd.DataFrame(s, index=pd.Index(names, name="period"))
 
 
-def _with_storage(s: pd.DataFrame) -> None:
+def _sums(hourly: pd.DataFrame, names: np.ndarray, inv: np.ndarray) -> dict[str, np.ndarray]:
+    """Sums of the :data:`ADDITIVE` columns per period (``inv``: each hour's index in ``names``;
+    absent columns 0; a period with an hour of unknown marginal factor has no marginal figure)."""
+    n = len(names)
+    data: dict[str, np.ndarray] = {}
+    for c in ADDITIVE:
+        if c not in hourly:
+            data[c] = np.zeros(n)
+            continue
+        v = hourly[c].to_numpy(dtype=float)
+        nan = np.isnan(v)
+        data[c] = np.bincount(inv, weights=np.where(nan, 0.0, v), minlength=n)
+        if c == "scope2_marginal_kg" and nan.any():
+            data[c][np.bincount(inv, weights=nan, minlength=n) > 0] = np.nan
+    return data
+
+
+def _with_storage(s: dict[str, np.ndarray]) -> None:
     """Count the battery pool's change over each period (in place): green energy stored in the
     period is green use of it, other energy stored is grid-origin use, so that a period's use is
     its electricity consumed whatever the battery holds at its ends."""
@@ -499,14 +518,26 @@ def _in_range(hourly: pd.DataFrame, tz: str, period: tuple[Any, Any]) -> tuple[p
 
 def period_labels(hours: pd.DatetimeIndex, tz: str, period: str) -> np.ndarray:
     """Local period label (``2024``, ``2024-06``, ``2024-06-01``) of each hour start."""
+    names, inv = _period_codes(hours, tz, period)
+    out: np.ndarray = names[inv]
+    return out
+
+
+def _period_codes(hours: pd.DatetimeIndex, tz: str, period: str) -> tuple[np.ndarray, np.ndarray]:
+    """The local periods' labels, in order, and each hour's index among them."""
     if period not in _PERIOD_FORMAT:
         raise AccountingError(f"period: expected one of {list(_PERIOD_FORMAT)}; found {period!r}")
     local = hours.tz_convert(tz)
     y, m, d = local.year.to_numpy(), local.month.to_numpy(), local.day.to_numpy()
-    key = {"year": y, "month": y * 100 + m, "day": (y * 100 + m) * 100 + d}[period]
-    uniq, inv = np.unique(key, return_inverse=True)  # format each distinct period once
-    out: np.ndarray = np.array([_label(int(k), period) for k in uniq], dtype=object)[inv]
-    return out
+    key = {"year": y, "month": y * 100 + m, "day": (y * 100 + m) * 100 + d}[period].astype(np.int64)
+    if not len(key):
+        return np.array([], dtype=object), np.zeros(0, dtype=np.int64)
+    lo = int(key.min())
+    present = np.flatnonzero(np.bincount(key - lo))  # integer keys, in order, without sorting the hours
+    where = np.full(int(key.max()) - lo + 1, -1, dtype=np.int64)
+    where[present] = np.arange(len(present))
+    names = np.array([_label(int(k) + lo, period) for k in present], dtype=object)
+    return names, where[key - lo]
 
 
 def _label(key: int, period: str) -> str:
@@ -524,13 +555,18 @@ def ratios(s: pd.DataFrame) -> pd.DataFrame:
     (annual matched / use), ``scope2_location_diff_kg`` and ``scope2_market_diff_kg`` (hourly -
     annual). Shares are NaN where there is no use.
     """
-    s = s.copy()
-    use = s["use_kwh"].to_numpy()
-    s["cfe"] = np.divide(s["matched_kwh"].to_numpy(), use, out=np.full(len(s), np.nan), where=use > 0)
-    s["annual_matched_share"] = np.divide(s["annual_matched_kwh"].to_numpy(), use, out=np.full(len(s), np.nan), where=use > 0)
-    s["scope2_location_diff_kg"] = s["scope2_location_hourly_kg"] - s["scope2_location_annual_kg"]
-    s["scope2_market_diff_kg"] = s["scope2_market_hourly_kg"] - s["scope2_market_annual_kg"]
-    return s
+    d = {c: s[c].to_numpy(dtype=float) for c in s.columns}
+    _ratios(d)
+    return pd.DataFrame(d, index=s.index)
+
+
+def _ratios(d: dict[str, np.ndarray]) -> None:
+    """:func:`ratios` on arrays, in place."""
+    use = d["use_kwh"]
+    d["cfe"] = np.divide(d["matched_kwh"], use, out=np.full(len(use), np.nan), where=use > 0)
+    d["annual_matched_share"] = np.divide(d["annual_matched_kwh"], use, out=np.full(len(use), np.nan), where=use > 0)
+    d["scope2_location_diff_kg"] = d["scope2_location_hourly_kg"] - d["scope2_location_annual_kg"]
+    d["scope2_market_diff_kg"] = d["scope2_market_hourly_kg"] - d["scope2_market_annual_kg"]
 
 
 def month_hour_table(hourly: pd.DataFrame, tz: str, column: str) -> pd.DataFrame:

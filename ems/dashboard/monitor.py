@@ -14,7 +14,11 @@ latest value of every meter. KPIs come from an incremental daily frame per site
   readings, certificates that span the year).
 
 The year's and today's KPIs are :func:`ems.accounting.kpis.rollup` of those daily rows
-(cheap: a few hundred rows).
+(cheap: a few hundred rows). Hourly matching (:mod:`ems.accounting.hourly`) gives today's
+hourly-matched green share (CFE) from the stage-1 hours of the open days, and the current
+grid intensity (the factor of the newest hour); the year's CFE is computed again with the
+year, from the store's hourly aggregates. Contracts and certificates settle after the fact,
+so today's CFE counts on-site PV and storage; the year's counts every instrument settled.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ class SiteState:
     stale_summary: bool = False  # KPIs below not yet computed from the frame
     kpi_today: dict[str, Any] = field(default_factory=dict)
     kpi_year: dict[str, Any] = field(default_factory=dict)
+    closed_hours: pd.DataFrame | None = None  # stage-1 hours of this year's closed days (store aggregates)
+    hourly_year: dict[str, Any] = field(default_factory=dict)
+    hourly_year_due: bool = False
     targets: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
@@ -258,9 +265,12 @@ class Monitor:
         site = st.info.site
         head = self.store.read(sites=[site], readings=False)
         frame = DailyFrame(st.info, st.meters or head.meters, head.events)
-        closed = self.store.stage1(sites=[site]).energy
+        closed = self.store.stage1(sites=[site])
         start = (today - pd.Timedelta(days=2)).tz_convert("UTC").to_pydatetime()
-        frame.reset(closed, int(today.tz_convert("UTC").value), self.store.read(sites=[site], start=start).readings)
+        frame.reset(closed.energy, int(today.tz_convert("UTC").value),
+                    self.store.read(sites=[site], start=start).readings)
+        st.closed_hours = _hours_between(closed.hourly, today.replace(month=1, day=1), frame.open_from)
+        st.hourly_year_due = True
         st.fresh.clear()
         log.info("site %s: daily frame of %d days in %.2f s", site, len(frame.daily), time.monotonic() - t0)
         return frame
@@ -307,6 +317,10 @@ class Monitor:
         today = st.frame.today
         today = today[_date_between(today, st.today, st.today + pd.Timedelta(days=1))] if len(today) else today
         st.kpi_today = _pick(rollup(today, by="site", period="day")) if len(today) else {}
+        st.kpi_today.update(_hourly(st, st.frame.today_hourly, "day", st.today.strftime("%Y-%m-%d")))
+        if st.hourly_year_due:
+            st.hourly_year_due = False
+            st.hourly_year = _hourly(st, _year_hours(st), "year", st.today.strftime("%Y"))
         daily = st.frame.daily
         if len(daily):
             daily = daily[_date_between(daily, st.today.replace(month=1, day=1), st.today + pd.Timedelta(days=1))]
@@ -314,7 +328,7 @@ class Monitor:
             st.kpi_year = {}
             return
         yearly = rollup(daily, by="site", period="year")
-        st.kpi_year = _pick(yearly)
+        st.kpi_year = {**_pick(yearly), **{k: st.hourly_year.get(k) for k in ("cfe",)}}
         try:
             prog = progress(yearly.tail(1), self._load_targets())
         except EmsError as exc:
@@ -491,6 +505,44 @@ class Monitor:
             "events": views.event_list(ev),
         })
         return out
+
+
+def _hours_between(hourly: pd.DataFrame, first: pd.Timestamp, open_from: int | None) -> pd.DataFrame:
+    """Stage-1 hours from local midnight ``first`` to ``open_from`` [ns] (read now: the store's
+    aggregate files may be merged by later writes)."""
+    if not len(hourly) or open_from is None:
+        return pd.DataFrame()
+    t = pd.DatetimeIndex(hourly["hour"]).as_unit("ns").asi8
+    return hourly[(t >= first.tz_convert("UTC").value) & (t < open_from)].reset_index(drop=True)
+
+
+def _year_hours(st: SiteState) -> pd.DataFrame:
+    """Stage-1 hours of the site's current local year: the closed days' (store aggregates), then the open days'."""
+    assert st.frame is not None
+    parts = [p for p in (st.closed_hours, st.frame.today_hourly) if p is not None and len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _hourly(st: SiteState, hours: pd.DataFrame, period: str, label: str) -> dict[str, Any]:
+    """Hourly-matched green share (``cfe``) of one period of a site, and the grid intensity of its
+    newest hour (``grid_intensity_kg_per_kwh``, ``grid_intensity_method``); {} without data."""
+    from ems.accounting.hourly import annual_factors, hourly_kpis
+
+    if not len(hours) or st.frame is None:
+        return {}
+    try:
+        res = hourly_kpis(hours, st.meters, [st.info], annual_factors(st.frame.factor_sets))
+    except EmsError as exc:
+        log.debug("site %s: no hourly matching: %s", st.info.site, exc)
+        return {}
+    k = res.rollup("site", period)
+    row = k[k["period"] == label]
+    h = res.hours.get(st.info.site)
+    out: dict[str, Any] = {"cfe": float(row["cfe"].iloc[0]) if len(row) and pd.notna(row["cfe"].iloc[0]) else None}
+    if h is not None and len(h):
+        out["grid_intensity_kg_per_kwh"] = float(h["average_kg_per_kwh"].iloc[-1])
+        out["grid_intensity_method"] = str(res.intensity["method"].iloc[0])
+    return out
 
 
 def _date_between(daily: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp) -> np.ndarray:

@@ -184,6 +184,37 @@ class RegisterAggregates:
                                                 ignore_index=True))
         return Stage1(energy=energy, anomalies=anomalies, hourly=lambda: _concat_hourly([p.hourly for p in parts]))
 
+    def hourly(self, sites: Iterable[str] | None = None,
+               series: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Stage-1 hourly energy of some series: columns ``site``, ``meter``, ``quantity``, ``hour`` (UTC
+        start of the local clock hour), ``value``; the rows of :meth:`stage1`'s ``hourly`` of those
+        series without their tariff ``period`` (an hour split between two periods has two rows;
+        in no particular order). ``series``: (meter, quantity) pairs, meter ``"*"`` for any
+        (default every series). Hourly matching reads only the few it needs, so only they are read
+        from the aggregates."""
+        self.ctx.con  # noqa: B018 - raises when closed
+        wanted = self.reader.site_ids() if sites is None else sorted(set(sites) & set(self.reader.site_ids()))
+        meta = _Meta(self.registry)
+        pairs = sorted(set(series)) if series is not None else None
+        tables = [t for s in wanted for t in self.ctx.retry(functools.partial(self._site_hourly, s, meta, pairs))]
+        cols = ["site", "meter", "quantity", "hour", "value"]
+        schema = pa.schema([SCHEMAS["hourly"].field(c) for c in cols])
+        if not tables:
+            return schema.empty_table().to_pandas()
+        out: pd.DataFrame = pa.concat_tables([t.select(cols).cast(schema) for t in tables]).unify_dictionaries().to_pandas()
+        return out
+
+    def _site_hourly(self, site: str, meta: _Meta, pairs: list[tuple[str, str]] | None) -> list[pa.Table]:
+        man = Manifest.load(self.folder(site) / "manifest.json")
+        cols = ["site", "meter", "quantity", "hour", "value"]
+        flt = _series_filter(pairs)
+        out = [pq.read_table(self.folder(site) / f"{c['seq']:016d}-hourly.parquet", columns=cols, filters=flt)
+               for c in (man.chunks if man.tables is not None else [])]
+        if self._has_after(site, man.watermark):
+            h = stage1(self._window(site, meta, man.watermark, None)[0], start=man.watermark).hourly
+            out.append(_table(h, "hourly").filter(pc.field("quantity").isin([q for _, q in pairs])) if pairs else _table(h, "hourly"))
+        return out
+
     def _site_stage1(self, site: str, meta: _Meta) -> Stage1:
         man = Manifest.load(self.folder(site) / "manifest.json")
         tables = self._site_tables(site, man)
@@ -547,6 +578,20 @@ def _table(frame: pd.DataFrame, kind: str) -> pa.Table:
         else:
             cols.append(pa.Array.from_pandas(col, type=f.type))
     return pa.table(cols, schema=schema)
+
+
+def _series_filter(pairs: list[tuple[str, str]] | None) -> list[list[tuple[str, str, Any]]] | None:
+    """A Parquet row filter (disjunctive normal form) of (meter, quantity) pairs; meter "*": any."""
+    if pairs is None:
+        return None
+    anyq = sorted({q for m, q in pairs if m == "*"})
+    by_q: dict[str, list[str]] = {}
+    for m, q in pairs:
+        if m != "*" and q not in anyq:
+            by_q.setdefault(q, []).append(m)
+    dnf: list[list[tuple[str, str, Any]]] = [[("quantity", "in", anyq)]] if anyq else []
+    dnf += [[("quantity", "==", q), ("meter", "in", sorted(ms))] for q, ms in sorted(by_q.items())]
+    return dnf or [[("quantity", "in", [])]]
 
 
 def _anomalies_frame(frame: pd.DataFrame) -> pd.DataFrame:
