@@ -343,7 +343,7 @@ class _Hours:
 
     def spread(self, kwh: float, weights: np.ndarray, a: pd.Timestamp, b: pd.Timestamp) -> np.ndarray:
         """``kwh`` over the hours of ``[a, b)`` pro rata to ``weights`` (:func:`matching.spread_over`)."""
-        return matching.spread_over(kwh, weights, self.hours.asi8, a, b)
+        return matching.spread_over(kwh, weights, self.hours.as_unit("ns").asi8, a, b)
 
     def profile(self, name: str) -> np.ndarray:
         if name not in self.profiles:

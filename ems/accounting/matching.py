@@ -375,7 +375,7 @@ def spread_by_weight(kwh: float, weights: pd.Series, start: pd.Timestamp, end: p
         holds no hour of ``weights`` (then all 0).
     """
     hours = pd.DatetimeIndex(weights.index)
-    return pd.Series(spread_over(kwh, weights.to_numpy(dtype=float), hours.asi8, start, end), index=weights.index)
+    return pd.Series(spread_over(kwh, weights.to_numpy(dtype=float), hours.as_unit("ns").asi8, start, end), index=weights.index)
 
 
 def spread_over(kwh: float, weights: np.ndarray, hours_ns: np.ndarray, start: pd.Timestamp, end: pd.Timestamp) -> np.ndarray:
