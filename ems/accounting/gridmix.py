@@ -64,8 +64,13 @@ def _data_dir() -> Path:
 @functools.cache
 def load_technologies() -> dict[str, Any]:
     """Return ``ems/data/gridmix/technologies.yaml`` (direct factors, ENTSO-E type map)."""
-    data: dict[str, Any] = yaml.safe_load((_data_dir() / "technologies.yaml").read_text())
+    data: dict[str, Any] = _yaml((_data_dir() / "technologies.yaml").read_text())
     return data
+
+
+def _yaml(text: str) -> Any:
+    """Parse YAML with libyaml's safe loader where it is built in (the data files are read on every report)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def mix_regions() -> list[str]:
@@ -142,7 +147,7 @@ def load_mix(region_or_path: str) -> MixModel:
         name = f"ems/data/gridmix/{region_or_path}.yaml"  # built in: named as in the repository
         if not p.exists():
             raise ConfigError(f"no mix model for region {region_or_path!r}; expected one of {mix_regions()} or a YAML path")
-    d = yaml.safe_load(p.read_text())
+    d = _yaml(p.read_text())
     techs = load_technologies()["technologies"]
     shares = {k: float(v["value"] if isinstance(v, dict) else v) for k, v in d["shares"].items()}
     factors = {k: float(techs[k]["kg_per_kwh"]) for k in shares if k in techs}
@@ -322,6 +327,25 @@ def model_mix(m: MixModel, year: int) -> MixResult:
     )
 
 
+def _raw(m: MixModel, year: int) -> tuple[IntensitySeries, pd.Series]:
+    """The uncalibrated hourly intensity of a mix model, and the load weighting its hours."""
+    r = model_mix(m, year)
+    frame = validate_intensity(pd.DataFrame({
+        "region": m.region, "hour": r.load.index, "average_kg_per_kwh": r.average.to_numpy(),
+        "marginal_kg_per_kwh": r.marginal.to_numpy(),
+    }), m.source)
+    shares = ", ".join(f"{t} {v:.1%}" for t, v in r.shares().items())
+    raw = IntensitySeries(frame, f"mix model {m.source}", "modelled",
+                          "; ".join(f"{k}: {v}" for k, v in m.sources.items()),
+                          (f"{m.region} {year}: modelled shares {shares}; curtailed {r.curtailed.sum():.2%} of load",))
+    return raw, r.load
+
+
+@functools.lru_cache(maxsize=32)
+def _raw_region(region: str, year: int) -> tuple[IntensitySeries, pd.Series]:
+    return _raw(load_mix(region), year)
+
+
 def modelled_intensity(m: MixModel, year: int, annual_kg_per_kwh: float, annual_source: str) -> IntensitySeries:
     """Hourly average and marginal intensity of a region, calibrated to its published annual factor.
 
@@ -340,20 +364,13 @@ def modelled_intensity(m: MixModel, year: int, annual_kg_per_kwh: float, annual_
     IntensitySeries
         ``method == "modelled"``; notes give ``k``, the modelled shares and the curtailment.
     """
-    r = model_mix(m, year)
-    frame = validate_intensity(pd.DataFrame({
-        "region": m.region, "hour": r.load.index, "average_kg_per_kwh": r.average.to_numpy(),
-        "marginal_kg_per_kwh": r.marginal.to_numpy(),
-    }), m.source)
-    shares = ", ".join(f"{t} {v:.1%}" for t, v in r.shares().items())
-    raw = IntensitySeries(frame, f"mix model {m.source}", "modelled",
-                          "; ".join(f"{k}: {v}" for k, v in m.sources.items()),
-                          (f"{m.region} {year}: modelled shares {shares}; curtailed {r.curtailed.sum():.2%} of load",))
-    return calibrate(raw, m.region, annual_kg_per_kwh, r.load, annual_source)
+    raw, load = _raw(m, year)
+    return calibrate(raw, m.region, annual_kg_per_kwh, load, annual_source)
 
 
 @functools.lru_cache(maxsize=64)
 def regional_intensity(region: str, year: int, annual_kg_per_kwh: float, annual_source: str) -> IntensitySeries:
     """:func:`modelled_intensity` of a built-in region, kept for the process (the same inputs give
-    the same series; do not change its frame)."""
-    return modelled_intensity(load_mix(region), year, annual_kg_per_kwh, annual_source)
+    the same series; do not change its frame). The model of a region and year is made once."""
+    raw, load = _raw_region(region, year)
+    return calibrate(raw, region, annual_kg_per_kwh, load, annual_source)

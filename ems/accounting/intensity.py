@@ -180,9 +180,11 @@ def validate_intensity(
         _refuse(bad, lines, where, col, "a value >= 0", out[col])
     _refuse(out["average_kg_per_kwh"].isna().to_numpy(), lines, where, "average_kg_per_kwh",
             "a number", f["average_kg_per_kwh"])
-    dup = out.duplicated(["region", "hour"], keep="first").to_numpy()
+    ns = pd.DatetimeIndex(out["hour"]).as_unit("ns").asi8  # integers: no Timestamp objects
+    region_code = pd.factorize(out["region"])[0]
+    dup = pd.DataFrame({"r": region_code, "t": ns}).duplicated(keep="first").to_numpy()
     _refuse(dup, lines, where, "hour", "one row per region and hour (repeated)", out["hour"])
-    order = np.lexsort((out["hour"].to_numpy(), out["region"].to_numpy()))
+    order = np.lexsort((ns, out["region"].to_numpy()))
     return out.iloc[order].reset_index(drop=True)
 
 

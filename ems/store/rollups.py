@@ -207,13 +207,12 @@ class RegisterAggregates:
     def _site_hourly(self, site: str, meta: _Meta, pairs: list[tuple[str, str]] | None) -> list[pa.Table]:
         man = Manifest.load(self.folder(site) / "manifest.json")
         cols = ["site", "meter", "quantity", "hour", "value"]
-        flt = _series_filter(pairs)
-        out = [pq.read_table(self.folder(site) / f"{c['seq']:016d}-hourly.parquet", columns=cols, filters=flt)
+        out = [pq.ParquetFile(self.folder(site) / f"{c['seq']:016d}-hourly.parquet").read(columns=cols)
                for c in (man.chunks if man.tables is not None else [])]
         if self._has_after(site, man.watermark):
             h = stage1(self._window(site, meta, man.watermark, None)[0], start=man.watermark).hourly
-            out.append(_table(h, "hourly").filter(pc.field("quantity").isin([q for _, q in pairs])) if pairs else _table(h, "hourly"))
-        return out
+            out.append(_table(h, "hourly").select(cols))
+        return [t.filter(_series_mask(t, pairs)) if pairs is not None else t for t in out]
 
     def _site_stage1(self, site: str, meta: _Meta) -> Stage1:
         man = Manifest.load(self.folder(site) / "manifest.json")
@@ -580,18 +579,29 @@ def _table(frame: pd.DataFrame, kind: str) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
-def _series_filter(pairs: list[tuple[str, str]] | None) -> list[list[tuple[str, str, Any]]] | None:
-    """A Parquet row filter (disjunctive normal form) of (meter, quantity) pairs; meter "*": any."""
-    if pairs is None:
-        return None
-    anyq = sorted({q for m, q in pairs if m == "*"})
-    by_q: dict[str, list[str]] = {}
+def _series_mask(t: pa.Table, pairs: list[tuple[str, str]]) -> pa.Array:
+    """Rows of ``t`` whose (meter, quantity) is one of ``pairs`` (meter "*": any), decided once
+    per dictionary entry and taken for every row."""
+    def entries(col: str) -> tuple[list[str], pa.Array]:
+        d = t[col].combine_chunks()
+        if not pa.types.is_dictionary(d.type):
+            d = d.dictionary_encode()
+        return [str(x) for x in d.dictionary.to_pylist()], d.indices
+
+    (meters, mi), (qs, qi) = entries("meter"), entries("quantity")
+    anyq = {q for m, q in pairs if m == "*"}
+    by_q: dict[str, set[str]] = {}
     for m, q in pairs:
-        if m != "*" and q not in anyq:
-            by_q.setdefault(q, []).append(m)
-    dnf: list[list[tuple[str, str, Any]]] = [[("quantity", "in", anyq)]] if anyq else []
-    dnf += [[("quantity", "==", q), ("meter", "in", sorted(ms))] for q, ms in sorted(by_q.items())]
-    return dnf or [[("quantity", "in", [])]]
+        by_q.setdefault(q, set()).add(m)
+    q_any = pa.array([q in anyq for q in qs], pa.bool_())
+    q_some = pa.array([q in by_q and q not in anyq for q in qs], pa.bool_())
+    keep_any = pc.take(q_any, qi)
+    if not any(q_some.to_pylist()):
+        return keep_any
+    pair_ok = {(m, q) for m, q in pairs}
+    code = pc.add(pc.multiply(pc.cast(mi, pa.int64()), len(qs)), pc.cast(qi, pa.int64()))
+    table = pa.array([(meters[i // len(qs)], qs[i % len(qs)]) in pair_ok for i in range(len(meters) * len(qs))], pa.bool_())
+    return pc.or_(keep_any, pc.take(table, code))
 
 
 def _anomalies_frame(frame: pd.DataFrame) -> pd.DataFrame:
