@@ -130,6 +130,13 @@ def _generation(d: Mapping[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp]:
     return a.tz_convert("UTC"), b.tz_convert("UTC")
 
 
+def _vintage_of_generation(d: dict[str, Any], gs: pd.Timestamp, ge: pd.Timestamp) -> dict[str, Any]:
+    """A granular certificate without a vintage: its generation days are its vintage."""
+    if pd.isna(gs) or d.get("vintage_start") or d.get("vintage"):
+        return d
+    return {**d, "vintage_start": str(gs.date()), "vintage_end": str((ge - pd.Timedelta(seconds=1)).date())}
+
+
 def _row(ts: Any, site: str, kind: str, e: Any, local: dt.date) -> dict[str, Any]:
     d = event_detail(e.detail)
     ppa = kind == "PPA"
@@ -137,8 +144,7 @@ def _row(ts: Any, site: str, kind: str, e: Any, local: dt.date) -> dict[str, Any
     if ppa and not (d.get("period_start") or d.get("period_year")):
         ps = pe = local
     gs, ge = _generation(d)
-    if not ppa and not pd.isna(gs) and not (d.get("vintage_start") or d.get("vintage")):
-        d = {**d, "vintage_start": str(gs.date()), "vintage_end": str((ge - pd.Timedelta(seconds=1)).date())}
+    d = d if ppa else _vintage_of_generation(d, gs, ge)
     vs, ve = (ps, pe) if ppa else _period(d, "vintage_start", "vintage_end", "vintage", ps)
     ident = str(d.get("id") or "")
     ser = _serials(d, kind, ident, ps, pe)

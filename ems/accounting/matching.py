@@ -300,33 +300,27 @@ def match_hours(
     out_g, out_o, loss_g, loss_o = _battery_to_load(flows, b)
     pv_load = flows["pv_to_load_kwh"].to_numpy()
     sold = _share(pv_sold_share, n) * pv_load
-    green = pv_load - sold + out_g + loss_g
     grid_direct = flows["grid_to_load_kwh"].to_numpy()
-    con = _hourly(contract_kwh, n, "contract_kwh")
-    gran = _hourly(granular_kwh, n, "granular_kwh")
+    d = {"use_kwh": flows["load_kwh"].to_numpy() + loss_g + loss_o, "green_onsite_kwh": pv_load - sold + out_g + loss_g,
+         "grid_origin_use_kwh": grid_direct + out_o + loss_o,
+         "onsite_other_use_kwh": flows["chp_to_load_kwh"].to_numpy() + sold,
+         **_instruments(_hourly(contract_kwh, n, "contract_kwh"), _hourly(granular_kwh, n, "granular_kwh"), grid_direct)}
+    d["matched_kwh"] = d["green_onsite_kwh"] + d["covered_import_kwh"]
+    d["unmatched_kwh"] = np.clip(d["use_kwh"] - d["matched_kwh"], 0.0, None)
+    for c in ("consumed_kwh", "grid_import_kwh"):
+        d[c] = flows[c].to_numpy()
+    g, o = b["stored_green_kwh"].to_numpy(), b["stored_other_kwh"].to_numpy()
+    d |= {"stored_green_change_kwh": np.diff(g, prepend=0.0), "stored_other_change_kwh": np.diff(o, prepend=float(initial_kwh)),
+          "stored_green_kwh": g, "stored_other_kwh": o}
+    return pd.DataFrame(d, index=flows.index)
+
+
+def _instruments(con: np.ndarray, gran: np.ndarray, grid_direct: np.ndarray) -> dict[str, np.ndarray]:
+    """Contracts, then granular certificates, against the grid's direct supply of each hour."""
     con_m = np.minimum(con, grid_direct)
     gran_m = np.minimum(gran, grid_direct - con_m)
-    use = flows["load_kwh"].to_numpy() + loss_g + loss_o
-    matched = green + con_m + gran_m
-    return pd.DataFrame({
-        "use_kwh": use,
-        "green_onsite_kwh": green,
-        "grid_origin_use_kwh": grid_direct + out_o + loss_o,
-        "onsite_other_use_kwh": flows["chp_to_load_kwh"].to_numpy() + sold,
-        "contract_kwh": con,
-        "granular_kwh": gran,
-        "contract_matched_kwh": con_m,
-        "granular_matched_kwh": gran_m,
-        "matched_kwh": matched,
-        "unmatched_kwh": np.clip(use - matched, 0.0, None),
-        "consumed_kwh": flows["consumed_kwh"].to_numpy(),
-        "grid_import_kwh": flows["grid_import_kwh"].to_numpy(),
-        "covered_import_kwh": con_m + gran_m,
-        "stored_green_change_kwh": np.diff(b["stored_green_kwh"].to_numpy(), prepend=0.0),
-        "stored_other_change_kwh": np.diff(b["stored_other_kwh"].to_numpy(), prepend=float(initial_kwh)),
-        "stored_green_kwh": b["stored_green_kwh"].to_numpy(),
-        "stored_other_kwh": b["stored_other_kwh"].to_numpy(),
-    }, index=flows.index)
+    return {"contract_kwh": con, "granular_kwh": gran, "contract_matched_kwh": con_m, "granular_matched_kwh": gran_m,
+            "covered_import_kwh": con_m + gran_m}
 
 
 def _battery_to_load(flows: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

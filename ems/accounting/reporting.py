@@ -94,11 +94,9 @@ def make_report(
     store : bool
         ``source`` is a store (``ems report --store``).
     hourly : bool
-        Also match green supply to use hour by hour and compute hourly Scope 2
-        (``docs/hourly-matching.md``).
+        Also match supply to use hour by hour, with hourly Scope 2 (``docs/hourly-matching.md``).
     intensity : sequence of paths
-        Hourly carbon-intensity files (:func:`ems.accounting.intensity_files.read_intensity`) for
-        the places they cover; other sites use ems's modelled mix of their grid region.
+        Hourly carbon-intensity files (:func:`ems.accounting.intensity_files.read_intensity`).
     **options
         ``tce_method``, ``onsite_renewables``, ``framework``, ``currency``: as for
         :func:`ems.accounting.kpis`.
@@ -112,25 +110,27 @@ def make_report(
     """
     if (start is None) != (end is None):
         raise ConfigError(f"--start and --end go together; found start={start!r}, end={end!r}")
-    if isinstance(source, ReadingSet):
-        rs = source
-    else:
-        import ems
-
-        rs = ems.open_readings(source, store=store)  # a store is opened read-only: a report never creates one
-        if isinstance(rs, StoredReadings) and rs.store.count() == 0:
-            rs.close()
-            raise StoreError(f"store {source} is empty: no readings yet; write some first, e.g. "
-                             f"ems run scenarios/demo.yaml --store {source}")
+    rs = _readings(source, store)
     chosen: str | tuple[Any, Any] = (start, end) if start is not None and end is not None else period
     res = kpis(rs, by=by, period=chosen, factors=factors or None, **options)
     yearly = rollup(res.daily, by="group", period="year", tce_method=options.get("tce_method", "calorific"),
                     onsite_renewables=options.get("onsite_renewables", "excluded"))
-    hourly_result = None
-    if hourly:
-        series = [read_intensity(Path(p)) for p in intensity]
-        hourly_result = hourly_of(res, rs, series)
+    hourly_result = hourly_of(res, rs, [read_intensity(Path(p)) for p in intensity]) if hourly else None
     return Report(result=res, progress=progress(yearly, load_targets(targets)), readings=rs, hourly=hourly_result)
+
+
+def _readings(source: str | os.PathLike[str] | ReadingSet, store: bool) -> ReadingSet:
+    """The readings of a source; a store is opened read-only (a report never creates one)."""
+    if isinstance(source, ReadingSet):
+        return source
+    import ems
+
+    rs = ems.open_readings(source, store=store)
+    if isinstance(rs, StoredReadings) and rs.store.count() == 0:
+        rs.close()
+        raise StoreError(f"store {source} is empty: no readings yet; write some first, e.g. "
+                         f"ems run scenarios/demo.yaml --store {source}")
+    return rs
 
 
 def write_report(rep: Report, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
