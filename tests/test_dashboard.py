@@ -182,6 +182,12 @@ def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monke
         float(ref["electricity_consumed_kwh"].iloc[0])
     )
     assert ov["year"]["total_tce"] == pytest.approx(float(ref["total_tce"].iloc[0]))
+    # the year's hourly-matched share covers the day closed while watching, as a full recompute does
+    from ems.accounting.hourly import hourly_of
+
+    rs_both = ReadingSet(both, empty_events(), meters(site), [site_info(site)])
+    full_cfe = hourly_of(kpis(rs_both, period="year"), rs_both).rollup("site", "year")["cfe"].iloc[0]
+    assert ov["year"]["cfe"] == pytest.approx(float(full_cfe), rel=1e-9)
 
 
 def test_monitor_status(store):

@@ -141,8 +141,8 @@
       row.appendChild(h("span", "flow-label", "Grid intensity"));
       row.appendChild(h("span", "flow-value v-intensity", fmt(gi, 3)));
       row.appendChild(h("span", "flow-unit", "kgCO₂/kWh"));
-      row.appendChild(h("span", "flow-note", s.today.grid_intensity_method || ""));
-      row.title = "the grid's average carbon intensity in the newest hour (docs/grid-intensity.md)";
+      row.title = "the grid's average carbon intensity in the newest hour, " +
+        (s.today.grid_intensity_method || "") + " (docs/grid-intensity.md)";
       flows.appendChild(row);
     }
     a.appendChild(flows);
