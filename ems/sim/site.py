@@ -32,6 +32,7 @@ from ems.sim import pv as pvm
 from ems.sim import thermal as th
 from ems.sim import weather as wx
 from ems.sim.clock import TimeGrid, site_seed_sequence
+from ems.sim.stochastic import ar1
 from ems.sim.storage import BatteryLimits, dispatch_block
 from ems.sim.tariff import tou_periods
 
@@ -289,7 +290,7 @@ class SiteSimulation:
             sd = 0.03
             if use == "production" and s.loads.production is not None:
                 sd = s.loads.production.noise
-            out: FloatArray = np.clip(1.0 + sd * wx.ar1(self.rng_loads, n, rho), 0.0, None)
+            out: FloatArray = np.clip(1.0 + sd * ar1(self.rng_loads, n, rho), 0.0, None)
             return out
 
         self.loads = ld.electrical_loads(
