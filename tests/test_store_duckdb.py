@@ -244,6 +244,52 @@ def test_bad_input_rejected(store, rs):
         store.write_events(rs.events.tz_localize(None))
 
 
+def _arrow(df: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df.reset_index(), preserve_index=False)
+
+
+def test_arrow_table_is_written_like_the_frame(tmp_path, rs):
+    """The Arrow fast path of write_readings stores exactly what the frame path stores."""
+    import pyarrow as pa
+
+    with DuckDBStore(tmp_path / "a") as a, DuckDBStore(tmp_path / "b") as b:
+        assert a.write_readings(rs.readings) == b.write_readings(_arrow(rs.readings))
+        pd.testing.assert_frame_equal(canon(a.read().readings), canon(b.read().readings))
+        # strings instead of dictionaries, microseconds, another zone: the same readings
+        t = _arrow(rs.readings)
+        t = t.set_column(0, "ts", t["ts"].cast(pa.timestamp("us", tz="Asia/Shanghai")))
+        for c in ("site", "meter", "quantity"):
+            t = t.set_column(t.column_names.index(c), c, t[c].cast(pa.string()))
+        b.write_readings(t)
+        pd.testing.assert_frame_equal(canon(a.read().readings), canon(b.read().readings))
+        assert b.write_readings(t.slice(0, 0)) == 0
+
+
+def test_arrow_table_bad_input_rejected(store, rs):
+    import pyarrow as pa
+
+    t = _arrow(rs.readings.iloc[:6])
+    with pytest.raises(ReadingError, match="missing \\['value'\\]"):
+        store.write_readings(t.drop_columns(["value"]))
+    naive = t.set_column(0, "ts", t["ts"].cast(pa.timestamp("ns")))
+    with pytest.raises(ReadingError, match="tz-aware"):
+        store.write_readings(naive)
+    watts = t.set_column(3, "quantity", pa.array(["watts"] * 6))
+    with pytest.raises(ReadingError, match="unknown quantities"):
+        store.write_readings(watts)
+    nan = t.set_column(4, "value", pa.array([1.0, float("nan"), 2, 3, 4, 5]))
+    with pytest.raises(ReadingError, match="1 values are NaN"):
+        store.write_readings(nan)
+    no_site = t.set_column(1, "site", pa.array(["qd", None, "qd", "qd", "qd", "qd"]))
+    with pytest.raises(ReadingError, match="expected a site in every row"):
+        store.write_readings(no_site)
+    with pytest.raises(StoreError, match="names a directory"):
+        store.write_readings(t.set_column(1, "site", pa.array(["../etc"] * 6)))
+    assert store.count() == 0
+
+
 def test_durable_across_reopen_and_read_only(tmp_path, rs):
     path = tmp_path / "s"
     with open_store(str(path)) as st:

@@ -14,13 +14,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ems.errors import StoreError
+from ems.errors import ReadingError, StoreError
+from ems.readings import QUANTITIES, READING_COLUMNS
 
 __all__ = [
     "EVENTS_SCHEMA",
     "READINGS_SCHEMA",
     "ROW_GROUP",
     "TS",
+    "arrow_columns",
     "codes_of",
     "dict_array",
     "local_us_sql",
@@ -67,6 +69,68 @@ def codes_of(col: pd.Series) -> tuple[np.ndarray, list[str]]:
         return np.asarray(cat.codes), [str(c) for c in cat.categories]
     codes, uniques = pd.factorize(col.astype(str), sort=False)
     return codes, [str(u) for u in uniques]
+
+
+def _arrow_codes(col: pa.ChunkedArray, name: str, where: str) -> tuple[np.ndarray, list[str]]:
+    """Return (integer codes, categories as str) of an Arrow string or dictionary column."""
+    arr = col.combine_chunks()
+    if not pa.types.is_dictionary(arr.type):
+        arr = arr.cast(pa.string()).dictionary_encode()
+    assert isinstance(arr, pa.DictionaryArray)
+    if arr.null_count:
+        raise ReadingError(
+            f"{where}: expected a {name} in every row, found {arr.null_count} missing"
+        )
+    return arr.indices.to_numpy(zero_copy_only=False), [str(c) for c in arr.dictionary.to_pylist()]
+
+
+ArrowColumns = tuple[
+    np.ndarray,
+    tuple[np.ndarray, list[str]],
+    tuple[np.ndarray, list[str]],
+    tuple[np.ndarray, list[str]],
+    np.ndarray,
+]
+
+
+def arrow_columns(table: pa.Table, *, where: str) -> ArrowColumns:
+    """Check a readings table against the contract; return its columns as arrays.
+
+    The table has the tidy frame's columns with ``ts`` as a column: ``ts``
+    (timestamp with a time zone, any unit), ``site``, ``meter``, ``quantity`` (string
+    or dictionary), ``value`` (float64, finite).
+
+    Returns
+    -------
+    ts_ns, (site codes, sites), (meter codes, meters), (quantity codes, quantities), values
+    """
+    missing = [c for c in ("ts", *READING_COLUMNS) if c not in table.column_names]
+    if missing:
+        raise ReadingError(
+            f"{where}: expected columns {['ts', *READING_COLUMNS]}, missing {missing}; "
+            f"found {table.column_names}"
+        )
+    ts_type = table.schema.field("ts").type
+    if not pa.types.is_timestamp(ts_type) or ts_type.tz is None:
+        raise ReadingError(f"{where}: expected 'ts' as tz-aware timestamps, found {ts_type}")
+    ts = table.column("ts").combine_chunks().cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+    if ts.null_count:
+        raise ReadingError(f"{where}: expected a ts in every row, found {ts.null_count} missing")
+    cols = [_arrow_codes(table.column(c), c, where) for c in ("site", "meter", "quantity")]
+    unknown = set(cols[2][1]) - set(QUANTITIES)
+    if unknown:
+        raise ReadingError(
+            f"{where}: unknown quantities {sorted(unknown)}; expected names from "
+            "ems.readings.QUANTITIES"
+        )
+    values = (
+        table.column("value").combine_chunks().cast(pa.float64()).to_numpy(zero_copy_only=False)
+    )
+    if not np.isfinite(values).all():
+        raise ReadingError(
+            f"{where}: {int((~np.isfinite(values)).sum())} values are NaN or infinite"
+        )
+    return ts.to_numpy(zero_copy_only=False), cols[0], cols[1], cols[2], values
 
 
 def dict_array(codes: np.ndarray, cats: list[str]) -> pa.DictionaryArray:

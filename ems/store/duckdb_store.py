@@ -56,6 +56,7 @@ from ems.store.arrays import (
     EVENTS_SCHEMA,
     READINGS_SCHEMA,
     TS,
+    arrow_columns,
     codes_of,
     dict_array,
     local_us_sql,
@@ -258,39 +259,47 @@ class DuckDBStore:
             )
 
     # -- writing --------------------------------------------------------------
-    def write_readings(self, readings: pd.DataFrame) -> int:
-        """Write a readings frame; return the rows accepted.
+    def write_readings(self, readings: pd.DataFrame | pa.Table) -> int:
+        """Write readings; return the rows accepted.
 
-        The frame is checked against the contract (:func:`ems.readings.validate_readings`).
-        One segment per site is published atomically and durably before this
-        returns. Within the frame, a repeated (site, meter, quantity, ts) keeps its
-        last row; against earlier writes, this write wins.
+        The readings are checked against the contract (:func:`ems.readings.validate_readings`;
+        :func:`ems.store.arrays.arrow_columns` for an Arrow table). One segment per
+        site is published atomically and durably before this returns. Within the
+        call, a repeated (site, meter, quantity, ts) keeps its last row; against
+        earlier writes, this write wins.
 
         Parameters
         ----------
-        readings : DataFrame
+        readings : DataFrame or pyarrow.Table
             The contract's tidy frame (``ts`` index, ``site``, ``meter``,
-            ``quantity``, ``value``).
+            ``quantity``, ``value``), or the same as an Arrow table with a ``ts``
+            column (a fast path for producers that build Arrow, such as ``ems run``:
+            no pandas frame, and no sort when ``ts`` is already in order).
 
         Returns
         -------
         int
-            Number of rows accepted (before removing repeats within the frame).
+            Number of rows accepted (before removing repeats within the call).
         """
         self._writable("write_readings")
-        validate_readings(readings, where="write_readings")
-        n = len(readings)
+        if isinstance(readings, pa.Table):
+            ts_ns, (site_codes, site_cats), (m_codes, m_cats), (q_codes, q_cats), values = (
+                arrow_columns(readings, where="write_readings")
+            )
+        else:
+            validate_readings(readings, where="write_readings")
+            idx = readings.index
+            assert isinstance(idx, pd.DatetimeIndex)
+            ts_ns = idx.asi8 if idx.unit == "ns" else idx.as_unit("ns").asi8  # UTC in any tz
+            site_codes, site_cats = codes_of(readings["site"])
+            m_codes, m_cats = codes_of(readings["meter"])
+            q_codes, q_cats = codes_of(readings["quantity"])
+            values = readings["value"].to_numpy(dtype=np.float64)
+        n = len(values)
         if n == 0:
             return 0
-        idx = readings.index
-        assert isinstance(idx, pd.DatetimeIndex)
-        ts_ns = idx.asi8 if idx.unit == "ns" else idx.as_unit("ns").asi8  # UTC epoch in any tz
-        site_codes, site_cats = codes_of(readings["site"])
         for s in site_cats:
             self._check_site(s)
-        m_codes, m_cats = codes_of(readings["meter"])
-        q_codes, q_cats = codes_of(readings["quantity"])
-        values = readings["value"].to_numpy(dtype=np.float64)
         parts: list[tuple[str, np.ndarray | None]]
         if len(site_cats) == 1 or (site_codes == site_codes[0]).all():
             parts = [(site_cats[int(site_codes[0])], None)]
