@@ -172,6 +172,30 @@ def test_repeats_within_a_frame_keep_last(store, rs):
     )
 
 
+@pytest.mark.parametrize("layout", ["whole steps", "a series twice a step", "ragged steps"])
+def test_duplicate_check_of_time_major_batches(layout):
+    """The whole-steps shortcut of the duplicate check never hides a repeated key."""
+    from ems.store.arrays import unique_last
+
+    steps, per = 50, 6
+    ts = np.repeat(np.arange(steps, dtype=np.int64) * 900, per)
+    series = np.tile(np.arange(per), steps)
+    if layout == "whole steps":
+        assert unique_last(ts, series, per) is None
+        return
+    if layout == "a series twice a step":
+        series = np.tile(np.array([0, 1, 2, 3, 4, 1]), steps)
+    else:
+        ts, series = ts[:-1], series[:-1]
+        series[-3] = series[-4]  # the last, shorter step repeats a series
+    keep = unique_last(ts, series, per)
+    assert keep is not None
+    key = ts * per + series
+    assert len(np.unique(key[keep])) == keep.sum() == len(np.unique(key))
+    last = {k: i for i, k in enumerate(key)}
+    assert set(np.flatnonzero(keep)) == set(last.values())
+
+
 def test_out_of_order_writes(store, rs):
     r = rs.readings
     late, early = r[r.index >= r.index[len(r) // 2]], r[r.index < r.index[len(r) // 2]]

@@ -144,6 +144,21 @@ def dict_array(codes: np.ndarray, cats: list[str]) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(remap[codes]), pa.array(kept, pa.string()))
 
 
+def _whole_steps(ts: np.ndarray, series: np.ndarray) -> bool:
+    """True when sorted rows are whole steps, each the same distinct series in the same order.
+
+    The layout of a producer writing time-major (``ems run``): then no key repeats,
+    which a few comparisons show, with no bitmap.
+    """
+    k = int(np.searchsorted(ts, ts[0], side="right"))  # rows of the first step
+    if len(ts) % k or len(np.unique(series[:k])) != k:
+        return False
+    t = ts.reshape(-1, k)
+    if not (t[:, 0] == t[:, -1]).all() or not (t[1:, 0] > t[:-1, 0]).all():
+        return False
+    return bool((series.reshape(-1, k) == series[:k]).all())
+
+
 def unique_last(ts: np.ndarray, series: np.ndarray, nseries: int) -> np.ndarray | None:
     """Return a keep-mask removing earlier duplicates of (ts, series), or None if unique.
 
@@ -152,7 +167,7 @@ def unique_last(ts: np.ndarray, series: np.ndarray, nseries: int) -> np.ndarray 
     a few ms per million rows, no sort and no hashing unless duplicates exist.
     """
     n = len(ts)
-    if n < 2:
+    if n < 2 or _whole_steps(ts, series):
         return None
     used = np.zeros(nseries, dtype=bool)
     used[series] = True
