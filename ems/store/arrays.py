@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ems.errors import ReadingError, StoreError
-from ems.readings import QUANTITIES, READING_COLUMNS
+from ems.readings import QUANTITIES, READING_COLUMNS, validate_readings
 
 __all__ = [
     "EVENTS_SCHEMA",
@@ -25,7 +25,10 @@ __all__ = [
     "arrow_columns",
     "codes_of",
     "dict_array",
+    "frame_columns",
     "local_us_sql",
+    "segment_table",
+    "site_parts",
     "to_us",
     "unique_last",
     "write_table",
@@ -131,6 +134,66 @@ def arrow_columns(table: pa.Table, *, where: str) -> ArrowColumns:
             f"{where}: {int((~np.isfinite(values)).sum())} values are NaN or infinite"
         )
     return ts.to_numpy(zero_copy_only=False), cols[0], cols[1], cols[2], values
+
+
+def frame_columns(readings: pd.DataFrame, *, where: str) -> ArrowColumns:
+    """Check a readings frame against the contract; return its columns as :func:`arrow_columns` does."""
+    validate_readings(readings, where=where)
+    idx = readings.index
+    assert isinstance(idx, pd.DatetimeIndex)
+    ts_ns = idx.asi8 if idx.unit == "ns" else idx.as_unit("ns").asi8  # UTC in any zone
+    cols = [codes_of(readings[c]) for c in ("site", "meter", "quantity")]
+    return ts_ns, cols[0], cols[1], cols[2], readings["value"].to_numpy(dtype=np.float64)
+
+
+def site_parts(codes: np.ndarray, sites: list[str]) -> list[tuple[str, np.ndarray | None]]:
+    """Rows of each site: ``(site, row indices)``, or ``[(site, None)]`` when all are one site."""
+    if len(sites) == 1 or (codes == codes[0]).all():
+        return [(sites[int(codes[0])], None)]
+    small = codes.astype(np.int16, copy=False) if len(sites) < 2**15 else codes
+    order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes))])
+    return [
+        (sites[i], order[bounds[i] : bounds[i + 1]])
+        for i in range(len(sites))
+        if bounds[i + 1] > bounds[i]
+    ]
+
+
+def segment_table(
+    t: np.ndarray,
+    m: np.ndarray,
+    q: np.ndarray,
+    v: np.ndarray,
+    meters: list[str],
+    quantities: list[str],
+) -> tuple[pa.Table, int, int]:
+    """One site's segment: rows sorted by time, repeats dropped (the last kept).
+
+    Parameters
+    ----------
+    t : ndarray of int64 [µs since the epoch, UTC]
+    m, q : ndarray of int
+        Codes into ``meters`` and ``quantities``.
+    v : ndarray [the quantity's unit]
+
+    Returns
+    -------
+    table, tmin, tmax
+        The segment (:data:`READINGS_SCHEMA`) and its first and last time [µs].
+    """
+    if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):
+        o = np.argsort(t, kind="stable")
+        t, m, q, v = t[o], m[o], q[o], v[o]
+    nq = max(len(quantities), 1)
+    keep = unique_last(t, m.astype(np.int64) * nq + q, max(len(meters), 1) * nq)
+    if keep is not None:
+        t, m, q, v = t[keep], m[keep], q[keep], v[keep]
+    table = pa.table(
+        [pa.array(t, TS), dict_array(m, meters), dict_array(q, quantities), pa.array(v)],
+        schema=READINGS_SCHEMA,
+    )
+    return table, int(t[0]), int(t[-1])
 
 
 def dict_array(codes: np.ndarray, cats: list[str]) -> pa.DictionaryArray:

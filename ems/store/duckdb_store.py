@@ -50,18 +50,17 @@ from ems.readings import (
     SiteInfo,
     empty_events,
     empty_readings,
-    validate_readings,
 )
 from ems.store.arrays import (
     EVENTS_SCHEMA,
     READINGS_SCHEMA,
     TS,
     arrow_columns,
-    codes_of,
-    dict_array,
+    frame_columns,
     local_us_sql,
+    segment_table,
+    site_parts,
     to_us,
-    unique_last,
     write_table,
 )
 from ems.store.segments import (
@@ -271,10 +270,9 @@ class DuckDBStore:
         Parameters
         ----------
         readings : DataFrame or pyarrow.Table
-            The contract's tidy frame (``ts`` index, ``site``, ``meter``,
-            ``quantity``, ``value``), or the same as an Arrow table with a ``ts``
-            column (a fast path for producers that build Arrow, such as ``ems run``:
-            no pandas frame, and no sort when ``ts`` is already in order).
+            The contract's tidy frame (``ts`` index, ``site``, ``meter``, ``quantity``,
+            ``value``), or the same as an Arrow table with a ``ts`` column (a fast path
+            for producers that build Arrow, such as ``ems run``: no pandas frame).
 
         Returns
         -------
@@ -283,58 +281,25 @@ class DuckDBStore:
         """
         self._writable("write_readings")
         if isinstance(readings, pa.Table):
-            ts_ns, (site_codes, site_cats), (m_codes, m_cats), (q_codes, q_cats), values = (
-                arrow_columns(readings, where="write_readings")
-            )
+            cols = arrow_columns(readings, where="write_readings")
         else:
-            validate_readings(readings, where="write_readings")
-            idx = readings.index
-            assert isinstance(idx, pd.DatetimeIndex)
-            ts_ns = idx.asi8 if idx.unit == "ns" else idx.as_unit("ns").asi8  # UTC in any tz
-            site_codes, site_cats = codes_of(readings["site"])
-            m_codes, m_cats = codes_of(readings["meter"])
-            q_codes, q_cats = codes_of(readings["quantity"])
-            values = readings["value"].to_numpy(dtype=np.float64)
+            cols = frame_columns(readings, where="write_readings")
+        ts_ns, (site_codes, site_cats), (m_codes, m_cats), (q_codes, q_cats), values = cols
         n = len(values)
         if n == 0:
             return 0
         for s in site_cats:
             self._check_site(s)
-        parts: list[tuple[str, np.ndarray | None]]
-        if len(site_cats) == 1 or (site_codes == site_codes[0]).all():
-            parts = [(site_cats[int(site_codes[0])], None)]
-        else:
-            small = (
-                site_codes.astype(np.int16, copy=False) if len(site_cats) < 2**15 else site_codes
-            )
-            order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(site_codes))])
-            parts = [
-                (site_cats[i], order[bounds[i] : bounds[i + 1]])
-                for i in range(len(site_cats))
-                if bounds[i + 1] > bounds[i]
-            ]
-        nq = max(len(q_cats), 1)
-        nseries = max(len(m_cats), 1) * nq
+        parts = site_parts(site_codes, site_cats)
 
         def prepare(part: tuple[str, np.ndarray | None]) -> tuple[str, pa.Table, int, int]:
             site, take = part
             t, m, q, v = (
-                (ts_ns // 1000, m_codes, q_codes, values)
+                (ts_ns, m_codes, q_codes, values)
                 if take is None
-                else (ts_ns[take] // 1000, m_codes[take], q_codes[take], values[take])
+                else (ts_ns[take], m_codes[take], q_codes[take], values[take])
             )
-            if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):
-                o = np.argsort(t, kind="stable")
-                t, m, q, v = t[o], m[o], q[o], v[o]
-            keep = unique_last(t, m.astype(np.int64) * nq + q, nseries)
-            if keep is not None:
-                t, m, q, v = t[keep], m[keep], q[keep], v[keep]
-            table = pa.table(
-                [pa.array(t, TS), dict_array(m, m_cats), dict_array(q, q_cats), pa.array(v)],
-                schema=READINGS_SCHEMA,
-            )
-            return site, table, int(t[0]), int(t[-1])
+            return (site, *segment_table(t // 1000, m, q, v, m_cats, q_cats))
 
         with ThreadPoolExecutor(min(self.threads, len(parts))) as ex:
             tables = list(ex.map(prepare, parts))
