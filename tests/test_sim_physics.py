@@ -13,7 +13,13 @@ from ems.model.site import Battery, Location, PvArray, Steam, Tariff, Weather
 from ems.sim import pv as pvm
 from ems.sim import thermal as th
 from ems.sim import weather as wx
-from ems.sim.clock import TimeGrid, calendar_fields, site_seed_sequence, stable_hash
+from ems.sim.clock import (
+    TimeGrid,
+    calendar_fields,
+    local_day_hour,
+    site_seed_sequence,
+    stable_hash,
+)
 from ems.sim.storage import BatteryLimits, dispatch_block, dispatch_step
 from ems.sim.tariff import tou_periods
 
@@ -289,6 +295,16 @@ def test_calendar_fields_equal_pandas(tz):
     names = {"doy": "day_of_year", "weekday": "day_of_week"}
     for key in ("year", "month", "day", "doy", "weekday", "hour", "minute"):
         assert np.array_equal(f[key], np.asarray(getattr(local, names.get(key, key)), dtype=float))
+
+
+@pytest.mark.parametrize("tz", [None, "Asia/Shanghai", "Europe/Ljubljana"])
+def test_local_day_hour_equals_pandas(tz):
+    idx = pd.date_range("2023-12-30", "2025-01-02", freq="7min", tz="UTC").as_unit("ns")
+    idx = idx.tz_convert(tz) if tz else idx.tz_localize(None)
+    day, hour = local_day_hour(idx)
+    dates = idx.tz_localize(None) if tz else idx
+    assert np.array_equal(day, dates.normalize().values.astype("datetime64[D]").astype(np.int64))
+    assert np.array_equal(hour, np.asarray(idx.hour) + np.asarray(idx.minute) / 60.0)
 
 
 # ---------------------------------------------------------------- thermal

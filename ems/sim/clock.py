@@ -11,7 +11,14 @@ import pandas as pd
 
 from ems.errors import SimulationError
 
-__all__ = ["TimeGrid", "calendar_fields", "site_seed_sequence", "stable_hash", "time_grid"]
+__all__ = [
+    "TimeGrid",
+    "calendar_fields",
+    "local_day_hour",
+    "site_seed_sequence",
+    "stable_hash",
+    "time_grid",
+]
 
 
 _NS_PER_DAY = 86_400 * 10**9
@@ -49,6 +56,32 @@ def calendar_fields(ns: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[np.float
         "hour": (sec_of_day // 3600).astype(f),
         "minute": (sec_of_day % 3600 // 60).astype(f),
     }
+
+
+def local_day_hour(
+    index: pd.DatetimeIndex,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Local calendar day and hour of day of each timestamp.
+
+    Parameters
+    ----------
+    index : DatetimeIndex
+        Zone-aware (read in its zone) or naive (wall-clock) timestamps.
+
+    Returns
+    -------
+    day : ndarray of int64 [d]
+        Local date as days since 1970-01-01 (``datetime64[D]`` as integers).
+    hour : ndarray [h]
+        ``hour + minute / 60`` of the local time (seconds dropped), as pandas'
+        ``index.hour + index.minute / 60``.
+    """
+    wall = index.tz_localize(None) if index.tz is not None else index
+    ns = wall.as_unit("ns").asi8
+    day = np.floor_divide(ns, _NS_PER_DAY)
+    sec = (ns - day * _NS_PER_DAY) // 10**9
+    hour = (sec // 3600).astype(np.float64) + (sec % 3600 // 60).astype(np.float64) / 60.0
+    return day, hour
 
 
 def stable_hash(text: str) -> int:
