@@ -9,16 +9,31 @@ folder of :meth:`ems.readings.ReadingSet.to_parquet`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
 __all__ = ["run"]
 
-_ONE_FOLDER_MAX_ROWS = 30_000_000
-"""Above this many tidy rows the readings are written per site (memory)."""
-
-_STORE_CHUNK_ROWS = 2_000_000
-"""Rows per store write when a (site's) frame is larger (memory)."""
+_SUMMARY_COLUMNS = [
+    ("load_kwh", "load MWh", 1e-3, "{:,.0f}"),
+    ("grid_import_kwh", "import MWh", 1e-3, "{:,.0f}"),
+    ("grid_export_kwh", "export MWh", 1e-3, "{:,.0f}"),
+    ("pv_kwh", "PV MWh", 1e-3, "{:,.0f}"),
+    ("pv_specific_yield_kwh_per_kwp", "PV kWh/kWp", 1.0, "{:,.0f}"),
+    ("self_consumption", "self-cons.", 100.0, "{:.0f} %"),
+    ("peak_import_kw", "peak kW", 1.0, "{:,.0f}"),
+    ("battery_cycles", "bat. cycles", 1.0, "{:.0f}"),
+    ("purchased_heat_gj", "steam GJ", 1.0, "{:,.0f}"),
+    ("gas_m3", "gas m3", 1.0, "{:,.0f}"),
+    ("diesel_kg", "diesel kg", 1.0, "{:,.0f}"),
+    ("gasoline_kg", "gasoline kg", 1.0, "{:,.0f}"),
+]
 
 
 @click.command("run")
@@ -45,6 +60,12 @@ _STORE_CHUNK_ROWS = 2_000_000
     is_flag=True,
     help="Write one folder per site (OUT/<name>/<site>/) even when small.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes to simulate in (default: one per core, as memory allows; 1: this one).",
+)
 def run(
     scenario: Path,
     store_url: str | None,
@@ -53,125 +74,98 @@ def run(
     seed: int | None,
     quiet: bool,
     per_site: bool,
+    workers: int | None,
 ) -> None:
     """Simulate SCENARIO, write its readings into the store (and Parquet), print a summary."""
     import dataclasses
 
-    import pandas as pd
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
     import ems
     from ems.console import make_console
     from ems.errors import ConfigError
-    from ems.readings import ReadingSet
-    from ems.sim.engine import estimate_rows, iter_simulate, simulate
-    from ems.store import DEFAULT_URL, open_store
+    from ems.sim.runner import run_scenario
+    from ems.store import DEFAULT_URL
 
     if no_store and out is None:
         raise ConfigError("--no-store needs --out DIR: the readings must go somewhere")
-
     console = make_console(quiet=quiet)
     resolved = ems.load_scenario(str(scenario))
     if seed is not None:
         resolved = dataclasses.replace(resolved, seed=seed)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-        transient=True,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(site: str, done: int, total: int) -> None:
-            if site not in tasks:
-                tasks[site] = int(bar.add_task(site, total=total))
-            bar.update(tasks[site], completed=done)  # type: ignore[arg-type]
-
-        store = None if no_store else open_store(store_url)
-        wheres = [] if store is None else [store_url or DEFAULT_URL]
-
-        def save(part: ReadingSet) -> None:
-            if store is None:
-                return
-            store.register_sites(part.sites)
-            store.register_meters(part.meters)
-            r = part.readings
-            if len(r) <= _STORE_CHUNK_ROWS:
-                store.write_readings(r)
-            else:
-                # in time slices: the store's transient copies stay small, and the
-                # segments do not overlap in time (no de-duplication on read)
-                ts = r.index.asi8
-                n_slices = -(-len(r) // _STORE_CHUNK_ROWS)
-                t0 = int(ts.min())
-                width = (int(ts.max()) - t0) // n_slices + 1  # integer ns: no float rounding
-                slot = (ts - t0) // width
-                for k in range(n_slices):
-                    store.write_readings(r[slot == k])
-            store.write_events(part.events)
-
-        folder = out / resolved.name if out is not None else None
-        try:
-            if per_site or estimate_rows(resolved) > _ONE_FOLDER_MAX_ROWS:
-                # one site at a time: memory stays bounded by the largest site
-                summaries, n_rows, n_events = [], 0, 0
-                for part in iter_simulate(resolved, progress=progress):
-                    save(part)
-                    if folder is not None:
-                        part.to_parquet_per_site(folder)
-                    summaries.append(part.summary())
-                    n_rows += part.n_readings()
-                    n_events += len(part.events)
-                    del part
-                summary = pd.concat(summaries)
-                if folder is not None:
-                    wheres.append(f"{folder}/<site>/ ({len(summaries)} sites)")
-            else:
-                result = simulate(resolved, progress=progress)
-                save(result)
-                if folder is not None:
-                    result.to_parquet(folder)
-                    wheres.append(str(folder))
-                summary, n_rows, n_events = (
-                    result.summary(),
-                    result.n_readings(),
-                    len(result.events),
-                )
-        finally:
-            if store is not None:
-                store.close()
+    with _ProgressBar(console, resolved.name, quiet) as bar:
+        result = run_scenario(
+            resolved,
+            store=None if no_store else (store_url or DEFAULT_URL),
+            out=out,
+            per_site=per_site,
+            workers=workers,
+            progress=bar.progress,
+            announce=bar.announce,
+        )
     if quiet:
         return
-    s = summary
-    table = Table(
-        title=f"{resolved.name}: {resolved.start} to {resolved.end}, {resolved.resolution_s} s, seed {resolved.seed}"
+    title = f"{resolved.name}: {resolved.start} to {resolved.end}, {resolved.resolution_s} s, seed {resolved.seed}"
+    console.print(_summary_table(result.summary, title))
+    console.print(
+        f"{result.n_readings:,} readings and {result.n_events:,} events written to "
+        f"{' and '.join(result.written_to)}"
     )
-    cols = [
-        ("load_kwh", "load MWh", 1e-3, "{:,.0f}"),
-        ("grid_import_kwh", "import MWh", 1e-3, "{:,.0f}"),
-        ("grid_export_kwh", "export MWh", 1e-3, "{:,.0f}"),
-        ("pv_kwh", "PV MWh", 1e-3, "{:,.0f}"),
-        ("pv_specific_yield_kwh_per_kwp", "PV kWh/kWp", 1.0, "{:,.0f}"),
-        ("self_consumption", "self-cons.", 100.0, "{:.0f} %"),
-        ("peak_import_kw", "peak kW", 1.0, "{:,.0f}"),
-        ("battery_cycles", "bat. cycles", 1.0, "{:.0f}"),
-        ("purchased_heat_gj", "steam GJ", 1.0, "{:,.0f}"),
-        ("gas_m3", "gas m3", 1.0, "{:,.0f}"),
-        ("diesel_kg", "diesel kg", 1.0, "{:,.0f}"),
-        ("gasoline_kg", "gasoline kg", 1.0, "{:,.0f}"),
-    ]
+
+
+class _ProgressBar:
+    """One bar per site; refreshed by the progress calls, not by a thread (workers are forked).
+
+    Nothing of rich is imported when quiet.
+    """
+
+    def __init__(self, console: Console, name: str, quiet: bool) -> None:
+        self.console, self.name, self.quiet = console, name, quiet
+        self.bar: Any = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> _ProgressBar:
+        if not self.quiet:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+                auto_refresh=False,
+            )
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+    def progress(self, site: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if site not in self.tasks:
+            self.tasks[site] = int(self.bar.add_task(site, total=total))
+        self.bar.update(self.tasks[site], completed=done, refresh=True)
+
+    def announce(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(f"{self.name}: simulating {text}")
+
+
+def _summary_table(summary: pd.DataFrame, title: str) -> Table:
+    """The per-site summary as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=title)
     table.add_column("site")
-    for _, title, _, _ in cols:
-        table.add_column(title, justify="right")
-    for sid, row in s.iterrows():
+    for _, name, _, _ in _SUMMARY_COLUMNS:
+        table.add_column(name, justify="right")
+    for sid, row in summary.iterrows():
         cells = []
-        for key, _, f, fmt in cols:
+        for key, _, f, fmt in _SUMMARY_COLUMNS:
             v = row[key]
             cells.append("-" if v != v else fmt.format(v * f))  # NaN: not applicable
         table.add_row(str(sid), *cells)
-    console.print(table)
-    console.print(f"{n_rows:,} readings and {n_events:,} events written to {' and '.join(wheres)}")
+    return table

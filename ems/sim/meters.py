@@ -27,6 +27,7 @@ fleet id           mass_kg (fuel delivered; jumps at deliveries)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +40,18 @@ from ems.sim.pv import inverter_kw
 from ems.sim.site import SiteFlows, export_limit
 from ems.sim.thermal import MJ_PER_KWH
 
-__all__ = ["meter_infos", "site_info", "site_series", "start_registers", "tidy_frame", "wide_frame"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "meter_infos",
+    "site_info",
+    "site_series",
+    "site_tables",
+    "start_registers",
+    "tidy_frame",
+    "wide_frame",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -284,3 +296,47 @@ def tidy_frame(flows_list: list[SiteFlows]) -> pd.DataFrame:
         index=idx,
         copy=False,
     )
+
+
+def _dictionary(codes: npt.NDArray[np.integer], names: list[str]) -> pa.DictionaryArray:
+    import pyarrow as pa
+
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+
+
+def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Table]:
+    """One site's readings as Arrow tables of at most ``max_rows`` rows, in time order.
+
+    The same rows as :func:`tidy_frame` (columns ``ts``, ``site``, ``meter``,
+    ``quantity``, ``value``; ``ts`` a column, not the index), ordered by time and,
+    within a time, by series as :func:`site_series` yields them; each table holds
+    whole steps. Dictionary columns list meters and quantities in sorted order.
+    This is what ``ems run`` writes into the embedded store, without building
+    the tidy frame.
+    """
+    import pyarrow as pa
+
+    series = list(site_series(flows))
+    n_series = len(series)
+    meters = sorted({m for m, _q, _v in series})
+    quants = sorted({q for _m, q, _v in series})
+    code = np.int8 if max(len(meters), len(quants)) < 2**7 else np.int32
+    m_codes = np.array([meters.index(m) for m, _q, _v in series], dtype=code)
+    q_codes = np.array([quants.index(q) for _m, q, _v in series], dtype=code)
+    ts_ns = flows.grid.ts.as_unit("ns").asi8
+    steps = max(1, max_rows // max(n_series, 1))
+    ts_type = pa.timestamp("ns", tz="UTC")
+    for a in range(0, len(ts_ns), steps):
+        b = min(a + steps, len(ts_ns))
+        values = np.empty((b - a, n_series))
+        for j, (_m, _q, v) in enumerate(series):
+            values[:, j] = v[a:b]
+        yield pa.table(
+            {
+                "ts": pa.array(np.repeat(ts_ns[a:b], n_series), ts_type),
+                "site": _dictionary(np.zeros((b - a) * n_series, dtype=np.int8), [flows.site.id]),
+                "meter": _dictionary(np.tile(m_codes, b - a), meters),
+                "quantity": _dictionary(np.tile(q_codes, b - a), quants),
+                "value": values.reshape(-1),
+            }
+        )

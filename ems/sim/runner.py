@@ -1,0 +1,350 @@
+"""Run a scenario into a store and Parquet folders: the library function behind ``ems run``.
+
+:func:`run_scenario` simulates the sites of a scenario and delivers each site's
+readings, events and metadata as soon as that site is done, so memory is bounded
+by the sites in flight, not by the scenario:
+
+* into a store (:func:`ems.store.open_store`): the embedded store takes the
+  readings as Arrow tables of whole steps in time order
+  (:func:`ems.sim.meters.site_tables`, at most :data:`STORE_SLICE_ROWS` rows a
+  segment), other stores the tidy frame of the same slices;
+* into Parquet (:meth:`ems.readings.ReadingSet.to_parquet`): one folder
+  ``OUT/<scenario>/`` when the scenario is small, else one per site
+  ``OUT/<scenario>/<site>/``.
+
+Sites are independent (each has its own random streams), so they are simulated
+in parallel worker processes, one per core, as many as memory allows
+(:func:`plan_workers`); the readings are the same whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ems.errors import ConfigError, EmsError, SimulationError
+from ems.model.scenario import ResolvedScenario
+from ems.sim.engine import SimulationResult, _check, estimate_rows, simulate_site
+from ems.sim.meters import site_tables
+
+if TYPE_CHECKING:
+    from ems.store.base import Store
+
+__all__ = ["ONE_FOLDER_MAX_ROWS", "STORE_SLICE_ROWS", "RunResult", "plan_workers", "run_scenario"]
+
+ONE_FOLDER_MAX_ROWS = 30_000_000
+"""Above this many reading rows, Parquet output is written one folder per site."""
+STORE_SLICE_ROWS = 2_000_000
+"""Rows per store write: one segment of the embedded store (bounds transient memory)."""
+_WORKER_BYTES_PER_STEP = 1_000
+"""Memory of one site in flight per simulated step (arrays, series, a slice) [B]."""
+_WORKER_BASE_BYTES = 200 * 2**20
+"""Memory of a worker process before it simulates [B]."""
+_MIN_PARALLEL_STEPS = 100_000
+"""Fewer site steps than this are simulated in-process: starting workers would cost more."""
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run_scenario` did.
+
+    Attributes
+    ----------
+    summary : DataFrame
+        Per-site totals, one row per site in scenario order (columns of
+        :meth:`ems.sim.engine.SimulationResult.summary`).
+    n_readings : int
+        Reading rows written.
+    n_events : int
+        Event rows written.
+    written_to : list of str
+        Where the readings went (store URL, Parquet folders).
+    workers : int
+        Processes that simulated (1: this process).
+    """
+
+    summary: pd.DataFrame
+    n_readings: int
+    n_events: int
+    written_to: list[str]
+    workers: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    scenario: ResolvedScenario
+    store_url: str | None
+    site_folder: Path | None  # OUT/<scenario>/ when each site gets its own folder
+    base_dir: str | None
+
+
+@dataclass(frozen=True)
+class _SiteDone:
+    summary: pd.DataFrame
+    n_readings: int
+    n_events: int
+
+
+def run_scenario(
+    scenario: ResolvedScenario,
+    *,
+    store: str | os.PathLike[str] | None = "./ems-data",
+    out: str | os.PathLike[str] | None = None,
+    per_site: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    announce: Callable[[str], None] | None = None,
+    base_dir: str | None = None,
+) -> RunResult:
+    """Simulate ``scenario``, write its readings into a store and/or Parquet; say what was done.
+
+    Parameters
+    ----------
+    scenario : ResolvedScenario
+    store : str or path, optional
+        Store URL or path (:func:`ems.store.open_store`); None: no store.
+    out : str or path, optional
+        Parquet output root; the readings go to ``out/<scenario name>/``.
+    per_site : bool
+        One Parquet folder per site even when the scenario is small.
+    workers : int, optional
+        Processes to simulate in; default :func:`plan_workers`' choice.
+    progress : callable, optional
+        ``progress(site_id, steps_done, steps_total)`` as sites advance.
+    announce : callable, optional
+        Called once with a line saying how the run is done (sites, processes).
+    base_dir : str, optional
+        Folder for relative weather-file paths (default: the scenario file's).
+
+    Raises
+    ------
+    ConfigError
+        Neither a store nor ``out``, or a bad ``workers``; and as the simulation
+        and the store raise (:class:`SimulationError`, :class:`StoreError`).
+    """
+    if store is None and out is None:
+        raise ConfigError("run_scenario: the readings must go somewhere; expected a store or out")
+    base_dir = _check(scenario, base_dir)
+    url = os.fspath(store) if store is not None else None
+    folder = Path(out) / scenario.name if out is not None else None
+    one_folder = folder is not None and not per_site
+    one_folder = one_folder and estimate_rows(scenario) <= ONE_FOLDER_MAX_ROWS
+    n = 1 if one_folder else plan_workers(scenario, workers)
+    if url is not None:
+        _open(url).close()  # create or check the store before any work
+    if announce is not None:
+        announce(
+            f"{len(scenario.sites)} site(s) "
+            + ("in this process" if n == 1 else f"in {n} processes")
+        )
+    plan = _Plan(scenario, url, None if one_folder else folder, base_dir)
+    if n == 1:
+        done = _run_here(plan, progress, folder if one_folder else None)
+    else:
+        done = _run_parallel(plan, n, progress)
+    written = [url] if url is not None else []
+    if folder is not None:
+        written.append(str(folder) if one_folder else f"{folder}/<site>/ ({len(done)} sites)")
+    return _result(done, written, n)
+
+
+def _result(done: list[_SiteDone], written: list[str], workers: int) -> RunResult:
+    return RunResult(
+        summary=pd.concat([d.summary for d in done]),
+        n_readings=sum(d.n_readings for d in done),
+        n_events=sum(d.n_events for d in done),
+        written_to=written,
+        workers=workers,
+    )
+
+
+def plan_workers(scenario: ResolvedScenario, requested: int | None = None) -> int:
+    """Number of processes to simulate ``scenario`` in.
+
+    ``requested`` if given (at most one per site); else one per usable core and
+    site, as many as half the available memory holds (each about
+    ``200 MiB + 1 kB x steps``), and 1 for small runs, where starting processes
+    costs more than it saves.
+    """
+    sites = len(scenario.sites)
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"workers: expected an integer >= 1, found {requested}")
+        return max(1, min(requested, sites))
+    steps = estimate_rows(scenario) // 40 // max(sites, 1)  # steps per site
+    if sites < 2 or steps * sites < _MIN_PARALLEL_STEPS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = min(cores or 1, sites)
+    avail = _available_memory()
+    if avail is not None:
+        n = min(n, int(avail // 2 // (_WORKER_BASE_BYTES + steps * _WORKER_BYTES_PER_STEP)))
+    return max(1, n)
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo [B], or None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _open(url: str) -> Store:
+    from ems.store import open_store
+
+    return open_store(url)
+
+
+def _deliver(part: SimulationResult, store: Store | None, site_folder: Path | None) -> _SiteDone:
+    """Write one simulated site into the store and its Parquet folder."""
+    if store is not None:
+        from ems.store.duckdb_store import DuckDBStore
+
+        store.register_sites(part.sites)
+        store.register_meters(part.meters)
+        arrow = isinstance(store, DuckDBStore)
+        for flows in part.flows.values():
+            for table in site_tables(flows, STORE_SLICE_ROWS):
+                store.write_readings(table if arrow else table.to_pandas().set_index("ts"))
+        store.write_events(part.events)
+    if site_folder is not None:
+        part.to_parquet_per_site(site_folder)
+    return _SiteDone(part.summary(), part.n_readings(), len(part.events))
+
+
+def _run_here(plan: _Plan, progress: Progress | None, one_folder: Path | None) -> list[_SiteDone]:
+    """Simulate and deliver every site in this process, one after the other."""
+    store = _open(plan.store_url) if plan.store_url is not None else None
+    done: list[_SiteDone] = []
+    kept: dict[str, Any] = {}
+    try:
+        for i in range(len(plan.scenario.sites)):
+            part = simulate_site(plan.scenario, i, progress=progress, base_dir=plan.base_dir)
+            done.append(_deliver(part, store, plan.site_folder))
+            if one_folder is not None:
+                kept.update(part.flows)
+            del part
+    finally:
+        if store is not None:
+            store.close()
+    if one_folder is not None:
+        SimulationResult(plan.scenario, kept).to_parquet(one_folder)
+    return done
+
+
+def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
+    """Worker process: simulate and deliver the sites named on ``tasks`` until None."""
+    store = _open(plan.store_url) if plan.store_url is not None else None
+
+    def report(site: str, steps: int, total: int) -> None:
+        results.put(("progress", site, steps, total))
+
+    try:
+        while (i := tasks.get()) is not None:
+            try:
+                part = simulate_site(plan.scenario, i, progress=report, base_dir=plan.base_dir)
+                results.put(("done", i, _deliver(part, store, plan.site_folder)))
+                del part
+            except EmsError as exc:
+                results.put(("error", i, _portable(exc)))
+                return
+            except Exception:
+                results.put(("bug", i, traceback.format_exc()))
+                return
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _portable(exc: EmsError) -> EmsError:
+    """``exc`` if it survives pickling (to cross the process boundary), else its message."""
+    try:
+        back: EmsError = pickle.loads(pickle.dumps(exc))
+        return back
+    except Exception:
+        return SimulationError(str(exc))
+
+
+def _run_parallel(plan: _Plan, n: int, progress: Progress | None) -> list[_SiteDone]:
+    """Simulate and deliver the sites in ``n`` worker processes; results in site order."""
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork") if "fork" in methods else mp.get_context("spawn")
+    tasks, results = ctx.SimpleQueue(), ctx.Queue()
+    total = len(plan.scenario.sites)
+    for i in range(total):
+        tasks.put(i)
+    for _ in range(n):
+        tasks.put(None)
+    procs = [
+        ctx.Process(target=_worker, args=(plan, tasks, results), daemon=True) for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    done: dict[int, _SiteDone] = {}
+    try:
+        while len(done) < total:
+            msg = _next_message(results, procs, plan, total - len(done))
+            if msg is not None:
+                _handle(msg, done, progress, plan)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    return [done[i] for i in range(total)]
+
+
+def _handle(
+    msg: tuple[Any, ...], done: dict[int, _SiteDone], progress: Progress | None, plan: _Plan
+) -> None:
+    kind = msg[0]
+    if kind == "progress":
+        if progress is not None:
+            progress(msg[1], msg[2], msg[3])
+    elif kind == "done":
+        done[msg[1]] = msg[2]
+    elif kind == "error":
+        raise msg[2]
+    else:
+        site = plan.scenario.sites[msg[1]].id
+        raise SimulationError(f"site {site}: the simulation process failed:\n{msg[2]}")
+
+
+def _next_message(results: Any, procs: list[Any], plan: _Plan, left: int) -> tuple[Any, ...] | None:
+    """The next message of the workers; None after a quiet half second; raise if they died."""
+    try:
+        msg: tuple[Any, ...] = results.get(timeout=0.5)
+        return msg
+    except queue.Empty:
+        pass
+    dead = [p.exitcode for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+    if dead:
+        raise SimulationError(
+            f"a simulation process ended with exit code {dead[0]} (killed, or out of memory?) "
+            f"with {left} site(s) of {plan.scenario.name!r} not done"
+        )
+    if any(p.is_alive() for p in procs):
+        return None
+    try:
+        msg = results.get(timeout=2.0)  # the last words of ended workers, if any
+        return msg
+    except queue.Empty:
+        raise SimulationError(
+            f"the simulation processes ended with {left} site(s) of {plan.scenario.name!r} not done"
+        ) from None

@@ -1,0 +1,141 @@
+"""``ems.sim.runner.run_scenario``: the library function behind ``ems run``, tested directly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pandas as pd
+import pytest
+from sim_fixtures import make_scenario, make_site
+
+from ems.errors import ConfigError, SimulationError
+from ems.readings import ReadingSet
+from ems.sim import runner
+from ems.sim.engine import simulate
+from ems.sim.runner import RunResult, plan_workers, run_scenario
+from ems.store import open_store
+
+
+@pytest.fixture(scope="module")
+def three():
+    """Three sites (two zones, one with DST) for a week at 15 minutes."""
+    sites = [make_site("qingdao"), make_site("velenje"), make_site("foshan")]
+    return make_scenario(sites, dt.date(2024, 3, 27), dt.date(2024, 4, 3), 900)
+
+
+@pytest.fixture(scope="module")
+def reference(three):
+    return simulate(three)
+
+
+def _canon(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.reset_index()
+    out["ts"] = out["ts"].dt.as_unit("ns")
+    for c in ("site", "meter", "quantity"):
+        out[c] = out[c].astype(str)
+    return out.sort_values(["site", "meter", "quantity", "ts"]).reset_index(drop=True)
+
+
+def _events(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.reset_index().astype(str)
+    return out.sort_values(list(out.columns)).reset_index(drop=True)
+
+
+def _stored(path) -> ReadingSet:
+    with open_store(str(path), read_only=True) as st:
+        return st.read()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_store_holds_exactly_the_simulated_readings(tmp_path, three, reference, workers):
+    """Whatever the number of processes, the store holds simulate()'s readings bit for bit."""
+    got = run_scenario(three, store=tmp_path / "s", workers=workers)
+    assert isinstance(got, RunResult) and got.workers == workers
+    back = _stored(tmp_path / "s")
+    pd.testing.assert_frame_equal(
+        _canon(back.readings), _canon(reference.readings), check_exact=True
+    )
+    pd.testing.assert_frame_equal(_events(back.events), _events(reference.events))
+    assert {(m.site, m.meter) for m in back.meters} == {(m.site, m.meter) for m in reference.meters}
+    assert [s.site for s in back.sites] == sorted(s.site for s in reference.sites)
+    assert got.n_readings == len(reference.readings) and got.n_events == len(reference.events)
+    pd.testing.assert_frame_equal(got.summary, reference.summary())
+    assert got.written_to == [str(tmp_path / "s")]
+
+
+def test_parquet_one_folder_and_per_site(tmp_path, three, reference):
+    got = run_scenario(three, store=None, out=tmp_path)
+    assert got.written_to == [str(tmp_path / "test")]
+    one = ReadingSet.from_parquet(tmp_path / "test")
+    pd.testing.assert_frame_equal(
+        _canon(one.readings), _canon(reference.readings), check_exact=True
+    )
+    got = run_scenario(three, store=None, out=tmp_path / "p", per_site=True, workers=2)
+    assert got.written_to == [f"{tmp_path / 'p' / 'test'}/<site>/ (3 sites)"]
+    for site in ("qingdao", "velenje", "foshan"):
+        part = ReadingSet.from_parquet(tmp_path / "p" / "test" / site)
+        want = reference.readings[reference.readings["site"] == site]
+        pd.testing.assert_frame_equal(_canon(part.readings), _canon(want), check_exact=True)
+
+
+def test_progress_reaches_every_site_and_announce_says_how(tmp_path, three):
+    seen: dict[str, tuple[int, int]] = {}
+    lines: list[str] = []
+    run_scenario(
+        three,
+        store=tmp_path / "s",
+        workers=2,
+        progress=lambda s, d, t: seen.__setitem__(s, (d, t)),
+        announce=lines.append,
+    )
+    assert set(seen) == {"qingdao", "velenje", "foshan"}
+    assert all(d == t for d, t in seen.values())
+    assert lines == ["3 site(s) in 2 processes"]
+
+
+def test_bad_arguments(tmp_path, three):
+    with pytest.raises(ConfigError, match="expected a store or out"):
+        run_scenario(three, store=None, out=None)
+    with pytest.raises(ConfigError, match="workers: expected an integer >= 1, found 0"):
+        run_scenario(three, store=tmp_path / "s", workers=0)
+
+
+def test_a_users_mistake_in_a_worker_is_raised_as_such(tmp_path):
+    """A site whose weather file is missing fails in its worker; the error crosses over."""
+    bad = make_site("velenje", weather={"source": "epw", "path": "missing.epw"})
+    sc = make_scenario([make_site(), bad], dt.date(2024, 6, 3), dt.date(2024, 6, 5), 900)
+    with pytest.raises(ConfigError, match=r"missing\.epw"):
+        run_scenario(sc, store=tmp_path / "s", workers=2)
+
+
+def test_a_dying_worker_is_reported_not_waited_for(tmp_path, three, monkeypatch):
+    def die(scenario, index, **kw):
+        os._exit(3)
+
+    monkeypatch.setattr(runner, "simulate_site", die)  # inherited by the forked workers
+    with pytest.raises(SimulationError, match="exit code 3"):
+        run_scenario(three, store=tmp_path / "s", workers=2)
+
+
+def test_a_bug_in_a_worker_comes_back_with_its_traceback(tmp_path, three, monkeypatch):
+    def bug(scenario, index, **kw):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(runner, "simulate_site", bug)
+    with pytest.raises(SimulationError, match=r"(?s)failed.*ZeroDivisionError: planted"):
+        run_scenario(three, store=tmp_path / "s", workers=2)
+
+
+def test_plan_workers(three, monkeypatch):
+    year = make_scenario(three.sites, dt.date(2024, 1, 1), dt.date(2025, 1, 1), 900)
+    monkeypatch.setattr(runner, "_available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert plan_workers(year) == 2  # two cores
+    assert plan_workers(year, 8) == 3  # at most one per site
+    assert plan_workers(three) == 1  # a week of three sites: not worth a process
+    assert (
+        plan_workers(make_scenario(three.sites[:1], dt.date(2024, 1, 1), dt.date(2025, 1, 1))) == 1
+    )
+    monkeypatch.setattr(runner, "_available_memory", lambda: 300 * 2**20)
+    assert plan_workers(year) == 1  # memory for one only
