@@ -81,11 +81,10 @@ def _workday_table(d0: int, d1: int, cal: Calendar) -> BoolArray:
 def running_fraction(mid_local: pd.DatetimeIndex, cal: Calendar) -> FloatArray:
     """1 where production runs (in a shift of a production day), else 0 [-].
 
-    A shift wrapping midnight (``end_h < start_h``) belongs to the day it starts.
+    A shift wrapping midnight (``end_h < start_h``) belongs to the day it starts (the
+    calendar day before, also across a change of daylight saving time).
     """
-    _day, hour = local_day_hour(mid_local)
-    today = workdays(mid_local, cal)
-    yesterday = workdays(mid_local - pd.Timedelta(days=1), cal)
+    today, yesterday, hour = _days_and_hours(mid_local, cal)
     run = np.zeros(len(mid_local), dtype=bool)
     for sh in cal.shifts:
         if sh.start_h <= sh.end_h:
@@ -95,6 +94,18 @@ def running_fraction(mid_local: pd.DatetimeIndex, cal: Calendar) -> FloatArray:
             run |= yesterday & (hour < sh.end_h)
     out: FloatArray = run.astype(float)
     return out
+
+
+def _days_and_hours(
+    mid_local: pd.DatetimeIndex, cal: Calendar
+) -> tuple[BoolArray, BoolArray, FloatArray]:
+    """Whether each step's local date and the date before are production days; local hour."""
+    day, hour = local_day_hour(mid_local)
+    if len(day) == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool), hour
+    d0 = int(day.min()) - 1
+    table = _workday_table(d0, int(day.max()), cal)
+    return table[day - d0], table[day - d0 - 1], hour
 
 
 def production_kw(running: FloatArray, peak_kw: float, idle_fraction: float) -> FloatArray:
@@ -143,9 +154,7 @@ def compressed_air_kw(running: FloatArray, kw: float, leakage_fraction: float) -
 
 
 def _charging_window(mid_local: pd.DatetimeIndex, cal: Calendar) -> FloatArray:
-    _day, hour = local_day_hour(mid_local)
-    today = workdays(mid_local, cal)
-    yesterday = workdays(mid_local - pd.Timedelta(days=1), cal)
+    today, yesterday, hour = _days_and_hours(mid_local, cal)
     win = (today & (hour >= 22.0)) | (yesterday & (hour < 6.0))
     out: FloatArray = win.astype(float)
     return out

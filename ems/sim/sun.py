@@ -229,14 +229,20 @@ def _topocentric(
     x = np.cos(u) + altitude_m / 6378140.0 * np.cos(phi)
     y = 0.99664719 * np.sin(u) + altitude_m / 6378140.0 * np.sin(phi)
     sin_xi = np.sin(xi)
-    d_alpha = np.arctan2(-x * sin_xi * np.sin(h), np.cos(delta) - x * sin_xi * np.cos(h))
-    delta_p = np.arctan2(
-        (np.sin(delta) - y * sin_xi) * np.cos(d_alpha), np.cos(delta) - x * sin_xi * np.cos(h)
-    )  # eq. 33-35
-    h_p = h - d_alpha
-    e0 = np.degrees(
-        np.arcsin(np.sin(phi) * np.sin(delta_p) + np.cos(phi) * np.cos(delta_p) * np.cos(h_p))
-    )  # eq. 41
+    sin_h, cos_h = np.sin(h), np.cos(h)
+    # parallax in right ascension d_alpha and topocentric declination delta' (eq. 33-38), as
+    # sines and cosines of their arctan2 arguments: no angle needs to be formed
+    den = np.cos(delta) - x * sin_xi * cos_h
+    num = -x * sin_xi * sin_h
+    r = np.hypot(num, den)
+    cos_da, sin_da = den / r, num / r
+    num_d = (np.sin(delta) - y * sin_xi) * cos_da
+    r_d = np.hypot(num_d, den)
+    sin_dp, cos_dp = num_d / r_d, den / r_d
+    cos_hp = cos_h * cos_da + sin_h * sin_da  # topocentric hour angle h' = h - d_alpha
+    sin_hp = sin_h * cos_da - cos_h * sin_da
+    sin_phi, cos_phi = np.sin(phi), np.cos(phi)
+    e0 = np.degrees(np.arcsin(np.clip(sin_phi * sin_dp + cos_phi * cos_dp * cos_hp, -1, 1)))
     pressure_hpa = pressure_from_altitude(altitude_m) / 100.0
     refraction = (
         (pressure_hpa / 1010.0)
@@ -244,9 +250,7 @@ def _topocentric(
         * 1.02
         / (60.0 * np.tan(np.radians(e0 + 10.3 / (e0 + 5.11))))
     ) * (e0 >= -(_SUN_RADIUS + REFRACTION_AT_HORIZON))  # eq. 42, none below the horizon
-    gamma = np.degrees(
-        np.arctan2(np.sin(h_p), np.cos(h_p) * np.sin(phi) - np.tan(delta_p) * np.cos(phi))
-    )  # eq. 45
+    gamma = np.degrees(np.arctan2(sin_hp, cos_hp * sin_phi - (num_d / den) * cos_phi))  # eq. 45
     azimuth: FloatArray = (gamma + 180.0) % 360.0
     return 90.0 - (e0 + refraction), 90.0 - e0, azimuth
 

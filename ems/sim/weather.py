@@ -60,6 +60,7 @@ KT_MAX = 0.82
 """Largest step clearness index allowed [-] (clear, clean air)."""
 _KT_DAILY_MAX = 0.78
 _KT_DAILY_STD = 0.13
+_NS_PER_DAY = 86_400 * 10**9
 _GSC = 1361.0  # solar constant [W/m2] (Kopp & Lean 2011), as pvlib uses for E0
 
 
@@ -217,7 +218,14 @@ def _month_days(start: dt.date, end: dt.date) -> pd.DatetimeIndex:
 
 def _monthly_interp(values: list[float], local: pd.DatetimeIndex) -> FloatArray:
     """Interpolate 12 monthly means periodically over the year at ``local`` times."""
-    doy = np.asarray(local.day_of_year, dtype=float) + np.asarray(local.hour, dtype=float) / 24.0
+    wall = local.tz_localize(None) if local.tz is not None else local
+    f = calendar_fields(wall.as_unit("ns").asi8)
+    return _monthly_at(values, f["doy"], f["hour"])
+
+
+def _monthly_at(values: list[float], day_of_year: FloatArray, hour: FloatArray) -> FloatArray:
+    """:func:`_monthly_interp` at local day of year and (whole) hour [-]."""
+    doy = day_of_year + hour / 24.0
     mid = np.array([15.5, 45, 74.5, 105, 135.5, 166, 196.5, 227.5, 258, 288.5, 319, 349.5])
     xs = np.concatenate([mid - 365.0, mid, mid + 365.0])
     ys = np.tile(np.asarray(values, dtype=float), 3)
@@ -249,8 +257,9 @@ def synthetic_weather(
     )
     temp_anom_days = 1.8 * ar1(rng, len(days), 0.7)
     # map each step to its local day
-    day_of_step = mid_local.normalize().tz_localize(None)
-    di = days.get_indexer(day_of_step)
+    wall_ns = mid_local.tz_localize(None).as_unit("ns").asi8
+    f = calendar_fields(wall_ns)
+    di = wall_ns // _NS_PER_DAY - days[0].as_unit("ns").value // _NS_PER_DAY
     kt_d = kt_days[di]
     # intra-day variability, time constant 1 h, stronger on broken-cloud days
     rho = float(np.exp(-dt_h / 1.0))
@@ -263,13 +272,11 @@ def synthetic_weather(
     scale = np.where(num > 0, den / np.where(num > 0, num, 1.0), 1.0)
     kt_step = np.minimum(kt_d * noise * scale[di], KT_MAX)
     ghi = kt_step * g0h
-    doy = np.asarray(mid_local.day_of_year, dtype=float)
-    dni, dhi = erbs(ghi, zenith, sun.extra_radiation(doy))
+    e0_of_day = sun.extra_radiation(np.arange(1.0, 367.0))  # erbs takes E0 of the local day
+    dni, dhi = erbs(ghi, zenith, e0_of_day[f["doy"].astype(np.int64) - 1])
     # temperature
-    tmean = _monthly_interp(weather.temp_air_c, mid_local)
-    hour = (
-        np.asarray(mid_local.hour, dtype=float) + np.asarray(mid_local.minute, dtype=float) / 60.0
-    )
+    tmean = _monthly_at(weather.temp_air_c, f["doy"], f["hour"])
+    hour = f["hour"] + f["minute"] / 60.0
     cycle = 0.5 * weather.temp_daily_amplitude_c * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
     clear_amp = 0.6 + 0.8 * (kt_d - 0.5)  # clear days swing more
     temp = tmean + cycle * clear_amp + temp_anom_days[di] + 0.3 * ar1(rng, len(mid_local), rho)
