@@ -261,6 +261,7 @@ def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
                 part = simulate_site(plan.scenario, i, progress=report, base_dir=plan.base_dir)
                 results.put(("done", i, _deliver(part, store, plan.site_folder)))
                 del part
+                _trim_heap()
             except EmsError as exc:
                 results.put(("error", i, _portable(exc)))
                 return
@@ -270,6 +271,19 @@ def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
     finally:
         if store is not None:
             store.close()
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc), so a worker's size is one site's.
+
+    NumPy's freed arrays stay in the heap otherwise, and the next site's peak adds to them.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _portable(exc: EmsError) -> EmsError:
