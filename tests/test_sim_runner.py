@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 from sim_fixtures import make_scenario, make_site
@@ -139,3 +140,37 @@ def test_plan_workers(three, monkeypatch):
     )
     monkeypatch.setattr(runner, "_available_memory", lambda: 300 * 2**20)
     assert plan_workers(year) == 1  # memory for one only
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_delivery_names_its_site(tmp_path, three, monkeypatch, workers):
+    """Writing overlaps the next site's simulation; a failure still names the site it was."""
+    deliver = runner._deliver
+
+    def failing(part, store, folder):
+        if "velenje" in part.flows:
+            raise ZeroDivisionError("planted in delivery")
+        return deliver(part, store, folder)
+
+    monkeypatch.setattr(runner, "_deliver", failing)
+    error = ZeroDivisionError if workers == 1 else SimulationError
+    match = "planted in delivery" if workers == 1 else r"(?s)site velenje: .*planted in delivery"
+    with pytest.raises(error, match=match):
+        run_scenario(three, store=tmp_path / "s", workers=workers)
+
+
+@pytest.mark.parametrize("max_rows", [7, 1000, 10**9])
+def test_site_tables_are_the_tidy_frame_in_time_order(reference, max_rows):
+    """The Arrow slices hold the tidy frame's rows bit for bit, whole steps, in time order."""
+    import pyarrow as pa
+
+    from ems.sim.meters import site_tables, tidy_frame
+
+    flows = reference.flows["velenje"]
+    tables = list(site_tables(flows, max_rows))
+    n_series = len(tables[0]) // len(np.unique(tables[0]["ts"].to_numpy()))
+    assert all(len(t) % n_series == 0 and len(t) <= max(max_rows, n_series) for t in tables)
+    ts = pa.concat_tables(tables)["ts"].to_numpy()
+    assert (np.diff(ts.astype(np.int64)) >= 0).all()
+    got = pa.concat_tables(tables).to_pandas().set_index("ts")
+    pd.testing.assert_frame_equal(_canon(got), _canon(tidy_frame([flows])), check_exact=True)

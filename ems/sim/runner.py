@@ -24,7 +24,8 @@ import os
 import pickle
 import queue
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ _WORKER_BYTES_PER_STEP = 1_000
 """Memory of one site in flight per simulated step (arrays, series, a slice) [B]."""
 _WORKER_BASE_BYTES = 200 * 2**20
 """Memory of a worker process before it simulates [B]."""
+_TRIM_STEPS = 100_000
+"""Sites with more steps than this give their memory back when done (:func:`_trim_heap`)."""
 _MIN_PARALLEL_STEPS = 100_000
 """Fewer site steps than this are simulated in-process: starting workers would cost more."""
 
@@ -87,6 +90,7 @@ class _Plan:
     store_url: str | None
     site_folder: Path | None  # OUT/<scenario>/ when each site gets its own folder
     base_dir: str | None
+    trim: bool = False  # give memory back after each site (large sites only: it costs faults)
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,8 @@ def run_scenario(
             f"{len(scenario.sites)} site(s) "
             + ("in this process" if n == 1 else f"in {n} processes")
         )
-    plan = _Plan(scenario, url, None if one_folder else folder, base_dir)
+    steps = estimate_rows(scenario) // 40 // len(scenario.sites)
+    plan = _Plan(scenario, url, None if one_folder else folder, base_dir, steps > _TRIM_STEPS)
     if n == 1:
         done = _run_here(plan, progress, folder if one_folder else None)
     else:
@@ -231,15 +236,19 @@ def _deliver(part: SimulationResult, store: Store | None, site_folder: Path | No
 def _run_here(plan: _Plan, progress: Progress | None, one_folder: Path | None) -> list[_SiteDone]:
     """Simulate and deliver every site in this process, one after the other."""
     store = _open(plan.store_url) if plan.store_url is not None else None
-    done: list[_SiteDone] = []
     kept: dict[str, Any] = {}
-    try:
+
+    def sites() -> Iterator[tuple[int, SimulationResult]]:
         for i in range(len(plan.scenario.sites)):
             part = simulate_site(plan.scenario, i, progress=progress, base_dir=plan.base_dir)
-            done.append(_deliver(part, store, plan.site_folder))
             if one_folder is not None:
                 kept.update(part.flows)
-            del part
+            yield i, part
+
+    try:
+        done = [got for _i, got in _delivered(sites(), plan, store)]
+    except _SiteFailed as failed:
+        raise failed.error from None
     finally:
         if store is not None:
             store.close()
@@ -248,26 +257,73 @@ def _run_here(plan: _Plan, progress: Progress | None, one_folder: Path | None) -
     return done
 
 
+def _delivered(
+    parts: Iterator[tuple[int, SimulationResult]], plan: _Plan, store: Store | None
+) -> Iterator[tuple[int, _SiteDone]]:
+    """Deliver each simulated site; a small site's delivery overlaps the next one's simulation.
+
+    Writing a site is mostly Parquet encoding and fsync, which release the GIL, so a
+    writer thread uses a second core while the next site is simulated. Large sites
+    (:data:`_TRIM_STEPS`) are delivered in turn instead, and the heap trimmed after
+    each: two of them in memory at once would double a process's peak.
+    """
+    if plan.trim:
+        for i, part in parts:
+            got = _deliver(part, store, plan.site_folder)
+            del part
+            _trim_heap()
+            yield i, got
+        return
+    with ThreadPoolExecutor(1) as writer:
+        pending: tuple[int, Future[_SiteDone]] | None = None
+        for i, part in parts:
+            if pending is not None:
+                yield pending[0], _result_of(*pending)
+            pending = i, writer.submit(_deliver, part, store, plan.site_folder)
+            del part
+        if pending is not None:
+            yield pending[0], _result_of(*pending)
+
+
+class _SiteFailed(Exception):
+    """A site's delivery failed in the writer thread (``index``, ``error``)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index, self.error = index, error
+
+
+def _result_of(index: int, future: Future[_SiteDone]) -> _SiteDone:
+    try:
+        return future.result()
+    except Exception as exc:
+        raise _SiteFailed(index, exc) from exc
+
+
 def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
     """Worker process: simulate and deliver the sites named on ``tasks`` until None."""
     store = _open(plan.store_url) if plan.store_url is not None else None
+    current = -1
 
     def report(site: str, steps: int, total: int) -> None:
         results.put(("progress", site, steps, total))
 
-    try:
+    def assigned() -> Iterator[tuple[int, SimulationResult]]:
+        nonlocal current
         while (i := tasks.get()) is not None:
-            try:
-                part = simulate_site(plan.scenario, i, progress=report, base_dir=plan.base_dir)
-                results.put(("done", i, _deliver(part, store, plan.site_folder)))
-                del part
-                _trim_heap()
-            except EmsError as exc:
-                results.put(("error", i, _portable(exc)))
-                return
-            except Exception:
-                results.put(("bug", i, traceback.format_exc()))
-                return
+            current = i
+            yield i, simulate_site(plan.scenario, i, progress=report, base_dir=plan.base_dir)
+
+    try:
+        for i, got in _delivered(assigned(), plan, store):
+            results.put(("done", i, got))
+    except Exception as exc:
+        i, error = (exc.index, exc.error) if isinstance(exc, _SiteFailed) else (current, exc)
+        if isinstance(error, EmsError):
+            results.put(("error", i, _portable(error)))
+        else:
+            text = "".join(traceback.format_exception(error))
+            results.put(("bug", i, text))
     finally:
         if store is not None:
             store.close()
