@@ -27,6 +27,7 @@ fleet id           mass_kg (fuel delivered; jumps at deliveries)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -182,20 +183,46 @@ def start_registers(flows: SiteFlows, rng: np.random.Generator) -> dict[tuple[st
     return out
 
 
-def _register(start: float, rate: FloatArray, per_step: float) -> FloatArray:
-    out: FloatArray = start + np.cumsum(rate * per_step)
-    return out
+@dataclass(frozen=True)
+class _Register:
+    """A cumulative register, summed when read: ``start + cumsum(rate * per_step)``."""
+
+    start: float
+    rate: FloatArray
+    per_step: float
+
+    def values(self) -> FloatArray:
+        out: FloatArray = self.start + np.cumsum(self.rate * self.per_step)
+        return out
+
+    def chunks(self, size: int) -> Iterator[FloatArray]:
+        """:meth:`values` ``size`` steps at a time, equal bit for bit (the sum is sequential)."""
+        total = None
+        for a in range(0, len(self.rate), size):
+            part = self.rate[a : a + size] * self.per_step
+            if total is None:
+                run = np.cumsum(part)
+            else:
+                run = np.cumsum(np.concatenate([[total], part]))[1:]
+            total = run[-1]
+            yield self.start + run
 
 
 def site_series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray]]:
     """Yield ``(meter, quantity, values)`` for every reading series of the site, in meter order."""
+    for m, q, v in _series(flows):
+        yield m, q, v.values() if isinstance(v, _Register) else v
+
+
+def _series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray | _Register]]:
+    """:func:`site_series` with the registers not yet summed."""
     a = flows.arrays
     h = flows.grid.dt_h
     r0 = flows.register_start
     site = flows.site
 
-    def reg(meter: str, q: str, rate: FloatArray, per_step: float = h) -> FloatArray:
-        return _register(r0.get((meter, q), 0.0), rate, per_step)
+    def reg(meter: str, q: str, rate: FloatArray, per_step: float = h) -> _Register:
+        return _Register(r0.get((meter, q), 0.0), rate, per_step)
 
     gj = h * MJ_PER_KWH / 1000.0
     for mid, kind, _c, _attrs in _meters(site, a):
@@ -316,7 +343,7 @@ def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Tabl
     """
     import pyarrow as pa
 
-    series = list(site_series(flows))
+    series = list(_series(flows))
     n_series = len(series)
     meters = sorted({m for m, _q, _v in series})
     quants = sorted({q for _m, q, _v in series})
@@ -326,11 +353,12 @@ def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Tabl
     ts_ns = flows.grid.ts.as_unit("ns").asi8
     steps = max(1, max_rows // max(n_series, 1))
     ts_type = pa.timestamp("ns", tz="UTC")
+    sums = {j: v.chunks(steps) for j, (_m, _q, v) in enumerate(series) if isinstance(v, _Register)}
     for a in range(0, len(ts_ns), steps):
         b = min(a + steps, len(ts_ns))
         values = np.empty((b - a, n_series))
         for j, (_m, _q, v) in enumerate(series):
-            values[:, j] = v[a:b]
+            values[:, j] = v[a:b] if not isinstance(v, _Register) else next(sums[j])
         yield pa.table(
             {
                 "ts": pa.array(np.repeat(ts_ns[a:b], n_series), ts_type),

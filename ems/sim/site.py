@@ -281,6 +281,8 @@ class SiteSimulation:
                 w["dhi"],
                 w["dni_extra"],
             )
+        for key in ("zenith", "azimuth", "dni", "dhi", "dni_extra", "g0h", "kt_day"):
+            w.pop(key, None)  # used by the PV only: memory back for the rest of the run
         # loads
         ref_local = ld.reference_year(g.start.year, s.location.tz)
         ref_temp = self._ref_temperature(ref_local)
