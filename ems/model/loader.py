@@ -33,7 +33,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import pandas as pd
 import yaml
@@ -53,9 +53,11 @@ __all__ = [
     "load_site",
     "load_site_data",
     "parse",
+    "validate_document",
 ]
 
 log = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=BaseModel)
 
 Key = str | int
 Path_ = tuple[Key, ...]
@@ -682,3 +684,17 @@ def _resolve(
             "site_files": [os.path.normpath(base / s) for s in spec.sites],
         },
     )
+
+
+def validate_document(doc: Document, model: type[_M]) -> _M:
+    """Validate a parsed document against a pydantic model; every problem with its file and line.
+
+    Raises
+    ------
+    LocatedError
+        ``file:line: field.path: expected ..., found ...`` for each problem.
+    """
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise _located(exc, doc, model) from None

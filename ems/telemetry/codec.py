@@ -33,6 +33,7 @@ __all__ = [
     "MAX_READINGS",
     "DataMessage",
     "Reading",
+    "deadletter_record",
     "decode_data",
     "decode_events",
     "decode_meta",
@@ -44,6 +45,7 @@ __all__ = [
     "encode_site",
     "format_ts",
     "load_object",
+    "meter_status",
     "parse_ts",
 ]
 
@@ -609,3 +611,41 @@ def decode_events(site: str, payload: bytes, *, now_ns: int, max_future_s: float
         )
     return out
 
+
+
+# --------------------------------------------------------------------------- dead letters, meter status
+
+
+def deadletter_record(reason: str, message: str, topic: str, payload: bytes, received_s: float) -> dict[str, Any]:
+    """The record of a rejected message (JSONL file and ``ems/v1/_deadletter/{reason}``).
+
+    Parameters
+    ----------
+    reason, message : str
+        The short code and the full explanation.
+    topic : str
+        Where the message was (or would have been) published.
+    payload : bytes
+        The message itself (kept as base64).
+    received_s : float [s since the epoch]
+        When it was received (or read, for a gateway).
+    """
+    import base64
+
+    return {
+        "received": dt.datetime.fromtimestamp(received_s, dt.UTC).isoformat().replace("+00:00", "Z"),
+        "reason": reason,
+        "message": message,
+        "topic": topic,
+        "payload_b64": base64.b64encode(payload).decode("ascii"),
+    }
+
+
+def meter_status(site: str, meter: str, status: str, reason: str = "", since_ns: int | None = None) -> bytes:
+    """Encode a meter's status (``online``/``offline``) for ``ems/v1/{site}/{meter}/_status``."""
+    d: dict[str, Any] = {"v": SCHEMA_VERSION, "site": site, "meter": meter, "status": status}
+    if reason:
+        d["reason"] = reason
+    if since_ns is not None:
+        d["since"] = format_ts(since_ns)
+    return _dumps(d)

@@ -45,10 +45,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pandas as pd
 
-from ems.errors import EmsError, PayloadError
+from ems.errors import EmsError, PayloadError, TelemetryError
 from ems.readings import MeterInfo, SiteInfo, events_frame
 from ems.store.base import Store
-from ems.telemetry import backfill, codec, topics
+from ems.telemetry import backfill, codec, sparkplug, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.spool import Spool
 
@@ -99,6 +99,11 @@ class IngestOptions:
         When to ask publishers for missing readings again; None: never. Off with
         ``group``: an ingestor of a shared group sees only its share, so its gaps are
         not losses (see ``docs/telemetry.md``).
+    encoding : str
+        ``json`` (contract v1 topics) or ``sparkplug``: Sparkplug B of group ``sparkplug_group``
+        (:mod:`ems.telemetry.sparkplug`; rebirth requests instead of backfill).
+    sparkplug_group : str
+        The Sparkplug group id to subscribe to.
     """
 
     group: str | None = None
@@ -116,6 +121,8 @@ class IngestOptions:
     spool_limit_bytes: int = 1 << 30
     spool_alarm_fraction: float = 0.8
     backfill: backfill.BackfillPolicy | None = field(default_factory=backfill.BackfillPolicy)
+    encoding: str = "json"
+    sparkplug_group: str = "ems"
 
 
 class SeqTracker:
@@ -186,6 +193,7 @@ class Ingestor:
         self.meters: dict[tuple[str, str], MeterInfo] = {(m.site, m.meter): m for m in self.opts.meters}
         self.sites: set[str] = {s.site for s in self.opts.sites} | {m.site for m in self.opts.meters}
         self.status: dict[str, str] = {}
+        self.meter_status: dict[tuple[str, str], dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self.rejected_by_reason: Counter[str] = Counter()
         self.seqs = SeqTracker()
@@ -218,6 +226,12 @@ class Ingestor:
             )
         self._spool_alarmed = False
         self._next_replay = 0.0
+        self._host: sparkplug.HostSession | None = None
+        if self.opts.encoding == "sparkplug":
+            if self.opts.group:
+                raise TelemetryError("Sparkplug sequence numbers need every message of a node: no --group with sparkplug")
+            self._host = sparkplug.HostSession(self.meters)
+            self.opts.backfill = None  # Sparkplug asks for a rebirth instead
         self.client = make_client(
             cfg, self.opts.client_id, persistent=True, manual_ack=True
         )
@@ -289,7 +303,10 @@ class Ingestor:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection: %s", rc)
             return
-        subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1)]
+        subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1),
+                (topics.METER_STATUS_FILTER, 1)]
+        if self._host is not None:
+            subs = [(f"{sparkplug.NAMESPACE}/{self.opts.sparkplug_group}/#", 1)]
         if self.opts.group:  # the shared data filter gives _site and _hwm to one ingestor only
             subs.insert(1, (topics.SITE_FILTER, 1))
             subs.insert(2, (topics.HWM_FILTER, 1))
@@ -373,6 +390,9 @@ class Ingestor:
             self.client.ack(mid, qos)
 
     def _process(self, item: _Item) -> None:
+        if self._host is not None:
+            self._sparkplug(item)
+            return
         try:
             t = topics.parse_topic(item.topic)
             if t.kind == "data":
@@ -399,6 +419,8 @@ class Ingestor:
             elif t.kind == "status":
                 self.status[t.site] = item.payload.decode("utf-8", "replace")[:32]
                 log.info("site %s is %s", t.site, self.status[t.site])
+            elif t.kind == "meter_status":  # a gateway's word on one meter (e.g. offline: timeout)
+                self.meter_status[(t.site, t.meter)] = codec.load_object(item.payload) if item.payload else {}
             elif t.kind == "hwm":
                 mark = backfill.decode_hwm(t.site, item.payload)
                 if mark.sent_ns >= self._hwm_sent.get(t.site, 0):  # not an older copy delivered late
@@ -441,6 +463,62 @@ class Ingestor:
                 return
             self._reject(item, exc)
             return
+        self._accept(item, msg)
+
+    def _sparkplug(self, item: _Item) -> None:
+        """Sparkplug B: births register meters and sites, deaths mark them offline, data goes the JSON way."""
+        assert self._host is not None
+        try:
+            out = self._host.handle(item.topic, item.payload, max_future_s=self.opts.max_future_s, previous=self._last)
+        except PayloadError as exc:
+            asked: sparkplug.Outcome | None = getattr(exc, "outcome", None)
+            if asked is not None and asked.rebirth is not None:
+                self.client.publish(*asked.rebirth, qos=0)
+            if exc.reason in ("unknown_meter", "unknown_site") and time.time() - item.received < self.opts.unknown_grace_s:
+                self._parked.append(item)  # its birth may still come (a rebirth was asked for)
+            else:
+                self._reject(item, exc)
+            return
+        if out.rebirth is not None:
+            log.warning("Sparkplug: asking %s for a rebirth (sequence gap or unknown node)", out.rebirth[0])
+            self.client.publish(*out.rebirth, qos=0)
+        self.status.update(out.status)
+        self.meter_status.update({k: {"status": v} for k, v in out.meter_status.items()})
+        if out.data is not None:
+            self._accept(item, out.data)
+            return
+        if out.events:
+            self._b_events.extend(out.events)
+            self._b_acks.append((item.mid, item.qos))
+            self._b_recv.append(item.received)
+            if self._b_since is None:
+                self._b_since = time.monotonic()
+            return
+        self._sparkplug_births(item, out)
+
+    def _sparkplug_births(self, item: _Item, out: sparkplug.Outcome) -> None:
+        """Register what a birth announced (store thread), acknowledging the message after."""
+        regs: list[Callable[[], None]] = []
+        if out.site is not None:
+            self.sites.add(out.site.site)
+            regs.append(functools.partial(self.store.register_sites, [out.site]))
+        if out.meters:
+            for info in out.meters:
+                self.meters[(info.site, info.meter)] = info
+                self.sites.add(info.site)
+            self.counters["meta"] += len(out.meters)
+            regs.append(functools.partial(self.store.register_meters, out.meters))
+        if not regs:
+            self._ack(item.mid, item.qos)
+            return
+        for reg in regs[:-1]:
+            self._jobs.put(reg)
+        self._jobs.put(functools.partial(self._register, regs[-1], item.mid, item.qos))
+        self._retry_parked()
+
+    def _accept(self, item: _Item, msg: codec.DataMessage) -> None:
+        """Batch the readings of a checked data message (either encoding)."""
+        site, meter = msg.site, msg.meter
         key = (site, meter)
         self._last_rx[key] = time.monotonic()
         last = msg.readings[-1]
@@ -689,6 +767,7 @@ class Ingestor:
             "queue_depth": self._q.qsize(),
             "lag_s": round(self.lag_s, 3),
             "meters_known": len(self.meters),
+            "meters_offline": sum(m.get("status") == "offline" for m in self.meter_status.values()),
             "errors": c["errors"],
             "spooled": c["spooled"],
             "replayed": c["replayed"],
