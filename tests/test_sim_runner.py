@@ -174,3 +174,17 @@ def test_site_tables_are_the_tidy_frame_in_time_order(reference, max_rows):
     assert (np.diff(ts.astype(np.int64)) >= 0).all()
     got = pa.concat_tables(tables).to_pandas().set_index("ts")
     pd.testing.assert_frame_equal(_canon(got), _canon(tidy_frame([flows])), check_exact=True)
+
+
+def test_a_worker_failing_before_its_first_site(tmp_path, three, monkeypatch):
+    parent = os.getpid()
+    opened = runner._open
+
+    def fails_in_a_worker(url):
+        if os.getpid() != parent:
+            raise RuntimeError("planted: no store in the worker")
+        return opened(url)
+
+    monkeypatch.setattr(runner, "_open", fails_in_a_worker)
+    with pytest.raises(SimulationError, match=r"(?s)before its first site.*planted: no store"):
+        run_scenario(three, store=tmp_path / "s", workers=2)

@@ -303,8 +303,8 @@ def _result_of(index: int, future: Future[_SiteDone]) -> _SiteDone:
 def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
     """Worker process: simulate and deliver the sites named on ``tasks`` until None."""
     _keep_heap()
-    store = _open(plan.store_url) if plan.store_url is not None else None
-    current = -1
+    store: Store | None = None
+    current = -1  # before the first site
 
     def report(site: str, steps: int, total: int) -> None:
         results.put(("progress", site, steps, total))
@@ -316,6 +316,7 @@ def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
             yield i, simulate_site(plan.scenario, i, progress=report, base_dir=plan.base_dir)
 
     try:
+        store = _open(plan.store_url) if plan.store_url is not None else None
         for i, got in _delivered(assigned(), plan, store):
             results.put(("done", i, got))
     except Exception as exc:
@@ -378,10 +379,6 @@ def _run_parallel(plan: _Plan, n: int, progress: Progress | None) -> list[_SiteD
     ctx = mp.get_context("fork") if "fork" in methods else mp.get_context("spawn")
     tasks, results = ctx.SimpleQueue(), ctx.Queue()
     total = len(plan.scenario.sites)
-    for i in range(total):
-        tasks.put(i)
-    for _ in range(n):
-        tasks.put(None)
     procs = [
         ctx.Process(target=_worker, args=(plan, tasks, results), daemon=True) for _ in range(n)
     ]
@@ -389,6 +386,8 @@ def _run_parallel(plan: _Plan, n: int, progress: Progress | None) -> list[_SiteD
         p.start()
     done: dict[int, _SiteDone] = {}
     try:
+        for i in [*range(total), *[None] * n]:  # after the start: a full pipe would block
+            tasks.put(i)
         while len(done) < total:
             msg = _next_message(results, procs, plan, total - len(done))
             if msg is not None:
@@ -413,8 +412,12 @@ def _handle(
     elif kind == "error":
         raise msg[2]
     else:
-        site = plan.scenario.sites[msg[1]].id
-        raise SimulationError(f"site {site}: the simulation process failed:\n{msg[2]}")
+        what = (
+            f"site {plan.scenario.sites[msg[1]].id}: the simulation process failed"
+            if msg[1] >= 0
+            else "a simulation process failed before its first site"
+        )
+        raise SimulationError(f"{what}:\n{msg[2]}")
 
 
 def _next_message(results: Any, procs: list[Any], plan: _Plan, left: int) -> tuple[Any, ...] | None:
