@@ -133,7 +133,7 @@ def test_run_in_worker_processes_says_so(tmp_path):
         cli, ["run", str(DEMO), "--store", str(tmp_path / "s"), "--workers", "2"]
     )
     assert res.exit_code == 0, res.output
-    assert "demo: simulating 3 site(s) in 2 processes" in res.output
+    assert "demo: simulating 3 site(s) in 2 processes (as asked)" in res.output
     res = CliRunner().invoke(
         cli, ["run", str(DEMO), "--store", str(tmp_path / "t"), "--workers", "0"]
     )

@@ -144,14 +144,12 @@ def run_scenario(
     folder = Path(out) / scenario.name if out is not None else None
     one_folder = folder is not None and not per_site
     one_folder = one_folder and estimate_rows(scenario) <= ONE_FOLDER_MAX_ROWS
-    n = 1 if one_folder else plan_workers(scenario, workers)
+    n, why = (1, "one Parquet folder") if one_folder else _plan(scenario, workers)
     if url is not None:
         _open(url).close()  # create or check the store before any work
     if announce is not None:
-        announce(
-            f"{len(scenario.sites)} site(s) "
-            + ("in this process" if n == 1 else f"in {n} processes")
-        )
+        where = "in this process" if n == 1 else f"in {n} processes"
+        announce(f"{len(scenario.sites)} site(s) {where} ({why})")
     steps = estimate_rows(scenario) // 40 // len(scenario.sites)
     plan = _Plan(scenario, url, None if one_folder else folder, base_dir, steps > _TRIM_STEPS)
     if n == 1:
@@ -177,25 +175,36 @@ def _result(done: list[_SiteDone], written: list[str], workers: int) -> RunResul
 def plan_workers(scenario: ResolvedScenario, requested: int | None = None) -> int:
     """Number of processes to simulate ``scenario`` in.
 
-    ``requested`` if given (at most one per site); else one per usable core and
-    site, as many as half the available memory holds (each about
-    ``200 MiB + 1 kB x steps``), and 1 for small runs, where starting processes
-    costs more than it saves.
+    ``requested`` if given (at most one per site); else one per free core (usable
+    cores less the 1-minute load average, rounded: a busy machine gains nothing
+    from more processes, as ``make -l`` knows) and site, as many as half the
+    available memory holds (each about ``200 MiB + 1 kB x steps``), and 1 for small
+    runs, where starting processes costs more than it saves.
     """
+    return _plan(scenario, requested)[0]
+
+
+def _plan(scenario: ResolvedScenario, requested: int | None) -> tuple[int, str]:
+    """:func:`plan_workers` and why, in words."""
     sites = len(scenario.sites)
     if requested is not None:
         if requested < 1:
             raise ConfigError(f"workers: expected an integer >= 1, found {requested}")
-        return max(1, min(requested, sites))
+        return max(1, min(requested, sites)), "as asked"
     steps = estimate_rows(scenario) // 40 // max(sites, 1)  # steps per site
     if sites < 2 or steps * sites < _MIN_PARALLEL_STEPS:
-        return 1
+        return 1, "a small run"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = min(cores or 1, sites)
+    cores = cores or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = max(1, min(cores, int(cores - load + 0.5)))
+    n, why = min(free, sites), f"{free} of {cores} cores free (load {load:.1f})"
     avail = _available_memory()
     if avail is not None:
-        n = min(n, int(avail // 2 // (_WORKER_BASE_BYTES + steps * _WORKER_BYTES_PER_STEP)))
-    return max(1, n)
+        fits = int(avail // 2 // (_WORKER_BASE_BYTES + steps * _WORKER_BYTES_PER_STEP))
+        if fits < n:
+            n, why = max(1, fits), f"memory for {max(1, fits)} ({avail / 2**30:.1f} GiB available)"
+    return n, why
 
 
 def _available_memory() -> int | None:
