@@ -134,9 +134,9 @@ def test_plan_workers(three, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.5, 0.5))
     assert plan_workers(year) == 2  # two cores
-    assert runner._plan(year, None) == (2, "2 of 2 cores free (load 0.3)")
+    assert runner._plan(year, None) == (2, "2 of 2 cores free, load 0.3")
     monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 0.5, 0.5))
-    assert runner._plan(year, None) == (1, "1 of 2 cores free (load 1.6)")  # others are busy
+    assert runner._plan(year, None) == (1, "1 of 2 cores free, load 1.6")  # others are busy
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert plan_workers(year, 8) == 3  # at most one per site
     assert plan_workers(three) == 1  # a week of three sites: not worth a process
@@ -144,7 +144,7 @@ def test_plan_workers(three, monkeypatch):
         plan_workers(make_scenario(three.sites[:1], dt.date(2024, 1, 1), dt.date(2025, 1, 1))) == 1
     )
     monkeypatch.setattr(runner, "_available_memory", lambda: 900 * 2**20)
-    assert runner._plan(year, None) == (1, "memory for 1 (0.9 GiB available)")
+    assert runner._plan(year, None) == (1, "memory for 1: 0.9 GiB available")
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -198,12 +198,12 @@ def _plan(scenario: ResolvedScenario, requested: int | None) -> tuple[int, str]:
     cores = cores or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     free = max(1, min(cores, int(cores - load + 0.5)))
-    n, why = min(free, sites), f"{free} of {cores} cores free (load {load:.1f})"
+    n, why = min(free, sites), f"{free} of {cores} cores free, load {load:.1f}"
     avail = _available_memory()
     if avail is not None:
         fits = int(avail // 2 // (_WORKER_BASE_BYTES + steps * _WORKER_BYTES_PER_STEP))
         if fits < n:
-            n, why = max(1, fits), f"memory for {max(1, fits)} ({avail / 2**30:.1f} GiB available)"
+            n, why = max(1, fits), f"memory for {max(1, fits)}: {avail / 2**30:.1f} GiB available"
     return n, why
 
 
