@@ -128,16 +128,21 @@ def test_a_bug_in_a_worker_comes_back_with_its_traceback(tmp_path, three, monkey
         run_scenario(three, store=tmp_path / "s", workers=2)
 
 
+def test_busy_cores_counts_others():
+    busy = runner._busy_cores()
+    assert 0 <= busy <= 4 * (os.cpu_count() or 1) + 64
+
+
 def test_plan_workers(three, monkeypatch):
     year = make_scenario(three.sites, dt.date(2024, 1, 1), dt.date(2025, 1, 1), 900)
     monkeypatch.setattr(runner, "_available_memory", lambda: 64 * 2**30)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.5, 0.5))
+    monkeypatch.setattr(runner, "_busy_cores", lambda: 0.0)
     assert plan_workers(year) == 2  # two cores
-    assert runner._plan(year, None) == (2, "2 of 2 cores free, load 0.3")
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 0.5, 0.5))
-    assert runner._plan(year, None) == (1, "1 of 2 cores free, load 1.6")  # others are busy
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert runner._plan(year, None) == (2, "2 of 2 cores free")
+    monkeypatch.setattr(runner, "_busy_cores", lambda: 1.0)
+    assert runner._plan(year, None) == (1, "1 of 2 cores free")  # others are busy
+    monkeypatch.setattr(runner, "_busy_cores", lambda: 0.0)
     assert plan_workers(year, 8) == 3  # at most one per site
     assert plan_workers(three) == 1  # a week of three sites: not worth a process
     assert (

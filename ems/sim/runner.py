@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -176,10 +177,10 @@ def plan_workers(scenario: ResolvedScenario, requested: int | None = None) -> in
     """Number of processes to simulate ``scenario`` in.
 
     ``requested`` if given (at most one per site); else one per free core (usable
-    cores less the 1-minute load average, rounded: a busy machine gains nothing
-    from more processes, as ``make -l`` knows) and site, as many as half the
-    available memory holds (each about ``200 MiB + 1 kB x steps``), and 1 for small
-    runs, where starting processes costs more than it saves.
+    cores less those other work keeps busy now, :func:`_busy_cores`: a busy machine
+    gains nothing from more processes, as ``make -l`` knows) and site, as many as
+    half the available memory holds (each about ``200 MiB + 1 kB x steps``), and 1
+    for small runs, where starting processes costs more than it saves.
     """
     return _plan(scenario, requested)[0]
 
@@ -196,15 +197,33 @@ def _plan(scenario: ResolvedScenario, requested: int | None) -> tuple[int, str]:
         return 1, "a small run"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    free = max(1, min(cores, int(cores - load + 0.5)))
-    n, why = min(free, sites), f"{free} of {cores} cores free, load {load:.1f}"
+    busy = _busy_cores()
+    free = max(1, min(cores, int(cores - busy + 0.5)))
+    n, why = min(free, sites), f"{free} of {cores} cores free"
     avail = _available_memory()
     if avail is not None:
         fits = int(avail // 2 // (_WORKER_BASE_BYTES + steps * _WORKER_BYTES_PER_STEP))
         if fits < n:
             n, why = max(1, fits), f"memory for {max(1, fits)}: {avail / 2**30:.1f} GiB available"
     return n, why
+
+
+def _busy_cores() -> float:
+    """Cores other work keeps busy now: runnable threads less this one (Linux), else the load.
+
+    The median of five looks at ``procs_running`` in ``/proc/stat`` over 10 ms: the
+    1-minute load average lags, and would count this program's own last minute.
+    """
+    try:
+        seen = []
+        for _ in range(5):
+            with open("/proc/stat") as f:
+                line = next(x for x in f if x.startswith("procs_running"))
+            seen.append(int(line.split()[1]) - 1)
+            time.sleep(0.002)
+        return float(sorted(seen)[2])
+    except (OSError, StopIteration, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def _available_memory() -> int | None:
