@@ -81,21 +81,19 @@ def run(
     import gc
 
     import ems
-    from ems.console import make_console
     from ems.errors import ConfigError
     from ems.sim.runner import run_scenario
     from ems.store import DEFAULT_URL
 
     if no_store and out is None:
         raise ConfigError("--no-store needs --out DIR: the readings must go somewhere")
-    console = make_console(quiet=quiet)
     resolved = ems.load_scenario(str(scenario))
     if seed is not None:
         resolved = dataclasses.replace(resolved, seed=seed)
     # the modules and the scenario live as long as the process: the cyclic collector
     # need not walk them again (nor at exit), about 7 % of a 15-minute year's CPU
     gc.freeze()
-    with _ProgressBar(console, resolved.name, quiet) as bar:
+    with _ProgressBar(resolved.name, quiet) as bar:
         result = run_scenario(
             resolved,
             store=None if no_store else (store_url or DEFAULT_URL),
@@ -108,6 +106,7 @@ def run(
     if quiet:
         return
     title = f"{resolved.name}: {resolved.start} to {resolved.end}, {resolved.resolution_s} s, seed {resolved.seed}"
+    console = bar.console
     console.print(_summary_table(result.summary, title))
     console.print(
         f"{result.n_readings:,} readings and {result.n_events:,} events written to "
@@ -121,21 +120,30 @@ class _ProgressBar:
     Nothing of rich is imported when quiet.
     """
 
-    def __init__(self, console: Console, name: str, quiet: bool) -> None:
-        self.console, self.name, self.quiet = console, name, quiet
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name, self.quiet = name, quiet
         self.bar: Any = None
         self.tasks: dict[str, int] = {}
+
+    @property
+    def console(self) -> Console:
+        """The bar's console (not quiet only)."""
+        assert self.bar is not None
+        console: Console = self.bar.console
+        return console
 
     def __enter__(self) -> _ProgressBar:
         if not self.quiet:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from ems.console import make_console
 
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 TextColumn("{task.percentage:>3.0f}%"),
                 TimeElapsedColumn(),
-                console=self.console,
+                console=make_console(),
                 transient=True,
                 auto_refresh=False,
             )
