@@ -138,3 +138,45 @@ def test_run_in_worker_processes_says_so(tmp_path):
         cli, ["run", str(DEMO), "--store", str(tmp_path / "t"), "--workers", "0"]
     )
     assert res.exit_code == 2 and "--workers" in res.output
+
+
+def test_ctrl_c_ends_the_workers_quietly(tmp_path):
+    """Ctrl-C (SIGINT to the process group) stops ems run and its worker processes: exit 130."""
+    import os
+    import signal
+    import time
+
+    scenario = tmp_path / "long.yaml"
+    text = DEMO.read_text().replace("../sites/", f"{ROOT}/sites/")
+    text = text.replace("period: {start: 2024-07-15, end: 2024-07-22}", "period: {year: 2024}")
+    scenario.write_text(text.replace("resolution: 15min", "resolution: 1min"))  # minutes of work
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ems.cli",
+            "run",
+            str(scenario),
+            "--store",
+            str(tmp_path / "s"),
+            "-q",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    marker = tmp_path / "s" / "ems-store.json"  # written just before the workers start
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "aborted" in err
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # no worker left in the group

@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -330,6 +331,7 @@ def _result_of(index: int, future: Future[_SiteDone]) -> _SiteDone:
 
 def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
     """Worker process: simulate and deliver the sites named on ``tasks`` until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the workers
     _keep_heap()
     store: Store | None = None
     current = -1  # before the first site
