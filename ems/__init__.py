@@ -39,9 +39,14 @@ def load_scenario(path: str, *, measures: bool = True, **kwargs: Any) -> Resolve
 
     scenario: ResolvedScenario = _load(path, **kwargs)
     if measures and scenario.extra.get("measures"):
+        from ems.errors import ConfigError
+        from ems.model.loader import located_measure_error
         from ems.studies.measures import apply_measures
 
-        scenario, _ = apply_measures(scenario)
+        try:
+            scenario, _ = apply_measures(scenario)
+        except ConfigError as exc:  # with the file and line of the measure
+            raise located_measure_error(exc, path) from None
     return scenario
 
 

@@ -62,13 +62,50 @@ class LazyGroup(click.Group):
         return cmd if isinstance(cmd, click.Command) else None
 
 
+OWN_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+"""Lowest level shown of ems's own loggers at -v count 0, 1, 2."""
+LIBRARY_LEVELS = (logging.ERROR, logging.WARNING, logging.DEBUG)
+"""Lowest level shown of other libraries' loggers (dask, amqtt, paho, influxdb_client, ...)."""
+
+
+class _Verbosity(logging.Filter):
+    """Let ems's records through from OWN_LEVELS, other libraries' from LIBRARY_LEVELS.
+
+    Libraries set their own logger levels (distributed logs INFO whatever the root
+    level says), so the handler filters: without ``-v`` a user sees ems's warnings and
+    libraries' errors only.
+    """
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.own = OWN_LEVELS[min(verbose, 2)]
+        self.library = LIBRARY_LEVELS[min(verbose, 2)]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name == "ems" or record.name.startswith("ems.")
+        return record.levelno >= (self.own if own else self.library)
+
+
+def configure_logging(verbose: int) -> None:
+    """One stderr handler on the root logger, filtered by ``verbose`` (the -v count)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_ems", False)]:
+        root.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Verbosity(verbose))
+    handler._ems = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(min(OWN_LEVELS[min(verbose, 2)], LIBRARY_LEVELS[min(verbose, 2)]))
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ems")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output: -v ems's progress and libraries' warnings, -vv everything.")
 def cli(verbose: int) -> None:
     """ems: energy and carbon monitoring simulator for manufacturing groups."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -339,7 +339,8 @@ def test_ems_dashboard_missing_store(tmp_path):
         timeout=30,
     )
     assert r.returncode == 2
-    assert "expected an ems store directory" in r.stderr
+    assert f"no store at {tmp_path / 'none'} (nothing there)" in r.stderr
+    assert not (tmp_path / "none").exists()
 
 
 def test_static_files_ship_as_package_data():

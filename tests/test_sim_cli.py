@@ -24,7 +24,7 @@ def test_run_writes_readings_and_prints_summary(tmp_path):
         cli, ["run", str(DEMO), "--out", str(tmp_path), "--seed", "3", "--store", str(store)]
     )
     assert res.exit_code == 0, res.output
-    assert "PV kWh/kWp" in res.output and "qingdao" in res.output
+    assert "PV yield" in res.output and "[kWh/kWp]" in res.output and "qingdao" in res.output
     rs = ReadingSet.from_parquet(tmp_path / "demo")
     assert {s.site for s in rs.sites} >= {"qingdao"}
     assert len(rs.readings) > 0 and len(rs.meters) > 10

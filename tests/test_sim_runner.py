@@ -60,7 +60,8 @@ def test_store_holds_exactly_the_simulated_readings(tmp_path, three, reference, 
     pd.testing.assert_frame_equal(_events(back.events), _events(reference.events))
     assert {(m.site, m.meter) for m in back.meters} == {(m.site, m.meter) for m in reference.meters}
     assert [s.site for s in back.sites] == sorted(s.site for s in reference.sites)
-    assert got.n_readings == len(reference.readings) and got.n_events == len(reference.events)
+    assert got.n_values == len(reference.readings) and got.n_events == len(reference.events)
+    assert got.n_readings == reference.n_readings()
     pd.testing.assert_frame_equal(got.summary, reference.summary())
     assert got.written_to == [str(tmp_path / "s")]
 

@@ -338,8 +338,11 @@ def test_not_a_store_dir(tmp_path):
     (tmp_path / "x" / "other.txt").write_text("hello")
     with pytest.raises(StoreError, match="empty or new directory"):
         DuckDBStore(tmp_path / "x")
-    with pytest.raises(StoreError, match="expected an ems store"):
+    with pytest.raises(StoreError, match=r"no store at .*y \(nothing there\)"):
         DuckDBStore(tmp_path / "y", read_only=True)
+    with pytest.raises(StoreError, match=r"no store at .*x \(a folder without ems-store.json\)"):
+        DuckDBStore(tmp_path / "x", read_only=True)
+    assert not (tmp_path / "y").exists()  # a reader creates nothing
 
 
 def test_upsert_metadata(store, rs):

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ems.errors import ConfigError
+from ems.errors import ConfigError, StoreError
 from ems.readings import ReadingSet
 
 __all__ = ["load_source", "report"]
@@ -35,11 +35,14 @@ def load_source(source: str | None, store: str | None) -> ReadingSet:
     if store:
         from ems.store import open_store  # type: ignore[attr-defined]
 
-        st = open_store(store)
+        st = open_store(store, read_only=True)  # a report never creates a store
         try:
             rs: ReadingSet = st.read()
         finally:
             st.close()
+        if rs.readings.empty:
+            raise StoreError(f"store {store} is empty: no readings yet; write some first, e.g. "
+                             f"ems run scenarios/demo.yaml --store {store}")
         return rs
     if not source:
         raise ConfigError("expected SOURCE (a readings folder or a scenario YAML) or --store URL; found neither")
@@ -68,6 +71,31 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
     return ov
 
 
+def _print_tables(console: Any, res: Any, prog: Any) -> None:
+    """The report in a terminal, by the one formatting rule (:mod:`ems.formatting`)."""
+    from ems.accounting.report import (
+        factors_table,
+        fx_table,
+        gases_table,
+        grid_factors_table,
+        instruments_table,
+        kpi_table,
+        targets_table,
+    )
+    from ems.formatting import to_rich
+
+    console.print(to_rich(kpi_table(res, console=True)))
+    for line in res.notes[:2]:  # the tce method and the reporting boundary
+        console.print(line, markup=False, highlight=False)
+    tables = [targets_table(prog, "Progress against targets (group, latest year)")] if len(prog) else []
+    tables += [grid_factors_table(res.factors_used), factors_table(res.factors_used)]
+    tables += [gases_table(res)] if len(res.gases) else []
+    tables += [instruments_table(res.instruments, res.options.get("framework", ""))] if len(res.instruments) else []
+    tables += [fx_table(res.fx_used, res.options.get("currency", "CNY"))] if len(res.fx_used) else []
+    for t in tables:
+        console.print(to_rich(t))
+
+
 @click.command()
 @click.argument("source", required=False)
 @click.option("--store", "store_url", help="Read from a store URL instead of SOURCE (e.g. duckdb:///path.db).")
@@ -78,8 +106,15 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for the output files.")
 @click.option("--format", "formats", default="csv,json,html", show_default=True, help="Comma list of csv, parquet, json, html.")
 @click.option("--factor", "factor_overrides", multiple=True, help="Override a factor: KEY=VALUE (repeatable).")
-@click.option("--gwp", type=click.Choice(["AR4", "AR5"]), help="IPCC GWP edition for refrigerants.")
+@click.option("--gwp", type=click.Choice(["AR4", "AR5", "AR6"]), help="IPCC GWP edition for fugitive and process gases.")
 @click.option("--targets", "targets_name", default="group", show_default=True, help="Targets name or YAML path.")
+@click.option("--tce-method", type=click.Choice(["calorific", "coal_equivalent"]), default="calorific", show_default=True,
+              help="GB/T 2589-2020: calorific value (当量值) or coal equivalent (等价值) for electricity.")
+@click.option("--onsite-re", type=click.Choice(["excluded", "included"]), default="excluded", show_default=True,
+              help="On-site renewable electricity out of or in the total tce.")
+@click.option("--framework", type=click.Choice(["RE100", "GHG-Scope2", "CN-GEC"]), default="RE100", show_default=True,
+              help="Eligibility rules for certificates and contracts.")
+@click.option("--currency", default=None, help="Reporting currency of company, park and group costs (default CNY).")
 def report(
     source: str | None,
     store_url: str | None,
@@ -92,11 +127,12 @@ def report(
     factor_overrides: tuple[str, ...],
     gwp: str | None,
     targets_name: str,
+    tce_method: str,
+    onsite_re: str,
+    framework: str,
+    currency: str | None,
 ) -> None:
     """Compute energy and carbon KPIs from SOURCE (readings folder or scenario YAML) or a store."""
-    import pandas as pd
-    from rich.table import Table
-
     from ems.accounting.kpis import kpis, rollup
     from ems.accounting.report import FORMATS, write_html, write_tables
     from ems.accounting.targets import load_targets, progress
@@ -110,48 +146,16 @@ def report(
         raise ConfigError(f"--start and --end go together; found start={start!r}, end={end!r}")
     rs = load_source(source, store_url)
     chosen: str | tuple[str, str] = (start, end) if start is not None and end is not None else period
-    res = kpis(rs, by=by, period=chosen, factors=_overrides(factor_overrides, gwp) or None)
-    yearly = rollup(res.daily, by="group", period="year")
+    res = kpis(rs, by=by, period=chosen, factors=_overrides(factor_overrides, gwp) or None, tce_method=tce_method,
+               onsite_renewables=onsite_re, framework=framework, currency=currency)
+    yearly = rollup(res.daily, by="group", period="year", tce_method=tce_method, onsite_renewables=onsite_re)
     prog = progress(yearly, load_targets(targets_name))
-
     console = make_console()
-    short = {"key": by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
-             "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
-             "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost"}
-    t = Table(title=f"KPIs by {by} and {res.period}")
-    for c, h in short.items():
-        t.add_column(h, justify="left" if c in ("key", "period") else "right", no_wrap=c in ("key", "period"))
-    for row in res.kpis[list(short)].itertuples(index=False):
-        cells = []
-        for c, v in zip(short, row, strict=True):
-            if c == "green_share":
-                cells.append("" if pd.isna(v) else f"{100 * v:.1f}")
-            elif isinstance(v, float):
-                cells.append("" if pd.isna(v) else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}")
-            else:
-                cells.append(str(v))
-        t.add_row(*cells)
-    console.print(t)
-    if len(prog):
-        tp = Table(title="Progress against targets (group, latest year)")
-        for c in ("target", "metric", "target_value", "base_value", "value", "change_vs_base", "met"):
-            tp.add_column(c)
-        for r in prog.itertuples(index=False):
-            tp.add_row(r.target, r.metric, str(r.target_value), "n/a" if pd.isna(r.base_value) else f"{r.base_value:.4g}", f"{r.value:.4g}",
-                       f"{r.change_vs_base:+.1%}" if r.change_vs_base == r.change_vs_base else "", str(r.met))
-        console.print(tp)
-    tf = Table(title="Factors used")
-    for c in ("name", "region", "year_used", "value", "unit", "set", "version"):
-        tf.add_column(c)
-    for r in res.factors_used.itertuples(index=False):
-        tf.add_row(r.name, str(r.region), "" if pd.isna(r.year_used) else str(r.year_used), f"{r.value}", r.unit, r.set, r.version)
-    console.print(tf)
+    _print_tables(console, res, prog)
     if len(res.anomalies):
         console.print(f"[yellow]{len(res.anomalies)} register anomalies (resets, rollovers, gaps); see anomalies table[/]")
     if out_dir is not None:
-        paths = write_tables(res, out_dir, fmts)
-        if len(prog) and "csv" in fmts:
-            prog.to_csv(out_dir / "targets.csv", index=False)
+        paths = write_tables(res, out_dir, fmts, prog)
         if "html" in fmts:
             paths.append(write_html(res, out_dir / "report.html", rs, prog))
         console.print(f"wrote {len(paths)} files to {out_dir}")

@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -117,6 +118,27 @@ def _is_embedded(url: str) -> bool:
     return "://" not in url or url.lower().startswith("duckdb://")
 
 
+def _discard_on_failure(store: Any, ledger_path: Path) -> Callable[..., bool]:
+    """An exit callback removing a store this run created if the run fails before storing.
+
+    A failed start (a refused broker, a bad scenario found late) must not leave an
+    empty ``ems-live-<time>/`` folder with its lock file, nor a ledger, behind. A
+    store that holds readings is kept: nothing accepted is lost.
+    """
+    new_ledger = not ledger_path.exists()
+
+    def discard(et: type[BaseException] | None, ev: BaseException | None, tb: Any) -> bool:
+        if et is None or store.count() > 0:
+            return False
+        shutil.rmtree(store.root, ignore_errors=True)
+        if new_ledger:
+            ledger_path.unlink(missing_ok=True)
+        log.info("removed %s: the run failed before storing anything", store.root)
+        return False
+
+    return discard
+
+
 def run_live(
     opts: LiveOptions, echo: Callable[[str], None] = log.info, stop: threading.Event | None = None
 ) -> str:
@@ -131,17 +153,19 @@ def run_live(
     from ems.dashboard.monitor import Monitor
     from ems.dashboard.server import make_server
     from ems.store import open_store
-    from ems.telemetry.broker import EmbeddedBroker
-    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.broker import EmbeddedBroker, check_port_free
+    from ems.telemetry.connection import BrokerConfig, negotiate
     from ems.telemetry.ingestor import IngestOptions, Ingestor
     from ems.telemetry.ledger import reconcile
     from ems.telemetry.publisher import PublishOptions
 
     stop = stop or threading.Event()
+    check_port_free(opts.host, opts.port, "dashboard", "choose another --port (0 picks a free one)")
     t_load = time.monotonic()
     rs = load_readings(opts.scenario)
     echo(
-        f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s"
+        f"loaded {rs.n_readings():,} readings ({rs.n_values():,} values) of {len(rs.sites)} sites "
+        f"in {time.monotonic() - t_load:.1f} s"
     )
     store_url = opts.store_url or _default_store()
     tmp = tempfile.TemporaryDirectory(prefix="ems-live-")
@@ -157,9 +181,12 @@ def run_live(
 
     with contextlib.ExitStack() as stack:
         stack.callback(tmp.cleanup)
+        new_store = _is_embedded(store_url) and not Path(store_url.split("://", 1)[-1]).exists()
         # store first: it is closed last, after the broker
         store = open_store(store_url)
         stack.callback(store.close)
+        if new_store:
+            stack.push(_discard_on_failure(store, ledger_path))
         # broker
         broker_url = opts.broker_url
         if broker_url is None:
@@ -167,7 +194,8 @@ def run_live(
             stack.callback(b.stop)
             broker_url = b.url
             echo(f"embedded broker at {broker_url}")
-        cfg = BrokerConfig.from_url(broker_url)
+        cfg = negotiate(BrokerConfig.from_url(broker_url))
+        echo(f"broker {cfg.describe()}")
         # ingestor
         ing = Ingestor(
             cfg,

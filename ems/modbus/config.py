@@ -111,6 +111,7 @@ class SiteSpec(_Spec):
     lon: float = Field(ge=-180, le=180)
     country: str = Field(pattern=r"^[A-Z]{2}$")
     grid_region: str
+    province: str = Field("", description="ISO 3166-2 subdivision (e.g. CN-SD), the most local grid-factor place; '' if none")
     factor_set: str
     attrs: dict[str, Any] = Field(default_factory=dict)
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -40,7 +41,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ems.errors import ConfigError, LocatedError
-from ems.model.scenario import ResolvedScenario, ScenarioFile
+from ems.model.scenario import ResolvedScenario, ScenarioFile, apply_boundary
 from ems.model.site import Site
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "load_scenario_data",
     "load_site",
     "load_site_data",
+    "located_measure_error",
     "parse",
     "validate_document",
 ]
@@ -269,6 +271,12 @@ def is_scenario_data(data: Mapping[str, Any]) -> bool:
 # --------------------------------------------------------------------------- errors
 
 
+def _did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """`` (did you mean 'add_pv'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _dotted(path: Path_ | tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
@@ -293,9 +301,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], loc: Path_) -> str
         allowed = _fields_at(model, loc[:-1])
         hint = ""
         if allowed:
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            hint += f"; allowed fields: {', '.join(allowed)}"
+            hint = _did_you_mean(loc[-1], allowed) + f"; allowed fields: {', '.join(allowed)}"
         return f"expected a known field, found unknown field {str(loc[-1])!r}{hint}"
     if msg.startswith("Value error, "):
         text = msg[len("Value error, ") :]
@@ -450,8 +456,7 @@ def apply_override(
             if isinstance(key, int):
                 raise fail(f"expected a field name in {here}, found list index {key}")
             if allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = _did_you_mean(key, allowed)
                 raise fail(
                     f"expected a known field of {here}, found unknown field {key!r}{hint}; "
                     f"allowed fields: {', '.join(allowed)}"
@@ -588,6 +593,64 @@ def load_scenario(
     return _resolve(doc, Path(path).parent, overrides)
 
 
+def _check_measures(doc: Document, measures: Iterable[Any], site_ids: list[str]) -> None:
+    """Names in a scenario's ``measures:``: the measure, its parameters, its sites, located.
+
+    The values are checked when the measures are applied (:func:`located_measure_error`
+    locates those errors too), so ``ems validate`` and ``ems run`` refuse the same files.
+    """
+    from ems.studies.measures import (  # the catalogue (moving to ems.model)
+        COMMON_PARAMETERS,
+        MEASURE_WORDS,
+        MEASURES,
+    )
+
+    for i, m in enumerate(measures):
+        def fail(text: str, key: Key | None = None, i: int = i) -> LocatedError:
+            path: Path_ = ("measures", i) if key is None else ("measures", i, key)
+            file, line = doc.locate(path)
+            return LocatedError(text, file=file, line=line, field=_dotted(path))
+
+        if not isinstance(m, Mapping) or "measure" not in m:
+            raise fail(f"expected a mapping with 'measure' (one of {', '.join(MEASURES)}), found {_short(m)}")
+        name = m["measure"]
+        spec = MEASURES.get(str(name))
+        if spec is None:
+            words = [MEASURE_WORDS[w] for w in re.split(r"[^a-z]+", str(name).lower()) if w in MEASURE_WORDS]
+            hint = f" (did you mean {words[0]!r}?)" if words else _did_you_mean(name, MEASURES)
+            raise fail(f"expected a measure in {', '.join(MEASURES)}, found {name!r}{hint}", "measure")
+        allowed = [*spec.params, *sorted(COMMON_PARAMETERS - {"measure"} - set(spec.params))]
+        for key in m:
+            if key not in allowed and key != "measure":
+                raise fail(f"{name}: expected a parameter in {', '.join(allowed)}, found {key!r}"
+                           f"{_did_you_mean(key, allowed)}", key)
+        sel = m.get("site")
+        for sid in [] if sel is None else [sel] if isinstance(sel, str) else list(sel):
+            if sid not in site_ids:
+                raise fail(f"{name}: expected the id of a site in this scenario ({', '.join(site_ids)}), "
+                           f"found {sid!r}{_did_you_mean(sid, site_ids)}", "site")
+
+
+def located_measure_error(exc: ConfigError, path: str | Path) -> ConfigError:
+    """Give a ``measures.<i>: ...`` error of applying a scenario's measures its file and line."""
+    m = re.match(r"measures\.(\d+): (.*)", str(exc), re.S)
+    if m is None or isinstance(exc, LocatedError):
+        return exc
+    i = int(m.group(1))
+    file, line = load_document(path).locate(("measures", i))
+    return LocatedError(m.group(2), file=file, line=line, field=f"measures.{i}")
+
+
+def _bounded(spec: ScenarioFile, doc: Document, sites: list[Site]) -> list[Site]:
+    """Apply the scenario's reporting boundary; an excluded id must be one of its sites."""
+    unknown = sorted(set(spec.boundary.exclude) - {s.id for s in sites}) if spec.boundary else []
+    if unknown:
+        file, line = doc.locate(("boundary", "exclude"))
+        raise LocatedError(f"expected ids of sites in this scenario ({', '.join(sorted(s.id for s in sites))}), "
+                           f"found {unknown}", file=file, line=line, field="boundary.exclude")
+    return apply_boundary(spec.boundary, sites)
+
+
 def _resolve(
     doc: Document, base: Path, extra: Mapping[str, Mapping[str, Any]] | None
 ) -> ResolvedScenario:
@@ -609,8 +672,10 @@ def _resolve(
         site_path = Path(os.path.normpath(base / rel))
         file, line = doc.locate(("sites", i))
         if not site_path.is_file():
+            near = site_path.parent.glob("*.y*ml") if site_path.parent.is_dir() else ()
+            hint = _did_you_mean(site_path.name, sorted(f.name for f in near))
             raise LocatedError(
-                f"expected an existing site file, found no file at {str(site_path)!r}",
+                f"expected an existing site file, found no file at {str(site_path)!r}{hint}",
                 file=file,
                 line=line,
                 field=f"sites.{i}",
@@ -648,7 +713,7 @@ def _resolve(
         if site_id not in by_id:
             raise LocatedError(
                 f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), "
-                f"found {site_id!r}",
+                f"found {site_id!r}{_did_you_mean(site_id, by_id)}",
                 file=file,
                 line=line,
                 field=f"overrides.{site_id}",
@@ -667,7 +732,8 @@ def _resolve(
         for dotted, value in extra_paths.items():
             apply(site_id, str(dotted), value, (doc.name, None), None, ())
 
-    sites = [_resolve_site_paths(_validate_site(sdoc), sdoc.name) for sdoc in site_docs]
+    _check_measures(doc, spec.measures, list(by_id))
+    sites = _bounded(spec, doc, [_resolve_site_paths(_validate_site(sdoc), sdoc.name) for sdoc in site_docs])
     start, end = spec.period.bounds()
     return ResolvedScenario(
         name=spec.name,

@@ -16,24 +16,10 @@ import click
 if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
-    from rich.table import Table
 
-__all__ = ["run"]
+    from ems.formatting import Table
 
-_SUMMARY_COLUMNS = [
-    ("load_kwh", "load MWh", 1e-3, "{:,.0f}"),
-    ("grid_import_kwh", "import MWh", 1e-3, "{:,.0f}"),
-    ("grid_export_kwh", "export MWh", 1e-3, "{:,.0f}"),
-    ("pv_kwh", "PV MWh", 1e-3, "{:,.0f}"),
-    ("pv_specific_yield_kwh_per_kwp", "PV kWh/kWp", 1.0, "{:,.0f}"),
-    ("self_consumption", "self-cons.", 100.0, "{:.0f} %"),
-    ("peak_import_kw", "peak kW", 1.0, "{:,.0f}"),
-    ("battery_cycles", "bat. cycles", 1.0, "{:.0f}"),
-    ("purchased_heat_gj", "steam GJ", 1.0, "{:,.0f}"),
-    ("gas_m3", "gas m3", 1.0, "{:,.0f}"),
-    ("diesel_kg", "diesel kg", 1.0, "{:,.0f}"),
-    ("gasoline_kg", "gasoline kg", 1.0, "{:,.0f}"),
-]
+__all__ = ["run", "summary_table"]
 
 
 @click.command("run")
@@ -105,12 +91,13 @@ def run(
         )
     if quiet:
         return
-    title = f"{resolved.name}: {resolved.start} to {resolved.end}, {resolved.resolution_s} s, seed {resolved.seed}"
+    from ems.formatting import plural, to_rich
+
     console = bar.console
-    console.print(_summary_table(result.summary, title))
+    console.print(to_rich(summary_table(resolved, result.summary)))
     console.print(
-        f"{result.n_readings:,} readings and {result.n_events:,} events written to "
-        f"{' and '.join(result.written_to)}"
+        f"{plural(result.n_readings, 'reading')} ({plural(result.n_values, 'value')}) and "
+        f"{plural(result.n_events, 'event')} written to {' and '.join(result.written_to)}"
     )
 
 
@@ -166,18 +153,52 @@ class _ProgressBar:
             self.bar.console.print(f"{self.name}: simulating {text}")
 
 
-def _summary_table(summary: pd.DataFrame, title: str) -> Table:
-    """The per-site summary as a rich table."""
-    from rich.table import Table
+_SUMMARY = (
+    # summary column, shown as, scale (kWh -> MWh)
+    ("load_kwh", "load_mwh", 1e-3),
+    ("grid_import_kwh", "grid_import_mwh", 1e-3),
+    ("grid_export_kwh", "grid_export_mwh", 1e-3),
+    ("pv_kwh", "pv_mwh", 1e-3),
+    ("chp_kwh", "chp_mwh", 1e-3),
+    ("pv_specific_yield_kwh_per_kwp", "pv_kwh_per_kwp", 1.0),
+    ("self_consumption", "self_consumption", 1.0),
+    ("peak_import_kw", "peak_import_kw", 1.0),
+    ("battery_cycles", "battery_efc", 1.0),
+    ("purchased_heat_gj", "steam_gj", 1.0),
+    ("gas_m3", "natural_gas_m3", 1.0),
+    ("diesel_kg", "diesel_kg", 1.0),
+    ("gasoline_kg", "gasoline_kg", 1.0),
+)
+_SUMMARY_LABELS = {
+    "load_mwh": "load",
+    "grid_import_mwh": "import",
+    "grid_export_mwh": "export",
+    "pv_mwh": "PV",
+    "chp_mwh": "CHP",
+    "pv_kwh_per_kwp": "PV yield",
+    "self_consumption": "PV self-cons.",
+    "peak_import_kw": "peak import",
+    "battery_efc": "battery",
+    "steam_gj": "steam",
+    "natural_gas_m3": "gas",
+    "diesel_kg": "diesel",
+    "gasoline_kg": "gasoline",
+}
 
-    table = Table(title=title)
-    table.add_column("site")
-    for _, name, _, _ in _SUMMARY_COLUMNS:
-        table.add_column(name, justify="right")
-    for sid, row in summary.iterrows():
-        cells = []
-        for key, _, f, fmt in _SUMMARY_COLUMNS:
-            v = row[key]
-            cells.append("-" if v != v else fmt.format(v * f))  # NaN: not applicable
-        table.add_row(str(sid), *cells)
-    return table
+
+def summary_table(resolved: Any, summary: pd.DataFrame) -> Table:
+    """The per-site summary of a run, by the formatting rule (``ems.formatting``).
+
+    Electricity balances across a row: load = import - export + PV + CHP (+ battery
+    discharge - charge, a few per cent of losses).
+    """
+    import pandas as pd
+
+    from ems.formatting import table_of
+
+    df = pd.DataFrame(
+        {shown: summary[col] * scale for col, shown, scale in _SUMMARY}, index=summary.index
+    )
+    df = df.rename_axis("site").reset_index()
+    title = f"{resolved.name}: {resolved.start} to {resolved.end}, {resolved.resolution_s} s, seed {resolved.seed}"
+    return table_of(df, title, labels=_SUMMARY_LABELS)

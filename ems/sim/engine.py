@@ -86,7 +86,11 @@ class SimulationResult(ReadingSet):
             yield sid, self.site_reading_set(sid)
 
     def n_readings(self) -> int:
-        """Number of rows the tidy frame has (or would have)."""
+        """Number of readings (one meter's values at one timestamp, ``docs/glossary.md``)."""
+        return sum(self.flows[m.site].grid.n for m in self.meters)
+
+    def n_values(self) -> int:
+        """Number of values: the rows the tidy frame has (or would have), one per quantity of a reading."""
         return sum(len(m.quantities) * self.flows[m.site].grid.n for m in self.meters)
 
     def to_parquet_per_site(self, folder: str | Path) -> list[Path]:

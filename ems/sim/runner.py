@@ -70,7 +70,9 @@ class RunResult:
         Per-site totals, one row per site in scenario order (columns of
         :meth:`ems.sim.engine.SimulationResult.summary`).
     n_readings : int
-        Reading rows written.
+        Readings written (one meter's values at one time, ``docs/glossary.md``).
+    n_values : int
+        Values written (rows of the tidy frame: one per quantity of a reading).
     n_events : int
         Event rows written.
     written_to : list of str
@@ -81,6 +83,7 @@ class RunResult:
 
     summary: pd.DataFrame
     n_readings: int
+    n_values: int
     n_events: int
     written_to: list[str]
     workers: int
@@ -99,6 +102,7 @@ class _Plan:
 class _SiteDone:
     summary: pd.DataFrame
     n_readings: int
+    n_values: int
     n_events: int
 
 
@@ -168,6 +172,7 @@ def _result(done: list[_SiteDone], written: list[str], workers: int) -> RunResul
     return RunResult(
         summary=pd.concat([d.summary for d in done]),
         n_readings=sum(d.n_readings for d in done),
+        n_values=sum(d.n_values for d in done),
         n_events=sum(d.n_events for d in done),
         written_to=written,
         workers=workers,
@@ -259,7 +264,7 @@ def _deliver(part: SimulationResult, store: Store | None, site_folder: Path | No
         store.write_events(part.events)
     if site_folder is not None:
         part.to_parquet_per_site(site_folder)
-    return _SiteDone(part.summary(), part.n_readings(), len(part.events))
+    return _SiteDone(part.summary(), part.n_readings(), part.n_values(), len(part.events))
 
 
 def _run_here(plan: _Plan, progress: Progress | None, one_folder: Path | None) -> list[_SiteDone]:

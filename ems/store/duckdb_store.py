@@ -146,9 +146,11 @@ class DuckDBStore:
                 FORMAT["version"]
             ):
                 raise StoreError(f"{marker}: expected store format {FORMAT}, found {fmt}")
-        elif read_only:
+        elif read_only:  # a reader never creates anything: say what is there and what to run
+            found = "nothing there" if not self.root.exists() else "a folder without ems-store.json"
             raise StoreError(
-                f"{self.root}: expected an ems store directory (with ems-store.json); found none"
+                f"no store at {self.root} ({found}); write one first, e.g. "
+                f"ems run scenarios/demo.yaml --store {self.root}"
             )
         else:
             if self.root.exists() and any(self.root.iterdir()):

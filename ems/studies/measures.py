@@ -108,7 +108,21 @@ MEASURES: dict[str, MeasureSpec] = {
 }
 """The measure catalogue by name."""
 
-_COMMON = {"measure", "site", "capex_per_unit", "opex_share", "opex_per_unit", "lifetime_years", "discount_rate"}
+MEASURE_WORDS: dict[str, str] = {
+    "solar": "add_pv", "pv": "add_pv", "photovoltaic": "add_pv", "battery": "add_storage",
+    "bess": "add_storage", "storage": "add_storage", "certificate": "buy_certificates",
+    "certificates": "buy_certificates", "gec": "buy_certificates", "rec": "buy_certificates",
+    "ppa": "green_power", "forklift": "electrify_forklifts", "forklifts": "electrify_forklifts",
+    "heat": "waste_heat_recovery", "compressor": "compressed_air_upgrade", "air": "compressed_air_upgrade",
+    "hvac": "hvac_control", "neutral": "zero_carbon",
+}
+"""Words people use for a measure, for 'did you mean' hints (``add_solar`` -> ``add_pv``)."""
+
+COMMON_PARAMETERS = frozenset(
+    {"measure", "site", "capex_per_unit", "opex_share", "opex_per_unit", "lifetime_years", "discount_rate"}
+)
+"""Keys every measure accepts besides its own parameters (cost data may be overridden per measure)."""
+_COMMON = COMMON_PARAMETERS
 
 
 @dataclass
@@ -388,7 +402,8 @@ def _buy(s: Site, sc: ResolvedScenario, kind: str, mwh: float, tag: str) -> str:
         cid = _next_id(f"{tag}-gec", used)
         s.procurement.certificates.append(CertificatePurchase(
             id=cid, scheme="GEC", mwh=mwh, vintage=sc.start.year, schedule="once",
-            date=sc.end - dt.timedelta(days=1), period_year=sc.start.year))
+            date=sc.end - dt.timedelta(days=1), period_year=sc.start.year,
+            plant="new renewable plant (bought by the measure)", plant_commissioned=dt.date(sc.start.year - 1, 1, 1)))
         return "certificates"
     cid = _next_id(f"{tag}-green", used)
     s.procurement.contracts.append(Contract(

@@ -33,6 +33,8 @@ __all__ = [
     "MAX_READINGS",
     "DataMessage",
     "Reading",
+    "check_gas",
+    "check_line_gases",
     "deadletter_record",
     "decode_data",
     "decode_events",
@@ -520,7 +522,31 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
     attrs = obj.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {attrs!r}")
+    check_line_gases(kind, attrs, where)
     return MeterInfo(site, meter, kind, carrier, tuple(qs), interval, attrs)
+
+
+def check_line_gases(kind: str, attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse a production line's metadata that names a gas missing from the GWP table (``unknown_gas``)."""
+    if kind != MeterKind.LINE:
+        return
+    rates = attrs.get("emissions") or []
+    for i, rate in enumerate(rates if isinstance(rates, list) else [rates]):
+        check_gas(rate.get("gas") if isinstance(rate, dict) else rate, f"{where}.attrs.emissions[{i}].gas")
+
+
+def check_gas(name: object, where: str) -> None:
+    """Refuse a gas missing from the GWP table (``ems/data/gases.yaml``): the message is dead-lettered.
+
+    Raises
+    ------
+    PayloadError
+        ``unknown_gas``, naming the field and the gas.
+    """
+    from ems.gases import load_gases, unknown_gas_message
+
+    if not isinstance(name, str) or load_gases().canonical(name) is None:
+        raise PayloadError("unknown_gas", f"{where}: {unknown_gas_message(name)}")
 
 
 def encode_site(info: SiteInfo) -> bytes:
@@ -598,6 +624,10 @@ def decode_events(site: str, payload: bytes, *, now_ns: int, max_future_s: float
         detail = e.get("detail") or {}
         if not isinstance(detail, dict):
             raise PayloadError("wrong_type", f"{w}.detail: expected an object, found {detail!r}")
+        if kind == "refrigerant_topup":
+            check_gas(e.get("subject"), f"{w}.subject")
+        elif kind == "process_emission" and str(e.get("unit", "")).lower() == "kg":
+            check_gas(detail.get("gas", e.get("subject")), f"{w}.detail.gas")
         out.append(
             {
                 "ts": format_ts(ts),

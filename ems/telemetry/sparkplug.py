@@ -331,6 +331,7 @@ def meter_from_birth(msg: SpMessage, known: MeterInfo | None) -> tuple[MeterInfo
     if not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0:
         raise PayloadError("missing_field", f"{where}: expected metric Properties/interval_s > 0, found {interval!r}")
     attrs: dict[str, Any] = props["attrs"] if isinstance(props.get("attrs"), dict) else (dict(known.attrs) if known else {})
+    codec.check_line_gases(str(kind), attrs, where)
     aliases = {m.alias: m.name for m in msg.metrics if m.alias is not None}
     return MeterInfo(site, meter, str(kind), str(carrier), qs, int(interval), attrs), aliases
 
