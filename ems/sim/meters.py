@@ -118,13 +118,21 @@ def _meters(
 
 def _pv_attrs(p: PvArray) -> dict[str, object]:
     """A PV array's metadata: ratings, orientation and commissioning date (capacity in service)."""
-    return {"kwp": p.kwp, "inverter_kw": inverter_kw(p), "tilt_deg": p.tilt_deg, "azimuth_deg": p.azimuth_deg,
-            "commissioned": p.commissioned.isoformat() if p.commissioned else ""}
+    return {
+        "kwp": p.kwp,
+        "inverter_kw": inverter_kw(p),
+        "tilt_deg": p.tilt_deg,
+        "azimuth_deg": p.azimuth_deg,
+        "commissioned": p.commissioned.isoformat() if p.commissioned else "",
+    }
 
 
 def _line_attrs(line: ProductLine) -> dict[str, object]:
     """A production line's metadata: its product and per-unit emissions (gas, kg_per_unit, kind, activity, source)."""
-    return {"product": line.product, "emissions": [e.model_dump(mode="json") for e in line.emissions]}
+    return {
+        "product": line.product,
+        "emissions": [e.model_dump(mode="json") for e in line.emissions],
+    }
 
 
 def meter_infos(flows: SiteFlows) -> list[MeterInfo]:
@@ -271,7 +279,11 @@ def _series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray | _Register
         elif kind == MeterKind.PRODUCTION:
             yield mid, "output_rmb", reg(mid, "output_rmb", a["output_rmb_h"])
         elif kind == MeterKind.LINE:
-            yield mid, "output_units", reg(mid, "output_units", a["units_h." + mid.removeprefix("line-")])
+            yield (
+                mid,
+                "output_units",
+                reg(mid, "output_units", a["units_h." + mid.removeprefix("line-")]),
+            )
         elif kind == MeterKind.WEATHER:
             yield mid, "ghi_wm2", a["ghi"]
             yield mid, "poa_wm2", a["poa"]
@@ -340,7 +352,8 @@ def _dictionary(codes: npt.NDArray[np.integer], names: list[str]) -> pa.Dictiona
 
 
 def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Table]:
-    """One site's readings as Arrow tables of at most ``max_rows`` rows, in time order.
+    """One site's readings as Arrow tables of at most ``max_rows`` rows (as few as fit, of
+    about even size), in time order.
 
     The same rows as :func:`tidy_frame` (columns ``ts``, ``site``, ``meter``,
     ``quantity``, ``value``; ``ts`` a column, not the index), ordered by time and,
@@ -359,7 +372,9 @@ def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Tabl
     m_codes = np.array([meters.index(m) for m, _q, _v in series], dtype=code)
     q_codes = np.array([quants.index(q) for _m, q, _v in series], dtype=code)
     ts_ns = flows.grid.ts.as_unit("ns").asi8
-    steps = max(1, max_rows // max(n_series, 1))
+    fit = max(1, max_rows // max(n_series, 1))  # steps a table may hold
+    n_tables = -(-len(ts_ns) // fit)  # as few as fit
+    steps = max(1, -(-len(ts_ns) // max(n_tables, 1)))  # of even size
     ts_type = pa.timestamp("ns", tz="UTC")
     sums = {j: v.chunks(steps) for j, (_m, _q, v) in enumerate(series) if isinstance(v, _Register)}
     for a in range(0, len(ts_ns), steps):

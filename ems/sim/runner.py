@@ -46,8 +46,9 @@ __all__ = ["ONE_FOLDER_MAX_ROWS", "STORE_SLICE_ROWS", "RunResult", "plan_workers
 
 ONE_FOLDER_MAX_ROWS = 30_000_000
 """Above this many reading rows, Parquet output is written one folder per site."""
-STORE_SLICE_ROWS = 2_000_000
-"""Rows per store write: one segment of the embedded store (bounds transient memory)."""
+STORE_SLICE_ROWS = 1_000_000
+"""Most rows per store write, one segment of the embedded store: bounds the memory a write
+takes (a one-minute site is 15 M rows; 2 M would cost each worker 60 MB more)."""
 _WORKER_BYTES_PER_STEP = 1_000
 """Memory of one site in flight per simulated step (arrays, series, a slice) [B]."""
 _WORKER_BASE_BYTES = 200 * 2**20
