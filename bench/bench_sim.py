@@ -350,8 +350,8 @@ def main() -> None:
         "new store directory; `ems run` and the floor alternate so that both see the same load,",
         "and each run starts when no other program keeps a core busy (or after 20 s of waiting).",
         "CPU times add up every process of a run (`wait4`). `ems run` chooses its processes",
-        "itself: one per core that other programs leave free at its start, so on a busy machine",
-        "the default run is a one-process run.",
+        "itself: one per core other programs leave free at its start and one more, at most one",
+        "per core; when others keep every core busy, one.",
         "Raw times [s]: "
         + json.dumps({k: [round(x, 3) for x in v] for k, v in raw["runs"].items()}),
         "",

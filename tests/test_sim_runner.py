@@ -142,7 +142,9 @@ def test_plan_workers(three, monkeypatch):
     assert plan_workers(year) == 2  # two cores
     assert runner._plan(year, None) == (2, "2 of 2 cores free")
     monkeypatch.setattr(runner, "_busy_cores", lambda: 1.0)
-    assert runner._plan(year, None) == (1, "1 of 2 cores free")  # others are busy
+    assert runner._plan(year, None) == (2, "1 of 2 cores free")  # one to share
+    monkeypatch.setattr(runner, "_busy_cores", lambda: 2.0)
+    assert runner._plan(year, None) == (1, "0 of 2 cores free")  # others keep both busy
     monkeypatch.setattr(runner, "_busy_cores", lambda: 0.0)
     assert plan_workers(year, 8) == 3  # at most one per site
     assert plan_workers(three) == 1  # a week of three sites: not worth a process

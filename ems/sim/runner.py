@@ -183,11 +183,12 @@ def _result(done: list[_SiteDone], written: list[str], workers: int) -> RunResul
 def plan_workers(scenario: ResolvedScenario, requested: int | None = None) -> int:
     """Number of processes to simulate ``scenario`` in.
 
-    ``requested`` if given (at most one per site); else one per free core (usable
-    cores less those other work keeps busy now, :func:`_busy_cores`: a busy machine
-    gains nothing from more processes, as ``make -l`` knows) and site, as many as
-    half the available memory holds (each about ``200 MiB + 1 kB x steps``), and 1
-    for small runs, where starting processes costs more than it saves.
+    ``requested`` if given (at most one per site); else one per free core and one
+    more (usable cores less those other work keeps busy now, :func:`_busy_cores`: on a
+    machine others keep busy, more processes only cost more CPU, as ``make -l``
+    knows), at most one per core and site, as many as half the available memory
+    holds (each about ``200 MiB + 1 kB x steps``), and 1 for small runs, where
+    starting processes costs more than it saves.
     """
     return _plan(scenario, requested)[0]
 
@@ -204,9 +205,9 @@ def _plan(scenario: ResolvedScenario, requested: int | None) -> tuple[int, str]:
         return 1, "a small run"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    busy = _busy_cores()
-    free = max(1, min(cores, int(cores - busy + 0.5)))
-    n, why = min(free, sites), f"{free} of {cores} cores free"
+    free = max(0, min(cores, int(cores - _busy_cores() + 0.5)))
+    n = min(free + 1, cores, sites)  # the free cores, and one to share with the others
+    why = f"{free} of {cores} cores free"
     avail = _available_memory()
     if avail is not None:
         fits = int(avail // 2 // (_WORKER_BASE_BYTES + steps * _WORKER_BYTES_PER_STEP))
