@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from accounting_fixtures import (
+from builders import (
     TARIFF,
     const,
     from_power,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from accounting_fixtures import TARIFF, const, from_power, index, meter, readingset, register, site
+from builders import TARIFF, const, from_power, index, meter, readingset, register, site
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

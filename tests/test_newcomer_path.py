@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from brokers import amqtt_broker, mosquitto  # noqa: F401
-from dashboard_fixtures import readingset
+from builders import plant
 
 from ems.telemetry.connection import BrokerConfig
 
@@ -69,7 +69,7 @@ def test_live_on_a_busy_port_fails_before_loading_and_leaves_nothing(tmp_path, b
 
 
 def test_live_failing_after_opening_its_store_removes_it(tmp_path):
-    src = readingset({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
+    src = plant({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
     work = tmp_path / "work"
     work.mkdir()
     p = ems("live", str(src), "--port", "0", "--broker", f"mqtt://127.0.0.1:{_closed_port()}", cwd=work)
@@ -81,7 +81,7 @@ def test_live_failing_after_opening_its_store_removes_it(tmp_path):
 def test_live_keeps_a_store_that_existed(tmp_path):
     from ems.store import open_store
 
-    src = readingset({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
+    src = plant({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
     open_store(tmp_path / "store").close()  # an empty store the user made: theirs to keep
     p = ems("live", str(src), "--port", "0", "--store", str(tmp_path / "store"), "--broker",
             f"mqtt://127.0.0.1:{_closed_port()}")
@@ -92,7 +92,7 @@ def test_live_keeps_a_store_that_existed(tmp_path):
 # -- 4. MQTT 5 first, 3.1.1 when refused, and say which --------------------------------------------
 
 def test_stream_to_the_embedded_broker_needs_no_url_suffix(tmp_path, amqtt_broker):  # noqa: F811
-    src = readingset({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
+    src = plant({"alpha": "Alpha"}, n=8).to_parquet(tmp_path / "readings")
     url = f"mqtt://127.0.0.1:{amqtt_broker.port}"
     t0 = time.monotonic()
     p = ems("stream", str(src), "--broker", url, "--linger", "0")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from builders import plant
 from click.testing import CliRunner
-from dashboard_fixtures import readingset
 
 from ems.cli import cli
 from ems.readings import ReadingSet, events_frame
@@ -55,7 +55,7 @@ def page(browser):
 
 def _folder(tmp: Path, name: str, sites: dict[str, str], *, output: bool = True) -> Path:
     """A readings folder; without ``output`` no production meter (intensities are missing)."""
-    rs = readingset(sites, n=3 * 96)
+    rs = plant(sites, n=3 * 96)
     if not output:
         keep = rs.readings["meter"] != "production"
         rs = ReadingSet(readings=rs.readings[keep], events=rs.events,

@@ -11,9 +11,9 @@ from pathlib import Path
 import brokers
 import paho.mqtt.client as mqtt
 import pytest
+from builders import make_readingset
 from paho.mqtt.enums import CallbackAPIVersion
 from reliability_kit import EmsProc, figures, poll  # noqa: F401
-from telemetry_data import make_readingset
 
 from ems.errors import LocatedError
 from ems.store import open_store

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ems.errors import ConfigError
+from ems.errors import ReadingError
 from ems.model.site import Battery, Location, PvArray, Steam, Tariff, Weather
+from ems.readings import tou_periods
 from ems.sim import pv as pvm
 from ems.sim import thermal as th
 from ems.sim import weather as wx
@@ -21,7 +22,6 @@ from ems.sim.clock import (
     stable_hash,
 )
 from ems.sim.storage import BatteryLimits, dispatch_block, dispatch_step
-from ems.sim.tariff import tou_periods
 
 TARIFF = Tariff.model_validate(
     {
@@ -43,7 +43,7 @@ TARIFF = Tariff.model_validate(
 # ---------------------------------------------------------------- tariff
 def test_tou_periods_windows_and_midnight_wrap():
     idx = pd.date_range("2024-03-01 00:00", periods=24, freq="h", tz="Asia/Shanghai")
-    names = tou_periods(idx, TARIFF)
+    names = tou_periods(idx, TARIFF.model_dump(mode="json"))
     assert list(names[[0, 6, 7, 8, 10, 11, 22, 23]]) == [
         "valley",
         "valley",
@@ -77,7 +77,7 @@ def test_tou_periods_by_season():
     idx = pd.DatetimeIndex(
         ["2024-07-01 12:30", "2024-01-01 12:30", "2024-07-01 15:00"]
     ).tz_localize("Asia/Shanghai")
-    assert list(tou_periods(idx, t)) == ["summer", "peak", "flat"]
+    assert list(tou_periods(idx, t.model_dump(mode="json"))) == ["summer", "peak", "flat"]
 
 
 def test_tou_periods_errors():
@@ -85,10 +85,14 @@ def test_tou_periods_errors():
         {"prices": {"flat": 1.0}, "seasons": [{"months": [1], "default": "flat"}]}
     )
     idx = pd.date_range("2024-01-31 23:00", periods=3, freq="h", tz="UTC")
-    with pytest.raises(ConfigError, match=r"months \[2\] are in no season"):
-        tou_periods(idx, t)
-    with pytest.raises(ConfigError, match="naive"):
-        tou_periods(pd.date_range("2024-01-01", periods=2, freq="h"), t)
+    with pytest.raises(ReadingError, match=r"months \[2\] are in no season"):
+        tou_periods(idx, t.model_dump(mode="json"))
+    with pytest.raises(ReadingError, match="naive"):
+        tou_periods(pd.date_range("2024-01-01", periods=2, freq="h"), t.model_dump(mode="json"))
+    with pytest.raises(ReadingError, match="expected period, start_h and end_h"):
+        tou_periods(idx, {"seasons": [{"months": [1, 2], "windows": [{"period": "peak"}]}]})
+    with pytest.raises(ReadingError, match="non-empty 'seasons'"):
+        tou_periods(idx, {"prices": {}})
 
 
 # ---------------------------------------------------------------- clock and seeds

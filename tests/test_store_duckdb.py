@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from builders import meter, readingset, rows, site
 
 from ems.errors import MissingExtraError, ReadingError, StoreError
-from ems.readings import MeterInfo, ReadingSet, SiteInfo, events_frame
+from ems.readings import SiteInfo
 from ems.store import Store, open_store
 from ems.store.duckdb_store import DuckDBStore
 from ems.store.segments import Segment, list_segments, overlap_groups
@@ -29,61 +30,23 @@ PV_Q = ("power_kw", "energy_kwh", "curtailed_kwh")
 def make_set(sites=("qd", "sd"), start="2024-03-01T00:15Z", periods=192, freq="15min", seed=1):
     """A small ReadingSet with the contract's columns: a grid and a PV meter per site."""
     rng = np.random.default_rng(seed)
-    ts = pd.date_range(start, periods=periods, freq=freq, tz="UTC")
-    frames, meters, infos = [], [], []
+    ts = pd.date_range(start, periods=periods, freq=freq, tz="UTC", name="ts")
+    frames, ms, infos = [], [], []
     for s in sites:
-        for meter, kind, qs in (("grid", "grid", GRID_Q), ("pv1", "pv", PV_Q)):
-            meters.append(MeterInfo(s, meter, kind, "electricity", qs, 900, {"x": 1}))
+        for meter_id, kind, qs in (("grid", "grid", GRID_Q), ("pv1", "pv", PV_Q)):
+            ms.append(meter(s, meter_id, kind, carrier="electricity", quantities=qs, x=1))
             for q in qs:
                 v = rng.random(periods) * 100
-                if q.endswith("_kwh"):
-                    v = np.cumsum(v)
-                frames.append(
-                    pd.DataFrame({"site": s, "meter": meter, "quantity": q, "value": v}, index=ts)
-                )
-        infos.append(
-            SiteInfo(
-                s,
-                s.upper(),
-                "grp",
-                "co",
-                "park",
-                "Asia/Shanghai",
-                36.0,
-                120.0,
-                "CN",
-                "CN-East",
-                "cn-2024",
-                {"contract_kw": 5000},
-            )
-        )
-    df = pd.concat(frames).sort_index(kind="stable")
-    df.index.name = "ts"
-    for c in ("site", "meter", "quantity"):
-        df[c] = df[c].astype("category")
-    ev = events_frame(
-        [
-            {
-                "ts": ts[3],
-                "site": sites[0],
-                "kind": "fuel_delivery",
-                "subject": "fleet",
-                "value": 500.0,
-                "unit": "kg",
-                "detail": {"fuel": "diesel"},
-            },
-            {
-                "ts": ts[9],
-                "site": sites[-1],
-                "kind": "outage_start",
-                "subject": "pv1",
-                "value": float("nan"),
-                "unit": "",
-                "detail": None,
-            },
-        ]
-    )
-    return ReadingSet(readings=df, events=ev, meters=meters, sites=infos)
+                frames.append(rows(s, meter_id, q, ts, np.cumsum(v) if q.endswith("_kwh") else v))
+        infos.append(site(s, "Asia/Shanghai", name=s.upper(), group="grp", company="co", park="park", lat=36.0,
+                          lon=120.0, factor_set="cn-2024", contract_kw=5000))
+    events = [
+        {"ts": ts[3], "site": sites[0], "kind": "fuel_delivery", "subject": "fleet", "value": 500.0, "unit": "kg",
+         "detail": {"fuel": "diesel"}},
+        {"ts": ts[9], "site": sites[-1], "kind": "outage_start", "subject": "pv1", "value": float("nan"), "unit": "",
+         "detail": None},
+    ]
+    return readingset(frames, ms, infos, events)
 
 
 def canon(df: pd.DataFrame) -> pd.DataFrame:
@@ -102,12 +65,6 @@ def keys(df: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture
 def rs():
     return make_set()
-
-
-@pytest.fixture
-def store(tmp_path):
-    with DuckDBStore(tmp_path / "store") as st:
-        yield st
 
 
 def write_all(st, rs):
@@ -473,40 +430,6 @@ def test_second_process_reads_while_first_writes(tmp_path):
     assert seen[-1] == final == batches * rows
     assert json.loads((path / "ems-store.json").read_text())["format"] == "ems-segments"
     assert len(list_segments(path / "readings" / "site=qd")) >= 1
-
-
-@pytest.mark.parametrize("tz", ["Asia/Shanghai", "Europe/Ljubljana", "Asia/Kathmandu"])
-def test_daily_registers_pushdown(tmp_path, tz):
-    """Per local day last register value, across a DST change, with repeats resolved."""
-    rs = make_set(sites=("qd",), start="2024-03-29T00:15Z", periods=96 * 4)
-    with DuckDBStore(tmp_path / "s") as st:
-        st.register_sites(rs.sites)
-        st.write_readings(rs.readings)
-        r = rs.readings
-        newer = r[(r.index >= "2024-03-31T10:00Z") & (r.index < "2024-03-31T12:00Z")]
-        newer = newer.assign(value=newer["value"] + 0.5)
-        st.write_readings(newer)  # overlapping segment: must win
-        got = st.daily_registers(tz=tz)
-        default = st.daily_registers()
-    merged = canon(pd.concat([r.drop(newer.index.unique(), errors="ignore"), newer]))
-    merged = merged[merged["quantity"].str.endswith("_kwh")]
-    local_day = (merged["ts"] - pd.Timedelta("1s")).dt.tz_convert(tz).dt.date
-    expected = (
-        merged.assign(day=local_day).groupby(["site", "meter", "quantity", "day"])["value"].last()
-    )
-    g = got.assign(**{c: got[c].astype(str) for c in ("site", "meter", "quantity")})
-    g = g.set_index(["site", "meter", "quantity", "day"])
-    assert len(g) == len(expected)
-    np.testing.assert_array_equal(g["last"].to_numpy(), expected.to_numpy())
-    diff = g["last"].groupby(level=[0, 1, 2]).diff()
-    np.testing.assert_allclose(g["diff"].to_numpy(), diff.to_numpy())
-    assert set(default["quantity"].astype(str)) == {
-        "import_kwh",
-        "export_kwh",
-        "energy_kwh",
-        "curtailed_kwh",
-    }
-    assert len(default) > 0
 
 
 def test_simulated_scenario_roundtrip(tmp_path):

@@ -13,9 +13,9 @@ import brokers
 import numpy as np
 import pandas as pd
 import pytest
+from builders import make_readingset
 from click.testing import CliRunner
 from telemetry_cases import BAD_CASES, data
-from telemetry_data import make_readingset
 
 from ems.readings import MeterInfo, ReadingSet
 from ems.store import open_store
@@ -265,7 +265,7 @@ def test_cli_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ems.cli", "stream", str(tmp_path / "nope.yaml"),
                           "--broker", "mqtt://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "expected a scenario file or a readings folder" in out.stderr
+    assert "a readings folder (ems run --out) or a scenario .yaml; found nothing" in out.stderr
     assert "Traceback" not in out.stderr
 
 

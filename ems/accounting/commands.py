@@ -1,4 +1,4 @@
-"""``ems report``: KPIs from a readings folder, a store or a scenario."""
+"""``ems report``: KPIs from a store, a readings folder or a scenario."""
 
 from __future__ import annotations
 
@@ -8,52 +8,11 @@ from typing import Any
 
 import click
 
-from ems.errors import ConfigError, StoreError
-from ems.readings import ReadingSet
+from ems.errors import ConfigError
 
-__all__ = ["load_source", "report"]
+__all__ = ["report"]
 
 log = logging.getLogger(__name__)
-
-
-def _as_readingset(obj: Any) -> ReadingSet:
-    if isinstance(obj, ReadingSet):
-        return obj
-    for attr in ("readingset", "reading_set", "to_readingset"):
-        x = getattr(obj, attr, None)
-        if x is not None:
-            x = x() if callable(x) else x
-            if isinstance(x, ReadingSet):
-                return x
-    if all(hasattr(obj, a) for a in ("readings", "events", "meters", "sites")):
-        return ReadingSet(readings=obj.readings, events=obj.events, meters=list(obj.meters), sites=list(obj.sites))
-    raise ConfigError(f"expected the simulation to return a ReadingSet; found {type(obj).__name__}")
-
-
-def load_source(source: str | None, store: str | None) -> ReadingSet:
-    """Return the ReadingSet of a readings folder, a scenario YAML or a store URL."""
-    if store:
-        from ems.store import open_store  # type: ignore[attr-defined]
-
-        st = open_store(store, read_only=True)  # a report never creates a store
-        try:
-            rs: ReadingSet = st.read()
-        finally:
-            st.close()
-        if rs.readings.empty:
-            raise StoreError(f"store {store} is empty: no readings yet; write some first, e.g. "
-                             f"ems run scenarios/demo.yaml --store {store}")
-        return rs
-    if not source:
-        raise ConfigError("expected SOURCE (a readings folder or a scenario YAML) or --store URL; found neither")
-    p = Path(source)
-    if p.is_dir():
-        return ReadingSet.from_parquet(p)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        import ems
-
-        return _as_readingset(ems.simulate(ems.load_scenario(str(p))))
-    raise ConfigError(f"{source}: expected a readings folder (ems run --out) or a scenario .yaml; found neither")
 
 
 def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
@@ -98,7 +57,7 @@ def _print_tables(console: Any, res: Any, prog: Any) -> None:
 
 @click.command()
 @click.argument("source", required=False)
-@click.option("--store", "store_url", help="Read from a store URL instead of SOURCE (e.g. duckdb:///path.db).")
+@click.option("--store", "store_url", help="Read from a store path or URL instead of SOURCE (e.g. ./ems-data).")
 @click.option("--by", type=click.Choice(["site", "company", "park", "group"]), default="site", show_default=True)
 @click.option("--period", type=click.Choice(["day", "month", "year"]), default="month", show_default=True)
 @click.option("--start", "start", help="With --end: one custom period of local dates (inclusive), e.g. 2024-01-01.")
@@ -132,30 +91,28 @@ def report(
     framework: str,
     currency: str | None,
 ) -> None:
-    """Compute energy and carbon KPIs from SOURCE (readings folder or scenario YAML) or a store."""
-    from ems.accounting.kpis import kpis, rollup
-    from ems.accounting.report import FORMATS, write_html, write_tables
-    from ems.accounting.targets import load_targets, progress
+    """Compute energy and carbon KPIs from SOURCE (a store, a readings folder or a scenario YAML)."""
+    from ems.accounting.report import FORMATS
+    from ems.accounting.reporting import make_report, write_report
     from ems.console import make_console
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
     if bad:
         raise ConfigError(f"--format: expected some of {list(FORMATS)}; found {bad}")
-    if (start is None) != (end is None):
-        raise ConfigError(f"--start and --end go together; found start={start!r}, end={end!r}")
-    rs = load_source(source, store_url)
-    chosen: str | tuple[str, str] = (start, end) if start is not None and end is not None else period
-    res = kpis(rs, by=by, period=chosen, factors=_overrides(factor_overrides, gwp) or None, tce_method=tce_method,
-               onsite_renewables=onsite_re, framework=framework, currency=currency)
-    yearly = rollup(res.daily, by="group", period="year", tce_method=tce_method, onsite_renewables=onsite_re)
-    prog = progress(yearly, load_targets(targets_name))
-    console = make_console()
-    _print_tables(console, res, prog)
-    if len(res.anomalies):
-        console.print(f"[yellow]{len(res.anomalies)} register anomalies (resets, rollovers, gaps); see anomalies table[/]")
-    if out_dir is not None:
-        paths = write_tables(res, out_dir, fmts, prog)
-        if "html" in fmts:
-            paths.append(write_html(res, out_dir / "report.html", rs, prog))
-        console.print(f"wrote {len(paths)} files to {out_dir}")
+    where = store_url or source
+    if not where:
+        raise ConfigError("expected SOURCE (a store, a readings folder or a scenario YAML) or --store URL; found neither")
+    rep = make_report(where, store=store_url is not None, by=by, period=period, start=start, end=end,
+                      factors=_overrides(factor_overrides, gwp),
+                      targets=targets_name, tce_method=tce_method, onsite_renewables=onsite_re, framework=framework,
+                      currency=currency)
+    with rep.readings:
+        console = make_console()
+        _print_tables(console, rep.result, rep.progress)
+        if len(rep.result.anomalies):
+            console.print(f"[yellow]{len(rep.result.anomalies)} register anomalies (resets, rollovers, gaps); "
+                          "see anomalies table[/]")
+        if out_dir is not None:
+            paths = write_report(rep, out_dir, fmts)
+            console.print(f"wrote {len(paths)} files to {out_dir}")

@@ -599,11 +599,7 @@ def _check_measures(doc: Document, measures: Iterable[Any], site_ids: list[str])
     The values are checked when the measures are applied (:func:`located_measure_error`
     locates those errors too), so ``ems validate`` and ``ems run`` refuse the same files.
     """
-    from ems.studies.measures import (  # the catalogue (moving to ems.model)
-        COMMON_PARAMETERS,
-        MEASURE_WORDS,
-        MEASURES,
-    )
+    from ems.model.measures import COMMON_PARAMETERS, MEASURE_WORDS, MEASURES
 
     for i, m in enumerate(measures):
         def fail(text: str, key: Key | None = None, i: int = i) -> LocatedError:

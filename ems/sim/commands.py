@@ -73,7 +73,11 @@ def run(
 
     if no_store and out is None:
         raise ConfigError("--no-store needs --out DIR: the readings must go somewhere")
-    resolved = ems.load_scenario(str(scenario))
+    from ems.studies.measures import size_measures
+
+    resolved = size_measures(
+        ems.load_scenario(str(scenario))
+    )  # measures sized from KPIs: a study step
     if seed is not None:
         resolved = dataclasses.replace(resolved, seed=seed)
     # the modules and the scenario live as long as the process: the cyclic collector

@@ -26,6 +26,7 @@ import simpy
 from ems.errors import SimulationError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import PvArray, Site
+from ems.readings import tou_periods
 from ems.sim import events as ev
 from ems.sim import loads as ld
 from ems.sim import pv as pvm
@@ -34,7 +35,6 @@ from ems.sim import weather as wx
 from ems.sim.clock import TimeGrid, site_seed_sequence
 from ems.sim.stochastic import ar1
 from ems.sim.storage import BatteryLimits, dispatch_block
-from ems.sim.tariff import tou_periods
 
 __all__ = ["SiteFlows", "SiteSimulation", "split_flows"]
 
@@ -327,7 +327,7 @@ class SiteSimulation:
                     f"tariff periods; expected some of {sorted(tariff.prices)}"
                 )
             if self._tou_names is None:
-                self._tou_names = tou_periods(g.mid_local, tariff)
+                self._tou_names = tou_periods(g.mid_local, tariff.model_dump(mode="json"))
         # dispatch state
         self.pv_down = {a.id: 0 for a in s.pv}
         self.bat_down = {b.id: 0 for b in s.batteries}

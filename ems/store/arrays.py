@@ -1,5 +1,5 @@
 """Arrow and NumPy helpers of the embedded store: segment schemas, categorical codes,
-the duplicate check of a batch, and local-day arithmetic for SQL.
+and the duplicate check of a batch.
 
 Pure functions over arrays; :mod:`ems.store.duckdb_store` orchestrates them.
 """
@@ -26,7 +26,6 @@ __all__ = [
     "codes_of",
     "dict_array",
     "frame_columns",
-    "local_us_sql",
     "segment_table",
     "site_parts",
     "to_us",
@@ -262,29 +261,3 @@ def write_table(table: pa.Table, f: IO[bytes], compression: str) -> None:
         use_dictionary=["meter", "quantity", "site", "kind", "subject", "unit"],
         write_statistics=["ts"],
     )
-
-
-def local_us_sql(expr: str, tz: str, lo: int, hi: int) -> str:
-    """SQL turning ``expr`` [µs since the epoch, UTC] into local wall-clock µs in ``tz``.
-
-    The zone's UTC offsets over ``[lo, hi]`` are found with pandas on a 15-minute grid
-    (every zone's offset is a multiple of 15 minutes and changes on such a boundary)
-    and written as a CASE over the transitions: integer arithmetic in the engine, far
-    cheaper than a per-row time-zone conversion.
-    """
-    try:
-        grid = pd.date_range(
-            pd.Timestamp(lo, unit="us", tz="UTC").floor("D") - pd.Timedelta("1D"),
-            pd.Timestamp(hi, unit="us", tz="UTC").ceil("D") + pd.Timedelta("1D"),
-            freq="15min",
-        )
-        wall = grid.tz_convert(tz).tz_localize(None)
-    except (KeyError, ValueError) as exc:
-        raise StoreError(f"daily_registers: expected an IANA time zone; found {tz!r}") from exc
-    off = (wall.as_unit("us").asi8 - grid.tz_localize(None).as_unit("us").asi8).astype(np.int64)
-    change = np.flatnonzero(np.diff(off)) + 1
-    t_us = grid.as_unit("us").asi8
-    if not len(change):
-        return f"{expr} + {int(off[0])}"
-    whens = " ".join(f"WHEN {expr} >= {int(t_us[i])} THEN {int(off[i])}" for i in change[::-1])
-    return f"{expr} + CASE {whens} ELSE {int(off[0])} END"

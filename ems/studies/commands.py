@@ -214,16 +214,8 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
     res = run_sweep(spec, scheduler=scheduler, n_workers=workers, costs=_costs(costs_file),
                     progress=lambda d, n: log.info("sweep: %d/%d variants", d, n))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "best.csv").unlink(missing_ok=True)  # no stale answer from an earlier sweep
-    df = res.results
-    df.to_csv(out / "results.csv", index=False)
-    try:
-        df.to_parquet(out / "results.parquet", index=False)
-    except (ImportError, ValueError) as exc:  # pragma: no cover - pyarrow is a dependency
-        log.warning("no parquet written: %s", exc)
-    front = df[df["pareto"]].sort_values("total_annual_cost")
-    front.to_csv(out / "pareto.csv", index=False)
+    written = res.write(out)
+    df, front = res.results, res.front
     pcols = [c for c in df.columns if c.startswith("p:")]
     shown = [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]
     con.print(to_rich(table_of(
@@ -241,10 +233,7 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
             desc = ", ".join(f"{c.removeprefix('p:')} = {cell(b[c])}" for c in pcols)
             con.print(f"cheapest meeting {cond}: {desc}; total annual cost "
                       f"{with_unit('total_annual_cost', b['total_annual_cost'])}, {metric} {with_unit(metric, b[metric])}")
-            pd.DataFrame([b]).to_csv(out / "best.csv", index=False)
-    written = [f.name for f in (out / "results.csv", out / "results.parquet", out / "pareto.csv", out / "best.csv")
-               if f.exists()]
-    click.echo(f"wrote {', '.join(written)} to {out}")
+    click.echo(f"wrote {', '.join(p.name for p in written)} to {out}")
 
 
 @click.command()
@@ -254,21 +243,18 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
 def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None:
     """Simulate a pathway year by year and report when each group target is met."""
     from ems.accounting.report import targets_table
-    from ems.formatting import machine_frame, table_of, to_rich
-    from ems.studies.pathway import assess, load_pathway_spec, run_pathway
+    from ems.formatting import table_of, to_rich
+    from ems.studies.pathway import load_pathway_spec, study
 
     spec = load_pathway_spec(spec_file)
     con = _console()
-    yearly = run_pathway(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
+    res = study(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
+    yearly, a = res.yearly, res.targets
     cols = ["net_scope12_t", "scope12_market_intensity_t_per_10k_rmb", "green_share", "total_tce", "annual_cost"]
     con.print(to_rich(table_of(yearly.rename_axis("year").reset_index(), "Pathway (group, per year)",
                                columns=["year", *cols], labels=_STUDY_LABELS)))
-    a = assess(yearly, spec.targets)
     con.print(to_rich(targets_table(a, f"Targets (base year {spec.targets['base_year']})",
                                     value="value_in_target_year")))
     if out_dir:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        machine_frame(yearly).to_csv(out / "pathway.csv")
-        machine_frame(a).to_csv(out / "targets.csv", index=False)
-        click.echo(f"wrote {out / 'pathway.csv'}, {out / 'targets.csv'}")
+        paths = res.write(Path(out_dir))
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}")

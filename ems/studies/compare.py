@@ -87,7 +87,7 @@ def load_or_run(path: str | Path, *, base: Mapping[str, float] | None = None,
     Parameters
     ----------
     path : str or Path
-        Scenario YAML, or a folder with ``readings.parquet`` (``ems run --out``).
+        Scenario YAML, or readings: a folder with ``readings.parquet`` (``ems run --out``) or a store.
     base : dict, optional
         Base summary for the economics.
     resolution_s : int, optional [s]
@@ -96,12 +96,9 @@ def load_or_run(path: str | Path, *, base: Mapping[str, float] | None = None,
     import ems
 
     p = Path(path)
-    if p.is_dir():
-        from ems.accounting import kpis
-        from ems.readings import ReadingSet
-
-        rs = ReadingSet.from_parquet(p)
-        res = kpis(rs, by="site", period="year")
+    if p.is_dir() or "://" in str(path):
+        with ems.open_readings(path) as rs:
+            res = ems.kpis(rs, by="site", period="year")
         d = res.daily["date"]
         lo, hi = d.min().date(), d.max().date()
         out: dict[str, Any] = {"scenario": p.name, **summarise(res.rollup(by="site", period=(lo, hi)))}

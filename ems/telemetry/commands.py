@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from ems.errors import ConfigError
-from ems.readings import ReadingSet
 
 __all__ = ["broker", "ingest", "reconcile", "stream"]
 
@@ -70,20 +69,6 @@ def _url_config(url: str, kw: dict[str, Any]) -> Any:
     )
 
 
-def _load_readings(source: str) -> ReadingSet:
-    p = Path(source)
-    if p.is_dir():
-        return ReadingSet.from_parquet(p)
-    if not p.exists():
-        raise ConfigError(f"{source}: expected a scenario file or a readings folder (ems run --out); not found")
-    import ems
-
-    result: Any = ems.simulate(ems.load_scenario(str(p)))
-    if not isinstance(result, ReadingSet):  # pragma: no cover - the simulator's contract
-        raise ConfigError(f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet")
-    return result
-
-
 @click.command()
 @click.argument("scenario")
 @click.option("--broker", "broker_url", default=None, help="mqtt://host:port; default: start the embedded broker.")
@@ -111,7 +96,9 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
         raise click.UsageError("give --speed or --as-fast-as-possible, not both")
     if speed is not None and speed <= 0:
         raise click.UsageError(f"--speed must be > 0, found {speed}")
-    rs = _load_readings(scenario)
+    import ems
+
+    rs = ems.open_readings(scenario)
     opts = PublishOptions(qos=int(qos), speed=speed, batch=batch, window=window, ledger=ledger,
                           client_id_prefix=client_id_prefix, linger_s=linger_s if encoding == "json" else 0.0,
                           encoding=encoding, sparkplug_group=sparkplug_group)
