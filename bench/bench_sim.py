@@ -60,6 +60,13 @@ NOTES = [
     "  registers of 10^4..10^8 kWh after a year; events identical. The solar position is",
     "  within 1e-4 deg of pvlib's SPA (tests/test_sim_sun.py); tests/test_sim_golden.py",
     "  holds three small runs to the bounds it states.",
+    "- Since issue 13 the embedded store brings its register aggregates (stage 1 per local",
+    "  day and tariff period) up to date after every write. Before that merge (commit aab4aa3,",
+    "  same machine, load 1.3-2.1) `ems run` took 1.51 s against the floor's 2.13 s (0.71 x)",
+    "  and the one-minute year 11.3 s in two processes, 1,008 MiB summed RSS. Delivering the",
+    "  15-minute year costs 0.79 s CPU without the aggregates and 1.94 s with them; a",
+    "  one-minute site 0.78 s without and about 3 s with (of which stage 1, reading the",
+    "  batch back as a frame, the per-write scans and rewrites of the aggregate files).",
 ]
 
 
