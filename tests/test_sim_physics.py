@@ -14,7 +14,13 @@ from ems.readings import tou_periods
 from ems.sim import pv as pvm
 from ems.sim import thermal as th
 from ems.sim import weather as wx
-from ems.sim.clock import TimeGrid, site_seed_sequence, stable_hash
+from ems.sim.clock import (
+    TimeGrid,
+    calendar_fields,
+    local_day_hour,
+    site_seed_sequence,
+    stable_hash,
+)
 from ems.sim.storage import BatteryLimits, dispatch_block, dispatch_step
 
 TARIFF = Tariff.model_validate(
@@ -206,7 +212,9 @@ def test_synthetic_weather_has_day_to_day_persistence():
 
 
 def test_ar1_unit_variance():
-    x = wx.ar1(np.random.default_rng(0), 20000, 0.8)
+    from ems.sim.stochastic import ar1
+
+    x = ar1(np.random.default_rng(0), 20000, 0.8)
     assert x.std() == pytest.approx(1.0, abs=0.1)
     assert np.corrcoef(x[:-1], x[1:])[0, 1] == pytest.approx(0.8, abs=0.03)
 
@@ -232,6 +240,75 @@ def test_pv_hotter_cells_give_less_power():
     cold = pvm.ac_power(arr, np.array([800.0]), np.array([0.0]))
     hot = pvm.ac_power(arr, np.array([800.0]), np.array([35.0]))
     assert hot[0] < cold[0]
+
+
+def _sky(n: int = 20000):
+    """Random but physical skies: zenith, azimuth, GHI, DNI, DHI, E0, day of year."""
+    rng = np.random.default_rng(11)
+    zen = rng.uniform(0, 100, n)
+    azi = rng.uniform(0, 360, n)
+    doy = rng.integers(1, 367, n).astype(float)
+    e0 = 1366.1 * (1 + 0.033 * np.cos(2 * np.pi * doy / 365))
+    ghi = np.clip(rng.uniform(-5, 1.1, n) * e0 * np.clip(np.cos(np.radians(zen)), 0, None), 0, None)
+    ghi[::97] = 0.0
+    return zen, azi, ghi, e0, doy
+
+
+def test_erbs_equals_pvlib():
+    import pvlib
+
+    zen, _azi, ghi, _e0, doy = _sky()
+    dni, dhi = wx.erbs(ghi, zen, pvlib.irradiance.get_extra_radiation(doy))
+    ref = pvlib.irradiance.erbs(ghi, zen, doy)
+    assert np.array_equal(dni, np.nan_to_num(ref["dni"]))
+    assert np.array_equal(dhi, np.nan_to_num(ref["dhi"]))
+
+
+@pytest.mark.parametrize(("tilt", "az"), [(0, 180), (20, 180), (35, 135), (90, 270), (10, 0)])
+def test_poa_equals_pvlib_haydavies(tilt, az):
+    import pvlib
+
+    zen, azi, ghi, e0, _doy = _sky()
+    dni, dhi = wx.erbs(ghi, zen, e0)
+    got = pvm.poa_global(tilt, az, zen, azi, dni, ghi, dhi, e0)
+    ref = pvlib.irradiance.get_total_irradiance(
+        tilt, az, zen, azi, dni, ghi, dhi, dni_extra=e0, albedo=pvm.ALBEDO, model="haydavies"
+    )["poa_global"]
+    ref = np.clip(np.nan_to_num(ref), 0, None)
+    assert np.abs(got - ref).max() < 1e-9
+
+
+def test_ac_power_equals_pvlib_chain():
+    import pvlib
+
+    arr = PvArray(id="a", kwp=120, inverter_kw=100, gamma_pdc=-0.0037, losses_pct=14)
+    poa = np.concatenate([[0.0, 1e-9, 1.0], np.linspace(0, 1400, 5000)])
+    temp = np.linspace(-20, 45, poa.size)
+    t_cell = pvlib.temperature.faiman(poa, temp)
+    pdc = np.clip(pvlib.pvsystem.pvwatts_dc(poa, t_cell, 120, -0.0037), 0, None) * 0.86 * 0.97
+    ref = pvlib.inverter.pvwatts(pdc, 100 / arr.inverter_efficiency, arr.inverter_efficiency)
+    got = pvm.ac_power(arr, poa, temp, 0.97)
+    assert np.abs(got - np.clip(np.nan_to_num(ref), 0, 100)).max() < 1e-9
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Shanghai", "Europe/Ljubljana", "America/St_Johns"])
+def test_calendar_fields_equal_pandas(tz):
+    idx = pd.date_range("1969-12-28", "2025-03-02", freq="97min", tz="UTC").as_unit("ns")
+    local = idx.tz_convert(tz)
+    f = calendar_fields(local.tz_localize(None).asi8)
+    names = {"doy": "day_of_year", "weekday": "day_of_week"}
+    for key in ("year", "month", "day", "doy", "weekday", "hour", "minute"):
+        assert np.array_equal(f[key], np.asarray(getattr(local, names.get(key, key)), dtype=float))
+
+
+@pytest.mark.parametrize("tz", [None, "Asia/Shanghai", "Europe/Ljubljana"])
+def test_local_day_hour_equals_pandas(tz):
+    idx = pd.date_range("2023-12-30", "2025-01-02", freq="7min", tz="UTC").as_unit("ns")
+    idx = idx.tz_convert(tz) if tz else idx.tz_localize(None)
+    day, hour = local_day_hour(idx)
+    dates = idx.tz_localize(None) if tz else idx
+    assert np.array_equal(day, dates.normalize().values.astype("datetime64[D]").astype(np.int64))
+    assert np.array_equal(hour, np.asarray(idx.hour) + np.asarray(idx.minute) / 60.0)
 
 
 # ---------------------------------------------------------------- thermal

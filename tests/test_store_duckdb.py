@@ -129,6 +129,30 @@ def test_repeats_within_a_frame_keep_last(store, rs):
     )
 
 
+@pytest.mark.parametrize("layout", ["whole steps", "a series twice a step", "ragged steps"])
+def test_duplicate_check_of_time_major_batches(layout):
+    """The whole-steps shortcut of the duplicate check never hides a repeated key."""
+    from ems.store.arrays import unique_last
+
+    steps, per = 50, 6
+    ts = np.repeat(np.arange(steps, dtype=np.int64) * 900, per)
+    series = np.tile(np.arange(per), steps)
+    if layout == "whole steps":
+        assert unique_last(ts, series, per) is None
+        return
+    if layout == "a series twice a step":
+        series = np.tile(np.array([0, 1, 2, 3, 4, 1]), steps)
+    else:
+        ts, series = ts[:-1], series[:-1]
+        series[-3] = series[-4]  # the last, shorter step repeats a series
+    keep = unique_last(ts, series, per)
+    assert keep is not None
+    key = ts * per + series
+    assert len(np.unique(key[keep])) == keep.sum() == len(np.unique(key))
+    last = {k: i for i, k in enumerate(key)}
+    assert set(np.flatnonzero(keep)) == set(last.values())
+
+
 def test_out_of_order_writes(store, rs):
     r = rs.readings
     late, early = r[r.index >= r.index[len(r) // 2]], r[r.index < r.index[len(r) // 2]]
@@ -199,6 +223,52 @@ def test_bad_input_rejected(store, rs):
         store.write_readings(bad)
     with pytest.raises(ReadingError, match="tz-aware"):
         store.write_events(rs.events.tz_localize(None))
+
+
+def _arrow(df: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df.reset_index(), preserve_index=False)
+
+
+def test_arrow_table_is_written_like_the_frame(tmp_path, rs):
+    """The Arrow fast path of write_readings stores exactly what the frame path stores."""
+    import pyarrow as pa
+
+    with DuckDBStore(tmp_path / "a") as a, DuckDBStore(tmp_path / "b") as b:
+        assert a.write_readings(rs.readings) == b.write_readings(_arrow(rs.readings))
+        pd.testing.assert_frame_equal(canon(a.read().readings), canon(b.read().readings))
+        # strings instead of dictionaries, microseconds, another zone: the same readings
+        t = _arrow(rs.readings)
+        t = t.set_column(0, "ts", t["ts"].cast(pa.timestamp("us", tz="Asia/Shanghai")))
+        for c in ("site", "meter", "quantity"):
+            t = t.set_column(t.column_names.index(c), c, t[c].cast(pa.string()))
+        b.write_readings(t)
+        pd.testing.assert_frame_equal(canon(a.read().readings), canon(b.read().readings))
+        assert b.write_readings(t.slice(0, 0)) == 0
+
+
+def test_arrow_table_bad_input_rejected(store, rs):
+    import pyarrow as pa
+
+    t = _arrow(rs.readings.iloc[:6])
+    with pytest.raises(ReadingError, match="missing \\['value'\\]"):
+        store.write_readings(t.drop_columns(["value"]))
+    naive = t.set_column(0, "ts", t["ts"].cast(pa.timestamp("ns")))
+    with pytest.raises(ReadingError, match="tz-aware"):
+        store.write_readings(naive)
+    watts = t.set_column(3, "quantity", pa.array(["watts"] * 6))
+    with pytest.raises(ReadingError, match="unknown quantities"):
+        store.write_readings(watts)
+    nan = t.set_column(4, "value", pa.array([1.0, float("nan"), 2, 3, 4, 5]))
+    with pytest.raises(ReadingError, match="1 values are NaN"):
+        store.write_readings(nan)
+    no_site = t.set_column(1, "site", pa.array(["qd", None, "qd", "qd", "qd", "qd"]))
+    with pytest.raises(ReadingError, match="expected a site in every row"):
+        store.write_readings(no_site)
+    with pytest.raises(StoreError, match="names a directory"):
+        store.write_readings(t.set_column(1, "site", pa.array(["../etc"] * 6)))
+    assert store.count() == 0
 
 
 def test_durable_across_reopen_and_read_only(tmp_path, rs):

@@ -32,6 +32,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from ems.accounting.energy import Stage1
 from ems.errors import StoreError
@@ -148,14 +149,16 @@ class DuckDBStore:
         return self.registry.meters()
 
     # -- writing --------------------------------------------------------------
-    def write_readings(self, readings: pd.DataFrame) -> int:
-        """Write a readings frame; return the rows accepted.
+    def write_readings(self, readings: pd.DataFrame | pa.Table) -> int:
+        """Write a readings frame, or the same as an Arrow table; return the rows accepted.
 
-        The frame is checked against the contract (:func:`ems.readings.validate_readings`).
-        One segment per site is published atomically and durably before this returns, and
-        the register aggregates of the written sites are brought up to date. Within the
-        frame, a repeated (site, meter, quantity, ts) keeps its last row; against earlier
-        writes, this write wins.
+        The frame is checked against the contract (:func:`ems.readings.validate_readings`;
+        an Arrow table, with ``ts`` as a column, by :func:`ems.store.arrays.arrow_columns`:
+        the fast path of producers that build Arrow, such as ``ems run``). One segment per
+        site is published atomically and durably before this returns, and the register
+        aggregates of the written sites are brought up to date. Within the frame, a
+        repeated (site, meter, quantity, ts) keeps its last row; against earlier writes,
+        this write wins.
 
         Returns
         -------

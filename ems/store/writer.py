@@ -22,14 +22,14 @@ import pandas as pd
 import pyarrow as pa
 
 from ems.errors import ReadingError
-from ems.readings import EVENT_COLUMNS, validate_readings
+from ems.readings import EVENT_COLUMNS
 from ems.store.arrays import (
     EVENTS_SCHEMA,
-    READINGS_SCHEMA,
     TS,
-    codes_of,
-    dict_array,
-    unique_last,
+    arrow_columns,
+    frame_columns,
+    segment_table,
+    site_parts,
     write_table,
 )
 from ems.store.context import StoreContext
@@ -71,39 +71,27 @@ class SiteBatch:
     seq: int = 0
 
 
-def site_batches(readings: pd.DataFrame, threads: int) -> list[SiteBatch]:
-    """Split a checked readings frame by site into sorted, de-duplicated Arrow tables."""
-    idx = readings.index
-    assert isinstance(idx, pd.DatetimeIndex)
-    ts_us = (idx.asi8 if idx.unit == "ns" else idx.as_unit("ns").asi8) // 1000  # UTC epoch in any tz
-    site_codes, site_cats = codes_of(readings["site"])
+def site_batches(readings: pd.DataFrame | pa.Table, threads: int) -> list[SiteBatch]:
+    """Check readings (a frame, or an Arrow table with a ``ts`` column) and split them by site
+    into sorted, de-duplicated Arrow tables."""
+    if isinstance(readings, pa.Table):
+        cols = arrow_columns(readings, where="write_readings")
+    else:
+        cols = frame_columns(readings, where="write_readings")
+    ts_ns, (site_codes, site_cats), (m_codes, m_cats), (q_codes, q_cats), values = cols
+    if len(values) == 0:
+        return []
     for s in site_cats:
         check_site(s)
-    m_codes, m_cats = codes_of(readings["meter"])
-    q_codes, q_cats = codes_of(readings["quantity"])
-    values = readings["value"].to_numpy(dtype=np.float64)
-    if len(site_cats) == 1 or (site_codes == site_codes[0]).all():
-        parts: list[tuple[str, np.ndarray | slice]] = [(site_cats[int(site_codes[0])], slice(None))]
-    else:
-        small = site_codes.astype(np.int16, copy=False) if len(site_cats) < 2**15 else site_codes
-        order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(site_codes, minlength=len(site_cats)))])
-        parts = [(site_cats[i], order[bounds[i]: bounds[i + 1]]) for i in range(len(site_cats)) if bounds[i + 1] > bounds[i]]
-    nq = max(len(q_cats), 1)
 
-    def prepare(part: tuple[str, np.ndarray | slice]) -> SiteBatch:
+    def prepare(part: tuple[str, np.ndarray | None]) -> SiteBatch:
         site, take = part
-        t, m, q, v = ts_us[take], m_codes[take], q_codes[take], values[take]
-        if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):
-            o = np.argsort(t, kind="stable")
-            t, m, q, v = t[o], m[o], q[o], v[o]
-        keep = unique_last(t, m.astype(np.int64) * nq + q, max(len(m_cats), 1) * nq)
-        if keep is not None:
-            t, m, q, v = t[keep], m[keep], q[keep], v[keep]
-        table = pa.table([pa.array(t, TS), dict_array(m, m_cats), dict_array(q, q_cats), pa.array(v)],
-                         schema=READINGS_SCHEMA)
-        return SiteBatch(site, table, int(t[0]), int(t[-1]))
+        t, m, q, v = ((ts_ns, m_codes, q_codes, values) if take is None
+                      else (ts_ns[take], m_codes[take], q_codes[take], values[take]))
+        table, tmin, tmax = segment_table(t // 1000, m, q, v, m_cats, q_cats)
+        return SiteBatch(site, table, tmin, tmax)
 
+    parts = site_parts(site_codes, site_cats)
     if len(parts) == 1:
         return [prepare(parts[0])]
     with ThreadPoolExecutor(min(threads, len(parts))) as ex:
@@ -137,17 +125,18 @@ class SegmentWriter:
         atomic_write_bytes(f, str(last + n).encode())
         return last + 1
 
-    def write_readings(self, readings: pd.DataFrame, after: Callable[[list[SiteBatch]], None] | None = None) -> int:
-        """Write a readings frame (the contract's tidy form); return the rows accepted.
+    def write_readings(self, readings: pd.DataFrame | pa.Table,
+                       after: Callable[[list[SiteBatch]], None] | None = None) -> int:
+        """Write readings (the contract's tidy frame, or the same as an Arrow table with a ``ts``
+        column); return the rows accepted.
 
         ``after`` runs with the published batches while the writers' lock is still held
         (the register aggregates are brought up to date there).
         """
         self.ctx.writable("write_readings")
-        validate_readings(readings, where="write_readings")
-        if len(readings) == 0:
-            return 0
         batches = site_batches(readings, self.ctx.threads)
+        if not batches:
+            return 0
         root, compression = self.ctx.root, self.ctx.compression
         with ThreadPoolExecutor(min(self.ctx.threads, len(batches))) as ex, self.ctx.write_lock.hold():
             seq0 = self._next_seq(len(batches))
