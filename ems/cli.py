@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "schema": "ems.model.commands:schema",
     "run": "ems.sim.commands:run",
     "report": "ems.accounting.commands:report",
+    "intensity": "ems.accounting.commands:intensity",
     "stream": "ems.telemetry.commands:stream",
     "ingest": "ems.telemetry.commands:ingest",
     "broker": "ems.telemetry.commands:broker",

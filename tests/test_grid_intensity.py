@@ -287,3 +287,21 @@ def test_sun_shape_agrees_with_pvlib_spa(lat, lon, tz):
                    for m in (7.5, 22.5, 37.5, 52.5)], axis=0).clip(0.0)
     assert np.abs(ours - spa).max() < 0.01  # cos(zenith), i.e. well under a degree near the horizon
     assert ours.sum() == pytest.approx(spa.sum(), rel=1e-3)
+
+
+def test_ems_intensity_command_checks_models_and_converts(tmp_path):
+    from click.testing import CliRunner
+
+    from ems.cli import cli
+
+    r = CliRunner().invoke(cli, ["intensity", str(DATA / "entsoe-aggregated-generation.csv"), "--out", str(tmp_path / "e.csv")])
+    assert r.exit_code == 0, r.output
+    assert "Hourly carbon intensity (derived)" in r.output and "AT" in r.output
+    assert read_intensity(tmp_path / "e.csv").region("SI")["average_kg_per_kwh"].iloc[0] == pytest.approx(
+        400 * EF["lignite"] / 1300, abs=1e-6)
+    assert "ENTSO-E" in (tmp_path / "e.csv.provenance.txt").read_text()
+    m = CliRunner().invoke(cli, ["intensity", "--model", "CN-North", "--year", "2024", "--annual", "0.6191"])
+    assert m.exit_code == 0, m.output
+    assert "scaled by k =" in m.output
+    bad = CliRunner().invoke(cli, ["intensity", "--model", "CN-North"])
+    assert bad.exit_code != 0 and "expected --year and --annual" in str(bad.exception or bad.output)

@@ -10,7 +10,7 @@ import click
 
 from ems.errors import ConfigError
 
-__all__ = ["report"]
+__all__ = ["intensity", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +128,50 @@ def report(
         if out_dir is not None:
             paths = write_report(rep, out_dir, fmts)
             console.print(f"wrote {len(paths)} files to {out_dir}")
+
+
+@click.command()
+@click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layout", type=click.Choice(["auto", "ems", "electricitymaps", "entsoe"]), default="auto", show_default=True)
+@click.option("--region", help="Region name for a file of one region (instead of its zone or area code).")
+@click.option("--kind", type=click.Choice(["direct", "lifecycle"]), default="direct", show_default=True,
+              help="Electricity Maps: direct (combustion, Scope 2) or life-cycle intensity.")
+@click.option("--mtu-tz", help="ENTSO-E web export: IANA zone of an MTU column whose header names none.")
+@click.option("--model", "model", help="Instead of a file: ems's modelled mix of this grid region (e.g. CN-North).")
+@click.option("--year", type=int, help="With --model: the local calendar year.")
+@click.option("--annual", type=float, help="With --model: the published annual factor to calibrate to [kgCO2/kWh].")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the series in the ems layout (.csv or .parquet).")
+def intensity(source: str | None, layout: str, region: str | None, kind: str, mtu_tz: str | None, model: str | None,
+              year: int | None, annual: float | None, out: str | None) -> None:
+    """Check an hourly carbon-intensity file, or model a grid region's hourly factors; print a summary
+    per region and optionally write the series in the ems layout (docs/grid-intensity.md)."""
+    from ems.accounting.intensity_files import read_intensity, write_intensity
+    from ems.console import make_console
+    from ems.formatting import table_of, to_rich
+
+    if (source is None) == (model is None):
+        raise ConfigError("expected a FILE or --model REGION (with --year and --annual); found "
+                          + ("both" if source else "neither"))
+    if model is not None:
+        from ems.accounting.gridmix import load_mix, modelled_intensity
+
+        if year is None or annual is None:
+            raise ConfigError(f"--model {model}: expected --year and --annual (the published factor, kgCO2/kWh)")
+        series = modelled_intensity(load_mix(model), year, annual, "given with --annual")
+    else:
+        series = read_intensity(str(source), layout=layout, region=region, kind=kind, mtu_tz=mtu_tz)
+    console = make_console()
+    s = series.summary().reset_index()
+    g = {c: (s[c] * 1000.0).round(1) for c in ("average_mean", "average_min", "average_max", "marginal_mean")}
+    shown = s.assign(**g, count=s["hours"], first_hour=s["first_hour"].dt.strftime("%Y-%m-%d %H:%M"),
+                     last_hour=s["last_hour"].dt.strftime("%Y-%m-%d %H:%M"))
+    console.print(to_rich(table_of(
+        shown, f"Hourly carbon intensity ({series.method}) [gCO2/kWh]",
+        columns=["region", "count", "missing_hours", "first_hour", "last_hour", "average_mean", "average_min",
+                 "average_max", "marginal_mean"],
+        labels={"count": "hours", "missing_hours": "missing", "first_hour": "first hour (UTC)",
+                "last_hour": "last hour (UTC)", "average_mean": "average", "average_min": "min",
+                "average_max": "max", "marginal_mean": "marginal"})))
+    console.print(series.describe(), markup=False, highlight=False)
+    if out is not None:
+        click.echo(f"wrote {write_intensity(series, out)}")

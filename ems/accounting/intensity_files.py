@@ -98,8 +98,9 @@ def read_intensity(
 def write_intensity(series: IntensitySeries, path: str | Path) -> Path:
     """Write a series in the ems layout (``.csv`` or ``.parquet``), gCO2/kWh, with its provenance.
 
-    The ``source`` column carries :meth:`IntensitySeries.describe`, so a converted file keeps
-    where its values came from.
+    The ``source`` column names the method and origin of the values (``derived: <file>``); the
+    full provenance (:meth:`IntensitySeries.describe`: every input's source, the notes) goes into
+    ``<path>.provenance.txt`` beside it.
     """
     p = Path(path)
     f = series.frame
@@ -109,7 +110,7 @@ def write_intensity(series: IntensitySeries, path: str | Path) -> Path:
         "average_g_per_kwh": (f["average_kg_per_kwh"] * _G).round(3),
         "marginal_g_per_kwh": (f["marginal_kg_per_kwh"] * _G).round(3),
         "residual_g_per_kwh": (f["residual_kg_per_kwh"] * _G).round(3),
-        "source": series.describe(),
+        "source": f"{series.method}: {series.source}" + (f" ({series.data_source})" if len(series.data_source) < 80 else ""),
     })
     if p.suffix.lower() == ".parquet":
         out.to_parquet(p, index=False)
@@ -117,6 +118,7 @@ def write_intensity(series: IntensitySeries, path: str | Path) -> Path:
         out.to_csv(p, index=False)
     else:
         raise AccountingError(f"{p}: expected a .csv or .parquet path; found {p.suffix or 'no suffix'!r}")
+    p.with_name(p.name + ".provenance.txt").write_text(series.describe() + "\n", encoding="utf-8")
     return p
 
 
