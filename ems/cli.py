@@ -51,6 +51,7 @@ SUMMARIES: dict[str, str] = {
     "dashboard": "Serve the built-in dashboard of a store (read-only) until interrupted.",
     "gateway": "Poll the Modbus TCP devices of GATEWAY_YAML and publish their readings (contract v1).",
     "ingest": "Subscribe to ems/v1, check every message and write readings to a store.",
+    "intensity": "Check an hourly carbon-intensity file, or model a grid region's hourly factors.",
     "live": "Simulate SCENARIO and watch it live: broker, stream, ingest, store and dashboard in one.",
     "measures": "List the measures a scenario's 'measures:' list can use, with parameters and costs.",
     "modbus": "Serve every meter of SCENARIO (a scenario file or a readings folder) as a Modbus TCP unit.",

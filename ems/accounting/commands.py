@@ -143,8 +143,10 @@ def report(
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the series in the ems layout (.csv or .parquet).")
 def intensity(source: str | None, layout: str, region: str | None, kind: str, mtu_tz: str | None, model: str | None,
               year: int | None, annual: float | None, out: str | None) -> None:
-    """Check an hourly carbon-intensity file, or model a grid region's hourly factors; print a summary
-    per region and optionally write the series in the ems layout (docs/grid-intensity.md)."""
+    """Check an hourly carbon-intensity file, or model a grid region's hourly factors.
+
+    Prints a summary per region; --out writes the series in the ems layout (docs/grid-intensity.md).
+    """
     from ems.accounting.intensity_files import read_intensity, write_intensity
     from ems.console import make_console
     from ems.formatting import table_of, to_rich
