@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -187,20 +189,23 @@ class HourlyResult:
         """
         if by not in BY:
             raise AccountingError(f"by: expected one of {list(BY)}; found {by!r}")
-        rows = []
+        parts: dict[str, list[Any]] = {}
         for site, h in self.hours.items():
             si = self.sites[site]
-            p = matching.period_kpis(h, si.tz, period).reset_index()
-            rows.append(p.assign(site=site, company=si.company, park=si.park, group=si.group))
-        if not rows:
+            names, s = matching.period_sums(h, si.tz, period)
+            for k, v in {"period": names, **s, "site": site, "company": si.company, "park": si.park,
+                         "group": si.group}.items():
+                parts.setdefault(k, []).append(v if isinstance(v, np.ndarray) else np.full(len(names), v, dtype=object))
+        if not parts:
             return pd.DataFrame(columns=["by", "key", "period"])
-        allp = pd.concat(rows, ignore_index=True)
+        allp = pd.DataFrame({k: np.concatenate(v) for k, v in parts.items()})
         sums = [*matching.ADDITIVE, "annual_matched_kwh", "scope2_market_annual_kg"]
         g = allp.groupby([by, "period"], sort=True)
-        out = g[sums].sum(min_count=1)
+        out = g[sums].sum()
         if "scope2_marginal_kg" in out:  # unknown at one site: unknown for the sum
-            out.loc[g["scope2_marginal_kg"].apply(lambda x: bool(x.isna().any())), "scope2_marginal_kg"] = np.nan
-        out = matching.ratios(out.fillna({c: 0.0 for c in sums if c != "scope2_marginal_kg"}))
+            unknown = allp["scope2_marginal_kg"].isna().groupby([allp[by], allp["period"]], sort=True).any()
+            out.loc[unknown.to_numpy(), "scope2_marginal_kg"] = np.nan
+        out = matching.ratios(out)
         out["sites"] = g["site"].nunique()
         out = out.reset_index().rename(columns={by: "key"})
         out.insert(0, "by", by)
@@ -287,16 +292,34 @@ def _modelled(model: str, hours: pd.DatetimeIndex, years: np.ndarray,
 
 def _local_span(start: Any, end: Any, tz: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """``[start, end]`` local dates, inclusive, as UTC instants ``[first midnight, day after end)``."""
+    try:
+        return _local_span_cached(start, end, tz)
+    except TypeError:  # unhashable
+        return _local_span_of(start, end, tz)
+
+
+@lru_cache(maxsize=4096)
+def _local_span_cached(start: Any, end: Any, tz: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    return _local_span_of(start, end, tz)
+
+
+def _local_span_of(start: Any, end: Any, tz: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     a = pd.Timestamp(start).tz_localize(tz) if pd.Timestamp(start).tzinfo is None else pd.Timestamp(start)
     b = pd.Timestamp(end)
     b = (b + pd.Timedelta(days=1)).tz_localize(tz) if b.tzinfo is None else b
     return a.tz_convert("UTC"), b.tz_convert("UTC")
 
 
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts, column by column (far cheaper than ``itertuples``/``to_dict`` on string columns)."""
+    cols = [df[c].tolist() for c in df.columns]
+    return [dict(zip(df.columns, row, strict=True)) for row in zip(*cols, strict=True)]
+
+
 def site_instruments(
     si: SiteInfo,
     flows: pd.DataFrame,
-    instruments: pd.DataFrame,
+    instruments: pd.DataFrame | Sequence[Mapping[str, Any]],
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Place a site's instruments on its hours.
 
@@ -305,7 +328,7 @@ def site_instruments(
     si : SiteInfo
     flows : DataFrame
         The site's :func:`ems.accounting.matching.site_flows` (its index: the hours).
-    instruments : DataFrame
+    instruments : DataFrame or sequence of dict
         The site's rows of the instrument table (:func:`ems.accounting.certificates.instrument_table`):
         ``instrument`` (PPA or a certificate scheme), ``status`` (``counted`` and ``sold`` are
         placed), ``mwh``, ``id``, ``period_start``/``period_end`` and ``vintage_start``/``vintage_end``
@@ -325,7 +348,8 @@ def site_instruments(
     out: dict[str, Any] = {"contract_kwh": np.zeros(n), "granular_kwh": np.zeros(n), "pv_sold_kwh": np.zeros(n), "annual": []}
     placed = []
     ctx = _Hours(si, hours, (flows["pv_to_load_kwh"] + flows["pv_to_battery_kwh"]).to_numpy())
-    for r in instruments.itertuples(index=False):
+    for rec in instruments if not isinstance(instruments, pd.DataFrame) else _records(instruments):
+        r = SimpleNamespace(**rec)
         kwh = float(r.mwh) * 1000.0
         how = _place(ctx, r, kwh, out)
         placed.append({"site": si.site, "id": r.id, "instrument": r.instrument, "kwh": kwh, "placement": how})
@@ -365,7 +389,8 @@ def _place(ctx: _Hours, r: Any, kwh: float, out: dict[str, Any]) -> str:
         return f"granular: generated {a:%Y-%m-%d %H:%M}..{b:%H:%M} UTC"
     a, b = _local_span(r.period_start, r.period_end, tz)
     if r.instrument == "PPA":
-        given = str(getattr(r, "profile", "") or "")
+        given = getattr(r, "profile", "")
+        given = given if isinstance(given, str) else ""  # missing (NaN) in a hand-made table: none given
         profile = given or "baseload"
         out["contract_kwh"] += ctx.spread(kwh, ctx.profile(profile), a, b)
         return f"contract, profile {profile}" + ("" if given else " (none given: baseload)")
@@ -383,7 +408,7 @@ def _rte(site: str, meters: Sequence[MeterInfo], flows: pd.DataFrame) -> float:
     return matching.round_trip_efficiency(ch, float(flows["battery_discharge_kwh"].sum()))
 
 
-def _match_site(si: SiteInfo, h: pd.DataFrame, meters: Sequence[MeterInfo], inst: pd.DataFrame,
+def _match_site(si: SiteInfo, h: pd.DataFrame, meters: Sequence[MeterInfo], inst: Sequence[Mapping[str, Any]],
                 annual: AnnualFactors, series: Sequence[IntensitySeries]) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, Any]]]:
     f = matching.site_flows(h)
     arrays, placed = site_instruments(si, f, inst)
@@ -396,9 +421,12 @@ def _match_site(si: SiteInfo, h: pd.DataFrame, meters: Sequence[MeterInfo], inst
         initial = matching.initial_content(green_in + other_in, out, rte)
         battery = matching.track_battery(green_in, other_in, out, rte, initial)
     m = matching.match_hours(f, battery, arrays["contract_kwh"], arrays["granular_kwh"], sold, initial)
-    m["annual_cert_kwh"] = 0.0
-    for kwh, a, b in arrays["annual"]:
-        m["annual_cert_kwh"] += matching.spread_by_weight(kwh, m["grid_origin_use_kwh"], a, b).to_numpy()
+    annual_cert = np.zeros(len(m))
+    if arrays["annual"]:
+        use, ns = m["grid_origin_use_kwh"].to_numpy(dtype=float), m.index.as_unit("ns").asi8
+        for kwh, a, b in arrays["annual"]:
+            annual_cert += matching.spread_over(kwh, use, ns, a, b)
+    m["annual_cert_kwh"] = annual_cert
     fac, prov = site_intensity(si, m.index, annual, series)
     s2 = matching.scope2_hourly(m, fac, fac["annual_average"].to_numpy(), fac["annual_residual"].to_numpy())
     m = m.join(s2)
@@ -437,13 +465,16 @@ def hourly_kpis(
     by_site = {s.site: s for s in sites}
     inst = instruments if instruments is not None else pd.DataFrame(columns=["site", "status"])
     inst = inst[inst["status"].isin(["counted", "sold"])]
+    per_site: dict[str, list[dict[str, Any]]] = {}
+    for rec in _records(inst):
+        per_site.setdefault(str(rec["site"]), []).append(rec)
     hours: dict[str, pd.DataFrame] = {}
     prov: list[dict[str, Any]] = []
     placed: list[dict[str, Any]] = []
     for site, h in site_hours(hourly, meters).items():
         if site not in by_site:
             raise AccountingError(f"hourly energy of site {site!r} but no SiteInfo for it; known {sorted(by_site)}")
-        m, p, pl = _match_site(by_site[site], h, meters, inst[inst["site"] == site], annual, series)
+        m, p, pl = _match_site(by_site[site], h, meters, per_site.get(site, []), annual, series)
         hours[site], prov, placed = m, [*prov, p], [*placed, *pl]
     notes = [
         "hourly matching: PV and green battery output first, then contracts by delivery profile and granular "

@@ -455,6 +455,12 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str | tuple[Any, Any]) ->
         period's supplies pooled, capped per site and period), ``scope2_market_annual_kg``, and
         the ratios of :func:`ratios`.
     """
+    names, s = period_sums(hourly, tz, period)
+    return pd.DataFrame(s, index=pd.Index(names, name="period"))
+
+
+def period_sums(hourly: pd.DataFrame, tz: str, period: str | tuple[Any, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`period_kpis` as arrays: the period labels and one array per column."""
     if isinstance(period, tuple):
         hourly, label = _in_range(hourly, tz, period)
         names, inv = np.unique(label, return_inverse=True) if len(label) else (np.array([], dtype=object), np.zeros(0, int))
@@ -468,7 +474,7 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str | tuple[Any, Any]) ->
     residual = np.divide(s["residual_weighted_kg"], imp, out=np.zeros(len(imp)), where=imp > 0)
     s["scope2_market_annual_kg"] = (imp - np.minimum(instruments, imp)) * residual
     _ratios(s)
-    return pd.DataFrame(s, index=pd.Index(names, name="period"))
+    return names, s
 
 
 def _sums(hourly: pd.DataFrame, names: np.ndarray, inv: np.ndarray) -> dict[str, np.ndarray]:
