@@ -75,8 +75,12 @@ def poll(pred: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
 # ---------------------------------------------------------------- mosquitto
 
 
-def mosquitto_conf(tmp: Path, extra: str = "", port: int | None = None) -> tuple[Path, int]:
-    """A mosquitto config on a free loopback port with persistence in ``tmp`` (+ ``extra`` lines)."""
+def mosquitto_conf(tmp: Path, extra: str = "", port: int | None = None, limits: str | None = None) -> tuple[Path, int]:
+    """A mosquitto config on a free loopback port with persistence in ``tmp`` (+ ``extra`` lines).
+
+    ``limits``: the queue and in-flight lines; default the shipped ones (``brokers.shipped_limits``);
+    ``""`` for mosquitto's stock defaults (20 in flight, 1,000 queued).
+    """
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "mosquitto.conf"
@@ -85,8 +89,7 @@ def mosquitto_conf(tmp: Path, extra: str = "", port: int | None = None) -> tuple
         + ("allow_anonymous true\n" if "allow_anonymous" not in extra else "")
         + "persistence true\n"
         f"persistence_location {tmp}/\n"
-        "max_queued_messages 0\n"
-        "max_inflight_messages 0\n"
+        + (brokers.shipped_limits() if limits is None else limits)
         + ("user root\n" if os.geteuid() == 0 else "")
         + "log_dest stdout\nlog_type error\nlog_type warning\n"
         + extra

@@ -1,0 +1,171 @@
+"""Issue 17's cases 12 (site and scenario files) and 13 (the dashboard's HTTP server), as real processes.
+
+Case 12: ``ems validate`` in a subprocess with a 2 GiB address-space limit and a time limit, so
+a loader that hangs or balloons fails the test instead of the machine. Case 13: ``ems dashboard``
+as a subprocess, attacked over real sockets: a DNS-rebinding ``Host``, 400 idle connections.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from reliability_kit import EmsProc, poll
+from telemetry_data import make_readingset
+
+from ems.store import open_store
+from ems.telemetry.broker import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "TOP-SECRET-LINE-1f9a"
+
+
+def _validate(*paths: Path, env: dict[str, str] | None = None, timeout: float = 20.0) -> tuple[int, str]:
+    """``ems validate PATHS`` with at most 2 GiB of address space and ``timeout`` [s]; (exit code, output)."""
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    try:
+        r = subprocess.run([sys.executable, "-m", "ems.cli", "validate", *map(str, paths)], capture_output=True,
+                           text=True, timeout=timeout, preexec_fn=limits, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ems validate {paths} did not finish within {timeout} s")
+    return r.returncode, r.stdout + r.stderr
+
+
+MINI = ROOT / "tests" / "data" / "model" / "site-minimal.yaml"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder: scenarios/ and sites/ side by side (as in this repository), and a secret beside it."""
+    (tmp_path / "proj" / "scenarios").mkdir(parents=True)
+    (tmp_path / "proj" / "sites").mkdir()
+    (tmp_path / "proj" / "sites" / "m.yaml").write_text(MINI.read_text())
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.yaml").write_text(f"id: {SECRET}\nnote: {SECRET}\n")
+    return tmp_path / "proj"
+
+
+def _scenario(project: Path, *sites: str) -> Path:
+    p = project / "scenarios" / "s.yaml"
+    p.write_text("name: s\nsites: [" + ", ".join(sites) + "]\nperiod: {year: 2024}\n")
+    return p
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "expected"),
+    [
+        ("deep", lambda p: p.write_text("id: x\na: " + "[" * 900 + "]" * 900 + "\n"), r"nested"),
+        ("deep-block", lambda p: p.write_text("id: x\n" + "".join("  " * i + f"k{i}:\n" for i in range(900))
+                                              + "  " * 900 + "v: 1\n"), r"nested"),
+        ("alias", lambda p: p.write_text("id: x\na: &x [*x]\n"), r"alias"),
+        ("big", lambda p: p.write_bytes(b"# " + b"x" * (100 << 20) + b"\n"), r"at most 10 MiB"),
+        ("zero", lambda p: p.symlink_to("/dev/zero"), r"regular file"),
+        ("fifo", lambda p: os.mkfifo(p), r"regular file"),
+    ],
+)
+def test_case12_hostile_site_files_fail_fast_with_a_clear_error(tmp_path, name, make, expected):
+    import re
+
+    f = tmp_path / f"{name}.yaml"
+    make(f)
+    t0 = time.monotonic()
+    code, out = _validate(f)
+    assert code == 1, out
+    assert "Traceback" not in out and "RecursionError" not in out and "MemoryError" not in out, out[-3000:]
+    assert str(f) in out and re.search(expected, out), out[-3000:]
+    assert time.monotonic() - t0 < 20
+
+
+def test_case12_scenarios_read_only_inside_their_folder_tree(project, tmp_path):
+    """``sites: [/etc/shadow]`` and a YAML secret outside the project are refused, and never echoed."""
+    secret = tmp_path / "outside" / "secret.yaml"
+    for site in ("/etc/shadow", str(secret), "../../outside/secret.yaml"):
+        code, out = _validate(_scenario(project, site))
+        assert code == 1, out
+        assert "outside" in out and "EMS_FILE_ROOTS" in out, out
+        assert SECRET not in out and "root:" not in out, out
+    code, out = _validate(_scenario(project, "../sites/m.yaml"))  # the usual layout is fine
+    assert code == 0, out
+    code, out = _validate(_scenario(project, str(secret)), env={"EMS_FILE_ROOTS": str(secret.parent)})
+    assert code == 1 and "outside" not in out, out  # asked explicitly: read, and judged as a site file
+
+
+# ---------------------------------------------------------------- case 13: the dashboard
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    store = open_store(tmp_path / "store")
+    rs = make_readingset(sites=("alpha",), days=1, meters=("grid",))
+    store.register_sites(rs.sites)
+    store.register_meters(rs.meters)
+    store.write_readings(rs.readings)
+    store.close()
+    port = free_port()
+    proc = EmsProc(["dashboard", "--store", str(tmp_path / "store"), "--port", str(port), "--idle-timeout", "1",
+                    "--max-connections", "32"], tmp_path / "logs", "dash")
+    try:
+        proc.wait_log("dashboard at")
+        yield port, proc
+    finally:
+        proc.stop()
+
+
+def _get(port: int, host: str, path: str = "/api/overview") -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_case13_dashboard_serves_only_its_own_host_names(dashboard):
+    """A DNS-rebinding page makes the browser send ``Host: attacker.example``: refused."""
+    port, _ = dashboard
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", "[::2]"):
+        status, body = _get(port, host)
+        assert status == 421 and b"alpha" not in body, (host, body[:300])
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        status, body = _get(port, host)
+        assert status == 200 and b"alpha" in body, (host, body[:300])
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).status == 200
+
+
+def test_case13_idle_connections_time_out_and_are_bounded(dashboard):
+    """400 idle connections: the server holds at most its bound, closes idle ones, and still answers."""
+    port, proc = dashboard
+    idle = []
+    try:
+        for _ in range(400):
+            s = socket.socket()
+            s.settimeout(10)
+            s.connect(("127.0.0.1", port))
+            idle.append(s)
+
+        def threads() -> int:
+            text = Path(f"/proc/{proc.pid}/status").read_text()
+            return int(next(line.split()[1] for line in text.splitlines() if line.startswith("Threads:")))
+
+        peak = max(threads() for _ in range(5))
+        assert peak < 32 + 16, peak
+        assert poll(lambda: _get(port, f"127.0.0.1:{port}")[0] == 200, 15), "the dashboard stopped answering"
+        for s in idle[:50]:  # each is closed by the server (after its idle timeout, or at once when over the bound)
+            try:
+                while s.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in idle:
+            s.close()
