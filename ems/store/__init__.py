@@ -61,6 +61,11 @@ def open_store(url: str | os.PathLike[str] | None = None, **options: Any) -> Sto
         if not path:
             raise StoreError(f"store URL {text!r}: expected duckdb:///path/to/dir; found no path")
         return _embedded(path, options)
+    if parts.username is not None or parts.password is not None:
+        raise StoreError(
+            f"store URL {_redact(text)!r}: credentials in the URL are refused (they would show in "
+            "process lists and logs); set EMS_INFLUX_TOKEN or EMS_INFLUX_TOKEN_FILE"
+        )
     if scheme in {"influx+http", "influx+https", "http", "https"}:
         query = dict(parse_qsl(parts.query))
         for key in ("org", "bucket"):
