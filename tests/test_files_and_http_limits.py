@@ -86,18 +86,32 @@ def test_case12_hostile_site_files_fail_fast_with_a_clear_error(tmp_path, name, 
     assert time.monotonic() - t0 < 20
 
 
-def test_case12_scenarios_read_only_inside_their_folder_tree(project, tmp_path):
-    """``sites: [/etc/shadow]`` and a YAML secret outside the project are refused, and never echoed."""
+def test_case12_scenarios_read_only_inside_their_folder_tree(project, tmp_path, monkeypatch):
+    """``sites: [/etc/shadow]``, a YAML secret outside the project, a weather file outside it: refused, never echoed."""
+    from click.testing import CliRunner
+
+    from ems.cli import cli
+
+    def validate(path: Path) -> tuple[int, str]:
+        res = CliRunner().invoke(cli, ["validate", str(path)])
+        return res.exit_code, res.output
+
+    monkeypatch.chdir(tmp_path / "proj" / "sites")  # the working directory is a root too: not the secret's
     secret = tmp_path / "outside" / "secret.yaml"
     for site in ("/etc/shadow", str(secret), "../../outside/secret.yaml"):
-        code, out = _validate(_scenario(project, site))
+        code, out = validate(_scenario(project, site))
         assert code == 1, out
-        assert "outside" in out and "EMS_FILE_ROOTS" in out, out
+        assert "outside them" in out and "EMS_FILE_ROOTS" in out, out
         assert SECRET not in out and "root:" not in out, out
-    code, out = _validate(_scenario(project, "../sites/m.yaml"))  # the usual layout is fine
+    code, out = validate(_scenario(project, "../sites/m.yaml"))  # the usual layout is fine
     assert code == 0, out
-    code, out = _validate(_scenario(project, str(secret)), env={"EMS_FILE_ROOTS": str(secret.parent)})
-    assert code == 1 and "outside" not in out, out  # asked explicitly: read, and judged as a site file
+    site = project / "sites" / "w.yaml"
+    site.write_text(MINI.read_text().replace("  source: synthetic\n", f"  source: epw\n  path: {secret}\n"))
+    code, out = validate(_scenario(project, "../sites/w.yaml"))
+    assert code == 1 and "weather.path" in out and "outside them" in out and SECRET not in out, out
+    monkeypatch.setenv("EMS_FILE_ROOTS", str(secret.parent))
+    code, out = validate(_scenario(project, str(secret)))
+    assert code == 1 and "outside them" not in out, out  # asked explicitly: read, and judged as a site file
 
 
 # ---------------------------------------------------------------- case 13: the dashboard
@@ -133,7 +147,7 @@ def _get(port: int, host: str, path: str = "/api/overview") -> tuple[int, bytes]
 def test_case13_dashboard_serves_only_its_own_host_names(dashboard):
     """A DNS-rebinding page makes the browser send ``Host: attacker.example``: refused."""
     port, _ = dashboard
-    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", "[::2]"):
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", ""):
         status, body = _get(port, host)
         assert status == 421 and b"alpha" not in body, (host, body[:300])
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):

@@ -38,7 +38,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from ems.telemetry.settle import Job, JobBuilder, Settler
 from ems.telemetry.spool import Spool
 from ems.telemetry.validate import ReadingIndex, SeqTracker, Validator
 from ems.telemetry.writer import StoreWriter
+from ems.webserver import GuardedHandler, GuardedHTTPServer
 
 __all__ = ["IngestOptions", "Ingestor", "SeqTracker"]
 
@@ -199,7 +199,7 @@ class Ingestor:
         self._rejected_retained: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self._timers = {"plan": 0.0, "parked": 0.0, "refresh": time.monotonic()}
         self._threads: list[threading.Thread] = []
-        self._http: ThreadingHTTPServer | None = None
+        self._http: GuardedHTTPServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -594,10 +594,10 @@ class Ingestor:
         """Serve :meth:`prometheus` at ``http://host:port/metrics``; return the port."""
         ingestor = self
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10
-
+        class Handler(GuardedHandler):
             def do_GET(self) -> None:
+                if not self.host_allowed():
+                    return
                 if self.path.rstrip("/") not in ("/metrics", ""):
                     self.send_error(404)
                     return
@@ -611,8 +611,7 @@ class Ingestor:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("metrics: %s", format % args)
 
-        self._http = ThreadingHTTPServer((host, port), Handler)
-        self._http.daemon_threads = True
+        self._http = GuardedHTTPServer((host, port), Handler, max_connections=16)
         threading.Thread(target=self._http.serve_forever, name="ems-metrics", daemon=True).start()
         return int(self._http.server_address[1])
 
