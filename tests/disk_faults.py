@@ -23,6 +23,7 @@ import builtins
 import errno
 import io
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,20 @@ class DiskFaults:
         self.root = str(Path(root).resolve())
         self.control = control
         self._mode: str | None = None
+        self._read_at = 0.0
         self.injected = 0
         self._saved: dict[str, Any] = {}
 
     @property
     def mode(self) -> str | None:
         if self.control is not None:
-            try:
-                text = self.control.read_bytes().decode().strip()
-            except OSError:
-                text = ""
-            return text or None
+            now = time.monotonic()
+            if now - self._read_at > 0.02:  # read the control file at most every 20 ms
+                try:
+                    text = self.control.read_bytes().decode().strip()
+                except OSError:
+                    text = ""
+                self._mode, self._read_at = text or None, now
         return self._mode
 
     @mode.setter

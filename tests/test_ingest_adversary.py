@@ -318,12 +318,17 @@ def test_case06_the_shipped_acl_lets_backfill_requests_through_and_refusals_are_
             run = Publisher(alpha, rs, PublishOptions(ledger=ledger, linger_s=3.0)).run()
             assert ing.wait_for(lambda c: c["written"] >= 20, 10), ing.stats()
             assert wrong.wait_for(lambda c: c["publish_refused"] >= 1, 10), wrong.stats()
+            beta, _ = good(days=900 / 86400, meters=("grid",), sites=("beta",))  # alpha may not publish as beta
+            spoof = Publisher(alpha, beta, PublishOptions(ledger=tmp_path / "spoof.json")).run()
     finally:
         ing.stop()
         wrong.stop()
         brokers.stop(b)
     assert run.backfilled >= 8 and ing.stats()["publish_refused"] == 0
-    assert any("refused" in r.getMessage() and "Not authorized" in r.getMessage() for r in caplog.records)
+    assert spoof.readings == 0  # refused PUBACKs are not counted as delivered
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage() and "Not authorized" in r.getMessage()]
+    assert any(r.name.startswith("ems.telemetry.session") for r in caplog.records if r.getMessage() in refusals)
+    assert any("site beta" in m for m in refusals), refusals
     assert reconciled(ledger, store)["lost"] == 0
     store.close()
 
@@ -372,13 +377,13 @@ def _tmpfs(path: Path, size: str) -> None:
 
 def _fill(path: Path) -> Path:
     filler = path / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+            while f.write(b"\0" * 65536):
+                pass
         except OSError as exc:
-            assert exc.errno == errno.ENOSPC
+            if exc.errno != errno.ENOSPC:
+                raise
     return filler
 
 
@@ -541,7 +546,7 @@ TOKEN = "influx-Token-5c1d9e77"
 class _Reflect(BaseHTTPRequestHandler):
     """An InfluxDB look-alike that answers every write with an error quoting the request's headers."""
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.dumps({"code": "invalid", "message": f"bad request; your headers were: {dict(self.headers)}"})
         self.send_response(400)
@@ -551,7 +556,7 @@ class _Reflect(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
-    do_GET = do_POST  # noqa: N815
+    do_GET = do_POST
 
     def log_message(self, *a) -> None:
         pass

@@ -16,8 +16,8 @@ from ems.errors import ConfigError, PayloadError, TelemetryError
 from ems.readings import MeterInfo, SiteInfo
 from ems.telemetry import codec, topics
 from ems.telemetry.connection import BrokerConfig, password_from_env
-from ems.telemetry.validate import SeqTracker
 from ems.telemetry.ledger import Ledger
+from ems.telemetry.validate import SeqTracker
 
 DATA = Path(__file__).parent / "data" / "telemetry"
 NOW = pd.Timestamp("2024-07-02", tz="UTC").value

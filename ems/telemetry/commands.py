@@ -152,11 +152,13 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
     meters: list[MeterInfo] = []
     sites: list[SiteInfo] = []
     if meta_dir is not None:
+        from ems.model.loader import read_config_text
+
         try:
             if (meta_dir / "meters.json").exists():
-                meters = [MeterInfo.from_dict(d) for d in json.loads((meta_dir / "meters.json").read_text())]
+                meters = [MeterInfo.from_dict(d) for d in json.loads(read_config_text(meta_dir / "meters.json"))]
             if (meta_dir / "sites.json").exists():
-                sites = [SiteInfo.from_dict(d) for d in json.loads((meta_dir / "sites.json").read_text())]
+                sites = [SiteInfo.from_dict(d) for d in json.loads(read_config_text(meta_dir / "sites.json"))]
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{meta_dir}: expected meters.json/sites.json as written by ems run --out; {exc}") from None
     opts = IngestOptions(group=group, client_id=client_id, deadletter=deadletter, batch_readings=batch_readings,

@@ -87,6 +87,8 @@ class DeadLetters:
     def __init__(self, path: Path | None, session: MqttSession) -> None:
         self.path = path
         self.session = session
+        if path is not None:
+            _end_cut_line(path)
         self._acked: list[Ack] = []
         self._refused: list[tuple[float, DeadLetter]] = []
         self.waiting = 0
@@ -135,6 +137,28 @@ class DeadLetters:
             self._refused = [(t, d) for t, d in self._refused if t > now]
             for d in due:
                 self._publish(d)
+
+
+def _end_cut_line(path: Path) -> None:
+    """End a line an earlier process left cut (killed while appending), so the next record starts afresh."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("dead-letter file %s: cannot read its end (%s)", path, exc)
+        return
+    if last != b"\n":
+        log.warning("dead-letter file %s ends in a cut line (a process was killed while writing it); ended it", path)
+        try:
+            _append(path, b"\n")
+        except OSError as exc:
+            log.warning("dead-letter file %s: could not end the cut line (%s)", path, exc)
 
 
 def _append(path: Path, data: bytes) -> None:
