@@ -178,7 +178,8 @@ class ChaosRun:
                  "none": []}[self.s.spool]
         n = self.state.exits + self.state.injected["ingest_kill"]
         self.state.ingest = IngestProc(
-            self.mq.url, str(self.disk / "store"), self.tmp / "logs", "chaos", *spool, name=f"ingest{n}",
+            self.mq.url, str(self.disk / "store"), self.tmp / "logs", "chaos", "--unknown-grace", "1", *spool,
+            name=f"ingest{n}",
             deadletter=self.dl, cmd=[sys.executable, str(HERE / "chaos_ingest.py"), str(self.disk), str(self.control)])
         self.state.ingest_alive = True
 
@@ -310,8 +311,16 @@ class ChaosRun:
             t.start()
             self._timeline(raw, t0)
             self._heal()
-            t.join(90)
-            return self._converge()
+            poll(lambda: pub.published() >= self.total or not t.is_alive(), 60)
+            store = open_store(self.disk / "store", read_only=True)
+            try:  # the publisher lingers meanwhile, answering backfill requests
+                poll(lambda: store.count() >= len(self.rs.readings), 40, every=0.3)
+                pub.stop()
+                t.join(30)
+                return self._converge(store)
+            finally:
+                pub.stop()
+                store.close()
         finally:
             self._done.set()
             sup.join(5)
@@ -324,25 +333,21 @@ class ChaosRun:
             self._signal_broker(signal.SIGCONT)
             self.mq.stop()
 
-    def _converge(self) -> dict[str, Any]:
-        store = open_store(self.disk / "store", read_only=True)
-        try:
-            poll(lambda: reconciled(self.ledger, store)["lost"] == 0, 40, every=0.5)
-            with self._lock:
-                ing = self.state.ingest
-                assert ing is not None
-            # messages waiting for metadata (unknown sites) are dead-lettered after their grace time
-            poll(lambda: (m := ing.metrics()) and m.get("ems_ingest_parked") == 0
-                 and m.get("ems_ingest_queue_depth") == 0, 20, every=0.3)
-            fig = reconciled(self.ledger, store)
-            with self._lock:
-                m = ing.metrics()
-                ing.signal(signal.SIGTERM)
-                code = ing.wait(30)
-                self.state.ingest_alive = False
-            fig.update(self._poison_figures(store))
-        finally:
-            store.close()
+    def _converge(self, store: Any) -> dict[str, Any]:
+        """Wait until nothing waits in the ingestor, stop it (SIGTERM), reconcile, check the hostile messages."""
+        with self._lock:
+            ing = self.state.ingest
+            assert ing is not None
+        # messages waiting for metadata (unknown sites) are dead-lettered after their grace time
+        poll(lambda: (m := ing.metrics()) and m.get("ems_ingest_parked") == 0
+             and m.get("ems_ingest_queue_depth") == 0, 20, every=0.3)
+        with self._lock:
+            m = ing.metrics()
+            ing.signal(signal.SIGTERM)
+            code = ing.wait(30)
+            self.state.ingest_alive = False
+        fig = reconciled(self.ledger, store)
+        fig.update(self._poison_figures(store))
         rejected = Counter(json.loads(line)["reason"] for line in _lines(self.dl))
         return {**fig, "published": self.total, "dead_lettered": sum(rejected.values()), "exit_code": code,
                 "ingest_restarts": self.state.exits, "peak_rss_mib": round(self.state.peak_rss_kb / 1024, 1),
