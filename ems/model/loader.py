@@ -707,10 +707,34 @@ def _resolve(
         spec = ScenarioFile.model_validate(doc.data)
     except ValidationError as exc:
         raise _located(exc, doc, ScenarioFile) from None
+    roots = file_roots(base)
+    site_docs, by_id = _site_documents(spec, doc, base, roots)
+    _apply_overrides(spec, doc, extra, site_docs, by_id)
+    sites = [_resolve_site_paths(_validate_site(sdoc), sdoc.name, roots) for sdoc in site_docs]
+    start, end = spec.period.bounds()
+    return ResolvedScenario(
+        name=spec.name,
+        sites=sites,
+        start=start,
+        end=end,
+        resolution_s=_resolution_s(spec.resolution),
+        seed=spec.seed,
+        source=doc.name,
+        extra={
+            "description": spec.description,
+            "factor_set": spec.factor_set,
+            "measures": spec.measures,
+            "site_files": [os.path.normpath(base / s) for s in spec.sites],
+        },
+    )
 
+
+def _site_documents(
+    spec: ScenarioFile, doc: Document, base: Path, roots: list[Path]
+) -> tuple[list[Document], dict[str, int]]:
+    """Read a scenario's site files (inside ``roots``), each once; return them and their index by site id."""
     site_docs: list[Document] = []
     by_id: dict[str, int] = {}
-    roots = file_roots(base)
     for i, rel in enumerate(spec.sites):
         site_path = Path(os.path.normpath(base / rel))
         file, line = doc.locate(("sites", i))
@@ -738,6 +762,17 @@ def _resolve(
             sdoc.data["factor_set"] = spec.factor_set
             sdoc.locations[("factor_set",)] = doc.locate(("factor_set",))
         site_docs.append(sdoc)
+    return site_docs, by_id
+
+
+def _apply_overrides(
+    spec: ScenarioFile,
+    doc: Document,
+    extra: Mapping[str, Mapping[str, Any]] | None,
+    site_docs: list[Document],
+    by_id: dict[str, int],
+) -> None:
+    """Apply the scenario's overrides, then ``extra`` ones, to the site documents (with their lines)."""
 
     def apply(site_id: str, dotted: str, value: Any, where: tuple[str, int | None], sub: Document | None,
               sub_prefix: Path_) -> None:
@@ -750,44 +785,23 @@ def _resolve(
             for rel, loc in _sub_locations(sub, sub_prefix):
                 sdoc.locations[(*path, *rel)] = loc
 
+    def unknown(site_id: str, file: str, line: int | None) -> LocatedError:
+        return LocatedError(
+            f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), found {site_id!r}",
+            file=file,
+            line=line,
+            field=f"overrides.{site_id}",
+        )
+
     for site_id, paths in spec.overrides.items():
         file, line = doc.locate(("overrides", site_id))
         if site_id not in by_id:
-            raise LocatedError(
-                f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), "
-                f"found {site_id!r}",
-                file=file,
-                line=line,
-                field=f"overrides.{site_id}",
-            )
+            raise unknown(site_id, file, line)
         for dotted, value in paths.items():
             where = doc.locate(("overrides", site_id, dotted))
             apply(site_id, str(dotted), value, where, doc, ("overrides", site_id, dotted))
     for site_id, extra_paths in (extra or {}).items():
         if site_id not in by_id:
-            raise LocatedError(
-                f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), "
-                f"found {site_id!r}",
-                file=doc.name,
-                field=f"overrides.{site_id}",
-            )
+            raise unknown(site_id, doc.name, None)
         for dotted, value in extra_paths.items():
             apply(site_id, str(dotted), value, (doc.name, None), None, ())
-
-    sites = [_resolve_site_paths(_validate_site(sdoc), sdoc.name, roots) for sdoc in site_docs]
-    start, end = spec.period.bounds()
-    return ResolvedScenario(
-        name=spec.name,
-        sites=sites,
-        start=start,
-        end=end,
-        resolution_s=_resolution_s(spec.resolution),
-        seed=spec.seed,
-        source=doc.name,
-        extra={
-            "description": spec.description,
-            "factor_set": spec.factor_set,
-            "measures": spec.measures,
-            "site_files": [os.path.normpath(base / s) for s in spec.sites],
-        },
-    )

@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -651,7 +651,3 @@ _METRICS = (
 def _utc(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
 
-
-def known_from(meters: Iterable[MeterInfo]) -> dict[tuple[str, str], MeterInfo]:
-    """Index meters by (site, meter)."""
-    return {(m.site, m.meter): m for m in meters}
