@@ -1,15 +1,26 @@
-"""Benchmark: a year of ten sites at 15 minutes (~25 quantities a site, ~8.8 M rows) rolled
+"""Benchmark: a year of ten sites at 15 minutes (~25 quantities a site, ~9 M rows) rolled
 up into every KPI by local day, month and year.
 
 Run: ``python bench/bench_rollup.py`` (writes ``bench/results/rollup.md``). Target <= 1 s for
 the rollup (stage 1 + daily frame + three rollups), not counting data generation.
+
+The data carry what the carbon accounting reads: three production lines a site (unit
+registers with per-unit gas emissions), monthly certificate retirements with serials and
+plants, monthly contract deliveries and refrigerant top-ups. ``--anchor REV`` (default: the
+merge base with ``main``) times the same group-year rollup with the code of REV in a
+subprocess, on the same readings less the unit registers that code does not know, and
+reports the ratio.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +64,16 @@ LAYOUT = [
     ("gas", "gas", "natural_gas", [("flow_m3h", None), ("volume_m3", 20.0)]),
     ("fleet", "fuel", "diesel", [("mass_kg", 0.3)]),
     ("production", "production", "output", [("output_rmb", 20000.0)]),
+    ("line-ac", "line", "output", [("output_units", 40.0)]),
+    ("line-fridge", "line", "output", [("output_units", 30.0)]),
+    ("line-heater", "line", "output", [("output_units", 5.0)]),
 ]
+LINE_GASES = {
+    "line-ac": [{"gas": "R-32", "kg_per_unit": 0.009, "kind": "fugitive", "activity": "charging losses"}],
+    "line-fridge": [{"gas": "HFC-245fa", "kg_per_unit": 0.018, "kind": "process", "activity": "foam blowing"},
+                    {"gas": "R-600a", "kg_per_unit": 0.0006, "kind": "fugitive", "activity": "charging losses"}],
+    "line-heater": [{"gas": "HCFC-141b", "kg_per_unit": 0.02, "kind": "process", "activity": "foam blowing"}],
+}
 
 
 def make(n_sites: int = 10, year: int = 2024, interval_s: int = 900, seed: int = 1) -> ReadingSet:
@@ -69,7 +89,9 @@ def make(n_sites: int = 10, year: int = 2024, interval_s: int = 900, seed: int =
         sites.append(SiteInfo(sid, sid, "group", f"company{i % 3}", f"park{i % 5}", tz, 30.0, 120.0, "CN",
                               "CN-East", "cn-2023", {"tariff": TARIFF, "contract_kw": 5000}))
         for m, kind, carrier, qs in LAYOUT:
-            attrs = {"energy_kwh": 2000.0} if kind == "battery" else {}
+            attrs: dict[str, object] = {"energy_kwh": 2000.0} if kind == "battery" else {}
+            if kind == "line":
+                attrs = {"product": m, "emissions": LINE_GASES[m]}
             meters.append(MeterInfo(sid, m, kind, carrier, tuple(q for q, _ in qs), interval_s, attrs))
             for q, mean in qs:
                 if mean is None:
@@ -89,13 +111,21 @@ def make(n_sites: int = 10, year: int = 2024, interval_s: int = 900, seed: int =
     q_cat = pd.Categorical.from_codes(np.asarray([qnames.index(c[2]) for c in cols])[sidx], categories=qnames)
     idx = pd.DatetimeIndex(np.repeat(ts.asi8, k).view("M8[ns]"), tz="UTC", name="ts")
     df = pd.DataFrame({"site": site_cat, "meter": meter_cat, "quantity": q_cat, "value": value}, index=idx)
-    ev = events_frame([
+    plant = {"plant": "wind farm", "plant_commissioned": f"{year - 3}-06-30", "market_boundary": "CN"}
+    certs = [
         {"ts": f"{year}-{m:02d}-15T02:00Z", "site": s.site, "kind": "certificate", "subject": "GEC", "value": 100.0,
-         "detail": {"vintage": year, "period_year": year}}
+         "detail": {"id": f"gec-{m}", "vintage": year, "period_year": year, "technology": "wind", **plant,
+                    "serials": {"prefix": f"GEC-{s.site}", "first": 100 * m + 1, "last": 100 * m + 100}}}
         for s in sites for m in range(1, 13)
-    ] + [{"ts": f"{year}-06-01T02:00Z", "site": s.site, "kind": "refrigerant_topup", "subject": "R-410A", "value": 3.0}
-         for s in sites])
-    return ReadingSet(readings=df, events=ev, meters=meters, sites=sites)
+    ]
+    contracts = [
+        {"ts": f"{year}-{m:02d}-28T02:00Z", "site": s.site, "kind": "contract_delivery", "subject": "hydro", "value": 50.0,
+         "detail": {"id": "hydro", "period_start": f"{year}-{m:02d}-01", "period_end": f"{year}-{m:02d}-28", **plant}}
+        for s in sites for m in range(1, 13)
+    ]
+    topups = [{"ts": f"{year}-06-01T02:00Z", "site": s.site, "kind": "refrigerant_topup", "subject": "R-410A", "value": 3.0}
+              for s in sites]
+    return ReadingSet(readings=df, events=events_frame(certs + contracts + topups), meters=meters, sites=sites)
 
 
 def _machine() -> str:
@@ -118,12 +148,81 @@ def _timed(fn: Callable[[], T]) -> tuple[float, float, T]:
     return time.perf_counter() - w, time.process_time() - c, out
 
 
-def main() -> None:
-    load0 = os.getloadavg()
-    t = time.perf_counter()
-    rs = make()
-    gen = time.perf_counter() - t
-    rows = len(rs.readings)
+WORKER = """
+import json, sys, time
+from ems.accounting.energy import stage1
+from ems.accounting.factors import load_factor_set
+from ems.accounting.kpis import _Used, daily_frame, kpis, rollup
+from ems.readings import ReadingSet
+rs = ReadingSet.from_parquet(sys.argv[1])
+fsets = {s.site: load_factor_set(s.factor_set) for s in rs.sites}
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w, time.process_time() - c, out
+runs = []
+for _ in range(int(sys.argv[2])):
+    a = timed(lambda: stage1(rs))
+    b = timed(lambda: daily_frame(a[2].energy, rs, fsets, _Used())[0])
+    c = timed(lambda: rollup(b[2], by="group", period="year"))
+    k = timed(lambda: kpis(rs, by="group", period="year"))
+    runs.append([a[:2], b[:2], c[:2], k[:2], (a[0] + b[0] + c[0], a[1] + b[1] + c[1])])
+print(json.dumps({"runs": runs, "scope1_t": float(c[2]["scope1_t"].iloc[0]),
+                  "green_kwh": float(c[2]["green_kwh"].iloc[0])}))
+"""
+
+
+def _anchor_rev(rev: str | None) -> str:
+    if rev:
+        return rev
+    out = subprocess.run(["git", "merge-base", "HEAD", "main"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    return out.stdout.strip()
+
+
+def _worker(code_root: Path, data: Path, repeats: int) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    out = subprocess.run([sys.executable, "-c", WORKER, str(data), str(repeats)], capture_output=True, text=True,
+                         env=env, check=True, cwd=str(code_root))
+    res: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return res
+
+
+def anchor_comparison(rs: ReadingSet, rev: str, repeats: int = 5) -> list[str]:
+    """Group-year rollup of this code and of REV on the same readings (REV without the unit registers)."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="bench-anchor-") as tmp:
+        old_root = Path(tmp) / "anchor"
+        old_root.mkdir()
+        arch = subprocess.run(["git", "archive", rev, "ems"], capture_output=True, check=True, cwd=repo).stdout
+        subprocess.run(["tar", "-x", "-C", str(old_root)], input=arch, check=True)
+        rs.to_parquet(Path(tmp) / "new")
+        old = ReadingSet(readings=rs.readings[rs.readings["quantity"] != "output_units"], events=rs.events,
+                         meters=[m for m in rs.meters if m.kind != "line"], sites=rs.sites)
+        old.readings = old.readings.assign(quantity=old.readings["quantity"].cat.remove_unused_categories())
+        old.to_parquet(Path(tmp) / "old")
+        new_r = _worker(repo, Path(tmp) / "new", repeats)
+        old_r = _worker(old_root, Path(tmp) / "old", repeats)
+
+    def best(r: dict[str, object], i: int, j: int) -> float:
+        return min(float(run[i][j]) for run in r["runs"])  # type: ignore[index, attr-defined]
+
+    names = ["stage 1", "daily frame", "group-year rollup", "one `kpis(rs, by='group', period='year')` call",
+             "**total** (stage 1 + daily frame + group-year rollup)"]
+    lines = [
+        f"| step | this code, best CPU of {repeats} [s] | anchor `{rev[:10]}`, best CPU [s] | ratio | this code, best wall [s] | anchor, best wall [s] |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, n in enumerate(names):
+        nc, oc, nw, ow = best(new_r, i, 1), best(old_r, i, 1), best(new_r, i, 0), best(old_r, i, 0)
+        lines.append(f"| {n} | {nc:.3f} | {oc:.3f} | {nc / oc:.2f} | {nw:.3f} | {ow:.3f} |")
+    lines += ["", f"Scope 1 of the group with per-gas emissions: {new_r['scope1_t']:,.0f} t (anchor, combustion and "
+              f"top-ups only: {old_r['scope1_t']:,.0f} t); green kWh {new_r['green_kwh']:,.0f} (anchor {old_r['green_kwh']:,.0f})."]
+    return lines
+
+
+def _steps(rs: ReadingSet) -> tuple[list[float], list[float], dict[str, pd.DataFrame]]:
+    """Best wall and CPU of 7 runs of stage 1, daily frame, rollups and their total; the last rollups."""
     fsets = {s.site: load_factor_set(s.factor_set) for s in rs.sites}
     runs = []
     frames: dict[str, pd.DataFrame] = {}
@@ -139,31 +238,21 @@ def main() -> None:
 
         w3, c3, frames = _timed(rollups)
         runs.append(((w1, c1), (w2, c2), (w3, c3), (w1 + w2 + w3, c1 + c2 + c3)))
-    best_w = [min(r[i][0] for r in runs) for i in range(4)]
-    best_c = [min(r[i][1] for r in runs) for i in range(4)]
-    one = [_timed(lambda: kpis(rs, by="company", period="month"))[:2] for _ in range(3)]
-    # the general path (any row order: sorts by series and ts), for comparison
-    gen_path = [_timed(lambda: _stage1_general(rs))[:2] for _ in range(2)]
-    # 0.1 % of the messages lost: no longer a dense block, stage 1 takes its grid path
-    lossy = ReadingSet(
-        readings=rs.readings[np.random.default_rng(2).random(rows) > 0.001],
-        events=rs.events, meters=rs.meters, sites=rs.sites,
-    )
-    lost = [_timed(lambda: stage1(lossy))[:2] for _ in range(3)]
-    lost_kpis = [_timed(lambda: kpis(lossy, by="site", period="month"))[:2] for _ in range(2)]
-    load1 = os.getloadavg()
-    lines = [
-        "# Rollup benchmark (bench/bench_rollup.py)",
-        "",
-        f"Machine: {_machine()}",
-        "",
-        f"Load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f}: the machine is shared, so wall "
-        "times above ~1 are inflated; CPU time (`time.process_time()`) is what this single-threaded work "
-        "costs on a quiet machine.",
-        "",
-        f"Data: 10 sites x 1 year at 15 min, {rows:,} reading rows (25 quantities a site, 15 registers), "
-        f"ordered by ts; generated in {gen:.1f} s.",
-        "",
+    return [min(r[i][0] for r in runs) for i in range(4)], [min(r[i][1] for r in runs) for i in range(4)], frames
+
+
+ANCHOR_TEXT = (
+    "Same machine, same run, each side in its own subprocess: this code reads the readings above (three "
+    "production lines a site with per-unit gas emissions, 120 certificate retirements with serials and "
+    "plants checked against RE100, 120 contract deliveries); the anchor reads the same readings without "
+    "the unit registers (its readings contract has no `output_units`) and counts certificates without "
+    "a registry."
+)
+
+
+def _step_lines(best_w: list[float], best_c: list[float], one: list[tuple[float, float]], lost: list[tuple[float, float]],
+                lost_kpis: list[tuple[float, float]], gen_path: list[tuple[float, float]]) -> list[str]:
+    return [
         "| step | best wall of 7 [s] | best CPU of 7 [s] |",
         "| --- | --- | --- |",
         f"| stage 1 (registers -> per site, meter, quantity, local day, tariff period) | {best_w[0]:.3f} | {best_c[0]:.3f} |",
@@ -178,6 +267,47 @@ def main() -> None:
         f"{min(o[0] for o in lost_kpis):.3f} | {min(o[1] for o in lost_kpis):.3f} |",
         f"| for comparison: stage 1 by the general path (sort by series and ts; best of 2) | "
         f"{min(g[0] for g in gen_path):.3f} | {min(g[1] for g in gen_path):.3f} |",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--anchor", default=None, help="git revision to compare with (default: merge base with main)")
+    ap.add_argument("--no-anchor", action="store_true", help="skip the anchor comparison")
+    args = ap.parse_args()
+    load0 = os.getloadavg()
+    t = time.perf_counter()
+    rs = make()
+    gen = time.perf_counter() - t
+    rows = len(rs.readings)
+    best_w, best_c, frames = _steps(rs)
+    one = [_timed(lambda: kpis(rs, by="company", period="month"))[:2] for _ in range(3)]
+    # the general path (any row order: sorts by series and ts), for comparison
+    gen_path = [_timed(lambda: _stage1_general(rs))[:2] for _ in range(2)]
+    # 0.1 % of the messages lost: no longer a dense block, stage 1 takes its grid path
+    lossy = ReadingSet(
+        readings=rs.readings[np.random.default_rng(2).random(rows) > 0.001],
+        events=rs.events, meters=rs.meters, sites=rs.sites,
+    )
+    lost = [_timed(lambda: stage1(lossy))[:2] for _ in range(3)]
+    lost_kpis = [_timed(lambda: kpis(lossy, by="site", period="month"))[:2] for _ in range(2)]
+    rev = "" if args.no_anchor else _anchor_rev(args.anchor)
+    anchor = anchor_comparison(rs, rev) if rev else []
+    load1 = os.getloadavg()
+    lines = [
+        "# Rollup benchmark (bench/bench_rollup.py)",
+        "",
+        f"Machine: {_machine()}",
+        "",
+        f"Load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f}: the machine is shared, so wall "
+        "times above ~1 are inflated; CPU time (`time.process_time()`) is what this single-threaded work "
+        "costs on a quiet machine.",
+        "",
+        f"Data: 10 sites x 1 year at 15 min, {rows:,} reading rows ({sum(len(x[3]) for x in LAYOUT)} quantities a "
+        f"site, {sum(1 for x in LAYOUT for q in x[3] if q[1] is not None)} registers), "
+        f"ordered by ts; generated in {gen:.1f} s.",
+        "",
+        *_step_lines(best_w, best_c, one, lost, lost_kpis, gen_path),
         "",
         f"KPI rows: day {len(frames['day'])}, month {len(frames['month'])}, year {len(frames['year'])}.",
         "",
@@ -187,6 +317,8 @@ def main() -> None:
         "rows scattered onto one time x series grid, gaps split there); what fits neither (repeated "
         "readings, mixed intervals) the general path. All three give the same frame, bit for bit.",
     ]
+    if anchor:
+        lines += ["", "## With the certificate registry and Scope 1 by gas, against the anchor", "", ANCHOR_TEXT, "", *anchor]
     text = "\n".join(lines) + "\n"
     print(text)
     out_md = Path(__file__).resolve().parent / "results" / "rollup.md"

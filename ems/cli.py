@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "ingest": "ems.telemetry.commands:ingest",
     "broker": "ems.telemetry.commands:broker",
     "reconcile": "ems.telemetry.commands:reconcile",
+    "modbus": "ems.modbus.commands:modbus",
+    "gateway": "ems.modbus.commands:gateway",
     "calibrate": "ems.studies.commands:calibrate",
     "compare": "ems.studies.commands:compare",
     "sweep": "ems.studies.commands:sweep",

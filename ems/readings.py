@@ -66,6 +66,7 @@ __all__ = [
     "SiteInfo",
     "empty_events",
     "empty_readings",
+    "event_detail",
     "events_frame",
     "validate_readings",
 ]
@@ -124,6 +125,7 @@ _Q = [
     Quantity("volume_m3", "m3", "register", "natural gas volume, standard m3"),
     Quantity("mass_kg", "kg", "register", "fuel dispensed into the fleet (diesel, gasoline)"),
     Quantity("output_rmb", "RMB", "register", "production output value"),
+    Quantity("output_units", "units", "register", "products made by a production line (count)"),
     Quantity("ghi_wm2", "W/m2", "average", "global horizontal irradiance"),
     Quantity("poa_wm2", "W/m2", "average", "plane-of-array irradiance"),
     Quantity("temp_air_c", "degC", "average", "outdoor air temperature"),
@@ -146,6 +148,7 @@ class MeterKind(StrEnum):
     GAS = "gas"
     FUEL = "fuel"
     PRODUCTION = "production"
+    LINE = "line"
     WEATHER = "weather"
 
 
@@ -164,6 +167,7 @@ METER_KINDS: dict[MeterKind, tuple[Carrier, tuple[str, ...]]] = {
     MeterKind.GAS: (Carrier.NATURAL_GAS, ("flow_m3h", "volume_m3")),
     MeterKind.FUEL: (Carrier.DIESEL, ("mass_kg",)),  # carrier per meter: diesel or gasoline
     MeterKind.PRODUCTION: (Carrier.OUTPUT, ("output_rmb",)),
+    MeterKind.LINE: (Carrier.OUTPUT, ("output_units",)),
     MeterKind.WEATHER: (Carrier.WEATHER, ("ghi_wm2", "poa_wm2", "temp_air_c")),
 }
 """Default carrier and quantities of each meter kind.
@@ -183,6 +187,10 @@ Meaning of the meters in a site's energy balance:
 * ``gas``: the natural gas utility meter (all on-site gas use).
 * ``fuel``: a fleet's fuel dispenser; ``carrier`` is ``diesel`` or ``gasoline``.
 * ``production``: the MES counter of production output value.
+* ``line``: a production line's unit counter; ``attrs["product"]`` names the product and
+  ``attrs["emissions"]`` lists its per-unit process and fugitive emissions, each
+  ``{"gas", "kg_per_unit", "kind" (fugitive|process), "activity", "source"}`` (the gas from
+  ``ems/data/gases.yaml``).
 * ``weather``: the plant's weather station.
 """
 
@@ -200,18 +208,25 @@ class EventKind(StrEnum):
     DR_END = "dr_end"
     FUEL_DELIVERY = "fuel_delivery"  # subject: fuel meter id; value [kg]; detail.fuel
     REFRIGERANT_TOPUP = "refrigerant_topup"  # subject: gas name, e.g. R-410A; value [kg]
-    CERTIFICATE = "certificate"  # subject: scheme (GEC, I-REC); value [MWh]; detail below
+    CERTIFICATE = "certificate"  # subject: instrument (GEC, I-REC, GO); value [MWh]; detail below
     CONTRACT_DELIVERY = "contract_delivery"  # subject: contract kind (hydro, green_power); value [MWh]
-    PROCESS_EMISSION = "process_emission"  # subject: source; value [kgCO2e]
+    PROCESS_EMISSION = "process_emission"  # subject: source; value [kg of detail.gas] or [kgCO2e]
 
 
 EVENT_COLUMNS = ("site", "kind", "subject", "value", "unit", "detail")
 """Columns of the events frame besides its ``ts`` index.
 
-``detail`` is a JSON object as text. For ``certificate``: ``{"vintage": 2024,
-"technology": "solar", "period_start": "2024-01-01", "period_end": "2024-12-31",
-"action": "retire", "id": "..."}``; for ``contract_delivery``: ``{"period_start":
-..., "period_end": ...}`` (local dates, inclusive) and the contract id.
+``detail`` is a JSON object as text. For ``certificate``: ``{"id": "...", "action":
+"retire" (or "sell", for certificates of the site's own PV), "serials": {"prefix":
+"GEC-...", "first": 1, "last": 500}, "technology": "solar", "plant": "...",
+"plant_commissioned": "2021-06-30", "vintage_start": "2024-01-01", "vintage_end":
+"2024-12-31" (or "vintage": 2024), "market_boundary": "CN", "period_start": "2024-01-01",
+"period_end": "2024-12-31" (or "period_year": 2024)}``: the consumption period it is
+retired for, local dates inclusive; a certificate of the site's own PV names the plant
+``"<site>/<pv meter>"``. For ``contract_delivery``: ``{"id": ..., "period_start": ...,
+"period_end": ..., "plant": ..., "plant_commissioned": ..., "market_boundary": ...}``.
+For ``process_emission`` in kg of a gas: ``unit: "kg"`` and ``{"gas": "HFC-245fa",
+"kind": "process", "activity": "..."}``; with ``unit: "kgCO2e"`` the value is already CO2e.
 """
 
 READING_COLUMNS = ("site", "meter", "quantity", "value")
@@ -292,7 +307,11 @@ class SiteInfo:
     factor_set : str
         Name of the factor set to account with.
     attrs : dict
-        Anything else the accounting needs (tariff, contract capacity kW, ...).
+        Anything else the accounting needs (tariff, contract capacity kW, reporting
+        boundary, ...).
+    province : str
+        ISO 3166-2 subdivision (e.g. ``CN-SD``), the most local place a grid factor can
+        belong to; empty when unknown.
     """
 
     site: str
@@ -307,6 +326,7 @@ class SiteInfo:
     grid_region: str
     factor_set: str
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    province: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -316,9 +336,13 @@ class SiteInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SiteInfo:
-        """Build from :meth:`to_dict` output."""
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k != "attrs"}
-        return cls(**kw, attrs=dict(d.get("attrs") or {}))
+        """Build from :meth:`to_dict` output (``province`` may be absent: older registrations)."""
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k not in ("attrs", "province")}
+        return cls(**kw, attrs=dict(d.get("attrs") or {}), province=str(d.get("province") or ""))
+
+    def places(self) -> list[tuple[str, str]]:
+        """The site's places for grid factors, most local first: province, grid region, country."""
+        return [("province", self.province), ("region", self.grid_region), ("country", self.country)]
 
 
 def empty_readings() -> pd.DataFrame:
@@ -371,6 +395,17 @@ def events_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for col in ("site", "kind", "subject", "unit", "detail"):
         df[col] = df[col].astype(object)
     return df.sort_index(kind="stable")
+
+
+def event_detail(text: Any) -> dict[str, Any]:
+    """The ``detail`` of an event as a dict (JSON text or a dict); ``{}`` when it is empty or not an object."""
+    if isinstance(text, dict):
+        return text
+    try:
+        d = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def validate_readings(df: pd.DataFrame, *, where: str = "readings") -> None:

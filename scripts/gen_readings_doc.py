@@ -8,15 +8,16 @@ SUBJECT = {
     "outage_start": "asset id", "outage_end": "asset id",
     "maintenance_start": "asset id", "maintenance_end": "asset id",
     "shutdown_start": "`site`", "shutdown_end": "`site`", "dr_start": "`grid`", "dr_end": "`grid`",
-    "fuel_delivery": "fleet meter id", "refrigerant_topup": "gas, e.g. R-410A",
-    "certificate": "scheme: GEC, I-REC", "contract_delivery": "hydro, green_power",
+    "fuel_delivery": "fleet meter id", "refrigerant_topup": "gas of `ems/data/gases.yaml`, e.g. R-410A, SF6",
+    "certificate": "instrument: GEC, I-REC, GO", "contract_delivery": "hydro, green_power",
     "process_emission": "source",
 }
 VALUE = {
     "dr_start": "import cap [kW]", "fuel_delivery": "[kg]", "refrigerant_topup": "[kg]",
-    "certificate": "[MWh]; detail: vintage, technology, period_year",
-    "contract_delivery": "[MWh]; detail: period_start, period_end",
-    "process_emission": "[kgCO2e]",
+    "certificate": "[MWh]; detail: id, action (retire, sell), serials, technology, plant, plant_commissioned, "
+                   "vintage (or vintage_start, vintage_end), market_boundary, period_year (or period_start, period_end)",
+    "contract_delivery": "[MWh]; detail: id, period_start, period_end, plant, plant_commissioned, market_boundary",
+    "process_emission": "`unit: kg` with detail.gas, or `unit: kgCO2e`",
 }
 
 
@@ -56,15 +57,17 @@ columns `site`, `meter`, `quantity` (categoricals) and `value` (float64).
 A site's electrical consumption is the sum of its `load` meters (`attrs.end_use`: production, base, hvac,
 compressed_air, electrified, other). The simulator names its meters `grid`, the PV arrays' and batteries'
 ids, `load-<end_use>`, `chp`, `steam` (purchased), `boiler`, `waste_heat`, `gas`, the fleets' ids,
-`production` and `weather`; a real site may name them as it likes, since kinds and carriers come from the
-metadata.
+`production`, `line-<product line>` and `weather`; a real site may name them as it likes, since kinds and
+carriers come from the metadata. A `line` meter's `attrs` name its `product` and per-unit `emissions` (gas,
+kg_per_unit, kind fugitive or process, activity, source): production and its gases travel as readings.
 
 ## Metadata
 
 Each meter announces a `MeterInfo` (site, meter, kind, carrier, quantities, interval_s, attrs) before data,
 and each site a `SiteInfo` (identity, hierarchy group/company/park, IANA time zone, location, country, grid
-region, factor set, and in `attrs` what accounting needs from configuration: `contract_kw`, `tariff`,
-`export_limit_kw`). Over MQTT both are retained messages.
+region, province (ISO 3166-2, may be empty), factor set, and in `attrs` what accounting needs from
+configuration: `contract_kw`, `tariff` (with its currency), `export_limit_kw`, `boundary` (reporting-boundary
+approach, included, reason)). Over MQTT both are retained messages; a gas not in the GWP table is refused.
 
 ## Events
 

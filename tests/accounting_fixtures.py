@@ -28,10 +28,10 @@ TARIFF = {
 
 
 def site(site="s1", tz="Asia/Shanghai", *, company="c1", park="p1", group="g", country="CN",
-         grid_region="CN-East", factor_set="cn-2023", **attrs: Any) -> SiteInfo:
+         grid_region="CN-East", factor_set="cn-2023", province="", **attrs: Any) -> SiteInfo:
     return SiteInfo(site=site, name=site.upper(), group=group, company=company, park=park, tz=tz,
                     lat=30.0, lon=120.0, country=country, grid_region=grid_region,
-                    factor_set=factor_set, attrs=attrs)
+                    factor_set=factor_set, attrs=attrs, province=province)
 
 
 def index(start: str, periods: int, interval_s: int = 900, tz: str = "UTC") -> pd.DatetimeIndex:
@@ -127,6 +127,8 @@ def group_2024() -> ReadingSet:
          "detail": {"period_start": "2024-01-01", "period_end": "2024-12-31", "id": "hydro-2024"}},
         {"ts": "2024-12-31T08:00Z", "site": "grp", "kind": "certificate", "subject": "GEC",
          "value": g["gec_mwh"], "unit": "MWh",
-         "detail": {"vintage": 2024, "technology": "solar", "period_year": 2024, "id": "gec-2024"}},
+         "detail": {"vintage": 2024, "technology": "solar", "period_year": 2024, "id": "gec-2024",
+                    "serials": {"prefix": "GEC-2024-TEST", "first": 1, "last": 50_080},
+                    "plant": "solar farm (test)", "plant_commissioned": "2021-06-30", "market_boundary": "CN"}},
     ]
     return readingset(frames, meters, [site("grp", tz, company="group", park="all", group="hisense")], events)

@@ -56,8 +56,8 @@ def test_energy_from_register_differences():
     assert _one(res, "hours") == pytest.approx(24.0)
     # GB/T 2589: 2400 kWh x 0.1229 kgce/kWh
     assert _one(res, "total_tce") == pytest.approx(2400 * 0.1229 / 1000)
-    # location-based: CN-East 2024 -> national 2023 0.5306 wins over regional 2022
-    assert _one(res, "scope2_location_t") == pytest.approx(2400 * 0.5306 / 1000)
+    # location-based: a CN-East site without a province -> the regional factor, nearest year (2023: 0.5500)
+    assert _one(res, "scope2_location_t") == pytest.approx(2400 * 0.5500 / 1000)
     assert _one(res, "scope2_market_t") == pytest.approx(2400 * 0.6096 / 1000)
 
 
@@ -167,7 +167,8 @@ def test_export_larger_than_pv_counts_only_pv():
 
 def _cert(mwh, vintage, scheme="GEC", ts="2024-06-01T06:00Z", **detail):
     return {"ts": ts, "site": "s1", "kind": "certificate", "subject": scheme, "value": mwh, "unit": "MWh",
-            "detail": {"vintage": vintage, "technology": "wind", **detail}}
+            "detail": {"vintage": vintage, "technology": "wind", "plant": "wind farm", "plant_commissioned": "2020-01-01",
+                       **detail}}
 
 
 def test_certificates_exceeding_consumption_are_capped():
@@ -190,20 +191,22 @@ def test_certificates_exceeding_consumption_are_capped():
 
 def test_invalid_certificate_vintage_and_irec_rule():
     ev = [_cert(1.0, 2021), _cert(1.0, 2025, scheme="I-REC"), _cert(1.0, 2023), _cert(1.0, 2024, scheme="XYZ"),
-          _cert(1.0, 2024, action="purchase")]
+          _cert(1.0, 2024, action="purchase"), _cert(1.0, 2024)]
     rs, _ = _simple(power=100.0, events=ev)
-    res = kpis(rs, period="year")
-    c = res.certificates.set_index(["scheme", "vintage"])
-    assert not c.loc[("GEC", 2021), "valid"] and "outside validity" in c.loc[("GEC", 2021), "reason"]
-    assert not c.loc[("I-REC", 2025), "valid"] and "> 2024" in c.loc[("I-REC", 2025), "reason"]
-    assert c.loc[("GEC", 2023), "valid"]  # vintage 2023 claimed in 2024: following year
-    assert not c.loc[("XYZ", 2024), "valid"]
-    assert res.certificates["reason"].str.contains("only certificates retired").sum() == 1
+    res = kpis(rs, period="year")  # RE100: generation from 2023-07-01 to 2025-03-31 for 2024
+    c = res.instruments
+    status = dict(zip(zip(c["instrument"], c["vintage_start"].astype(str), strict=True), c["status"], strict=True))
+    reason = c.set_index(["instrument", c["vintage_start"].astype(str)])["reason"]
+    assert status[("GEC", "2021-01-01")] == "refused" and "outside the RE100 window" in reason[("GEC", "2021-01-01")]
+    assert status[("I-REC", "2025-01-01")] == "refused" and "> 2024" in reason[("I-REC", "2025-01-01")]
+    assert status[("GEC", "2023-01-01")] == "refused"  # a 2023 vintage does not count in full for 2024
+    assert "XYZ is not an instrument RE100 accepts" in reason[("XYZ", "2024-01-01")]
+    assert c["reason"].str.contains("only retirements").sum() == 1
     row = res.kpis.iloc[0]
     assert row["certificates_counted_kwh"] == pytest.approx(1000)
-    assert row["certificates_invalid_kwh"] == pytest.approx(4000)
-    # configurable: GEC valid three years after vintage
-    res2 = kpis(rs, period="year", factors={"certificates:GEC:valid_years_after_vintage": 3})
+    assert row["certificates_invalid_kwh"] == pytest.approx(5000)
+    # China's GEC rules: valid two years from generation, so the 2023 vintage counts
+    res2 = kpis(rs, period="year", framework="CN-GEC")
     assert res2.kpis["certificates_counted_kwh"].iloc[0] == pytest.approx(2000)
 
 
@@ -220,11 +223,16 @@ def test_events_attributed_to_local_periods():
     assert k4.loc["2024-02", "scope1_t"] == pytest.approx(2 * 2088 / 1000)
 
 
-def test_unknown_refrigerant():
-    ev = [{"ts": "2024-06-01T02:00Z", "site": "s1", "kind": "refrigerant_topup", "subject": "R-999", "value": 1.0}]
+def test_unknown_refrigerant_is_reported_not_counted():
+    ev = [{"ts": "2024-06-01T02:00Z", "site": "s1", "kind": "refrigerant_topup", "subject": "R-999", "value": 1.0},
+          {"ts": "2024-06-01T02:00Z", "site": "s1", "kind": "refrigerant_topup", "subject": "R-32", "value": 1.0}]
     rs, _ = _simple(events=ev)
-    with pytest.raises(AccountingError, match="R-999"):
-        kpis(rs)
+    res = kpis(rs, period="year")  # one unknown gas does not stop the report
+    row = res.kpis.iloc[0]
+    assert row["scope1_refrigerant_kg"] == pytest.approx(677) and row["unknown_gas_kg"] == pytest.approx(1.0)
+    assert any("R-999" in n for n in res.notes)
+    g = res.gases.set_index("gas")
+    assert "not in the GWP table" in g.loc["R-999", "note"] and not g.loc["R-999", "in_scope1"]
 
 
 def test_fuels_and_steam_scope1_and_tce():
@@ -268,29 +276,38 @@ def test_bad_tariff():
 
 def test_grid_factor_year_selection():
     fs = load_factor_set("cn-2023")
-    s = site("x", grid_region="CN-East")
-    assert fs.grid_factor("average", s.grid_region, "CN", 2022)["value"] == 0.5617
-    g = fs.grid_factor("average", s.grid_region, "CN", 2024)
-    assert (g["value"], g["year"], g["region"]) == (0.5306, 2023, "CN")
-    g = fs.grid_factor("average", "CN-East", "CN", 2019)
-    assert g["year"] == 2021 and "earliest later" in g["note"]
-    assert fs.grid_factor("average", "SI", "SI", 2024)["to_confirm"]
+    east = [("province", ""), ("region", "CN-East"), ("country", "CN")]
+    assert fs.grid_factor("average", east, 2022)["value"] == 0.5617
+    g = fs.grid_factor("average", east, 2024)  # the region's nearest year, not the newer national value
+    assert (g["value"], g["year"], g["place"], g["level"]) == (0.55, 2023, "CN-East", "region")
+    g = fs.grid_factor("average", east, 2019)
+    assert g["year"] == 2021 and "nearest year 2021" in g["note"]
+    sd = [("province", "CN-SD"), ("region", "CN-North"), ("country", "CN")]
+    g = fs.grid_factor("average", sd, 2024)  # locality beats recency: Shandong 2022 over North China 2023
+    assert (g["value"], g["year"], g["level"]) == (0.641, 2022, "province")
+    assert fs.grid_factor("residual", sd, 2024)["place"] == "CN"  # residual mix: national only
+    assert fs.grid_factor("residual", [("region", "SI"), ("country", "SI")], 2024)["value"] is None
 
 
 def test_factor_overrides_and_errors():
-    fs = load_factor_set("cn-2023", overrides={"natural_gas_kgce_per_m3": 1.2143, "grid:average:CN-East:2024": 0.5})
+    fs = load_factor_set("cn-2023", overrides={"natural_gas_kgce_per_m3": 1.2143, "grid:average:CN-East:2024": 0.5,
+                                               "prices:EUR:steam_per_gj": 20.0})
     assert fs.value("natural_gas_kgce_per_m3") == 1.2143
-    assert fs.grid_factor("average", "CN-East", "CN", 2024)["value"] == 0.5
+    g = fs.grid_factor("average", [("region", "CN-East"), ("country", "CN")], 2024)
+    assert (g["value"], g["level"]) == (0.5, "override")
+    assert fs.price_entry("steam_per_gj", "EUR")["value"] == 20.0
     with pytest.raises(ConfigError, match="unknown factor set"):
         load_factor_set("nope")
     with pytest.raises(ConfigError, match="no such factor"):
         load_factor_set("cn-2023", overrides={"bogus": 1})
     with pytest.raises(ConfigError, match="AR4, AR5"):
         load_factor_set("cn-2023", overrides={"gwp_edition": "AR9"})
+    with pytest.raises(AccountingError, match="price table in USD"):
+        fs.price_entry("steam_per_gj", "USD")
 
 
 def test_missing_grid_factor():
-    rs, _ = _simple(grid_region="XX-Nowhere", country="XX")
+    rs, _ = _simple(grid_region="XX-Nowhere", country="XX", tariff={**TARIFF, "currency": "CNY"})
     with pytest.raises(AccountingError, match="no grid-average factor"):
         kpis(rs)
 
@@ -299,7 +316,8 @@ def test_factors_used_are_listed():
     rs, _ = _simple()
     fu = kpis(rs).factors_used
     row = fu[fu["name"] == "grid_average_kgco2_per_kwh"].iloc[0]
-    assert (row["region"], row["year_used"], row["value"], row["set"]) == ("CN", 2023, 0.5306, "cn-2023")
+    assert (row["site"], row["level"], row["place"], row["year_used"], row["value"], row["set"]) == (
+        "s1", "region", "CN-East", "2023", 0.55, "cn-2023")
     assert (fu["source"].str.len() > 0).all()
 
 
@@ -340,15 +358,30 @@ def test_custom_period_and_energy_saving_rate():
 
 def test_targets_progress():
     yearly = pd.DataFrame({
-        "key": ["g", "g"], "period": ["2023", "2024"],
+        "key": ["g", "g"], "period": ["2023", "2024"], "days": [365, 366],
         "scope12_market_t": [100.0, 90.0], "scope12_market_intensity_t_per_10k_rmb": [1.0, 0.5],
-        "green_share": [0.1, 0.35],
+        "green_share": [0.1, 0.35], "pv_kwp": [1.0, 2.0],
     })
     p = progress(yearly, load_targets("group")).set_index("target")
-    assert p.loc["intensity-2030", "change_vs_base"] == pytest.approx(-0.5) and p.loc["intensity-2030", "met"]
-    assert p.loc["clean-2030", "met"] and not p.loc["clean-2040", "met"]
-    assert p.loc["peak-2026", "met"]
-    assert not p.loc["absolute-2040", "met"]
+    # published 2023 bases are data: 647,251 t and 15.10 %; the intensity base comes from the readings
+    assert p.loc["absolute-2040", "base_value"] == 647_251 and p.loc["clean-2030", "base_value"] == pytest.approx(0.151)
+    assert p.loc["intensity-2030", "base_value"] == 1.0 and p.loc["intensity-2030", "change_vs_base"] == pytest.approx(-0.5)
+    # straight line from 1.0 (2023) to 0.6 (2030): 1 - 0.4/7 in 2024
+    assert p.loc["intensity-2030", "required_value"] == pytest.approx(1 - 0.4 / 7)
+    assert p.loc["intensity-2030", "status"] == "on track" and p.loc["intensity-2030", "met"]
+    assert p.loc["clean-2030", "required_value"] == pytest.approx(0.151 + (0.30 - 0.151) / 7)
+    assert p.loc["clean-2030", "status"] == "on track"
+    assert p.loc["peak-2026", "status"] == "not assessable" and "peak year 2026" in p.loc["peak-2026", "reason"]
+    assert p.loc["pv-capacity", "status"] == "not assessable" and p.loc["pv-capacity", "met"] is None
+    # an incomplete year is not assessable, with the reason
+    short = progress(yearly.assign(days=[365, 200]), load_targets("group")).set_index("target")
+    assert (short.drop(index="pv-capacity")["status"] == "not assessable").all()
+    assert "less than a year of data (200 of 366 days" in short.loc["clean-2030", "reason"]
+    # off track: a green share below the line
+    low = progress(yearly.assign(green_share=[0.1, 0.16]), load_targets("group")).set_index("target")
+    assert low.loc["clean-2030", "status"] == "off track" and low.loc["clean-2030", "met"] is False
+    text = p.drop(columns=["met"]).select_dtypes(exclude="number")  # every text cell says something or is empty
+    assert text.notna().all().all() and not text.isin(["nan", "None", "<NA>"]).to_numpy().any()
     with pytest.raises(AccountingError, match="yearly"):
         progress(yearly.assign(period=["2023-01", "2023-02"]))
 

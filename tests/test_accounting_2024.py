@@ -49,8 +49,8 @@ def test_green_share(row):
 def test_scope1_and_2(row):
     s1 = (12_970_000 * 2.1622 + 45_000 * 3.0959 + 37_000 * 2.9251) / 1000
     assert row["scope1_t"] == pytest.approx(s1)  # 28,291.28 t
-    s2_loc = (577_330_000 * 0.5306 + 360_980 * 110) / 1000  # 2023 national factor for 2024
-    assert row["scope2_location_t"] == pytest.approx(s2_loc)  # 346,039.10 t
+    s2_loc = (577_330_000 * 0.5500 + 360_980 * 110) / 1000  # East China 2023: the region, nearest year, for 2024
+    assert row["scope2_location_t"] == pytest.approx(s2_loc)  # 357,239.30 t
     s2_mkt = ((577_330_000 - 63_250_000) * 0.6096 + 360_980 * 110) / 1000
     assert row["scope2_market_t"] == pytest.approx(s2_mkt)  # 353,090.97 t
     assert row["scope12_market_intensity_t_per_10k_rmb"] == pytest.approx((s1 + s2_mkt) / 12_330_000)

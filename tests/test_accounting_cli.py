@@ -36,8 +36,12 @@ def test_report_cli(tmp_path):
     k = pd.read_csv(out / "kpis.csv")
     assert list(k["period"]) == ["2024-01", "2024-02"]
     assert (out / "kpis.parquet").exists()
-    certs = json.loads((out / "certificates.json").read_text())
-    assert certs[0]["valid"] is False and "outside validity" in certs[0]["reason"]
+    certs = json.loads((out / "instruments.json").read_text())
+    assert certs[0]["status"] == "refused" and "outside the RE100 window" in certs[0]["reason"]
+    assert "Progress against targets" in r.output and "Grid factor per site" in r.output
+    for name in ("kpis.csv", "targets.csv", "instruments.csv", "factors_used.csv", "report.html"):
+        text = (out / name).read_text()
+        assert not any(bad in text for bad in ("nan", "None", "<NA>")), name
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 3 and "cn-2023" in html and "0.1229" in html
 

@@ -79,8 +79,9 @@ def gas_m3(site: Site) -> float:
 
 
 def cert_mwh(site: Site) -> float:
+    """Certificates bought (a site's own PV certificates it retires are not a purchase)."""
     times = {"once": 1, "quarterly": 4, "monthly": 12}
-    return sum(c.mwh * times[c.schedule] for c in site.procurement.certificates)
+    return sum(c.mwh * times[c.schedule] for c in site.procurement.certificates if not c.plant.startswith(f"{site.id}/"))
 
 
 def test_ten_parks_one_group(sites: list[Site]) -> None:

@@ -36,7 +36,7 @@ def test_meterinfo_roundtrip():
 
 def test_units_in_names():
     for name, q in QUANTITIES.items():
-        assert name.endswith(("_kw", "_kwh", "_gj", "_m3", "_m3h", "_kg", "_rmb", "_pct", "_wm2", "_c"))
+        assert name.endswith(("_kw", "_kwh", "_gj", "_m3", "_m3h", "_kg", "_rmb", "_units", "_pct", "_wm2", "_c"))
         assert q.kind in {"register", "average", "instant"}
 
 

@@ -68,6 +68,68 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
     return ov
 
 
+def _cell(v: object, share: bool = False) -> str:
+    """Content of a console cell: nothing for a missing number, shares in %."""
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        if share:
+            return f"{100 * v:.1f}"
+        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def _print_tables(console: Any, res: Any, prog: Any) -> None:
+    from rich.table import Table
+
+    short = {"key": res.by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
+             "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
+             "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost", "currency": "currency"}
+    t = Table(title=f"KPIs by {res.by} and {res.period}")
+    for c, h in short.items():
+        t.add_column(h, justify="left" if c in ("key", "period", "currency") else "right", no_wrap=c in ("key", "period"))
+    for row in res.kpis[list(short)].itertuples(index=False):
+        t.add_row(*[_cell(v, share=c == "green_share") for c, v in zip(short, row, strict=True)])
+    console.print(t)
+    for line in res.notes[:2]:
+        console.print(line)
+    if len(prog):
+        tp = Table(title="Progress against targets (group, latest year)")
+        for c in ("target", "value", "base", "change", "requirement", "status", "reason"):
+            tp.add_column(c)
+        for r in prog.itertuples(index=False):
+            share = str(r.metric).endswith("share")
+            chg = _cell(r.change_vs_base, True)
+            tp.add_row(r.target, _cell(r.value, share), _cell(r.base_value, share), f"{chg} %" if chg else "",
+                       r.requirement, r.status, r.reason)
+        console.print(tp)
+    fu = res.factors_used
+    grid = fu[fu["site"] != "*"]
+    tg = Table(title="Grid factor per site (most local place first, then nearest year)")
+    for c in ("site", "factor", "level", "place", "year", "value", "source"):
+        tg.add_column(c, overflow="fold")
+    for r in grid.itertuples(index=False):
+        tg.add_row(r.site, r.name.replace("_kgco2_per_kwh", "").replace("grid_", ""), r.level, r.place,
+                   str(r.year_used), _cell(r.value), r.source[:60])
+    console.print(tg)
+    tf = Table(title="Factors used")
+    for c in ("name", "year", "value", "unit", "set", "version"):
+        tf.add_column(c)
+    for r in fu[fu["site"] == "*"].itertuples(index=False):
+        tf.add_row(r.name, str(r.year_used or ""), _cell(r.value), r.unit, r.set, r.version)
+    console.print(tf)
+    if len(res.instruments):
+        ti = Table(title=f"Certificates and contracts ({res.options.get('framework')})")
+        for c in ("site", "instrument", "id", "MWh", "counted MWh", "status", "reason"):
+            ti.add_column(c, overflow="fold")
+        agg = res.instruments.groupby(["site", "instrument", "id", "status", "reason"], sort=False)[["mwh", "counted_mwh"]].sum()
+        for (site, inst, ident, status, reason), r in agg.iterrows():
+            ti.add_row(site, inst, ident, _cell(r["mwh"]), _cell(r["counted_mwh"]), status, reason)
+        console.print(ti)
+
+
 @click.command()
 @click.argument("source", required=False)
 @click.option("--store", "store_url", help="Read from a store URL instead of SOURCE (e.g. duckdb:///path.db).")
@@ -78,8 +140,15 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for the output files.")
 @click.option("--format", "formats", default="csv,json,html", show_default=True, help="Comma list of csv, parquet, json, html.")
 @click.option("--factor", "factor_overrides", multiple=True, help="Override a factor: KEY=VALUE (repeatable).")
-@click.option("--gwp", type=click.Choice(["AR4", "AR5"]), help="IPCC GWP edition for refrigerants.")
+@click.option("--gwp", type=click.Choice(["AR4", "AR5", "AR6"]), help="IPCC GWP edition for fugitive and process gases.")
 @click.option("--targets", "targets_name", default="group", show_default=True, help="Targets name or YAML path.")
+@click.option("--tce-method", type=click.Choice(["calorific", "coal_equivalent"]), default="calorific", show_default=True,
+              help="GB/T 2589-2020: calorific value (当量值) or coal equivalent (等价值) for electricity.")
+@click.option("--onsite-re", type=click.Choice(["excluded", "included"]), default="excluded", show_default=True,
+              help="On-site renewable electricity out of or in the total tce.")
+@click.option("--framework", type=click.Choice(["RE100", "GHG-Scope2", "CN-GEC"]), default="RE100", show_default=True,
+              help="Eligibility rules for certificates and contracts.")
+@click.option("--currency", default=None, help="Reporting currency of company, park and group costs (default CNY).")
 def report(
     source: str | None,
     store_url: str | None,
@@ -92,11 +161,12 @@ def report(
     factor_overrides: tuple[str, ...],
     gwp: str | None,
     targets_name: str,
+    tce_method: str,
+    onsite_re: str,
+    framework: str,
+    currency: str | None,
 ) -> None:
     """Compute energy and carbon KPIs from SOURCE (readings folder or scenario YAML) or a store."""
-    import pandas as pd
-    from rich.table import Table
-
     from ems.accounting.kpis import kpis, rollup
     from ems.accounting.report import FORMATS, write_html, write_tables
     from ems.accounting.targets import load_targets, progress
@@ -110,48 +180,16 @@ def report(
         raise ConfigError(f"--start and --end go together; found start={start!r}, end={end!r}")
     rs = load_source(source, store_url)
     chosen: str | tuple[str, str] = (start, end) if start is not None and end is not None else period
-    res = kpis(rs, by=by, period=chosen, factors=_overrides(factor_overrides, gwp) or None)
-    yearly = rollup(res.daily, by="group", period="year")
+    res = kpis(rs, by=by, period=chosen, factors=_overrides(factor_overrides, gwp) or None, tce_method=tce_method,
+               onsite_renewables=onsite_re, framework=framework, currency=currency)
+    yearly = rollup(res.daily, by="group", period="year", tce_method=tce_method, onsite_renewables=onsite_re)
     prog = progress(yearly, load_targets(targets_name))
-
     console = make_console()
-    short = {"key": by, "period": res.period, "total_tce": "tce", "tce_per_10k_rmb": "tce/10k RMB",
-             "green_share": "green %", "scope1_t": "S1 t", "scope2_location_t": "S2 loc t",
-             "scope2_market_t": "S2 mkt t", "peak_import_kw": "peak kW", "total_cost": "cost"}
-    t = Table(title=f"KPIs by {by} and {res.period}")
-    for c, h in short.items():
-        t.add_column(h, justify="left" if c in ("key", "period") else "right", no_wrap=c in ("key", "period"))
-    for row in res.kpis[list(short)].itertuples(index=False):
-        cells = []
-        for c, v in zip(short, row, strict=True):
-            if c == "green_share":
-                cells.append("" if pd.isna(v) else f"{100 * v:.1f}")
-            elif isinstance(v, float):
-                cells.append("" if pd.isna(v) else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}")
-            else:
-                cells.append(str(v))
-        t.add_row(*cells)
-    console.print(t)
-    if len(prog):
-        tp = Table(title="Progress against targets (group, latest year)")
-        for c in ("target", "metric", "target_value", "base_value", "value", "change_vs_base", "met"):
-            tp.add_column(c)
-        for r in prog.itertuples(index=False):
-            tp.add_row(r.target, r.metric, str(r.target_value), "n/a" if pd.isna(r.base_value) else f"{r.base_value:.4g}", f"{r.value:.4g}",
-                       f"{r.change_vs_base:+.1%}" if r.change_vs_base == r.change_vs_base else "", str(r.met))
-        console.print(tp)
-    tf = Table(title="Factors used")
-    for c in ("name", "region", "year_used", "value", "unit", "set", "version"):
-        tf.add_column(c)
-    for r in res.factors_used.itertuples(index=False):
-        tf.add_row(r.name, str(r.region), "" if pd.isna(r.year_used) else str(r.year_used), f"{r.value}", r.unit, r.set, r.version)
-    console.print(tf)
+    _print_tables(console, res, prog)
     if len(res.anomalies):
         console.print(f"[yellow]{len(res.anomalies)} register anomalies (resets, rollovers, gaps); see anomalies table[/]")
     if out_dir is not None:
-        paths = write_tables(res, out_dir, fmts)
-        if len(prog) and "csv" in fmts:
-            prog.to_csv(out_dir / "targets.csv", index=False)
+        paths = write_tables(res, out_dir, fmts, prog)
         if "html" in fmts:
             paths.append(write_html(res, out_dir / "report.html", rs, prog))
         console.print(f"wrote {len(paths)} files to {out_dir}")

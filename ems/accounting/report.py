@@ -23,7 +23,7 @@ __all__ = ["SUMMARY_COLUMNS", "typical_day", "write_html", "write_tables"]
 
 SUMMARY_COLUMNS = (
     "key", "period", "total_tce", "direct_tce", "indirect_tce", "tce_per_10k_rmb", "green_share",
-    "scope1_t", "scope2_location_t", "scope2_market_t", "peak_import_kw", "total_cost",
+    "scope1_t", "memo_non_kyoto_t", "scope2_location_t", "scope2_market_t", "peak_import_kw", "total_cost", "currency",
 )
 FORMATS = ("csv", "parquet", "json", "html")
 
@@ -32,18 +32,25 @@ def _frames(res: KpiResult) -> dict[str, pd.DataFrame]:
     return {
         "kpis": res.kpis,
         "anomalies": res.anomalies,
-        "certificates": res.certificates,
-        "contracts": res.contracts,
+        "instruments": res.instruments,
         "unallocated": res.unallocated,
         "factors_used": res.factors_used,
+        "gases": res.gas_rollup(by=res.by, period=res.period if res.period in ("day", "month", "year") else "year"),
+        "fx_used": res.fx_used,
     }
 
 
-def write_tables(res: KpiResult, out: Path, formats: tuple[str, ...]) -> list[Path]:
-    """Write the KPI frame and its audit tables as CSV, Parquet and/or JSON; return the paths."""
+def write_tables(res: KpiResult, out: Path, formats: tuple[str, ...], targets: pd.DataFrame | None = None) -> list[Path]:
+    """Write the KPI frame, its audit tables and the targets as CSV, Parquet and/or JSON; return the paths.
+
+    Missing numbers are written as empty cells (CSV) or null (JSON), never as text.
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for name, df in _frames(res).items():
+    frames = _frames(res)
+    if targets is not None and len(targets):
+        frames["targets"] = targets.drop(columns=["met"])
+    for name, df in frames.items():
         df = df.copy()
         for c in df.columns:
             if df[c].dtype == object:
@@ -62,7 +69,8 @@ def write_tables(res: KpiResult, out: Path, formats: tuple[str, ...]) -> list[Pa
             paths.append(p)
     if "json" in formats:
         p = out / "notes.json"
-        p.write_text(json.dumps({"by": res.by, "period": res.period, "notes": res.notes}, indent=1))
+        p.write_text(json.dumps({"by": res.by, "period": res.period, "notes": res.notes, "options": res.options},
+                                indent=1, default=str))
         paths.append(p)
     return paths
 
@@ -122,7 +130,7 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
         ax.bar(piv.index, piv[c], bottom=bottom, label=c.replace("_tce", "").replace("_equiv", " (not in total)"))
         bottom += piv[c].to_numpy()
     ax.set_ylabel("tce")
-    ax.set_title(f"Energy by carrier and {step} (GB/T 2589-2020, equivalent value)")
+    ax.set_title(f"Energy by carrier and {step} (GB/T 2589-2020, {res.options.get('tce_method', 'calorific').replace('_', ' ')})")
     ax.legend(fontsize=7, ncol=3)
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     figs.append((f"Energy by carrier and {step}", _svg(fig)))
@@ -161,6 +169,8 @@ def _plots(res: KpiResult, rs: ReadingSet | None, targets: pd.DataFrame | None) 
 
 def _table(df: pd.DataFrame, fmt: str = "{:,.4g}") -> str:
     def cell(x: Any) -> str:
+        if x is None or x is pd.NA or x is pd.NaT:
+            return ""
         if isinstance(x, float):
             return "" if np.isnan(x) else fmt.format(x)
         return html.escape(str(x))
@@ -181,6 +191,7 @@ def write_html(
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}</style></head><body>",
         f"<h1>Energy and carbon report</h1><p>Grouping: <b>{html.escape(res.by)}</b>, period: <b>{html.escape(res.period)}</b>.</p>",
+        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in res.notes[:6]) + "</ul>",
         "<h2>KPIs</h2>", _table(summary),
     ]
     for title, svg in figs:
@@ -190,7 +201,11 @@ def write_html(
     parts += [
         "<h2>Factors used</h2><p>Every value with its set, version and source; values flagged to_confirm are to be confirmed.</p>",
         _table(res.factors_used),
-        "<h2>Certificates</h2>", _table(res.certificates) if len(res.certificates) else "<p>none</p>",
+        "<h2>Scope 1 by gas</h2><p>Kyoto-basket gases are in Scope 1; HCFCs and non-Kyoto gases are memo items.</p>",
+        _table(res.gas_rollup(by=res.by, period="year")) if len(res.gases) else "<p>none</p>",
+        "<h2>Certificates and contracts: counted or refused, with the reason</h2>",
+        _table(res.instruments) if len(res.instruments) else "<p>none</p>",
+        "<h2>Exchange rates used</h2>", _table(res.fx_used) if len(res.fx_used) else "<p>none (one currency)</p>",
         "<h2>Anomalies</h2>", _table(res.anomalies) if len(res.anomalies) else "<p>none</p>",
         "<h2>Conventions</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in res.notes) + "</ul>",
         "</body></html>",

@@ -34,14 +34,14 @@ import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from ems.errors import ConfigError, LocatedError
-from ems.model.scenario import ResolvedScenario, ScenarioFile
+from ems.model.scenario import ResolvedScenario, ScenarioFile, apply_boundary
 from ems.model.site import Site
 
 __all__ = [
@@ -56,9 +56,11 @@ __all__ = [
     "load_site_data",
     "parse",
     "read_config_text",
+    "validate_document",
 ]
 
 log = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=BaseModel)
 
 Key = str | int
 Path_ = tuple[Key, ...]
@@ -693,6 +695,16 @@ def load_scenario(
     return _resolve(doc, Path(path).parent, overrides)
 
 
+def _bounded(spec: ScenarioFile, doc: Document, sites: list[Site]) -> list[Site]:
+    """Apply the scenario's reporting boundary; an excluded id must be one of its sites."""
+    unknown = sorted(set(spec.boundary.exclude) - {s.id for s in sites}) if spec.boundary else []
+    if unknown:
+        file, line = doc.locate(("boundary", "exclude"))
+        raise LocatedError(f"expected ids of sites in this scenario ({', '.join(sorted(s.id for s in sites))}), "
+                           f"found {unknown}", file=file, line=line, field="boundary.exclude")
+    return apply_boundary(spec.boundary, sites)
+
+
 def _resolve(
     doc: Document, base: Path, extra: Mapping[str, Mapping[str, Any]] | None
 ) -> ResolvedScenario:
@@ -710,7 +722,7 @@ def _resolve(
     roots = file_roots(base)
     site_docs, by_id = _site_documents(spec, doc, base, roots)
     _apply_overrides(spec, doc, extra, site_docs, by_id)
-    sites = [_resolve_site_paths(_validate_site(sdoc), sdoc.name, roots) for sdoc in site_docs]
+    sites = _bounded(spec, doc, [_resolve_site_paths(_validate_site(sdoc), sdoc.name, roots) for sdoc in site_docs])
     start, end = spec.period.bounds()
     return ResolvedScenario(
         name=spec.name,
@@ -805,3 +817,17 @@ def _apply_overrides(
             raise unknown(site_id, doc.name, None)
         for dotted, value in extra_paths.items():
             apply(site_id, str(dotted), value, (doc.name, None), None, ())
+
+
+def validate_document(doc: Document, model: type[_M]) -> _M:
+    """Validate a parsed document against a pydantic model; every problem with its file and line.
+
+    Raises
+    ------
+    LocatedError
+        ``file:line: field.path: expected ..., found ...`` for each problem.
+    """
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise _located(exc, doc, model) from None

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ems.model.site import Site
 
-__all__ = ["Period", "ResolvedScenario", "ScenarioFile"]
+__all__ = ["Boundary", "Period", "ResolvedScenario", "ScenarioFile", "apply_boundary"]
 
 MIN_RESOLUTION_S = 60
 MAX_RESOLUTION_S = 3600
@@ -66,6 +66,38 @@ class Period(BaseModel):
         return self.start, self.end
 
 
+class Boundary(BaseModel):
+    """The reporting boundary of group totals (GHG Protocol Corporate Standard, chapter 3).
+
+    A site is inside when the group holds the control the approach asks for (the site's
+    ``reporting`` section) and the scenario does not exclude it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    approach: Literal["operational_control", "financial_control", "equity_share"] = "operational_control"
+    exclude: list[str] = Field(default_factory=list, description="site ids outside the boundary")
+    reason: str = Field("", description="why the boundary is drawn so (printed with the report)")
+
+
+def apply_boundary(boundary: Boundary | None, sites: list[Site]) -> list[Site]:
+    """Set each site's ``reporting.approach``, ``included`` and ``reason`` from the scenario's boundary."""
+    b = boundary or Boundary()
+    for s in sites:
+        r = s.reporting
+        held = {"operational_control": r.operational_control, "financial_control": r.financial_control,
+                "equity_share": r.equity_pct > 0}[b.approach]
+        r.approach = b.approach
+        r.included = held and s.id not in b.exclude
+        if not held:
+            r.reason = f"no {b.approach.replace('_', ' ')} by the group"
+        elif s.id in b.exclude:
+            r.reason = b.reason or "excluded by the scenario's boundary"
+        elif b.reason and not r.reason:
+            r.reason = b.reason
+    return sites
+
+
 class ScenarioFile(BaseModel):
     """What a scenario file holds."""
 
@@ -82,6 +114,7 @@ class ScenarioFile(BaseModel):
         default_factory=dict, description="site id -> {dotted.path: value}"
     )
     measures: list[dict[str, Any]] = Field(default_factory=list, description="measure overlays (studies)")
+    boundary: Boundary | None = Field(None, description="reporting boundary of group totals; default operational control, all sites")
 
     @field_validator("resolution")
     @classmethod

@@ -12,12 +12,15 @@ import re
 import zoneinfo
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ems.gases import load_gases, unknown_gas_message
 
 __all__ = [
     "Battery",
     "Boiler",
     "CertificatePurchase",
+    "CertificateSale",
     "Chp",
     "DemandResponse",
     "Dispatch",
@@ -27,11 +30,14 @@ __all__ = [
     "Loads",
     "Location",
     "Output",
+    "ProductLine",
     "PvArray",
     "Refrigerant",
+    "Reporting",
     "Site",
     "Steam",
     "Tariff",
+    "UnitEmission",
     "Weather",
 ]
 
@@ -40,6 +46,16 @@ Ident = Annotated[str, Field(pattern=ID_PATTERN, description="identifier: a-z, 0
 Frac = Annotated[float, Field(ge=0.0, le=1.0)]
 Months = Annotated[list[Annotated[int, Field(ge=1, le=12)]], Field(min_length=1)]
 Monthly = Annotated[list[float], Field(min_length=12, max_length=12)]
+
+
+def _known_gas(v: str) -> str:
+    """A gas of the GWP table (``ems/data/gases.yaml``), by name or alias."""
+    if load_gases().canonical(v) is None:
+        raise ValueError(unknown_gas_message(v))
+    return v
+
+
+GasName = Annotated[str, AfterValidator(_known_gas), Field(description="a gas of ems/data/gases.yaml, e.g. R-410A, HFC-245fa, SF6")]
 
 
 class _Model(BaseModel):
@@ -74,6 +90,11 @@ class Location(_Model):
     tz: str = Field(description="IANA time zone, e.g. Asia/Shanghai")
     altitude_m: float = Field(0.0, ge=-500, le=9000, description="altitude [m]")
     country: str = Field("CN", pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+    province: str | None = Field(
+        None,
+        pattern=r"^[A-Z]{2}-[A-Z0-9]{1,3}$",
+        description="ISO 3166-2 subdivision, e.g. CN-SD (Shandong): the most local place for grid factors",
+    )
 
     @field_validator("tz")
     @classmethod
@@ -363,12 +384,32 @@ class Fleet(_Model):
 
 
 class Refrigerant(_Model):
-    """A refrigerant charge in chillers or AC and its yearly leak, topped up at service visits."""
+    """A charge of gas in equipment (chillers, AC, SF6 switchgear) and its yearly leak, topped up at service visits."""
 
-    gas: str = Field(description="e.g. R-410A, R-32, R-134a (must be in the GWP table)")
+    gas: GasName
+    equipment: str = Field("chillers and air conditioning", description="what holds the charge, e.g. SF6 switchgear")
     charge_kg: float = Field(gt=0)
     annual_leak_rate: Frac = Field(0.05, description="share of charge lost per year [-]")
     services_per_year: int = Field(2, ge=1, le=52)
+
+
+class UnitEmission(_Model):
+    """Process or fugitive emission per unit of a product, in kg of a named gas."""
+
+    gas: GasName
+    kg_per_unit: float = Field(ge=0, description="kg of the gas emitted per unit made [kg/unit]")
+    kind: Literal["fugitive", "process"] = "fugitive"
+    activity: str = Field(description="e.g. refrigerant charging losses, foam blowing agent")
+    source: str = Field("", description="where the rate comes from (published figure, guideline, assumption)")
+
+
+class ProductLine(_Model):
+    """A production line: units made per year, following the shift calendar, and per-unit emissions."""
+
+    id: Ident
+    product: str
+    annual_units: float = Field(gt=0, description="units made per year (reference year) [units]")
+    emissions: list[UnitEmission] = Field(default_factory=list)
 
 
 class Output(_Model):
@@ -379,40 +420,88 @@ class Output(_Model):
 
 
 class Contract(_Model):
-    """A green power or hydropower contract, settled monthly."""
+    """A green power or hydropower contract (instrument type PPA), settled monthly."""
 
     id: Ident
     kind: Literal["hydro", "green_power"]
     annual_mwh: float = Field(gt=0)
     start: dt.date | None = None
     end: dt.date | None = None
+    plant: str = Field("", description="generating plant")
+    plant_commissioned: dt.date | None = None
+    market_boundary: str | None = Field(None, description="market of the plant, e.g. CN, EU-AIB; default the site's")
 
 
 class CertificatePurchase(_Model):
-    """Unbundled renewable certificates bought and retired on a schedule."""
+    """Unbundled renewable certificates (1 MWh each) bought and retired on a schedule.
+
+    Each purchase retires the next ``mwh`` serials from ``serial_first`` on, so a
+    monthly schedule retires consecutive ranges.
+    """
 
     id: Ident
-    scheme: Literal["GEC", "I-REC"] = "GEC"
+    scheme: Literal["GEC", "I-REC", "GO"] = "GEC"
     mwh: float = Field(gt=0, description="MWh per purchase")
     vintage: int = Field(ge=2015, le=2100, description="generation year of the certificates")
     technology: str = "solar"
     schedule: Literal["once", "monthly", "quarterly"] = "once"
     date: dt.date | None = Field(None, description="date of a 'once' purchase; default end of the period")
     period_year: int | None = Field(None, description="reporting year it is retired for; default the purchase year")
+    serial_prefix: str | None = Field(None, description="registry serial prefix; default '<scheme>-<vintage>-<id>'")
+    serial_first: int = Field(1, ge=0, description="first serial number retired")
+    plant: str = Field("", description="generating plant")
+    plant_commissioned: dt.date | None = Field(None, description="commissioning (or re-powering) date of the plant")
+    market_boundary: str | None = Field(None, description="market of the plant, e.g. CN, EU-AIB; default the site's")
+
+
+class CertificateSale(_Model):
+    """Certificates registered for the site's own PV and sold: that PV electricity is no longer green."""
+
+    id: Ident
+    scheme: Literal["GEC", "I-REC", "GO"] = "GEC"
+    pv: Ident = Field(description="id of the site's PV array the certificates were issued for")
+    mwh: float = Field(gt=0)
+    vintage: int = Field(ge=2015, le=2100)
+    date: dt.date | None = Field(None, description="sale date; default end of the period")
+    serial_prefix: str | None = None
+    serial_first: int = Field(1, ge=0)
 
 
 class Procurement(_Model):
-    """Green power bought to raise the green share."""
+    """Green power bought to raise the green share, and own-PV certificates sold."""
 
     contracts: list[Contract] = Field(default_factory=list)
     certificates: list[CertificatePurchase] = Field(default_factory=list)
+    certificates_sold: list[CertificateSale] = Field(default_factory=list)
+
+
+class Reporting(_Model):
+    """Where the site stands in the group's reporting boundary (GHG Protocol Corporate Standard, chapter 3).
+
+    ``approach``, ``included`` and ``reason`` are normally set by the scenario's ``boundary``.
+    """
+
+    operational_control: bool = Field(True, description="the group has operational control of the site")
+    financial_control: bool = True
+    equity_pct: float = Field(100.0, ge=0, le=100)
+    approach: Literal["operational_control", "financial_control", "equity_share"] = "operational_control"
+    included: bool = True
+    reason: str = ""
 
 
 class ProcessEmission(_Model):
-    """Non-energy process emissions, spread over production hours."""
+    """Non-energy process emissions spread over production hours: kg of a named gas, or kgCO2e."""
 
     source: str
-    annual_kgco2e: float = Field(gt=0)
+    gas: GasName | None = Field(None, description="the gas emitted; with annual_kg")
+    annual_kg: float | None = Field(None, gt=0, description="kg of the gas per year")
+    annual_kgco2e: float | None = Field(None, gt=0, description="when only CO2e is known")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ProcessEmission:
+        if (self.gas is None or self.annual_kg is None) == (self.annual_kgco2e is None):
+            raise ValueError("expected either 'gas' with 'annual_kg', or 'annual_kgco2e'")
+        return self
 
 
 class Site(_Model):
@@ -440,8 +529,10 @@ class Site(_Model):
     fleets: list[Fleet] = Field(default_factory=list)
     refrigerants: list[Refrigerant] = Field(default_factory=list)
     process_emissions: list[ProcessEmission] = Field(default_factory=list)
+    products: list[ProductLine] = Field(default_factory=list, description="production lines with per-unit emissions")
     output: Output
     procurement: Procurement = Field(default_factory=Procurement)
+    reporting: Reporting = Field(default_factory=Reporting)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Site:
@@ -450,6 +541,7 @@ class Site(_Model):
             ("pv", self.pv),
             ("batteries", self.batteries),
             ("fleets", self.fleets),
+            ("products", self.products),
         ):
             for it in items:
                 if it.id in seen:
@@ -457,6 +549,10 @@ class Site(_Model):
                 seen[it.id] = kind
         reserved = {"grid", "gas", "steam", "boiler", "waste_heat", "chp", "production", "weather"}
         clash = reserved & set(seen)
-        if clash or any(re.match(r"^load-", i) for i in seen):
+        if clash or any(re.match(r"^(load|line)-", i) for i in seen):
             raise ValueError(f"asset ids {sorted(clash)} are reserved meter names")
+        pv = {p.id for p in self.pv}
+        for sale in self.procurement.certificates_sold:
+            if sale.pv not in pv:
+                raise ValueError(f"procurement.certificates_sold {sale.id}: expected one of the site's PV arrays {sorted(pv)}; found {sale.pv!r}")
         return self

@@ -38,6 +38,7 @@ import simpy
 
 from ems.model.site import (
     CertificatePurchase,
+    CertificateSale,
     Contract,
     DemandResponse,
     Fleet,
@@ -52,6 +53,7 @@ from ems.sim.clock import TimeGrid
 
 __all__ = [
     "EventSink",
+    "certificate_sales",
     "certificates",
     "contract_settlements",
     "demand_response",
@@ -297,20 +299,24 @@ def _emit_at(env: simpy.Environment, k: int) -> Generator[simpy.Event, Any, int]
     return k
 
 
-def certificates(env: simpy.Environment, sink: EventSink, purchase: CertificatePurchase) -> Proc:
-    """Certificate purchases and retirements on the purchase's schedule."""
+def _days(g: TimeGrid, schedule: str, once: dt.date | None) -> list[dt.date]:
+    if schedule == "once":
+        return [once or (g.end - dt.timedelta(days=1))]
+    return [
+        last
+        for first, last in month_spans(g.start, g.end)
+        if schedule == "monthly" or last.month in (3, 6, 9, 12)
+        if last == dt.date(last.year, last.month, calendar.monthrange(last.year, last.month)[1])
+    ]
+
+
+def certificates(env: simpy.Environment, sink: EventSink, purchase: CertificatePurchase, site_id: str = "") -> Proc:
+    """Certificate retirements on the purchase's schedule; each retires the next serials (1 MWh each)."""
     g = sink.grid
-    if purchase.schedule == "once":
-        days = [purchase.date or (g.end - dt.timedelta(days=1))]
-    else:
-        spans = month_spans(g.start, g.end)
-        days = [
-            last
-            for first, last in spans
-            if purchase.schedule == "monthly" or last.month in (3, 6, 9, 12)
-            if last == dt.date(last.year, last.month, calendar.monthrange(last.year, last.month)[1])
-        ]
-    for day in sorted(days):
+    prefix = purchase.serial_prefix or f"{purchase.scheme}-{purchase.vintage}-{site_id}-{purchase.id}"
+    first = purchase.serial_first
+    n = max(round(purchase.mwh), 1)
+    for day in sorted(_days(g, purchase.schedule, purchase.date)):
         if not g.start <= day < g.end:
             continue
         k = yield from _emit_at(env, _local_step(g, day, 12.0))
@@ -321,8 +327,30 @@ def certificates(env: simpy.Environment, sink: EventSink, purchase: CertificateP
             "technology": purchase.technology,
             "period_year": purchase.period_year or day.year,
             "action": "retire",
+            "serials": {"prefix": prefix, "first": first, "last": first + n - 1},
+            "plant": purchase.plant,
+            "plant_commissioned": purchase.plant_commissioned.isoformat() if purchase.plant_commissioned else None,
+            "market_boundary": purchase.market_boundary,
         }
+        first += n
         sink.log(k, EventKind.CERTIFICATE, purchase.scheme, purchase.mwh, "MWh", detail)
+
+
+def certificate_sales(env: simpy.Environment, sink: EventSink, sale: CertificateSale, site_id: str) -> Proc:
+    """A sale of certificates registered for the site's own PV (the plant is ``<site>/<pv id>``)."""
+    g = sink.grid
+    day = sale.date or (g.end - dt.timedelta(days=1))
+    if not g.start <= day < g.end:
+        return
+    k = yield from _emit_at(env, _local_step(g, day, 12.0))
+    n = max(round(sale.mwh), 1)
+    detail = {
+        "id": sale.id, "action": "sell", "vintage": sale.vintage, "technology": "solar",
+        "plant": f"{site_id}/{sale.pv}",
+        "serials": {"prefix": sale.serial_prefix or f"{sale.scheme}-{sale.vintage}-{site_id}-{sale.id}",
+                    "first": sale.serial_first, "last": sale.serial_first + n - 1},
+    }
+    sink.log(k, EventKind.CERTIFICATE, sale.scheme, sale.mwh, "MWh", detail)
 
 
 def contract_settlements(env: simpy.Environment, sink: EventSink, contract: Contract) -> Proc:
@@ -337,7 +365,9 @@ def contract_settlements(env: simpy.Environment, sink: EventSink, contract: Cont
         year_days = 366 if calendar.isleap(a.year) else 365
         mwh = contract.annual_mwh * ndays / year_days
         k = yield from _emit_at(env, _local_step(g, b, 23.0))
-        detail = {"id": contract.id, "period_start": a.isoformat(), "period_end": b.isoformat()}
+        detail = {"id": contract.id, "period_start": a.isoformat(), "period_end": b.isoformat(),
+                  "plant": contract.plant, "market_boundary": contract.market_boundary,
+                  "plant_commissioned": contract.plant_commissioned.isoformat() if contract.plant_commissioned else None}
         sink.log(min(k, g.n), EventKind.CONTRACT_DELIVERY, contract.kind, mwh, "MWh", detail)
 
 
@@ -355,6 +385,10 @@ def process_emissions(
         if h <= 0 or running_h_per_year <= 0:
             continue
         k = yield from _emit_at(env, _local_step(g, last, 23.0))
-        value = emission.annual_kgco2e * h / running_h_per_year
-        detail = {"period_start": first.isoformat(), "period_end": last.isoformat()}
-        sink.log(min(k, g.n), EventKind.PROCESS_EMISSION, emission.source, value, "kgCO2e", detail)
+        detail: dict[str, Any] = {"period_start": first.isoformat(), "period_end": last.isoformat()}
+        if emission.gas is not None and emission.annual_kg is not None:
+            detail |= {"gas": emission.gas, "kind": "process", "activity": emission.source}
+            value, unit = emission.annual_kg * h / running_h_per_year, "kg"
+        else:
+            value, unit = float(emission.annual_kgco2e or 0.0) * h / running_h_per_year, "kgCO2e"
+        sink.log(min(k, g.n), EventKind.PROCESS_EMISSION, emission.source, value, unit, detail)

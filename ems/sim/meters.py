@@ -20,6 +20,7 @@ battery id         power_kw (discharge - charge), charge_kwh, discharge_kwh, soc
 ``gas``            flow_m3h, volume_m3 (all on-site gas)
 fleet id           mass_kg (fuel delivered; jumps at deliveries)
 ``production``     output_rmb
+``line-<product>`` output_units (units made by a production line)
 ``weather``        ghi_wm2, poa_wm2, temp_air_c
 =================  =========================================================
 """
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from ems.model.site import Site
+from ems.model.site import ProductLine, PvArray, Site
 from ems.readings import METER_KINDS, Carrier, MeterInfo, MeterKind, SiteInfo
 from ems.sim.loads import END_USES
 from ems.sim.pv import inverter_kw
@@ -58,20 +59,7 @@ def _meters(
     out: list[tuple[str, MeterKind, str, dict[str, object]]] = [
         ("grid", MeterKind.GRID, Carrier.ELECTRICITY, {"contract_kw": site.grid.contract_kw})
     ]
-    for p in site.pv:
-        out.append(
-            (
-                p.id,
-                MeterKind.PV,
-                Carrier.ELECTRICITY,
-                {
-                    "kwp": p.kwp,
-                    "inverter_kw": inverter_kw(p),
-                    "tilt_deg": p.tilt_deg,
-                    "azimuth_deg": p.azimuth_deg,
-                },
-            )
-        )
+    out += [(p.id, MeterKind.PV, Carrier.ELECTRICITY, _pv_attrs(p)) for p in site.pv]
     for b in site.batteries:
         out.append(
             (
@@ -110,8 +98,20 @@ def _meters(
     for f in site.fleets:
         out.append((f.id, MeterKind.FUEL, f.fuel, {"fuel": f.fuel}))
     out.append(("production", MeterKind.PRODUCTION, Carrier.OUTPUT, {}))
+    out += [(f"line-{p.id}", MeterKind.LINE, Carrier.OUTPUT, _line_attrs(p)) for p in site.products]
     out.append(("weather", MeterKind.WEATHER, Carrier.WEATHER, {}))
     return out
+
+
+def _pv_attrs(p: PvArray) -> dict[str, object]:
+    """A PV array's metadata: ratings, orientation and commissioning date (capacity in service)."""
+    return {"kwp": p.kwp, "inverter_kw": inverter_kw(p), "tilt_deg": p.tilt_deg, "azimuth_deg": p.azimuth_deg,
+            "commissioned": p.commissioned.isoformat() if p.commissioned else ""}
+
+
+def _line_attrs(line: ProductLine) -> dict[str, object]:
+    """A production line's metadata: its product and per-unit emissions (gas, kg_per_unit, kind, activity, source)."""
+    return {"product": line.product, "emissions": [e.model_dump(mode="json") for e in line.emissions]}
 
 
 def meter_infos(flows: SiteFlows) -> list[MeterInfo]:
@@ -145,12 +145,18 @@ def site_info(site: Site) -> SiteInfo:
         country=site.location.country,
         grid_region=site.grid.region,
         factor_set=site.factor_set,
+        province=site.location.province or "",
         attrs={
             "contract_kw": site.grid.contract_kw,
             "tariff": site.grid.tariff.model_dump(mode="json")
             if site.grid.tariff is not None
             else None,
             "export_limit_kw": export_limit(site),
+            "boundary": {
+                "approach": site.reporting.approach,
+                "included": site.reporting.included,
+                "reason": site.reporting.reason,
+            },
         },
     )
 
@@ -225,6 +231,8 @@ def site_series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray]]:
             yield mid, "mass_kg", reg(mid, "mass_kg", flows.flow(f"fuel_kg.{mid}"), 1.0)
         elif kind == MeterKind.PRODUCTION:
             yield mid, "output_rmb", reg(mid, "output_rmb", a["output_rmb_h"])
+        elif kind == MeterKind.LINE:
+            yield mid, "output_units", reg(mid, "output_units", a["units_h." + mid.removeprefix("line-")])
         elif kind == MeterKind.WEATHER:
             yield mid, "ghi_wm2", a["ghi"]
             yield mid, "poa_wm2", a["poa"]

@@ -505,7 +505,9 @@ class SiteSimulation:
         for ref in s.refrigerants:
             env.process(ev.refrigerant_service(env, self, rng, ref))
         for cp in s.procurement.certificates:
-            env.process(ev.certificates(env, self, cp))
+            env.process(ev.certificates(env, self, cp, s.id))
+        for sale in s.procurement.certificates_sold:
+            env.process(ev.certificate_sales(env, self, sale, s.id))
         for ct in s.procurement.contracts:
             env.process(ev.contract_settlements(env, self, ct))
         if s.process_emissions:
@@ -627,6 +629,8 @@ class SiteSimulation:
             / run_h
             * (1 + s.output.growth_pct_per_year / 100.0) ** years
         )
+        for line in s.products:  # units made, following the shift calendar like the output value [units/h]
+            a[f"units_h.{line.id}"] = self.running * line.annual_units / run_h
         for fid, f in self.fuel.items():
             a[f"fuel_kg.{fid}"] = f
         a["ghi"] = self.w["ghi"]

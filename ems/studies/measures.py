@@ -388,7 +388,8 @@ def _buy(s: Site, sc: ResolvedScenario, kind: str, mwh: float, tag: str) -> str:
         cid = _next_id(f"{tag}-gec", used)
         s.procurement.certificates.append(CertificatePurchase(
             id=cid, scheme="GEC", mwh=mwh, vintage=sc.start.year, schedule="once",
-            date=sc.end - dt.timedelta(days=1), period_year=sc.start.year))
+            date=sc.end - dt.timedelta(days=1), period_year=sc.start.year,
+            plant="new renewable plant (bought by the measure)", plant_commissioned=dt.date(sc.start.year - 1, 1, 1)))
         return "certificates"
     cid = _next_id(f"{tag}-green", used)
     s.procurement.contracts.append(Contract(

@@ -38,6 +38,7 @@ from ems.errors import PayloadError
 from ems.readings import QUANTITIES, SCHEMA_VERSION, Carrier, MeterInfo, MeterKind, SiteInfo
 
 __all__ = [
+    "DEADLETTER_KEEP_BYTES",
     "MAX_ABS_VALUE",
     "MAX_DEPTH",
     "MAX_DEPTH_META",
@@ -49,7 +50,10 @@ __all__ = [
     "DataMessage",
     "Reading",
     "check_data",
+    "check_gas",
+    "check_line_gases",
     "check_registers",
+    "deadletter_record",
     "decode_data",
     "decode_events",
     "decode_meta",
@@ -61,6 +65,7 @@ __all__ = [
     "encode_site",
     "format_ts",
     "load_object",
+    "meter_status",
     "parse_data",
     "parse_ts",
     "register_rates",
@@ -461,7 +466,7 @@ def check_data(
     Raises
     ------
     PayloadError
-        ``interval_mismatch``, ``unknown_quantity``, ``register_backwards`` or ``register_jump``.
+        ``interval_mismatch``, ``unknown_quantity``, ``out_of_range``, ``register_backwards`` or ``register_jump``.
     """
     where = f"ems/v1/{msg.site}/{msg.meter}"
     if msg.interval_s != info.interval_s:
@@ -471,12 +476,15 @@ def check_data(
         )
     allowed = frozenset(info.quantities)
     for i, r in enumerate(msg.readings):
-        for q in r.values:
+        for q, v in r.values.items():
             if q not in allowed:
                 raise PayloadError(
                     "unknown_quantity",
                     f"{where}.readings[{i}].values: unknown quantity {q!r}; meter {info.meter!r} reports {sorted(allowed)}",
                 )
+            if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:  # whatever the encoding delivered it
+                raise PayloadError("out_of_range", f"{where}.readings[{i}].values.{q}: expected a magnitude of at "
+                                                   f"most {MAX_ABS_VALUE:g}, found {v!r}")
     if previous is not None and msg.readings[0].ts_ns <= previous.ts_ns:
         previous = None  # late or repeated readings: compared among themselves only
     registers = [q for q in info.quantities if q in _REGISTERS]
@@ -698,7 +706,31 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
     attrs = obj.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {attrs!r}")
+    check_line_gases(kind, attrs, where)
     return MeterInfo(site, meter, kind, carrier, tuple(qs), interval, attrs)
+
+
+def check_line_gases(kind: str, attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse a production line's metadata that names a gas missing from the GWP table (``unknown_gas``)."""
+    if kind != MeterKind.LINE:
+        return
+    rates = attrs.get("emissions") or []
+    for i, rate in enumerate(rates if isinstance(rates, list) else [rates]):
+        check_gas(rate.get("gas") if isinstance(rate, dict) else rate, f"{where}.attrs.emissions[{i}].gas")
+
+
+def check_gas(name: object, where: str) -> None:
+    """Refuse a gas missing from the GWP table (``ems/data/gases.yaml``): the message is dead-lettered.
+
+    Raises
+    ------
+    PayloadError
+        ``unknown_gas``, naming the field and the gas.
+    """
+    from ems.gases import load_gases, unknown_gas_message
+
+    if not isinstance(name, str) or load_gases().canonical(name) is None:
+        raise PayloadError("unknown_gas", f"{where}: {unknown_gas_message(name)}")
 
 
 def encode_site(info: SiteInfo) -> bytes:
@@ -791,6 +823,10 @@ def _event_row(site: str, e: object, w: str, limit: int) -> dict[str, Any]:
     detail = e.get("detail") or {}
     if not isinstance(detail, dict):
         raise PayloadError("wrong_type", f"{w}.detail: expected an object, found {_short(detail)}")
+    if kind == "refrigerant_topup":
+        check_gas(e.get("subject"), f"{w}.subject")
+    elif kind == "process_emission" and str(e.get("unit", "")).lower() == "kg":
+        check_gas(detail.get("gas", e.get("subject")), f"{w}.detail.gas")
     return {
         "ts": format_ts(ts),
         "site": site,
@@ -800,3 +836,68 @@ def _event_row(site: str, e: object, w: str, limit: int) -> dict[str, Any]:
         "unit": str(e.get("unit", "")),
         "detail": detail,
     }
+
+
+# --------------------------------------------------------------------------- dead letters, meter status
+
+
+DEADLETTER_KEEP_BYTES = 16 * 1024
+"""Payload bytes a dead letter keeps [B]; beyond that only the prefix, the size and the SHA-256."""
+_DEADLETTER_TEXT = 2000
+
+
+def deadletter_record(
+    reason: str,
+    message: str,
+    topic: str,
+    payload: bytes,
+    received_s: float,
+    *,
+    size: int | None = None,
+    sha256: str = "",
+    keep_bytes: int = DEADLETTER_KEEP_BYTES,
+) -> dict[str, Any]:
+    """The record of a rejected message (JSONL file and ``ems/v1/_deadletter/{reason}``), bounded in size.
+
+    Parameters
+    ----------
+    reason, message : str
+        The short code and the full explanation (cut at 2,000 characters).
+    topic : str
+        Where the message was (or would have been) published.
+    payload : bytes
+        The message, or the prefix of it that was held (then give ``size`` and ``sha256``).
+    received_s : float [s since the epoch]
+        When it was received (or read, for a gateway).
+    size : int [B], optional
+        The whole payload's size (default ``len(payload)``).
+    sha256 : str, optional
+        Hex SHA-256 of the whole payload (default: of ``payload``).
+    keep_bytes : int [B]
+        Payload bytes kept (base64); beyond, the record says ``payload_truncated``.
+    """
+    import base64
+    import hashlib
+
+    kept = payload[:keep_bytes]
+    total = len(payload) if size is None else size
+    return {
+        "received": dt.datetime.fromtimestamp(received_s, dt.UTC).isoformat().replace("+00:00", "Z"),
+        "reason": reason,
+        "message": message if len(message) <= _DEADLETTER_TEXT else message[:_DEADLETTER_TEXT] + "...",
+        "topic": topic,
+        "payload_bytes": total,
+        "payload_sha256": sha256 or hashlib.sha256(payload).hexdigest(),
+        "payload_b64": base64.b64encode(kept).decode("ascii"),
+        "payload_truncated": total > len(kept),
+    }
+
+
+def meter_status(site: str, meter: str, status: str, reason: str = "", since_ns: int | None = None) -> bytes:
+    """Encode a meter's status (``online``/``offline``) for ``ems/v1/{site}/{meter}/_status``."""
+    d: dict[str, Any] = {"v": SCHEMA_VERSION, "site": site, "meter": meter, "status": status}
+    if reason:
+        d["reason"] = reason
+    if since_ns is not None:
+        d["since"] = format_ts(since_ns)
+    return _dumps(d)

@@ -34,6 +34,15 @@ def _broker_options(f: Any) -> Any:
     return f
 
 
+def _encoding_options(f: Any) -> Any:
+    f = click.option("--sparkplug-group", default="ems", show_default=True, help="Sparkplug group id.")(f)
+    f = click.option(
+        "--encoding", type=click.Choice(["json", "sparkplug"]), default="json", show_default=True,
+        help="json: the ems/v1 contract; sparkplug: Sparkplug B (sites are edge nodes, meters devices; ems[plant]).",
+    )(f)
+    return f
+
+
 def _config(url: str, kw: dict[str, Any]) -> Any:
     from ems.telemetry.connection import BrokerConfig, password_from_env
 
@@ -75,9 +84,11 @@ def _load_readings(source: str) -> ReadingSet:
 @click.option("--client-id-prefix", default="ems-pub", show_default=True)
 @click.option("--linger", "linger_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="[s] after the stream, answer ingestors' backfill requests until none came for this long; 0: exit.")
+@_encoding_options
 @_broker_options
 def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None, fast: bool, batch: int,
-           window: int, ledger: Path | None, client_id_prefix: str, linger_s: float, **kw: Any) -> None:
+           window: int, ledger: Path | None, client_id_prefix: str, linger_s: float, encoding: str,
+           sparkplug_group: str, **kw: Any) -> None:
     """Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT."""
     from ems.telemetry.broker import EmbeddedBroker
     from ems.telemetry.publisher import Publisher, PublishOptions
@@ -88,7 +99,8 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
         raise click.UsageError(f"--speed must be > 0, found {speed}")
     rs = _load_readings(scenario)
     opts = PublishOptions(qos=int(qos), speed=speed, batch=batch, window=window, ledger=ledger,
-                          client_id_prefix=client_id_prefix, linger_s=linger_s)
+                          client_id_prefix=client_id_prefix, linger_s=linger_s if encoding == "json" else 0.0,
+                          encoding=encoding, sparkplug_group=sparkplug_group)
     with contextlib.ExitStack() as stack:
         if broker_url is None:
             b = stack.enter_context(EmbeddedBroker())
@@ -135,11 +147,13 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
               help="Disk spool: batches the store cannot take are kept here (fsynced, acknowledged) and replayed.")
 @click.option("--spool-limit-mb", type=float, default=1024.0, show_default=True,
               help="[MiB] most disk the spool may use; full: nothing more is acknowledged.")
+@_encoding_options
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
            stats_every: float | None, metrics_port: int | None, batch_readings: int, batch_seconds: float,
-           session_expiry: int, max_future: float, unknown_grace: float, duration: float | None, meta_dir: Path | None,
-           spool_dir: Path | None, spool_limit_mb: float, **kw: Any) -> None:
+           session_expiry: int, max_future: float, unknown_grace: float, duration: float | None,
+           meta_dir: Path | None, spool_dir: Path | None, spool_limit_mb: float, encoding: str, sparkplug_group: str,
+           **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
     import json
 
@@ -167,7 +181,8 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
                          batch_s=batch_seconds, session_expiry_s=session_expiry, max_future_s=max_future,
                          unknown_grace_s=unknown_grace,
                          meters=meters, sites=sites, spool=spool_dir,
-                         spool_limit_bytes=int(spool_limit_mb * (1 << 20)))
+                         spool_limit_bytes=int(spool_limit_mb * (1 << 20)), encoding=encoding,
+                         sparkplug_group=sparkplug_group)
     ing = Ingestor(cfg, store, opts)
     stop = threading.Event()
 

@@ -124,6 +124,7 @@ def make_client(
     persistent: bool = False,
     manual_ack: bool = False,
     will: tuple[str, bytes] | None = None,
+    will_retain: bool = True,
 ) -> mqtt.Client:
     """Create a paho-mqtt 2.x client for ``cfg``.
 
@@ -133,7 +134,7 @@ def make_client(
         A persistent session (MQTT 3.1.1 ``clean_session=False``; for MQTT 5 the
         clean start flag is given to :func:`connect_and_wait`).
     will : (topic, payload), optional
-        Retained last will, QoS 1.
+        Last will, QoS 1, retained unless ``will_retain`` is False (a Sparkplug NDEATH).
     """
     kw: dict[str, Any] = {}
     if not cfg.v5:
@@ -154,7 +155,7 @@ def make_client(
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
         client.tls_set_context(ctx)
     if will is not None:
-        client.will_set(will[0], will[1], qos=1, retain=True)
+        client.will_set(will[0], will[1], qos=1, retain=will_retain)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
 

@@ -20,9 +20,6 @@ message acknowledged.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -31,32 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ems.telemetry import topics
+from ems.telemetry import codec, topics
 from ems.telemetry.session import Ack, Message, MqttSession
 
 __all__ = ["DEFAULT_KEEP_BYTES", "DeadLetter", "DeadLetters", "record"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEEP_BYTES = 16 * 1024
+DEFAULT_KEEP_BYTES = codec.DEADLETTER_KEEP_BYTES
 """Payload bytes a dead letter keeps [B]; beyond that only the prefix, size and hash."""
-_MAX_TEXT = 2000
 
 
 def record(msg: Message, reason: str, text: str, keep_bytes: int = DEFAULT_KEEP_BYTES) -> dict[str, Any]:
-    """The dead-letter record of ``msg`` rejected with ``reason`` (see module docs)."""
-    kept = msg.payload[:keep_bytes]
-    sha = msg.sha256 or hashlib.sha256(msg.payload).hexdigest()
-    return {
-        "received": dt.datetime.fromtimestamp(msg.received, dt.UTC).isoformat().replace("+00:00", "Z"),
-        "reason": reason,
-        "message": text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "...",
-        "topic": msg.topic,
-        "payload_bytes": msg.size,
-        "payload_sha256": sha,
-        "payload_b64": base64.b64encode(kept).decode("ascii"),
-        "payload_truncated": msg.size > len(kept),
-    }
+    """The dead-letter record of ``msg`` rejected with ``reason`` (:func:`ems.telemetry.codec.deadletter_record`)."""
+    return codec.deadletter_record(reason, text, msg.topic, msg.payload, msg.received, size=msg.size,
+                                   sha256=msg.sha256, keep_bytes=keep_bytes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ems.errors import PayloadError
+from ems.errors import ConfigError, PayloadError, TelemetryError
 from ems.readings import MeterInfo, SiteInfo
 from ems.store.base import Store
 from ems.telemetry import backfill, decoding, topics
@@ -117,8 +117,13 @@ class IngestOptions:
         When to ask publishers for missing readings again; None: never. Off with
         ``group``: an ingestor of a shared group sees only its share, so its gaps are
         not losses (see ``docs/telemetry.md``).
+    encoding : str
+        ``json`` (contract v1 topics) or ``sparkplug``: Sparkplug B of group ``sparkplug_group``
+        (:class:`~ems.telemetry.decoding.SparkplugDecoder`; rebirth requests instead of backfill).
+    sparkplug_group : str
+        The Sparkplug group id to subscribe to.
     decoder : Decoder, optional
-        The encoding on the wire; default :class:`~ems.telemetry.decoding.JsonDecoder` (contract v1).
+        Another encoding on the wire (overrides ``encoding``).
     """
 
     group: str | None = None
@@ -143,6 +148,8 @@ class IngestOptions:
     spool_alarm_fraction: float = 0.8
     retry_max_s: float = 5.0
     backfill: backfill.BackfillPolicy | None = field(default_factory=backfill.BackfillPolicy)
+    encoding: str = "json"
+    sparkplug_group: str = "ems"
     decoder: decoding.Decoder | None = None
 
 
@@ -168,11 +175,13 @@ class Ingestor:
         self.opts = o = options or IngestOptions()
         if o.group:
             topics.validate_id(o.group, "group")
-        self.decoder: decoding.Decoder = o.decoder or decoding.JsonDecoder()
         self.counters: Counter[str] = Counter()
         self.validator = Validator(o.meters, [s.site for s in o.sites],
                                    ReadingIndex(max_entries=o.index_readings))
+        self.decoder: decoding.Decoder = o.decoder or self._decoder_for(o)
+        self._backfill_on = o.backfill is not None and not o.group and o.encoding == "json"
         self.status: dict[str, str] = {}
+        self.meter_status: dict[tuple[str, str], dict[str, Any]] = {}
         self.hwm: dict[tuple[str, str], int] = {}
         self._hwm_sent: dict[str, int] = {}
         self._last_rx: dict[tuple[str, str], float] = {}
@@ -200,6 +209,15 @@ class Ingestor:
         self._timers = {"plan": 0.0, "parked": 0.0, "refresh": time.monotonic()}
         self._threads: list[threading.Thread] = []
         self._http: GuardedHTTPServer | None = None
+
+    def _decoder_for(self, o: IngestOptions) -> decoding.Decoder:
+        if o.encoding == "json":
+            return decoding.JsonDecoder()
+        if o.encoding != "sparkplug":
+            raise ConfigError(f"ingest encoding: expected json or sparkplug, found {o.encoding!r}")
+        if o.group:
+            raise TelemetryError("Sparkplug sequence numbers need every message of a node: no --group with sparkplug")
+        return decoding.SparkplugDecoder(o.sparkplug_group, self.validator.meters, self.validator.last)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -365,53 +383,70 @@ class Ingestor:
         if msg.size > self.decoder.max_payload_bytes:
             raise PayloadError("oversized", f"{msg.topic}: expected at most {self.decoder.max_payload_bytes} "
                                             f"bytes, found {msg.size}")
-        if route.kind == "data" and self._park(msg, route):
+        if route.kind == "data" and (reason := self.validator.unknown(route.site, route.meter)):
+            self._park(msg, PayloadError(reason, f"{msg.topic}: no metadata for meter {route.meter!r} of site "
+                                                 f"{route.site!r}"))  # not parsed before it is known
             return
-        decoded = self.decoder.decode(route, msg.payload, now_ns=time.time_ns(), max_future_s=self.opts.max_future_s)
+        try:
+            decoded = self.decoder.decode(route, msg.payload, now_ns=time.time_ns(),
+                                          max_future_s=self.opts.max_future_s)
+        except PayloadError as exc:
+            if exc.reason not in ("unknown_site", "unknown_meter"):
+                raise
+            self._park(msg, exc)  # e.g. Sparkplug data before its birth (a rebirth was asked for)
+            return
+        finally:
+            for topic, payload in self.decoder.requests():
+                self.batch.then(functools.partial(self.session.publish, topic, payload, None, 0))
         self._apply(msg, decoded)
 
-    def _park(self, msg: Message, route: decoding.Route) -> bool:
-        """A reading of a meter without metadata waits (bounded) for it; True if parked."""
-        reason = self.validator.unknown(route.site, route.meter)
-        if reason is None:
-            return False
+    def _park(self, msg: Message, exc: PayloadError) -> None:
+        """A message of a meter without metadata waits for it, within the grace time and the parking space."""
         waited = time.time() - msg.received
         if waited < self.opts.unknown_grace_s and self._parked_bytes + msg.cost <= self.opts.parked_bytes:
             self._parked.append(msg)
             self._parked_bytes += msg.cost
-            return True
+            return
         why = "within" if waited >= self.opts.unknown_grace_s else "before the parking space was full, i.e. within"
-        raise PayloadError(reason, f"{msg.topic}: no metadata for meter {route.meter!r} of site {route.site!r} "
-                                   f"arrived {why} {self.opts.unknown_grace_s:g} s")
+        raise PayloadError(exc.reason, f"{str(exc).split(': ', 1)[-1]}; none arrived {why} "
+                                       f"{self.opts.unknown_grace_s:g} s")
 
     def _apply(self, msg: Message, d: decoding.Decoded) -> None:
-        b = self.batch
-        if isinstance(d, decoding.Data):
-            self._data(msg, d)
-        elif isinstance(d, decoding.Meta):
-            if self.validator.add_meter(d.info):
+        """Give a decoded message its outcome: registrations, readings, events, or nothing to keep."""
+        regs: list[SiteInfo | MeterInfo] = []
+        primary: decoding.Data | decoding.Events | None = None
+        parts = d.items if isinstance(d, decoding.Parts) else (d,)
+        for part in parts:
+            if isinstance(part, decoding.Data | decoding.Events):
+                primary = part
+            elif isinstance(part, decoding.Meta) and self.validator.add_meter(part.info):
                 self.counters["meta"] += 1
-                b.add_registration(msg, d.info)
+                regs.append(part.info)
+            elif isinstance(part, decoding.Site) and self.validator.add_site(part.info):
+                regs.append(part.info)
             else:
-                b.consume(msg)
+                self._control(part)
+        if regs:
+            self.batch.add_registrations(msg, regs)
+        if isinstance(primary, decoding.Data):
+            self._data(msg, primary, note=not regs)
+        elif isinstance(primary, decoding.Events):
+            self.batch.add_events(msg, primary.rows)
+        elif not regs:
+            self.batch.consume(msg)
+        if any(isinstance(p, decoding.Meta) for p in parts):
             self._retry_parked()
-        elif isinstance(d, decoding.Site):
-            if self.validator.add_site(d.info):
-                b.add_registration(msg, d.info)
-            else:
-                b.consume(msg)
-        elif isinstance(d, decoding.Events):
-            b.add_events(msg, d.rows)
-        else:
-            self._control(msg, d)
 
-    def _control(self, msg: Message, d: decoding.Decoded) -> None:
+    def _control(self, d: Any) -> None:
+        """What a control message changes (status, marks, removals); nothing of it is stored."""
         if isinstance(d, decoding.MeterRemoved):
             self.validator.remove_meter(d.site, d.meter)
             log.info("meter %s/%s removed (empty metadata)", d.site, d.meter)
         elif isinstance(d, decoding.Status):
             self.status[d.site] = d.text
             log.info("site %s is %s", d.site, d.text)
+        elif isinstance(d, decoding.MeterStatus):  # a gateway's word on one meter (e.g. offline: timeout)
+            self.meter_status[(d.site, d.meter)] = d.detail
         elif isinstance(d, decoding.Mark):
             m = d.mark
             if m.sent_ns >= self._hwm_sent.get(m.site, 0):  # not an older copy delivered late
@@ -419,9 +454,8 @@ class Ingestor:
                 for meter, last in m.last_seq.items():
                     self.hwm[(m.site, meter)] = last  # the publisher's latest word
             self.counters["hwm"] += 1
-        self.batch.consume(msg)
 
-    def _data(self, msg: Message, d: decoding.Data) -> None:
+    def _data(self, msg: Message, d: decoding.Data, note: bool = True) -> None:
         dm = d.message
         key = (dm.site, dm.meter)
         if dm.site not in self.validator.primed:
@@ -431,9 +465,9 @@ class Ingestor:
         self.counters["readings_received"] += acc.readings
         self.counters["duplicates"] += acc.duplicates
         self.counters["late"] += acc.late
-        if acc.gaps and not self.opts.group:
+        if acc.gaps and not self.opts.group and self._backfill_on:
             log.warning("%s/%s: gap in sequence numbers before seq %d", dm.site, dm.meter, acc.gaps[0])
-        self.batch.add_data(msg, dm)
+        self.batch.add_data(msg, dm, note=note)
 
     def _prime(self, site: str, first_ns: int) -> None:
         """Learn what the store already holds for ``site`` around its first reading (conflicts, registers)."""
@@ -472,7 +506,7 @@ class Ingestor:
             t["parked"] = now
             self._retry_parked()
         bf = self.opts.backfill
-        if bf is None or self.opts.group:
+        if bf is None or not self._backfill_on:
             return
         if now >= t["plan"]:
             t["plan"] = now + 0.25
@@ -560,7 +594,8 @@ class Ingestor:
         s.update(gaps=self.seqs.gaps, missing_seq=self.seqs.missing_count())
         s.update({k: c[k] for k in ("late", "backfill_requests", "backfill_requested_seq", "events_written")})
         s.update(queue_depth=self.inbox.count, queue_bytes=self.inbox.bytes, parked=len(self._parked),
-                 parked_bytes=self._parked_bytes, lag_s=round(self.lag_s, 3), meters_known=len(self.meters))
+                 parked_bytes=self._parked_bytes, lag_s=round(self.lag_s, 3), meters_known=len(self.meters),
+                 meters_offline=sum(m.get("status") == "offline" for m in self.meter_status.values()))
         s.update({k: c[k] for k in ("errors", "internal_errors", "retries", "publish_refused", "spooled", "replayed")})
         s.update(spool_bytes=0 if self.spool is None else self.spool.used_bytes,
                  spool_limit_bytes=0 if self.spool is None else self.spool.limit_bytes,

@@ -28,7 +28,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,19 @@ import pandas as pd
 
 from ems.errors import PayloadError, ReadingError, TelemetryError
 from ems.readings import MeterInfo, ReadingSet, SiteInfo
-from ems.telemetry import backfill, codec, topics
+from ems.telemetry import backfill, codec, sparkplug, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.ledger import Ledger
+from ems.telemetry.pacing import run_paced
 
 __all__ = ["MeterSeries", "PublishOptions", "PublishStats", "Publisher", "meter_series"]
 
 log = logging.getLogger(__name__)
+
+
+def _ms() -> int:
+    """Now [ms since the epoch] (Sparkplug payload timestamps)."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,12 @@ class MeterSeries:
             for s, t, row in zip(self.seq[i:j].tolist(), self.iso[i:j], vals, strict=True)
         ]
         return codec.encode_rows(self.info.site, self.info.meter, self.info.interval_s, rows)
+
+    def rows(self, i: int, j: int) -> list[tuple[int, dict[str, float]]]:
+        """Readings ``[i, j)`` as ``(ts_ns, values)``, NaN left out."""
+        qs = self.quantities
+        return [(t, {q: v for q, v in zip(qs, row, strict=True) if v == v})
+                for t, row in zip(self.ts[i:j].tolist(), self.values[i:j].tolist(), strict=True)]
 
     @property
     def iso(self) -> list[str]:
@@ -141,6 +152,11 @@ class PublishOptions:
         (at most ten times as long in all); 0: end at once. ``ems stream --linger``.
     backfill_max : int
         Most readings answered for one request (a bigger request is cut).
+    encoding : str
+        ``json`` (contract v1 topics) or ``sparkplug`` (Sparkplug B: each site an edge node,
+        each meter a device, :mod:`ems.telemetry.sparkplug`; no backfill, a rebirth instead).
+    sparkplug_group : str
+        The Sparkplug group id.
     """
 
     qos: int = 1
@@ -154,6 +170,8 @@ class PublishOptions:
     hwm_every_s: float = 1.0
     linger_s: float = 0.0
     backfill_max: int = 100_000
+    encoding: str = "json"
+    sparkplug_group: str = "ems"
 
 
 @dataclass
@@ -195,7 +213,15 @@ class _Gateway:
         self.reconnected = threading.Event()
         self._connected_once = False
         cid = f"{opts.client_id_prefix}-{site}"[:64]
-        self.client = make_client(cfg, cid, will=(topics.status_topic(site), b"offline"))
+        self.sparkplug = opts.encoding == "sparkplug"
+        self.bdseq = time.time_ns() // 1_000_000 % 256  # a new session's birth/death sequence number
+        self.sp_seq = 0
+        self.commands: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        if self.sparkplug:
+            will = (sparkplug.topic(opts.sparkplug_group, "NDEATH", site), sparkplug.ndeath(self.bdseq, _ms()))
+            self.client = make_client(cfg, cid, will=will, will_retain=False)
+        else:
+            self.client = make_client(cfg, cid, will=(topics.status_topic(site), b"offline"))
         self.client.max_inflight_messages_set(max(opts.window, 20))
         self.client.max_queued_messages_set(0)
         self.client.on_publish = self._on_publish
@@ -215,12 +241,22 @@ class _Gateway:
         if getattr(rc, "is_failure", False):
             return
         client.subscribe(topics.backfill_topic(self.site), qos=1)  # again after every reconnect
+        if self.sparkplug:
+            client.subscribe(sparkplug.topic(self.opts.sparkplug_group, "NCMD", self.site), qos=1)
         if self._connected_once:
             self.reconnected.set()  # the broker may have lost the retained high-water mark
         self._connected_once = True
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.requests.put(bytes(msg.payload))
+        if msg.topic.startswith(sparkplug.NAMESPACE):
+            self.commands.put(bytes(msg.payload))
+        else:
+            self.requests.put(bytes(msg.payload))
+
+    def next_seq(self) -> int:
+        """The Sparkplug seq of the next message of this edge node (0-255)."""
+        self.sp_seq = (self.sp_seq + 1) % 256
+        return self.sp_seq
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc != 0:
@@ -316,7 +352,11 @@ class _Gateway:
 
     def close(self) -> None:
         try:
-            info = self.client.publish(topics.status_topic(self.site), b"offline", qos=1, retain=True)
+            if self.sparkplug:  # the death a will would have sent
+                death = sparkplug.ndeath(self.bdseq, _ms())
+                info = self.client.publish(sparkplug.topic(self.opts.sparkplug_group, "NDEATH", self.site), death, qos=1)
+            else:
+                info = self.client.publish(topics.status_topic(self.site), b"offline", qos=1, retain=True)
             info.wait_for_publish(5)
         except (RuntimeError, ValueError):  # not connected any more
             pass
@@ -374,6 +414,10 @@ class Publisher:
             gw = _Gateway(site, self.cfg, self.opts, self.ledger)
             gw.connect()
             self._gw[site] = gw
+        if self.opts.encoding == "sparkplug":
+            for gw in self._gw.values():
+                self._births(gw)
+            return
         for info in self._sites():
             self._gw[info.site].publish(topics.site_topic(info.site), codec.encode_site(info), retain=True)
         for m in self.rs.meters:
@@ -381,6 +425,16 @@ class Publisher:
                 self._gw[m.site].publish(topics.meta_topic(m.site, m.meter), codec.encode_meta(m), retain=True)
         for site, gw in self._gw.items():
             gw.publish(topics.status_topic(site), b"online", retain=True)
+
+    def _births(self, gw: _Gateway) -> None:
+        """Sparkplug: NBIRTH (seq 0) then a DBIRTH per meter of the site; again on a rebirth request."""
+        group = self.opts.sparkplug_group
+        gw.sp_seq = 0
+        site = next((s for s in self.rs.sites if s.site == gw.site), None)
+        gw.publish(sparkplug.topic(group, "NBIRTH", gw.site), sparkplug.nbirth(gw.bdseq, _ms(), site))
+        for m in self.rs.meters:
+            if m.site == gw.site:
+                gw.publish(sparkplug.topic(group, "DBIRTH", m.site, m.meter), sparkplug.dbirth(m, gw.next_seq(), _ms()))
 
     def _events(self, until_ns: int | None = None, since_ns: int | None = None) -> None:
         ev = self.rs.events
@@ -402,13 +456,22 @@ class Publisher:
                 for t, (_, row) in zip(pd.DatetimeIndex(g.index).as_unit("ns").asi8, g.iterrows(), strict=True)
             ]
             for i in range(0, len(rows), 500):
-                gw.publish(topics.events_topic(str(site)), codec.encode_events(str(site), rows[i : i + 500]))
+                if gw.sparkplug:
+                    gw.publish(sparkplug.topic(self.opts.sparkplug_group, "NDATA", gw.site),
+                               sparkplug.ndata_events(gw.site, rows[i : i + 500], gw.next_seq(), _ms()))
+                else:
+                    gw.publish(topics.events_topic(str(site)), codec.encode_events(str(site), rows[i : i + 500]))
 
     def _send(self, s: MeterSeries, i: int, j: int) -> None:
         gw = self._gw[s.info.site]
+        if gw.sparkplug:
+            t = sparkplug.topic(self.opts.sparkplug_group, "DDATA", s.info.site, s.info.meter)
+            payload = sparkplug.ddata(s.rows(i, j), gw.next_seq(), _ms())
+        else:
+            t, payload = topics.data_topic(s.info.site, s.info.meter), s.payload(i, j)
         gw.publish(
-            topics.data_topic(s.info.site, s.info.meter),
-            s.payload(i, j),
+            t,
+            payload,
             meter=s.info.meter,
             last_seq=int(s.seq[j - 1]),
             n=j - i,
@@ -426,6 +489,10 @@ class Publisher:
     def _housekeeping(self, now: float) -> None:
         """Answer backfill requests; publish the high-water marks when due or after a reconnect."""
         due = now - self._last_hwm >= self.opts.hwm_every_s
+        if self.opts.encoding == "sparkplug":
+            for gw in list(self._gw.values()):
+                self._sparkplug_commands(gw)
+            return
         for gw in list(self._gw.values()):
             if not gw.requests.empty():
                 self._answer(gw)
@@ -434,6 +501,16 @@ class Publisher:
                 self._publish_hwm(gw)
         if due:
             self._last_hwm = now
+
+    def _sparkplug_commands(self, gw: _Gateway) -> None:
+        """Sparkplug: publish the births again after a reconnect or when a host asks (NCMD rebirth)."""
+        rebirth = gw.reconnected.is_set()
+        gw.reconnected.clear()
+        while not gw.commands.empty():
+            rebirth = sparkplug.is_rebirth_request(gw.commands.get_nowait()) or rebirth
+        if rebirth:
+            log.info("site %s: publishing NBIRTH and DBIRTHs again", gw.site)
+            self._births(gw)
 
     def _publish_hwm(self, gw: _Gateway) -> None:
         marks = {
@@ -512,45 +589,29 @@ class Publisher:
                 active = True
 
     def _realtime(self, starts: list[int]) -> None:
-        import simpy.rt
-
-        speed = float(self.opts.speed or 1.0)
         parts = [s.ts[i:] for s, i in zip(self.series, starts, strict=True)]
         all_ts = np.unique(np.concatenate(parts)) if parts else np.array([], dtype="int64")
         if len(all_ts) == 0:
             return
-        t0 = int(all_ts[0])
-        env = simpy.rt.RealtimeEnvironment(initial_time=0, factor=1.0 / speed, strict=False)
         pos = list(starts)
+        prev = [int(all_ts[0])]
 
-        def proc(env: simpy.rt.RealtimeEnvironment) -> Generator[simpy.Event, Any, None]:
-            prev_ns = t0
-            for t in all_ts.tolist():
-                delay = (t - t0) / 1e9 - env.now
-                while delay > 0:  # in slices, so that stop() is honoured within ~0.2 s
-                    step = min(delay, 0.2 * speed)
-                    yield env.timeout(step)
-                    delay -= step
-                    if self._stop.is_set():
-                        return
-                    self._housekeeping(time.monotonic())  # answer backfill requests between steps
-                if self._stop.is_set():
-                    return
-                self._events(until_ns=t, since_ns=prev_ns if t != t0 else None)
-                prev_ns = t
-                for k, s in enumerate(self.series):
-                    i = pos[k]
-                    j = i
-                    while j < len(s.ts) and s.ts[j] <= t:
-                        j += 1
-                    if j > i:
-                        self._send(s, i, j)
-                        pos[k] = j
-                for gw in self._gw.values():
-                    gw.drain()
+        def step(t: int) -> None:
+            self._events(until_ns=t, since_ns=prev[0] if t != int(all_ts[0]) else None)
+            prev[0] = t
+            for k, s in enumerate(self.series):
+                i = pos[k]
+                j = i
+                while j < len(s.ts) and s.ts[j] <= t:
+                    j += 1
+                if j > i:
+                    self._send(s, i, j)
+                    pos[k] = j
+            for gw in self._gw.values():
+                gw.drain()
 
-        env.process(proc(env))
-        env.run()
+        run_paced(all_ts, float(self.opts.speed or 1.0), step, stop=self._stop,
+                  idle=lambda: self._housekeeping(time.monotonic()))  # answer backfill requests between steps
 
     def run(self) -> PublishStats:
         """Connect, publish everything not yet acknowledged, wait for the acks, disconnect."""
@@ -569,7 +630,8 @@ class Publisher:
             for gw in self._gw.values():
                 gw.finish(self.opts.ack_timeout_s)
             for gw in self._gw.values():  # the final marks: a lost tail shows against them
-                self._publish_hwm(gw)
+                if not gw.sparkplug:
+                    self._publish_hwm(gw)
             self._linger()
             for gw in self._gw.values():
                 gw.finish(self.opts.ack_timeout_s)

@@ -238,17 +238,21 @@ class MqttSession:
         if qos > 0:
             self.client.ack(mid, qos)
 
-    def publish(self, topic: str, payload: bytes, on_done: Callable[[bool], None] | None = None) -> None:
-        """Publish QoS 1; ``on_done(accepted)`` is called from :meth:`poll_pubacks` when the PUBACK came.
+    def publish(self, topic: str, payload: bytes, on_done: Callable[[bool], None] | None = None, qos: int = 1) -> None:
+        """Publish (QoS 1 by default); ``on_done(accepted)`` is called from :meth:`poll_pubacks` when the PUBACK came.
 
         Call this and :meth:`poll_pubacks` from one thread (the ingestor's store thread).
         """
-        info = self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=qos)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self.counters["publish_failed"] += 1
             log.warning("could not publish to %s: %s", topic, mqtt.error_string(info.rc))
             if on_done is not None:
                 on_done(False)
+            return
+        if qos == 0:  # no PUBACK comes
+            if on_done is not None:
+                on_done(True)
             return
         self._pending[info.mid] = (topic, on_done)
 

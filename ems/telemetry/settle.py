@@ -130,8 +130,8 @@ class JobBuilder:
         if self.since is None:
             self.since = time.monotonic()
 
-    def add_data(self, msg: Message, dm: DataMessage) -> None:
-        """Readings to store."""
+    def add_data(self, msg: Message, dm: DataMessage, note: bool = True) -> None:
+        """Readings to store (``note=False``: the message is in the job already, with its registrations)."""
         j = self.job
         r0 = len(j.ts)
         for r in dm.readings:
@@ -145,7 +145,10 @@ class JobBuilder:
         j.spans.append(_Span(msg, r0, len(j.ts), len(j.events), len(j.events)))
         j.readings += len(dm.readings)
         j.max_ts = max(j.max_ts, dm.readings[-1].ts_ns)
-        self._note(msg, msg.cost + 100 * n)
+        if note:
+            self._note(msg, msg.cost + 100 * n)
+        else:
+            j.bytes += 100 * n
 
     def add_events(self, msg: Message, rows: list[dict[str, Any]]) -> None:
         """Events to store."""
@@ -155,9 +158,9 @@ class JobBuilder:
         j.spans.append(_Span(msg, len(j.ts), len(j.ts), e0, len(j.events)))
         self._note(msg, 2 * msg.cost)
 
-    def add_registration(self, msg: Message, info: SiteInfo | MeterInfo) -> None:
-        """A site or meter registration to store (before the readings of the same job)."""
-        self.job.registrations.append((msg, info))
+    def add_registrations(self, msg: Message, infos: list[SiteInfo | MeterInfo]) -> None:
+        """Site or meter registrations to store (before the readings of the same job)."""
+        self.job.registrations.extend((msg, info) for info in infos)
         self._note(msg, 2 * msg.cost)
 
     def reject(self, msg: Message, reason: str, text: str) -> None:

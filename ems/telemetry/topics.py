@@ -6,6 +6,7 @@ is always one of the contract's own sub-topics::
 
     ems/v1/{site}/{meter}          readings of one meter (JSON, several per message)
     ems/v1/{site}/{meter}/meta     the meter's metadata (retained)
+    ems/v1/{site}/{meter}/_status  the meter's ``online``/``offline`` status (retained; gateways)
     ems/v1/{site}/_site            the site's registration (retained)
     ems/v1/{site}/_status          ``online`` / ``offline`` (retained; last will)
     ems/v1/{site}/_events          the site's event ledger entries
@@ -28,6 +29,7 @@ __all__ = [
     "HWM_FILTER",
     "ID_RE",
     "META_FILTER",
+    "METER_STATUS_FILTER",
     "PREFIX",
     "SITE_FILTER",
     "Topic",
@@ -37,6 +39,7 @@ __all__ = [
     "events_topic",
     "hwm_topic",
     "meta_topic",
+    "meter_status_topic",
     "parse_topic",
     "shared",
     "site_topic",
@@ -54,6 +57,8 @@ DATA_FILTER = f"{PREFIX}/+/+"
 """Subscription for readings; also matches ``_site``, ``_status`` and ``_events``."""
 META_FILTER = f"{PREFIX}/+/+/meta"
 """Subscription for the retained meter metadata."""
+METER_STATUS_FILTER = f"{PREFIX}/+/+/_status"
+"""Subscription for the retained status of each meter a gateway polls."""
 SITE_FILTER = f"{PREFIX}/+/_site"
 """Subscription for the retained site registrations."""
 HWM_FILTER = f"{PREFIX}/+/_hwm"
@@ -61,7 +66,9 @@ HWM_FILTER = f"{PREFIX}/+/_hwm"
 DEADLETTER_PREFIX = f"{PREFIX}/_deadletter"
 """Where rejected messages are republished, one sub-topic per reason."""
 
-TopicKind = Literal["data", "meta", "site", "status", "events", "hwm", "backfill", "deadletter"]
+TopicKind = Literal[
+    "data", "meta", "site", "status", "events", "hwm", "backfill", "deadletter", "meter_status"
+]
 _SPECIAL: dict[str, TopicKind] = {
     "_site": "site", "_status": "status", "_events": "events", "_hwm": "hwm", "_backfill": "backfill"
 }
@@ -92,6 +99,11 @@ def data_topic(site: str, meter: str) -> str:
 def meta_topic(site: str, meter: str) -> str:
     """Return the topic of a meter's retained metadata."""
     return f"{data_topic(site, meter)}/meta"
+
+
+def meter_status_topic(site: str, meter: str) -> str:
+    """Return the topic of a meter's retained status (``online``/``offline`` and why)."""
+    return f"{data_topic(site, meter)}/_status"
 
 
 def site_topic(site: str) -> str:
@@ -164,13 +176,13 @@ def parse_topic(topic: str) -> Topic:
             return Topic(_SPECIAL[last], site)
         validate_id(last, f"meter in topic {topic!r}")
         return Topic("data", site, last)
-    if len(parts) == 5 and parts[4] == "meta":
+    if len(parts) == 5 and parts[4] in ("meta", "_status"):
         validate_id(parts[2], f"site in topic {topic!r}")
         validate_id(parts[3], f"meter in topic {topic!r}")
-        return Topic("meta", parts[2], parts[3])
+        return Topic("meta" if parts[4] == "meta" else "meter_status", parts[2], parts[3])
     raise PayloadError(
         "bad_topic",
-        f"expected ems/v1/{{site}}/{{meter}}, .../meta, .../_site, .../_status, .../_events, .../_hwm "
+        f"expected ems/v1/{{site}}/{{meter}}, .../meta, .../{{meter}}/_status, .../_site, .../_status, .../_events, .../_hwm "
         f"or .../_backfill; "
         f"found {topic!r}",
     )

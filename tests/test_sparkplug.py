@@ -1,0 +1,206 @@
+"""Sparkplug B: the schema, the codec, a payload from an independent encoder, the round trip through mosquitto."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import brokers
+import numpy as np
+import pandas as pd
+import pytest
+from telemetry_data import make_readingset
+
+from ems.errors import PayloadError
+from ems.readings import MeterInfo
+from ems.telemetry import sparkplug as sp
+
+pytest.importorskip("google.protobuf")
+DATA = Path(__file__).resolve().parents[1] / "ems" / "data" / "sparkplug"
+mosquitto = brokers.mosquitto  # fixture
+GRID = MeterInfo("alpha", "grid", "grid", "electricity", ("power_kw", "import_kwh", "export_kwh"), 900, {"a": 1})
+T0 = 1_719_792_900_000_000_000  # 2024-07-01T00:15:00Z [ns]
+
+
+def _protoc(tmp: Path) -> bytes:
+    """Compile Tahu's sparkplug_b.proto with protoc (grpcio-tools) into a FileDescriptorSet."""
+    protoc = pytest.importorskip("grpc_tools.protoc")
+    out = tmp / "sp.desc"
+    assert protoc.main(["protoc", f"-I{DATA}", f"--descriptor_set_out={out}", "sparkplug_b.proto"]) == 0
+    return out.read_bytes()
+
+
+def _independent_payload_class(tmp: Path):
+    """Payload class built in this test from the .proto, in its own descriptor pool (not ems's)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    for f in descriptor_pb2.FileDescriptorSet.FromString(_protoc(tmp)).file:
+        pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("org.eclipse.tahu.protobuf.Payload"))
+
+
+def test_committed_descriptor_matches_the_proto(tmp_path):
+    from google.protobuf import descriptor_pb2
+
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(_protoc(tmp_path))
+    committed = descriptor_pb2.FileDescriptorSet.FromString((DATA / "sparkplug_b.desc").read_bytes())
+    assert fresh == committed, "regenerate: see ems/data/sparkplug/README.md"
+
+
+def test_birth_and_data_round_trip_through_the_codec():
+    host = sp.HostSession({})
+    t = sp.topic("ems", "NBIRTH", "alpha")
+    out = host.handle(t, sp.nbirth(7, 1000), now_ns=T0)
+    assert out.status == {"alpha": "online"} and out.rebirth is None
+    out = host.handle(sp.topic("ems", "DBIRTH", "alpha", "grid"), sp.dbirth(GRID, 1, 1000), now_ns=T0)
+    (info,) = out.meters
+    assert info == GRID
+    host.meters = {("alpha", "grid"): info}
+    rows = [(T0, {"power_kw": 812.5, "import_kwh": 1234567.25}), (T0 + 900 * 10**9, {"power_kw": 790.0, "import_kwh": 1234764.75})]
+    out = host.handle(sp.topic("ems", "DDATA", "alpha", "grid"), sp.ddata(rows, 2, 1000), now_ns=T0 + 10**13)
+    assert [(r.ts_ns, r.values) for r in out.data.readings] == rows
+    assert [r.seq for r in out.data.readings] == [T0 // (900 * 10**9), T0 // (900 * 10**9) + 1]
+    assert host.seq_gaps == 0
+
+
+def test_seq_gap_asks_for_a_rebirth_and_ndeath_marks_offline():
+    host = sp.HostSession({("alpha", "grid"): GRID})
+    host.handle(sp.topic("ems", "NBIRTH", "alpha"), sp.nbirth(3, 1000), now_ns=T0)
+    data = sp.ddata([(T0, {"power_kw": 1.0})], 5, 1000)  # seq 5 where 1 was due
+    out = host.handle(sp.topic("ems", "DDATA", "alpha", "grid"), data, now_ns=T0 + 10**13)
+    assert host.seq_gaps == 1 and out.rebirth is not None
+    ncmd, payload = out.rebirth
+    assert ncmd == "spBv1.0/ems/NCMD/alpha" and sp.is_rebirth_request(payload)
+    assert out.data is not None  # the data itself is good: kept
+    stale = host.handle(sp.topic("ems", "NDEATH", "alpha"), sp.ndeath(2, 1000), now_ns=T0)
+    assert stale.status == {}  # an older session's will
+    dead = host.handle(sp.topic("ems", "NDEATH", "alpha"), sp.ndeath(3, 1000), now_ns=T0)
+    assert dead.status == {"alpha": "offline"}
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("spBv1.0/ems/DDATA/Alpha/grid", b"", "bad_topic"),
+        ("spBv1.0/ems/XDATA/alpha", b"", "bad_topic"),
+        ("spBv1.0/ems/DDATA/alpha/grid", b"\xff\xff\xff", "malformed_protobuf"),
+        ("spBv1.0/ems/DDATA/alpha/grid", None, "unknown_quantity"),
+        ("spBv1.0/ems/DDATA/alpha/grid", "nan", "non_finite"),
+        ("spBv1.0/ems/DDATA/alpha/grid", "back", "register_backwards"),
+        ("spBv1.0/ems/DDATA/alpha/pv", "ok", "unknown_meter"),
+    ],
+)
+def test_bad_messages_name_their_reason(topic, payload, reason):
+    host = sp.HostSession({("alpha", "grid"): GRID})
+    if payload is None:
+        payload = sp.ddata([(T0, {"power_w": 1.0})], 1, 0)
+    elif payload == "nan":
+        payload = sp.ddata([(T0, {"power_kw": 1.0})], 1, 0).replace(b"\x00\x00\x00\x00\x00\x00\xf0?", b"\x00\x00\x00\x00\x00\x00\xf8\x7f")
+    elif payload == "back":
+        payload = sp.ddata([(T0, {"import_kwh": 10.0}), (T0 + 9 * 10**11, {"import_kwh": 9.0})], 1, 0)
+    elif payload == "ok":
+        payload = sp.ddata([(T0, {"power_kw": 1.0})], 1, 0)
+    with pytest.raises(PayloadError, match=reason):
+        host.handle(topic, payload, now_ns=T0 + 10**13)
+
+
+@pytest.mark.service
+def test_payloads_from_an_independent_encoder_are_ingested(mosquitto, tmp_path):
+    """An edge node built here from Tahu's schema (aliases, Int/Float types, no ems code) through mosquitto."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from ems.store import open_store
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.ingestor import IngestOptions, Ingestor
+
+    P = _independent_payload_class(tmp_path)
+    now_ms = int(time.time() * 1000) // 900_000 * 900_000
+
+    def payload(seq, metrics, ts=now_ms):
+        p = P(timestamp=ts, seq=seq)
+        for m in metrics:
+            p.metrics.add(**m)
+        return p.SerializeToString()
+
+    nbirth = payload(0, [{"name": "bdSeq", "datatype": 8, "long_value": 0},
+                         {"name": "Node Control/Rebirth", "datatype": 11, "boolean_value": False}])
+    dbirth = payload(1, [{"name": "power_kw", "alias": 1, "datatype": 9, "float_value": 0.0},
+                         {"name": "import_kwh", "alias": 2, "datatype": 10, "double_value": 0.0},
+                         {"name": "Voltage L1", "alias": 3, "datatype": 9, "float_value": 230.0},
+                         {"name": "Properties/kind", "datatype": 12, "string_value": "grid"},
+                         {"name": "Properties/carrier", "datatype": 12, "string_value": "electricity"},
+                         {"name": "Properties/interval_s", "datatype": 7, "int_value": 900}])
+    ddata = [payload(2 + k, [{"alias": 1, "datatype": 9, "float_value": 100.5 + k, "timestamp": now_ms - (3 - k) * 900_000},
+                             {"alias": 2, "datatype": 10, "double_value": 5000.25 + 10 * k, "timestamp": now_ms - (3 - k) * 900_000}])
+             for k in range(3)]
+    store = open_store(tmp_path / "store")
+    ing = Ingestor(BrokerConfig.from_url(mosquitto.url), store,
+                   IngestOptions(client_id="ing-sp", batch_s=0.2, encoding="sparkplug", sparkplug_group="plant1",
+                                 deadletter=tmp_path / "dl.jsonl")).start()
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="tahu-edge")
+    c.connect("127.0.0.1", mosquitto.port)
+    c.loop_start()
+    try:
+        for t, p in [("spBv1.0/plant1/NBIRTH/beta", nbirth), ("spBv1.0/plant1/DBIRTH/beta/main", dbirth),
+                     *[("spBv1.0/plant1/DDATA/beta/main", d) for d in ddata]]:
+            c.publish(t, p, qos=1).wait_for_publish(5)
+        assert ing.wait_for(lambda k: k["written"] >= 3, 20), ing.stats()
+        c.publish("spBv1.0/plant1/NDEATH/beta", payload(0, [{"name": "bdSeq", "datatype": 8, "long_value": 0}]), qos=1)
+        deadline = time.monotonic() + 10
+        while ing.status.get("beta") != "offline" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+        ing.stop()
+    assert ing.status["beta"] == "offline" and ing.stats()["rejected"] == 0
+    back = store.read()
+    store.close()
+    (info,) = back.meters
+    assert (info.meter, info.kind, info.quantities, info.interval_s) == ("main", "grid", ("power_kw", "import_kwh"), 900)
+    imp = back.readings[back.readings["quantity"] == "import_kwh"]["value"].tolist()
+    assert imp == [5000.25, 5010.25, 5020.25]
+    assert back.readings[back.readings["quantity"] == "power_kw"]["value"].tolist() == [100.5, 101.5, 102.5]
+
+
+@pytest.mark.service
+def test_sparkplug_round_trip_equals_the_json_contract(mosquitto, tmp_path):
+    """The same readings streamed as JSON and as Sparkplug B end in identical stores."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ems.store import open_store
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.ingestor import IngestOptions, Ingestor
+    from ems.telemetry.ledger import Ledger, reconcile
+    from ems.telemetry.publisher import Publisher, PublishOptions
+
+    rs = make_readingset(sites=("alpha", "beta"), days=2)
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    results = {}
+    for enc in ("json", "sparkplug"):
+        store = open_store(tmp_path / enc)
+        ing = Ingestor(cfg, store, IngestOptions(client_id=f"ing-{enc}", batch_s=0.2, encoding=enc)).start()
+        try:
+            stats = Publisher(cfg, rs, PublishOptions(ledger=tmp_path / f"{enc}.json", batch=50, encoding=enc,
+                                                      client_id_prefix=f"pub-{enc}")).run()
+            assert ing.wait_for(lambda c, n=stats.readings: c["written"] >= n and c["events_written"] >= 2, 60), ing.stats()
+        finally:
+            ing.stop()
+        assert ing.stats()["rejected"] == 0 and ing.stats()["duplicates"] == 0
+        assert all(r.ok for r in reconcile(Ledger(tmp_path / f"{enc}.json"), store))
+        results[enc] = store.read()
+        store.close()
+    a, b = results["json"], results["sparkplug"]
+
+    def tidy(df):
+        out = df.reset_index()
+        for c in ("site", "meter", "quantity"):
+            out[c] = out[c].astype(str)
+        return out.sort_values(["site", "meter", "quantity", "ts"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(tidy(a.readings), tidy(b.readings))
+    assert np.array_equal(tidy(a.readings)["value"].to_numpy(), tidy(rs.readings)["value"].to_numpy())
+    assert sorted(a.meters, key=lambda m: m.meter + m.site) == sorted(b.meters, key=lambda m: m.meter + m.site)
+    assert sorted(s.site for s in b.sites) == ["alpha", "beta"] and len(b.events) == len(a.events) == 2
