@@ -546,7 +546,7 @@ def test_case10_floods_keep_memory_and_dead_letters_bounded_by_bytes(record, tmp
         w.start()
         with Raw(b.port) as raw:
             for k in range(N_GHOSTS):
-                raw.c.publish(f"ems/v1/ghost{k}/grid", big_valid[k % 7], qos=1)
+                raw.c.publish(f"ems/v1/ghost{k % 7}/grid", big_valid[k % 7], qos=1)  # valid, of sites nobody registered
             for _ in range(10):
                 raw.c.publish("ems/v1/alpha/grid", huge, qos=1)
             Publisher(cfg, rs, PublishOptions(ledger=ledger, batch=20)).run()
