@@ -307,9 +307,10 @@ class ChaosRun:
             speed = 900 * (len(self.rs.readings.index.unique())) / STREAM_S
             pub = Publisher(self.cfg, self.rs, PublishOptions(ledger=self.ledger, speed=speed, linger_s=4.0))
             t = threading.Thread(target=lambda: pub_stats.update(r=pub.run()), daemon=True)
-            t0 = time.monotonic()
             t.start()
-            self._timeline(raw, t0)
+            # the faults start with the stream (a publisher that cannot connect at all exits, as ems stream does)
+            assert poll(lambda: pub.published() > 0, 20), "the publisher did not start"
+            self._timeline(raw, time.monotonic())
             self._heal()
             poll(lambda: pub.published() >= self.total or not t.is_alive(), 60)
             store = open_store(self.disk / "store", read_only=True)
