@@ -145,7 +145,7 @@ class _State:
     exits: int = 0
     peak_rss_kb: int = 0
     injected: Counter[str] = field(default_factory=Counter)
-    poison_sent: list[tuple[float, str, bytes]] = field(default_factory=list)
+    poison_sent: list[tuple[int, str, bytes]] = field(default_factory=list)
     broker_kills: list[float] = field(default_factory=list)
 
 
@@ -170,6 +170,7 @@ class ChaosRun:
         self.state = _State()
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._acked: dict[int, float] = {}  # the raw client's PUBACKs: mid -> when
 
     # ------------------------------------------------------------ the ingestor
 
@@ -249,8 +250,8 @@ class ChaosRun:
     def _poison(self, raw: mqtt.Client) -> None:
         k = len(self.state.poison_sent)
         for topic, payload in self.s.poisons[k : k + POISON_BURST]:
-            raw.publish(topic, payload, qos=1)
-            self.state.poison_sent.append((time.monotonic(), topic, payload))
+            info = raw.publish(topic, payload, qos=1)
+            self.state.poison_sent.append((info.mid, topic, payload))
 
     def _replay(self, raw: mqtt.Client) -> None:
         series = meter_series(self.rs)
@@ -296,6 +297,8 @@ class ChaosRun:
         raw = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"chaos-raw-{self.s.seed}",
                           protocol=mqtt.MQTTv5)
         raw.max_inflight_messages_set(0)
+        raw.reconnect_delay_set(min_delay=0.2, max_delay=1)
+        raw.on_publish = lambda c, u, mid, rc, props: self._acked.setdefault(mid, time.monotonic())
         sup = threading.Thread(target=self._supervise, daemon=True)
         pub_stats: dict[str, Any] = {}
         try:
@@ -358,18 +361,21 @@ class ChaosRun:
     def _poison_figures(self, store: Any) -> dict[str, Any]:
         """Every hostile message the broker delivered is dead-lettered, or was valid and is stored."""
         dl = {json.loads(line)["payload_sha256"] for line in _lines(self.dl)}
-        missing, exempt, valid = [], 0, 0
-        for at, topic, payload in self.state.poison_sent:
+        missing, exempt, valid, unacked = [], 0, 0, 0
+        for mid, topic, payload in self.state.poison_sent:
+            at = self._acked.get(mid)
             if hashlib.sha256(payload).hexdigest() in dl:
                 continue
-            if any(k - 2.5 <= at <= k for k in self.state.broker_kills):
+            if at is None:
+                unacked += 1  # the broker never acknowledged it (it was down): never delivered
+            elif any(k - 2.5 <= at <= k for k in self.state.broker_kills):
                 exempt += 1  # acknowledged by mosquitto, then lost in its SIGKILL before the next snapshot
             elif _valid_and_stored(topic, payload, store, self.rs) or _ignored(topic):
                 valid += 1
             else:
                 missing.append((topic, payload[:200]))
         return {"poison": len(self.state.poison_sent), "poison_missing": missing, "poison_lost_with_broker": exempt,
-                "poison_valid": valid}
+                "poison_valid": valid, "poison_unacknowledged": unacked}
 
 
 def _lines(path: Path) -> list[str]:
