@@ -304,7 +304,10 @@ class ChaosRun:
         try:
             self._start_ingest()
             sup.start()
-            time.sleep(1.2)  # the ingestor's session is in a persistence snapshot
+            subscribed = time.time() + 0.3
+            snapshot = self.tmp / "mq" / "mosquitto.db"  # the ingestor's session must survive a SIGKILL of mosquitto
+            assert poll(lambda: snapshot.exists() and snapshot.stat().st_mtime > subscribed, 10, every=0.05), \
+                "mosquitto wrote no persistence snapshot"
             raw.connect("127.0.0.1", self.mq.port)
             raw.loop_start()
             speed = 900 * (len(self.rs.readings.index.unique())) / STREAM_S
