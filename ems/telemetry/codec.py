@@ -130,12 +130,13 @@ class Reading:
 
 @dataclass(frozen=True, slots=True)
 class DataMessage:
-    """A decoded, checked data payload."""
+    """A decoded, checked data payload (``bounded``: its values were checked against :data:`MAX_ABS_VALUE`)."""
 
     site: str
     meter: str
     interval_s: int
     readings: list[Reading]
+    bounded: bool = False
 
 
 # --------------------------------------------------------------------------- time
@@ -391,37 +392,51 @@ def parse_data(
         raise PayloadError("missing_field", f"{where}.readings: expected at least one reading")
     if len(rows) > MAX_READINGS:
         raise PayloadError("oversized", f"{where}.readings: expected at most {MAX_READINGS}, found {len(rows)}")
-    limit = now_ns + int(max_future_s * 1e9)
-    out = [_parse_row(row, f"{where}.readings[{i}]", limit, now_ns, max_future_s) for i, row in enumerate(rows)]
+    out = _parse_rows(rows, where, now_ns, max_future_s)
     out.sort(key=lambda r: r.ts_ns)
-    return DataMessage(site, meter, interval_s, out)
+    return DataMessage(site, meter, interval_s, out, bounded=True)
 
 
-def _parse_row(row: object, w: str, limit: int, now_ns: int, max_future_s: float) -> Reading:
-    """One reading of a data payload; the fast path checks types, messages are built only on errors."""
-    if type(row) is not dict:
-        raise PayloadError("wrong_type", f"{w}: expected an object, found {row!r}")
+def _parse_rows(rows: list[Any], where: str, now_ns: int, max_future_s: float) -> list[Reading]:
+    """The readings of a data payload: the fast path checks types and bounds; messages are built only on errors."""
+    limit = now_ns + int(max_future_s * 1e9)
+    cache = _TS_CACHE
+    out: list[Reading] = []
+    append = out.append
+    for i, row in enumerate(rows):
+        if type(row) is not dict:
+            raise PayloadError("wrong_type", f"{where}.readings[{i}]: expected an object, found {_short(row)}")
+        seq: Any = row.get("seq")
+        text: Any = row.get("ts")
+        values: Any = row.get("values")
+        if (type(seq) is not int or not 0 <= seq <= MAX_SEQ or text is None or type(values) is not dict
+                or not values or len(row) > 3):
+            _row_problem(row, f"{where}.readings[{i}]")  # raises, unless only extra fields need their depth checked
+        ts = cache.get(text) if type(text) is str else None
+        if ts is None:
+            ts = parse_ts_cached(text, f"{where}.readings[{i}].ts")
+        if ts > limit:
+            raise PayloadError("future_timestamp", f"{where}.readings[{i}].ts: {text} is more than {max_future_s:g} s "
+                                                   f"after now ({format_ts(now_ns)})")
+        for q, v in values.items():
+            tv = type(v)
+            if (tv is not float and tv is not int) or not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE or q not in QUANTITIES:
+                _bad_value(q, v, f"{where}.readings[{i}].values")
+        append(Reading(seq, ts, {q: float(v) for q, v in values.items()}))
+    return out
+
+
+def _row_problem(row: dict[str, Any], w: str) -> None:
+    """Raise the precise error of a reading that failed the fast checks (or check its extra fields' depth)."""
     seq = row.get("seq")
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         _bad_seq(row, seq, w)
     if "ts" not in row:
         raise PayloadError("missing_field", f"{w}: expected field 'ts'")
-    ts = parse_ts_cached(row["ts"], f"{w}.ts")
-    if ts > limit:
-        raise PayloadError(
-            "future_timestamp",
-            f"{w}.ts: {row['ts']} is more than {max_future_s:g} s after now ({format_ts(now_ns)})",
-        )
     values = row.get("values")
     if type(values) is not dict or not values:
         _bad_values(row, values, w)
-    if len(row) > 3:
-        _extras_shallow(row, _READING_FIELDS, 3, w)
-    for q, v in values.items():
-        tv = type(v)
-        if (tv is not float and tv is not int) or not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE or q not in QUANTITIES:
-            _bad_value(q, v, f"{w}.values")
-    return Reading(seq, ts, {q: float(v) for q, v in values.items()})
+    _extras_shallow(row, _READING_FIELDS, 3, w)
 
 
 def _bad_seq(row: dict[str, Any], seq: object, w: str) -> NoReturn:
@@ -475,16 +490,21 @@ def check_data(
             f"{where}.interval_s: the meter's metadata says {info.interval_s}, found {msg.interval_s}",
         )
     allowed = frozenset(info.quantities)
-    for i, r in enumerate(msg.readings):
-        for q, v in r.values.items():
-            if q not in allowed:
-                raise PayloadError(
-                    "unknown_quantity",
-                    f"{where}.readings[{i}].values: unknown quantity {q!r}; meter {info.meter!r} reports {sorted(allowed)}",
-                )
-            if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:  # whatever the encoding delivered it
-                raise PayloadError("out_of_range", f"{where}.readings[{i}].values.{q}: expected a magnitude of at "
-                                                   f"most {MAX_ABS_VALUE:g}, found {v!r}")
+    present: set[str] = set()
+    for r in msg.readings:
+        present.update(r.values)
+    if not present <= allowed:
+        i, q = next((i, q) for i, r in enumerate(msg.readings) for q in r.values if q not in allowed)
+        raise PayloadError(
+            "unknown_quantity",
+            f"{where}.readings[{i}].values: unknown quantity {q!r}; meter {info.meter!r} reports {sorted(allowed)}",
+        )
+    if not msg.bounded:  # another encoding: the bounds JSON's parse_data checked
+        for i, r in enumerate(msg.readings):
+            for q, v in r.values.items():
+                if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:
+                    raise PayloadError("out_of_range", f"{where}.readings[{i}].values.{q}: expected a magnitude of "
+                                                       f"at most {MAX_ABS_VALUE:g}, found {v!r}")
     if previous is not None and msg.readings[0].ts_ns <= previous.ts_ns:
         previous = None  # late or repeated readings: compared among themselves only
     registers = [q for q in info.quantities if q in _REGISTERS]

@@ -20,7 +20,6 @@ message (and only then updates the state) or raises
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -81,7 +80,7 @@ class SeqTracker:
 class ReadingIndex:
     """The values accepted per (meter, ts), the latest ``per_meter`` of each meter, ``max_entries`` in all.
 
-    Values are kept as a tuple aligned to the meter's quantities (NaN where a
+    Values are kept as a tuple aligned to the meter's quantities (None where a
     reading has none). Memory: about 150 bytes per entry (15 MB for the default
     100,000). When full, the meter used least recently is forgotten first.
 
@@ -96,38 +95,46 @@ class ReadingIndex:
     def __init__(self, max_entries: int = 100_000, per_meter: int = 2048) -> None:
         self.max_entries = max_entries
         self.per_meter = per_meter
-        self._vals: collections.OrderedDict[Key, dict[int, tuple[float, ...]]] = collections.OrderedDict()
+        self._vals: collections.OrderedDict[Key, dict[int, tuple[float | None, ...]]] = collections.OrderedDict()
         self._order: dict[Key, collections.deque[int]] = {}
+        self._counted: dict[Key, int] = {}
         self.entries = 0
 
     def __contains__(self, key: Key) -> bool:
         return key in self._vals
 
-    def held(self, key: Key, ts: int) -> tuple[float, ...] | None:
+    def held(self, key: Key, ts: int) -> tuple[float | None, ...] | None:
         """The values held for ``key`` at ``ts``, or None."""
         return self._vals.get(key, {}).get(ts)
 
-    def add(self, key: Key, ts: int, values: tuple[float, ...]) -> None:
-        """Hold ``values`` at ``ts`` for ``key`` (merging with what is held there)."""
+    def values_of(self, key: Key) -> dict[int, tuple[float | None, ...]] | None:
+        """Every ``ts -> values`` held for ``key`` (read only), or None."""
+        return self._vals.get(key)
+
+    def add(self, key: Key, items: Iterable[tuple[int, tuple[float | None, ...]]]) -> None:
+        """Hold each ``(ts, values)`` for ``key`` (merging with what is held at that ts)."""
         vals = self._vals.get(key)
         if vals is None:
             vals = self._vals[key] = {}
             self._order[key] = collections.deque()
         self._vals.move_to_end(key)
-        held = vals.get(ts)
-        if held is not None:
-            vals[ts] = tuple(b if b == b else a for a, b in zip(held, values, strict=False))
-            return
-        vals[ts] = values
         order = self._order[key]
-        order.append(ts)
-        self.entries += 1
-        if len(order) > self.per_meter:
+        for ts, values in items:
+            held = vals.get(ts)
+            if held is not None:
+                vals[ts] = tuple(b if b is not None else a for a, b in zip(held, values, strict=False))
+                continue
+            vals[ts] = values
+            order.append(ts)
+        self.entries += len(order) - self._counted.get(key, 0)
+        while len(order) > self.per_meter:
             vals.pop(order.popleft(), None)
             self.entries -= 1
+        self._counted[key] = len(order)
         while self.entries > self.max_entries and len(self._vals) > 1:
             old, gone = self._vals.popitem(last=False)
             self._order.pop(old, None)
+            self._counted.pop(old, None)
             self.entries -= len(gone)
 
 
@@ -212,32 +219,39 @@ class Validator:
         self._check_conflicts(msg, info, rows)
         return self._record(key, msg, rows)
 
-    def _check_conflicts(self, msg: DataMessage, info: MeterInfo, rows: list[tuple[float, ...]]) -> None:
-        key = (msg.site, msg.meter)
-        mine: dict[int, tuple[float, ...]] = {}
+    def _check_conflicts(self, msg: DataMessage, info: MeterInfo, rows: list[tuple[float | None, ...]]) -> None:
+        held_all = self.index.values_of((msg.site, msg.meter))
+        mine: dict[int, tuple[float | None, ...]] = {}
+        repeats = len({r.ts_ns for r in msg.readings}) != len(msg.readings)  # the same ts twice in one message
         for r, vals in zip(msg.readings, rows, strict=True):
-            for held in (self.index.held(key, r.ts_ns), mine.get(r.ts_ns)):
+            for held in (held_all.get(r.ts_ns) if held_all else None, mine.get(r.ts_ns) if repeats else None):
+                if held is None:
+                    continue
                 i = _differs(held, vals)
-                if held is not None and i is not None:
+                if i is not None:
                     raise PayloadError(
                         "conflicting_duplicate",
                         f"ems/v1/{msg.site}/{msg.meter}: a reading at {format_ts(r.ts_ns)} (seq {r.seq}) is "
                         f"already held with {info.quantities[i]} = {held[i]!r}; this one says {vals[i]!r}. "
                         "The stored value is kept",
                     )
-            mine[r.ts_ns] = vals
+            if repeats:
+                mine[r.ts_ns] = vals
 
-    def _record(self, key: Key, msg: DataMessage, rows: list[tuple[float, ...]]) -> Accepted:
+    def _record(self, key: Key, msg: DataMessage, rows: list[tuple[float | None, ...]]) -> Accepted:
         out = Accepted(len(msg.readings))
-        for r, vals in zip(msg.readings, rows, strict=True):
-            state = self.seqs.see(key, r.seq)
+        see = self.seqs.see
+        for r in msg.readings:
+            state = see(key, r.seq)
+            if state == "new":
+                continue
             if state == "duplicate":
                 out.duplicates += 1
             elif state == "late":
                 out.late += 1
             elif state == "gap":
                 out.gaps = [*(out.gaps or []), r.seq]
-            self.index.add(key, r.ts_ns, vals)
+        self.index.add(key, zip([r.ts_ns for r in msg.readings], rows, strict=True))
         newest = msg.readings[-1]
         prev = self.last.get(key)
         if prev is None or newest.ts_ns > prev.ts_ns:
@@ -268,40 +282,40 @@ class Validator:
             n += self._prime_meter((site, str(meter)), wide, before_ns)
         return n
 
-    def _prime_meter(self, key: Key, wide: Mapping[int, tuple[float, ...]], before_ns: int) -> int:
+    def _prime_meter(self, key: Key, wide: Mapping[int, tuple[float | None, ...]], before_ns: int) -> int:
         info = self.meters[key]
-        for ts in sorted(wide):
-            self.index.add(key, ts, wide[ts])
+        self.index.add(key, ((ts, wide[ts]) for ts in sorted(wide)))
         earlier = [ts for ts in wide if ts < before_ns]
         if earlier and key not in self.last:
             ts = max(earlier)
-            vals = {q: v for q, v in zip(info.quantities, wide[ts], strict=True) if v == v}
+            vals = {q: v for q, v in zip(info.quantities, wide[ts], strict=True) if v is not None}
             self.last[key] = Reading(-1, ts, vals)
         return len(wide)
 
 
-def _differs(held: tuple[float, ...] | None, values: tuple[float, ...]) -> int | None:
+def _differs(held: tuple[float | None, ...] | None, values: tuple[float | None, ...]) -> int | None:
     """Index of the first quantity present in both with different values; None if none."""
     if held is None:
         return None
     for i, (a, b) in enumerate(zip(held, values, strict=False)):
-        if a == a and b == b and a != b:  # both present (not NaN) and different
+        if a is not None and b is not None and a != b:  # both present and different
             return i
     return None
 
 
-def _aligned(values: Mapping[str, float], quantities: tuple[str, ...]) -> tuple[float, ...]:
-    return tuple(values.get(q, math.nan) for q in quantities)
+def _aligned(values: Mapping[str, float], quantities: tuple[str, ...]) -> tuple[float | None, ...]:
+    """Values in the order of the meter's quantities, None where the reading has none."""
+    return tuple(map(values.get, quantities))
 
 
-def _wide(frame: pd.DataFrame, ts: np.ndarray, quantities: tuple[str, ...]) -> dict[int, tuple[float, ...]]:
+def _wide(frame: pd.DataFrame, ts: np.ndarray, quantities: tuple[str, ...]) -> dict[int, tuple[float | None, ...]]:
     """One meter's tidy rows as ``ts -> values aligned to quantities``."""
     pos = {q: i for i, q in enumerate(quantities)}
-    out: dict[int, list[float]] = {}
+    out: dict[int, list[float | None]] = {}
     qs = frame["quantity"].astype(str).to_numpy()
     vs = frame["value"].to_numpy(dtype="float64")
     for t, q, v in zip(ts.tolist(), qs, vs.tolist(), strict=True):
         i = pos.get(q)
         if i is not None:
-            out.setdefault(t, [math.nan] * len(quantities))[i] = v
+            out.setdefault(t, [None] * len(quantities))[i] = v
     return {t: tuple(v) for t, v in out.items()}
