@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from builders import make_readingset  # noqa: E402
 from reliability_kit import EmsProc, IngestProc, Mosquitto, mosquitto_conf, poll  # noqa: E402
-from telemetry_data import make_readingset  # noqa: E402
 
 from ems.store import open_store  # noqa: E402
 from ems.telemetry.ledger import Ledger, reconcile  # noqa: E402

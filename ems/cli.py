@@ -41,11 +41,53 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# name -> first paragraph of the command's help, so that ``ems --help`` imports no command
+# (tests/test_model_cli.py checks that they match); a command missing here is imported
+SUMMARIES: dict[str, str] = {
+    "broker": "Run the embedded MQTT broker (amqtt, MQTT 3.1.1) until interrupted.",
+    "calibrate": "Fit SITE_FILE's profile scales so the simulation reproduces known totals.",
+    "compare": "Run (or load) SCENARIOS and print their KPIs side by side, with deltas vs the first.",
+    "dashboard": "Serve the built-in dashboard of a store (read-only) until interrupted.",
+    "gateway": "Poll the Modbus TCP devices of GATEWAY_YAML and publish their readings (contract v1).",
+    "ingest": "Subscribe to ems/v1, check every message and write readings to a store.",
+    "live": "Simulate SCENARIO and watch it live: broker, stream, ingest, store and dashboard in one.",
+    "measures": "List the measures a scenario's 'measures:' list can use, with parameters and costs.",
+    "modbus": "Serve every meter of SCENARIO (a scenario file or a readings folder) as a Modbus TCP unit.",
+    "pathway": "Simulate a pathway year by year and report when each group target is met.",
+    "reconcile": "Compare what a publisher's ledger says it sent with what a store holds, per meter.",
+    "report": "Compute energy and carbon KPIs from SOURCE (a store, a readings folder or a scenario YAML).",
+    "run": "Simulate SCENARIO, write its readings into the store (and Parquet), print a summary.",
+    "schema": "Export the JSON Schemas of site and scenario files (for editors and other tools).",
+    "stream": "Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT.",
+    "sweep": "Run the variants of SPEC_FILE in parallel; write results, the Pareto front and the best variant.",
+    "validate": "Check site and scenario files without running anything.",
+}
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands and their summaries, without importing them (click's layout)."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            text = SUMMARIES.get(name)
+            if text is None:
+                cmd = self.get_command(ctx, name)
+                if cmd is None or cmd.hidden:
+                    continue
+                rows.append((name, cmd.get_short_help_str(limit)))
+            else:  # click's own shortening, on a stand-in that holds the summary
+                rows.append((name, click.Command(name, help=text).get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
@@ -62,13 +104,50 @@ class LazyGroup(click.Group):
         return cmd if isinstance(cmd, click.Command) else None
 
 
+OWN_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+"""Lowest level shown of ems's own loggers at -v count 0, 1, 2."""
+LIBRARY_LEVELS = (logging.ERROR, logging.WARNING, logging.DEBUG)
+"""Lowest level shown of other libraries' loggers (dask, amqtt, paho, influxdb_client, ...)."""
+
+
+class _Verbosity(logging.Filter):
+    """Let ems's records through from OWN_LEVELS, other libraries' from LIBRARY_LEVELS.
+
+    Libraries set their own logger levels (distributed logs INFO whatever the root
+    level says), so the handler filters: without ``-v`` a user sees ems's warnings and
+    libraries' errors only.
+    """
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.own = OWN_LEVELS[min(verbose, 2)]
+        self.library = LIBRARY_LEVELS[min(verbose, 2)]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name == "ems" or record.name.startswith("ems.")
+        return record.levelno >= (self.own if own else self.library)
+
+
+def configure_logging(verbose: int) -> None:
+    """One stderr handler on the root logger, filtered by ``verbose`` (the -v count)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_ems", False)]:
+        root.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Verbosity(verbose))
+    handler._ems = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(min(OWN_LEVELS[min(verbose, 2)], LIBRARY_LEVELS[min(verbose, 2)]))
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ems")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output: -v ems's progress and libraries' warnings, -vv everything.")
 def cli(verbose: int) -> None:
     """ems: energy and carbon monitoring simulator for manufacturing groups."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -14,7 +14,7 @@ Conventions
 * Registers (``*_kwh``, ``*_gj``, ``*_m3``, ``*_kg``, ``*_rmb``) are **cumulative**
   meter registers read at ``ts``. Energy in an interval is the difference of two
   registers, so a lost message loses no energy.
-* Signs (``shared/domain.md`` section 1): the grid meter's power is positive when
+* Signs (``docs/glossary.md``): the grid meter's power is positive when
   importing; a battery's power is positive when discharging. Import and export
   have separate registers, as on real meters; all registers only grow.
 * Discrete happenings (fuel deliveries, refrigerant top-ups, outages, certificate
@@ -68,6 +68,7 @@ __all__ = [
     "empty_readings",
     "event_detail",
     "events_frame",
+    "tou_periods",
     "validate_readings",
 ]
 
@@ -446,6 +447,74 @@ def validate_readings(df: pd.DataFrame, *, where: str = "readings") -> None:
         raise ReadingError(f"{where}: {int((~np.isfinite(vals)).sum())} values are NaN or infinite")
 
 
+def tou_periods(index_local: pd.DatetimeIndex, tariff: Mapping[str, Any]) -> np.ndarray:
+    """Map local times to the time-of-use periods of a tariff description.
+
+    The tariff travels with the readings as ``SiteInfo.attrs["tariff"]`` (the site
+    file's ``grid.tariff`` as JSON data): ``seasons``, each with ``months`` (1-12),
+    ``windows`` (``period``, local ``start_h``, ``end_h`` in hours 0-24, ``[start,
+    end)``, wrapping midnight when ``end_h < start_h``) and a ``default`` period for
+    the hours outside every window. The simulator (battery arbitrage) and the
+    accounting (energy per period) both read periods through this function.
+
+    Parameters
+    ----------
+    index_local : DatetimeIndex
+        Times in the site's zone (tz-aware). Pass the **start** of each interval: an
+        interval belongs to the period in force when it starts.
+    tariff : mapping
+        The tariff description (see above).
+
+    Returns
+    -------
+    ndarray of str (object)
+        Period name per time, e.g. ``"peak"``, ``"valley"``.
+
+    Raises
+    ------
+    ReadingError
+        If the index is naive, the description lacks ``seasons`` or a window field,
+        or a month is covered by no season.
+    """
+    if index_local.tz is None:
+        raise ReadingError("tou_periods: expected tz-aware local timestamps, found naive ones")
+    seasons = tariff.get("seasons") if isinstance(tariff, Mapping) else None
+    if not isinstance(seasons, list) or not seasons:
+        raise ReadingError(
+            "tariff: expected a mapping with a non-empty 'seasons' list (Tariff.model_dump(mode='json')); "
+            f"found {type(tariff).__name__} {str(tariff)[:80]}"
+        )
+    month = np.asarray(index_local.month)
+    hour = np.asarray(index_local.hour) + np.asarray(index_local.minute) / 60.0
+    hour = hour + np.asarray(index_local.second) / 3600.0
+    out = np.full(len(index_local), None, dtype=object)
+    covered = np.zeros(len(index_local), dtype=bool)
+    for i, season in enumerate(seasons):
+        in_season = np.isin(month, list(season.get("months") or range(1, 13))) & ~covered
+        if in_season.any():
+            out[in_season] = _season_periods(hour, season, i)[in_season]
+            covered |= in_season
+    if not covered.all():
+        missing = sorted(set(month[~covered].tolist()))
+        raise ReadingError(f"tariff: expected seasons covering every month; months {missing} are in no season")
+    return out
+
+
+def _season_periods(hour: np.ndarray, season: Mapping[str, Any], i: int) -> np.ndarray:
+    """Period names of one season at local hours ``hour`` [h]."""
+    names = np.full(len(hour), str(season.get("default", "flat")), dtype=object)
+    for j, w in enumerate(season.get("windows") or []):
+        try:
+            period, lo, hi = str(w["period"]), float(w["start_h"]), float(w["end_h"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReadingError(
+                f"tariff.seasons.{i}.windows.{j}: expected period, start_h and end_h [h]; found {w!r}"
+            ) from exc
+        hit = (hour >= lo) & (hour < hi) if lo <= hi else (hour >= lo) | (hour < hi)
+        names[hit] = period
+    return names
+
+
 @dataclass
 class ReadingSet:
     """Readings with their event ledger and the metadata that travels with them.
@@ -475,6 +544,28 @@ class ReadingSet:
     events: pd.DataFrame
     meters: list[MeterInfo]
     sites: list[SiteInfo]
+
+    def close(self) -> None:
+        """Release what the set holds open (a store for :func:`ems.open_readings`); in memory: nothing."""
+
+    def __enter__(self) -> ReadingSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def n_readings(self) -> int:
+        """Number of readings: distinct (site, meter, ts), what a meter sends and a command counts."""
+        r = self.readings
+        if r.empty:
+            return 0
+        key = pd.DataFrame({"s": pd.Categorical(r["site"]).codes, "m": pd.Categorical(r["meter"]).codes,
+                            "t": r.index.asi8})
+        return len(key.drop_duplicates())
+
+    def n_values(self) -> int:
+        """Number of values: rows of the tidy frame, one per quantity of a reading."""
+        return len(self.readings)
 
     def site(self, site: str) -> SiteInfo:
         """Return the :class:`SiteInfo` of ``site``."""

@@ -69,6 +69,16 @@ region, province (ISO 3166-2, may be empty), factor set, and in `attrs` what acc
 configuration: `contract_kw`, `tariff` (with its currency), `export_limit_kw`, `boundary` (reporting-boundary
 approach, included, reason)). Over MQTT both are retained messages; a gas not in the GWP table is refused.
 
+The tariff travels as data: `SiteInfo.attrs["tariff"]` is the site file's `grid.tariff` as JSON
+(`prices` by period, `seasons` with `months`, `windows` of local `start_h`/`end_h` and a `default`
+period, `demand_charge_per_kw_month`, `export_price`). `ems.readings.tou_periods(local_times, tariff)`
+maps local times to its periods; the simulator (battery arbitrage) and the accounting (energy per
+period) both use it, so the accounting reads readings and their metadata only.
+
+`ems.open_readings(source)` is the one way to get a `ReadingSet`: from a store (path or URL; events and
+metadata at once, the readings frame on first use, stage 1 from the store's register aggregates), a
+readings folder (`ems run --out`), or a scenario file (simulated).
+
 ## Events
 
 Discrete happenings are events in a ledger beside the readings: a UTC `ts` and `site`, `kind`, `subject`,

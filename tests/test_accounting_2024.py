@@ -1,4 +1,4 @@
-"""The group's 2024 activity data (domain.md section 4) through the accounting.
+"""The group's 2024 activity data (Hisense Group 2024 ESG report, docs/accounting-2024.md) through the accounting.
 
 Hand computation with GB/T 2589-2020 coefficients and the cn-2023 factor set;
 the worked example is written up in docs/accounting-2024.md.
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from accounting_fixtures import GROUP_2024, group_2024
+from builders import GROUP_2024, group_2024
 
 from ems.accounting import kpis
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from accounting_fixtures import TARIFF, const, from_power, index, meter, readingset, register, site
+from builders import TARIFF, const, from_power, index, meter, readingset, register, site
 from click.testing import CliRunner
 
 from ems.accounting.commands import report

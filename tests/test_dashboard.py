@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from brokers import mosquitto  # noqa: F401
-from dashboard_fixtures import HOSTILE, meters, readings, readingset, site_info, write
+from builders import HOSTILE, meters, plant, plant_readings, site_info, write
 
 from ems.accounting import kpis
 from ems.dashboard import views
@@ -30,7 +30,7 @@ from ems.store import open_store
 
 
 def test_latest_flows_signs_and_soc():
-    df, _ = readings("a", "2024-07-01", 8)
+    df, _ = plant_readings("a", "2024-07-01", 8)
     f = views.latest_flows(df, meters("a"))
     last = df[df.index == df.index.max()]
     get = dict(
@@ -51,7 +51,7 @@ def test_latest_flows_signs_and_soc():
 
 
 def test_latest_flows_empty():
-    assert views.latest_flows(readings("a", "2024-07-01", 1)[0].iloc[:0], meters("a")) == {
+    assert views.latest_flows(plant_readings("a", "2024-07-01", 1)[0].iloc[:0], meters("a")) == {
         "soc_pct": None,
         "last_ts_ms": None,
     }
@@ -80,7 +80,7 @@ def test_bucket_seconds_rejects_nonsense():
 
 @pytest.mark.parametrize("bucket_s", [900, 3600, 7200])
 def test_power_series_means_and_energy_sums(bucket_s):
-    df, _ = readings("a", "2024-07-01", 96)
+    df, _ = plant_readings("a", "2024-07-01", 96)
     start, end = pd.Timestamp("2024-07-01", tz="UTC"), pd.Timestamp("2024-07-02", tz="UTC")
     p = views.power_series(df, meters("a"), start, end, bucket_s)
     assert len(p["t"]) == 86_400 // bucket_s
@@ -96,7 +96,7 @@ def test_power_series_means_and_energy_sums(bucket_s):
 
 
 def test_energy_series_ignores_a_register_reset():
-    df, _ = readings("a", "2024-07-01", 8)
+    df, _ = plant_readings("a", "2024-07-01", 8)
     sel = (df["meter"] == "load1") & (df["quantity"] == "energy_kwh")
     vals = df.loc[sel, "value"].to_numpy().copy()
     vals[4:] -= vals[3]  # reset to zero after the 4th reading
@@ -112,7 +112,7 @@ def test_energy_series_ignores_a_register_reset():
 
 
 def test_event_list_and_jsonable():
-    rs = readingset({"a": "A"})
+    rs = plant({"a": "A"})
     ev = views.event_list(rs.events)
     assert [e["kind"] for e in ev] == ["outage_start", "outage_end"]
     assert ev[0]["value"] is None  # NaN in the ledger
@@ -126,15 +126,8 @@ def test_event_list_and_jsonable():
 # ---------------------------------------------------------------- monitor
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = open_store(tmp_path / "store")
-    yield s
-    s.close()
-
-
 def test_monitor_overview_kpis_match_accounting(store):
-    rs = readingset({"a": "Alpha", "b": "Beta"}, n=3 * 96)
+    rs = plant({"a": "Alpha", "b": "Beta"}, n=3 * 96)
     write(store, rs)
     mon = Monitor(store)
     mon.refresh()
@@ -162,20 +155,20 @@ def test_monitor_overview_kpis_match_accounting(store):
 
 def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monkeypatch):
     site = "a"
-    first, reg = readings(site, "2024-07-01", 2 * 96)
+    first, reg = plant_readings(site, "2024-07-01", 2 * 96)
     store.register_sites([site_info(site)])
     store.register_meters(meters(site))
     store.write_readings(first)
     mon = Monitor(store, today_every_s=0.0)
     full = []
-    orig = Monitor._full_year
-    monkeypatch.setattr(Monitor, "_full_year", lambda self, *a: full.append(1) or orig(self, *a))
+    orig = Monitor._start_frame
+    monkeypatch.setattr(Monitor, "_start_frame", lambda self, *a: full.append(1) or orig(self, *a))
     mon.refresh()
     v0 = mon.version
     assert len(full) == 1
     mon.refresh()  # nothing new: nothing recomputed
     assert mon.version == v0 and len(full) == 1
-    more, _ = readings(site, "2024-07-01", 96, offset=2 * 96, base=reg, load_kw=2500.0)
+    more, _ = plant_readings(site, "2024-07-01", 96, offset=2 * 96, base=reg, load_kw=2500.0)
     store.write_readings(more)
     mon.refresh()
     assert len(full) == 1, "a new day extends the cached year instead of recomputing it"
@@ -192,7 +185,7 @@ def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monke
 
 
 def test_monitor_status(store):
-    first, reg = readings("a", "2024-07-01", 8)
+    first, reg = plant_readings("a", "2024-07-01", 8)
     store.register_sites([site_info("a")])
     store.register_meters(meters("a"))
     store.write_readings(first)
@@ -201,7 +194,7 @@ def test_monitor_status(store):
     st = mon.sites["a"]
     assert mon.status(st)["state"] == "stale"  # 2024 readings, found at start: history
     assert mon.status(st, now=st.last_ts.timestamp() + 60)["state"] == "fresh"  # real time
-    store.write_readings(readings("a", "2024-07-01", 4, offset=8, base=reg)[0])
+    store.write_readings(plant_readings("a", "2024-07-01", 4, offset=8, base=reg)[0])
     mon.refresh()
     assert mon.status(st)["state"] == "fresh"  # a replay: readings advance while we watch
     assert mon.status(st, now=st.last_new_wall + 3600)["state"] == "stale"
@@ -210,7 +203,7 @@ def test_monitor_status(store):
 
 
 def test_site_view(store):
-    write(store, readingset({"a": "A"}, n=3 * 96))
+    write(store, plant({"a": "A"}, n=3 * 96))
     mon = Monitor(store)
     mon.refresh()
     v = mon.site_view("a", "week")
@@ -231,7 +224,7 @@ def test_site_view(store):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     store = open_store(tmp_path_factory.mktemp("server") / "store")
-    write(store, readingset({"a": HOSTILE}))
+    write(store, plant({"a": HOSTILE}))
     mon = Monitor(store, poll_s=0.2).start()
     srv = make_server(mon, port=0).start()
     yield srv
@@ -301,7 +294,7 @@ def test_server_port_in_use(server):
 
 def test_ems_dashboard_subprocess(tmp_path):
     s = open_store(tmp_path / "store")
-    write(s, readingset({"a": "A"}))
+    write(s, plant({"a": "A"}))
     s.close()
     with subprocess.Popen(
         [
@@ -339,7 +332,8 @@ def test_ems_dashboard_missing_store(tmp_path):
         timeout=30,
     )
     assert r.returncode == 2
-    assert "expected an ems store directory" in r.stderr
+    assert f"no store at {tmp_path / 'none'} (nothing there)" in r.stderr
+    assert not (tmp_path / "none").exists()
 
 
 def test_static_files_ship_as_package_data():
@@ -400,7 +394,7 @@ def test_status_watcher_follows_the_retained_status(mosquitto, store):  # noqa: 
 
     pub("a", "online")
     pub("b", "offline")
-    write(store, readingset({"a": "A"}))
+    write(store, plant({"a": "A"}))
     with StatusWatcher(mosquitto.url) as watcher:
         assert _wait(lambda: watcher() == {"a": "online", "b": "offline"}), watcher()
         mon = Monitor(store, status=watcher)
@@ -413,7 +407,7 @@ def test_status_watcher_follows_the_retained_status(mosquitto, store):  # noqa: 
 
 def test_ems_dashboard_unreachable_broker(tmp_path):
     s = open_store(tmp_path / "store")
-    write(s, readingset({"a": "A"}))
+    write(s, plant({"a": "A"}))
     s.close()
     r = subprocess.run(
         [

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from dashboard_fixtures import HOSTILE, readings, readingset, write
+from builders import HOSTILE, plant, plant_readings, write
 
 from ems.dashboard.monitor import Monitor
 from ems.dashboard.server import make_server
@@ -50,7 +50,7 @@ def browser():
 def live_site(tmp_path):
     """A store with three sites (one with a hostile name) and a running dashboard."""
     store = open_store(tmp_path / "store")
-    rs = readingset({"alpha": "Alpha works", "beta": HOSTILE, "gamma": "Gamma park"}, n=2 * 96)
+    rs = plant({"alpha": "Alpha works", "beta": HOSTILE, "gamma": "Gamma park"}, n=2 * 96)
     write(store, rs)
     mon = Monitor(store, poll_s=0.2, today_every_s=0.2).start()
     srv = make_server(mon, port=0).start()
@@ -85,8 +85,8 @@ def test_overview_updates_without_reload(live_site, page):
     before_today = tile.locator("tr.k-total_tce td.today").inner_text()
     page.evaluate("window.__marker = 'same page'")
     # new readings arrive: a new day with a higher load
-    _, reg = readings("alpha", "2024-07-01", 2 * 96)
-    more, _ = readings("alpha", "2024-07-01", 12, offset=2 * 96, base=reg, load_kw=7777.0)
+    _, reg = plant_readings("alpha", "2024-07-01", 2 * 96)
+    more, _ = plant_readings("alpha", "2024-07-01", 12, offset=2 * 96, base=reg, load_kw=7777.0)
     store.write_readings(more)
     sync_api.expect(tile.locator(".v-load")).to_have_text("7,777", timeout=10_000)
     sync_api.expect(tile.locator("tr.k-total_tce td.today")).not_to_have_text(

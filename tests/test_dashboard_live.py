@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 from brokers import mosquitto  # noqa: F401
-from dashboard_fixtures import readingset
+from builders import plant
 
 from ems.readings import ReadingSet
 from ems.store import open_store
@@ -46,7 +46,7 @@ def _start(args: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def test_live_sigint_stops_cleanly_and_loses_nothing(tmp_path):
-    rs = readingset({"alpha": "Alpha", "beta": "Beta"}, n=2 * 96)
+    rs = plant({"alpha": "Alpha", "beta": "Beta"}, n=2 * 96)
     src = rs.to_parquet(tmp_path / "readings")
     store_dir = tmp_path / "store"
     # 2 days at 15 min: ~35 s of replay at this speed, interrupted part-way
@@ -86,7 +86,7 @@ def test_live_sigint_stops_cleanly_and_loses_nothing(tmp_path):
 
 
 def test_live_exit_when_done_stores_everything(tmp_path):
-    rs = readingset({"alpha": "Alpha"}, n=48)
+    rs = plant({"alpha": "Alpha"}, n=48)
     src = rs.to_parquet(tmp_path / "readings")
     r = subprocess.run(
         [
@@ -120,7 +120,7 @@ def test_live_exit_when_done_stores_everything(tmp_path):
 
 
 def test_live_with_an_external_broker(tmp_path, mosquitto):  # noqa: F811
-    rs = readingset({"alpha": "Alpha"}, n=24)
+    rs = plant({"alpha": "Alpha"}, n=24)
     src = rs.to_parquet(tmp_path / "readings")
     r = subprocess.run(
         [
@@ -161,4 +161,4 @@ def test_live_rejects_a_missing_scenario(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2
-    assert "expected a scenario file or a readings folder" in r.stderr
+    assert "a readings folder (ems run --out) or a scenario .yaml; found nothing" in r.stderr

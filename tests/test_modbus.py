@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+from builders import make_readingset
 from modbus_kit import serve_modbus
-from telemetry_data import make_readingset
 
 from ems.errors import LocatedError, PayloadError
 from ems.modbus import registers as R

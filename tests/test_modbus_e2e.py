@@ -13,8 +13,8 @@ import brokers
 import numpy as np
 import pandas as pd
 import pytest
+from builders import make_readingset
 from modbus_kit import GatewayThread, serve_modbus, start_modbus
-from telemetry_data import make_readingset
 
 from ems.modbus.config import load_gateway_data
 from ems.modbus.gateway import Gateway, GatewayOptions

@@ -138,3 +138,21 @@ def test_validate_as_real_process(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert f"{bad_file}:2: id: duplicate key 'id': first at line 1" in bad.stdout
     assert "Traceback" not in bad.stderr
+
+
+def test_help_lists_every_command_without_importing_them():
+    import importlib
+    import subprocess
+    import sys
+
+    from ems.cli import COMMANDS, SUMMARIES
+
+    for name, target in COMMANDS.items():
+        mod, attr = target.split(":")
+        cmd = getattr(importlib.import_module(mod), attr)
+        assert SUMMARIES.get(name, cmd.help.split("\n\n")[0].replace("\n", " ")) == cmd.help.split("\n\n")[0].replace(
+            "\n", " "), name
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom ems.cli import main\ntry:\n    main(['--help'])\n"
+                          "finally:\n    print(sorted(m for m in sys.modules if m.startswith(('pandas', 'ems.'))))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "report" in out and "pandas" not in out.splitlines()[-1]

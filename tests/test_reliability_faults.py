@@ -19,6 +19,7 @@ import brokers
 import numpy as np
 import pandas as pd
 import pytest
+from builders import make_readingset
 from reliability_kit import (
     EmsProc,
     IngestProc,
@@ -29,7 +30,6 @@ from reliability_kit import (
     poll,
     reconciled,
 )
-from telemetry_data import make_readingset
 
 from ems.store import open_store
 from ems.store.influx import InfluxStore

@@ -11,9 +11,9 @@ from pathlib import Path
 import brokers
 import paho.mqtt.client as mqtt
 import pytest
+from builders import make_readingset
 from paho.mqtt.enums import CallbackAPIVersion
 from reliability_kit import EmsProc, figures, poll  # noqa: F401
-from telemetry_data import make_readingset
 
 from ems.errors import LocatedError
 from ems.store import open_store
@@ -116,7 +116,7 @@ def test_secrets_never_reach_logs_or_outputs(secure_broker, tmp_path):
     store_dir = str(tmp_path / "store")
     env_i = {"EMS_MQTT_PASSWORD_FILE": str(tmp_path / "pw-ingest"), "EMS_INFLUX_TOKEN": TOKEN}
     ing = EmsProc(["-vv", "ingest", "--broker", b["url"], "--store", store_dir, "--username", "ingest",
-                   "--tls-ca", b["ca"], "--client-id", "sec-cli", "--stats", "0.5", "--metrics-port", "0",
+                   "--tls-ca", b["ca"], "--client-id", "sec-cli", "--stats", "0.5", "--json", "--metrics-port", "0",
                    "--deadletter", str(tmp_path / "dl.jsonl")], logs, "ingest", env_i)
     try:
         ing.wait_log("metrics at")

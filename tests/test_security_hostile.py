@@ -15,9 +15,9 @@ from collections import Counter
 import brokers
 import paho.mqtt.client as mqtt
 import pytest
+from builders import make_readingset
 from paho.mqtt.enums import CallbackAPIVersion
 from reliability_kit import IngestProc, figures, poll, reconciled  # noqa: F401
-from telemetry_data import make_readingset
 
 from ems.store import open_store
 from ems.telemetry.connection import BrokerConfig

@@ -34,7 +34,8 @@ def test_result_is_a_valid_reading_set(week):
     r = week.readings
     validate_readings(r)
     assert str(r.index.tz) == "UTC"
-    assert week.n_readings() == len(r)
+    assert week.n_values() == len(r)
+    assert week.n_readings() == ReadingSet.n_readings(week) < week.n_values()  # a reading: a meter's values at a ts
     kinds = {m.meter: m for m in week.meters}
     expected = {
         "grid",

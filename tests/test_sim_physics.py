@@ -8,14 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ems.errors import ConfigError
+from ems.errors import ReadingError
 from ems.model.site import Battery, Location, PvArray, Steam, Tariff, Weather
+from ems.readings import tou_periods
 from ems.sim import pv as pvm
 from ems.sim import thermal as th
 from ems.sim import weather as wx
-from ems.sim.clock import TimeGrid, site_seed_sequence, stable_hash
+from ems.sim.clock import (
+    TimeGrid,
+    calendar_fields,
+    local_day_hour,
+    site_seed_sequence,
+    stable_hash,
+)
 from ems.sim.storage import BatteryLimits, dispatch_block, dispatch_step
-from ems.sim.tariff import tou_periods
 
 TARIFF = Tariff.model_validate(
     {
@@ -37,7 +43,7 @@ TARIFF = Tariff.model_validate(
 # ---------------------------------------------------------------- tariff
 def test_tou_periods_windows_and_midnight_wrap():
     idx = pd.date_range("2024-03-01 00:00", periods=24, freq="h", tz="Asia/Shanghai")
-    names = tou_periods(idx, TARIFF)
+    names = tou_periods(idx, TARIFF.model_dump(mode="json"))
     assert list(names[[0, 6, 7, 8, 10, 11, 22, 23]]) == [
         "valley",
         "valley",
@@ -71,7 +77,7 @@ def test_tou_periods_by_season():
     idx = pd.DatetimeIndex(
         ["2024-07-01 12:30", "2024-01-01 12:30", "2024-07-01 15:00"]
     ).tz_localize("Asia/Shanghai")
-    assert list(tou_periods(idx, t)) == ["summer", "peak", "flat"]
+    assert list(tou_periods(idx, t.model_dump(mode="json"))) == ["summer", "peak", "flat"]
 
 
 def test_tou_periods_errors():
@@ -79,10 +85,14 @@ def test_tou_periods_errors():
         {"prices": {"flat": 1.0}, "seasons": [{"months": [1], "default": "flat"}]}
     )
     idx = pd.date_range("2024-01-31 23:00", periods=3, freq="h", tz="UTC")
-    with pytest.raises(ConfigError, match=r"months \[2\] are in no season"):
-        tou_periods(idx, t)
-    with pytest.raises(ConfigError, match="naive"):
-        tou_periods(pd.date_range("2024-01-01", periods=2, freq="h"), t)
+    with pytest.raises(ReadingError, match=r"months \[2\] are in no season"):
+        tou_periods(idx, t.model_dump(mode="json"))
+    with pytest.raises(ReadingError, match="naive"):
+        tou_periods(pd.date_range("2024-01-01", periods=2, freq="h"), t.model_dump(mode="json"))
+    with pytest.raises(ReadingError, match="expected period, start_h and end_h"):
+        tou_periods(idx, {"seasons": [{"months": [1, 2], "windows": [{"period": "peak"}]}]})
+    with pytest.raises(ReadingError, match="non-empty 'seasons'"):
+        tou_periods(idx, {"prices": {}})
 
 
 # ---------------------------------------------------------------- clock and seeds
@@ -202,7 +212,9 @@ def test_synthetic_weather_has_day_to_day_persistence():
 
 
 def test_ar1_unit_variance():
-    x = wx.ar1(np.random.default_rng(0), 20000, 0.8)
+    from ems.sim.stochastic import ar1
+
+    x = ar1(np.random.default_rng(0), 20000, 0.8)
     assert x.std() == pytest.approx(1.0, abs=0.1)
     assert np.corrcoef(x[:-1], x[1:])[0, 1] == pytest.approx(0.8, abs=0.03)
 
@@ -228,6 +240,75 @@ def test_pv_hotter_cells_give_less_power():
     cold = pvm.ac_power(arr, np.array([800.0]), np.array([0.0]))
     hot = pvm.ac_power(arr, np.array([800.0]), np.array([35.0]))
     assert hot[0] < cold[0]
+
+
+def _sky(n: int = 20000):
+    """Random but physical skies: zenith, azimuth, GHI, DNI, DHI, E0, day of year."""
+    rng = np.random.default_rng(11)
+    zen = rng.uniform(0, 100, n)
+    azi = rng.uniform(0, 360, n)
+    doy = rng.integers(1, 367, n).astype(float)
+    e0 = 1366.1 * (1 + 0.033 * np.cos(2 * np.pi * doy / 365))
+    ghi = np.clip(rng.uniform(-5, 1.1, n) * e0 * np.clip(np.cos(np.radians(zen)), 0, None), 0, None)
+    ghi[::97] = 0.0
+    return zen, azi, ghi, e0, doy
+
+
+def test_erbs_equals_pvlib():
+    import pvlib
+
+    zen, _azi, ghi, _e0, doy = _sky()
+    dni, dhi = wx.erbs(ghi, zen, pvlib.irradiance.get_extra_radiation(doy))
+    ref = pvlib.irradiance.erbs(ghi, zen, doy)
+    assert np.array_equal(dni, np.nan_to_num(ref["dni"]))
+    assert np.array_equal(dhi, np.nan_to_num(ref["dhi"]))
+
+
+@pytest.mark.parametrize(("tilt", "az"), [(0, 180), (20, 180), (35, 135), (90, 270), (10, 0)])
+def test_poa_equals_pvlib_haydavies(tilt, az):
+    import pvlib
+
+    zen, azi, ghi, e0, _doy = _sky()
+    dni, dhi = wx.erbs(ghi, zen, e0)
+    got = pvm.poa_global(tilt, az, zen, azi, dni, ghi, dhi, e0)
+    ref = pvlib.irradiance.get_total_irradiance(
+        tilt, az, zen, azi, dni, ghi, dhi, dni_extra=e0, albedo=pvm.ALBEDO, model="haydavies"
+    )["poa_global"]
+    ref = np.clip(np.nan_to_num(ref), 0, None)
+    assert np.abs(got - ref).max() < 1e-9
+
+
+def test_ac_power_equals_pvlib_chain():
+    import pvlib
+
+    arr = PvArray(id="a", kwp=120, inverter_kw=100, gamma_pdc=-0.0037, losses_pct=14)
+    poa = np.concatenate([[0.0, 1e-9, 1.0], np.linspace(0, 1400, 5000)])
+    temp = np.linspace(-20, 45, poa.size)
+    t_cell = pvlib.temperature.faiman(poa, temp)
+    pdc = np.clip(pvlib.pvsystem.pvwatts_dc(poa, t_cell, 120, -0.0037), 0, None) * 0.86 * 0.97
+    ref = pvlib.inverter.pvwatts(pdc, 100 / arr.inverter_efficiency, arr.inverter_efficiency)
+    got = pvm.ac_power(arr, poa, temp, 0.97)
+    assert np.abs(got - np.clip(np.nan_to_num(ref), 0, 100)).max() < 1e-9
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Shanghai", "Europe/Ljubljana", "America/St_Johns"])
+def test_calendar_fields_equal_pandas(tz):
+    idx = pd.date_range("1969-12-28", "2025-03-02", freq="97min", tz="UTC").as_unit("ns")
+    local = idx.tz_convert(tz)
+    f = calendar_fields(local.tz_localize(None).asi8)
+    names = {"doy": "day_of_year", "weekday": "day_of_week"}
+    for key in ("year", "month", "day", "doy", "weekday", "hour", "minute"):
+        assert np.array_equal(f[key], np.asarray(getattr(local, names.get(key, key)), dtype=float))
+
+
+@pytest.mark.parametrize("tz", [None, "Asia/Shanghai", "Europe/Ljubljana"])
+def test_local_day_hour_equals_pandas(tz):
+    idx = pd.date_range("2023-12-30", "2025-01-02", freq="7min", tz="UTC").as_unit("ns")
+    idx = idx.tz_convert(tz) if tz else idx.tz_localize(None)
+    day, hour = local_day_hour(idx)
+    dates = idx.tz_localize(None) if tz else idx
+    assert np.array_equal(day, dates.normalize().values.astype("datetime64[D]").astype(np.int64))
+    assert np.array_equal(hour, np.asarray(idx.hour) + np.asarray(idx.minute) / 60.0)
 
 
 # ---------------------------------------------------------------- thermal

@@ -10,7 +10,7 @@ import brokers
 import numpy as np
 import pandas as pd
 import pytest
-from telemetry_data import make_readingset
+from builders import make_readingset
 
 from ems.errors import PayloadError
 from ems.readings import MeterInfo

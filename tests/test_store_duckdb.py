@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from builders import meter, readingset, rows, site
 
 from ems.errors import MissingExtraError, ReadingError, StoreError
-from ems.readings import MeterInfo, ReadingSet, SiteInfo, events_frame
+from ems.readings import SiteInfo
 from ems.store import Store, open_store
 from ems.store.duckdb_store import DuckDBStore
 from ems.store.segments import Segment, list_segments, overlap_groups
@@ -29,61 +30,23 @@ PV_Q = ("power_kw", "energy_kwh", "curtailed_kwh")
 def make_set(sites=("qd", "sd"), start="2024-03-01T00:15Z", periods=192, freq="15min", seed=1):
     """A small ReadingSet with the contract's columns: a grid and a PV meter per site."""
     rng = np.random.default_rng(seed)
-    ts = pd.date_range(start, periods=periods, freq=freq, tz="UTC")
-    frames, meters, infos = [], [], []
+    ts = pd.date_range(start, periods=periods, freq=freq, tz="UTC", name="ts")
+    frames, ms, infos = [], [], []
     for s in sites:
-        for meter, kind, qs in (("grid", "grid", GRID_Q), ("pv1", "pv", PV_Q)):
-            meters.append(MeterInfo(s, meter, kind, "electricity", qs, 900, {"x": 1}))
+        for meter_id, kind, qs in (("grid", "grid", GRID_Q), ("pv1", "pv", PV_Q)):
+            ms.append(meter(s, meter_id, kind, carrier="electricity", quantities=qs, x=1))
             for q in qs:
                 v = rng.random(periods) * 100
-                if q.endswith("_kwh"):
-                    v = np.cumsum(v)
-                frames.append(
-                    pd.DataFrame({"site": s, "meter": meter, "quantity": q, "value": v}, index=ts)
-                )
-        infos.append(
-            SiteInfo(
-                s,
-                s.upper(),
-                "grp",
-                "co",
-                "park",
-                "Asia/Shanghai",
-                36.0,
-                120.0,
-                "CN",
-                "CN-East",
-                "cn-2024",
-                {"contract_kw": 5000},
-            )
-        )
-    df = pd.concat(frames).sort_index(kind="stable")
-    df.index.name = "ts"
-    for c in ("site", "meter", "quantity"):
-        df[c] = df[c].astype("category")
-    ev = events_frame(
-        [
-            {
-                "ts": ts[3],
-                "site": sites[0],
-                "kind": "fuel_delivery",
-                "subject": "fleet",
-                "value": 500.0,
-                "unit": "kg",
-                "detail": {"fuel": "diesel"},
-            },
-            {
-                "ts": ts[9],
-                "site": sites[-1],
-                "kind": "outage_start",
-                "subject": "pv1",
-                "value": float("nan"),
-                "unit": "",
-                "detail": None,
-            },
-        ]
-    )
-    return ReadingSet(readings=df, events=ev, meters=meters, sites=infos)
+                frames.append(rows(s, meter_id, q, ts, np.cumsum(v) if q.endswith("_kwh") else v))
+        infos.append(site(s, "Asia/Shanghai", name=s.upper(), group="grp", company="co", park="park", lat=36.0,
+                          lon=120.0, factor_set="cn-2024", contract_kw=5000))
+    events = [
+        {"ts": ts[3], "site": sites[0], "kind": "fuel_delivery", "subject": "fleet", "value": 500.0, "unit": "kg",
+         "detail": {"fuel": "diesel"}},
+        {"ts": ts[9], "site": sites[-1], "kind": "outage_start", "subject": "pv1", "value": float("nan"), "unit": "",
+         "detail": None},
+    ]
+    return readingset(frames, ms, infos, events)
 
 
 def canon(df: pd.DataFrame) -> pd.DataFrame:
@@ -102,12 +65,6 @@ def keys(df: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture
 def rs():
     return make_set()
-
-
-@pytest.fixture
-def store(tmp_path):
-    with DuckDBStore(tmp_path / "store") as st:
-        yield st
 
 
 def write_all(st, rs):
@@ -170,6 +127,30 @@ def test_repeats_within_a_frame_keep_last(store, rs):
     pd.testing.assert_frame_equal(
         canon(store.read().readings), canon(r.assign(value=r["value"] * 2))
     )
+
+
+@pytest.mark.parametrize("layout", ["whole steps", "a series twice a step", "ragged steps"])
+def test_duplicate_check_of_time_major_batches(layout):
+    """The whole-steps shortcut of the duplicate check never hides a repeated key."""
+    from ems.store.arrays import unique_last
+
+    steps, per = 50, 6
+    ts = np.repeat(np.arange(steps, dtype=np.int64) * 900, per)
+    series = np.tile(np.arange(per), steps)
+    if layout == "whole steps":
+        assert unique_last(ts, series, per) is None
+        return
+    if layout == "a series twice a step":
+        series = np.tile(np.array([0, 1, 2, 3, 4, 1]), steps)
+    else:
+        ts, series = ts[:-1], series[:-1]
+        series[-3] = series[-4]  # the last, shorter step repeats a series
+    keep = unique_last(ts, series, per)
+    assert keep is not None
+    key = ts * per + series
+    assert len(np.unique(key[keep])) == keep.sum() == len(np.unique(key))
+    last = {k: i for i, k in enumerate(key)}
+    assert set(np.flatnonzero(keep)) == set(last.values())
 
 
 def test_out_of_order_writes(store, rs):
@@ -244,6 +225,52 @@ def test_bad_input_rejected(store, rs):
         store.write_events(rs.events.tz_localize(None))
 
 
+def _arrow(df: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df.reset_index(), preserve_index=False)
+
+
+def test_arrow_table_is_written_like_the_frame(tmp_path, rs):
+    """The Arrow fast path of write_readings stores exactly what the frame path stores."""
+    import pyarrow as pa
+
+    with DuckDBStore(tmp_path / "a") as a, DuckDBStore(tmp_path / "b") as b:
+        assert a.write_readings(rs.readings) == b.write_readings(_arrow(rs.readings))
+        pd.testing.assert_frame_equal(canon(a.read().readings), canon(b.read().readings))
+        # strings instead of dictionaries, microseconds, another zone: the same readings
+        t = _arrow(rs.readings)
+        t = t.set_column(0, "ts", t["ts"].cast(pa.timestamp("us", tz="Asia/Shanghai")))
+        for c in ("site", "meter", "quantity"):
+            t = t.set_column(t.column_names.index(c), c, t[c].cast(pa.string()))
+        b.write_readings(t)
+        pd.testing.assert_frame_equal(canon(a.read().readings), canon(b.read().readings))
+        assert b.write_readings(t.slice(0, 0)) == 0
+
+
+def test_arrow_table_bad_input_rejected(store, rs):
+    import pyarrow as pa
+
+    t = _arrow(rs.readings.iloc[:6])
+    with pytest.raises(ReadingError, match="missing \\['value'\\]"):
+        store.write_readings(t.drop_columns(["value"]))
+    naive = t.set_column(0, "ts", t["ts"].cast(pa.timestamp("ns")))
+    with pytest.raises(ReadingError, match="tz-aware"):
+        store.write_readings(naive)
+    watts = t.set_column(3, "quantity", pa.array(["watts"] * 6))
+    with pytest.raises(ReadingError, match="unknown quantities"):
+        store.write_readings(watts)
+    nan = t.set_column(4, "value", pa.array([1.0, float("nan"), 2, 3, 4, 5]))
+    with pytest.raises(ReadingError, match="1 values are NaN"):
+        store.write_readings(nan)
+    no_site = t.set_column(1, "site", pa.array(["qd", None, "qd", "qd", "qd", "qd"]))
+    with pytest.raises(ReadingError, match="expected a site in every row"):
+        store.write_readings(no_site)
+    with pytest.raises(StoreError, match="names a directory"):
+        store.write_readings(t.set_column(1, "site", pa.array(["../etc"] * 6)))
+    assert store.count() == 0
+
+
 def test_durable_across_reopen_and_read_only(tmp_path, rs):
     path = tmp_path / "s"
     with open_store(str(path)) as st:
@@ -268,8 +295,11 @@ def test_not_a_store_dir(tmp_path):
     (tmp_path / "x" / "other.txt").write_text("hello")
     with pytest.raises(StoreError, match="empty or new directory"):
         DuckDBStore(tmp_path / "x")
-    with pytest.raises(StoreError, match="expected an ems store"):
+    with pytest.raises(StoreError, match=r"no store at .*y \(nothing there\)"):
         DuckDBStore(tmp_path / "y", read_only=True)
+    with pytest.raises(StoreError, match=r"no store at .*x \(a folder without ems-store.json\)"):
+        DuckDBStore(tmp_path / "x", read_only=True)
+    assert not (tmp_path / "y").exists()  # a reader creates nothing
 
 
 def test_upsert_metadata(store, rs):
@@ -400,40 +430,6 @@ def test_second_process_reads_while_first_writes(tmp_path):
     assert seen[-1] == final == batches * rows
     assert json.loads((path / "ems-store.json").read_text())["format"] == "ems-segments"
     assert len(list_segments(path / "readings" / "site=qd")) >= 1
-
-
-@pytest.mark.parametrize("tz", ["Asia/Shanghai", "Europe/Ljubljana", "Asia/Kathmandu"])
-def test_daily_registers_pushdown(tmp_path, tz):
-    """Per local day last register value, across a DST change, with repeats resolved."""
-    rs = make_set(sites=("qd",), start="2024-03-29T00:15Z", periods=96 * 4)
-    with DuckDBStore(tmp_path / "s") as st:
-        st.register_sites(rs.sites)
-        st.write_readings(rs.readings)
-        r = rs.readings
-        newer = r[(r.index >= "2024-03-31T10:00Z") & (r.index < "2024-03-31T12:00Z")]
-        newer = newer.assign(value=newer["value"] + 0.5)
-        st.write_readings(newer)  # overlapping segment: must win
-        got = st.daily_registers(tz=tz)
-        default = st.daily_registers()
-    merged = canon(pd.concat([r.drop(newer.index.unique(), errors="ignore"), newer]))
-    merged = merged[merged["quantity"].str.endswith("_kwh")]
-    local_day = (merged["ts"] - pd.Timedelta("1s")).dt.tz_convert(tz).dt.date
-    expected = (
-        merged.assign(day=local_day).groupby(["site", "meter", "quantity", "day"])["value"].last()
-    )
-    g = got.assign(**{c: got[c].astype(str) for c in ("site", "meter", "quantity")})
-    g = g.set_index(["site", "meter", "quantity", "day"])
-    assert len(g) == len(expected)
-    np.testing.assert_array_equal(g["last"].to_numpy(), expected.to_numpy())
-    diff = g["last"].groupby(level=[0, 1, 2]).diff()
-    np.testing.assert_allclose(g["diff"].to_numpy(), diff.to_numpy())
-    assert set(default["quantity"].astype(str)) == {
-        "import_kwh",
-        "export_kwh",
-        "energy_kwh",
-        "curtailed_kwh",
-    }
-    assert len(default) > 0
 
 
 def test_simulated_scenario_roundtrip(tmp_path):

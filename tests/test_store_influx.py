@@ -203,21 +203,17 @@ def test_flux_rejects_bad_input():
         flux.window_query("ems", every="1 day")
     with pytest.raises(StoreError, match="aggregate"):
         flux.window_query("ems", every="1h", fn="drop_bucket")
-    with pytest.raises(StoreError, match="register fields"):
-        flux.daily_registers_query("ems", tz="UTC", fields=["power_kw"])
 
 
-def test_window_and_daily_queries():
+def test_window_and_register_queries():
     w = flux.window_query("ems", every="1h", fn="mean", fields=["power_kw"], tz="Asia/Shanghai")
     assert 'option location = timezone.location(name: "Asia/Shanghai")' in w
     assert "aggregateWindow(every: 1h, fn: mean, createEmpty: false)" in w
     assert 'r._field == "power_kw"' in w
-    d = flux.daily_registers_query("ems", tz='Asia/Shang"hai', sites=["qd"], fields=["import_kwh"])
-    assert 'timezone.location(name: "Asia/Shang\\"hai")' in d
-    assert "timeShift(duration: -1s)" in d
-    assert 'aggregateWindow(every: 1d, fn: last, timeSrc: "_start", createEmpty: false)' in d
-    assert "difference(nonNegative: false, keepFirst: true)" in d
-    assert 'r._field == "import_kwh"' in d and 'r.site == "qd"' in d
+    # stage 1 of an InfluxDB store moves only the register fields over the wire
+    d = flux.readings_query("ems", sites=['q"d'], fields=flux.REGISTERS)
+    assert all(f'r._field == "{f}"' in d for f in flux.REGISTERS) and 'r.site == "q\\"d"' in d
+    assert 'r._field == "power_kw"' not in d
     assert "group()" in flux.count_query("ems") and "count()" in flux.count_query("ems")
     assert 'r._measurement == "event"' in flux.events_query("ems")
     assert 'r._measurement == "meta"' in flux.meta_query("ems")

@@ -45,7 +45,12 @@ def test_calibrate_converges_to_given_totals(tmp_path):
                                  "annual": {"steam_gj": 30000, "natural_gas_m3": 800000}}))
     totals = load_totals(f)
     cal = calibrate(site, totals, year=2024, tol=0.005)
-    assert cal.converged and cal.iterations <= 4
+    assert cal.iterations <= 4
+    # every annual total is within 0.5 %, but March is 18 % off its bill: not converged (issue 15)
+    assert not cal.converged
+    assert cal.misses()[["quantity", "month"]].values.tolist() == [["grid_import_kwh", 3]]
+    cal.month_tol = 0.20
+    assert cal.misses().empty
     year = cal.residuals[cal.residuals["month"] == 0].set_index("quantity")
     assert year.loc["grid_import_kwh", "simulated"] == pytest.approx(sum(monthly), rel=0.005)
     assert year.loc["steam_gj", "simulated"] == pytest.approx(30000, rel=0.005)
@@ -74,6 +79,41 @@ def test_bad_totals(tmp_path, content, match):
     f.write_text(yaml.safe_dump(content))
     with pytest.raises(ConfigError, match=match):
         load_totals(f)
+
+
+def test_calibrate_out_keeps_the_file_and_rounds_what_it_fits(tmp_path):
+    """issue 15: --out dropped the comments and wrote 17-digit floats."""
+    f = tmp_path / "totals.yaml"
+    f.write_text(yaml.safe_dump({"annual": {"grid_import_kwh": 14e6}}))
+    out = tmp_path / "cal.yaml"
+    src = SITES / "ronshen-plastics.yaml"
+    res = CliRunner().invoke(cli, ["calibrate", str(src), "--totals", str(f), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    before, after = src.read_text().splitlines(), out.read_text().splitlines()
+    assert len(before) == len(after)
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert changed, "nothing fitted"
+    for a, b in changed:  # only a value changed: same key, same comment
+        assert a.split(":")[0] == b.split(":")[0]
+        assert a.partition("#")[2] == b.partition("#")[2]
+        value = b.split(":", 1)[1].split("#")[0].strip()
+        digits = value.replace(".", "").replace("-", "").lstrip("0").rstrip("0")
+        assert len(digits) <= 4, b  # 4 significant digits for --tol 0.5 %
+    assert [x for x in before if x.lstrip().startswith("#")] == [x for x in after if x.lstrip().startswith("#")]
+    assert load_site(out).id == "ronshen-plastics"
+    text = " ".join(res.output.split())
+    assert "within ±0.5 %" in text and "billed month within ±10 %" in text
+
+
+def test_calibrate_names_the_month_that_misses(tmp_path):
+    f = tmp_path / "totals.yaml"
+    monthly = [1.2e6] * 11 + [2.4e6]  # December twice the others: no scale fits that
+    f.write_text(yaml.safe_dump({"monthly": {"grid_import_kwh": monthly}}))
+    res = CliRunner().invoke(cli, ["calibrate", str(SITES / "ronshen-plastics.yaml"), "--totals", str(f)])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "NOT converged" in text and "within ±10 %; outside: grid_import_kwh" in text
+    assert "Dec -4" in text and "CV(RMSE)" in text
 
 
 def test_calibrate_cli(tmp_path):
@@ -175,15 +215,18 @@ def test_sweep_synchronous(tmp_path):
 
 
 def test_sweep_on_a_local_dask_cluster(tmp_path):
+    """As a user runs it (a subprocess): a real local cluster, and Dask's logs stay quiet without -v."""
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["sweep", str(sweep_spec(tmp_path)), "--workers", "2", "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    p = subprocess.run([sys.executable, "-m", "ems.cli", "sweep", str(sweep_spec(tmp_path)), "--workers", "2",
+                        "--out", str(out)], capture_output=True, text=True, timeout=240, check=False)
+    assert p.returncode == 0, p.stderr
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 4
     sync = run_sweep(load_sweep_spec(tmp_path / "sweep.yaml"), scheduler="synchronous").results
     assert df["net_scope12_t"].to_numpy() == pytest.approx(sync["net_scope12_t"].to_numpy())
     assert (out / "pareto.csv").exists() and (out / "best.csv").exists()
-    assert "cheapest meeting green_share >= 0.2" in res.output
+    assert "cheapest meeting green_share >= 20.0 %" in p.stdout
+    assert "distributed" not in p.stderr and "INFO" not in p.stderr, p.stderr  # issue 15: 33 lines of Dask INFO
 
 
 def test_sweep_spec_errors(tmp_path):
@@ -256,3 +299,14 @@ def test_pathway_spec_errors(tmp_path, extra, match):
     p.write_text(yaml.safe_dump({"scenario": sc.name, **extra}))
     with pytest.raises(ConfigError, match=match):
         load_pathway_spec(p)
+
+
+def test_calibrate_edit_keeps_flow_mappings_over_several_lines():
+    """A value is replaced where it stands: a flow mapping written over two lines stays so (sites/*.yaml)."""
+    from ems.studies.calibrate import _edit_yaml
+
+    text = "a:\n  b: 10   # kept\n  l: [1, 2.5, 3]\n  m: {x: 1,\n      y: 2.0}\n"
+    out = _edit_yaml(text, {("a", "b"): 12.0, ("a", "l", 1): 2.75, ("a", "m", "y"): 3.25})
+    assert out == "a:\n  b: 12   # kept\n  l: [1, 2.75, 3]\n  m: {x: 1,\n      y: 3.25}\n"
+    added = _edit_yaml(text, {("a", "z"): 4.5})  # a default the file left out: added by the round trip
+    assert "  z: 4.5" in added and "# kept" in added

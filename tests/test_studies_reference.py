@@ -1,7 +1,6 @@
 """The calibrated reference group: 2024 simulated within 2 % of every published total.
 
-Published 2024 activity data: shared/domain.md section 4 (Hisense Group 2024 ESG
-report). Every simulated figure is read from the readings through
+Published 2024 activity data: Hisense Group 2024 ESG report (docs/accounting-2024.md). Every simulated figure is read from the readings through
 ``ems.accounting.kpis`` (group, year), never from simulator internals. One full
 year of ten parks at 15 min: about 3 s to simulate and 1 s to account.
 """

@@ -11,8 +11,8 @@ import brokers
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from builders import make_readingset
 from paho.mqtt.enums import CallbackAPIVersion
-from telemetry_data import make_readingset
 
 from ems.errors import PayloadError
 from ems.store import open_store

@@ -198,13 +198,14 @@ def test_broker_url_parsing_and_secrets(tmp_path, monkeypatch):
     c = BrokerConfig.from_url("mqtt://127.0.0.1:1884?protocol=3.1.1")
     assert (c.host, c.port, c.protocol, c.tls) == ("127.0.0.1", 1884, "3.1.1", False)
     assert BrokerConfig.from_url("mqtts://broker.example").port == 8883
+    assert BrokerConfig.from_url("mqtt://h:1").protocol == "auto"  # negotiated on first use
     secret = BrokerConfig.from_url("mqtt://u@h:1", password="s3cret")
     assert "s3cret" not in repr(secret) and "s3cret" not in secret.describe()
     with pytest.raises(ConfigError, match="do not put a password in the URL"):
         BrokerConfig.from_url("mqtt://u:pw@h:1")
     with pytest.raises(ConfigError, match="expected mqtt://"):
         BrokerConfig.from_url("http://h:1")
-    with pytest.raises(ConfigError, match=r"protocol must be 5 or 3.1.1"):
+    with pytest.raises(ConfigError, match=r"protocol must be 5, 3.1.1 or auto"):
         BrokerConfig.from_url("mqtt://h:1?protocol=4")
     f = tmp_path / "pw"
     f.write_text("from-file\n")

@@ -14,14 +14,14 @@ import brokers
 import numpy as np
 import pandas as pd
 import pytest
+from builders import make_readingset
 from click.testing import CliRunner
 from telemetry_cases import BAD_CASES, data
-from telemetry_data import make_readingset
 
 from ems.readings import MeterInfo, ReadingSet
 from ems.store import open_store
 from ems.telemetry.commands import reconcile as reconcile_cmd
-from ems.telemetry.connection import BrokerConfig
+from ems.telemetry.connection import BrokerConfig, negotiate
 from ems.telemetry.ingestor import IngestOptions, Ingestor
 from ems.telemetry.ledger import Ledger, reconcile
 from ems.telemetry.publisher import Publisher, PublishOptions
@@ -231,8 +231,8 @@ def test_realtime_pacing_and_metrics(mosquitto, tmp_path):
 
 def test_embedded_amqtt_broker_short_run(amqtt_broker, tmp_path):
     rs = make_readingset(sites=("alpha",), days=1, meters=("grid", "gas"))
-    cfg = BrokerConfig.from_url(amqtt_broker.url)
-    assert cfg.protocol == "3.1.1"
+    cfg = negotiate(BrokerConfig.from_url(amqtt_broker.url))
+    assert cfg.protocol == "3.1.1"  # negotiated: amqtt refuses MQTT 5
     store = open_store(tmp_path / "store")
     ing = ingest(cfg, store)
     try:
@@ -271,7 +271,7 @@ def test_cli_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ems.cli", "stream", str(tmp_path / "nope.yaml"),
                           "--broker", "mqtt://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "expected a scenario file or a readings folder" in out.stderr
+    assert "a readings folder (ems run --out) or a scenario .yaml; found nothing" in out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -358,7 +358,7 @@ def test_cli_ingest_with_stats(mosquitto, tmp_path):
     res = CliRunner().invoke(ingest_cmd, ["--broker", mosquitto.url, "--store", str(tmp_path / "store"),
                                           "--meta", str(folder),
                                           "--deadletter", str(tmp_path / "dl.jsonl"), "--stats", "0.5",
-                                          "--duration", "4", "--client-id", "cli"])
+                                          "--json", "--duration", "4", "--client-id", "cli"])
     t.join(30)
     assert res.exit_code == 0, res.output
     final = json.loads(res.stdout.strip().splitlines()[-1])
@@ -432,6 +432,8 @@ def test_ems_ingest_subprocess_stops_gracefully_on_sigterm(mosquitto, tmp_path):
     )
     try:
         assert proc.stderr is not None
+        first = proc.stderr.readline()  # "broker mqtt://... (MQTT 5)": the protocol negotiated
+        assert "(MQTT 5)" in first, first
         line = proc.stderr.readline()  # "metrics at ...": connected and subscribed
         assert "metrics at http://127.0.0.1:" in line, line
         Publisher(cfg, rs, PublishOptions(batch=6)).run()
@@ -447,8 +449,10 @@ def test_ems_ingest_subprocess_stops_gracefully_on_sigterm(mosquitto, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate(timeout=10)
     assert proc.returncode == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["written"] == 192
+    final = out.strip().splitlines()[-1]  # readable by default (issue 15); --json for machines
+    assert final.startswith("ingest stopped: ") and "; 192 readings stored; 0 messages dead-lettered;" in final
     store = open_store(tmp_path / "store")
     assert_same_readings(store.read().readings, rs.readings)
     store.close()

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from ems.errors import AccountingError, ConfigError
+from ems.formatting import with_unit
 
 __all__ = ["PROGRESS_COLUMNS", "load_targets", "progress"]
 
@@ -85,23 +86,18 @@ def _assess(tg: dict[str, Any], value: float, base: float, year: int, base_year:
             return np.nan, req, "not assessable", f"emissions may still grow until the peak year {ty}; assessed from {ty + 1}"
         if prev is None or not np.isfinite(prev):
             return np.nan, req, "not assessable", f"needs {year - 1} as well as {year}"
-        return prev, req, "on track" if value <= prev else "off track", f"change vs {year - 1}: {value / prev - 1.0:+.1%}"
+        change = with_unit("change_vs_base", value / prev - 1.0, signed=True)
+        return prev, req, "on track" if value <= prev else "off track", f"change vs {year - 1}: {change}"
     tvf = float(tv) if tv is not None else np.nan
-    what = f"{tvf:+.0%} vs {base_year} by {ty}" if kind == "change" else f"at least {tvf:.0%} by {ty}"
+    what = (f"{with_unit('change_vs_base', tvf, signed=True)} vs {base_year} by {ty}" if kind == "change"
+            else f"at least {with_unit(tg['metric'], tvf)} by {ty}")
     if not np.isfinite(base):
         return np.nan, what, "not assessable", ""
     goal = base * (1.0 + tvf) if kind == "change" else tvf
     need = _line(base, goal, base_year, ty, year)
     better = value <= need if kind == "change" else value >= need
-    req = f"{what}; straight line from {base_year}: {'at most' if kind == 'change' else 'at least'} {_fmt(tg['metric'], need)} in {year}"
+    req = f"{what}; straight line from {base_year}: {'at most' if kind == 'change' else 'at least'} {with_unit(tg['metric'], need)} in {year}"
     return need, req, "on track" if better else "off track", ""
-
-
-def _fmt(metric: str, v: float) -> str:
-    """A value in words for the requirement text (shares in %, large numbers with separators)."""
-    if metric.endswith("share"):
-        return f"{v:.1%}"
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4f}"
 
 
 def progress(yearly: pd.DataFrame, targets: dict[str, Any] | None = None) -> pd.DataFrame:

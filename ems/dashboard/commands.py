@@ -81,8 +81,7 @@ def dashboard(
     max_connections: int,
 ) -> None:
     """Serve the built-in dashboard of a store (read-only) until interrupted."""
-    from ems.dashboard.monitor import Monitor
-    from ems.dashboard.server import make_server
+    from ems.dashboard.live import serve_dashboard
     from ems.dashboard.status import StatusWatcher
 
     if poll_s <= 0:
@@ -92,20 +91,8 @@ def dashboard(
         if broker_url is not None:
             watcher = StatusWatcher(broker_url, username).start()
             stack.callback(watcher.stop)
-        store = open_for_reading(store_url)
-        mon = Monitor(store, poll_s=poll_s, status=watcher)
-
-        def close_store() -> None:
-            with mon.lock:
-                store.close()
-
-        stack.callback(close_store)
-        server = make_server(mon, host, port, allow_hosts=allow_hosts, idle_timeout_s=idle_timeout_s,
-                             max_connections=max_connections)
-        mon.start()
-        stack.callback(mon.stop)
-        server.start()
-        stack.callback(server.stop)
+        server = serve_dashboard(stack, store_url, host, port, poll_s=poll_s, status=watcher, allow_hosts=allow_hosts,
+                                 idle_timeout_s=idle_timeout_s, max_connections=max_connections)
         click.echo(f"dashboard at {server.url}/ (Ctrl-C to stop)", err=True)
         wait_for_signal()
     click.echo("dashboard stopped", err=True)

@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -33,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ems.errors import ConfigError, EmsError
+from ems.errors import EmsError
 from ems.readings import ReadingSet
 
-__all__ = ["LiveOptions", "load_readings", "run_live"]
+__all__ = ["LiveOptions", "run_live", "serve_dashboard"]
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +55,6 @@ class LiveOptions:
     ledger: str | None = None
     exit_when_done: bool = False
     drain_timeout_s: float = 60.0
-
-
-def load_readings(source: str) -> ReadingSet:
-    """A scenario file (simulated now) or a readings folder (``ems run --out``)."""
-    p = Path(source)
-    if p.is_dir():
-        return ReadingSet.from_parquet(p)
-    if not p.is_file():
-        raise ConfigError(
-            f"{source}: expected a scenario file or a readings folder (ems run --out); not found"
-        )
-    import ems
-
-    result: Any = ems.simulate(ems.load_scenario(str(p)))
-    if not isinstance(result, ReadingSet):  # pragma: no cover - the simulator's contract
-        raise ConfigError(
-            f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet"
-        )
-    return result
 
 
 class _Stopped(Exception):
@@ -117,6 +99,142 @@ def _is_embedded(url: str) -> bool:
     return "://" not in url or url.lower().startswith("duckdb://")
 
 
+def _discard_on_failure(store: Any, ledger_path: Path) -> Callable[..., bool]:
+    """An exit callback removing a store this run created if the run fails before storing.
+
+    A failed start (a refused broker, a bad scenario found late) must not leave an
+    empty ``ems-live-<time>/`` folder with its lock file, nor a ledger, behind. A
+    store that holds readings is kept: nothing accepted is lost.
+    """
+    new_ledger = not ledger_path.exists()
+
+    def discard(et: type[BaseException] | None, ev: BaseException | None, tb: Any) -> bool:
+        if et is None or store.count() > 0:
+            return False
+        shutil.rmtree(store.root, ignore_errors=True)
+        if new_ledger:
+            ledger_path.unlink(missing_ok=True)
+        log.info("removed %s: the run failed before storing anything", store.root)
+        return False
+
+    return discard
+
+
+def _ledger_path(opts: LiveOptions, store_url: str, tmp: str) -> Path:
+    if opts.ledger:
+        return Path(opts.ledger)
+    if _is_embedded(store_url):
+        base = Path(store_url.split("://", 1)[-1])
+        return base.with_name(base.name + ".ledger.json")
+    return Path(tmp) / "ledger.json"
+
+
+def _broker(stack: contextlib.ExitStack, url: str | None, echo: Callable[[str], None]) -> Any:
+    """The broker's config: the given URL, or an embedded broker started here."""
+    from ems.telemetry.broker import EmbeddedBroker
+    from ems.telemetry.connection import BrokerConfig, negotiate
+
+    if url is None:
+        b = EmbeddedBroker().start()
+        stack.callback(b.stop)
+        url = b.url
+        echo(f"embedded broker at {url}")
+    cfg = negotiate(BrokerConfig.from_url(url))
+    echo(f"broker {cfg.describe()}")
+    return cfg
+
+
+def _ingestor(stack: contextlib.ExitStack, cfg: Any, store: Any, rs: ReadingSet, tmp: str) -> tuple[Any, Callable[[], None]]:
+    """A started ingestor writing into ``store``, and a function that stops it once."""
+    from ems.telemetry.ingestor import IngestOptions, Ingestor
+
+    ing = Ingestor(cfg, store, IngestOptions(client_id=f"ems-live-{os.getpid()}", meters=list(rs.meters),
+                                             sites=list(rs.sites), deadletter=Path(tmp) / "deadletter.jsonl"))
+    ing.start()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            ing.stop()
+
+    stack.callback(stop)
+    return ing, stop
+
+
+def serve_dashboard(stack: contextlib.ExitStack, store_url: str, host: str, port: int, *, poll_s: float = 1.0,
+                    status: Callable[[], Any] | None = None, **guard: Any) -> Any:
+    """Start the dashboard of a store on its own read-only handle; return the server.
+
+    Everything started is stopped (and the handle closed) when ``stack`` closes. ``guard``:
+    ``allow_hosts``, ``idle_timeout_s``, ``max_connections`` (:func:`ems.dashboard.server.make_server`).
+    """
+    from ems.dashboard.commands import open_for_reading
+    from ems.dashboard.monitor import Monitor
+    from ems.dashboard.server import make_server
+
+    reader = open_for_reading(store_url)
+    mon = Monitor(reader, poll_s=poll_s, status=status)
+
+    def close_reader() -> None:
+        with mon.lock:
+            reader.close()
+
+    stack.callback(close_reader)
+    server = make_server(mon, host, port, **guard)
+    mon.start()
+    stack.callback(mon.stop)
+    server.start()
+    stack.callback(server.stop)
+    return server
+
+
+def _replay(pub: Any, opts: LiveOptions, stop: threading.Event, errors: list[BaseException],
+            echo: Callable[[str], None]) -> threading.Thread:
+    """The publisher's replay in a thread; errors are kept for the main thread."""
+
+    def publish() -> None:
+        try:
+            stats = pub.run()
+            echo(f"replay finished: {stats.readings:,} readings published")
+        except _Stopped:
+            pass
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            if opts.exit_when_done or errors:
+                stop.set()
+
+    th = threading.Thread(target=publish, name="ems-live-publisher", daemon=True)
+    th.start()
+    return th
+
+
+def _drain(ing: Any, published: int, timeout_s: float) -> None:
+    """Wait until the ingestor holds everything the broker acknowledged to the publisher (bounded:
+    give up after ``timeout_s``, or 5 s without progress, e.g. rejections)."""
+    deadline = time.monotonic() + timeout_s
+    last, last_change = -1, time.monotonic()
+    while ing.counters["written"] < published and time.monotonic() < deadline:
+        if ing.counters["written"] != last:
+            last, last_change = ing.counters["written"], time.monotonic()
+        elif time.monotonic() - last_change > 5.0:
+            log.warning("the ingestor stopped making progress before holding all published readings")
+            break
+        time.sleep(0.05)
+
+
+def _load(source: str, echo: Callable[[str], None]) -> ReadingSet:
+    import ems
+
+    t_load = time.monotonic()
+    rs = ems.open_readings(source)
+    echo(f"loaded {rs.n_readings():,} readings ({rs.n_values():,} values) of {len(rs.sites)} sites "
+         f"in {time.monotonic() - t_load:.1f} s")
+    return rs
+
+
 def run_live(
     opts: LiveOptions, echo: Callable[[str], None] = log.info, stop: threading.Event | None = None
 ) -> str:
@@ -127,139 +245,48 @@ def run_live(
     EmsError
         Bad input (scenario, store URL, busy port) or a failure of a part.
     """
-    from ems.dashboard.commands import open_for_reading, wait_for_signal
-    from ems.dashboard.monitor import Monitor
-    from ems.dashboard.server import make_server
-    from ems.store import open_store
-    from ems.telemetry.broker import EmbeddedBroker
-    from ems.telemetry.connection import BrokerConfig
-    from ems.telemetry.ingestor import IngestOptions, Ingestor
+    import ems
+    from ems.dashboard.commands import wait_for_signal
+    from ems.telemetry.broker import check_port_free
     from ems.telemetry.ledger import reconcile
     from ems.telemetry.publisher import PublishOptions
 
     stop = stop or threading.Event()
-    t_load = time.monotonic()
-    rs = load_readings(opts.scenario)
-    echo(
-        f"loaded {len(rs.readings):,} readings of {len(rs.sites)} sites in {time.monotonic() - t_load:.1f} s"
-    )
+    check_port_free(opts.host, opts.port, "dashboard", "choose another --port (0 picks a free one)")
+    rs = _load(opts.scenario, echo)
     store_url = opts.store_url or _default_store()
-    tmp = tempfile.TemporaryDirectory(prefix="ems-live-")
-    if opts.ledger:
-        ledger_path = Path(opts.ledger)
-    elif _is_embedded(store_url):
-        base = Path(store_url.split("://", 1)[-1])
-        ledger_path = base.with_name(base.name + ".ledger.json")
-    else:
-        ledger_path = Path(tmp.name) / "ledger.json"
     errors: list[BaseException] = []
-    step_s = max((m.interval_s for m in rs.meters), default=900) / opts.speed
-
     with contextlib.ExitStack() as stack:
-        stack.callback(tmp.cleanup)
-        # store first: it is closed last, after the broker
-        store = open_store(store_url)
-        stack.callback(store.close)
-        # broker
-        broker_url = opts.broker_url
-        if broker_url is None:
-            b = EmbeddedBroker().start()
-            stack.callback(b.stop)
-            broker_url = b.url
-            echo(f"embedded broker at {broker_url}")
-        cfg = BrokerConfig.from_url(broker_url)
-        # ingestor
-        ing = Ingestor(
-            cfg,
-            store,
-            IngestOptions(
-                client_id=f"ems-live-{os.getpid()}",
-                meters=list(rs.meters),
-                sites=list(rs.sites),
-                deadletter=Path(tmp.name) / "deadletter.jsonl",
-            ),
-        )
-        ing.start()
-        ing_stopped = False
-
-        def stop_ingestor() -> None:
-            nonlocal ing_stopped
-            if not ing_stopped:
-                ing_stopped = True
-                ing.stop()
-
-        stack.callback(stop_ingestor)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ems-live-"))
+        ledger_path = _ledger_path(opts, store_url, tmp)
+        new_store = _is_embedded(store_url) and not Path(store_url.split("://", 1)[-1]).exists()
+        store = stack.enter_context(contextlib.closing(ems.open_store(store_url)))  # closed last, after the broker
+        if new_store:
+            stack.push(_discard_on_failure(store, ledger_path))
+        cfg = _broker(stack, opts.broker_url, echo)
+        ing, stop_ingestor = _ingestor(stack, cfg, store, rs, tmp)
         time.sleep(0.5)  # let the SUBSCRIBE reach the broker before the first PUBLISH
-        # dashboard on its own read-only handle
-        reader = open_for_reading(store_url)
-        mon = Monitor(reader, status=lambda: _copy(ing.status))
-        server = make_server(mon, opts.host, opts.port)
-
-        def close_reader() -> None:
-            with mon.lock:
-                reader.close()
-
-        stack.callback(close_reader)
-        mon.start()
-        stack.callback(mon.stop)
-        server.start()
-        stack.callback(server.stop)
+        server = serve_dashboard(stack, store_url, opts.host, opts.port, status=lambda: _copy(ing.status))
         echo(f"dashboard at {server.url}/  store {store_url}  (Ctrl-C to stop)")
-        # publisher
-        pub = _publisher(
-            cfg,
-            rs,
-            PublishOptions(
-                speed=opts.speed, ledger=ledger_path, client_id_prefix=f"ems-live-{os.getpid()}"
-            ),
-            stop,
-        )
+        pub = _publisher(cfg, rs, PublishOptions(speed=opts.speed, ledger=ledger_path,
+                                                 client_id_prefix=f"ems-live-{os.getpid()}"), stop)
         before = pub.ledger.total()
-        result: dict[str, Any] = {}
-
-        def publish() -> None:
-            try:
-                result["stats"] = pub.run()
-                echo(f"replay finished: {result['stats'].readings:,} readings published")
-            except _Stopped:
-                result["stopped"] = True
-            except BaseException as exc:  # reported by the main thread
-                errors.append(exc)
-            finally:
-                if opts.exit_when_done or errors:
-                    stop.set()
-
-        th = threading.Thread(target=publish, name="ems-live-publisher", daemon=True)
-        th.start()
+        th = _replay(pub, opts, stop, errors, echo)
         wait_for_signal(stop)
         stop.set()
-        th.join(timeout=max(10.0, step_s + 5.0))
+        th.join(timeout=max(10.0, max((m.interval_s for m in rs.meters), default=900) / opts.speed + 5.0))
         if th.is_alive():
             log.warning("the publisher did not stop in time; shutting down without it")
         published = pub.ledger.total() - before
-        # the ingestor must hold everything the broker acknowledged to the publisher
-        # (bounded: give up after drain_timeout_s, or 5 s without progress, e.g. rejections)
-        deadline = time.monotonic() + opts.drain_timeout_s
-        last, last_change = -1, time.monotonic()
-        while ing.counters["written"] < published and time.monotonic() < deadline:
-            if ing.counters["written"] != last:
-                last, last_change = ing.counters["written"], time.monotonic()
-            elif time.monotonic() - last_change > 5.0:
-                log.warning(
-                    "the ingestor stopped making progress before holding all published readings"
-                )
-                break
-            time.sleep(0.05)
+        _drain(ing, published, opts.drain_timeout_s)
         stop_ingestor()
         stats = ing.stats()
         pub.ledger.save()
         rows = reconcile(pub.ledger, store) if not errors else []
-        lost = sum(r.lost for r in rows)
-        stored = sum(r.stored for r in rows)
         summary = (
             f"published {published:,} readings ({pub.ledger.total():,} in the ledger {ledger_path}), "
-            f"stored {stored:,}, lost {lost:,}; ingestor: {stats['written']:,} written, "
-            f"{stats['rejected']} rejected"
+            f"stored {sum(r.stored for r in rows):,}, lost {sum(r.lost for r in rows):,}; ingestor: "
+            f"{stats['written']:,} written, {stats['rejected']} rejected"
         )
     if errors:
         exc = errors[0]

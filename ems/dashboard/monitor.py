@@ -1,21 +1,20 @@
-"""The dashboard's model: poll a store, keep the latest values, cache KPIs per site.
+"""The dashboard's model: poll a store, keep the latest values and each site's KPIs.
 
-A :class:`Monitor` works with any :class:`~ems.store.base.Store` through its
-``read``: a background thread reads each site's new readings (from a cursor just
-before the newest reading seen) and keeps the latest value of every meter. KPIs
-come from :func:`ems.accounting.kpis` and are cached per site so that a year of
-data stays cheap:
+A :class:`Monitor` works with any :class:`~ems.store.base.Store`: a background thread reads
+each site's new readings (from a cursor just before the newest reading seen) and keeps the
+latest value of every meter. KPIs come from an incremental daily frame per site
+(:class:`ems.accounting.incremental.DailyFrame`):
 
-* the year's finished local days are computed once (``daily`` frame of the
-  accounting) and extended by one day when a day ends;
-* today (the local day of the site's newest reading: for a replayed scenario that
-  is the scenario's day, not the wall clock's) is recomputed when new readings
-  arrived, at most every ``today_every_s``;
-* the whole year is recomputed every ``year_every_s`` when new data arrived (late
+* at the first poll, the finished days come from the store's stage 1
+  (:meth:`~ems.store.base.Store.stage1`, the register aggregates of an embedded store) and
+  the open day (today: the local day of the site's newest reading; for a replayed scenario
+  that is the scenario's day, not the wall clock's) from its readings;
+* new readings update today's rows (at most every ``today_every_s``); a new day closes the
+  finished one; every ``year_every_s`` with new data the year is computed again (late
   readings, certificates that span the year).
 
-The year's and today's KPIs are then :func:`ems.accounting.kpis.rollup` of those
-daily rows (cheap: a few hundred rows).
+The year's and today's KPIs are :func:`ems.accounting.kpis.rollup` of those daily rows
+(cheap: a few hundred rows).
 """
 
 from __future__ import annotations
@@ -31,8 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ems.accounting.incremental import DailyFrame
 from ems.errors import EmsError, ReadingError
-from ems.readings import MeterInfo, ReadingSet, SiteInfo
+from ems.readings import MeterInfo, SiteInfo
 from ems.store.base import Store
 
 from . import views
@@ -74,13 +74,13 @@ class SiteState:
     fingerprint: tuple[int, int] = (0, 0)
     flows: dict[str, Any] = field(default_factory=dict)
     today: pd.Timestamp | None = None  # local midnight (tz-aware) of the newest reading's day
-    year_daily: pd.DataFrame | None = None  # finished days of the year
-    year_daily_until: pd.Timestamp | None = None  # local midnight up to which year_daily holds
+    frame: DailyFrame | None = None  # the site's incremental daily frame
+    fresh: list[pd.DataFrame] = field(default_factory=list)  # readings polled since the frame was updated
     year_computed_wall: float = 0.0
-    today_daily: pd.DataFrame | None = None
     today_computed_wall: float = 0.0
     dirty_today: bool = False
     dirty_year: bool = False
+    stale_summary: bool = False  # KPIs below not yet computed from the frame
     kpi_today: dict[str, Any] = field(default_factory=dict)
     kpi_year: dict[str, Any] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
@@ -247,104 +247,72 @@ class Monitor:
             index=pd.DatetimeIndex(pd.to_datetime(st.latest["t"].to_numpy(), utc=True), name="ts"),
         )
         st.flows = views.latest_flows(tidy, st.meters)
+        st.fresh.append(r)
         st.dirty_today = st.dirty_year = True
         self.version += 1
 
     # ------------------------------------------------------------------ KPIs
-    def _read(self, site: str, start: pd.Timestamp, end: pd.Timestamp | None) -> ReadingSet:
-        return self.store.read(
-            sites=[site],
-            start=start.tz_convert("UTC").to_pydatetime(),
-            end=None if end is None else end.tz_convert("UTC").to_pydatetime(),
-        )
-
-    @staticmethod
-    def _daily(rs: ReadingSet) -> pd.DataFrame | None:
-        from ems.accounting import kpis
-
-        if rs.readings.empty:
-            return None
-        return kpis(rs, by="site", period="day").daily
+    def _start_frame(self, st: SiteState, today: pd.Timestamp) -> DailyFrame:
+        """The site's daily frame: finished days from the store's stage 1, today from readings."""
+        t0 = time.monotonic()
+        site = st.info.site
+        head = self.store.read(sites=[site], readings=False)
+        frame = DailyFrame(st.info, st.meters or head.meters, head.events)
+        closed = self.store.stage1(sites=[site]).energy
+        start = (today - pd.Timedelta(days=2)).tz_convert("UTC").to_pydatetime()
+        frame.reset(closed, int(today.tz_convert("UTC").value), self.store.read(sites=[site], start=start).readings)
+        st.fresh.clear()
+        log.info("site %s: daily frame of %d days in %.2f s", site, len(frame.daily), time.monotonic() - t0)
+        return frame
 
     def _kpis_site(self, st: SiteState) -> None:
         if st.last_ts is None:
             return
-        tz = st.info.tz
         now = time.monotonic()
         # the interval ending at local midnight belongs to the day before: use ts - 1 ns
-        local_last = (st.last_ts - pd.Timedelta(1, "ns")).tz_convert(tz)
-        today = local_last.normalize()
-        year_start = today.replace(month=1, day=1)
-        changed = False
-        if st.today is None or today != st.today or st.year_daily_until is None:
-            # a new day (or year, or the first poll): extend or recompute the finished days
-            if (
-                st.year_daily is not None
-                and st.year_daily_until is not None
-                and st.year_daily_until >= year_start
-                and today - st.year_daily_until <= pd.Timedelta(days=2)
-            ):
-                rs = self._read(st.info.site, st.year_daily_until, today)
-                add = self._daily(rs)
-                if add is not None:
-                    add = add[_date_between(add, st.year_daily_until, today)]
-                    st.year_daily = pd.concat([st.year_daily, add], ignore_index=True)
-            else:
-                st.year_daily = self._full_year(st, year_start, today)
-                st.year_computed_wall = now
-            st.year_daily_until = today
-            st.today = today
-            st.dirty_today = True
-            changed = True
-        elif st.dirty_year and now - st.year_computed_wall >= self.year_every_s:
-            st.year_daily = self._full_year(st, year_start, today)
+        today = (st.last_ts - pd.Timedelta(1, "ns")).tz_convert(st.info.tz).normalize()
+        year_due = st.dirty_year and now - st.year_computed_wall >= self.year_every_s
+        if st.frame is None or year_due or (st.today is not None and today.year != st.today.year):
+            st.frame = self._start_frame(st, today)
             st.year_computed_wall = now
             st.dirty_year = False
-            changed = True
-        if st.dirty_today and (changed or now - st.today_computed_wall >= self.today_every_s):
-            rs = self._read(st.info.site, today, None)
-            d = self._daily(rs)
-            st.today_daily = (
-                None if d is None else d[_date_between(d, today, today + pd.Timedelta(days=1))]
-            )
-            st.today_computed_wall = now
-            st.dirty_today = False
-            changed = True
-        if changed:
-            self._summarise(st)
-            self.version += 1
+        elif st.fresh and (st.dirty_today and now - st.today_computed_wall >= self.today_every_s):
+            fresh = pd.concat(st.fresh) if len(st.fresh) > 1 else st.fresh[0]
+            st.fresh.clear()
+            st.frame.add(fresh)
+        else:
+            return
+        st.today = today
+        st.today_computed_wall = now
+        st.dirty_today = False
+        st.stale_summary = True  # stage 2 and the rollups: when a view asks (see _summaries)
+        self.version += 1
 
-    def _full_year(
-        self, st: SiteState, year_start: pd.Timestamp, today: pd.Timestamp
-    ) -> pd.DataFrame | None:
-        t0 = time.monotonic()
-        rs = self._read(st.info.site, year_start, today)
-        d = self._daily(rs)
-        log.info(
-            "site %s: year KPIs from %d readings in %.2f s",
-            st.info.site,
-            len(rs.readings),
-            time.monotonic() - t0,
-        )
-        if d is None:
-            return None
-        out: pd.DataFrame = d[_date_between(d, year_start, today)]
-        return out
+    def _summaries(self) -> None:
+        """Compute the KPIs of the sites whose daily frame changed (hold the lock)."""
+        for st in self.sites.values():
+            if st.stale_summary:
+                st.stale_summary = False
+                try:
+                    self._summarise(st)
+                except EmsError as exc:
+                    st.error = str(exc)
+                    log.warning("site %s: %s", st.info.site, exc)
 
     def _summarise(self, st: SiteState) -> None:
         from ems.accounting.kpis import rollup
         from ems.accounting.targets import progress
 
-        parts = [d for d in (st.year_daily, st.today_daily) if d is not None and len(d)]
-        st.kpi_today = (
-            _pick(rollup(st.today_daily, by="site", period="day"))
-            if (st.today_daily is not None and len(st.today_daily))
-            else {}
-        )
-        if not parts:
+        assert st.frame is not None and st.today is not None
+        today = st.frame.today
+        today = today[_date_between(today, st.today, st.today + pd.Timedelta(days=1))] if len(today) else today
+        st.kpi_today = _pick(rollup(today, by="site", period="day")) if len(today) else {}
+        daily = st.frame.daily
+        if len(daily):
+            daily = daily[_date_between(daily, st.today.replace(month=1, day=1), st.today + pd.Timedelta(days=1))]
+        if not len(daily):
             st.kpi_year = {}
             return
-        daily = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         yearly = rollup(daily, by="site", period="year")
         st.kpi_year = _pick(yearly)
         try:
@@ -405,6 +373,7 @@ class Monitor:
     def overview(self) -> dict[str, Any]:
         """The group overview: one tile per site and the group's sums."""
         with self.lock:
+            self._summaries()
             tiles = []
             for site in sorted(self.sites):
                 st = self.sites[site]
@@ -448,7 +417,10 @@ class Monitor:
 
         parts = []
         for st in self.sites.values():
-            parts += [d for d in (st.year_daily, st.today_daily) if d is not None and len(d)]
+            if st.frame is not None and st.today is not None and len(st.frame.daily):
+                d = st.frame.daily
+                parts.append(d[_date_between(d, st.today.replace(month=1, day=1), st.today + pd.Timedelta(days=1))])
+        parts = [p for p in parts if len(p)]
         if not parts:
             return {}
         daily = pd.concat(parts, ignore_index=True)
@@ -467,6 +439,7 @@ class Monitor:
         if range_name not in views.RANGES:
             raise EmsError(f"range: expected one of {list(views.RANGES)}; found {range_name!r}")
         with self.lock:
+            self._summaries()
             st = self.sites.get(site)
             if st is None:
                 raise ReadingError(f"unknown site {site!r}; known: {sorted(self.sites)}")
@@ -477,34 +450,7 @@ class Monitor:
             if hit is not None and (hit[1] == fp or time.monotonic() - hit[0] < ttl):
                 series = hit[2]
             else:
-                end = (
-                    st.last_ts if st.last_ts is not None else pd.Timestamp.now(tz="UTC").floor("s")
-                )
-                range_s = views.RANGES[range_name]
-                bucket = views.bucket_seconds(range_s, st.interval_s, points)
-                start = end - pd.Timedelta(seconds=range_s)
-                # one interval more at the start: the baseline of the registers
-                rs = self.store.read(
-                    sites=[site],
-                    start=(start - pd.Timedelta(seconds=st.interval_s)).to_pydatetime(),
-                    end=end.to_pydatetime(),
-                )
-                meters = st.meters or [m for m in rs.meters if m.site == site]
-                ev = rs.events
-                if len(ev):
-                    ev = ev[pd.DatetimeIndex(ev.index) > start]
-                series = views.jsonable(
-                    {
-                        "range": range_name,
-                        "bucket_s": bucket,
-                        "start_ms": int(start.value // 1_000_000),
-                        "end_ms": int(end.value // 1_000_000),
-                        "meters": [m.to_dict() for m in meters],
-                        "power": views.power_series(rs.readings, meters, start, end, bucket),
-                        "energy": views.energy_series(rs.readings, meters, start, end, bucket),
-                        "events": views.event_list(ev),
-                    }
-                )
+                series = self._series(st, range_name, points)
                 self._cache[key] = (time.monotonic(), fp, series)
             out: dict[str, Any] = views.jsonable(
                 {
@@ -518,6 +464,33 @@ class Monitor:
             )
             out.update(series)
             return out
+
+
+    def _series(self, st: SiteState, range_name: str, points: int) -> dict[str, Any]:
+        """Power and energy series and events of a site over a range ending at its newest reading."""
+        site = st.info.site
+        end = st.last_ts if st.last_ts is not None else pd.Timestamp.now(tz="UTC").floor("s")
+        range_s = views.RANGES[range_name]
+        bucket = views.bucket_seconds(range_s, st.interval_s, points)
+        start = end - pd.Timedelta(seconds=range_s)
+        # one interval more at the start: the baseline of the registers
+        rs = self.store.read(sites=[site], start=(start - pd.Timedelta(seconds=st.interval_s)).to_pydatetime(),
+                             end=end.to_pydatetime())
+        meters = st.meters or [m for m in rs.meters if m.site == site]
+        ev = rs.events
+        if len(ev):
+            ev = ev[pd.DatetimeIndex(ev.index) > start]
+        out: dict[str, Any] = views.jsonable({
+            "range": range_name,
+            "bucket_s": bucket,
+            "start_ms": int(start.value // 1_000_000),
+            "end_ms": int(end.value // 1_000_000),
+            "meters": [m.to_dict() for m in meters],
+            "power": views.power_series(rs.readings, meters, start, end, bucket),
+            "energy": views.energy_series(rs.readings, meters, start, end, bucket),
+            "events": views.event_list(ev),
+        })
+        return out
 
 
 def _date_between(daily: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import yaml
 
-from ems.telemetry.commands import _broker_options, _config, _load_readings
+from ems.telemetry.commands import _broker_options, _config
 
 __all__ = ["gateway", "gateway_file", "modbus"]
 
@@ -63,7 +63,9 @@ def modbus(scenario: str, host: str, port: int, speed: float, units_per_port: in
     _quiet_pymodbus()
     if not speed > 0:
         raise click.UsageError(f"--speed must be > 0, found {speed}")
-    rs = _load_readings(scenario)
+    import ems
+
+    rs = ems.open_readings(scenario)
     server = MeterServer(rs, host=host, port=port, speed=speed, per_port=units_per_port)
     click.echo(f"{'port':>5} {'unit':>4}  {'site/meter':<32} {'kind':<10} quantities")
     for m in server.meters:

@@ -50,10 +50,31 @@ def validate_path(path: str | Path) -> str:
     """
     doc = load_document(path)
     if is_scenario_data(doc.data):
-        load_scenario(path)
+        scenario = load_scenario(path)
+        _check_measure_values(scenario, path)
         return "scenario"
     load_site(path)
     return "site"
+
+
+def _check_measure_values(scenario: Any, path: str | Path) -> None:
+    """Apply the scenario's measures as ``ems run`` would, without simulating anything.
+
+    Measures sized from a run's KPIs (a target green share) are sized here from
+    placeholder totals: their parameters are checked, their size is not computed.
+    """
+    if not scenario.extra.get("measures"):
+        return
+    from ems.model.loader import located_measure_error
+    from ems.studies.measures import apply_measures
+
+    def placeholder(sc: Any) -> dict[str, dict[str, float]]:
+        return {s.id: {"electricity_consumed_kwh": 1.0, "green_kwh": 0.0} for s in sc.sites}
+
+    try:
+        apply_measures(scenario, site_totals=placeholder)
+    except ConfigError as exc:
+        raise located_measure_error(exc, path) from None
 
 
 @click.command()

@@ -28,10 +28,11 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import stat
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -54,6 +55,7 @@ __all__ = [
     "load_scenario_data",
     "load_site",
     "load_site_data",
+    "located_measure_error",
     "parse",
     "read_config_text",
     "validate_document",
@@ -347,6 +349,12 @@ def is_scenario_data(data: Mapping[str, Any]) -> bool:
 # --------------------------------------------------------------------------- errors
 
 
+def _did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """`` (did you mean 'add_pv'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _dotted(path: Path_ | tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
@@ -371,9 +379,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], loc: Path_) -> str
         allowed = _fields_at(model, loc[:-1])
         hint = ""
         if allowed:
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            hint += f"; allowed fields: {', '.join(allowed)}"
+            hint = _did_you_mean(loc[-1], allowed) + f"; allowed fields: {', '.join(allowed)}"
         return f"expected a known field, found unknown field {str(loc[-1])!r}{hint}"
     if msg.startswith("Value error, "):
         text = msg[len("Value error, ") :]
@@ -528,8 +534,7 @@ def apply_override(
             if isinstance(key, int):
                 raise fail(f"expected a field name in {here}, found list index {key}")
             if allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = _did_you_mean(key, allowed)
                 raise fail(
                     f"expected a known field of {here}, found unknown field {key!r}{hint}; "
                     f"allowed fields: {', '.join(allowed)}"
@@ -695,6 +700,50 @@ def load_scenario(
     return _resolve(doc, Path(path).parent, overrides)
 
 
+def _check_measures(doc: Document, measures: Iterable[Any], site_ids: list[str]) -> None:
+    """Names in a scenario's ``measures:``: the measure, its parameters, its sites, located.
+
+    The values are checked when the measures are applied (:func:`located_measure_error`
+    locates those errors too), so ``ems validate`` and ``ems run`` refuse the same files.
+    """
+    from ems.model.measures import COMMON_PARAMETERS, MEASURE_WORDS, MEASURES
+
+    for i, m in enumerate(measures):
+        def fail(text: str, key: Key | None = None, i: int = i) -> LocatedError:
+            path: Path_ = ("measures", i) if key is None else ("measures", i, key)
+            file, line = doc.locate(path)
+            return LocatedError(text, file=file, line=line, field=_dotted(path))
+
+        if not isinstance(m, Mapping) or "measure" not in m:
+            raise fail(f"expected a mapping with 'measure' (one of {', '.join(MEASURES)}), found {_short(m)}")
+        name = m["measure"]
+        spec = MEASURES.get(str(name))
+        if spec is None:
+            words = [MEASURE_WORDS[w] for w in re.split(r"[^a-z]+", str(name).lower()) if w in MEASURE_WORDS]
+            hint = f" (did you mean {words[0]!r}?)" if words else _did_you_mean(name, MEASURES)
+            raise fail(f"expected a measure in {', '.join(MEASURES)}, found {name!r}{hint}", "measure")
+        allowed = [*spec.params, *sorted(COMMON_PARAMETERS - {"measure"} - set(spec.params))]
+        for key in m:
+            if key not in allowed and key != "measure":
+                raise fail(f"{name}: expected a parameter in {', '.join(allowed)}, found {key!r}"
+                           f"{_did_you_mean(key, allowed)}", key)
+        sel = m.get("site")
+        for sid in [] if sel is None else [sel] if isinstance(sel, str) else list(sel):
+            if sid not in site_ids:
+                raise fail(f"{name}: expected the id of a site in this scenario ({', '.join(site_ids)}), "
+                           f"found {sid!r}{_did_you_mean(sid, site_ids)}", "site")
+
+
+def located_measure_error(exc: ConfigError, path: str | Path) -> ConfigError:
+    """Give a ``measures.<i>: ...`` error of applying a scenario's measures its file and line."""
+    m = re.match(r"measures\.(\d+): (.*)", str(exc), re.S)
+    if m is None or isinstance(exc, LocatedError):
+        return exc
+    i = int(m.group(1))
+    file, line = load_document(path).locate(("measures", i))
+    return LocatedError(m.group(2), file=file, line=line, field=f"measures.{i}")
+
+
 def _bounded(spec: ScenarioFile, doc: Document, sites: list[Site]) -> list[Site]:
     """Apply the scenario's reporting boundary; an excluded id must be one of its sites."""
     unknown = sorted(set(spec.boundary.exclude) - {s.id for s in sites}) if spec.boundary else []
@@ -722,6 +771,7 @@ def _resolve(
     roots = file_roots(base)
     site_docs, by_id = _site_documents(spec, doc, base, roots)
     _apply_overrides(spec, doc, extra, site_docs, by_id)
+    _check_measures(doc, spec.measures, list(by_id))
     sites = _bounded(spec, doc, [_resolve_site_paths(_validate_site(sdoc), sdoc.name, roots) for sdoc in site_docs])
     start, end = spec.period.bounds()
     return ResolvedScenario(
@@ -752,8 +802,10 @@ def _site_documents(
         file, line = doc.locate(("sites", i))
         _check_inside(site_path, roots, "a site file", (file, line), f"sites.{i}", (".yaml", ".yml"))
         if not site_path.is_file():
+            near = site_path.parent.glob("*.y*ml") if site_path.parent.is_dir() else ()
+            hint = _did_you_mean(site_path.name, sorted(f.name for f in near))
             raise LocatedError(
-                f"expected an existing site file, found no file at {str(site_path)!r}",
+                f"expected an existing site file, found no file at {str(site_path)!r}{hint}",
                 file=file,
                 line=line,
                 field=f"sites.{i}",
@@ -799,7 +851,8 @@ def _apply_overrides(
 
     def unknown(site_id: str, file: str, line: int | None) -> LocatedError:
         return LocatedError(
-            f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), found {site_id!r}",
+            f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), "
+            f"found {site_id!r}{_did_you_mean(site_id, by_id)}",
             file=file,
             line=line,
             field=f"overrides.{site_id}",

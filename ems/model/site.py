@@ -523,8 +523,8 @@ class Site(_Model):
     gas_lhv_mj_per_m3: float = Field(
         38.931,
         gt=0,
-        description="lower heating value of the natural gas [MJ/m3, standard]; default 38 931 kJ/m3 "
-        "as in GB/T 2589-2020 Annex A (shared/domain.md section 3)",
+        description="lower heating value of the natural gas [MJ/m3, standard]; default 38 931 kJ/m3, "
+        "the natural gas of GB/T 2589-2020 Annex A (1.3300 kgce/m3)",
     )
     fleets: list[Fleet] = Field(default_factory=list)
     refrigerants: list[Refrigerant] = Field(default_factory=list)

@@ -1,7 +1,8 @@
 """The simulation: SimPy-driven factory parks producing the readings real meters send.
 
 Physics lives in pure functions, one module per idea (:mod:`weather`, :mod:`pv`,
-:mod:`storage`, :mod:`loads`, :mod:`thermal`, :mod:`tariff`); :mod:`events` and
+:mod:`storage`, :mod:`loads`, :mod:`thermal`; tariff periods come from
+:func:`ems.readings.tou_periods`, as the accounting reads them); :mod:`events` and
 :mod:`site` hold the SimPy processes that only orchestrate them; :mod:`meters`
 turns the internal flows into readings; :mod:`engine` runs a scenario.
 """

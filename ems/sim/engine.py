@@ -23,7 +23,7 @@ from ems.sim.meters import meter_infos, site_info, tidy_frame, wide_frame
 from ems.sim.pv import in_service
 from ems.sim.site import SiteFlows, SiteSimulation
 
-__all__ = ["SimulationResult", "estimate_rows", "iter_simulate", "simulate"]
+__all__ = ["SimulationResult", "estimate_rows", "iter_simulate", "simulate", "simulate_site"]
 
 
 class SimulationResult(ReadingSet):
@@ -86,7 +86,11 @@ class SimulationResult(ReadingSet):
             yield sid, self.site_reading_set(sid)
 
     def n_readings(self) -> int:
-        """Number of rows the tidy frame has (or would have)."""
+        """Number of readings (one meter's values at one timestamp, ``docs/glossary.md``)."""
+        return sum(self.flows[m.site].grid.n for m in self.meters)
+
+    def n_values(self) -> int:
+        """Number of values: the rows the tidy frame has (or would have), one per quantity of a reading."""
         return sum(len(m.quantities) * self.flows[m.site].grid.n for m in self.meters)
 
     def to_parquet_per_site(self, folder: str | Path) -> list[Path]:
@@ -193,9 +197,26 @@ def iter_simulate(
     runs at fine resolution (``ems run`` writes each site as it comes).
     """
     base_dir = _check(scenario, base_dir)
-    for site in scenario.sites:
-        flows = SiteSimulation(site, scenario, progress=progress, base_dir=base_dir).run()
-        yield SimulationResult(scenario, {site.id: flows})
+    for i in range(len(scenario.sites)):
+        yield simulate_site(scenario, i, progress=progress, base_dir=base_dir)
+
+
+def simulate_site(
+    scenario: ResolvedScenario,
+    index: int,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    base_dir: str | None = None,
+) -> SimulationResult:
+    """Simulate site number ``index`` of ``scenario`` alone (a one-site :class:`SimulationResult`).
+
+    Its readings equal that site's in :func:`simulate` of the whole scenario (each
+    site has its own random streams). ``base_dir`` as in :func:`simulate`.
+    """
+    base_dir = _check(scenario, base_dir)
+    site = scenario.sites[index]
+    flows = SiteSimulation(site, scenario, progress=progress, base_dir=base_dir).run()
+    return SimulationResult(scenario, {site.id: flows})
 
 
 def _check(scenario: ResolvedScenario, base_dir: str | None) -> str | None:

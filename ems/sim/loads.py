@@ -30,6 +30,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from ems.model.site import Calendar, Loads
+from ems.sim.clock import local_day_hour
 
 __all__ = [
     "END_USES",
@@ -55,27 +56,35 @@ def workdays(dates: pd.DatetimeIndex, cal: Calendar) -> BoolArray:
     A day works when its weekday is in ``workdays`` and it is neither a holiday
     nor inside a shutdown.
     """
-    d = dates.normalize().tz_localize(None) if dates.tz is not None else dates.normalize()
-    ok = np.isin(np.asarray(d.day_of_week), cal.workdays)
-    if cal.holidays:
-        ok &= ~np.isin(
-            d.values.astype("datetime64[D]"), np.array(cal.holidays, dtype="datetime64[D]")
-        )
-    days = d.values.astype("datetime64[D]")
-    for s in cal.shutdowns:
-        ok &= ~((days >= np.datetime64(s.start, "D")) & (days <= np.datetime64(s.end, "D")))
-    out: BoolArray = np.asarray(ok, dtype=bool)
+    day, _hour = local_day_hour(dates)
+    if len(day) == 0:
+        return np.zeros(0, dtype=bool)
+    d0 = int(day.min())
+    out: BoolArray = _workday_table(d0, int(day.max()), cal)[day - d0]
     return out
+
+
+def _workday_table(d0: int, d1: int, cal: Calendar) -> BoolArray:
+    """Production day flags of the days ``d0..d1`` [days since 1970-01-01]."""
+    days = np.arange(d0, d1 + 1, dtype=np.int64)
+    weekday_ok = np.zeros(7, dtype=bool)
+    weekday_ok[list(cal.workdays)] = True
+    ok: BoolArray = weekday_ok[(days + 3) % 7]  # 1970-01-01 was a Thursday (3)
+    if cal.holidays:
+        ok &= ~np.isin(days, np.array(cal.holidays, dtype="datetime64[D]").astype(np.int64))
+    for s in cal.shutdowns:
+        start, end = (np.datetime64(x, "D").astype(np.int64) for x in (s.start, s.end))
+        ok &= ~((days >= start) & (days <= end))
+    return ok
 
 
 def running_fraction(mid_local: pd.DatetimeIndex, cal: Calendar) -> FloatArray:
     """1 where production runs (in a shift of a production day), else 0 [-].
 
-    A shift wrapping midnight (``end_h < start_h``) belongs to the day it starts.
+    A shift wrapping midnight (``end_h < start_h``) belongs to the day it starts (the
+    calendar day before, also across a change of daylight saving time).
     """
-    hour = np.asarray(mid_local.hour) + np.asarray(mid_local.minute) / 60.0
-    today = workdays(mid_local, cal)
-    yesterday = workdays(mid_local - pd.Timedelta(days=1), cal)
+    today, yesterday, hour = _days_and_hours(mid_local, cal)
     run = np.zeros(len(mid_local), dtype=bool)
     for sh in cal.shifts:
         if sh.start_h <= sh.end_h:
@@ -87,6 +96,18 @@ def running_fraction(mid_local: pd.DatetimeIndex, cal: Calendar) -> FloatArray:
     return out
 
 
+def _days_and_hours(
+    mid_local: pd.DatetimeIndex, cal: Calendar
+) -> tuple[BoolArray, BoolArray, FloatArray]:
+    """Whether each step's local date and the date before are production days; local hour."""
+    day, hour = local_day_hour(mid_local)
+    if len(day) == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool), hour
+    d0 = int(day.min()) - 1
+    table = _workday_table(d0, int(day.max()), cal)
+    return table[day - d0], table[day - d0 - 1], hour
+
+
 def production_kw(running: FloatArray, peak_kw: float, idle_fraction: float) -> FloatArray:
     """Production lines [kW] from the running fraction [-]."""
     out: FloatArray = peak_kw * (idle_fraction + (1.0 - idle_fraction) * running)
@@ -94,7 +115,7 @@ def production_kw(running: FloatArray, peak_kw: float, idle_fraction: float) -> 
 
 
 def _daytime(mid_local: pd.DatetimeIndex) -> FloatArray:
-    hour = np.asarray(mid_local.hour) + np.asarray(mid_local.minute) / 60.0
+    _day, hour = local_day_hour(mid_local)
     out: FloatArray = np.clip(np.sin(np.pi * (hour - 7.0) / 12.0), 0.0, None)
     return out
 
@@ -133,9 +154,7 @@ def compressed_air_kw(running: FloatArray, kw: float, leakage_fraction: float) -
 
 
 def _charging_window(mid_local: pd.DatetimeIndex, cal: Calendar) -> FloatArray:
-    hour = np.asarray(mid_local.hour) + np.asarray(mid_local.minute) / 60.0
-    today = workdays(mid_local, cal)
-    yesterday = workdays(mid_local - pd.Timedelta(days=1), cal)
+    today, yesterday, hour = _days_and_hours(mid_local, cal)
     win = (today & (hour >= 22.0)) | (yesterday & (hour < 6.0))
     out: FloatArray = win.astype(float)
     return out

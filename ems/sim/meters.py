@@ -28,6 +28,8 @@ fleet id           mass_kg (fuel delivered; jumps at deliveries)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +42,18 @@ from ems.sim.pv import inverter_kw
 from ems.sim.site import SiteFlows, export_limit
 from ems.sim.thermal import MJ_PER_KWH
 
-__all__ = ["meter_infos", "site_info", "site_series", "start_registers", "tidy_frame", "wide_frame"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "meter_infos",
+    "site_info",
+    "site_series",
+    "site_tables",
+    "start_registers",
+    "tidy_frame",
+    "wide_frame",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -105,13 +118,21 @@ def _meters(
 
 def _pv_attrs(p: PvArray) -> dict[str, object]:
     """A PV array's metadata: ratings, orientation and commissioning date (capacity in service)."""
-    return {"kwp": p.kwp, "inverter_kw": inverter_kw(p), "tilt_deg": p.tilt_deg, "azimuth_deg": p.azimuth_deg,
-            "commissioned": p.commissioned.isoformat() if p.commissioned else ""}
+    return {
+        "kwp": p.kwp,
+        "inverter_kw": inverter_kw(p),
+        "tilt_deg": p.tilt_deg,
+        "azimuth_deg": p.azimuth_deg,
+        "commissioned": p.commissioned.isoformat() if p.commissioned else "",
+    }
 
 
 def _line_attrs(line: ProductLine) -> dict[str, object]:
     """A production line's metadata: its product and per-unit emissions (gas, kg_per_unit, kind, activity, source)."""
-    return {"product": line.product, "emissions": [e.model_dump(mode="json") for e in line.emissions]}
+    return {
+        "product": line.product,
+        "emissions": [e.model_dump(mode="json") for e in line.emissions],
+    }
 
 
 def meter_infos(flows: SiteFlows) -> list[MeterInfo]:
@@ -176,20 +197,46 @@ def start_registers(flows: SiteFlows, rng: np.random.Generator) -> dict[tuple[st
     return out
 
 
-def _register(start: float, rate: FloatArray, per_step: float) -> FloatArray:
-    out: FloatArray = start + np.cumsum(rate * per_step)
-    return out
+@dataclass(frozen=True)
+class _Register:
+    """A cumulative register, summed when read: ``start + cumsum(rate * per_step)``."""
+
+    start: float
+    rate: FloatArray
+    per_step: float
+
+    def values(self) -> FloatArray:
+        out: FloatArray = self.start + np.cumsum(self.rate * self.per_step)
+        return out
+
+    def chunks(self, size: int) -> Iterator[FloatArray]:
+        """:meth:`values` ``size`` steps at a time, equal bit for bit (the sum is sequential)."""
+        total = None
+        for a in range(0, len(self.rate), size):
+            part = self.rate[a : a + size] * self.per_step
+            if total is None:
+                run = np.cumsum(part)
+            else:
+                run = np.cumsum(np.concatenate([[total], part]))[1:]
+            total = run[-1]
+            yield self.start + run
 
 
 def site_series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray]]:
     """Yield ``(meter, quantity, values)`` for every reading series of the site, in meter order."""
+    for m, q, v in _series(flows):
+        yield m, q, v.values() if isinstance(v, _Register) else v
+
+
+def _series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray | _Register]]:
+    """:func:`site_series` with the registers not yet summed."""
     a = flows.arrays
     h = flows.grid.dt_h
     r0 = flows.register_start
     site = flows.site
 
-    def reg(meter: str, q: str, rate: FloatArray, per_step: float = h) -> FloatArray:
-        return _register(r0.get((meter, q), 0.0), rate, per_step)
+    def reg(meter: str, q: str, rate: FloatArray, per_step: float = h) -> _Register:
+        return _Register(r0.get((meter, q), 0.0), rate, per_step)
 
     gj = h * MJ_PER_KWH / 1000.0
     for mid, kind, _c, _attrs in _meters(site, a):
@@ -232,7 +279,11 @@ def site_series(flows: SiteFlows) -> Iterator[tuple[str, str, FloatArray]]:
         elif kind == MeterKind.PRODUCTION:
             yield mid, "output_rmb", reg(mid, "output_rmb", a["output_rmb_h"])
         elif kind == MeterKind.LINE:
-            yield mid, "output_units", reg(mid, "output_units", a["units_h." + mid.removeprefix("line-")])
+            yield (
+                mid,
+                "output_units",
+                reg(mid, "output_units", a["units_h." + mid.removeprefix("line-")]),
+            )
         elif kind == MeterKind.WEATHER:
             yield mid, "ghi_wm2", a["ghi"]
             yield mid, "poa_wm2", a["poa"]
@@ -292,3 +343,51 @@ def tidy_frame(flows_list: list[SiteFlows]) -> pd.DataFrame:
         index=idx,
         copy=False,
     )
+
+
+def _dictionary(codes: npt.NDArray[np.integer], names: list[str]) -> pa.DictionaryArray:
+    import pyarrow as pa
+
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+
+
+def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Table]:
+    """One site's readings as Arrow tables of at most ``max_rows`` rows (as few as fit, of
+    about even size), in time order.
+
+    The same rows as :func:`tidy_frame` (columns ``ts``, ``site``, ``meter``,
+    ``quantity``, ``value``; ``ts`` a column, not the index), ordered by time and,
+    within a time, by series as :func:`site_series` yields them; each table holds
+    whole steps. Dictionary columns list meters and quantities in sorted order.
+    This is what ``ems run`` writes into the embedded store, without building
+    the tidy frame.
+    """
+    import pyarrow as pa
+
+    series = list(_series(flows))
+    n_series = len(series)
+    meters = sorted({m for m, _q, _v in series})
+    quants = sorted({q for _m, q, _v in series})
+    code = np.int8 if max(len(meters), len(quants)) < 2**7 else np.int32
+    m_codes = np.array([meters.index(m) for m, _q, _v in series], dtype=code)
+    q_codes = np.array([quants.index(q) for _m, q, _v in series], dtype=code)
+    ts_ns = flows.grid.ts.as_unit("ns").asi8
+    fit = max(1, max_rows // max(n_series, 1))  # steps a table may hold
+    n_tables = -(-len(ts_ns) // fit)  # as few as fit
+    steps = max(1, -(-len(ts_ns) // max(n_tables, 1)))  # of even size
+    ts_type = pa.timestamp("ns", tz="UTC")
+    sums = {j: v.chunks(steps) for j, (_m, _q, v) in enumerate(series) if isinstance(v, _Register)}
+    for a in range(0, len(ts_ns), steps):
+        b = min(a + steps, len(ts_ns))
+        values = np.empty((b - a, n_series))
+        for j, (_m, _q, v) in enumerate(series):
+            values[:, j] = v[a:b] if not isinstance(v, _Register) else next(sums[j])
+        yield pa.table(
+            {
+                "ts": pa.array(np.repeat(ts_ns[a:b], n_series), ts_type),
+                "site": _dictionary(np.zeros((b - a) * n_series, dtype=np.int8), [flows.site.id]),
+                "meter": _dictionary(np.tile(m_codes, b - a), meters),
+                "quantity": _dictionary(np.tile(q_codes, b - a), quants),
+                "value": values.reshape(-1),
+            }
+        )

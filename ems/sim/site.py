@@ -26,14 +26,15 @@ import simpy
 from ems.errors import SimulationError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import PvArray, Site
+from ems.readings import tou_periods
 from ems.sim import events as ev
 from ems.sim import loads as ld
 from ems.sim import pv as pvm
 from ems.sim import thermal as th
 from ems.sim import weather as wx
 from ems.sim.clock import TimeGrid, site_seed_sequence
+from ems.sim.stochastic import ar1
 from ems.sim.storage import BatteryLimits, dispatch_block
-from ems.sim.tariff import tou_periods
 
 __all__ = ["SiteFlows", "SiteSimulation", "split_flows"]
 
@@ -280,6 +281,8 @@ class SiteSimulation:
                 w["dhi"],
                 w["dni_extra"],
             )
+        for key in ("zenith", "azimuth", "dni", "dhi", "dni_extra", "g0h", "kt_day"):
+            w.pop(key, None)  # used by the PV only: memory back for the rest of the run
         # loads
         ref_local = ld.reference_year(g.start.year, s.location.tz)
         ref_temp = self._ref_temperature(ref_local)
@@ -289,7 +292,7 @@ class SiteSimulation:
             sd = 0.03
             if use == "production" and s.loads.production is not None:
                 sd = s.loads.production.noise
-            out: FloatArray = np.clip(1.0 + sd * wx.ar1(self.rng_loads, n, rho), 0.0, None)
+            out: FloatArray = np.clip(1.0 + sd * ar1(self.rng_loads, n, rho), 0.0, None)
             return out
 
         self.loads = ld.electrical_loads(
@@ -324,7 +327,7 @@ class SiteSimulation:
                     f"tariff periods; expected some of {sorted(tariff.prices)}"
                 )
             if self._tou_names is None:
-                self._tou_names = tou_periods(g.mid_local, tariff)
+                self._tou_names = tou_periods(g.mid_local, tariff.model_dump(mode="json"))
         # dispatch state
         self.pv_down = {a.id: 0 for a in s.pv}
         self.bat_down = {b.id: 0 for b in s.batteries}

@@ -5,10 +5,9 @@ an EPW / TMY3 file read with :mod:`pvlib.iotools`.
 
 Synthetic model
 ---------------
-1. Sun: :func:`pvlib.solarposition.get_solarposition` at interval midpoints and
-   the extraterrestrial normal irradiance
-   :func:`pvlib.irradiance.get_extra_radiation`; horizontal extraterrestrial
-   irradiance ``G0h = E0 * max(cos(zenith), 0)`` [W/m2].
+1. Sun: :func:`ems.sim.sun.solar_position` (NREL SPA) at interval midpoints and
+   the extraterrestrial normal irradiance :func:`ems.sim.sun.extra_radiation`;
+   horizontal extraterrestrial irradiance ``G0h = E0 * max(cos(zenith), 0)`` [W/m2].
 2. Daily clearness index ``kt_d``: a Gaussian AR(1) over days (lag-1 correlation
    ``cloud_persistence``) mapped through a scaled Beta distribution whose mean is
    the month's ``clearness_index``; then each calendar month is rescaled so its
@@ -17,8 +16,7 @@ Synthetic model
 3. Within the day a multiplicative AR(1) noise (time constant 1 h) with a
    ``G0h``-weighted mean of one per day, so the day keeps its ``kt_d``;
    ``GHI = kt_d * noise * G0h``, limited to ``KT_MAX`` of ``G0h``.
-4. DNI and DHI from GHI with the Erbs decomposition
-   (:func:`pvlib.irradiance.erbs`).
+4. DNI and DHI from GHI with the Erbs decomposition (:func:`erbs`).
 5. Air temperature: monthly means interpolated over the year, a cosine daily cycle
    peaking at 15:00 local, a daily AR(1) anomaly and step noise.
 
@@ -39,17 +37,17 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import pvlib
-from scipy import signal, special, stats
 
 from ems.errors import ConfigError
 from ems.model.site import Location, Weather
+from ems.sim import sun
+from ems.sim.clock import calendar_fields
+from ems.sim.stochastic import ar1, beta_ppf, normal_cdf
 
 __all__ = [
     "KT_MAX",
-    "SUN_STEP_S",
-    "ar1",
     "daily_clearness",
+    "erbs",
     "extraterrestrial_daily",
     "read_weather_file",
     "solar_geometry",
@@ -62,29 +60,8 @@ KT_MAX = 0.82
 """Largest step clearness index allowed [-] (clear, clean air)."""
 _KT_DAILY_MAX = 0.78
 _KT_DAILY_STD = 0.13
+_NS_PER_DAY = 86_400 * 10**9
 _GSC = 1361.0  # solar constant [W/m2] (Kopp & Lean 2011), as pvlib uses for E0
-
-
-def ar1(rng: np.random.Generator, n: int, rho: float) -> FloatArray:
-    """Stationary AR(1) series with unit variance and lag-1 correlation ``rho`` [-]."""
-    if n == 0:
-        return np.zeros(0)
-    eps = rng.standard_normal(n)
-    rho = float(np.clip(rho, 0.0, 0.9999))
-    if rho == 0.0:
-        return eps
-    eps[0] /= np.sqrt(1.0 - rho * rho)  # start from the stationary distribution
-    out: FloatArray = signal.lfilter([np.sqrt(1.0 - rho * rho)], [1.0, -rho], eps)
-    return out
-
-
-SUN_STEP_S = 600
-"""Finest step at which the sun's position is computed [s]; finer steps interpolate.
-
-The apparent zenith moves at most 0.25 deg/min, smoothly: linear interpolation
-between 10-minute points errs by less than 0.05 deg and saves most of the SPA's
-cost at one-minute resolution.
-"""
 
 
 def solar_geometry(
@@ -92,9 +69,10 @@ def solar_geometry(
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Sun position and extraterrestrial irradiance at interval midpoints.
 
-    Positions come from :func:`pvlib.solarposition.get_solarposition` (NREL SPA,
-    ``nrel_numpy``), computed every :data:`SUN_STEP_S` at most and interpolated
-    linearly in between (azimuth unwrapped).
+    Positions from :func:`ems.sim.sun.solar_position` (NREL SPA, within 1e-4 deg of
+    it evaluated in full) at every step; ``dni_extra`` from
+    :func:`ems.sim.sun.extra_radiation` on the UTC day of year with its fraction of
+    a day (whole minutes).
 
     Returns
     -------
@@ -106,35 +84,56 @@ def solar_geometry(
         Extraterrestrial horizontal irradiance ``dni_extra * max(cos(zenith), 0)``
         (true, not apparent, zenith).
     """
-    t = np.asarray((mid_utc - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1), dtype=float)
-    step = float(np.min(np.diff(t))) if len(t) > 1 else float(SUN_STEP_S)
-    if step < SUN_STEP_S and len(t) > 2:
-        k = max(int(SUN_STEP_S // step), 1)
-        knots = np.unique(np.concatenate([np.arange(0, len(t), k), [len(t) - 1]]))
-        sp = pvlib.solarposition.get_solarposition(
-            mid_utc[knots], location.lat, location.lon, altitude=location.altitude_m
-        )
-        tk = t[knots]
-        zenith = np.interp(t, tk, sp["apparent_zenith"].to_numpy(dtype=float))
-        true_zenith = np.interp(t, tk, sp["zenith"].to_numpy(dtype=float))
-        az = np.unwrap(np.radians(sp["azimuth"].to_numpy(dtype=float)))
-        azimuth = np.degrees(np.interp(t, tk, az)) % 360.0
-    else:
-        sp = pvlib.solarposition.get_solarposition(
-            mid_utc, location.lat, location.lon, altitude=location.altitude_m
-        )
-        zenith = sp["apparent_zenith"].to_numpy(dtype=float)
-        true_zenith = sp["zenith"].to_numpy(dtype=float)
-        azimuth = sp["azimuth"].to_numpy(dtype=float)
-    del sp
-    doy = (
-        np.asarray(mid_utc.day_of_year, dtype=float)
-        + (np.asarray(mid_utc.hour, dtype=float) + np.asarray(mid_utc.minute, dtype=float) / 60.0)
-        / 24.0
+    ns = mid_utc.as_unit("ns").asi8
+    zenith, true_zenith, azimuth = sun.solar_position(
+        ns / 1e9, location.lat, location.lon, location.altitude_m
     )
-    dni_extra = np.asarray(pvlib.irradiance.get_extra_radiation(doy), dtype=float)
+    f = calendar_fields(ns)
+    doy = f["doy"] + (f["hour"] + f["minute"] / 60.0) / 24.0
+    dni_extra = sun.extra_radiation(doy)
     g0h = dni_extra * np.clip(np.cos(np.radians(true_zenith)), 0.0, None)
     return zenith, azimuth, dni_extra, g0h
+
+
+def erbs(
+    ghi: FloatArray, zenith: FloatArray, dni_extra: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """DNI and DHI [W/m2] from GHI with the Erbs decomposition (Erbs et al. 1982).
+
+    The clearness index ``kt = GHI / (E0 max(cos z, 0.065))`` (limited to 0..1) gives
+    the diffuse fraction ``1 - 0.09 kt`` up to 0.22, a quartic in ``kt`` up to 0.8 and
+    0.165 above; ``DNI = (GHI - DHI) / cos z``, set to zero (and ``DHI = GHI``) for
+    zenith above 87 deg or a negative result. The same as
+    :func:`pvlib.irradiance.erbs` with its defaults.
+
+    Parameters
+    ----------
+    ghi : ndarray [W/m2]
+    zenith : ndarray [deg]
+        Solar (apparent) zenith.
+    dni_extra : ndarray [W/m2]
+        Extraterrestrial normal irradiance.
+
+    Returns
+    -------
+    dni, dhi : ndarray [W/m2]
+    """
+    cos_z = np.cos(np.radians(zenith))
+    kt = np.minimum(np.maximum(ghi / (dni_extra * np.maximum(cos_z, 0.065)), 0), 1)
+    df = 1 - 0.09 * kt
+    df = np.where(
+        (kt > 0.22) & (kt <= 0.8),
+        0.9511 - 0.1604 * kt + 4.388 * kt**2 - 16.638 * kt**3 + 12.336 * kt**4,
+        df,
+    )
+    df = np.where(kt > 0.8, 0.165, df)
+    dhi = df * ghi
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dni = (ghi - dhi) / cos_z
+    bad = (zenith > 87) | (ghi < 0) | (dni < 0)
+    dni_out: FloatArray = np.nan_to_num(np.where(bad, 0, dni))
+    dhi_out: FloatArray = np.nan_to_num(np.where(bad, ghi, dhi))
+    return dni_out, dhi_out
 
 
 def extraterrestrial_daily(days: pd.DatetimeIndex, lat: float) -> FloatArray:
@@ -185,13 +184,13 @@ def daily_clearness(
     """
     n = len(days)
     z = ar1(rng, n, persistence)
-    u = special.ndtr(z)
+    u = normal_cdf(z)
     month = np.asarray(days.month)
     target = np.clip(np.asarray(kt_monthly, dtype=float)[month - 1], 0.02, _KT_DAILY_MAX * 0.97)
     m = target / _KT_DAILY_MAX
     var = min((_KT_DAILY_STD / _KT_DAILY_MAX) ** 2, 0.9 * float(np.min(m * (1 - m))))
     k = m * (1 - m) / var - 1.0
-    kt = _KT_DAILY_MAX * stats.beta.ppf(u, m * k, (1 - m) * k)
+    kt = _KT_DAILY_MAX * beta_ppf(u, m * k, (1 - m) * k)
     h0 = extraterrestrial_daily(days, lat)
     key = np.asarray(days.year) * 12 + month
     for _ in range(4):  # rescale each month to its target; the cap makes it iterative
@@ -219,7 +218,14 @@ def _month_days(start: dt.date, end: dt.date) -> pd.DatetimeIndex:
 
 def _monthly_interp(values: list[float], local: pd.DatetimeIndex) -> FloatArray:
     """Interpolate 12 monthly means periodically over the year at ``local`` times."""
-    doy = np.asarray(local.day_of_year, dtype=float) + np.asarray(local.hour, dtype=float) / 24.0
+    wall = local.tz_localize(None) if local.tz is not None else local
+    f = calendar_fields(wall.as_unit("ns").asi8)
+    return _monthly_at(values, f["doy"], f["hour"])
+
+
+def _monthly_at(values: list[float], day_of_year: FloatArray, hour: FloatArray) -> FloatArray:
+    """:func:`_monthly_interp` at local day of year and (whole) hour [-]."""
+    doy = day_of_year + hour / 24.0
     mid = np.array([15.5, 45, 74.5, 105, 135.5, 166, 196.5, 227.5, 258, 288.5, 319, 349.5])
     xs = np.concatenate([mid - 365.0, mid, mid + 365.0])
     ys = np.tile(np.asarray(values, dtype=float), 3)
@@ -251,8 +257,9 @@ def synthetic_weather(
     )
     temp_anom_days = 1.8 * ar1(rng, len(days), 0.7)
     # map each step to its local day
-    day_of_step = mid_local.normalize().tz_localize(None)
-    di = days.get_indexer(day_of_step)
+    wall_ns = mid_local.tz_localize(None).as_unit("ns").asi8
+    f = calendar_fields(wall_ns)
+    di = wall_ns // _NS_PER_DAY - days[0].as_unit("ns").value // _NS_PER_DAY
     kt_d = kt_days[di]
     # intra-day variability, time constant 1 h, stronger on broken-cloud days
     rho = float(np.exp(-dt_h / 1.0))
@@ -265,15 +272,11 @@ def synthetic_weather(
     scale = np.where(num > 0, den / np.where(num > 0, num, 1.0), 1.0)
     kt_step = np.minimum(kt_d * noise * scale[di], KT_MAX)
     ghi = kt_step * g0h
-    doy = np.asarray(mid_local.day_of_year)
-    dec = pvlib.irradiance.erbs(ghi, zenith, doy)
-    dni = np.nan_to_num(np.asarray(dec["dni"], dtype=float))
-    dhi = np.nan_to_num(np.asarray(dec["dhi"], dtype=float))
+    e0_of_day = sun.extra_radiation(np.arange(1.0, 367.0))  # erbs takes E0 of the local day
+    dni, dhi = erbs(ghi, zenith, e0_of_day[f["doy"].astype(np.int64) - 1])
     # temperature
-    tmean = _monthly_interp(weather.temp_air_c, mid_local)
-    hour = (
-        np.asarray(mid_local.hour, dtype=float) + np.asarray(mid_local.minute, dtype=float) / 60.0
-    )
+    tmean = _monthly_at(weather.temp_air_c, f["doy"], f["hour"])
+    hour = f["hour"] + f["minute"] / 60.0
     cycle = 0.5 * weather.temp_daily_amplitude_c * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
     clear_amp = 0.6 + 0.8 * (kt_d - 0.5)  # clear days swing more
     temp = tmean + cycle * clear_amp + temp_anom_days[di] + 0.3 * ar1(rng, len(mid_local), rho)
@@ -310,6 +313,8 @@ def read_weather_file(
     dict of ndarray
         ``ghi``, ``dni``, ``dhi`` [W/m2] and ``temp_air`` [degC].
     """
+    import pvlib  # only weather files need it (its import takes a third of a second)
+
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"weather file: expected an {kind.upper()} file, found nothing at {p}")

@@ -1,21 +1,25 @@
-"""The store interface: what every time-series backend offers.
+"""The store interface: what every time-series backend offers, and a store's readings as a set.
 
-Backends: :mod:`ems.store.duckdb_store` (embedded default) and
-:mod:`ems.store.influx` (InfluxDB 2 via influxdb-client). Open one by URL with
-:func:`ems.store.open_store`.
+Backends: :mod:`ems.store.duckdb_store` (embedded default) and :mod:`ems.store.influx`
+(InfluxDB 2 via influxdb-client). Open one by URL with :func:`ems.store.open_store`, or get
+its readings with :func:`ems.open_readings`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
 
 from ems.readings import MeterInfo, ReadingSet, SiteInfo
 
-__all__ = ["Store"]
+if TYPE_CHECKING:
+    from ems.accounting.energy import Stage1
+
+__all__ = ["Store", "StoredReadings"]
 
 
 @runtime_checkable
@@ -50,8 +54,19 @@ class Store(Protocol):
         sites: Iterable[str] | None = None,
         start: dt.datetime | None = None,
         end: dt.datetime | None = None,
+        readings: bool = True,
     ) -> ReadingSet:
-        """Read readings (UTC ``[start, end]``), events and metadata back as a ReadingSet."""
+        """Read readings (UTC ``[start, end]``), events and metadata back as a ReadingSet
+        (with ``readings=False`` an empty readings frame: events and metadata only)."""
+        ...
+
+    def bulk_load(self) -> AbstractContextManager[None]:
+        """Writes inside the ``with`` block are one bulk load (the store may defer its upkeep to its end)."""
+        ...
+
+    def stage1(self, *, sites: Iterable[str] | None = None) -> Stage1:
+        """Stage 1 of the rollup (:mod:`ems.accounting.energy`) of every reading of ``sites``,
+        pushed down to the store: equal to stage 1 of :meth:`read`."""
         ...
 
     def count(self) -> int:
@@ -61,3 +76,54 @@ class Store(Protocol):
     def close(self) -> None:
         """Flush and release the backend; after this the store is unusable."""
         ...
+
+
+class StoredReadings(ReadingSet):
+    """A store's readings as a ReadingSet: events and metadata read at once, the readings
+    frame on first use, and stage 1 pushed down to the store (:meth:`Store.stage1`), so
+    ``ems.kpis`` of a whole store never reads every reading.
+
+    Parameters
+    ----------
+    store : Store
+        An open store; closed by :meth:`close` if ``owned``.
+    sites : iterable of str, optional
+        Sites to include; default all.
+    owned : bool
+        Close the store with this set.
+    """
+
+    def __init__(self, store: Store, *, sites: Iterable[str] | None = None, owned: bool = False) -> None:
+        self.store = store
+        self.site_ids = None if sites is None else sorted(set(sites))
+        self._owned = owned
+        self._readings: pd.DataFrame | None = None
+        head = store.read(sites=self.site_ids, readings=False)
+        self.events = head.events
+        self.meters = head.meters
+        self.sites = head.sites
+
+    @property  # type: ignore[override]
+    def readings(self) -> pd.DataFrame:
+        """The readings frame, read on first use."""
+        if self._readings is None:
+            self._readings = self.store.read(sites=self.site_ids).readings
+        return self._readings
+
+    @readings.setter
+    def readings(self, value: pd.DataFrame) -> None:
+        self._readings = value
+
+    def stage1(self) -> Stage1:
+        """Stage 1 of the set, from the store's register aggregates."""
+        if self._readings is not None:  # changed or already read: compute from the frame
+            from ems.accounting.energy import stage1
+
+            return stage1(ReadingSet(self._readings, self.events, self.meters, self.sites))
+        return self.store.stage1(sites=self.site_ids)
+
+    def close(self) -> None:
+        """Close the store if this set opened it."""
+        if self._owned:
+            self.store.close()
+

@@ -25,7 +25,6 @@ from ems.store.lineproto import EVENT_MEASUREMENT, META_MEASUREMENT
 __all__ = [
     "REGISTERS",
     "count_query",
-    "daily_registers_query",
     "events_query",
     "flux_duration",
     "flux_string",
@@ -171,47 +170,6 @@ def window_query(
         + _any_of("_field", fields)
         + f"\n  |> aggregateWindow(every: {flux_duration(every)}, fn: {fn}, createEmpty: false)"
         + '\n  |> keep(columns: ["_time", "_value", "_field", "site", "meter"])'
-    )
-
-
-def daily_registers_query(
-    bucket: str,
-    *,
-    tz: str,
-    start: dt.datetime | None = None,
-    end: dt.datetime | None = None,
-    sites: Iterable[str] | None = None,
-    fields: Iterable[str] = REGISTERS,
-) -> str:
-    """Per local day, each register's last value and its difference from the day before.
-
-    A reading stamped ``ts`` closes the interval ``(ts - interval, ts]``, so a
-    reading at local midnight belongs to the day before: times are shifted back
-    by one second before windowing. The first day has no difference; start a day
-    early to get it. The result has ``_time`` (the local day's start, in UTC),
-    ``site``, ``meter``, ``_field``, ``last`` and ``diff``; only days with
-    readings move over the wire (about 96 times less data at 15 min).
-    """
-    flds = list(fields)
-    bad = [f for f in flds if f not in REGISTERS]
-    if bad:
-        raise StoreError(
-            f"daily registers: expected register fields {list(REGISTERS)}; found {bad}"
-        )
-    return (
-        'import "timezone"\n'
-        f"option location = timezone.location(name: {flux_string(tz)})\n\n"
-        + "last_ = "
-        + _head(bucket, start, end)
-        + f"\n  |> filter(fn: (r) => {_NOT_READINGS})"
-        + _any_of("site", sites)
-        + _any_of("_field", flds)
-        + "\n  |> timeShift(duration: -1s)"
-        + '\n  |> aggregateWindow(every: 1d, fn: last, timeSrc: "_start", createEmpty: false)'
-        + '\n  |> keep(columns: ["_time", "_value", "_field", "site", "meter"])\n\n'
-        + "diff_ = last_ |> difference(nonNegative: false, keepFirst: true)\n\n"
-        + 'join(tables: {last: last_, diff: diff_}, on: ["_time", "_field", "site", "meter"])\n'
-        + '  |> rename(columns: {_value_last: "last", _value_diff: "diff"})'
     )
 
 

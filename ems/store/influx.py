@@ -15,6 +15,7 @@ own included), never shown in ``repr`` and never read from a site file or a URL.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import influxdb_client  # noqa: F401  (first: a missing extra fails here, by name)
 import numpy as np
@@ -43,6 +44,9 @@ from ems.readings import (
     validate_readings,
 )
 from ems.store import flux, lineproto
+
+if TYPE_CHECKING:
+    from ems.accounting.energy import Stage1
 
 __all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "InfluxStore", "read_token", "tidy_from_flux"]
 
@@ -336,12 +340,19 @@ class InfluxStore:
         sites: Iterable[str] | None = None,
         start: dt.datetime | None = None,
         end: dt.datetime | None = None,
+        readings: bool = True,
+        fields: Iterable[str] | None = None,
     ) -> ReadingSet:
-        """Read readings in UTC ``[start, end]`` (Flux), events and metadata as a ReadingSet."""
+        """Read readings in UTC ``[start, end]`` (Flux), events and metadata as a ReadingSet.
+
+        ``readings=False``: events and metadata only; ``fields``: only these quantities.
+        """
         self.flush()
         wanted = None if sites is None else sorted(set(sites))
-        readings = tidy_from_flux(
-            self._query(flux.readings_query(self.bucket, start=start, end=end, sites=wanted))
+        frame = (
+            tidy_from_flux(self._query(flux.readings_query(self.bucket, start=start, end=end, sites=wanted,
+                                                           fields=fields)))
+            if readings else empty_readings()
         )
         ev = self._query(flux.events_query(self.bucket, start=start, end=end, sites=wanted))
         if ev.empty:
@@ -356,25 +367,23 @@ class InfluxStore:
         self._load_meta()
         keep = None if wanted is None else set(wanted)
         return ReadingSet(
-            readings=readings,
+            readings=frame,
             events=events,
             meters=[m for k, m in sorted(self._meters.items()) if keep is None or m.site in keep],
             sites=[s for k, s in sorted(self._sites.items()) if keep is None or k in keep],
         )
 
-    def daily_registers(
-        self,
-        *,
-        tz: str,
-        start: dt.datetime | None = None,
-        end: dt.datetime | None = None,
-        sites: Iterable[str] | None = None,
-    ) -> pd.DataFrame:
-        """Per local day and register: last value and difference (pushed down to Flux)."""
-        self.flush()
-        return self._query(
-            flux.daily_registers_query(self.bucket, tz=tz, start=start, end=end, sites=sites)
-        )
+    def bulk_load(self) -> contextlib.AbstractContextManager[None]:
+        """A bulk load: nothing to defer here (the write API batches on its own)."""
+        return contextlib.nullcontext()
+
+    def stage1(self, *, sites: Iterable[str] | None = None) -> Stage1:
+        """Stage 1 of every reading of ``sites``: only the register fields leave the server
+        (Flux filter), and stage 1 runs on them as defined in :mod:`ems.accounting.energy`
+        (its gap splitting, resets and tariff periods are not expressible in Flux)."""
+        from ems.accounting.energy import stage1
+
+        return stage1(self.read(sites=sites, fields=flux.REGISTERS))
 
     def count(self) -> int:
         """Number of readings (field values) held."""

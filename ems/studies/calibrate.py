@@ -18,6 +18,16 @@ scales, and repeats until every total is within ``tol`` (a few iterations):
 
 The residuals per month are reported against monthly targets (or the annual
 target spread like the simulation, for a feel of the shape).
+
+A calibration has **converged** only when every annual total is within ``tol``
+(default 0.5 %) and every *billed* month within ``month_tol`` (default 10 %). For
+comparison the monthly statistics of ASHRAE Guideline 14-2014 (section 5.3.2.4: NMBE
+within 5 %, CV(RMSE) within 15 % for a model calibrated to monthly bills) are reported
+too (:func:`monthly_fit`).
+
+``Calibration.to_yaml(source)`` writes the calibrated site by editing the source file in
+place of its values (ruamel.yaml round trip: comments, order and layout kept), each
+changed value rounded to the significant digits the tolerance needs (:func:`digits_for`).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +58,36 @@ QUANTITIES = ("grid_import_kwh", "steam_gj", "natural_gas_m3", "diesel_kg", "gas
 """Totals that can be calibrated (KPI column names)."""
 
 
+def digits_for(tol: float) -> int:
+    """Significant digits that keep rounding below a tenth of the relative tolerance ``tol`` [-].
+
+    Rounding to ``n`` significant digits moves a value by at most ``0.5 x 10^(1-n)`` of
+    it; ``n`` is the smallest with that <= ``tol / 10`` (4 digits for 0.5 %).
+    """
+    return max(2, math.ceil(1 - math.log10(max(tol, 1e-12) / 5)))
+
+
+def round_sig(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` significant digits."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def monthly_fit(residuals: pd.DataFrame, quantity: str) -> dict[str, float]:
+    """NMBE and CV(RMSE) [-] of the billed months of ``quantity`` (ASHRAE Guideline 14-2014).
+
+    ``NMBE = sum(sim - bill) / sum(bill)``; ``CV(RMSE) = sqrt(mean((sim - bill)^2)) / mean(bill)``
+    (with n, not n - p, in the denominators: p = 0 parameters are fitted per month).
+    """
+    r = residuals[(residuals["quantity"] == quantity) & (residuals["month"] > 0) & residuals["given"]]
+    if r.empty or float(r["target"].sum()) == 0:
+        return {"nmbe": math.nan, "cv_rmse": math.nan}
+    err = r["simulated"].to_numpy() - r["target"].to_numpy()
+    return {"nmbe": float(err.sum() / r["target"].sum()),
+            "cv_rmse": float(np.sqrt(np.mean(err**2)) / r["target"].mean())}
+
+
 @dataclass
 class Calibration:
     """Result of :func:`calibrate`.
@@ -62,6 +103,10 @@ class Calibration:
         ``simulated``, ``deviation`` (simulated / target - 1).
     history : list of dict
         Relative deviation of each annual total per iteration.
+    tol, month_tol : float [-]
+        The tolerances ``converged`` was judged by (annual totals; billed months).
+    base : Site, optional
+        The site before calibration (what :meth:`to_yaml` diffs against).
     """
 
     site: Site
@@ -69,12 +114,138 @@ class Calibration:
     converged: bool
     residuals: pd.DataFrame
     history: list[dict[str, float]] = field(default_factory=list)
+    tol: float = 0.005
+    month_tol: float = 0.10
+    base: Site | None = None
 
-    def to_yaml(self) -> str:
-        """The calibrated site as YAML (fields that differ from the defaults)."""
-        data = self.site.model_dump(mode="json", exclude_defaults=True)
-        head = "# yaml-language-server: $schema=../docs/schema/site.schema.json\n# calibrated by ems calibrate\n"
-        return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    def misses(self) -> pd.DataFrame:
+        """Rows of :attr:`residuals` outside their tolerance (annual: ``tol``; billed months: ``month_tol``)."""
+        r = self.residuals
+        annual = (r["month"] == 0) & (r["deviation"].abs() > self.tol)
+        monthly = (r["month"] > 0) & r["given"] & (r["deviation"].abs() > self.month_tol)
+        return r[annual | monthly]
+
+    def changes(self) -> dict[tuple[str | int, ...], float]:
+        """Every number calibration changed: field path -> new value, rounded (:func:`digits_for`)."""
+        if self.base is None:
+            return {}
+        n = digits_for(self.tol)
+        out: dict[tuple[str | int, ...], float] = {}
+        for path, new in _leaves(self.site.model_dump(mode="json")):
+            old = _get(self.base.model_dump(mode="json"), path)
+            if isinstance(new, float) and (not isinstance(old, int | float) or round_sig(float(old), n) != round_sig(new, n)):
+                out[path] = round_sig(new, n)
+        return out
+
+    def to_yaml(self, source: str | Path | None = None) -> str:
+        """The calibrated site as YAML.
+
+        With ``source`` (the site file calibrated), that file with only the changed
+        values replaced, its comments, key order and layout kept (ruamel.yaml round
+        trip); without, the fields that differ from the defaults.
+        """
+        if source is None:
+            data = self.site.model_dump(mode="json", exclude_defaults=True)
+            head = "# yaml-language-server: $schema=../docs/schema/site.schema.json\n# calibrated by ems calibrate\n"
+            return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return _edit_yaml(Path(source).read_text(encoding="utf-8"), self.changes())
+
+
+def _leaves(data: Any, path: tuple[str | int, ...] = ()) -> Any:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path, data
+
+
+def _get(data: Any, path: tuple[str | int, ...]) -> Any:
+    for k in path:
+        try:
+            data = data[k]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _edit_yaml(text: str, changes: Mapping[tuple[str | int, ...], float]) -> str:
+    """``text`` with the values at ``changes``' paths replaced (added where the file left a default).
+
+    A value the file holds is replaced where it stands, so every other byte stays (flow
+    mappings over several lines included); only a value the file left to its default needs
+    the ruamel.yaml round trip, which keeps comments and order but joins flow mappings.
+    """
+    from ruamel.yaml import YAML
+
+    doc = YAML().load(text)
+    lines = text.splitlines(keepends=True)
+    rest: dict[tuple[str | int, ...], float] = {}
+    for path, value in sorted(changes.items(), key=lambda kv: _place(doc, kv[0]) or (-1, -1), reverse=True):
+        place = _place(doc, path)  # last place first: an edit never moves one still to do
+        m = _PLAIN.match(lines[place[0]], place[1]) if place else None
+        if place is None or m is None:
+            rest[path] = value
+            continue
+        line = lines[place[0]]
+        lines[place[0]] = line[:m.start()] + _scalar(m.group(0), value) + line[m.end():]
+    edited = "".join(lines)
+    return _round_trip(edited, rest) if rest else edited
+
+
+_PLAIN = re.compile(r"-?[0-9][0-9_.eE+-]*(?=\s*(?:[,}\]#]|$))")
+"""A plain number where a YAML value starts (the values calibration fits)."""
+
+
+def _place(doc: Any, path: tuple[str | int, ...]) -> tuple[int, int] | None:
+    """Line and column (0-based) of the value at ``path`` in the loaded file, None if it is not there."""
+    node = _get(doc, path[:-1])
+    key, lc = path[-1], getattr(node, "lc", None)  # ruamel.yaml's line/column record
+    try:
+        if isinstance(node, dict) and key in node:
+            line, col = lc.value(key)  # type: ignore[union-attr]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            line, col = lc.item(key)  # type: ignore[union-attr]
+        else:
+            return None
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return int(line), int(col)
+
+
+def _scalar(old: str, value: float) -> str:
+    """``value`` written as the file wrote the number it replaces (an integer stays one)."""
+    is_int = re.fullmatch(r"-?[0-9_]+", old) is not None
+    return str(int(value)) if is_int and float(value).is_integer() else repr(float(value))
+
+
+def _round_trip(text: str, changes: Mapping[tuple[str | int, ...], float]) -> str:
+    """``text`` with ``changes`` set through a ruamel.yaml round trip (for values the file does not hold)."""
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.util import load_yaml_guess_indent
+
+    _, ind, bsi = load_yaml_guess_indent(text)
+    rt = YAML()  # round trip: comments, order, flow style and quotes kept
+    rt.preserve_quotes = True
+    rt.width = 4096  # never fold a long line the file did not fold
+    rt.indent(mapping=bsi, sequence=ind, offset=bsi)  # the file's own indentation
+    doc = rt.load(text)
+    for path, value in changes.items():
+        node = doc
+        for k in path[:-1]:
+            if isinstance(node, dict) and node.get(k) is None:
+                node[k] = CommentedMap()
+            node = node[k]
+        old = node.get(path[-1]) if isinstance(node, dict) else node[path[-1]]
+        node[path[-1]] = int(value) if isinstance(old, int) and float(value).is_integer() else value
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    return buf.getvalue()
 
 
 def load_totals(path: str | Path) -> dict[str, Any]:
@@ -227,6 +398,27 @@ def _deviations(m: pd.DataFrame, totals: Mapping[str, Any]) -> dict[str, float]:
             for k, v in totals["annual"].items()}
 
 
+def _residuals(m: pd.DataFrame, totals: Mapping[str, Any]) -> pd.DataFrame:
+    """Simulated vs target per quantity and month (0: the year); see :class:`Calibration`."""
+    rows = []
+    for q, target in totals["annual"].items():
+        sim_m = m[q].to_numpy()
+        monthly = totals["monthly"].get(q)
+        if monthly is None:  # spread the annual target like the simulation
+            tm = sim_m / sim_m.sum() * target if sim_m.sum() > 0 else np.full(12, target / 12)
+        else:
+            tm = np.asarray(monthly)
+        for mo in range(12):
+            rows.append({"quantity": q, "month": mo + 1, "target": float(tm[mo]), "simulated": float(sim_m[mo]),
+                         "given": monthly is not None})
+        rows.append({"quantity": q, "month": 0, "target": float(target), "simulated": float(sim_m.sum()),
+                     "given": True})
+    res = pd.DataFrame(rows)
+    t = res["target"].to_numpy(dtype=float)
+    res["deviation"] = np.divide(res["simulated"].to_numpy() - t, t, out=np.full(len(t), np.nan), where=t != 0)
+    return res
+
+
 def calibrate(
     site: Site,
     totals: Mapping[str, Any],
@@ -234,6 +426,7 @@ def calibrate(
     year: int = 2024,
     seed: int = 0,
     tol: float = 0.005,
+    month_tol: float = 0.10,
     max_iter: int = 6,
     resolution_s: int = 3600,
 ) -> Calibration:
@@ -250,6 +443,8 @@ def calibrate(
     seed : int
     tol : float [-]
         Largest relative deviation of an annual total to stop at.
+    month_tol : float [-]
+        Largest relative deviation of a billed month for the result to count as converged.
     max_iter : int
     resolution_s : int [s]
         Simulation step; hourly by default (fast).
@@ -280,20 +475,7 @@ def calibrate(
         dev = _deviations(m, totals)
         history.append(dev)
         converged = all(abs(v) <= tol for v in dev.values())
-    rows = []
-    for q, target in totals["annual"].items():
-        sim_m = m[q].to_numpy()
-        monthly = totals["monthly"].get(q)
-        if monthly is None:  # spread the annual target like the simulation
-            tm = sim_m / sim_m.sum() * target if sim_m.sum() > 0 else np.full(12, target / 12)
-        else:
-            tm = np.asarray(monthly)
-        for mo in range(12):
-            rows.append({"quantity": q, "month": mo + 1, "target": float(tm[mo]), "simulated": float(sim_m[mo]),
-                         "given": monthly is not None})
-        rows.append({"quantity": q, "month": 0, "target": float(target), "simulated": float(sim_m.sum()),
-                     "given": True})
-    res = pd.DataFrame(rows)
-    t = res["target"].to_numpy(dtype=float)
-    res["deviation"] = np.divide(res["simulated"].to_numpy() - t, t, out=np.full(len(t), np.nan), where=t != 0)
-    return Calibration(site=s, iterations=it, converged=converged, residuals=res, history=history)
+    cal = Calibration(site=s, iterations=it, converged=converged, residuals=_residuals(m, totals),
+                      history=history, tol=tol, month_tol=month_tol, base=site)
+    cal.converged = converged and cal.misses().empty
+    return cal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import logging
 import math
 from pathlib import Path
@@ -40,6 +41,15 @@ def _fmt(x: Any, digits: int = 2) -> str:
             x = 0.0  # no "-0.0"
         return f"{x:,.{digits}f}"
     return str(x)
+
+
+_STUDY_LABELS = {
+    "total_annual_cost": "total annual cost", "net_scope12_t": "Scope 1+2 net", "green_share": "green share",
+    "capex": "capex", "cost_per_tco2e": "cost per tCO2e avoided",
+    "scope12_market_intensity_t_per_10k_rmb": "intensity", "total_tce": "energy",
+    "annual_cost": "measures",
+}
+"""Labels of study columns; units come from the column names (:mod:`ems.formatting`)."""
 
 
 def _resolution_s(text: str | None) -> int | None:
@@ -98,19 +108,12 @@ def compare(scenarios: tuple[str, ...], resolution: str | None, csv_path: str | 
     Each SCENARIO is a scenario YAML (its measures applied) or a readings folder
     from 'ems run --out'.
     """
-    from rich.table import Table
-
+    from ems.formatting import to_rich
     from ems.studies.compare import compare as run_compare
-    from ems.studies.compare import to_html
+    from ems.studies.compare import comparison_table, to_html
 
     cmp = run_compare(list(scenarios), resolution_s=_resolution_s(resolution), costs=_costs(costs_file))
-    t = Table(title="Scenario comparison (Δ vs the first)")
-    t.add_column("KPI")
-    for c in cmp.table.columns:
-        t.add_column(_e(c), justify="right")
-    for label, row in cmp.table.iterrows():
-        t.add_row(_e(label), *(_fmt(float(v)) for v in row))
-    _console().print(t)
+    _console().print(to_rich(comparison_table(cmp)))
     if csv_path:
         cmp.table.to_csv(csv_path, index_label="kpi")
         click.echo(f"wrote {csv_path}")
@@ -125,12 +128,19 @@ def compare(scenarios: tuple[str, ...], resolution: str | None, csv_path: str | 
               help="YAML with annual and/or monthly totals from the bills.")
 @click.option("--year", type=int, help="Calendar year (default: the totals file's, else 2024).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tol", type=float, default=0.005, show_default=True, help="Relative tolerance on annual totals.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the calibrated site YAML.")
-def calibrate(site_file: str, totals_file: str, year: int | None, seed: int, tol: float, out_path: str | None) -> None:
-    """Fit SITE_FILE's profile scales so the simulation reproduces known totals."""
-    from rich.table import Table
+@click.option("--tol", type=click.FloatRange(min=1e-6), default=0.005, show_default=True,
+              help="Relative tolerance on annual totals.")
+@click.option("--month-tol", type=click.FloatRange(min=1e-6), default=0.10, show_default=True,
+              help="Relative tolerance on every billed month (monthly totals in the totals file).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Write the calibrated site: SITE_FILE with the fitted values, comments and layout kept.")
+def calibrate(site_file: str, totals_file: str, year: int | None, seed: int, tol: float, month_tol: float,
+              out_path: str | None) -> None:
+    """Fit SITE_FILE's profile scales so the simulation reproduces known totals.
 
+    Converged means every annual total within --tol and every billed month within
+    --month-tol; otherwise the months that miss are named and the exit code is 1.
+    """
     from ems.model.loader import load_site
     from ems.studies.calibrate import calibrate as run_calibrate
     from ems.studies.calibrate import load_totals
@@ -138,31 +148,54 @@ def calibrate(site_file: str, totals_file: str, year: int | None, seed: int, tol
     site = load_site(site_file)
     totals = load_totals(totals_file)
     y = year or int(totals.get("year") or 2024)
-    cal = run_calibrate(site, totals, year=y, seed=seed, tol=tol)
-    r = cal.residuals
-    t = Table(title=f"{site.id} {y}: simulated vs target per month (deviation %)")
-    t.add_column("quantity")
-    for mo in range(1, 13):
-        t.add_column(f"{mo:02d}", justify="right")
-    t.add_column("year", justify="right")
-    t.add_column("target", justify="right")
-    for q, g in r.groupby("quantity", sort=False):
-        g = g.set_index("month")
-        cells = [_fmt(100 * float(g.loc[mo, "deviation"]), 1) + ("" if bool(g.loc[mo, "given"]) else "*")
-                 for mo in range(1, 13)]
-        t.add_row(str(q), *cells, _fmt(100 * float(g.loc[0, "deviation"]), 2), _fmt(float(g.loc[0, "target"]), 0))
+    cal = run_calibrate(site, totals, year=y, seed=seed, tol=tol, month_tol=month_tol)
     con = _console()
-    con.print(t)
+    con.print(_calibration_table(cal, f"{site.id} {y}: simulated vs target per month (deviation %)"))
     con.print("* no monthly target given: the annual target spread like the simulation")
-    state = "converged" if cal.converged else "NOT converged"
-    con.print(f"{state} after {cal.iterations} correction(s); annual deviations by iteration:")
-    for i, h in enumerate(cal.history):
-        con.print(f"  {i}: " + ", ".join(f"{k} {100 * v:+.2f} %" for k, v in h.items()))
+    _print_verdict(con, cal)
     if out_path:
-        Path(out_path).write_text(cal.to_yaml())
-        click.echo(f"wrote {out_path}")
+        Path(out_path).write_text(cal.to_yaml(site_file), encoding="utf-8")
+        n = len(cal.changes())
+        click.echo(f"wrote {out_path}: {site_file} with {n} fitted value{'s' if n != 1 else ''} "
+                   f"(comments and layout kept)")
     if not cal.converged:
         raise SystemExit(1)
+
+
+def _calibration_table(cal: Any, title: str) -> Any:
+    from ems.formatting import Table, number, to_rich, with_unit
+
+    t = Table(title=title, headers=["quantity", *(f"{mo:02d}" for mo in range(1, 13)), "year", "target"],
+              numeric=[False] + [True] * 14)
+    for q, g in cal.residuals.groupby("quantity", sort=False):
+        g = g.set_index("month")
+        cells = [number(100 * float(g.loc[mo, "deviation"]), 1) + ("" if bool(g.loc[mo, "given"]) else "*")
+                 for mo in range(1, 13)]
+        t.rows.append([str(q), *cells, number(100 * float(g.loc[0, "deviation"]), 2),
+                       with_unit(str(q), float(g.loc[0, "target"]))])
+    return to_rich(t)
+
+
+def _print_verdict(con: Any, cal: Any) -> None:
+    from ems.studies.calibrate import monthly_fit
+
+    rule = (f"every annual total within ±{100 * cal.tol:g} % and every billed month within "
+            f"±{100 * cal.month_tol:g} %")
+    for q in cal.residuals.loc[cal.residuals["given"] & (cal.residuals["month"] > 0), "quantity"].unique():
+        fit = monthly_fit(cal.residuals, str(q))
+        con.print(f"{q}: NMBE {100 * fit['nmbe']:+.1f} %, CV(RMSE) {100 * fit['cv_rmse']:.1f} % over the billed "
+                  "months (ASHRAE Guideline 14 calibrates monthly models to within 5 % and 15 %)")
+    if cal.converged:
+        con.print(f"converged after {cal.iterations} correction(s): {rule}")
+    else:
+        where = "; ".join(
+            f"{q} " + ", ".join(f"{'year' if r.month == 0 else calendar.month_abbr[int(r.month)]} "
+                                f"{100 * r.deviation:+.1f} %" for r in g.itertuples())
+            for q, g in cal.misses().groupby("quantity", sort=False))
+        con.print(f"NOT converged after {cal.iterations} correction(s): expected {rule}; outside: {where}")
+    con.print("annual deviations by iteration:")
+    for i, h in enumerate(cal.history):
+        con.print(f"  {i}: " + ", ".join(f"{k} {100 * v:+.2f} %" for k, v in h.items()))
 
 
 @click.command()
@@ -173,8 +206,7 @@ def calibrate(site_file: str, totals_file: str, year: int | None, seed: int, tol
 @click.option("--costs", "costs_file", type=click.Path(dir_okay=False), help="Cost data YAML.")
 def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, costs_file: str | None) -> None:
     """Run the variants of SPEC_FILE in parallel; write results, the Pareto front and the best variant."""
-    from rich.table import Table
-
+    from ems.formatting import cell, table_of, to_rich, with_unit
     from ems.studies.sweep import load_sweep_spec, run_sweep
 
     spec = load_sweep_spec(spec_file)
@@ -182,35 +214,26 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
     res = run_sweep(spec, scheduler=scheduler, n_workers=workers, costs=_costs(costs_file),
                     progress=lambda d, n: log.info("sweep: %d/%d variants", d, n))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = res.results
-    df.to_csv(out / "results.csv", index=False)
-    try:
-        df.to_parquet(out / "results.parquet", index=False)
-    except (ImportError, ValueError) as exc:  # pragma: no cover - pyarrow is a dependency
-        log.warning("no parquet written: %s", exc)
-    front = df[df["pareto"]].sort_values("total_annual_cost")
-    front.to_csv(out / "pareto.csv", index=False)
+    written = res.write(out)
+    df, front = res.results, res.front
     pcols = [c for c in df.columns if c.startswith("p:")]
-    t = Table(title=f"Pareto front: cost vs Scope 1+2 ({len(front)} of {len(df)} variants)")
-    for c in [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]:
-        t.add_column(c.removeprefix("p:"), justify="right")
-    for _, r in front.iterrows():
-        t.add_row(*(_fmt(r[c]) if not isinstance(r[c], str) else r[c] for c in
-                    [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]))
-    con.print(t)
+    shown = [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]
+    con.print(to_rich(table_of(
+        front, f"Pareto front: cost vs Scope 1+2 ({len(front)} of {len(df)} variants)", columns=shown,
+        labels={**{c: c.removeprefix("p:") for c in pcols}, **_STUDY_LABELS})))
     if res.target is not None:
         tgt = res.target
-        cond = f"{tgt['metric']} >= {tgt['min']}" if "min" in tgt else f"{tgt['metric']} <= {tgt['max']}"
+        metric = str(tgt["metric"])
+        cond = (f"{metric} >= {with_unit(metric, tgt['min'])}" if "min" in tgt
+                else f"{metric} <= {with_unit(metric, tgt['max'])}")
         if res.best is None:
             con.print(f"no variant meets {cond}")
         else:
             b = res.best
-            desc = ", ".join(f"{c.removeprefix('p:')}={b[c]}" for c in pcols)
-            con.print(f"cheapest meeting {cond}: {desc}; total annual cost {_fmt(float(b['total_annual_cost']))}, "
-                      f"{tgt['metric']} {_fmt(float(b[tgt['metric']]), 4)}")
-            pd.DataFrame([b]).to_csv(out / "best.csv", index=False)
-    click.echo(f"wrote {out / 'results.csv'}, {out / 'pareto.csv'}")
+            desc = ", ".join(f"{c.removeprefix('p:')} = {cell(b[c])}" for c in pcols)
+            con.print(f"cheapest meeting {cond}: {desc}; total annual cost "
+                      f"{with_unit('total_annual_cost', b['total_annual_cost'])}, {metric} {with_unit(metric, b[metric])}")
+    click.echo(f"wrote {', '.join(p.name for p in written)} to {out}")
 
 
 @click.command()
@@ -219,39 +242,19 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
 @click.option("--costs", "costs_file", type=click.Path(dir_okay=False), help="Cost data YAML.")
 def pathway(spec_file: str, out_dir: str | None, costs_file: str | None) -> None:
     """Simulate a pathway year by year and report when each group target is met."""
-    from rich.table import Table
-
-    from ems.studies.pathway import assess, load_pathway_spec, run_pathway
+    from ems.accounting.report import targets_table
+    from ems.formatting import table_of, to_rich
+    from ems.studies.pathway import load_pathway_spec, study
 
     spec = load_pathway_spec(spec_file)
     con = _console()
-    yearly = run_pathway(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
-    t = Table(title="Pathway (group, per year)")
-    cols = [("net_scope12_t", "Scope 1+2 net [t]", 0), ("scope12_market_intensity_t_per_10k_rmb",
-            "intensity [kg/RMB 10k]", 2), ("green_share", "green share [%]", 1), ("total_tce", "energy [tce]", 0),
-            ("annual_cost", "measures [CNY/yr]", 0)]
-    t.add_column("year")
-    for _, label, _ in cols:
-        t.add_column(_e(label), justify="right")
-    for y, r in yearly.iterrows():
-        vals = []
-        for c, _, d in cols:
-            v = float(r[c])
-            v = v * 1000 if c.endswith("10k_rmb") else v * 100 if c == "green_share" else v
-            vals.append(_fmt(v, d))
-        t.add_row(str(y), *vals)
-    con.print(t)
-    a = assess(yearly, spec.targets)
-    t2 = Table(title=f"Targets (base year {spec.targets['base_year']})")
-    for c in ("target", "target_year", "target_value", "value_in_target_year", "first_year_met", "status", "note"):
-        t2.add_column(c)
-    for _, r in a.iterrows():
-        t2.add_row(*(_fmt(r[c], 4) if isinstance(r[c], float) else _e(r[c]) for c in
-                     ("target", "target_year", "target_value", "value_in_target_year", "first_year_met", "status", "note")))
-    con.print(t2)
+    res = study(spec, costs=_costs(costs_file), progress=lambda y: log.info("pathway: %d done", y))
+    yearly, a = res.yearly, res.targets
+    cols = ["net_scope12_t", "scope12_market_intensity_t_per_10k_rmb", "green_share", "total_tce", "annual_cost"]
+    con.print(to_rich(table_of(yearly.rename_axis("year").reset_index(), "Pathway (group, per year)",
+                               columns=["year", *cols], labels=_STUDY_LABELS)))
+    con.print(to_rich(targets_table(a, f"Targets (base year {spec.targets['base_year']})",
+                                    value="value_in_target_year")))
     if out_dir:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        yearly.to_csv(out / "pathway.csv")
-        a.to_csv(out / "targets.csv", index=False)
-        click.echo(f"wrote {out / 'pathway.csv'}, {out / 'targets.csv'}")
+        paths = res.write(Path(out_dir))
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}")

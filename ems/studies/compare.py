@@ -19,9 +19,11 @@ from typing import Any
 import pandas as pd
 
 from ems.errors import ConfigError
+from ems.formatting import Table, html_page, labelled, table_of, thousands_axis
+from ems.formatting import to_html as fmt_html
 from ems.studies.run import evaluate, summarise
 
-__all__ = ["COMPARE_ROWS", "Comparison", "compare", "load_or_run", "to_html"]
+__all__ = ["COMPARE_ROWS", "Comparison", "compare", "comparison_table", "load_or_run", "measures_table", "to_html"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ COMPARE_ROWS: tuple[tuple[str, str, float], ...] = (
     ("scope12_market_t", "Scope 1+2 market-based [tCO2e]", 1.0),
     ("offsets_t", "offsets [tCO2e]", 1.0),
     ("net_scope12_t", "Scope 1+2 net of offsets [tCO2e]", 1.0),
-    ("scope12_market_intensity_t_per_10k_rmb", "Scope 1+2 intensity [kgCO2e / RMB 10k]", 1000.0),
+    ("scope12_market_intensity_t_per_10k_rmb", "Scope 1+2 intensity [kgCO2e/RMB 10k]", 1000.0),
     ("peak_import_kw", "peak import, sum of sites [kW]", 1.0),
     ("total_cost", "energy cost [CNY]", 1.0),
     ("capex", "measures capex [CNY]", 1.0),
@@ -51,9 +53,9 @@ COMPARE_ROWS: tuple[tuple[str, str, float], ...] = (
     ("savings_per_year", "energy-cost savings [CNY/yr]", 1.0),
     ("avoided_t_per_year", "avoided [tCO2e/yr]", 1.0),
     ("payback_years", "simple payback [yr]", 1.0),
-    ("cost_per_tco2e", "cost per tCO2e avoided [CNY/t]", 1.0),
+    ("cost_per_tco2e", "cost per tCO2e avoided [CNY/tCO2e]", 1.0),
 )
-"""Rows of the comparison table."""
+"""Rows of the comparison table: key, label with the display unit (:data:`ems.formatting.DECIMALS`), scale."""
 
 
 @dataclass
@@ -85,7 +87,7 @@ def load_or_run(path: str | Path, *, base: Mapping[str, float] | None = None,
     Parameters
     ----------
     path : str or Path
-        Scenario YAML, or a folder with ``readings.parquet`` (``ems run --out``).
+        Scenario YAML, or readings: a folder with ``readings.parquet`` (``ems run --out``) or a store.
     base : dict, optional
         Base summary for the economics.
     resolution_s : int, optional [s]
@@ -94,12 +96,9 @@ def load_or_run(path: str | Path, *, base: Mapping[str, float] | None = None,
     import ems
 
     p = Path(path)
-    if p.is_dir():
-        from ems.accounting import kpis
-        from ems.readings import ReadingSet
-
-        rs = ReadingSet.from_parquet(p)
-        res = kpis(rs, by="site", period="year")
+    if p.is_dir() or "://" in str(path):
+        with ems.open_readings(path) as rs:
+            res = ems.kpis(rs, by="site", period="year")
         d = res.daily["date"]
         lo, hi = d.min().date(), d.max().date()
         out: dict[str, Any] = {"scenario": p.name, **summarise(res.rollup(by="site", period=(lo, hi)))}
@@ -162,8 +161,25 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg"):]
 
 
+def comparison_table(cmp: Comparison, title: str = "Scenario comparison (Δ vs the first)") -> Table:
+    """The comparison for people: a row per KPI, decimals by the unit in its label, signed deltas."""
+    cols = [str(c) for c in cmp.table.columns]
+    t = Table(title=title, headers=["KPI", *cols], numeric=[False] + [True] * len(cols))
+    for label, row in cmp.table.iterrows():
+        t.rows.append([str(label), *(labelled(v, str(label), signed=c.endswith(" Δ"))
+                                     for c, v in zip(cols, row, strict=True))])
+    return t
+
+
+def measures_table(cmp: Comparison) -> Table:
+    """Every applied measure with its costs."""
+    return table_of(cmp.measures(), "Measures", wrap=("note",),
+                    labels={"lifetime_years": "lifetime", "discount_rate": "discount rate",
+                            "opex_per_year": "opex", "annual_cost": "annualised cost"})
+
+
 def to_html(cmp: Comparison, title: str = "Scenario comparison") -> str:
-    """A self-contained HTML page: the table and bar charts as inline SVG."""
+    """A self-contained HTML page (the report stylesheet): the table and bar charts as inline SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,26 +187,23 @@ def to_html(cmp: Comparison, title: str = "Scenario comparison") -> str:
 
     names = [str(c) for c in cmp.table.columns if not str(c).endswith(" Δ")]
     charts = []
-    for key, label in (("net_scope12_t", "Scope 1+2 net of offsets [tCO2e]"),
-                       ("green_share", "green-power share [%]"),
-                       ("total_cost", "energy cost [CNY]"),
-                       ("grid_import_kwh", "grid import [MWh]")):
+    for key in ("net_scope12_t", "green_share", "total_cost", "grid_import_kwh"):
         row = next(lab for k, lab, _ in COMPARE_ROWS if k == key)
         vals = [float(cmp.table.loc[row, n]) for n in names]
         fig, ax = plt.subplots(figsize=(6, 2.6))
         ax.bar(range(len(names)), vals, color=["#777"] + ["#2a7"] * (len(names) - 1))
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-        ax.set_title(label)
-        charts.append(_svg(fig))
+        thousands_axis(ax.yaxis)
+        ax.set_title(row)
+        charts.append(f"<figure>{_svg(fig)}</figure>")
         plt.close(fig)
-    table = cmp.table.to_html(float_format=lambda x: f"{x:,.2f}", na_rep="–", classes="kpis")
     meas = cmp.measures()
-    mtab = meas.to_html(index=False, float_format=lambda x: f"{x:,.2f}") if len(meas) else "<p>no measures</p>"
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}tbody th{text-align:left}"
-             ".charts svg{max-width:48%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>Deltas (Δ) and economics are against the first scenario, <b>{html.escape(names[0])}</b>.</p>"
-            f"{table}<h2>Measures</h2>{mtab}<h2>Charts</h2><div class='charts'>{''.join(charts)}</div>"
-            "</body></html>")
+    body = [
+        f"<p class='lead'>Deltas (Δ) and economics are against the first scenario, "
+        f"<b>{html.escape(names[0])}</b>.</p>",
+        f"<div class='scroll'>{fmt_html(comparison_table(cmp, title=''))}</div>",
+        f"<div class='scroll'>{fmt_html(measures_table(cmp))}</div>" if len(meas)
+        else "<h2>Measures</h2><p>no measures</p>",
+        f"<h2>Charts</h2><div class='charts'>{''.join(charts)}</div>",
+    ]
+    return html_page(title, body)

@@ -179,6 +179,30 @@ def run_pathway(spec: PathwaySpec, *, progress: Callable[[int], None] | None = N
     return pd.DataFrame(rows).set_index("year")
 
 
+@dataclass
+class PathwayResult:
+    """Result of :func:`study`: the group's KPIs per year and the targets' assessment."""
+
+    yearly: pd.DataFrame
+    targets: pd.DataFrame
+
+    def write(self, out: Path) -> list[Path]:
+        """Write ``pathway.csv`` and ``targets.csv`` into ``out``."""
+        from ems.formatting import machine_frame
+
+        out.mkdir(parents=True, exist_ok=True)
+        machine_frame(self.yearly).to_csv(out / "pathway.csv")
+        machine_frame(self.targets).to_csv(out / "targets.csv", index=False)
+        return [out / "pathway.csv", out / "targets.csv"]
+
+
+def study(spec: PathwaySpec, *, progress: Callable[[int], None] | None = None,
+          costs: Mapping[str, Any] | None = None) -> PathwayResult:
+    """Simulate the pathway year by year (:func:`run_pathway`) and assess its targets (:func:`assess`)."""
+    yearly = run_pathway(spec, progress=progress, costs=costs)
+    return PathwayResult(yearly, assess(yearly, spec.targets))
+
+
 def _met(kind: str, value: float, base: float, tv: Any) -> bool | None:
     if not math.isfinite(value):
         return None

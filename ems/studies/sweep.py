@@ -218,6 +218,56 @@ class SweepResult:
     best: pd.Series | None
     target: dict[str, Any] | None
 
+    @property
+    def front(self) -> pd.DataFrame:
+        """The Pareto front (cost vs Scope 1+2), cheapest first."""
+        return self.results[self.results["pareto"]].sort_values("total_annual_cost")
+
+    def write(self, out: Path) -> list[Path]:
+        """Write ``results.csv`` (and ``.parquet``), ``pareto.csv`` and ``best.csv`` into ``out``;
+        return the files written (no stale ``best.csv`` of an earlier sweep is left)."""
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "best.csv").unlink(missing_ok=True)
+        self.results.to_csv(out / "results.csv", index=False)
+        try:
+            self.results.to_parquet(out / "results.parquet", index=False)
+        except (ImportError, ValueError) as exc:  # pragma: no cover - pyarrow is a dependency
+            log.warning("no parquet written: %s", exc)
+        self.front.to_csv(out / "pareto.csv", index=False)
+        if self.best is not None:
+            pd.DataFrame([self.best]).to_csv(out / "best.csv", index=False)
+        return [f for f in (out / "results.csv", out / "results.parquet", out / "pareto.csv", out / "best.csv")
+                if f.exists()]
+
+
+def _on_dask(spec: SweepSpec, vs: list[dict[str, float]], costs: Mapping[str, Any], scheduler: str | None,
+             n_workers: int, progress: Callable[[int, int], None] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The base and every variant run on a Dask cluster (a local one unless ``scheduler``)."""
+    try:
+        dist: Any = importlib.import_module("distributed")
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise MissingExtraError("dask.distributed", "sweep") from exc
+    cluster = None
+    if scheduler is None:
+        cluster = dist.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                    dashboard_address=None, silence_logs=logging.WARNING)
+    client = dist.Client(cluster if cluster is not None else scheduler)
+    try:
+        sc_f = client.scatter(spec.scenario, broadcast=True)
+        base = client.submit(run_variant, sc_f, {}, spec.site, [], None, costs, pure=False).result()
+        futs = [client.submit(run_variant, sc_f, v, spec.site, spec.fixed, base, costs, pure=False) for v in vs]
+        order = {f.key: i for i, f in enumerate(futs)}
+        got: dict[int, dict[str, Any]] = {}
+        for done, fut in enumerate(dist.as_completed(futs), 1):
+            got[order[fut.key]] = fut.result()
+            if progress:
+                progress(done, len(vs))
+        return base, [got[i] for i in range(len(vs))]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
 
 def run_sweep(
     spec: SweepSpec,
@@ -252,33 +302,7 @@ def run_sweep(
             if progress:
                 progress(i + 1, len(vs))
     else:
-        try:
-            dist: Any = importlib.import_module("distributed")
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise MissingExtraError("dask.distributed", "sweep") from exc
-        Client, LocalCluster, as_completed = dist.Client, dist.LocalCluster, dist.as_completed
-        cluster = None
-        if scheduler is None:
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.WARNING)
-            client = Client(cluster)
-        else:
-            client = Client(scheduler)
-        try:
-            sc_f = client.scatter(sc, broadcast=True)
-            base = client.submit(run_variant, sc_f, {}, spec.site, [], None, costs, pure=False).result()
-            futs = [client.submit(run_variant, sc_f, v, spec.site, spec.fixed, base, costs, pure=False) for v in vs]
-            order = {f.key: i for i, f in enumerate(futs)}
-            got: dict[int, dict[str, Any]] = {}
-            for done, fut in enumerate(as_completed(futs), 1):
-                got[order[fut.key]] = fut.result()
-                if progress:
-                    progress(done, len(vs))
-            rows = [got[i] for i in range(len(vs))]
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        base, rows = _on_dask(spec, vs, costs, scheduler, n_workers, progress)
     df = pd.DataFrame(rows)
     df["pareto"] = pareto_front(df["total_annual_cost"], df["net_scope12_t"]) if len(df) else []
     best = cheapest_meeting(df, spec.target) if spec.target and len(df) else None

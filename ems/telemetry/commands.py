@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from ems.errors import ConfigError
-from ems.readings import ReadingSet
 
 __all__ = ["broker", "ingest", "reconcile", "stream"]
 
@@ -28,8 +27,8 @@ def _broker_options(f: Any) -> Any:
         "--username", default=None, help="Broker user; the password comes from EMS_MQTT_PASSWORD or EMS_MQTT_PASSWORD_FILE."
     )(f)
     f = click.option(
-        "--mqtt-version", type=click.Choice(["5", "3.1.1"]), default=None,
-        help="MQTT protocol (default 5; the URL may say ?protocol=3.1.1).",
+        "--mqtt-version", type=click.Choice(["auto", "5", "3.1.1"]), default=None,
+        help="MQTT protocol (default auto: 5, or 3.1.1 if the broker refuses 5; the URL may say ?protocol=...).",
     )(f)
     return f
 
@@ -44,6 +43,19 @@ def _encoding_options(f: Any) -> Any:
 
 
 def _config(url: str, kw: dict[str, Any]) -> Any:
+    """The broker config of the options, its protocol negotiated; say which protocol is used."""
+    from ems.telemetry.connection import AUTO, negotiate
+
+    cfg = _url_config(url, kw)
+    used = negotiate(cfg)
+    if cfg.protocol == AUTO:
+        why = ("" if used.v5 else
+               ": it refused MQTT 5 (sessions as clean_session=False, no shared subscriptions)")
+        click.echo(f"broker {used.describe()}{why}", err=True)
+    return used
+
+
+def _url_config(url: str, kw: dict[str, Any]) -> Any:
     from ems.telemetry.connection import BrokerConfig, password_from_env
 
     return BrokerConfig.from_url(
@@ -55,20 +67,6 @@ def _config(url: str, kw: dict[str, Any]) -> Any:
         key_file=kw.get("tls_key"),
         protocol=kw.get("mqtt_version"),
     )
-
-
-def _load_readings(source: str) -> ReadingSet:
-    p = Path(source)
-    if p.is_dir():
-        return ReadingSet.from_parquet(p)
-    if not p.exists():
-        raise ConfigError(f"{source}: expected a scenario file or a readings folder (ems run --out); not found")
-    import ems
-
-    result: Any = ems.simulate(ems.load_scenario(str(p)))
-    if not isinstance(result, ReadingSet):  # pragma: no cover - the simulator's contract
-        raise ConfigError(f"{source}: the simulator returned {type(result).__name__}, expected a ReadingSet")
-    return result
 
 
 @click.command()
@@ -90,6 +88,7 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
            window: int, ledger: Path | None, client_id_prefix: str, linger_s: float, encoding: str,
            sparkplug_group: str, **kw: Any) -> None:
     """Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT."""
+    from ems.formatting import plural
     from ems.telemetry.broker import EmbeddedBroker
     from ems.telemetry.publisher import Publisher, PublishOptions
 
@@ -97,7 +96,9 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
         raise click.UsageError("give --speed or --as-fast-as-possible, not both")
     if speed is not None and speed <= 0:
         raise click.UsageError(f"--speed must be > 0, found {speed}")
-    rs = _load_readings(scenario)
+    import ems
+
+    rs = ems.open_readings(scenario)
     opts = PublishOptions(qos=int(qos), speed=speed, batch=batch, window=window, ledger=ledger,
                           client_id_prefix=client_id_prefix, linger_s=linger_s if encoding == "json" else 0.0,
                           encoding=encoding, sparkplug_group=sparkplug_group)
@@ -117,8 +118,8 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
                 stack.callback(signal.signal, s, signal.signal(s, on_signal))
         stats = pub.run()
     click.echo(
-        f"published {stats.readings} readings in {stats.messages} messages "
-        f"({stats.skipped} already acknowledged before) in {stats.elapsed_s:.1f} s: {stats.rate:,.0f} readings/s"
+        f"published {plural(stats.readings, 'reading')} in {plural(stats.messages, 'message')} "
+        f"({stats.skipped:,} already acknowledged before) in {stats.elapsed_s:.1f} s: {stats.rate:,.0f} readings/s"
         + (f"; {stats.backfilled} published again for {stats.backfill_requests} backfill requests"
            if stats.backfill_requests else "")
     )
@@ -132,7 +133,9 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @click.option("--deadletter", type=click.Path(dir_okay=False, path_type=Path), default=Path("deadletter.jsonl"),
               show_default=True, help="JSONL file of rejected messages.")
 @click.option("--stats", "stats_every", type=float, is_flag=False, flag_value=5.0, default=None,
-              help="Print the counters every N seconds (default 5).")
+              help="Print a line of counters to stderr every N seconds (default 5).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Counters as JSON (every field of Ingestor.stats) instead of readable lines.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.")
 @click.option("--batch-readings", type=int, default=20_000, show_default=True)
 @click.option("--batch-seconds", type=float, default=0.5, show_default=True)
@@ -150,8 +153,8 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @_encoding_options
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
-           stats_every: float | None, metrics_port: int | None, batch_readings: int, batch_seconds: float,
-           session_expiry: int, max_future: float, unknown_grace: float, duration: float | None,
+           stats_every: float | None, as_json: bool, metrics_port: int | None, batch_readings: int,
+           batch_seconds: float, session_expiry: int, max_future: float, unknown_grace: float, duration: float | None,
            meta_dir: Path | None, spool_dir: Path | None, spool_limit_mb: float, encoding: str, sparkplug_group: str,
            **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
@@ -196,20 +199,61 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
             port = ing.serve_metrics(metrics_port)
             click.echo(f"metrics at http://127.0.0.1:{port}/metrics", err=True)
         t0 = time.monotonic()
-        next_stats = t0 + (stats_every or 0)
-        while not stop.is_set():
-            if duration is not None and time.monotonic() - t0 >= duration:
-                break
-            stop.wait(0.2)
-            if stats_every and time.monotonic() >= next_stats:
-                click.echo(json.dumps(ing.stats()), err=True)
-                next_stats += stats_every
+        _print_stats_until(stop, ing, duration, stats_every, as_json)
     finally:
         ing.stop()
         store.close()
         for s, h in old.items():
             signal.signal(s, h)
-    click.echo(json.dumps(ing.stats()))
+    final = ing.stats()
+    click.echo(json.dumps(final) if as_json else "ingest stopped: " + stats_line(final, None, time.monotonic() - t0))
+
+
+def _print_stats_until(stop: threading.Event, ing: Any, duration: float | None, every: float | None,
+                       as_json: bool) -> None:
+    """Wait for ``stop`` (or ``duration`` [s]); print the counters to stderr every ``every`` [s]."""
+    import json
+
+    t0 = time.monotonic()
+    next_stats = t0 + (every or 0)
+    prev, t_prev = ing.stats(), t0
+    while not stop.is_set():
+        if duration is not None and time.monotonic() - t0 >= duration:
+            break
+        stop.wait(0.2)
+        if every and time.monotonic() >= next_stats:
+            now, t_now = ing.stats(), time.monotonic()
+            click.echo(json.dumps(now) if as_json else stats_line(now, prev, t_now - t_prev), err=True)
+            prev, t_prev = now, t_now
+            next_stats += every
+
+
+def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) -> str:
+    """The ingestor's counters as one line for people.
+
+    Rate over the last ``dt_s`` [s] (since ``prev``; the whole run without it), readings
+    stored and dead-lettered, and receipt-to-write latency (p50/p95: from a message's
+    arrival to its readings being durable in the store). The age of the data (``lag_s``)
+    is left to ``--json``: on replayed history it is years, not a delay.
+    """
+    from ems.formatting import number, plural
+
+    got = now["readings_received"] - (prev["readings_received"] if prev else 0)
+    rate = got / dt_s if dt_s > 0 else 0.0
+    parts = [
+        f"{number(rate, 0)} readings/s",
+        f"{plural(int(now['written']), 'reading')} stored",
+        f"{plural(int(now['rejected']), 'message')} dead-lettered",
+    ]
+    if now.get("duplicates"):
+        parts.append(f"{plural(int(now['duplicates']), 'duplicate')}")
+    if now.get("spooled"):
+        parts.append(f"{number(now['spooled'], 0)} spooled")
+    p50, p95 = now.get("write_latency_p50_s"), now.get("write_latency_p95_s")
+    if p50 is not None and p95 is not None and now["written"]:
+        parts.append(f"receipt to write p50 {number(p50, 2)} s, p95 {number(p95, 2)} s")
+    parts.append(f"queue {number(now.get('queue_depth', 0), 0)}")
+    return "; ".join(parts)
 
 
 @click.command()
@@ -217,9 +261,10 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
 @click.option("--port", type=int, default=1883, show_default=True)
 def broker(host: str, port: int) -> None:
     """Run the embedded MQTT broker (amqtt, MQTT 3.1.1) until interrupted."""
-    from ems.telemetry.broker import run_broker
+    from ems.telemetry.broker import check_port_free, run_broker
 
-    click.echo(f"embedded broker on mqtt://{host}:{port}?protocol=3.1.1 (Ctrl-C to stop)", err=True)
+    check_port_free(host, port, "embedded broker")
+    click.echo(f"embedded broker on mqtt://{host}:{port} (MQTT 3.1.1; Ctrl-C to stop)", err=True)
     run_broker(host, port)
 
 
@@ -243,11 +288,12 @@ def reconcile(ledger: Path, store_url: str) -> None:
     click.echo(f"{'meter':<40} {'published':>10} {'stored':>10} {'lost':>8} {'doubled':>8} {'extra':>8}")
     for r in rows:
         flag = "" if r.ok else "  <--"
-        click.echo(f"{r.site + '/' + r.meter:<40} {r.published:>10} {r.stored:>10} {r.lost:>8} {r.doubled:>8} {r.extra:>8}{flag}")
+        click.echo(f"{r.site + '/' + r.meter:<40} {r.published:>10,} {r.stored:>10,} {r.lost:>8,} {r.doubled:>8,} "
+                   f"{r.extra:>8,}{flag}")
     lost = sum(r.lost for r in rows)
     doubled = sum(r.doubled for r in rows)
     extra = sum(r.extra for r in rows)
-    click.echo(f"total: published {sum(r.published for r in rows)}, stored {sum(r.stored for r in rows)}, "
-               f"lost {lost}, doubled {doubled}, extra {extra}")
+    click.echo(f"total readings: published {sum(r.published for r in rows):,}, stored {sum(r.stored for r in rows):,}, "
+               f"lost {lost:,}, doubled {doubled:,}, extra {extra:,}")
     if lost or doubled:
         raise SystemExit(1)

@@ -68,11 +68,11 @@
     t.appendChild(head);
     const gt = greenTarget(targets);
     const rows = [
-      ["Energy", "total_tce", "tce", (v) => fmt(v)],
-      ["Electricity", "electricity_consumed_kwh", "MWh", (v) => fmt(v === null || v === undefined ? v : v / 1000)],
-      ["Intensity", "tce_per_10k_rmb", "tce/10k RMB", (v) => fmt(v, 3)],
+      ["Energy", "total_tce", "tce", (v) => fmt(v, 1)],
+      ["Electricity", "electricity_consumed_kwh", "MWh", (v) => fmt(v === null || v === undefined ? v : v / 1000, 1)],
+      ["Intensity", "tce_per_10k_rmb", "kgce/RMB 10k", (v) => fmt(v === null || v === undefined ? v : 1000 * v, 2)],
       ["Green share", "green_share", gt ? "target " + fmt(100 * gt.target_value, 0) + " % by " + gt.target_year : "", pct],
-      ["Emissions", "scope12_market_t", "tCO₂e (S1+2 market)", (v) => fmt(v)],
+      ["Emissions", "scope12_market_t", "tCO₂e (S1+2 market)", (v) => fmt(v, 1)],
     ];
     for (const [label, key, unit, f] of rows) {
       const tr = h("tr", "k-" + key);
@@ -151,9 +151,9 @@
       const card = h("div", "group-card");
       card.appendChild(h("div", "group-name", "Group " + key + " · " + (y.period || "")));
       const items = [
-        ["Energy", fmt(y.total_tce), "tce"], ["Electricity", fmt((y.electricity_consumed_kwh || 0) / 1000), "MWh"],
-        ["Intensity", fmt(y.tce_per_10k_rmb, 3), "tce/10k RMB"], ["Green share", pct(y.green_share), ""],
-        ["Emissions", fmt(y.scope12_market_t), "tCO₂e"],
+        ["Energy", fmt(y.total_tce, 1), "tce"], ["Electricity", fmt((y.electricity_consumed_kwh || 0) / 1000, 1), "MWh"],
+        ["Intensity", fmt(y.tce_per_10k_rmb === null || y.tce_per_10k_rmb === undefined ? null : 1000 * y.tce_per_10k_rmb, 2), "kgce/RMB 10k"], ["Green share", pct(y.green_share), ""],
+        ["Emissions", fmt(y.scope12_market_t, 1), "tCO₂e"],
       ];
       for (const [label, v, unit] of items) {
         const it = h("div", "gk");

@@ -39,7 +39,9 @@ function fmtNum(v, digits) {
   if (v === null || v === undefined || !isFinite(v)) return "–";
   const a = Math.abs(v);
   const d = digits !== undefined ? digits : (a >= 100 ? 0 : a >= 10 ? 1 : 2);
-  return v.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: 0 });
+  const r = a < 0.5 * Math.pow(10, -d) ? 0 : v; // never "-0" (the rule of ems/formatting.py)
+  // with digits given: that many decimals, always (fixed per quantity); axis ticks stay short
+  return r.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: digits !== undefined ? d : 0 });
 }
 
 function timeFormatter(tz, spanMs) {
