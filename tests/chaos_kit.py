@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from builders import make_readingset
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from reliability_kit import IngestProc, Mosquitto, mosquitto_conf, poll, reconciled
-from telemetry_data import make_readingset
 
 from ems.errors import PayloadError
 from ems.store import open_store

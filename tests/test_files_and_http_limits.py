@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from builders import make_readingset
 from reliability_kit import EmsProc, figures, poll  # noqa: F401 (fixture)
-from telemetry_data import make_readingset
 
 from ems.store import open_store
 from ems.telemetry.broker import free_port

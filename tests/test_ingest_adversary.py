@@ -24,10 +24,10 @@ from pathlib import Path
 import brokers
 import paho.mqtt.client as mqtt
 import pytest
+from builders import make_readingset
 from disk_faults import DiskFaults
 from paho.mqtt.enums import CallbackAPIVersion
 from reliability_kit import EmsProc, IngestProc, figures, poll, reconciled  # noqa: F401 (fixture)
-from telemetry_data import make_readingset
 
 from ems.store import open_store
 from ems.telemetry import codec, topics

@@ -177,6 +177,18 @@ def make_client(
     return client
 
 
+def _connect_options(cfg: BrokerConfig, clean_start: bool, session_expiry_s: int, receive_maximum: int) -> dict[str, Any]:
+    """``client.connect`` keywords: MQTT 5's clean start and CONNECT properties (none for 3.1.1)."""
+    if not cfg.v5:
+        return {}
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if session_expiry_s:
+        props.SessionExpiryInterval = int(session_expiry_s)
+    if receive_maximum:
+        props.ReceiveMaximum = min(int(receive_maximum), 65535)
+    return {"clean_start": clean_start, "properties": props}
+
+
 def connect_and_wait(
     client: mqtt.Client,
     cfg: BrokerConfig,
@@ -216,14 +228,7 @@ def connect_and_wait(
             user_cb(c, userdata, flags, rc, props)
 
     client.on_connect = on_connect
-    kw: dict[str, Any] = {}
-    if cfg.v5:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        if session_expiry_s:
-            props.SessionExpiryInterval = int(session_expiry_s)
-        if receive_maximum:
-            props.ReceiveMaximum = min(int(receive_maximum), 65535)
-        kw = {"clean_start": clean_start, "properties": props}
+    kw = _connect_options(cfg, clean_start, session_expiry_s, receive_maximum)
     try:
         client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, **kw)
     except (OSError, ssl.SSLError) as exc:
