@@ -32,51 +32,15 @@ from ems.accounting.factors import FactorSet, FactorsUsed, builtin_sets_with, lo
 from ems.accounting.money import convert, load_fx, site_currency, sum_money
 from ems.errors import AccountingError
 from ems.gases import load_gases
+from ems.accounting.rollup import ADDITIVE_EXTRA, BY, FLOW_OF, FLOWS, MONEY, ONSITE_RE, TCE_METHODS, period_codes, rollup
 from ems.readings import ReadingSet, SiteInfo
 
 __all__ = ["BY", "TCE_METHODS", "KpiResult", "daily_frame", "kpis", "rollup"]
 
 log = logging.getLogger(__name__)
 
-BY = ("site", "company", "park", "group")
-TCE_METHODS = {
-    "calorific": "calorific value (当量值), GB/T 2589-2020: electricity 0.1229 kgce/kWh",
-    "coal_equivalent": "coal equivalent (等价值), GB/T 2589-2020: electricity at the year's power-supply coal rate",
-}
-ONSITE_RE = ("excluded", "included")
-_FLOW = {
-    ("grid", "import_kwh"): "grid_import_kwh",
-    ("grid", "export_kwh"): "grid_export_kwh",
-    ("pv", "energy_kwh"): "pv_generated_kwh",
-    ("pv", "curtailed_kwh"): "pv_curtailed_kwh",
-    ("battery", "charge_kwh"): "battery_charge_kwh",
-    ("battery", "discharge_kwh"): "battery_discharge_kwh",
-    ("load", "energy_kwh"): "load_metered_kwh",
-    ("chp", "energy_kwh"): "chp_generated_kwh",
-    ("chp", "heat_gj"): "chp_heat_gj",
-    ("steam", "heat_gj"): "steam_gj",
-    ("boiler", "heat_gj"): "boiler_heat_gj",
-    ("waste_heat", "heat_gj"): "waste_heat_gj",
-    ("gas", "volume_m3"): "natural_gas_m3",
-    ("production", "output_rmb"): "output_rmb",
-    ("line", "output_units"): "output_units",
-    ("_site", "pv_exported_kwh"): "pv_exported_kwh",
-}
-FLOWS = (*dict.fromkeys(_FLOW.values()), "diesel_kg", "gasoline_kg")
-MONEY = ("energy_cost", "demand_charge", "export_revenue", "steam_cost", "natural_gas_cost", "fuel_cost", "certificate_cost")
-"""Cost columns [currency of the row]; the daily frame also holds each one converted (``<name>_rep``)."""
-_ADDITIVE_EXTRA = (
-    "electricity_consumed_kwh", "pv_consumed_kwh", "battery_losses_kwh",
-    "electricity_tce_calorific", "electricity_tce_coal_equivalent", "pv_consumed_tce_calorific",
-    "pv_consumed_tce_coal_equivalent", "steam_tce", "natural_gas_tce", "diesel_tce", "gasoline_tce",
-    "scope1_natural_gas_kg", "scope1_diesel_kg", "scope1_gasoline_kg", "scope1_refrigerant_kg", "scope1_fugitive_kg",
-    "scope1_process_kg", "memo_non_kyoto_kgco2e", "memo_non_kyoto_gas_kg", "refrigerant_kg", "unknown_gas_kg",
-    "scope2_electricity_location_kg", "scope2_electricity_market_kg", "scope2_heat_kg", "hours",
-    "contracts_kwh", "certificates_kwh", "contracts_counted_kwh", "certificates_counted_kwh", "pv_sold_kwh",
-    "pv_sold_counted_kwh", "certificates_bought_mwh", "contract_hydro_kwh", "contract_green_power_kwh",
-    "certificates_valid_kwh", "certificates_invalid_kwh", "green_kwh", "market_covered_kwh", "re_excluded_kwh", "re_excluded_tce_calorific",
-    "re_excluded_tce_coal_equivalent",
-)
+_FLOW = FLOW_OF
+_ADDITIVE_EXTRA = ADDITIVE_EXTRA  # the names bench/ and older callers import
 
 
 @dataclass
@@ -171,38 +135,58 @@ def _day_hours(dates: np.ndarray, tz: str) -> np.ndarray:
     return np.asarray((b - a).total_seconds(), dtype=np.float64) / 3600.0
 
 
-def _site_day_hours(site: pd.Series, date: pd.Series, sites: Mapping[str, SiteInfo]) -> np.ndarray:
+def _site_day_hours(site_code: np.ndarray, site_names: np.ndarray, date: np.ndarray,
+                    sites: Mapping[str, SiteInfo]) -> np.ndarray:
     """Hours of each (site, local day) row, computed once per time zone and distinct day."""
-    out = np.zeros(len(site))
-    dates = date.to_numpy()
-    zone = np.asarray([sites[s].tz for s in site], dtype=object) if len(site) else np.zeros(0, object)
-    for tz in pd.unique(zone):
+    out = np.zeros(len(site_code))
+    zones = np.asarray([sites[str(s)].tz for s in site_names], dtype=object)
+    zone = zones[site_code] if len(site_code) else np.zeros(0, object)
+    for tz in pd.unique(zones):
         rows = np.flatnonzero(zone == tz)
-        uniq, inv = np.unique(dates[rows], return_inverse=True)
+        uniq, inv = np.unique(date[rows], return_inverse=True)
         out[rows] = _day_hours(uniq, str(tz))[inv]
     return out
 
 
-def _flows(s1: pd.DataFrame, rs: ReadingSet) -> np.ndarray:
-    """Flow name (see ``_FLOW``, fuels by carrier) of each stage-1 row, or None."""
-    kind = {(m.site, m.meter): m.kind for m in rs.meters}
-    carrier = {(m.site, m.meter): m.carrier for m in rs.meters}
-    cs, us = pd.factorize(s1["site"])
-    cm, um = pd.factorize(s1["meter"])
-    cq, uq = pd.factorize(s1["quantity"])
-    combo = (cs.astype(np.int64) * len(um) + cm) * len(uq) + cq
-    uniq, codes = np.unique(combo, return_inverse=True)
-    names: list[str | None] = []
-    for c in uniq.tolist():
-        site, meter, q = us[c // (len(um) * len(uq))], um[(c // len(uq)) % len(um)], uq[c % len(uq)]
-        k = "_site" if meter == "_site" else kind.get((site, meter))
-        f = _FLOW.get((k, q)) if k is not None else None
-        if f is None and k == "fuel" and q == "mass_kg":
-            f = f"{carrier[(site, meter)]}_kg"
-        names.append(f)
-    table = np.asarray([*names, None], dtype=object)
-    out: np.ndarray = table[codes]
-    return out
+class _Series:
+    """Site (sorted), meter and quantity codes of each stage-1 row, and their names."""
+
+    def __init__(self, s1: pd.DataFrame) -> None:
+        self.site, sites = pd.factorize(s1["site"], sort=True)
+        self.meter, meters = pd.factorize(s1["meter"])
+        self.quantity, quantities = pd.factorize(s1["quantity"])
+        self.sites = np.asarray(sites, dtype=object)
+        self.meters = np.asarray(meters, dtype=object)
+        self.quantities = np.asarray(quantities, dtype=object)
+
+    def per_series(self, name: Any) -> np.ndarray:
+        """``name(site, meter, quantity)`` of each row, called once per distinct series (an int64 array)."""
+        nm, nq = max(len(self.meters), 1), max(len(self.quantities), 1)
+        combo = (self.site.astype(np.int64) * nm + self.meter) * nq + self.quantity
+        table = np.full(max(len(self.sites) * nm * nq, 1), -1, dtype=np.int64)
+        for c in np.flatnonzero(np.bincount(combo, minlength=len(table))).tolist():
+            table[c] = name(str(self.sites[c // (nm * nq)]), str(self.meters[c // nq % nm]), str(self.quantities[c % nq]))
+        out: np.ndarray = table[combo]
+        return out
+
+
+def _flows(ser: _Series, rs: ReadingSet) -> np.ndarray:
+    """Index in ``FLOWS`` of each stage-1 row's flow (see ``FLOW_OF``; fuels by carrier), -1 for none."""
+    meters = {(m.site, m.meter): m for m in rs.meters}
+    col = {f: i for i, f in enumerate(FLOWS)}
+
+    def flow(site: str, meter: str, q: str) -> int:
+        m = meters.get((site, meter))
+        k = "_site" if meter == "_site" else (m.kind if m is not None else None)
+        f = FLOW_OF.get((k, q)) if k is not None else None
+        if f is None and m is not None and k == "fuel" and q == "mass_kg":
+            f = f"{m.carrier}_kg"
+            if f not in col:
+                raise AccountingError(f"site {site}, meter {meter}: fuel carrier {m.carrier!r}: expected one of "
+                                      f"{[c[:-3] for c in FLOWS if c.endswith('_kg')]}")
+        return col[f] if f is not None else -1
+
+    return ser.per_series(flow)
 
 
 def _event_days(ev: pd.DataFrame, sites: Mapping[str, SiteInfo]) -> np.ndarray:
@@ -214,60 +198,102 @@ def _event_days(ev: pd.DataFrame, sites: Mapping[str, SiteInfo]) -> np.ndarray:
     return out
 
 
-def _day_keys(s1: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+class _Days(dict[str, Any]):
+    """The daily frame as it is built: one array per column (``site``, ``date``, then the rest in
+    order), turned into a DataFrame once at the end. ``code``: each row's index in ``names``, the
+    sites in sorted order; rows are sorted by site, then date."""
+
+    def __init__(self, names: np.ndarray, code: np.ndarray, date: np.ndarray) -> None:
+        super().__init__(site=names[code], date=date)
+        self.names = names
+        self.code = code
+
+    def __len__(self) -> int:
+        return len(self.code)
+
+    def frame(self) -> pd.DataFrame:
+        out = pd.DataFrame(dict(self), index=pd.RangeIndex(len(self.code)))
+        if "currency" in out:  # each row's own currency: kept as Python objects (reporting_currency is text)
+            out["currency"] = out["currency"].astype(object)
+        return out
+
+    def rows_of(self, site: Any, date: Any) -> np.ndarray:
+        """Row positions of (site, local day) pairs; -1 where there is no such row."""
+        want_site = np.asarray(site, dtype=object)
+        sc = np.searchsorted(self.names, want_site) if len(self.names) else np.zeros(len(want_site), np.int64)
+        sc = np.minimum(sc, max(len(self.names) - 1, 0))
+        known = (self.names[sc] == want_site) if len(self.names) else np.zeros(len(want_site), bool)
+        day = np.timedelta64(1, "D")
+        key = self.code.astype(np.int64) * 1_000_000 + (self["date"] - np.datetime64(0, "ns")) // day
+        want = (np.where(known, sc, -1).astype(np.int64) * 1_000_000
+                + (pd.to_datetime(pd.Series(date)).to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // day)
+        if not len(key):
+            return np.full(len(want), -1)
+        i = np.clip(np.searchsorted(key, want), 0, len(key) - 1)  # key is sorted (site, then date)
+        out: np.ndarray = np.where(key[i] == want, i, -1)
+        return out
+
+
+def _day_keys(site: np.ndarray, site_names: np.ndarray, date: np.ndarray) -> tuple[np.ndarray, _Days]:
     """Row of each stage-1 line in the daily frame, and the daily frame's ``site, date`` (sorted)."""
-    sc, su = pd.factorize(s1["site"], sort=True)
-    days = (s1["date"].to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // np.timedelta64(1, "D")
-    key = sc.astype(np.int64) * 1_000_000 + days.astype(np.int64)
-    uk, row = np.unique(key, return_inverse=True)
-    base = pd.DataFrame({"site": np.asarray(su, dtype=object)[uk // 1_000_000],
-                         "date": ((uk % 1_000_000) * np.timedelta64(1, "D") + np.datetime64(0, "D")).astype("datetime64[ns]")})
-    return row, base
+    day = date.astype("datetime64[D]").astype(np.int64)
+    d0 = int(day.min())
+    span = int(day.max()) - d0 + 1
+    key = site.astype(np.int64) * span + (day - d0)
+    present = np.flatnonzero(np.bincount(key, minlength=len(site_names) * span))
+    row = np.zeros(len(site_names) * span, dtype=np.int64)
+    row[present] = np.arange(len(present))
+    dates = ((present % span + d0) * np.timedelta64(1, "D") + np.datetime64(0, "D")).astype("datetime64[ns]")
+    return row[key], _Days(site_names, present // span, dates)
 
 
-def _intervals(gi: pd.DataFrame, rs: ReadingSet) -> np.ndarray:
-    """Reading interval [s] of each row's meter (0 for a meter the set does not describe)."""
-    ivs = {(m.site, m.meter): float(m.interval_s) for m in rs.meters}
-    codes, pairs = pd.factorize(pd.MultiIndex.from_arrays([gi["site"], gi["meter"]]))
-    per_pair = np.asarray([ivs.get(p, 0.0) for p in pairs], dtype=float)
-    return per_pair[codes] if len(gi) else np.zeros(0)
-
-
-def _wide(s1: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per (site, day) flows, peak import, hours and the electricity balance; and the grid-import rows (with ``row``)."""
-    flow = _flows(s1, rs)
-    keep = np.fromiter((f is not None for f in flow), dtype=bool, count=len(flow))
-    s1, flow = s1[keep], flow[keep]
-    if not len(s1):
+def _wide(s1: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo]) -> tuple[_Days, dict[str, np.ndarray]]:
+    """Per (site, day) flows, peak import, hours and the electricity balance; and the grid-import
+    rows (``row`` in the days, ``site``, ``period``, ``value``)."""
+    ser = _Series(s1)
+    fcode = _flows(ser, rs)
+    keep = np.flatnonzero(fcode >= 0)
+    if not len(keep):
         raise AccountingError("no register readings to account: expected import_kwh, energy_kwh, heat_gj, volume_m3, ... registers")
-    row, daily = _day_keys(s1)
-    n = len(daily)
-    col = {f: i for i, f in enumerate(FLOWS)}
-    fcode = np.asarray([col[f] for f in flow], dtype=np.int64)
-    table = np.bincount(row * len(FLOWS) + fcode, s1["value"].to_numpy(float), minlength=n * len(FLOWS)).reshape(n, len(FLOWS))
-    daily = pd.concat([daily, pd.DataFrame(table, columns=list(FLOWS))], axis=1)
-    is_gi = fcode == col["grid_import_kwh"]
-    gi = s1[is_gi].assign(row=row[is_gi])
-    mc, mu = pd.factorize(gi["meter"])
-    iv = _intervals(gi, rs)
-    slot = gi["row"].to_numpy(np.int64) * max(len(mu), 1) + mc
+    fcode = fcode[keep]
+    row, d = _day_keys(ser.site[keep], ser.sites, s1["date"].to_numpy("datetime64[ns]")[keep])
+    n = len(d)
+    table = np.bincount(row * len(FLOWS) + fcode, s1["value"].to_numpy(float)[keep], minlength=n * len(FLOWS))
+    d.update(zip(FLOWS, table.reshape(n, len(FLOWS)).T.copy(), strict=True))
+    is_gi = fcode == FLOWS.index("grid_import_kwh")
+    at = keep[is_gi]
+    gi = {"row": row[is_gi], "site": ser.site[at].astype(np.int64), "period": s1["period"].to_numpy(dtype=object)[at],
+          "value": s1["value"].to_numpy(float)[at]}
+    _peak_and_hours(d, gi["row"], ser, at, s1, rs, sites)
+    d["electricity_consumed_kwh"] = np.clip(
+        d["grid_import_kwh"] + d["pv_generated_kwh"] + d["chp_generated_kwh"] - d["grid_export_kwh"], 0.0, None)
+    d["pv_consumed_kwh"] = np.minimum(np.clip(d["pv_generated_kwh"] - d["pv_exported_kwh"], 0.0, None),
+                                      d["electricity_consumed_kwh"])
+    d["battery_losses_kwh"] = d["battery_charge_kwh"] - d["battery_discharge_kwh"]
+    return d, gi
+
+
+def _peak_and_hours(d: _Days, rows: np.ndarray, ser: _Series, at: np.ndarray, s1: pd.DataFrame,
+                    rs: ReadingSet, sites: Mapping[str, SiteInfo]) -> None:
+    """Peak import and hours of each day from the grid-import rows ``at`` of stage 1 (in place)."""
+    n = len(d)
+    mc, mu = pd.factorize(ser.meter[at])
+    nm = max(len(ser.meters), 1)
+    ivs = {(m.site, m.meter): float(m.interval_s) for m in rs.meters}
+    per_pair = np.asarray([ivs.get((str(ser.sites[p // nm]), str(ser.meters[p % nm])), 0.0)
+                           for p in range(len(ser.sites) * nm)], dtype=float)
+    iv = per_pair[ser.site[at].astype(np.int64) * nm + ser.meter[at]]
+    slot = rows.astype(np.int64) * max(len(mu), 1) + mc
     # peak: per grid meter the max interval rate of the day, summed over grid meters
     peak = np.zeros(n * max(len(mu), 1))
-    np.maximum.at(peak, slot, gi["max_rate"].to_numpy(float))
-    daily["peak_import_kw"] = peak.reshape(n, -1).sum(axis=1)
+    np.maximum.at(peak, slot, s1["max_rate"].to_numpy(float)[at])
+    d["peak_import_kw"] = peak.reshape(n, -1).sum(axis=1)
     # hours of each local day (23 h / 25 h on DST days), limited to the hours the grid
     # meter covered (n intervals x interval) so a partial day has a fair load factor
-    hours = _site_day_hours(daily["site"], daily["date"], sites)
-    cov = np.bincount(slot, gi["n"].to_numpy(float) * iv / 3600.0, minlength=n * max(len(mu), 1)).reshape(n, -1).max(axis=1)
-    has = np.bincount(gi["row"].to_numpy(np.int64), minlength=n) > 0
-    daily["hours"] = np.where(has, np.minimum(hours, cov), hours)
-    daily["electricity_consumed_kwh"] = (
-        daily["grid_import_kwh"] + daily["pv_generated_kwh"] + daily["chp_generated_kwh"] - daily["grid_export_kwh"]
-    ).clip(lower=0.0)
-    daily["pv_consumed_kwh"] = np.minimum((daily["pv_generated_kwh"] - daily["pv_exported_kwh"]).clip(lower=0.0),
-                                          daily["electricity_consumed_kwh"])
-    daily["battery_losses_kwh"] = daily["battery_charge_kwh"] - daily["battery_discharge_kwh"]
-    return daily, gi
+    hours = _site_day_hours(d.code, d.names, d["date"], sites)
+    cov = np.bincount(slot, s1["n"].to_numpy(float)[at] * iv / 3600.0, minlength=n * max(len(mu), 1)).reshape(n, -1).max(axis=1)
+    has = np.bincount(rows, minlength=n) > 0
+    d["hours"] = np.where(has, np.minimum(hours, cov), hours)
 
 
 _SCALARS = {"k_el": "electricity_kgce_per_kwh", "k_steam": "steam_kgce_per_gj", "k_gas": "natural_gas_kgce_per_m3",
@@ -277,14 +303,18 @@ _PRICES = {"p_steam": "steam_per_gj", "p_gas": "natural_gas_per_m3", "p_diesel":
            "p_gasoline": "gasoline_per_kg", "p_cert": "certificate_per_mwh"}
 
 
-def _site_year_factors(daily: pd.DataFrame, sites: Mapping[str, SiteInfo], fsets: Mapping[str, FactorSet],
+def _site_year_factors(d: _Days, sites: Mapping[str, SiteInfo], fsets: Mapping[str, FactorSet],
                        used: _Used, fx: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Every factor and price of each daily row, chosen once per (site, year)."""
     names = [*_SCALARS, *_PRICES, "k_el_ce", "g_avg", "g_res", "p_export"]
-    cols = {c: np.zeros(len(daily)) for c in names}
-    year = daily["date"].dt.year.to_numpy()
-    for (s, y), idx in pd.DataFrame({"s": daily["site"].to_numpy(), "y": year}).groupby(["s", "y"]).indices.items():
-        fs, si, y = fsets[s], sites[s], int(y)
+    cols = {c: np.zeros(len(d)) for c in names}
+    year = d["date"].astype("datetime64[Y]").astype(np.int64) + 1970
+    y0 = int(year.min()) if len(year) else 0
+    key = d.code.astype(np.int64) * 10_000 + (year - y0)
+    for k in np.unique(key).tolist():  # sorted by site, then year
+        idx = np.flatnonzero(key == k)
+        s, y = str(d.names[k // 10_000]), k % 10_000 + y0
+        fs, si = fsets[s], sites[s]
         cur = site_currency(si, fx)
         avg = used.grid(fs, "average", si, y)
         if avg["value"] is None:
@@ -295,8 +325,8 @@ def _site_year_factors(daily: pd.DataFrame, sites: Mapping[str, SiteInfo], fsets
         vals["g_avg"] = float(avg["value"])
         vals["g_res"] = float(used.grid(fs, "residual", si, y, fallback=avg)["value"])
         vals["p_export"] = float((si.attrs.get("tariff") or {}).get("export_price", 0.0) or 0.0)
-        for k, v in vals.items():
-            cols[k][idx] = v
+        for c, v in vals.items():
+            cols[c][idx] = v
     return cols
 
 
@@ -307,7 +337,7 @@ def _no_grid_average(s: str, si: SiteInfo, fs: FactorSet, note: str, year: int) 
     return f"site {s}: {note}; {hint}add a factor to the set or override 'grid:average:{si.country}:{year}'"
 
 
-def _energy(d: pd.DataFrame, f: Mapping[str, np.ndarray]) -> None:
+def _energy(d: _Days, f: Mapping[str, np.ndarray]) -> None:
     """tce by both GB/T 2589 methods, Scope 1 combustion, Scope 2 location-based (in place)."""
     d["electricity_tce_calorific"] = d["grid_import_kwh"] * f["k_el"] / 1000.0
     d["electricity_tce_coal_equivalent"] = d["grid_import_kwh"] * f["k_el_ce"] / 1000.0
@@ -326,86 +356,95 @@ def _energy(d: pd.DataFrame, f: Mapping[str, np.ndarray]) -> None:
     d["grid_factor_residual"] = f["g_res"]
 
 
-def _tariff_costs(d: pd.DataFrame, gi: pd.DataFrame, sites: Mapping[str, SiteInfo]) -> pd.DataFrame:
-    """Energy charges by tariff period and the monthly demand charge spread over the month's days."""
+def _per_site(d: _Days, value: Mapping[str, Any], default: Any, dtype: Any = float) -> np.ndarray:
+    """A per-site value for each row of ``d``."""
+    table = np.asarray([value.get(str(s), default) for s in d.names], dtype=dtype)
+    out: np.ndarray = table[d.code] if len(table) else np.zeros(0, dtype=dtype)
+    return out
+
+
+def _tariff_costs(d: _Days, gi: Mapping[str, np.ndarray], sites: Mapping[str, SiteInfo]) -> None:
+    """Energy charges by tariff period and the monthly demand charge spread over the month's days (in place)."""
     n = len(d)
-    rows = gi["row"].to_numpy(np.int64)
+    rows, value = gi["row"], gi["value"]
     prices = {(s.site, p): float(v) for s in sites.values() for p, v in ((s.attrs.get("tariff") or {}).get("prices") or {}).items()}
     pc, pu = pd.factorize(gi["period"])
-    sc, su = pd.factorize(gi["site"])
-    grid = np.asarray([[prices.get((str(s), str(p)), 0.0) for p in pu] for s in su]).reshape(len(su), len(pu))
-    value = gi["value"].to_numpy(float)
-    new = {"energy_cost": np.bincount(rows, grid[sc, pc] * value if len(gi) else value, minlength=n)}
+    grid = np.asarray([[prices.get((str(s), str(p)), 0.0) for p in pu] for s in d.names]).reshape(len(d.names), len(pu))
+    d["energy_cost"] = np.bincount(rows, grid[gi["site"], pc] * value if len(rows) else value, minlength=n)
     for i, p in sorted(enumerate(pu), key=lambda x: str(x[1])):
         if p != "":
             m = pc == i
-            new[f"import_{p}_kwh"] = np.bincount(rows[m], value[m], minlength=n)
+            d[f"import_{p}_kwh"] = np.bincount(rows[m], value[m], minlength=n)
     rate = {s: float((si.attrs.get("tariff") or {}).get("demand_charge_per_kw_month", 0.0) or 0.0) for s, si in sites.items()}
-    dc = d["site"].map(rate).to_numpy(float)
-    month = d["date"].to_numpy("datetime64[M]").astype(np.int64)
-    g = pd.DataFrame({"s": pd.factorize(d["site"])[0], "m": month, "p": d["peak_import_kw"].to_numpy()}).groupby(["s", "m"])["p"]
-    new["demand_charge"] = g.transform("max").to_numpy() * dc / g.transform("count").to_numpy()
-    return d.assign(**new)
+    dc = _per_site(d, rate, np.nan)
+    month = d["date"].astype("datetime64[M]").astype(np.int64)
+    _, g = np.unique(d.code.astype(np.int64) * 100_000 + (month - (month.min() if n else 0)), return_inverse=True)
+    top = np.full(int(g.max()) + 1 if n else 0, -np.inf)
+    np.maximum.at(top, g, d["peak_import_kw"])
+    d["demand_charge"] = top[g] * dc / np.bincount(g)[g].astype(float)
 
 
-def _costs(d: pd.DataFrame, f: Mapping[str, np.ndarray], sites: Mapping[str, SiteInfo], fx: Mapping[str, Any],
-           currency: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Costs in each site's currency, and converted to the reporting currency (``<name>_rep``)."""
+def _costs(d: _Days, f: Mapping[str, np.ndarray], sites: Mapping[str, SiteInfo], fx: Mapping[str, Any],
+           currency: str) -> list[dict[str, Any]]:
+    """Costs in each site's currency, and converted to the reporting currency (``<name>_rep``) (in place)."""
     d["steam_cost"] = d["steam_gj"] * f["p_steam"]
     d["natural_gas_cost"] = d["natural_gas_m3"] * f["p_gas"]
     d["fuel_cost"] = d["diesel_kg"] * f["p_diesel"] + d["gasoline_kg"] * f["p_gasoline"]
     d["export_revenue"] = d["grid_export_kwh"] * f["p_export"]
     d["certificate_cost"] = d["certificates_bought_mwh"] * f["p_cert"]
-    d["currency"] = d["site"].map({s: site_currency(si, fx) for s, si in sites.items()}).astype(object)
+    d["currency"] = _per_site(d, {s: site_currency(si, fx) for s, si in sites.items()}, None, object)
     rate = np.ones(len(d))
     used: list[dict[str, Any]] = []
-    for cur, idx in d.groupby("currency").indices.items():
-        r, u = convert(d["date"].to_numpy()[idx], str(cur), currency, fx)
+    for cur in sorted(set(d["currency"].tolist())):
+        idx = np.flatnonzero(d["currency"] == cur)
+        r, u = convert(d["date"][idx], str(cur), currency, fx)
         rate[idx] = r
         used += u
     d["fx_rate"] = rate
     for c in MONEY:
         d[f"{c}_rep"] = d[c] * rate
-    return d, used
+    return used
 
 
-def _gases(d: pd.DataFrame, s1: pd.DataFrame, rs: ReadingSet, evd: np.ndarray,
-           fsets: Mapping[str, FactorSet], used: _Used) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _gases(d: _Days, s1: pd.DataFrame, rs: ReadingSet, evd: np.ndarray,
+           fsets: Mapping[str, FactorSet], used: _Used) -> pd.DataFrame:
+    """Scope 1 by gas of each day (in place); the per-gas rows."""
     editions = {s: fs.gwp_edition for s, fs in fsets.items()}
     g = scope1.gas_daily(s1, rs, evd, editions, load_gases())
     used.gwp(g, editions)
     sums = scope1.gas_sums(g)
-    rows = _rows_of(d, sums["site"].to_numpy(), sums["date"].to_numpy())
+    rows = d.rows_of(sums["site"].to_numpy(), sums["date"].to_numpy())
     ok = rows >= 0
-    new = {}
     for c in scope1.SUM_COLUMNS:
         col = np.zeros(len(d))
         np.add.at(col, rows[ok], sums[c].to_numpy(float)[ok])
-        new[c] = col
-    return d.assign(**new), g
+        d[c] = col
+    return g
 
 
-def _instruments(d: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo], fsets: Mapping[str, FactorSet],
-                 framework: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Registry, eligibility, allocation and coverage of certificates and contracts, as day columns of ``d``."""
+_INSTRUMENT_DAYS = ("contracts_kwh", "certificates_kwh", "pv_sold_kwh", "contracts_counted_kwh", "certificates_counted_kwh",
+                    "pv_sold_counted_kwh", "re_excluded_kwh", "certificates_bought_mwh", "contract_hydro_kwh",
+                    "contract_green_power_kwh", "certificates_invalid_kwh")
+
+
+def _instruments(d: _Days, rs: ReadingSet, sites: Mapping[str, SiteInfo], fsets: Mapping[str, FactorSet],
+                 framework: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Registry, eligibility, allocation and coverage of certificates and contracts, as day columns of ``d``
+    (in place); the instrument table and what could not be allocated."""
     own = {f"{m.site}/{m.meter}" for m in rs.meters if m.kind == "pv"}
     inst = instrument_table(rs.events, sites, framework, own).reset_index(drop=True)
-    d = d.reset_index(drop=True)
     n = len(d)
-    cols = dict.fromkeys(("contracts_kwh", "certificates_kwh", "pv_sold_kwh", "contracts_counted_kwh",
-                          "certificates_counted_kwh", "pv_sold_counted_kwh", "re_excluded_kwh", "certificates_bought_mwh",
-                          "contract_hydro_kwh", "contract_green_power_kwh", "certificates_invalid_kwh"), None)
-    out: dict[str, Any] = {c: np.zeros(n) for c in cols}
+    out: dict[str, Any] = {c: np.zeros(n) for c in _INSTRUMENT_DAYS}
     lost = pd.DataFrame(columns=["item", "site", "kwh", "reason"])
     if inst.empty:
-        d = d.assign(**out, certificates_valid_kwh=np.zeros(n))
-        return d, inst.assign(counted_mwh=np.zeros(0)), lost
+        d.update(out, certificates_valid_kwh=np.zeros(n))
+        return inst.assign(counted_mwh=np.zeros(0)), lost
     live = inst[inst["status"].isin(["counted", "sold"])]
     sold = (live["status"] == "sold").to_numpy()
     items = live.assign(
         item=live.index, cls=np.where(sold, "pv_sold", np.where(live["instrument"] == "PPA", "contract", "certificate")),
         start=np.where(sold, live["vintage_start"], live["period_start"]), end=np.where(sold, live["vintage_end"], live["period_end"]))
-    days, offered, counted, lost = cover(items, d[["site", "date", "grid_import_kwh", "pv_consumed_kwh"]])
+    days, offered, counted, lost = cover(items, pd.DataFrame({c: d[c] for c in ("site", "date", "grid_import_kwh", "pv_consumed_kwh")}))
     for c in days.columns:
         out[c] = days[c].to_numpy()
     inst["counted_mwh"] = np.bincount(counted["item"].to_numpy(np.int64), counted["counted_kwh"].to_numpy(float),
@@ -421,26 +460,14 @@ def _instruments(d: pd.DataFrame, rs: ReadingSet, sites: Mapping[str, SiteInfo],
         out[col] = np.bincount(o["row"].to_numpy(np.int64), o["kwh"].to_numpy(float), minlength=n)
     _on_retirement_day(d, inst, out)
     lost["item"] = [inst.at[i, "id"] or inst.at[i, "instrument"] for i in lost["item"]] if len(lost) else lost["item"]
-    return d.assign(**out, certificates_valid_kwh=out["certificates_kwh"]), inst, lost
+    d.update(out, certificates_valid_kwh=out["certificates_kwh"])
+    return inst, lost
 
 
-def _rows_of(d: pd.DataFrame, site: Any, date: Any) -> np.ndarray:
-    """Row positions in ``d`` of (site, local day) pairs; -1 where ``d`` has no such row."""
-    codes = {s: i for i, s in enumerate(pd.unique(d["site"]))}
-    day = np.timedelta64(1, "D")
-    key = d["site"].map(codes).to_numpy(np.int64) * 1_000_000 + (d["date"].to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // day
-    order = np.argsort(key, kind="stable")
-    want = (pd.Series(site).map(codes).fillna(-1).to_numpy(np.int64) * 1_000_000
-            + (pd.to_datetime(pd.Series(date)).to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // day)
-    i = np.clip(np.searchsorted(key[order], want), 0, max(len(key) - 1, 0))
-    found = len(key) > 0
-    return np.where(found & (key[order][i] == want), order[i], -1) if found else np.full(len(want), -1)
-
-
-def _on_retirement_day(d: pd.DataFrame, inst: pd.DataFrame, out: dict[str, np.ndarray]) -> None:
+def _on_retirement_day(d: _Days, inst: pd.DataFrame, out: dict[str, np.ndarray]) -> None:
     """Certificates bought [MWh] and refused [kWh] on the local day of their retirement (in place)."""
     c = inst[inst["instrument"] != "PPA"]
-    rows = _rows_of(d, c["site"].to_numpy(), c["retired_on"].to_numpy())
+    rows = d.rows_of(c["site"].to_numpy(), c["retired_on"].to_numpy())
     ok = rows >= 0
     mwh = c["mwh"].to_numpy(float)
     bought = ok & (c["action"] == "retire").to_numpy()
@@ -449,7 +476,7 @@ def _on_retirement_day(d: pd.DataFrame, inst: pd.DataFrame, out: dict[str, np.nd
     np.add.at(out["certificates_invalid_kwh"], rows[bad], mwh[bad] * 1000.0)
 
 
-def _market(d: pd.DataFrame, f: Mapping[str, np.ndarray]) -> None:
+def _market(d: _Days, f: Mapping[str, np.ndarray]) -> None:
     """Green kWh, market-based Scope 2 and the dual-control exclusion of each day (in place)."""
     covered = d["contracts_counted_kwh"] + d["certificates_counted_kwh"]
     d["market_covered_kwh"] = covered
@@ -459,30 +486,27 @@ def _market(d: pd.DataFrame, f: Mapping[str, np.ndarray]) -> None:
     d["re_excluded_tce_coal_equivalent"] = d["re_excluded_kwh"] * f["k_el_ce"] / 1000.0
 
 
-def _hierarchy(d: pd.DataFrame, rs: ReadingSet) -> pd.DataFrame:
-    """Company, park, group, reporting boundary and installed capacities of each (site, day)."""
-    rows = []
-    for s in rs.sites:
-        b = s.attrs.get("boundary") or {}
-        rows.append((s.site, s.company, s.park, s.group, bool(b.get("included", True))))
-    hier = pd.DataFrame(rows, columns=["site", "company", "park", "group", "in_boundary"])
-    d = d.merge(hier, on="site", how="left")
-    d["in_boundary"] = d["in_boundary"].fillna(True).astype(bool)
+def _hierarchy(d: _Days, rs: ReadingSet) -> None:
+    """Company, park, group, reporting boundary and installed capacities of each (site, day) (in place)."""
+    info = {s.site: s for s in rs.sites}
+    for c in ("company", "park", "group"):
+        d[c] = _per_site(d, {k: getattr(s, c) for k, s in info.items()}, np.nan, object)
+    d["in_boundary"] = _per_site(d, {k: bool((s.attrs.get("boundary") or {}).get("included", True))
+                                     for k, s in info.items()}, True, bool)
     cap: dict[str, float] = {}
     for m in rs.meters:
         if m.kind == "battery":
             cap[m.site] = cap.get(m.site, 0.0) + float(m.attrs.get("energy_kwh", 0.0) or 0.0)
-    d["battery_capacity_kwh"] = [cap.get(s, 0.0) for s in d["site"]]
+    d["battery_capacity_kwh"] = _per_site(d, cap, 0.0)
     kwp = np.zeros(len(d))
     for m in rs.meters:
         if m.kind == "pv" and m.attrs.get("kwp"):
             since = m.attrs.get("commissioned")
-            on = (d["site"] == m.site).to_numpy()
+            on = d["site"] == m.site
             if since:
-                on = on & (d["date"] >= pd.Timestamp(since)).to_numpy()
+                on = on & (d["date"] >= np.datetime64(pd.Timestamp(since).to_datetime64(), "ns"))
             kwp += on * float(m.attrs["kwp"])
     d["pv_kwp"] = kwp
-    return d
 
 
 def daily_frame(
@@ -523,193 +547,16 @@ def daily_frame(
     d, gi = _wide(s1, rs, sites)
     f = _site_year_factors(d, sites, fsets, used, fx)
     _energy(d, f)
-    d = _tariff_costs(d, gi, sites)
+    _tariff_costs(d, gi, sites)
     ev = rs.events
     evd = _event_days(ev, sites) if len(ev) else np.empty(0, dtype="datetime64[ns]")
-    d, gases = _gases(d, s1, rs, evd, fsets, used)
-    d, inst, lost = _instruments(d, rs, sites, fsets, framework or load_framework())
+    gases = _gases(d, s1, rs, evd, fsets, used)
+    inst, lost = _instruments(d, rs, sites, fsets, framework or load_framework())
     _market(d, f)
-    d, fx_used = _costs(d, f, sites, fx, cur)
-    d["reporting_currency"] = cur
-    return _hierarchy(d, rs), inst, lost, gases, fx_used
-
-
-def _labels(dates: pd.Series, period: str | tuple[Any, Any]) -> pd.Series:
-    if period == "day":
-        return dates.dt.strftime("%Y-%m-%d")
-    if period == "month":
-        return dates.dt.strftime("%Y-%m")
-    if period == "year":
-        return dates.dt.strftime("%Y")
-    if isinstance(period, tuple) and len(period) == 2:
-        return pd.Series(f"{period[0]}..{period[1]}", index=dates.index)
-    raise AccountingError(f"period: expected 'day', 'month', 'year' or (start, end) local dates; found {period!r}")
-
-
-def _prev_label(label: pd.Series, period: str | tuple[Any, Any]) -> pd.Series:
-    if period in ("day", "month", "year"):
-        y = label.str.slice(0, 4).astype(int) - 1
-        return y.astype(str).str.zfill(4) + label.str.slice(4)
-    return pd.Series("", index=label.index)
-
-
-def _div(a: pd.Series, b: pd.Series) -> pd.Series:
-    an, bn = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
-    out = np.full(len(an), np.nan)
-    np.divide(an, bn, out=out, where=bn != 0)
-    return pd.Series(out, index=a.index)
-
-
-def _select(daily: pd.DataFrame, by: str, period: str | tuple[Any, Any]) -> pd.DataFrame:
-    if by not in BY:
-        raise AccountingError(f"by: expected one of {list(BY)}; found {by!r}")
-    d = daily
-    if by != "site" and "in_boundary" in d:
-        d = d[d["in_boundary"].astype(bool)]
-    if isinstance(period, tuple):
-        lo, hi = (np.datetime64(pd.Timestamp(x).date(), "ns") for x in period)
-        d = d[(d["date"] >= lo) & (d["date"] <= hi)]
-    return d.assign(period=_labels(d["date"], period))
-
-
-def _site_periods(d: pd.DataFrame, by: str) -> pd.DataFrame:
-    """Per (site, period) sums; money in the site's currency (site rows) or converted (other groupings)."""
-    add = [c for c in (*FLOWS, *_ADDITIVE_EXTRA) if c in d] + [c for c in d if c.startswith("import_") and c.endswith("_kwh")]
-    add = list(dict.fromkeys(add))
-    g = d.groupby(["site", "period"], sort=True)
-    sp = g[add].sum()
-    money = d if by == "site" else d.drop(columns=list(MONEY)).rename(columns={f"{c}_rep": c for c in MONEY}).assign(
-        currency=d["reporting_currency"])
-    sp = sp.join(sum_money(money, ["site", "period"], MONEY))
-    sp["peak_import_kw"] = g["peak_import_kw"].max()
-    sp["days"] = g["date"].nunique()
-    sp = sp.join(g[["company", "park", "group", "battery_capacity_kwh", "pv_kwp"]].last())
-    sp["in_boundary"] = g["in_boundary"].all() if "in_boundary" in d else True
-    return sp.reset_index()
-
-
-def rollup(
-    daily: pd.DataFrame,
-    by: str = "site",
-    period: str | tuple[Any, Any] = "month",
-    *,
-    tce_method: str = "calorific",
-    onsite_renewables: str = "excluded",
-) -> pd.DataFrame:
-    """Roll the per-day frame up to a grouping and period and compute every KPI.
-
-    Parameters
-    ----------
-    daily : DataFrame
-        From :func:`daily_frame`.
-    by : str
-        ``site``, ``company``, ``park`` or ``group`` (the last three sum only the sites
-        inside the reporting boundary).
-    period : str or (date, date)
-        ``day``, ``month``, ``year`` (local calendar) or an inclusive range of local dates.
-    tce_method : str
-        ``calorific`` (当量值, default) or ``coal_equivalent`` (等价值), GB/T 2589-2020.
-    onsite_renewables : str
-        ``excluded`` (default: on-site PV consumed is reported beside the total) or ``included``.
-
-    Returns
-    -------
-    DataFrame
-        One row per (``by`` value, ``period``); see ``docs/kpis.md``.
-    """
-    if tce_method not in TCE_METHODS:
-        raise AccountingError(f"tce_method: expected one of {list(TCE_METHODS)}; found {tce_method!r}")
-    if onsite_renewables not in ONSITE_RE:
-        raise AccountingError(f"onsite_renewables: expected one of {list(ONSITE_RE)}; found {onsite_renewables!r}")
-    sp = _site_periods(_select(daily, by, period), by)
-    if by == "site":
-        o = sp.rename(columns={"site": "key"})
-    else:
-        skip = ("site", "period", "company", "park", "group", "hours", "days", "currency", "in_boundary")
-        gg = sp.groupby([by, "period"], sort=True)
-        o = gg[[c for c in sp.columns if c not in skip]].sum()
-        o["hours"] = gg["hours"].max()
-        o["days"] = gg["days"].max()
-        o["sites"] = gg["site"].nunique()
-        o["currency"] = gg["currency"].first()
-        o = o.reset_index().rename(columns={by: "key"})
-    o.insert(0, "by", by)
-    cols = _Cols(o)
-    _derive(cols, tce_method, onsite_renewables)
-    _ratios(cols, period)
-    return cols.frame()
-
-
-class _Cols:
-    """Derived columns collected apart and joined once (no fragmented frame)."""
-
-    def __init__(self, base: pd.DataFrame) -> None:
-        self.base = base
-        self.new: dict[str, Any] = {}
-
-    def __getitem__(self, key: str) -> Any:
-        return self.new[key] if key in self.new else self.base[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.new[key] = value
-
-    def frame(self) -> pd.DataFrame:
-        n = len(self.base)
-        new = pd.DataFrame({k: (v if np.ndim(v) else np.full(n, v)) for k, v in self.new.items()}, index=self.base.index)
-        return pd.concat([self.base.drop(columns=[c for c in new if c in self.base]), new], axis=1)
-
-
-def _derive(o: _Cols, method: str, onsite: str) -> None:
-    """Totals of energy, emissions and cost from the sums (in place)."""
-    o["electricity_tce"] = o[f"electricity_tce_{method}"]
-    o["pv_consumed_tce_equiv"] = o[f"pv_consumed_tce_{method}"]
-    o["re_excluded_tce"] = o[f"re_excluded_tce_{method}"]
-    o["direct_tce"] = o["natural_gas_tce"] + o["diesel_tce"] + o["gasoline_tce"]
-    o["indirect_tce"] = o["electricity_tce"] + o["steam_tce"]
-    pv = o["pv_consumed_tce_equiv"] if onsite == "included" else 0.0
-    o["total_tce"] = o["direct_tce"] + o["indirect_tce"] + pv
-    o["total_excl_re_tce"] = o["total_tce"] - o["re_excluded_tce"] - pv
-    o["tce_method"] = method
-    o["onsite_renewables"] = onsite
-    o["scope1_combustion_t"] = (o["scope1_natural_gas_kg"] + o["scope1_diesel_kg"] + o["scope1_gasoline_kg"]) / 1000.0
-    o["scope1_t"] = o["scope1_combustion_t"] + (o["scope1_refrigerant_kg"] + o["scope1_fugitive_kg"] + o["scope1_process_kg"]) / 1000.0
-    o["memo_non_kyoto_t"] = o["memo_non_kyoto_kgco2e"] / 1000.0
-    o["scope2_location_t"] = (o["scope2_electricity_location_kg"] + o["scope2_heat_kg"]) / 1000.0
-    o["scope2_market_t"] = (o["scope2_electricity_market_kg"] + o["scope2_heat_kg"]) / 1000.0
-    o["scope12_location_t"] = o["scope1_t"] + o["scope2_location_t"]
-    o["scope12_market_t"] = o["scope1_t"] + o["scope2_market_t"]
-    o["contracts_beyond_consumption_kwh"] = o["contracts_kwh"] - o["contracts_counted_kwh"]
-    o["certificates_beyond_consumption_kwh"] = o["certificates_kwh"] - o["certificates_counted_kwh"]
-    o["total_cost"] = (o["energy_cost"] + o["demand_charge"] - o["export_revenue"] + o["steam_cost"]
-                       + o["natural_gas_cost"] + o["fuel_cost"] + o["certificate_cost"])
-
-
-def _ratios(o: _Cols, period: str | tuple[Any, Any]) -> None:
-    """Shares, intensities and the energy-saving rate (in place); NaN where a denominator is zero, with a note."""
-    o["green_share"] = _div(o["green_kwh"], o["electricity_consumed_kwh"])
-    o["self_consumption"] = _div(o["pv_consumed_kwh"], o["pv_generated_kwh"])
-    o["self_sufficiency"] = 1.0 - _div(o["grid_import_kwh"], o["electricity_consumed_kwh"])
-    o["load_factor"] = _div(o["grid_import_kwh"], o["peak_import_kw"] * o["hours"])
-    o["battery_efc"] = _div(o["battery_discharge_kwh"], o["battery_capacity_kwh"])
-    o["residual_factor"] = _div(o["scope2_electricity_market_kg"], o["grid_import_kwh"] - o["market_covered_kwh"] + o["pv_sold_counted_kwh"])
-    out10k = o["output_rmb"] / 1e4
-    for num, name in (
-        ("total_tce", "tce_per_10k_rmb"), ("total_excl_re_tce", "tce_excl_re_per_10k_rmb"),
-        ("grid_import_kwh", "grid_import_kwh_per_10k_rmb"), ("electricity_consumed_kwh", "electricity_kwh_per_10k_rmb"),
-        ("steam_gj", "steam_gj_per_10k_rmb"), ("natural_gas_m3", "natural_gas_m3_per_10k_rmb"),
-        ("diesel_kg", "diesel_kg_per_10k_rmb"), ("gasoline_kg", "gasoline_kg_per_10k_rmb"),
-        ("scope12_location_t", "scope12_location_intensity_t_per_10k_rmb"),
-        ("scope12_market_t", "scope12_market_intensity_t_per_10k_rmb"),
-    ):
-        o[name] = _div(o[num], out10k)
-    o["intensity_note"] = np.where(o["output_rmb"] > 0, "", "output value is zero or not metered: intensities are not defined")
-    o["green_share_note"] = np.where(o["electricity_consumed_kwh"] > 0, "", "no electricity consumed: share not defined")
-    o["self_consumption_note"] = np.where(o["pv_generated_kwh"] > 0, "", "no PV generation")
-    prev = _prev_label(o["period"], period)
-    look = pd.Series(o["tce_per_10k_rmb"].to_numpy(), index=pd.MultiIndex.from_arrays([o["key"], o["period"]]))
-    last = look.reindex(pd.MultiIndex.from_arrays([o["key"], prev])).to_numpy()
-    o["tce_per_10k_rmb_last_year"] = last
-    o["energy_saving_rate"] = 1.0 - _div(o["tce_per_10k_rmb"], pd.Series(last, index=o.base.index))
+    fx_used = _costs(d, f, sites, fx, cur)
+    d["reporting_currency"] = np.full(len(d), cur, dtype=object)
+    _hierarchy(d, rs)
+    return d.frame(), inst, lost, gases, fx_used
 
 
 def gas_rollup(gases: pd.DataFrame, daily: pd.DataFrame, by: str = "site", period: str | tuple[Any, Any] = "year") -> pd.DataFrame:
@@ -727,7 +574,14 @@ def gas_rollup(gases: pd.DataFrame, daily: pd.DataFrame, by: str = "site", perio
     g = gases.join(hier, on="site")
     if by != "site":
         g = g[g["in_boundary"].astype(bool)]
-    g = _select(g.assign(in_boundary=True), "site", period)
+    if by not in BY:
+        raise AccountingError(f"by: expected one of {list(BY)}; found {by!r}")
+    if isinstance(period, tuple):
+        lo, hi = (np.datetime64(pd.Timestamp(x).date(), "ns") for x in period)
+        dates = g["date"].to_numpy("datetime64[ns]")
+        g = g[(dates >= lo) & (dates <= hi)]
+    names, inv = period_codes(g["date"].to_numpy("datetime64[ns]"), period)
+    g = g.assign(period=names[inv] if len(names) else np.zeros(0, dtype=object))
     k = g[by] if by != "site" else g["site"]
     out = g.assign(key=k).groupby(["key", "period", "gas", "basket", "in_scope1", "kind", "activity", "note"],
                                   sort=True, dropna=False)[["kg", "kgco2e"]].sum().reset_index()
