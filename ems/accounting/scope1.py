@@ -35,14 +35,15 @@ GAS_COLUMNS = ("site", "date", "gas", "basket", "in_scope1", "kind", "activity",
 
 
 _RAW = ["site", "date", "gas", "kind", "activity", "source", "kg", "co2e_given"]
+Raw = dict[str, np.ndarray]
 
 
-def _line_rows(s1: pd.DataFrame, rs: ReadingSet) -> pd.DataFrame:
+def _line_rows(s1: pd.DataFrame, rs: ReadingSet) -> Raw | None:
     """Units made per (line meter, day) x each per-unit rate of the meter's metadata [kg of gas]."""
-    lines = {(m.site, m.meter): m for m in rs.meters if m.kind == "line"}
+    lines = {(m.site, m.meter): m for m in rs.meters if m.kind == "line" and m.attrs.get("emissions")}
     if not lines:
-        return pd.DataFrame(columns=_RAW)
-    u = s1[(s1["quantity"] == "output_units") & s1["meter"].isin({k[1] for k in lines})]
+        return None
+    u = s1[(s1["quantity"] == "output_units").to_numpy() & s1["meter"].isin({k[1] for k in lines}).to_numpy()]
     cs, us = pd.factorize(u["site"])
     cm, um = pd.factorize(u["meter"])
     day = (u["date"].to_numpy("datetime64[ns]") - np.datetime64(0, "ns")) // np.timedelta64(1, "D")
@@ -65,12 +66,10 @@ def _line_rows(s1: pd.DataFrame, rs: ReadingSet) -> pd.DataFrame:
             cols["date"].append(dates[sel])
             cols["kg"].append(units[sel] * float(rate["kg_per_unit"]))
             cols["co2e_given"].append(np.full(n, np.nan))
-    if not cols["kg"]:
-        return pd.DataFrame(columns=_RAW)
-    return pd.DataFrame({c: np.concatenate(v) for c, v in cols.items()})
+    return {c: np.concatenate(v) for c, v in cols.items()} if cols["kg"] else None
 
 
-def _event_rows(ev: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
+def _event_rows(ev: pd.DataFrame, days: np.ndarray) -> list[tuple[Any, ...]]:
     rows = []
     for (e, day) in zip(ev.itertuples(index=False), days, strict=True):
         if e.kind == "refrigerant_topup":
@@ -82,7 +81,44 @@ def _event_rows(ev: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
             else:
                 rows.append((e.site, day, str(d.get("gas") or e.subject), str(d.get("kind", "process")),
                              str(d.get("activity") or e.subject), "events", float(e.value), np.nan))
-    return pd.DataFrame(rows, columns=_RAW)
+    return rows
+
+
+def _event_groups(ev: pd.DataFrame, days: np.ndarray) -> Raw | None:
+    """Event rows summed per (site, date, gas, kind, activity, source), in the order of those keys;
+    a sum is NaN where every value is (a CO2e-only or kg-only record)."""
+    sums: dict[tuple[Any, ...], list[_Kahan]] = {}
+    for r in _event_rows(ev, np.asarray(days, dtype="datetime64[ns]")):
+        acc = sums.setdefault(r[:6], [_Kahan(), _Kahan()])
+        acc[0].add(r[6])
+        acc[1].add(r[7])
+    if not sums:
+        return None
+    keys = sorted(sums)
+    out = {c: np.asarray([k[i] for k in keys], dtype=object) for i, c in enumerate(_RAW[:6])}
+    out["date"] = np.asarray([k[1] for k in keys], dtype="datetime64[ns]")
+    out["kg"] = np.asarray([sums[k][0].total() for k in keys], dtype=float)
+    out["co2e_given"] = np.asarray([sums[k][1].total() for k in keys], dtype=float)
+    return out
+
+
+class _Kahan:
+    """A compensated sum skipping NaN, NaN when nothing was added (as pandas' grouped ``sum(min_count=1)``)."""
+
+    def __init__(self) -> None:
+        self.sum, self.comp, self.count = 0.0, 0.0, 0
+
+    def add(self, x: float) -> None:
+        if x != x:  # NaN
+            return
+        self.count += 1
+        y = x - self.comp
+        t = self.sum + y
+        self.comp = t - self.sum - y
+        self.sum = t
+
+    def total(self) -> float:
+        return self.sum if self.count else float("nan")
 
 
 def gas_daily(
@@ -105,18 +141,16 @@ def gas_daily(
     Returns
     -------
     DataFrame
-        :data:`GAS_COLUMNS`, one row per (site, date, gas, kind, activity, source).
+        :data:`GAS_COLUMNS`, one row per (site, date, gas, kind, activity, source), sorted by site,
+        date, gas, kind and activity.
     """
     ev = rs.events
     mask = ev["kind"].isin(["refrigerant_topup", "process_emission"]).to_numpy()
-    keys = ["site", "date", "gas", "kind", "activity", "source"]
-    events = _event_rows(ev[mask], event_days[mask])
-    events = events.groupby(keys, sort=True, dropna=False)[["kg", "co2e_given"]].sum(min_count=1).reset_index()
-    raw = pd.concat([_line_rows(s1, rs), events], ignore_index=True)  # line rows are unique per key already
-    if raw.empty:
+    parts = [p for p in (_line_rows(s1, rs), _event_groups(ev[mask], event_days[mask])) if p is not None]
+    if not parts:  # line rows are unique per key already
         return pd.DataFrame(columns=list(GAS_COLUMNS)).astype({"date": "datetime64[ns]"})
-    raw["date"] = pd.to_datetime(raw["date"]).astype("datetime64[ns]")
-    given = raw["co2e_given"].to_numpy(dtype=float)
+    raw = {c: np.concatenate([p[c] for p in parts]) for c in _RAW}
+    given = raw["co2e_given"]
     # gas properties once per distinct (gas, site edition, CO2e given?)
     cg, ug = pd.factorize(raw["gas"])
     cs, us = pd.factorize(raw["site"])
@@ -129,10 +163,13 @@ def gas_daily(
     gwp = np.asarray([p[2] for p in props], dtype=float)[code]
     raw["note"] = np.asarray([p[3] for p in props], dtype=object)[code]
     raw["gwp"] = np.where(np.isnan(given), gwp, np.nan)
-    raw["kgco2e"] = np.where(np.isnan(given), raw["kg"].to_numpy(dtype=float) * np.nan_to_num(gwp), given)
-    raw["in_scope1"] = (raw["basket"] == "kyoto").to_numpy() | ~np.isnan(given)
-    raw["kg"] = raw["kg"].fillna(0.0)
-    return raw[list(GAS_COLUMNS)].sort_values(["site", "date", "gas", "kind", "activity"], kind="stable").reset_index(drop=True)
+    raw["kgco2e"] = np.where(np.isnan(given), raw["kg"] * np.nan_to_num(gwp), given)
+    raw["in_scope1"] = (raw["basket"] == "kyoto") | ~np.isnan(given)
+    raw["kg"] = np.where(np.isnan(raw["kg"]), 0.0, raw["kg"])
+    keys = [raw[c] if c == "date" else np.unique(raw[c].astype(str), return_inverse=True)[1]
+            for c in ("activity", "kind", "gas", "date", "site")]
+    order = np.lexsort(keys)  # stable: ties keep line rows before event rows
+    return pd.DataFrame({c: raw[c][order] for c in GAS_COLUMNS})
 
 
 def _props(name: str, edition: str, kg_given: bool, gases: GasTable) -> tuple[str, str, float, str]:
