@@ -720,7 +720,10 @@ def _gap_frame(j: int, g: tuple[np.ndarray, ...], series: _Series) -> pd.DataFra
 
 def empty_anomalies() -> pd.DataFrame:
     """An anomalies frame without rows."""
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in ANOMALY_COLUMNS})
+    return _EMPTY_ANOMALIES.copy()
+
+
+_EMPTY_ANOMALIES = pd.DataFrame({c: pd.Series(dtype=object) for c in ANOMALY_COLUMNS})
 
 
 # --------------------------------------------------------------------------- daily and frames

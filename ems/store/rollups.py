@@ -172,14 +172,13 @@ class RegisterAggregates:
     def stage1(self, sites: Iterable[str] | None = None) -> Stage1:
         """Stage 1 of every reading of ``sites`` (default all): the materialized days from the
         aggregates, the rest from the raw readings; equal to stage 1 of a full read."""
-        self.ctx.con  # noqa: B018 - raises when closed
+        self.ctx.check_open()
         wanted = self.reader.site_ids() if sites is None else sorted(set(sites) & set(self.reader.site_ids()))
         meta = _Meta(self.registry)
         parts = [self.ctx.retry(functools.partial(self._site_stage1, s, meta)) for s in wanted]
         if not parts:
             return stage1(ReadingSet(empty_readings(), empty_events(), [], []))
-        energy = pd.concat([p.energy for p in parts], ignore_index=True)
-        energy = energy.sort_values(["site", "meter", "quantity", "date", "period"], kind="stable", ignore_index=True)
+        energy = pd.concat([p.energy for p in parts], ignore_index=True)  # each site's rows in order, sites sorted
         anomalies = _sorted_anomalies(pd.concat([p.anomalies for p in parts if len(p.anomalies)] or [empty_anomalies()],
                                                 ignore_index=True))
         return Stage1(energy=energy, anomalies=anomalies, hourly=lambda: _concat_hourly([p.hourly for p in parts]))
@@ -192,7 +191,7 @@ class RegisterAggregates:
         in no particular order). ``series``: (meter, quantity) pairs, meter ``"*"`` for any
         (default every series). Hourly matching reads only the few it needs, so only they are read
         from the aggregates."""
-        self.ctx.con  # noqa: B018 - raises when closed
+        self.ctx.check_open()
         wanted = self.reader.site_ids() if sites is None else sorted(set(sites) & set(self.reader.site_ids()))
         meta = _Meta(self.registry)
         pairs = sorted(set(series)) if series is not None else None
@@ -222,7 +221,11 @@ class RegisterAggregates:
                        lambda: _hourly_frame([self._hourly(site, c) for c in chunks]))] if man.tables is not None else []
         if self._has_after(site, man.watermark):
             done.append(stage1(self._window(site, meta, man.watermark, None)[0], start=man.watermark))
-        return _concat_stage1(done)
+        out = _concat_stage1(done)
+        chunk = tables["daily"].column("chunk")
+        if len(done) > 1 or (len(chunk) and pc.min(chunk).as_py() != pc.max(chunk).as_py()):  # chunks of days: merge
+            out.energy = _in_series_order(out.energy)
+        return out
 
     def _has_after(self, site: str, watermark: int | None) -> bool:
         """True if the site has readings after the watermark (or nothing is materialized)."""
@@ -602,6 +605,15 @@ def _series_mask(t: pa.Table, pairs: list[tuple[str, str]]) -> pa.Array:
     code = pc.add(pc.multiply(pc.cast(mi, pa.int64()), len(qs)), pc.cast(qi, pa.int64()))
     table = pa.array([(meters[i // len(qs)], qs[i % len(qs)]) in pair_ok for i in range(len(meters) * len(qs))], pa.bool_())
     return pc.or_(keep_any, pc.take(table, code))
+
+
+def _in_series_order(energy: pd.DataFrame) -> pd.DataFrame:
+    """One site's stage-1 rows ordered by meter, quantity, date and period (as stage 1 orders them),
+    from chunks of days each in that order."""
+    keys = [energy["date"].to_numpy("datetime64[ns]").view(np.int64) if c == "date" else pd.factorize(energy[c], sort=True)[0]
+            for c in ("period", "date", "quantity", "meter")]
+    order = np.lexsort(keys)
+    return energy.take(order).reset_index(drop=True)
 
 
 def _anomalies_frame(frame: pd.DataFrame) -> pd.DataFrame:
