@@ -113,12 +113,8 @@ class SegmentReader:
                 if (lo is None or s.tmax >= lo) and (hi is None or s.tmin <= hi)]
         if not segs:
             return empty_events()
-        frames = []
-        for k, s in enumerate(segs):
-            df = pq.read_table(s.path).to_pandas()
-            df["_seq"] = k
-            frames.append(df)
-        ev = pd.concat(frames, ignore_index=True).sort_values("_seq", kind="stable")
+        tables = [pq.ParquetFile(s.path).read() for s in segs]  # in write order: the last write wins
+        ev = pa.concat_tables(tables, promote_options="default").to_pandas() if len(tables) > 1 else tables[0].to_pandas()
         ev = ev.drop_duplicates(["site", "kind", "subject", "ts"], keep="last")
         t = pd.DatetimeIndex(ev["ts"]).tz_convert("UTC").as_unit("ns")
         mask = np.ones(len(ev), dtype=bool)

@@ -240,7 +240,7 @@ class RegisterAggregates:
         of the chunk of days they were computed in)."""
         if man.tables is None:
             return {k: STORED[k].empty_table() for k in ("daily", "anomalies")}
-        return {k: pq.read_table(self.folder(site) / f"{man.tables:016d}-{k}.parquet").cast(STORED[k])
+        return {k: pq.ParquetFile(self.folder(site) / f"{man.tables:016d}-{k}.parquet").read().cast(STORED[k])
                 for k in ("daily", "anomalies")}
 
     # -- raw readings ------------------------------------------------------------
