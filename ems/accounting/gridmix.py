@@ -46,7 +46,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ems import __version__
+from ems.accounting import intensity as intensity_module
 from ems.accounting.intensity import IntensitySeries, calibrate, validate_intensity
+from ems.cache import digest, load_arrays, save_arrays
 from ems.errors import ConfigError
 
 __all__ = [
@@ -343,7 +346,37 @@ def _raw(m: MixModel, year: int) -> tuple[IntensitySeries, pd.Series]:
 
 @functools.lru_cache(maxsize=32)
 def _raw_region(region: str, year: int) -> tuple[IntensitySeries, pd.Series]:
-    return _raw(load_mix(region), year)
+    """:func:`_raw` of a built-in region, kept for the process and in the user's cache (:mod:`ems.cache`),
+    keyed by the region's data files and this code: a new process reads it instead of modelling."""
+    src = _data_dir() / f"{region}.yaml"
+    key = f"{region}-{year}-" + digest(__version__, region, str(year), files=(
+        src, _data_dir() / "technologies.yaml", Path(__file__), Path(intensity_module.__file__)))
+    hit = load_arrays("gridmix", key) if src.exists() else None
+    if hit is not None:
+        return _from_arrays(*hit)
+    raw, load = _raw(load_mix(region), year)
+    if src.exists():
+        save_arrays("gridmix", key, *_to_arrays(raw, load))
+    return raw, load
+
+
+def _to_arrays(raw: IntensitySeries, load: pd.Series) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    f = raw.frame
+    arrays = {"hour": pd.DatetimeIndex(f["hour"]).as_unit("ns").asi8, "load": load.to_numpy(dtype=float),
+              **{c: f[c].to_numpy(dtype=float) for c in ("average_kg_per_kwh", "marginal_kg_per_kwh", "residual_kg_per_kwh")}}
+    meta = {"region": str(f["region"].iloc[0]), "source": raw.source, "method": raw.method,
+            "data_source": raw.data_source, "notes": list(raw.notes), "load_unit": str(load.index.unit)}
+    return arrays, meta
+
+
+def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[IntensitySeries, pd.Series]:
+    """The series :func:`_to_arrays` kept: the frame :func:`validate_intensity` made (one region, by hour)."""
+    hours = pd.DatetimeIndex(a["hour"].astype("datetime64[ns]"), tz="UTC")
+    frame = pd.DataFrame({"region": pd.Series(meta["region"], index=range(len(hours))).astype(str),
+                          "hour": pd.Series(hours), **{c: a[c] for c in ("average_kg_per_kwh", "marginal_kg_per_kwh",
+                                                                             "residual_kg_per_kwh")}})
+    raw = IntensitySeries(frame, meta["source"], meta["method"], meta["data_source"], tuple(meta["notes"]))
+    return raw, pd.Series(a["load"], index=pd.DatetimeIndex(hours.as_unit(meta["load_unit"]), freq="h"), name="load")
 
 
 def modelled_intensity(m: MixModel, year: int, annual_kg_per_kwh: float, annual_source: str) -> IntensitySeries:

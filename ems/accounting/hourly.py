@@ -118,15 +118,20 @@ def site_hours(hourly: pd.DataFrame, meters: Sequence[MeterInfo]) -> dict[str, p
         table[c] = _flow_index(str(names[0][c // (n_m * n_q)]), str(names[1][c // n_q % n_m]),
                                str(names[2][c % n_q]), kind, flows)
     flow = table[combo]
-    keep = flow >= 0
+    keep = np.flatnonzero(flow >= 0)
     hour = pd.DatetimeIndex(h["hour"])
     hour = hour.tz_localize("UTC") if hour.tz is None else hour.tz_convert("UTC")
+    site_codes = codes[0][keep]
+    if len(site_codes) and (np.diff(site_codes) < 0).any():  # rows of a site together (a store gives them so)
+        keep = keep[np.argsort(site_codes, kind="stable")]
+        site_codes = codes[0][keep]
+    t, v, f = hour.as_unit("ns").asi8[keep], h["value"].to_numpy(dtype=float)[keep], flow[keep]
     out: dict[str, pd.DataFrame] = {}
-    site_codes, t, v, f = codes[0][keep], hour.as_unit("ns").asi8[keep], h["value"].to_numpy(dtype=float)[keep], flow[keep]
+    bounds = np.searchsorted(site_codes, np.arange(len(names[0]) + 1))
     for i, site in enumerate(names[0]):
-        m = site_codes == i
-        if m.any():
-            out[str(site)] = _wide(t[m], f[m], v[m], flows)
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        if b > a:
+            out[str(site)] = _wide(t[a:b], f[a:b], v[a:b], flows)
     return dict(sorted(out.items()))
 
 

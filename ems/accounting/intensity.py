@@ -109,6 +109,9 @@ class IntensitySeries:
 
     @functools.cached_property
     def _by_region(self) -> dict[str, pd.DataFrame]:
+        regions = pd.unique(self.frame["region"])
+        if len(regions) == 1:  # a modelled region: no grouping needed
+            return {str(regions[0]): self.frame.set_index("hour")[list(_VALUES)]}
         return {str(r): g.set_index("hour")[list(_VALUES)] for r, g in self.frame.groupby("region", sort=True)}
 
     def with_note(self, note: str) -> IntensitySeries:
@@ -294,7 +297,9 @@ def calibrate(series: IntensitySeries, region: str, annual_kg_per_kwh: float,
     -------
     IntensitySeries
     """
-    vals = series.region(region).reindex(weights.index.tz_convert("UTC"))
+    vals = series.region(region)
+    if not vals.index.equals(weights.index):
+        vals = vals.reindex(weights.index.tz_convert("UTC"))
     if vals["average_kg_per_kwh"].isna().any():
         raise AccountingError(
             f"calibrate {region!r}: expected a value for every weighted hour; "
@@ -302,8 +307,11 @@ def calibrate(series: IntensitySeries, region: str, annual_kg_per_kwh: float,
         )
     k = annual_kg_per_kwh / weighted_mean(vals["average_kg_per_kwh"].to_numpy(), weights.to_numpy())
     f = series.frame.copy()
-    sel = f["region"] == region
+    sel = (f["region"] == region).to_numpy()
     for col in _VALUES:
-        f.loc[sel, col] = f.loc[sel, col] * k
+        if sel.all():  # one region: the whole column
+            f[col] = f[col].to_numpy() * k
+        else:
+            f.loc[sel, col] = f.loc[sel, col] * k
     note = f"{region}: scaled by k = {k:.4f} to the annual {annual_kg_per_kwh:g} kgCO2/kWh ({source})"
     return replace(series, frame=f).with_note(note)
