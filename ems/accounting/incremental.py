@@ -82,6 +82,11 @@ class DailyFrame:
         return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
     @property
+    def closed(self) -> pd.DataFrame:
+        """Daily rows of the closed days (unchanged until :attr:`closed_version` changes)."""
+        return self._closed
+
+    @property
     def closed_hourly(self) -> pd.DataFrame:
         """Stage-1 hourly rows of the closed days that were given (:meth:`reset`) or closed since."""
         if len(self._closed_hours) > 1:

@@ -20,7 +20,8 @@ import pandas as pd
 
 from ems.errors import AccountingError
 
-__all__ = ["BY", "FLOWS", "MONEY", "ONSITE_RE", "TCE_METHODS", "period_codes", "rollup"]
+__all__ = ["BY", "FLOWS", "MONEY", "ONSITE_RE", "TCE_METHODS", "combine", "kpis_of", "period_codes", "rollup",
+           "site_period_sums"]
 
 BY = ("site", "company", "park", "group")
 TCE_METHODS = {
@@ -98,12 +99,53 @@ def rollup(
     DataFrame
         One row per (``by`` value, ``period``), sorted by them; see ``docs/kpis.md``.
     """
+    return kpis_of(site_period_sums(daily, by, period), by, period, tce_method=tce_method,
+                   onsite_renewables=onsite_renewables)
+
+
+def site_period_sums(daily: pd.DataFrame, by: str = "site", period: str | tuple[Any, Any] = "month") -> Cols:
+    """The first step of :func:`rollup`: per (site, period) sums of the days that ``by`` counts
+    (above site level: the sites inside the reporting boundary, money converted), one array per
+    column, sorted by site and period. Sums of disjoint sets of days add up (:func:`combine`)."""
+    rows, names, inv = _select(daily, by, period)
+    return _site_periods(daily, rows, names, inv, by)
+
+
+def combine(parts: list[Cols]) -> Cols:
+    """Per (site, period) sums of disjoint sets of days (:func:`site_period_sums` of each) added up:
+    what one call over all the days gives, up to the order of the additions."""
+    parts = [p for p in parts if p and len(p["site"])]
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    names = list(dict.fromkeys(c for p in parts for c in p))  # a tariff period may be in some days only: 0 elsewhere
+    cols = {c: np.concatenate([p[c] if c in p else np.zeros(len(p["site"])) for p in parts]) for c in names}
+    pnames, pc = np.unique(cols["period"], return_inverse=True)
+    snames, sc = np.unique(cols["site"], return_inverse=True)
+    g = _Groups(sc.astype(np.int64) * len(pnames) + pc)
+    out: Cols = {"site": snames[g.codes // len(pnames)], "period": pnames[g.codes % len(pnames)]}
+    for c, v in cols.items():
+        if c in ("site", "period"):
+            continue
+        if c in (*_LAST, "currency"):
+            out[c] = g.last(v)
+        elif c == "in_boundary":
+            out[c] = g.reduce(np.logical_and, v)
+        else:
+            out[c] = g.reduce(np.maximum if c == "peak_import_kw" else np.add, v)
+    return out
+
+
+def kpis_of(sp: Cols, by: str = "site", period: str | tuple[Any, Any] = "month", *, tce_method: str = "calorific",
+            onsite_renewables: str = "excluded") -> pd.DataFrame:
+    """The rest of :func:`rollup`: the grouping's sums and every KPI from per (site, period) sums."""
+    if by not in BY:
+        raise AccountingError(f"by: expected one of {list(BY)}; found {by!r}")
     if tce_method not in TCE_METHODS:
         raise AccountingError(f"tce_method: expected one of {list(TCE_METHODS)}; found {tce_method!r}")
     if onsite_renewables not in ONSITE_RE:
         raise AccountingError(f"onsite_renewables: expected one of {list(ONSITE_RE)}; found {onsite_renewables!r}")
-    rows, names, inv = _select(daily, by, period)
-    sp = _site_periods(daily, rows, names, inv, by)
+    if not sp:
+        raise AccountingError("no days to roll up")
     o = {"key" if k == "site" else k: v for k, v in sp.items()} if by == "site" else _grouped(sp, by)
     cols = _Cols({"by": np.full(len(o["key"]), by, dtype=object), **o})
     _derive(cols, tce_method, onsite_renewables)

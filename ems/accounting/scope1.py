@@ -218,15 +218,18 @@ def gas_sums(g: pd.DataFrame) -> pd.DataFrame:
     cols = list(SUM_COLUMNS)
     if g.empty:
         return pd.DataFrame(columns=["site", "date", *cols])
-    top = g["activity"] == "refrigerant top-up"
-    s1 = g["in_scope1"].astype(bool)
+    top = (g["activity"] == "refrigerant top-up").to_numpy()
+    s1 = g["in_scope1"].to_numpy(dtype=bool)
+    known = (g["basket"] != "unknown").to_numpy()
+    fugitive = (g["kind"] == "fugitive").to_numpy()
+    co2e, kg = g["kgco2e"].to_numpy(dtype=float), g["kg"].to_numpy(dtype=float)
     parts = {
-        "scope1_refrigerant_kg": g["kgco2e"].where(s1 & top, 0.0),
-        "scope1_fugitive_kg": g["kgco2e"].where(s1 & ~top & (g["kind"] == "fugitive"), 0.0),
-        "scope1_process_kg": g["kgco2e"].where(s1 & ~top & (g["kind"] != "fugitive"), 0.0),
-        "memo_non_kyoto_kgco2e": g["kgco2e"].where(~s1 & (g["basket"] != "unknown"), 0.0),
-        "memo_non_kyoto_gas_kg": g["kg"].where(~s1 & (g["basket"] != "unknown"), 0.0),
-        "refrigerant_kg": g["kg"].where(top, 0.0),
-        "unknown_gas_kg": g["kg"].where(g["basket"] == "unknown", 0.0),
+        "scope1_refrigerant_kg": np.where(s1 & top, co2e, 0.0),
+        "scope1_fugitive_kg": np.where(s1 & ~top & fugitive, co2e, 0.0),
+        "scope1_process_kg": np.where(s1 & ~top & ~fugitive, co2e, 0.0),
+        "memo_non_kyoto_kgco2e": np.where(~s1 & known, co2e, 0.0),
+        "memo_non_kyoto_gas_kg": np.where(~s1 & known, kg, 0.0),
+        "refrigerant_kg": np.where(top, kg, 0.0),
+        "unknown_gas_kg": np.where(~known, kg, 0.0),
     }
     return pd.DataFrame({"site": g["site"], "date": g["date"], **parts})

@@ -88,6 +88,8 @@ class SiteState:
     kpi_today: dict[str, Any] = field(default_factory=dict)
     kpi_year: dict[str, Any] = field(default_factory=dict)
     closed_sums: tuple[int, float, float] | None = None  # (frame.closed_version, matched, use) of the year's closed days
+    year_sums: tuple[Any, dict[str, Any]] | None = None  # ((closed_version, Jan 1), per (site, year) sums of the closed days)
+    open_sums: dict[str, Any] = field(default_factory=dict)  # the same of the open days
     targets: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
@@ -307,7 +309,7 @@ class Monitor:
                     log.warning("site %s: %s", st.info.site, exc)
 
     def _summarise(self, st: SiteState) -> None:
-        from ems.accounting.kpis import rollup
+        from ems.accounting.rollup import combine, kpis_of, rollup, site_period_sums
         from ems.accounting.targets import progress
 
         assert st.frame is not None and st.today is not None
@@ -319,13 +321,19 @@ class Monitor:
         if st.closed_sums is None or st.closed_sums[0] != st.frame.closed_version:
             st.closed_sums = (st.frame.closed_version, *_hourly(st, st.frame.closed_hourly, st.today)[1])
         matched, use = st.closed_sums[1] + open_year[0], st.closed_sums[2] + open_year[1]
-        daily = st.frame.daily
-        if len(daily):
-            daily = daily[_date_between(daily, st.today.replace(month=1, day=1), st.today + pd.Timedelta(days=1))]
-        if not len(daily):
+        # the year: sums of the closed days kept until they change, plus the open days' (only they change)
+        year = (st.today.replace(month=1, day=1), st.today + pd.Timedelta(days=1))
+        key = (st.frame.closed_version, year[0])
+        if st.year_sums is None or st.year_sums[0] != key:
+            closed = _rows_between(st.frame.closed, *year)
+            st.year_sums = (key, {by: site_period_sums(closed, by, "year") if len(closed) else {} for by in ("site", "group")})
+        open_rows = _rows_between(st.frame.today, *year)
+        st.open_sums = {by: site_period_sums(open_rows, by, "year") if len(open_rows) else {} for by in ("site", "group")}
+        sums = combine([st.year_sums[1]["site"], st.open_sums["site"]])
+        if not sums:
             st.kpi_year = {}
             return
-        yearly = rollup(daily, by="site", period="year")
+        yearly = kpis_of(sums, by="site", period="year")
         st.kpi_year = {**_pick(yearly), "cfe": matched / use if use > 0 else None}
         try:
             prog = progress(yearly.tail(1), self._load_targets())
@@ -333,28 +341,7 @@ class Monitor:
             st.targets = []
             log.debug("targets: %s", exc)
             return
-        st.targets = [
-            views.jsonable(
-                {
-                    k: r[k]
-                    for k in (
-                        "target",
-                        "metric",
-                        "kind",
-                        "target_year",
-                        "target_value",
-                        "value",
-                        "change_vs_base",
-                        "met",
-                        "note",
-                    )
-                }
-            )
-            for r in prog.to_dict("records")
-        ]
-        for r in st.targets:
-            if r["met"] is not None:
-                r["met"] = bool(r["met"])
+        st.targets = [_target_row(r) for r in prog.to_dict("records")]
 
     def _load_targets(self) -> dict[str, Any]:
         if self._targets is None:
@@ -425,21 +412,18 @@ class Monitor:
         return out
 
     def _group_kpis(self) -> dict[str, Any]:
-        from ems.accounting.kpis import rollup
+        from ems.accounting.rollup import combine, kpis_of
 
-        parts = []
-        for st in self.sites.values():
-            if st.frame is not None and st.today is not None and len(st.frame.daily):
-                d = st.frame.daily
-                parts.append(d[_date_between(d, st.today.replace(month=1, day=1), st.today + pd.Timedelta(days=1))])
-        parts = [p for p in parts if len(p)]
-        if not parts:
+        parts = [combine([st.year_sums[1]["group"], st.open_sums["group"]]) for st in self.sites.values()
+                 if st.frame is not None and st.year_sums is not None]
+        sums = combine([p for p in parts if p])
+        if not sums:
             return {}
-        daily = pd.concat(parts, ignore_index=True)
         # sites may be in different years: take each site's latest year
-        yearly = rollup(daily, by="group", period="year")
-        yearly = yearly.sort_values("period").groupby("key", as_index=False).last()
-        return {str(r["key"]): _pick(pd.DataFrame([r])) for r in yearly.to_dict("records")}
+        yearly = kpis_of(sums, by="group", period="year")  # sorted by key, then period
+        keys = yearly["key"].to_numpy(dtype=object)
+        last = np.r_[keys[1:] != keys[:-1], True] if len(keys) else np.zeros(0, dtype=bool)
+        return {str(k): _pick(yearly.iloc[[i]]) for i, k in zip(np.flatnonzero(last).tolist(), keys[last], strict=True)}
 
     def site_view(self, site: str, range_name: str = "day", points: int = 300) -> dict[str, Any]:
         """One site: series over a time range ending at its newest reading, flows, events.
@@ -518,6 +502,7 @@ def _hourly(st: SiteState, hours: pd.DataFrame, today: pd.Timestamp) -> tuple[di
     """Hourly matching of some of a site's hours: today's ``cfe`` and the grid intensity of the
     newest hour (``grid_intensity_kg_per_kwh``, ``grid_intensity_method``), and the matched and
     used kWh of this year's hours among them (the year's CFE adds them up over closed and open days)."""
+    from ems.accounting import matching
     from ems.accounting.hourly import annual_factors, hourly_kpis
 
     if not len(hours) or st.frame is None:
@@ -527,15 +512,33 @@ def _hourly(st: SiteState, hours: pd.DataFrame, today: pd.Timestamp) -> tuple[di
     except EmsError as exc:
         log.debug("site %s: no hourly matching: %s", st.info.site, exc)
         return {}, (0.0, 0.0)
-    days = res.rollup("site", "day").set_index("period")
-    day = today.strftime("%Y-%m-%d")
-    year = days[days.index.str.startswith(today.strftime("%Y"))]
-    out: dict[str, Any] = {"cfe": float(days.at[day, "cfe"]) if day in days.index and pd.notna(days.at[day, "cfe"]) else None}
     h = res.hours.get(st.info.site)
-    if h is not None and len(h):
-        out["grid_intensity_kg_per_kwh"] = float(h["average_kg_per_kwh"].iloc[-1])
-        out["grid_intensity_method"] = str(res.intensity["method"].iloc[0])
-    return out, (float(year["matched_kwh"].sum()), float(year["use_kwh"].sum()))
+    if h is None or not len(h):
+        return {}, (0.0, 0.0)
+    names, sums = matching.period_sums(h, st.info.tz, "day")  # one site: its days, without a frame per rollup
+    day, year = today.strftime("%Y-%m-%d"), np.char.startswith(names.astype(str), today.strftime("%Y"))
+    cfe = sums["cfe"][names == day]
+    out: dict[str, Any] = {"cfe": float(cfe[0]) if len(cfe) and not np.isnan(cfe[0]) else None,
+                           "grid_intensity_kg_per_kwh": float(h["average_kg_per_kwh"].iloc[-1]),
+                           "grid_intensity_method": str(res.intensity["method"].iloc[0])}
+    return out, (float(sums["matched_kwh"][year].sum()), float(sums["use_kwh"][year].sum()))
+
+
+def _target_row(r: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of the progress table as the views show it."""
+    keys = ("target", "metric", "kind", "target_year", "target_value", "value", "change_vs_base", "met", "note")
+    out: dict[str, Any] = views.jsonable({k: r[k] for k in keys})
+    if out["met"] is not None:
+        out["met"] = bool(out["met"])
+    return out
+
+
+def _rows_between(daily: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
+    """Daily rows with ``lo <= date < hi`` (all of them when none is outside)."""
+    if not len(daily):
+        return daily
+    m = _date_between(daily, lo, hi)
+    return daily if m.all() else daily[m]
 
 
 def _date_between(daily: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp) -> np.ndarray:

@@ -111,25 +111,21 @@ def latest_flows(readings: pd.DataFrame, meters: Iterable[MeterInfo]) -> dict[st
         return out
     kinds = _kinds(meters)
     t = pd.DatetimeIndex(readings.index).as_unit("ns").asi8
-    df = pd.DataFrame(
-        {
-            "t": t,
-            "meter": readings["meter"].astype(str).to_numpy(),
-            "quantity": readings["quantity"].astype(str).to_numpy(),
-            "value": readings["value"].to_numpy(dtype="float64"),
-        }
-    )
-    last = df.sort_values("t", kind="stable").groupby(["meter", "quantity"], sort=False).last()
-    last = last.reset_index()
-    last["kind"] = last["meter"].map(kinds)
+    mc, mu = pd.factorize(readings["meter"].astype(str).to_numpy(dtype=object))
+    qc, qu = pd.factorize(readings["quantity"].astype(str).to_numpy(dtype=object))
+    key = mc.astype(np.int64) * len(qu) + qc
+    order = np.lexsort((t, key))  # by series, then time (stable): each series' newest row last
+    ends = order[np.r_[key[order][1:] != key[order][:-1], True]]
+    value = readings["value"].to_numpy(dtype="float64")
+    last = [(kinds.get(str(mu[mc[i]])), str(qu[qc[i]]), float(value[i])) for i in ends[np.argsort(t[ends], kind="stable")].tolist()]
     for name, (mkinds, qty) in FLOWS.items():
-        sel = last[last["kind"].isin(mkinds) & (last["quantity"] == qty)]
-        if len(sel):
-            out[name] = float(sel["value"].sum())
-    soc = last[(last["kind"] == "battery") & (last["quantity"] == "soc_pct")]
-    if len(soc):
-        out["soc_pct"] = float(soc["value"].mean())
-    out["last_ts_ms"] = int(df["t"].max() // 1_000_000)
+        vals = [v for k, q, v in last if k in mkinds and q == qty]
+        if vals:
+            out[name] = float(np.sum(vals))
+    soc = [v for k, q, v in last if k == "battery" and q == "soc_pct"]
+    if soc:
+        out["soc_pct"] = float(np.mean(soc))
+    out["last_ts_ms"] = int(t.max() // 1_000_000)
     return out
 
 
