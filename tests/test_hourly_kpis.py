@@ -91,7 +91,7 @@ def test_hand_computed_day_through_the_site_pipeline():
     assert k["use_kwh"] == pytest.approx(2440.0)
     assert k["matched_kwh"] == pytest.approx(850.0)
     assert k["cfe"] == pytest.approx(850.0 / 2440.0)
-    assert k["annual_matched_kwh"] == pytest.approx(990.0)
+    assert k["pooled_matched_kwh"] == pytest.approx(990.0)
     assert k["scope2_location_hourly_kg"] == pytest.approx(944.0)
     assert k["scope2_location_annual_kg"] == pytest.approx(920.0)
     assert k["scope2_market_hourly_kg"] == pytest.approx(1113.0)
@@ -119,7 +119,7 @@ def test_intensity_choice_series_then_model_then_annual_and_group_sums():
     # the modelled mix is calibrated to the site's annual factor over the region's load, not the site's import
     assert by_site.loc["b", "scope2_location_hourly_kg"] != pytest.approx(by_site.loc["b", "scope2_location_annual_kg"])
     group = res.rollup("group", "year").iloc[0]
-    for col in ("use_kwh", "matched_kwh", "annual_matched_kwh", "scope2_location_hourly_kg", "scope2_market_annual_kg"):
+    for col in ("use_kwh", "matched_kwh", "pooled_matched_kwh", "scope2_location_hourly_kg", "scope2_market_annual_kg"):
         assert group[col] == pytest.approx(by_site[col].sum()), col
     assert group["cfe"] == pytest.approx(group["matched_kwh"] / group["use_kwh"])
     assert group["sites"] == 3

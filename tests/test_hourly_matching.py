@@ -78,8 +78,8 @@ def test_one_day_pv_battery_ppa_and_granular_certificate_by_hand():
     k = period_kpis(hourly, "UTC", "day").iloc[0]
     assert k["cfe"] == pytest.approx(850.0 / 2440.0)
     # annual rule: PV 600 + PPA 240 + certificate 50 + annual certificate 100, pooled over the day
-    assert k["annual_matched_kwh"] == pytest.approx(990.0)
-    assert k["annual_matched_share"] == pytest.approx(990.0 / 2440.0)
+    assert k["pooled_matched_kwh"] == pytest.approx(990.0)
+    assert k["pooled_matched_share"] == pytest.approx(990.0 / 2440.0)
     # location: night import 800 + evening 240 at 0.6, day import 800 at 0.4 = 944; annual 1840 x 0.5
     assert k["scope2_location_hourly_kg"] == pytest.approx(944.0)
     assert k["scope2_location_annual_kg"] == pytest.approx(920.0)
@@ -154,6 +154,21 @@ def test_energy_left_in_the_battery_counts_in_the_period_by_its_colour():
     days = period_kpis(m, "Asia/Shanghai", "day")
     assert days["use_kwh"].sum() == pytest.approx(k["use_kwh"])
     assert days["matched_kwh"].sum() == pytest.approx(k["matched_kwh"])
+
+
+def test_an_hour_that_charges_and_discharges_does_not_charge_the_battery_from_itself():
+    """Within an hour the battery discharged (one interval) and PV charged it (another): its output
+    went to the load, PV's surplus into it; nothing is exported and nothing counts as CHP."""
+    idx = pd.date_range("2024-06-01 10:00", periods=2, freq="h", tz="UTC")
+    f = site_flows(pd.DataFrame({"grid_import_kwh": [0.0, 0.0], "pv_generated_kwh": [100.0, 0.0],
+                                 "chp_generated_kwh": [0.0, 100.0], "battery_charge_kwh": [50.0, 30.0],
+                                 "battery_discharge_kwh": [10.0, 10.0]}, index=idx))
+    pv, chp = f.iloc[0], f.iloc[1]
+    assert (pv["load_kwh"], pv["battery_to_load_kwh"], pv["pv_to_load_kwh"], pv["pv_to_battery_kwh"]) == (60, 10, 50, 50)
+    assert pv["other_to_battery_kwh"] == 0 and pv["battery_exported_kwh"] == 0
+    # with CHP: the charge is CHP's, the battery's output serves the load, CHP the rest
+    assert (chp["load_kwh"], chp["other_to_battery_kwh"], chp["battery_to_load_kwh"], chp["chp_to_load_kwh"]) == (80, 30, 10, 70)
+    assert chp["battery_exported_kwh"] == 0 and chp["grid_to_load_kwh"] == 0
 
 
 def test_chp_is_use_that_no_instrument_covers():
@@ -240,16 +255,16 @@ def _site_days(draw):
 
 @settings(max_examples=150, deadline=None)
 @given(_site_days())
-def test_property_hourly_matched_share_never_above_annual_matched(case):
+def test_property_hourly_matched_share_never_above_pooled_matched(case):
     hourly, rte, contract, granular, annual = case
     f, b, m = _run(hourly, rte, contract, granular)
     m["annual_cert_kwh"] = spread_by_weight(annual, m["grid_origin_use_kwh"], m.index[0], m.index[-1] + pd.Timedelta("1h"))
     k = period_kpis(m, "UTC", "year").iloc[0]
-    assert k["matched_kwh"] <= k["annual_matched_kwh"] + 1e-6
+    assert k["matched_kwh"] <= k["pooled_matched_kwh"] + 1e-6
     # a period's use is its electricity consumed, whatever the battery holds at the end
     assert k["use_kwh"] == pytest.approx(m["consumed_kwh"].sum(), rel=1e-9, abs=1e-6)
     if k["use_kwh"] > 0:
-        assert k["cfe"] <= k["annual_matched_share"] + 1e-9
+        assert k["cfe"] <= k["pooled_matched_share"] + 1e-9
         assert 0.0 <= k["cfe"] <= 1.0 + 1e-9
     # energy balances of every hour
     assert np.allclose(f["pv_to_load_kwh"] + f["pv_to_battery_kwh"],
@@ -267,15 +282,15 @@ def test_property_hourly_matched_share_never_above_annual_matched(case):
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=1, max_value=96), _kwh, _kwh, _kwh, _kwh)
-def test_property_flat_supply_and_use_give_equal_hourly_and_annual_shares(n, load, pv, contract, granular):
+def test_property_flat_supply_and_use_give_equal_hourly_and_pooled_shares(n, load, pv, contract, granular):
     idx = pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC")
     imp, exp = max(load - pv, 0.0), max(pv - load, 0.0)
     hourly = pd.DataFrame({"grid_import_kwh": imp, "grid_export_kwh": exp, "pv_generated_kwh": pv}, index=idx)
     _, _, m = _run(hourly, contract=np.full(n, contract), granular=np.full(n, granular))
     k = period_kpis(m, "UTC", "year").iloc[0]
-    assert k["matched_kwh"] == pytest.approx(k["annual_matched_kwh"], rel=1e-9, abs=1e-9)
+    assert k["matched_kwh"] == pytest.approx(k["pooled_matched_kwh"], rel=1e-9, abs=1e-9)
     if k["use_kwh"] > 0:
-        assert k["cfe"] == pytest.approx(k["annual_matched_share"], rel=1e-9)
+        assert k["cfe"] == pytest.approx(k["pooled_matched_share"], rel=1e-9)
 
 
 # -- delivery profiles ---------------------------------------------------------------------------------

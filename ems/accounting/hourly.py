@@ -9,7 +9,7 @@ This module only orchestrates; the rules are pure functions elsewhere:
   region calibrated to the site's own annual factor, else the annual factor flat;
 * instruments on hours (:func:`site_instruments`): contracts by delivery profile
   (:mod:`ems.accounting.profiles`), granular certificates on their generation hours, annual
-  certificates (annual-matched figure only) and sold own-PV certificates;
+  certificates (pooled figure only) and sold own-PV certificates;
 * matching and Scope 2 (:mod:`ems.accounting.matching`), then sums per site, company, park or
   group and local day, month or year (:meth:`HourlyResult.rollup`).
 
@@ -176,6 +176,9 @@ class HourlyResult:
     instruments : DataFrame
         Per instrument: how it was placed on hours (``placement``) and the kWh placed.
     notes : list of str
+    daily : DataFrame, optional
+        The annual rule's days (:func:`ems.accounting.kpis.daily_frame`, ``KpiResult.daily``): its
+        green share is the annual figure :meth:`rollup` gives beside the hourly one.
     """
 
     hours: dict[str, pd.DataFrame]
@@ -183,20 +186,26 @@ class HourlyResult:
     intensity: pd.DataFrame
     instruments: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    daily: pd.DataFrame | None = field(default=None, repr=False)
 
     def rollup(self, by: str = "site", period: str | tuple[Any, Any] = "year") -> pd.DataFrame:
         """KPIs per ``by`` (site, company, park, group) and local ``period`` (day, month, year, or
         an inclusive range of local dates).
 
-        Each site's periods are computed on its own calendar (the annual-matched cap is per site
-        and period, as in the annual rule); sums over sites keep every additive column and
-        recompute the shares.
+        Each site's periods are computed on its own calendar (the pooled cap is per site and
+        period, as in the annual rule); sums over sites (those inside the reporting boundary, as
+        the annual figures count them) keep every additive column and recompute the shares. With
+        the annual rule's days (:attr:`daily`), ``annual_matched_kwh`` and ``annual_matched_share``
+        are the annual rule's green kWh and green share, from the same function as the KPI table's
+        (equal to them by construction).
         """
         if by not in BY:
             raise AccountingError(f"by: expected one of {list(BY)}; found {by!r}")
         parts: dict[str, list[Any]] = {}
         for site, h in self.hours.items():
             si = self.sites[site]
+            if by != "site" and not bool((si.attrs.get("boundary") or {}).get("included", True)):
+                continue
             names, s = matching.period_sums(h, si.tz, period)
             for k, v in {"period": names, **s, "site": site, "company": si.company, "park": si.park,
                          "group": si.group}.items():
@@ -204,7 +213,7 @@ class HourlyResult:
         if not parts:
             return pd.DataFrame(columns=["by", "key", "period"])
         allp = pd.DataFrame({k: np.concatenate(v) for k, v in parts.items()})
-        sums = [*matching.ADDITIVE, "annual_matched_kwh", "scope2_market_annual_kg"]
+        sums = [*matching.ADDITIVE, "pooled_matched_kwh", "scope2_market_annual_kg"]
         g = allp.groupby([by, "period"], sort=True)
         out = g[sums].sum()
         if "scope2_marginal_kg" in out:  # unknown at one site: unknown for the sum
@@ -214,7 +223,18 @@ class HourlyResult:
         out["sites"] = g["site"].nunique()
         out = out.reset_index().rename(columns={by: "key"})
         out.insert(0, "by", by)
-        return out
+        return self._annual(out, by, period)
+
+    def _annual(self, out: pd.DataFrame, by: str, period: str | tuple[Any, Any]) -> pd.DataFrame:
+        """``out`` with the annual rule's green kWh and share of each key and period (from :attr:`daily`)."""
+        if self.daily is None or not len(self.daily):
+            return out
+        from ems.accounting.rollup import rollup
+
+        annual = rollup(self.daily, by=by, period=period).set_index(["key", "period"])
+        at = pd.MultiIndex.from_arrays([out["key"], out["period"]])
+        return out.assign(annual_matched_kwh=annual["green_kwh"].reindex(at).to_numpy(),
+                          annual_matched_share=annual["green_share"].reindex(at).to_numpy())
 
     def month_hour(self, site: str, column: str = "matched_kwh") -> pd.DataFrame:
         """Month x local hour table of a site (see :func:`ems.accounting.matching.month_hour_table`)."""
@@ -400,7 +420,7 @@ def _place(ctx: _Hours, r: Any, kwh: float, out: dict[str, Any]) -> str:
         out["contract_kwh"] += ctx.spread(kwh, ctx.profile(profile), a, b)
         return f"contract, profile {profile}" + ("" if given else " (none given: baseload)")
     out["annual"].append((kwh, a, b))
-    return "annual certificate: annual-matched figure only, pro rata to grid-origin use"
+    return "annual certificate: pooled figure only, pro rata to grid-origin use"
 
 
 def _rte(site: str, meters: Sequence[MeterInfo], flows: pd.DataFrame) -> float:
@@ -446,6 +466,7 @@ def hourly_kpis(
     annual: AnnualFactors,
     instruments: pd.DataFrame | None = None,
     series: Sequence[IntensitySeries] = (),
+    daily: pd.DataFrame | None = None,
 ) -> HourlyResult:
     """Hourly matching and hourly Scope 2 of every site.
 
@@ -462,6 +483,9 @@ def hourly_kpis(
         The instrument table (see :func:`site_instruments`); rows of other status are ignored.
     series : sequence of IntensitySeries
         Loaded hourly intensity, used for sites whose place it covers.
+    daily : DataFrame, optional
+        The annual rule's days of the same readings (``KpiResult.daily``): the annual figures
+        :meth:`HourlyResult.rollup` puts beside the hourly ones.
 
     Returns
     -------
@@ -484,11 +508,12 @@ def hourly_kpis(
     notes = [
         "hourly matching: PV and green battery output first, then contracts by delivery profile and granular "
         "certificates, each against the grid's direct supply of the hour (docs/hourly-matching.md)",
-        "annual certificates count in the annual-matched figure only, spread pro rata to grid-origin use",
+        "annual certificates count in the pooled figure only (spread pro rata to grid-origin use); the annual "
+        "green share beside the hourly one is the annual rule's (docs/kpis.md section 11)",
     ]
     return HourlyResult(hours=hours, sites={s: by_site[s] for s in hours}, intensity=pd.DataFrame(prov),
                         instruments=pd.DataFrame(placed, columns=["site", "id", "instrument", "kwh", "placement"]),
-                        notes=notes)
+                        notes=notes, daily=daily)
 
 
 def flow_series(meters: Sequence[MeterInfo]) -> list[tuple[str, str]]:
@@ -510,7 +535,7 @@ def hourly_of(res: KpiResult, rs: ReadingSet, series: Sequence[IntensitySeries] 
     else:
         rows = (res.energy if res.energy is not None else stage1(rs)).hourly
     fsets = res.factor_sets or {s.site: load_factor_set(s.factor_set or "cn-2023") for s in rs.sites}
-    return hourly_kpis(rows, rs.meters, rs.sites, annual_factors(fsets), res.instruments, series)
+    return hourly_kpis(rows, rs.meters, rs.sites, annual_factors(fsets), res.instruments, series, daily=res.daily)
 
 
 SIDE_BY_SIDE = (
@@ -534,12 +559,13 @@ def side_by_side(annual: pd.DataFrame, hourly: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        :data:`SIDE_BY_SIDE` plus ``annual_matched_share`` (the annual rule on the same hours, a
-        check) and ``use_kwh``: green share annual and hourly (CFE); Scope 2 of electricity
-        location- and market-based, annual and hourly [tCO2], and hourly - annual.
+        :data:`SIDE_BY_SIDE` plus ``pooled_matched_share`` (the same hours' supplies pooled over the
+        period: the CFE's ceiling) and ``use_kwh``: green share annual (the KPI table's) and hourly
+        (CFE); Scope 2 of electricity location- and market-based, annual and hourly [tCO2], and
+        hourly - annual.
     """
     a = annual[["key", "period", "green_share", "scope2_electricity_location_kg", "scope2_electricity_market_kg"]]
-    h = hourly[["key", "period", "cfe", "annual_matched_share", "use_kwh", "scope2_location_hourly_kg",
+    h = hourly[["key", "period", "cfe", "pooled_matched_share", "use_kwh", "scope2_location_hourly_kg",
                 "scope2_market_hourly_kg"]]
     m = a.merge(h, on=["key", "period"], how="inner")
     out = pd.DataFrame({"key": m["key"], "period": m["period"], "green_share": m["green_share"], "cfe": m["cfe"]})
@@ -547,6 +573,6 @@ def side_by_side(annual: pd.DataFrame, hourly: pd.DataFrame) -> pd.DataFrame:
         out[f"scope2_electricity_{kind}_t"] = m[f"scope2_electricity_{kind}_kg"] / 1000.0
         out[f"scope2_{kind}_hourly_t"] = m[f"scope2_{kind}_hourly_kg"] / 1000.0
         out[f"scope2_{kind}_diff_t"] = out[f"scope2_{kind}_hourly_t"] - out[f"scope2_electricity_{kind}_t"]
-    out["annual_matched_share"] = m["annual_matched_share"]
+    out["pooled_matched_share"] = m["pooled_matched_share"]
     out["use_kwh"] = m["use_kwh"]
     return out

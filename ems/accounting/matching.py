@@ -28,12 +28,14 @@ Steps for one site (each a function below)
 4. :func:`period_kpis`: sums per local day, month or year, plus the battery pool's change
    over the period by colour (so a period's use is its electricity consumed as the annual rule
    counts it, and days add up to years); the hourly CFE score and, from the same hours pooled
-   over the period, the annual-matched share (annual certificates spread by
+   over the period, the pooled-matched share (annual certificates spread by
    :func:`spread_by_weight`, counted here only); hourly and annual Scope 2 side by side.
 
-The hourly-matched share is never above the annual-matched one (a sum of hourly minima is
+The hourly-matched share is never above the pooled-matched one (a sum of hourly minima is
 never above the minimum of the sums) and both are equal when supply and use have the same
-shape.
+shape. The pooled figure is the CFE's ceiling on the same hours, not the reported annual green
+share: that is the annual rule's own (:mod:`ems.accounting.kpis`, ``docs/kpis.md`` section 11
+says when the two are equal and why they may differ).
 
 References
 ----------
@@ -111,7 +113,10 @@ def site_flows(hourly: pd.DataFrame) -> pd.DataFrame:
     pvx = _col(hourly, "pv_exported_kwh") if "pv_exported_kwh" in hourly else np.minimum(exp, pv)
     load = np.clip(imp + pv + chp + dis - ch - exp, 0.0, None)
     pv_cons = np.clip(pv - pvx, 0.0, None)
-    pv_load = np.minimum(pv_cons, load)
+    # an hour that both charges and discharges (in different intervals): the battery does not charge
+    # itself, so what of its output the hour's export (beyond PV's) cannot hold went to the load
+    batt_load_min = dis - np.minimum(dis, np.clip(exp - pvx, 0.0, None))
+    pv_load = np.minimum(pv_cons, np.clip(load - batt_load_min, 0.0, None))
     pv_batt = np.minimum(pv_cons - pv_load, ch)
     grid_batt = np.minimum(ch - pv_batt, imp)
     rest = load - pv_load
@@ -351,7 +356,7 @@ def _hourly(x: np.ndarray | pd.Series | None, n: int, name: str) -> np.ndarray:
 def spread_by_weight(kwh: float, weights: pd.Series, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
     """Spread an amount over the hours of ``[start, end)`` pro rata to a weight.
 
-    The stated rule for annual (non-granular) certificates in the annual-matched figure: pro
+    The stated rule for annual (non-granular) certificates in the pooled-matched figure: pro
     rata to the grid-origin use of each hour of the certificate's period; equally if that is 0.
 
     Parameters
@@ -451,7 +456,7 @@ def period_kpis(hourly: pd.DataFrame, tz: str, period: str | tuple[Any, Any]) ->
     Returns
     -------
     DataFrame
-        One row per period label: the sums of :data:`ADDITIVE`, ``annual_matched_kwh`` (the
+        One row per period label: the sums of :data:`ADDITIVE`, ``pooled_matched_kwh`` (the
         period's supplies pooled, capped per site and period), ``scope2_market_annual_kg``, and
         the ratios of :func:`ratios`.
     """
@@ -469,7 +474,7 @@ def period_sums(hourly: pd.DataFrame, tz: str, period: str | tuple[Any, Any]) ->
     s = _sums(hourly, names, inv)
     _with_storage(s)
     instruments = s["contract_kwh"] + s["granular_kwh"] + s["annual_cert_kwh"]
-    s["annual_matched_kwh"] = s["green_onsite_kwh"] + np.minimum(instruments, s["grid_origin_use_kwh"])
+    s["pooled_matched_kwh"] = s["green_onsite_kwh"] + np.minimum(instruments, s["grid_origin_use_kwh"])
     imp = s["grid_import_kwh"]
     residual = np.divide(s["residual_weighted_kg"], imp, out=np.zeros(len(imp)), where=imp > 0)
     s["scope2_market_annual_kg"] = (imp - np.minimum(instruments, imp)) * residual
@@ -513,7 +518,7 @@ def _in_range(hourly: pd.DataFrame, tz: str, period: tuple[Any, Any]) -> tuple[p
     lo, hi = (pd.Timestamp(x).date() for x in period)
     day = hourly.index.tz_convert(tz).date
     keep = (day >= lo) & (day <= hi)
-    return hourly[keep], np.full(int(keep.sum()), f"{lo}..{hi}", dtype=object)
+    return hourly[keep], np.full(int(keep.sum()), f"{period[0]}..{period[1]}", dtype=object)  # labelled as the KPI table
 
 
 def period_labels(hours: pd.DatetimeIndex, tz: str, period: str) -> np.ndarray:
@@ -551,8 +556,8 @@ def _label(key: int, period: str) -> str:
 def ratios(s: pd.DataFrame) -> pd.DataFrame:
     """Shares and differences from summed columns (per site and period, or summed over sites).
 
-    Adds ``cfe`` (hourly-matched share = matched / use), ``annual_matched_share``
-    (annual matched / use), ``scope2_location_diff_kg`` and ``scope2_market_diff_kg`` (hourly -
+    Adds ``cfe`` (hourly-matched share = matched / use), ``pooled_matched_share``
+    (pooled matched / use), ``scope2_location_diff_kg`` and ``scope2_market_diff_kg`` (hourly -
     annual). Shares are NaN where there is no use.
     """
     d = {c: s[c].to_numpy(dtype=float) for c in s.columns}
@@ -564,7 +569,7 @@ def _ratios(d: dict[str, np.ndarray]) -> None:
     """:func:`ratios` on arrays, in place."""
     use = d["use_kwh"]
     d["cfe"] = np.divide(d["matched_kwh"], use, out=np.full(len(use), np.nan), where=use > 0)
-    d["annual_matched_share"] = np.divide(d["annual_matched_kwh"], use, out=np.full(len(use), np.nan), where=use > 0)
+    d["pooled_matched_share"] = np.divide(d["pooled_matched_kwh"], use, out=np.full(len(use), np.nan), where=use > 0)
     d["scope2_location_diff_kg"] = d["scope2_location_hourly_kg"] - d["scope2_location_annual_kg"]
     d["scope2_market_diff_kg"] = d["scope2_market_hourly_kg"] - d["scope2_market_annual_kg"]
 
