@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,19 @@ import pytest
 
 from ems.readings import ReadingSet
 from ems.store.base import Store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The test run's own user cache (:mod:`ems.cache`): nothing written to the home folder, nothing
+    read from an earlier run (subprocesses inherit it)."""
+    before = os.environ.get("EMS_CACHE_DIR")
+    os.environ["EMS_CACHE_DIR"] = str(tmp_path_factory.mktemp("ems-cache"))
+    yield
+    if before is None:
+        os.environ.pop("EMS_CACHE_DIR", None)
+    else:
+        os.environ["EMS_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")
