@@ -255,8 +255,10 @@ def _layout(rs: ReadingSet) -> tuple[_Series, list[View]]:
 
     is_reg = [q in QUANTITIES and QUANTITIES[q].kind == "register" for q in qnames]
     reg_q = np.asarray([*is_reg, False], dtype=bool)
-    where = (_blocks(ts, [sc, mc, qc], combo) or _runs(ts, combo(slice(None)))
-             or _sorted(ts, combo(slice(None)), reg_q[qc]))
+    where = _blocks(ts, [sc, mc, qc], combo)
+    if where is None:
+        every = combo(slice(None))
+        where = _runs(ts, every) or _sorted(ts, every, reg_q[qc])
     found: dict[int, View] = {}
     shared: dict[tuple[int, int], np.ndarray] = {}
     for c, pos in where:
@@ -277,8 +279,10 @@ def _blocks(ts: np.ndarray, codes: list[np.ndarray], combo: Callable[[slice], np
     if whole is not None:
         return whole
     sc = codes[0]
+    if _changes(sc, 4096):
+        return None
     cuts = np.flatnonzero(sc[1:] != sc[:-1]) + 1
-    if len(cuts) > 4096 or len(np.unique(sc[np.r_[0, cuts]])) != len(cuts) + 1:
+    if len(np.unique(sc[np.r_[0, cuts]])) != len(cuts) + 1:
         return None
     out: Where = []
     for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(ts)].tolist(), strict=True):
@@ -311,8 +315,22 @@ def _block(ts: np.ndarray, codes: list[np.ndarray], combo: Callable[[slice], np.
     return [(int(first[j]), slice(a + j, b, k)) for j in range(k)]  # one ts view serves them all
 
 
+def _changes(code: np.ndarray, most: int) -> bool:
+    """True if ``code`` changes value more than ``most`` times (looked at in pieces: rows that
+    change series at every row are found in the first piece)."""
+    seen = 0
+    for a in range(0, len(code) - 1, 1 << 20):
+        piece = code[a: a + (1 << 20) + 1]
+        seen += int(np.count_nonzero(piece[1:] != piece[:-1]))
+        if seen > most:
+            return True
+    return False
+
+
 def _runs(ts: np.ndarray, combo: np.ndarray) -> Where | None:
     """Series positions if every series is one run of rows in time order."""
+    if _changes(combo, 100_000):
+        return None
     cut = np.flatnonzero(combo[1:] != combo[:-1]) + 1
     first = np.r_[0, cut]
     if len(cut) > 100_000 or len(np.unique(combo[first])) != len(first):
@@ -345,7 +363,7 @@ def _sorted(ts: np.ndarray, combo: np.ndarray, keep: np.ndarray) -> Where:
         order = by_t[np.argsort(key[by_t], kind="stable")]
     s_sorted = sid[order]
     bounds = np.r_[0, np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1, len(order)].tolist()
-    pos = rows[order]
+    pos = order if len(rows) == len(keep) else rows[order]  # every row kept: positions are the order
     return [(int(present[s_sorted[a]]), pos[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
@@ -521,6 +539,8 @@ class _Accumulator:
         self.resets: list[tuple[int, tuple[np.ndarray, ...]]] = []
         self.gaps: list[tuple[int, tuple[np.ndarray, ...]]] = []
         self.pv_parts: dict[str, dict[str, list[tuple[int, np.ndarray, np.ndarray]]]] = {}
+        self.slots: dict[tuple[str, bool], tuple[np.ndarray, tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray,
+                                                                  np.ndarray, int]]] = {}
         for s in sorted(set(series.site)):
             if s not in sites:
                 raise AccountingError(f"readings name site {s!r} but the ReadingSet has no SiteInfo for it")
@@ -566,10 +586,29 @@ class _Accumulator:
         """Attribute one series' parts (step 4) and sum them per hour and period (step 6)."""
         if not len(start):
             return
-        cal = self._calendar(self.series.site[j])
+        slots = self._slots(j, start)
+        key, size, cnt, keys, hour, day, npd = slots
+        sums = np.bincount(key, weights=val, minlength=size)
+        if self.series.quantity[j] in _RATE_Q:
+            top = np.full(size, -np.inf)
+            np.maximum.at(top, key, val * (_NS_H / iv))
+            rate = top[keys]
+        else:
+            rate = np.full(len(keys), np.nan)
+        self.rows.append((np.full(len(keys), j, np.int64), hour, day, keys % npd, sums[keys], rate, cnt[keys]))
+
+    def _slots(self, j: int, start: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """The hour (and period) slot of each part start, and what the slots are: worked out once
+        for the series of a site that share one array of starts (a ts-major block without gaps)."""
+        site = self.series.site[j]
+        priced = self._priced(j)
+        hit = self.slots.get((site, priced))
+        if hit is not None and hit[0] is start:
+            return hit[1]
+        cal = self._calendar(site)
         number, starts = cal.hours(start)
         h0 = int(number[0])
-        if self._priced(j):
+        if priced:
             pcode = cal.period(start)
             npd = int(pcode.max()) + 1
             key = (number - h0) * npd + pcode
@@ -578,16 +617,11 @@ class _Accumulator:
             key = number - h0
         size = int(key[-1]) // npd * npd + npd
         cnt = np.bincount(key, minlength=size)
-        sums = np.bincount(key, weights=val, minlength=size)
         keys = np.flatnonzero(cnt)
-        if self.series.quantity[j] in _RATE_Q:
-            top = np.full(size, -np.inf)
-            np.maximum.at(top, key, val * (_NS_H / iv))
-            rate = top[keys]
-        else:
-            rate = np.full(len(keys), np.nan)
         hour = cal.hour_start(keys // npd + h0, starts)
-        self.rows.append((np.full(len(keys), j, np.int64), hour, cal.day(hour), keys % npd, sums[keys], rate, cnt[keys]))
+        out = (key, size, cnt, keys, hour, cal.day(hour), npd)
+        self.slots[(site, priced)] = (start, out)
+        return out
 
     def finish(self) -> tuple[_Rows, _Series]:
         """The hourly rows of every series, the derived ones included, and the series table."""
@@ -621,8 +655,7 @@ class _Accumulator:
 
     def anomalies(self) -> pd.DataFrame:
         """Resets and rollovers, then gaps, each by series then ts; in the window only."""
-        frames = [_reset_frame(j, r, self.base) for j, r in self.resets]
-        frames += [_gap_frame(j, g, self.base) for j, g in self.gaps]
+        frames = [_reset_frame(self.resets, self.base), _gap_frame(self.gaps, self.base)]
         frames = [f for f in frames if len(f)]
         if not frames:
             return empty_anomalies()
@@ -686,36 +719,42 @@ def _named(sid: np.ndarray | list[int], series: _Series) -> dict[str, np.ndarray
             for f in ("site", "meter", "quantity")}
 
 
-def _reset_frame(j: int, r: tuple[np.ndarray, ...], series: _Series) -> pd.DataFrame:
-    """Anomaly rows of one series' resets and rollovers (step 2)."""
-    ts, prev, value, energy = r
-    rolled = bool(np.isfinite(series.roll[j]))
+def _one_per_row(parts: list[tuple[int, tuple[np.ndarray, ...]]], values: Callable[[int], object]) -> np.ndarray:
+    """A value of each part's series, repeated for each of its rows."""
+    return np.repeat(np.asarray([values(j) for j, _ in parts], dtype=object), [len(p[0]) for _, p in parts])
+
+
+def _anomaly_frame(parts: list[tuple[int, tuple[np.ndarray, ...]]], series: _Series, kind: np.ndarray,
+                   detail: np.ndarray | list[str]) -> pd.DataFrame:
+    """Anomaly rows of several series at once (``parts``: series and its ts, prev, value, energy, ...)."""
+    col = [np.concatenate([p[k] for _, p in parts]) if parts else np.zeros(0) for k in range(4)]
+    sid = np.repeat(np.asarray([j for j, _ in parts], dtype=np.int64), [len(p[0]) for _, p in parts])
     return pd.DataFrame({
-        **_named([j] * len(ts), series),
-        "ts": pd.DatetimeIndex(np.asarray(ts).view("M8[ns]"), tz="UTC"),
-        "kind": "rollover" if rolled else "reset",
-        "prev_value": prev,
-        "value": value,
-        "energy": energy,
-        "detail": "register passed rollover_at; energy = value + rollover_at - prev_value" if rolled else
-        "register went down (meter reset or replacement); post-reset value counted as energy since reset",
-        "_iv": int(series.iv_ns[j]),
+        **_named(sid, series),
+        "ts": pd.DatetimeIndex(col[0].astype(np.int64).view("M8[ns]"), tz="UTC"),
+        "kind": kind,
+        "prev_value": col[1],
+        "value": col[2],
+        "energy": col[3],
+        "detail": detail,
+        "_iv": series.iv_ns[sid].astype(np.int64),
     })
 
 
-def _gap_frame(j: int, g: tuple[np.ndarray, ...], series: _Series) -> pd.DataFrame:
-    """Anomaly rows of one series' differences spanning ``n > 1`` intervals (lost messages)."""
-    ts, prev, value, energy, n = g
-    return pd.DataFrame({
-        **_named([j] * len(ts), series),
-        "ts": pd.DatetimeIndex(np.asarray(ts).view("M8[ns]"), tz="UTC"),
-        "kind": "gap",
-        "prev_value": prev,
-        "value": value,
-        "energy": energy,
-        "detail": [f"{k - 1} interval(s) missing; delta split pro rata over {k} intervals" for k in n],
-        "_iv": int(series.iv_ns[j]),
-    })
+def _reset_frame(resets: list[tuple[int, tuple[np.ndarray, ...]]], series: _Series) -> pd.DataFrame:
+    """Anomaly rows of the series' resets and rollovers (step 2)."""
+    rolled = _one_per_row(resets, lambda j: bool(np.isfinite(series.roll[j])))
+    kind = np.where(rolled.astype(bool), "rollover", "reset").astype(object)
+    detail = np.where(rolled.astype(bool), "register passed rollover_at; energy = value + rollover_at - prev_value",
+                      "register went down (meter reset or replacement); post-reset value counted as energy since reset")
+    return _anomaly_frame(resets, series, kind, detail.astype(object))
+
+
+def _gap_frame(gaps: list[tuple[int, tuple[np.ndarray, ...]]], series: _Series) -> pd.DataFrame:
+    """Anomaly rows of the series' differences spanning ``n > 1`` intervals (lost messages)."""
+    n = np.concatenate([g[4] for _, g in gaps]).tolist() if gaps else []
+    detail = [f"{k - 1} interval(s) missing; delta split pro rata over {k} intervals" for k in n]
+    return _anomaly_frame(gaps, series, np.full(len(n), "gap", dtype=object), detail)
 
 
 def empty_anomalies() -> pd.DataFrame:
