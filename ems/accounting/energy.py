@@ -359,12 +359,31 @@ def _sorted(ts: np.ndarray, combo: np.ndarray, keep: np.ndarray) -> Where:
     if bool((t[1:] >= t[:-1]).all()):
         order = np.argsort(key, kind="stable")
     else:
-        by_t = np.argsort(t, kind="stable")
-        order = by_t[np.argsort(key[by_t], kind="stable")]
+        order = _by_series_and_time(sid, len(present), t)
     s_sorted = sid[order]
     bounds = np.r_[0, np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1, len(order)].tolist()
     pos = order if len(rows) == len(keep) else rows[order]  # every row kept: positions are the order
     return [(int(present[s_sorted[a]]), pos[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def _by_series_and_time(sid: np.ndarray, n_series: int, t: np.ndarray) -> np.ndarray:
+    """The order of rows by series, then time, stable. Without repeated (series, ts) pairs, a counting
+    sort on (series, rank of ts) puts each row in its place in one pass; else two stable sorts."""
+    codes, uniq = pd.factorize(t)  # hashing: the distinct timestamps, few beside the rows
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[np.argsort(uniq, kind="stable")] = np.arange(len(uniq))
+    slots = n_series * len(uniq)
+    if slots <= 4 * len(t) + 1_000_000:
+        ck = sid.astype(np.int64) * len(uniq) + rank[codes]
+        counts = np.bincount(ck, minlength=slots)
+        if counts.max(initial=0) <= 1:
+            place = np.cumsum(counts) - counts
+            order = np.empty(len(t), dtype=np.int64)
+            order[place[ck]] = np.arange(len(t))
+            return order
+    by_t = np.argsort(t, kind="stable")
+    out: np.ndarray = by_t[np.argsort(sid[by_t], kind="stable")]
+    return out
 
 
 def _series_table(names: list[tuple[str, str, str]], rs: ReadingSet) -> _Series:
