@@ -78,7 +78,8 @@ def save_arrays(kind: str, name: str, arrays: Mapping[str, np.ndarray], meta: Ma
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".npz")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, _meta=np.array(json.dumps(dict(meta))), **arrays)
+            entries: dict[str, Any] = {"_meta": np.array(json.dumps(dict(meta))), **arrays}
+            np.savez(fh, **entries)
         os.replace(tmp, folder / f"{name}.npz")
     except OSError as exc:
         log.debug("cache folder %s not writable (%s); not caching", folder, exc)

@@ -9,6 +9,7 @@ a traceback means a bug.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import sys
@@ -153,7 +154,7 @@ def cli(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point of the ``ems`` console script."""
+    """Entry point of the ``ems`` console script (``argv`` None: the program's own arguments)."""
     try:
         return cli.main(args=argv, prog_name="ems", standalone_mode=False)
     except click.exceptions.Abort:
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> Any:
     except EmsError as exc:
         click.echo(f"error: {redaction.redact(str(exc))}", err=True)
         sys.exit(2)
+    finally:
+        if argv is None:  # the process ends now: its last garbage collection would only walk what exit frees anyway
+            gc.freeze()
 
 
 if __name__ == "__main__":  # pragma: no cover

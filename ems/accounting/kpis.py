@@ -29,10 +29,19 @@ from ems.accounting import scope1
 from ems.accounting.certificates import cover, instrument_table, load_framework
 from ems.accounting.energy import Stage1, stage1
 from ems.accounting.factors import FactorSet, FactorsUsed, builtin_sets_with, load_factor_set
-from ems.accounting.money import convert, load_fx, site_currency, sum_money
+from ems.accounting.money import convert, load_fx, site_currency
+from ems.accounting.rollup import (
+    ADDITIVE_EXTRA,
+    BY,
+    FLOW_OF,
+    FLOWS,
+    MONEY,
+    TCE_METHODS,
+    period_codes,
+    rollup,
+)
 from ems.errors import AccountingError
 from ems.gases import load_gases
-from ems.accounting.rollup import ADDITIVE_EXTRA, BY, FLOW_OF, FLOWS, MONEY, ONSITE_RE, TCE_METHODS, period_codes, rollup
 from ems.readings import ReadingSet, SiteInfo
 
 __all__ = ["BY", "TCE_METHODS", "KpiResult", "daily_frame", "kpis", "rollup"]
