@@ -556,7 +556,8 @@ class _Calendar:
             ) from None
         for u in sorted(set(names.tolist())):
             self.codes.setdefault(u, len(self.codes))
-        return np.asarray([self.codes[u] for u in names.tolist()], dtype=np.int64)[inv]
+        out: np.ndarray = np.asarray([self.codes[u] for u in names.tolist()], dtype=np.int64)[inv]
+        return out
 
 
 class _Accumulator:

@@ -87,7 +87,7 @@ from ems.store import registers as reg
 from ems.store.context import StoreContext
 from ems.store.reader import SegmentReader
 from ems.store.registry import Registry
-from ems.store.segments import Segment, atomic_write_bytes, fsync_dir
+from ems.store.segments import FileLock, Segment, atomic_write_bytes, fsync_dir
 from ems.store.writer import SiteBatch
 
 __all__ = ["Manifest", "RegisterAggregates", "day_start"]
@@ -294,12 +294,17 @@ class RegisterAggregates:
             look *= 8
 
     # -- keeping up to date ------------------------------------------------------
+    def lock(self, site: str) -> FileLock:
+        """The lock of one site's aggregates (writers of other sites go on meanwhile)."""
+        return FileLock(self.ctx.root / "rollups" / f"site={site}.lock", self.ctx.lock_timeout_s)
+
     def after_write(self, batches: list[SiteBatch]) -> None:
-        """Bring the aggregates of the written sites up to date (hold the writers' lock)."""
+        """Bring the aggregates of the sites of published segments up to date."""
         meta = _Meta(self.registry)
         for b in batches:
             try:
-                self._update(Written.of(b), meta)
+                with self.lock(b.site).hold():
+                    self._update(Written.of(b), meta)
             except EmsError as exc:  # e.g. readings before their site's registration: computed at query time
                 log.debug("register aggregates of site %s not updated: %s", b.site, exc)
 
@@ -313,10 +318,10 @@ class RegisterAggregates:
             yield
         finally:
             held, self._held = self._held, None
-            if held:
-                with self.ctx.write_lock.hold():
-                    for site, man in held.items():
-                        self._flush(site, man)
+            for site, man in (held or {}).items():
+                with self.lock(site).hold():
+                    if Manifest.load(self.folder(site) / "manifest.json").rev == man.rev:  # else another writer
+                        self._flush(site, man)  # published since; it folded these segments in
             self._pending = {}
 
     def _manifest(self, site: str) -> Manifest:
@@ -508,8 +513,8 @@ class RegisterAggregates:
         """Drop the aggregates of ``sites`` (default all) and materialize them again from raw data."""
         self.ctx.writable("rebuild register aggregates")
         meta = _Meta(self.registry)
-        with self.ctx.write_lock.hold():
-            for site in self.reader.site_ids() if sites is None else sorted(set(sites)):
+        for site in self.reader.site_ids() if sites is None else sorted(set(sites)):
+            with self.lock(site).hold():
                 info = meta.site(site)
                 if info is None:
                     shutil.rmtree(self.folder(site), ignore_errors=True)
