@@ -38,18 +38,26 @@ Series = dict[str, View]
 
 
 def table_series(site: str, table: pa.Table) -> Series:
-    """The register series of one site's segment table (columns ``ts`` [µs, UTC], ``meter``,
-    ``quantity`` as dictionaries, ``value``)."""
+    """The register series of one site's readings table (columns ``ts`` as UTC timestamps,
+    ``meter``, ``quantity`` as dictionaries, ``value``)."""
     if not table.num_rows:
         return {}
-    ts = table.column("ts").combine_chunks().to_numpy(zero_copy_only=False).view(np.int64) * 1000
+    col = table.column("ts").combine_chunks()
+    scale = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}[col.type.unit]
+    ts = col.to_numpy(zero_copy_only=False).view(np.int64)
     cols = []
     for name in ("meter", "quantity"):
         arr = table.column(name).combine_chunks()
         cols.append((arr.indices.to_numpy(zero_copy_only=False), [str(x) for x in arr.dictionary.to_pylist()]))
     value = table.column("value").combine_chunks().to_numpy(zero_copy_only=False)
     found = register_series(ts, (np.zeros(len(ts), np.int8), [site]), cols[0], cols[1], value)
-    return {f"{m}/{q}": v for (_, m, q), v in found.items()}
+    scaled: dict[int, np.ndarray] = {}  # series of one block share their ts: scaled once
+    out: Series = {}
+    for (_, m, q), (t, x) in found.items():
+        if id(t) not in scaled:
+            scaled[id(t)] = t * scale
+        out[f"{m}/{q}"] = (scaled[id(t)], x)
+    return out
 
 
 def frame_series(df: pd.DataFrame) -> Series:
@@ -105,7 +113,8 @@ def with_bases(series: Series, base: Mapping[str, list[float]]) -> Series:
         t, x = series.get(k, (np.zeros(0, np.int64), np.zeros(0)))
         if k in base:
             b_t, b_x = base[k]
-            t, x = np.r_[np.int64(b_t), t], np.r_[np.float64(b_x), x]
+            t = np.concatenate([np.asarray([b_t], dtype=np.int64), t])
+            x = np.concatenate([np.asarray([b_x], dtype=np.float64), x])
         out[k] = (t, x)
     return out
 
