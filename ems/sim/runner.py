@@ -46,10 +46,11 @@ __all__ = ["ONE_FOLDER_MAX_ROWS", "STORE_SLICE_ROWS", "RunResult", "plan_workers
 
 ONE_FOLDER_MAX_ROWS = 30_000_000
 """Above this many reading rows, Parquet output is written one folder per site."""
-STORE_SLICE_ROWS = 1_500_000
+STORE_SLICE_ROWS = 1_000_000
 """Most rows per store write, one segment of the embedded store: bounds the memory a write
-takes (a one-minute site is 15 M rows), while a 15-minute site (0.9-1.4 M rows) is one
-write, so the store's register aggregates are brought up to date once for it."""
+takes (a one-minute site is 15 M rows; 1.5 M rows a write cost ~30 MiB more a process).
+The writes of a site are one bulk load, so its register aggregates are published once
+whatever the number of writes."""
 _WORKER_BYTES_PER_STEP = 1_000
 """Memory of one site in flight per simulated step (arrays, series, a slice) [B]."""
 _WORKER_BASE_BYTES = 200 * 2**20

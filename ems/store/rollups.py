@@ -358,8 +358,6 @@ class RegisterAggregates:
             return not others
         if man.through is None or any(s.seq > man.through for s in others):
             return False
-        if any(t <= man.base[k][0] for k, t in w.first.items() if k in man.base):
-            return False
         return self._stale_from(w, man) is None
 
     def _fold_from_disk(self, w: Written, meta: _Meta, man: Manifest, tz: str, segs: list[Segment]) -> None:
@@ -394,7 +392,8 @@ class RegisterAggregates:
         A written reading before the watermark, or one at or before a series' first reading
         at or after it (or any reading of a series that has readings before it and none
         after), changes intervals that start before the watermark. A series that had no
-        reading before the watermark changes none.
+        reading before the watermark changes none, but a rewrite of its base reading (at the
+        watermark) changes the base: the last chunk is computed again.
         """
         if man.watermark is None:
             return None
@@ -405,15 +404,20 @@ class RegisterAggregates:
                 stale.append(t)
             elif before is not None and (after is None or t <= after):
                 stale.append(before)
+            elif key in man.base and t <= man.base[key][0]:
+                stale.append(t)
         return min(stale) if stale else None
 
     def _recompute(self, site: str, meta: _Meta, man: Manifest, stale: int) -> None:
         """Compute the chunks holding intervals from ``stale`` on again, widened back to the
         readings before it."""
         assert man.watermark is not None
-        lo = reg.widen(self._window(site, stale, man.watermark), stale)
+        around = self._window(site, stale, man.watermark)
+        lo = reg.widen(around, stale)
         hit = [c for c in man.chunks if c["hi"] > lo]
-        if not hit:
+        if not hit:  # no materialized interval changes; the readings at the watermark may
+            man.series = reg.around(around, man.watermark, man.series)
+            man.base = reg.bases(around, man.watermark, man.base)
             return
         a, z = hit[0]["lo"], man.watermark
         series = self._window(site, a, z)
