@@ -18,6 +18,7 @@ from builders import TARIFF, plant, write
 
 import ems
 from ems.accounting.energy import stage1
+from ems.errors import EmsError
 from ems.readings import ReadingSet
 from ems.store import open_store
 from ems.store.rollups import Manifest
@@ -294,3 +295,15 @@ def test_two_writer_processes_on_the_same_site(tmp_path):
             man = _manifest(path, site)
             assert man.watermark is not None and man.covers(st.reader.site_segments(site))
         _same_as_a_read(st)
+
+
+def test_rebuild_after_a_damaged_manifest(store):
+    rs = plant({"a": "A"}, n=3 * 96, tariff=TARIFF)
+    _register(store, rs)
+    store.write_readings(rs.readings)
+    want = store.stage1().energy
+    (store.root / "rollups" / "site=a" / "manifest.json").write_text("{not json")
+    with pytest.raises(EmsError, match="unreadable register aggregates manifest"):
+        store.stage1()
+    store.rebuild_aggregates()
+    pd.testing.assert_frame_equal(store.stage1().energy, want, check_exact=True)

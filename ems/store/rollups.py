@@ -57,6 +57,7 @@ memory and each site's files and manifest are published once, at the end.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -329,7 +330,7 @@ class RegisterAggregates:
         disk = Manifest.load(self.folder(site) / "manifest.json")
         held = None if self._held is None else self._held.get(site)
         if held is not None and held.rev == disk.rev:
-            return held
+            return copy.deepcopy(held)  # kept only if the update succeeds (:meth:`_done`)
         self._pending.pop(site, None)
         return disk
 
@@ -347,7 +348,7 @@ class RegisterAggregates:
             self._advance(w.site, meta, man, info.tz, w)
         else:
             self._fold_from_disk(w, meta, man, info.tz, segs)
-        man.through = max(s.seq for s in segs)
+        man.through = max((s.seq for s in segs), default=man.through)
         self._done(w.site, man)
 
     def _appends(self, man: Manifest, segs: list[Segment], w: Written) -> bool:
@@ -526,13 +527,20 @@ class RegisterAggregates:
                 self._rebuild_site(site, meta, info, self.reader.site_segments(site))
 
     def _rebuild_site(self, site: str, meta: _Meta, info: SiteInfo, segs: list[Segment]) -> None:
-        shutil.rmtree(self.folder(site), ignore_errors=True)
+        """Materialize a site again from its raw segments; the new files get new names, so a
+        reader sees the old set or the new one."""
         self._pending.pop(site, None)
         if self._held is not None:
             self._held.pop(site, None)
         if not segs:
+            shutil.rmtree(self.folder(site), ignore_errors=True)
             return
-        man = Manifest()
+        try:
+            old = Manifest.load(self.folder(site) / "manifest.json")
+        except EmsError:  # unreadable: start the numbering after any file left
+            old = Manifest(next_seq=1 + max((int(f.name[:16]) for f in self.folder(site).glob("*-*.*")
+                                             if f.name[:16].isdigit()), default=0), rev=1)
+        man = Manifest(next_seq=old.next_seq, rev=old.rev)
         man.last = self._scan(site, segs).last
         self._advance(site, meta, man, info.tz, None)
         man.through = max(s.seq for s in segs)
