@@ -58,6 +58,7 @@ CLIMATES: dict[str, dict[str, Any]] = {
         "kt": [0.36, 0.43, 0.47, 0.48, 0.50, 0.53, 0.55, 0.54, 0.49, 0.42, 0.34, 0.32],
         "temp": [0.0, 1.5, 6.0, 10.5, 15.5, 19.0, 21.0, 20.5, 15.5, 10.5, 5.0, 1.0],
         "region": "SI",
+        "factor_set": "si-2024",
     },
 }
 
@@ -139,6 +140,7 @@ def make_site(site_id: str = "qingdao", climate: str | None = None, **over: Any)
             ],
         },
     }
+    d["factor_set"] = c.get("factor_set", "cn-2023")
     d.update(over)
     return Site.model_validate(d)
 

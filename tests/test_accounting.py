@@ -18,7 +18,7 @@ from builders import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ems.accounting import kpis, load_factor_set, load_targets, progress
+from ems.accounting import FactorSet, kpis, load_factor_set, load_targets, progress
 from ems.accounting.energy import stage1
 from ems.errors import AccountingError, ConfigError
 
@@ -112,7 +112,7 @@ def test_register_rollover():
 @pytest.mark.parametrize(("day", "hours"), [("2024-03-31", 23), ("2024-10-27", 25), ("2024-06-01", 24)])
 def test_dst_days_in_ljubljana(day, hours):
     tz = "Europe/Ljubljana"
-    rs, _ = _simple(power=100.0, periods=4 * 26, start=day, tz=tz, grid_region="SI", country="SI")
+    rs, _ = _simple(power=100.0, periods=4 * 26, start=day, tz=tz, grid_region="SI", country="SI", factor_set="si-2024")
     res = kpis(rs, period="day")
     k = res.kpis.set_index("period")
     assert k.loc[day, "grid_import_kwh"] == pytest.approx(100.0 * hours)
@@ -283,19 +283,36 @@ def test_grid_factor_year_selection():
     g = fs.grid_factor("average", east, 2019)
     assert g["year"] == 2021 and "nearest year 2021" in g["note"]
     sd = [("province", "CN-SD"), ("region", "CN-North"), ("country", "CN")]
-    g = fs.grid_factor("average", sd, 2024)  # locality beats recency: Shandong 2022 over North China 2023
-    assert (g["value"], g["year"], g["level"]) == (0.641, 2022, "province")
+    g = fs.grid_factor("average", sd, 2024)  # the province's newest value: Shandong 2023
+    assert (g["value"], g["year"], g["level"]) == (0.6191, 2023, "province")
     assert fs.grid_factor("residual", sd, 2024)["place"] == "CN"  # residual mix: national only
-    assert fs.grid_factor("residual", [("region", "SI"), ("country", "SI")], 2024)["value"] is None
+    si = [("province", ""), ("region", "SI"), ("country", "SI")]
+    g = fs.grid_factor("residual", si, 2024)  # Slovenia is not in the Chinese set; the place is named once
+    assert g["value"] is None and g["note"] == "no residual-mix factor for SI in factor set 'cn-2023'"
+    g = load_factor_set("si-2024").grid_factor("residual", si, 2024)
+    assert (g["value"], g["year"], g["level"]) == (0.42945, 2024, "country")
+
+
+def test_grid_factor_locality_beats_recency():
+    rows = [{"place": "CN-SD", "level": "province", "year": 2022, "kind": "average", "value": 0.641},
+            {"place": "CN-North", "level": "region", "year": 2023, "kind": "average", "value": 0.6361}]
+    fs = FactorSet(name="t", version="", data={"grid": rows})
+    g = fs.grid_factor("average", [("province", "CN-SD"), ("region", "CN-North"), ("country", "CN")], 2024)
+    assert (g["value"], g["year"], g["level"]) == (0.641, 2022, "province")  # Shandong 2022 over North China 2023
+    assert "nearest year 2022 for 2024" in g["note"]
 
 
 def test_factor_overrides_and_errors():
-    fs = load_factor_set("cn-2023", overrides={"natural_gas_kgce_per_m3": 1.2143, "grid:average:CN-East:2024": 0.5,
-                                               "prices:EUR:steam_per_gj": 20.0})
+    fs = load_factor_set("cn-2023", overrides={"natural_gas_kgce_per_m3": 1.2143, "grid:average:CN-East:2024": 0.5})
     assert fs.value("natural_gas_kgce_per_m3") == 1.2143
     g = fs.grid_factor("average", [("region", "CN-East"), ("country", "CN")], 2024)
     assert (g["value"], g["level"]) == (0.5, "override")
-    assert fs.price_entry("steam_per_gj", "EUR")["value"] == 20.0
+    # the Slovenian set extends the Chinese one: its home currency is EUR, the CNY table is inherited
+    si = load_factor_set("si-2024", overrides={"steam_per_gj": 20.0, "prices:CNY:steam_per_gj": 80.0})
+    assert si.home_currency == "EUR" and si.value("electricity_kgce_per_kwh") == 0.1229
+    assert (si.price_entry("steam_per_gj", "EUR")["value"], si.price_entry("steam_per_gj", "CNY")["value"]) == (20.0, 80.0)
+    with pytest.raises(AccountingError, match="expected a price table in EUR"):
+        load_factor_set("cn-2023").price_entry("steam_per_gj", "EUR")
     with pytest.raises(ConfigError, match="unknown factor set"):
         load_factor_set("nope")
     with pytest.raises(ConfigError, match="no such factor"):

@@ -14,7 +14,7 @@ from builders import TARIFF, const, from_power, index, meter, readingset, regist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ems.accounting import kpis
+from ems.accounting import kpis, load_factor_set
 from ems.accounting.kpis import FLOWS, MONEY
 from ems.accounting.money import sum_money
 from ems.errors import AccountingError
@@ -146,20 +146,44 @@ def test_own_pv_certificate_retired_is_not_counted_twice():
 def test_grid_factor_per_site_most_local_first():
     idx = index("2024-06-01", DAY, tz=TZ)
     sites = [site("sd", province="CN-SD", grid_region="CN-North"), site("bj", grid_region="CN-North"),
-             site("si", "Europe/Ljubljana", country="SI", grid_region="SI", tariff={**TARIFF, "currency": "EUR"})]
+             site("si", "Europe/Ljubljana", country="SI", grid_region="SI", factor_set="si-2024",
+                  tariff={**TARIFF, "currency": "EUR"})]
     frames = [from_power(s.site, "grid", "import_kwh", const(idx, 100.0)) for s in sites]
     rs = readingset(frames, [meter(s.site, "grid", "grid") for s in sites], sites)
     res = kpis(rs, period="year")
     k = res.kpis.set_index("key")
     e = k["grid_import_kwh"]
-    assert k.loc["sd", "scope2_location_t"] == pytest.approx(e["sd"] * 0.641 / 1000)  # Shandong 2022
+    assert k.loc["sd", "scope2_location_t"] == pytest.approx(e["sd"] * 0.6191 / 1000)  # Shandong 2023
     assert k.loc["bj", "scope2_location_t"] == pytest.approx(e["bj"] * 0.6361 / 1000)  # North China 2023
-    assert k.loc["si", "scope2_location_t"] == pytest.approx(e["si"] * 0.166 / 1000)  # Slovenia 2023
-    # no residual mix for Slovenia in the set: the stated fallback is the location-based factor
-    assert k.loc["si", "scope2_market_t"] == pytest.approx(e["si"] * 0.166 / 1000)
+    assert k.loc["si", "scope2_location_t"] == pytest.approx(e["si"] * 0.175 / 1000)  # Slovenia 2024 (EEA)
+    assert k.loc["si", "scope2_market_t"] == pytest.approx(e["si"] * 0.42945 / 1000)  # AIB residual mix 2024
     fu = res.factors_used.set_index(["site", "name"])
     assert fu.loc[("sd", "grid_average_kgco2_per_kwh"), "level"] == "province"
-    assert "fallback" in fu.loc[("si", "grid_residual_kgco2_per_kwh"), "note"]
+    assert fu.loc[("si", "grid_residual_kgco2_per_kwh"), "set"] == "si-2024"
+
+
+def test_residual_mix_fallback_is_stated():
+    """A set without a residual mix for the site's places falls back to its location-based factor and says so."""
+    idx = index("2024-06-01", DAY, tz="Europe/Ljubljana")
+    s = site("si", "Europe/Ljubljana", country="SI", grid_region="SI", factor_set="si-2024", tariff={**TARIFF, "currency": "EUR"})
+    fs = load_factor_set("si-2024")
+    fs.data["grid"] = [r for r in fs.data["grid"] if r["kind"] == "average"]
+    res = kpis(readingset([from_power("si", "grid", "import_kwh", const(idx, 100.0))], [meter("si", "grid", "grid")], [s]),
+               period="year", factors=fs)
+    row = res.kpis.iloc[0]
+    assert row["scope2_market_t"] == pytest.approx(row["scope2_location_t"])
+    note = res.factors_used.set_index(["site", "name"]).loc[("si", "grid_residual_kgco2_per_kwh"), "note"]
+    assert note == ("no residual-mix factor for SI in factor set 'si-2024': the location-based factor (SI 2024) is used "
+                    "instead, the last step of the GHG Protocol Scope 2 market-based hierarchy")
+
+
+def test_site_outside_its_set_names_the_set_that_has_it():
+    idx = index("2024-06-01", DAY, tz="Europe/Ljubljana")
+    s = site("si", "Europe/Ljubljana", country="SI", grid_region="SI", tariff={**TARIFF, "currency": "EUR"})
+    rs = readingset([from_power("si", "grid", "import_kwh", const(idx, 100.0))], [meter("si", "grid", "grid")], [s])
+    with pytest.raises(AccountingError, match="no grid-average factor for SI in factor set 'cn-2023'; name the built-in "
+                                              "set 'si-2024' in the site's factor_set"):
+        kpis(rs, period="year")
 
 
 # ----------------------------------------------------------------- Scope 1 by gas
@@ -214,7 +238,7 @@ def test_both_tce_methods_and_onsite_renewables_switch():
     cal = kpis(rs, period="day").kpis.iloc[0]
     assert cal["tce_method"] == "calorific" and cal["total_tce"] == pytest.approx(2400 * 0.1229 / 1000)
     ce = kpis(rs, period="day", tce_method="coal_equivalent").kpis.iloc[0]
-    assert ce["total_tce"] == pytest.approx(2400 * 0.3007 / 1000)  # 2022 power-supply coal rate, nearest year
+    assert ce["total_tce"] == pytest.approx(2400 * 0.3024 / 1000)  # 2024 power-supply coal rate, the period year
     inc = kpis(rs, period="day", onsite_renewables="included").kpis.iloc[0]
     assert inc["total_tce"] == pytest.approx((2400 + 1200) * 0.1229 / 1000)
     notes = kpis(rs, tce_method="coal_equivalent").notes[0]
@@ -232,7 +256,8 @@ def test_mixed_currency_group_converts_with_dated_rates():
     eur_tariff = {**TARIFF, "currency": "EUR", "prices": {"peak": 0.2, "flat": 0.1, "valley": 0.05},
                   "demand_charge_per_kw_month": 0.0, "export_price": 0.0}
     cny_tariff = {**TARIFF, "demand_charge_per_kw_month": 0.0, "export_price": 0.0}
-    sites = [site("cn", tariff=cny_tariff), site("si", "Europe/Ljubljana", country="SI", grid_region="SI", tariff=eur_tariff)]
+    sites = [site("cn", tariff=cny_tariff),
+             site("si", "Europe/Ljubljana", country="SI", grid_region="SI", factor_set="si-2024", tariff=eur_tariff)]
     frames = [from_power("cn", "grid", "import_kwh", const(idx, 100.0)), from_power("si", "grid", "import_kwh", const(idx_si, 100.0))]
     rs = readingset(frames, [meter("cn", "grid", "grid"), meter("si", "grid", "grid")], sites)
     res = kpis(rs, by="site", period="day")
@@ -302,7 +327,7 @@ def test_months_add_up_to_the_year(instruments, powers, pv):
                    register(s, "line-x", "output_units", const(idx, 1.0), interval_s=3600)]
         meters += [meter(s, "grid", "grid", interval_s=3600), meter(s, "pv", "pv", interval_s=3600),
                    meter(s, "line-x", "line", interval_s=3600, emissions=[{"gas": "R-32", "kg_per_unit": 0.01}])]
-    sites = [site("a", tariff=TARIFF), site("b", "Europe/Ljubljana", country="SI", grid_region="SI",
+    sites = [site("a", tariff=TARIFF), site("b", "Europe/Ljubljana", country="SI", grid_region="SI", factor_set="si-2024",
                                           tariff={**TARIFF, "currency": "EUR"})]
     ev = [_instrument(m, mwh, kind, i) for i, (m, mwh, kind) in enumerate(instruments)]
     res = kpis(readingset(frames, meters, sites, ev), period="year")

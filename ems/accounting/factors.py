@@ -8,7 +8,7 @@ only names the IPCC edition.
 
 Override keys
 -------------
-* a coefficient, emission factor or price of the home currency by name:
+* a coefficient, emission factor or price of the set's home currency (its ``currency``) by name:
   ``{"natural_gas_kgce_per_m3": 1.2143}``; a price in another currency:
   ``{"prices:EUR:natural_gas_per_m3": 0.55}``;
 * a grid factor: ``{"grid:average:CN-East:2022": 0.58}`` (place, then year);
@@ -43,7 +43,7 @@ import yaml
 from ems.errors import AccountingError, ConfigError
 from ems.readings import SiteInfo
 
-__all__ = ["GRID_LEVELS", "FactorSet", "FactorsUsed", "load_factor_set"]
+__all__ = ["GRID_LEVELS", "FactorSet", "FactorsUsed", "builtin_sets_with", "load_factor_set"]
 
 _SCALAR_SECTIONS = ("coefficients", "emission")
 GRID_LEVELS = ("province", "region", "country")
@@ -89,8 +89,8 @@ class FactorSet:
     # -- prices ------------------------------------------------------------------
     @property
     def home_currency(self) -> str:
-        """Currency of the set's first price table (plain price overrides apply to it)."""
-        return str(next(iter(self.data.get("prices") or {"CNY": {}})))
+        """The set's ``currency``, else its first price table's (plain price overrides apply to it)."""
+        return _home_currency(self.data)
 
     def price_entry(self, key: str, currency: str) -> dict[str, Any]:
         """Return a price (value, unit, source) in ``currency``.
@@ -115,9 +115,9 @@ class FactorSet:
         """Return the grid factors as a frame (:data:`_GRID_COLUMNS`)."""
         if self._grid is None:
             df = pd.DataFrame(self.data.get("grid") or [], columns=_GRID_COLUMNS)
-            df["to_confirm"] = df["to_confirm"].fillna(False).astype(bool)
-            for c, default in (("unit", "kgCO2/kWh"), ("source", "")):
+            for c, default in (("to_confirm", False), ("unit", "kgCO2/kWh"), ("source", "")):
                 df[c] = df[c].astype(object).where(df[c].notna(), default)
+            df["to_confirm"] = df["to_confirm"].astype(bool)
             self._grid = df
         return self._grid
 
@@ -151,7 +151,7 @@ class FactorSet:
             ``level``, ``place``, ``year``, ``unit``, ``source``, ``to_confirm``, ``note``.
         """
         idx = self._grid_index()
-        wanted = [p for _, p in places if p]
+        wanted = list(dict.fromkeys(p for _, p in places if p))
         for place in wanted:
             ov = [r for r in idx.get((kind, place, "override"), []) if int(r["year"]) == year]
             if ov:
@@ -165,8 +165,10 @@ class FactorSet:
             how = "period year" if y == year else f"nearest year {y} for {year}"
             lvl = str(row["level"])
             return _pick(row, year, lvl, f"{lvl} {place}: {how}; most local first, then nearest year")
+        what = {"average": "grid-average", "residual": "residual-mix"}.get(kind, kind)
         return {"value": None, "level": "", "place": "", "year": year, "unit": "kgCO2/kWh", "source": "",
-                "to_confirm": False, "note": f"no {kind} factor for {', '.join(wanted) or 'the site'}"}
+                "to_confirm": False,
+                "note": f"no {what} factor for {' or '.join(wanted) or 'the site'} in factor set {self.name!r}"}
 
     # -- coal equivalent, GWP edition, dual control --------------------------------------
     def coal_equivalent(self, year: int) -> dict[str, Any]:
@@ -207,30 +209,32 @@ class FactorsUsed:
         self.rows[key] = {"site": "*", "level": "", "place": "*", "year_requested": "", "year_used": "", "note": "",
                           "to_confirm": False, "set": fs.name, "version": fs.version, **row}
 
-    def scalar(self, fs: FactorSet, key: str) -> float:
-        e = fs.entry(key)
-        self._add((fs.name, key), fs, name=key, value=float(e["value"]), unit=str(e.get("unit", "")),
-                  source=str(e.get("source", "")).strip(), to_confirm=bool(e.get("to_confirm", False)))
+    def _add_value(self, key: tuple[Any, ...], fs: FactorSet, e: Mapping[str, Any], **row: Any) -> float:
+        """One value as its set gives it; an inherited value is listed once, under the set that defines it."""
+        owner = str(e.get("_set", fs.name))
+        self._add((owner, *key), fs, value=float(e["value"]), unit=str(e.get("unit", "")),
+                  source=str(e.get("source", "")).strip(), to_confirm=bool(e.get("to_confirm", False)),
+                  set=owner, version=str(e.get("_version", fs.version)), **row)
         return float(e["value"])
+
+    def scalar(self, fs: FactorSet, key: str) -> float:
+        return self._add_value((key,), fs, fs.entry(key), name=key)
 
     def price(self, fs: FactorSet, key: str, currency: str) -> float:
         e = fs.price_entry(key, currency)
-        self._add((fs.name, key, currency), fs, name=key, value=float(e["value"]), unit=str(e.get("unit", "")),
-                  source=str(e.get("source", "")).strip(), note="assumption" if e.get("assumption") else "")
-        return float(e["value"])
+        return self._add_value((key, currency), fs, e, name=key, note="assumption" if e.get("assumption") else "")
 
     def coal_equivalent(self, fs: FactorSet, year: int) -> float:
         e = fs.coal_equivalent(year)
-        self._add((fs.name, "coal_equivalent", year), fs, name="electricity_kgce_per_kwh_coal_equivalent",
-                  year_requested=str(year), year_used=str(e["year"]), value=float(e["value"]), unit=str(e.get("unit", "")),
-                  source=str(e.get("source", "")).strip(), note=str(e["note"]), to_confirm=bool(e.get("to_confirm", False)))
-        return float(e["value"])
+        return self._add_value(("coal_equivalent", year), fs, e, name="electricity_kgce_per_kwh_coal_equivalent",
+                               year_requested=str(year), year_used=str(e["year"]), note=str(e["note"]))
 
     def grid(self, fs: FactorSet, kind: str, si: SiteInfo, year: int, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
         g = fs.grid_factor(kind, si.places(), year)
         if g["value"] is None and fallback is not None:
-            g = {**fallback, "note": f"{g['note']}; fallback: the location-based factor ({fallback['place']} "
-                 f"{fallback['year']}), the last step of the GHG Protocol Scope 2 market-based hierarchy"}
+            g = {**fallback, "note": f"{g['note']}: the location-based factor ({fallback['place']} "
+                 f"{fallback['year']}) is used instead, the last step of the GHG Protocol Scope 2 market-based "
+                 "hierarchy"}
         self._add((fs.name, "grid", kind, si.site, year), fs, name=f"grid_{kind}_kgco2_per_kwh", site=si.site,
                   level=g["level"], place=g["place"], year_requested=str(year), year_used=str(g["year"]),
                   value=float(g["value"]) if g["value"] is not None else 0.0, unit=g["unit"], source=g["source"],
@@ -260,6 +264,17 @@ def _pick(row: Mapping[str, Any], year: int, level: str, note: str) -> dict[str,
     return {"value": float(row["value"]), "level": level, "place": str(row["place"]), "year": int(row["year"]),
             "unit": str(row["unit"]), "source": str(row["source"]), "to_confirm": bool(row["to_confirm"]),
             "note": note}
+
+
+def _home_currency(data: Mapping[str, Any]) -> str:
+    return str(data.get("currency") or next(iter(data.get("prices") or {"CNY": {}})))
+
+
+def builtin_sets_with(places: Sequence[str], kind: str = "average") -> list[str]:
+    """Names of the built-in factor sets with a ``kind`` grid factor for any of ``places``."""
+    d = resources.files("ems").joinpath("data", "factors")
+    names = sorted(Path(str(x)).stem for x in d.iterdir() if str(x).endswith(".yaml"))
+    return [n for n in names if any((kind, p, "published") in load_factor_set(n)._grid_index() for p in places)]
 
 
 def _builtin(name: str) -> Path | None:
@@ -295,13 +310,24 @@ def _read_cached(name: str, mtime_ns: int) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping with 'name', 'coefficients', 'grid'; found {type(data).__name__}")
     base = data.pop("extends", None)
     if base:
-        parent = _read(_resolve(str(base)))
+        parent = _inherited(_read(_resolve(str(base))))
         for k, v in data.items():
             parent[k] = {**parent[k], **v} if isinstance(v, dict) and isinstance(parent.get(k), dict) else v
         data = parent
     _sources(data)
     out: dict[str, Any] = data
     return out
+
+
+def _inherited(parent: dict[str, Any]) -> dict[str, Any]:
+    """Tag a parent set's values with the set that defines them (``_set``, ``_version``), for the audit table."""
+    tag = {"_set": str(parent["name"]), "_version": str(parent.get("version", ""))}
+    tables = [parent.get(sec) or {} for sec in _SCALAR_SECTIONS] + list((parent.get("prices") or {}).values())
+    entries = [e for t in tables for e in t.values()] + list(parent.get("electricity_coal_equivalent") or [])
+    for e in entries:
+        if isinstance(e, dict) and "_set" not in e:
+            e.update(tag)
+    return parent
 
 
 def _resolve(name: str) -> Path:
@@ -333,7 +359,7 @@ def _override_price(data: dict[str, Any], key: str, val: Any) -> bool:
             raise ConfigError(f"override {key!r}: expected 'prices:<currency>:<name>' with a currency in {sorted(prices)}")
         cur, name = parts[1], parts[2]
     else:
-        cur, name = next(iter(prices), ""), key
+        cur, name = _home_currency(data), key
     entry = (prices.get(cur) or {}).get(name)
     if not isinstance(entry, dict):
         return False

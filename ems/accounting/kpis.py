@@ -28,7 +28,7 @@ import pandas as pd
 from ems.accounting import scope1
 from ems.accounting.certificates import cover, instrument_table, load_framework
 from ems.accounting.energy import stage1
-from ems.accounting.factors import FactorSet, FactorsUsed, load_factor_set
+from ems.accounting.factors import FactorSet, FactorsUsed, builtin_sets_with, load_factor_set
 from ems.accounting.money import convert, load_fx, site_currency, sum_money
 from ems.errors import AccountingError
 from ems.gases import load_gases
@@ -280,21 +280,25 @@ def _site_year_factors(daily: pd.DataFrame, sites: Mapping[str, SiteInfo], fsets
     for (s, y), idx in pd.DataFrame({"s": daily["site"].to_numpy(), "y": year}).groupby(["s", "y"]).indices.items():
         fs, si, y = fsets[s], sites[s], int(y)
         cur = site_currency(si, fx)
+        avg = used.grid(fs, "average", si, y)
+        if avg["value"] is None:
+            raise AccountingError(_no_grid_average(s, si, fs, avg["note"], y))
         vals = {c: used.scalar(fs, k) for c, k in _SCALARS.items()}
         vals |= {c: used.price(fs, k, cur) for c, k in _PRICES.items()}
         vals["k_el_ce"] = used.coal_equivalent(fs, y)
-        avg = used.grid(fs, "average", si, y)
-        if avg["value"] is None:
-            raise AccountingError(
-                f"site {s}: no grid-average factor for {', '.join(p for _, p in si.places() if p)} in factor set "
-                f"{fs.name!r}; add one to the set or override 'grid:average:{si.country}:{y}'"
-            )
         vals["g_avg"] = float(avg["value"])
         vals["g_res"] = float(used.grid(fs, "residual", si, y, fallback=avg)["value"])
         vals["p_export"] = float((si.attrs.get("tariff") or {}).get("export_price", 0.0) or 0.0)
         for k, v in vals.items():
             cols[k][idx] = v
     return cols
+
+
+def _no_grid_average(s: str, si: SiteInfo, fs: FactorSet, note: str, year: int) -> str:
+    """The error for a site whose places have no grid-average factor in its set, naming the sets that do."""
+    others = [n for n in builtin_sets_with([p for _, p in si.places() if p]) if n != fs.name]
+    hint = f"name the built-in set {' or '.join(map(repr, others))} in the site's factor_set, " if others else ""
+    return f"site {s}: {note}; {hint}add a factor to the set or override 'grid:average:{si.country}:{year}'"
 
 
 def _energy(d: pd.DataFrame, f: Mapping[str, np.ndarray]) -> None:

@@ -171,10 +171,10 @@ def grid_factors_table(df: pd.DataFrame, *, notes: bool = False) -> Table:
         factor=lambda d: d["name"].str.removeprefix("grid_").str.removesuffix("_kgco2_per_kwh"))
     units = sorted(set(g["unit"]))
     cols = ["site", "factor", "level", "place", "year_used", "value", *(["unit"] if len(units) > 1 else []),
-            "source", *(["note"] if notes else [])]
+            *(["to_confirm"] if "to_confirm" in g else []), "source", *(["note"] if notes else [])]
     value = f"value [{units[0]}]" if len(units) == 1 else "value"
     t = table_of(g, "Grid factor per site (most local place first, then nearest year)", columns=cols,
-                 labels={"year_used": "year", "value": value}, wrap=("note",))
+                 labels={"year_used": "year", "value": value, "to_confirm": "to confirm"}, wrap=("note",))
     return _sources_below(t, cols.index("source"))
 
 
