@@ -5,7 +5,8 @@ Each fault test appends one JSON line of figures to the file named by
 XML for the per-test times), and replaces the generated sections of
 ``docs/reliability.md`` (between ``<!-- figures:begin -->`` and ``<!-- figures:end -->``,
 and ``<!-- soak:begin -->`` / ``<!-- soak:end -->`` from ``bench/results/soak.md``,
-written by ``bench/bench_soak.py``).
+written by ``bench/bench_soak.py``, and ``<!-- chaos:begin -->`` / ``<!-- chaos:end -->``
+from ``bench/results/chaos.md``, written by ``bench/bench_chaos.py``).
 
     python bench/reliability_report.py            # run the suite, update the doc
     python bench/reliability_report.py --no-run   # re-render from the last figures
@@ -26,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
 RESULTS = ROOT / "bench" / "results"
 SUITE = ["tests/test_reliability_faults.py", "tests/test_security_hostile.py", "tests/test_security_broker.py",
-         "tests/test_fuzz_inputs.py"]
-COLS = ["published", "acknowledged", "stored", "dead_lettered", "lost", "doubled"]
+         "tests/test_fuzz_inputs.py", "tests/test_ingest_adversary.py", "tests/test_files_and_http_limits.py",
+         "tests/test_chaos.py"]
+COLS = ["published", "acknowledged", "stored", "dead_lettered", "lost", "doubled", "peak_rss_mib"]
 
 
 def run_suite(figs: Path, junit: Path) -> int:
@@ -40,7 +42,8 @@ def table(records: list[dict], times: dict[str, float]) -> str:
     out = ["| fault | " + " | ".join(COLS) + " | other figures | time [s] |",
            "| --- | " + " | ".join("---:" for _ in COLS) + " | --- | ---: |"]
     for r in records:
-        other = {k: v for k, v in r.items() if k not in (*COLS, "test", "fault", "extra")}
+        other = {k: v for k, v in r.items() if k not in (*COLS, "test", "fault", "extra", "poison_missing")
+                 and v not in ("", [], {}, None)}
         other_s = ", ".join(f"{k}={v}" for k, v in other.items())
         t = times.get(r["test"])
         out.append(f"| {r['fault']} | " + " | ".join(f"{r.get(c, '')}" for c in COLS)
@@ -93,6 +96,9 @@ def main() -> None:
     soak = RESULTS / "soak.md"
     if soak.exists():
         doc = replace(doc, "soak", soak.read_text().split("\n", 2)[2].strip())
+    chaos = RESULTS / "chaos.md"
+    if chaos.exists():
+        doc = replace(doc, "chaos", chaos.read_text().split("\n", 2)[2].strip())
     DOC.write_text(doc)
     print(f"wrote {DOC} ({len(records)} fault records, {passed}/{len(rows)} passed)")
     sys.exit(rc)

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ems import __version__
+from ems import __version__, redaction
 from ems.errors import EmsError
 
 # name -> "module:attribute"; the attribute is a click.Command
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(exc.exit_code)
     except EmsError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {redaction.redact(str(exc))}", err=True)
         sys.exit(2)
 
 

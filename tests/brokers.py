@@ -43,8 +43,24 @@ def _start_mosquitto(conf: Path, port: int) -> subprocess.Popen:
     return proc
 
 
-def mosquitto_broker(tmp: Path) -> Broker:
-    """Start mosquitto on a free loopback port with persistence in ``tmp``."""
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+SHIPPED_ACL = ROOT / "deploy" / "mosquitto" / "acl"
+_LIMIT_KEYS = ("max_inflight_messages", "max_queued_messages", "max_queued_bytes", "message_size_limit",
+               "max_inflight_bytes", "max_packet_size")
+
+
+def shipped_limits() -> str:
+    """The queue, in-flight and size lines of ``deploy/mosquitto/mosquitto.conf``: tests run with them."""
+    lines = [ln.strip() for ln in SHIPPED_CONF.read_text().splitlines()]
+    return "".join(ln + "\n" for ln in lines if ln.split(" ", 1)[0] in _LIMIT_KEYS)
+
+
+def mosquitto_broker(tmp: Path, limits: str | None = None) -> Broker:
+    """Start mosquitto on a free loopback port with persistence in ``tmp``.
+
+    ``limits``: queue and in-flight lines; default the shipped ones, ``""`` for mosquitto's stock defaults.
+    """
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
     port = free_port()
@@ -55,8 +71,7 @@ def mosquitto_broker(tmp: Path) -> Broker:
         "allow_anonymous true\n"
         "persistence true\n"
         f"persistence_location {tmp}/\n"
-        "max_queued_messages 0\n"
-        "max_inflight_messages 0\n"
+        + (shipped_limits() if limits is None else limits)
         + ("user root\n" if os.geteuid() == 0 else "")  # else mosquitto drops to a user that cannot write tmp
         + "log_dest stdout\n"
         "log_type error\n"
@@ -97,7 +112,7 @@ def secure_mosquitto(d: Path, users: dict[str, str], acl: str | None = None) -> 
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n{acl_line}"
         f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n"
-        + ("user root\n" if os.geteuid() == 0 else "") + "log_dest none\n"
+        + shipped_limits() + ("user root\n" if os.geteuid() == 0 else "") + "log_dest none\n"
     )
     return Broker("127.0.0.1", port, f"mqtts://127.0.0.1:{port}", _start_mosquitto(conf, port), conf)
 

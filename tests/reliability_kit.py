@@ -75,8 +75,12 @@ def poll(pred: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
 # ---------------------------------------------------------------- mosquitto
 
 
-def mosquitto_conf(tmp: Path, extra: str = "", port: int | None = None) -> tuple[Path, int]:
-    """A mosquitto config on a free loopback port with persistence in ``tmp`` (+ ``extra`` lines)."""
+def mosquitto_conf(tmp: Path, extra: str = "", port: int | None = None, limits: str | None = None) -> tuple[Path, int]:
+    """A mosquitto config on a free loopback port with persistence in ``tmp`` (+ ``extra`` lines).
+
+    ``limits``: the queue and in-flight lines; default the shipped ones (``brokers.shipped_limits``);
+    ``""`` for mosquitto's stock defaults (20 in flight, 1,000 queued).
+    """
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "mosquitto.conf"
@@ -85,8 +89,7 @@ def mosquitto_conf(tmp: Path, extra: str = "", port: int | None = None) -> tuple
         + ("allow_anonymous true\n" if "allow_anonymous" not in extra else "")
         + "persistence true\n"
         f"persistence_location {tmp}/\n"
-        "max_queued_messages 0\n"
-        "max_inflight_messages 0\n"
+        + (brokers.shipped_limits() if limits is None else limits)
         + ("user root\n" if os.geteuid() == 0 else "")
         + "log_dest stdout\nlog_type error\nlog_type warning\n"
         + extra
@@ -127,14 +130,14 @@ def ems_cmd(*args: str) -> list[str]:
 class EmsProc:
     """``ems ...`` as a subprocess; stdout/stderr go to files (no pipe can fill and block it)."""
 
-    def __init__(self, args: list[str], log_dir: Path, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_dir: Path, name: str, env: dict[str, str] | None = None,
+                 cmd: list[str] | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.out = log_dir / f"{name}.out"
         self.err = log_dir / f"{name}.err"
         with open(self.out, "ab") as o, open(self.err, "ab") as e:
-            self.proc = subprocess.Popen(
-                ems_cmd(*args), stdout=o, stderr=e, cwd=log_dir, env={**os.environ, **(env or {})}
-            )
+            argv = ems_cmd(*args) if cmd is None else [*cmd, *args]  # cmd: another program taking ems's arguments
+            self.proc = subprocess.Popen(argv, stdout=o, stderr=e, cwd=log_dir, env={**os.environ, **(env or {})})
         self.pid = self.proc.pid
 
     def wait_log(self, text: str, timeout: float = 30.0) -> str:
@@ -171,11 +174,12 @@ class IngestProc(EmsProc):
     """``ems ingest`` with a metrics port; :meth:`metrics` reads its counters."""
 
     def __init__(self, broker_url: str, store: str, log_dir: Path, client_id: str, *extra: str,
-                 name: str = "ingest", env: dict[str, str] | None = None) -> None:
+                 name: str = "ingest", env: dict[str, str] | None = None, cmd: list[str] | None = None,
+                 deadletter: Path | None = None) -> None:
         super().__init__(
             ["ingest", "--broker", broker_url, "--store", store, "--client-id", client_id, "--metrics-port", "0",
-             "--deadletter", str(log_dir / "deadletter.jsonl"), "--batch-seconds", "0.2", *extra],
-            log_dir, name, env,
+             "--deadletter", str(deadletter or log_dir / "deadletter.jsonl"), "--batch-seconds", "0.2", *extra],
+            log_dir, name, env, cmd,
         )
         line = self.wait_log("metrics at http://127.0.0.1:")
         self.metrics_url = line.split("metrics at ", 1)[1].strip()

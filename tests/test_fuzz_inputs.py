@@ -25,7 +25,7 @@ REASONS = {
     "oversized", "invalid_utf8", "malformed_json", "not_an_object", "too_deep", "wrong_version", "bad_topic",
     "unknown_site", "unknown_meter", "missing_field", "wrong_type", "unknown_quantity", "non_finite",
     "register_backwards", "future_timestamp", "naive_timestamp", "bad_timestamp", "seq_not_int",
-    "interval_mismatch",
+    "interval_mismatch", "out_of_range", "register_jump",
 }
 GRID = MeterInfo("alpha", "grid", "grid", "electricity", ("power_kw", "import_kwh", "export_kwh"), 900)
 METERS = {("alpha", "grid"): GRID}

@@ -212,7 +212,7 @@ def test_readings_skipped_at_the_broker_are_backfilled_by_the_publisher(mosquitt
 
 
 def test_the_ingestor_keeps_the_newest_hwm_and_ignores_its_own_requests(tmp_path):
-    from ems.telemetry.ingestor import _Item
+    from ems.telemetry.session import Message
 
     ing = Ingestor(BrokerConfig(), open_store(tmp_path / "store"), IngestOptions(client_id="bf-unit"))
     new = backfill.encode_hwm("alpha", {"grid": 20}, 2_000_000_000)
@@ -220,8 +220,10 @@ def test_the_ingestor_keeps_the_newest_hwm_and_ignores_its_own_requests(tmp_path
     req = backfill.encode_request(BackfillRequest("alpha", "grid", 1, 2))
     for topic, payload in [(topics.hwm_topic("alpha"), new), (topics.hwm_topic("alpha"), old),
                            (topics.backfill_topic("alpha"), req)]:
-        ing._process(_Item(topic, payload, 0, 0, time.time()))
-    assert ing.hwm == {K: 20} and ing.counters["hwm"] == 2 and ing.counters["rejected"] == 0
+        ing._take(Message(topic, payload, len(payload), "", 0, 0, False, time.time()))
+    assert ing.hwm == {K: 20} and ing.counters["hwm"] == 2
+    job = ing.batch.take()  # all three acknowledged with the job, none dead-lettered
+    assert len(job.acks) == 3 and not job.dead
     ing.store.close()
 
 

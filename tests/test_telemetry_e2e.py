@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -137,8 +138,13 @@ def test_deadletter_each_bad_message_from_mosquitto_pub(mosquitto, tmp_path):
     records = [json.loads(line) for line in dl.read_text().splitlines()]
     assert Counter(r["reason"] for r in records) == Counter(c[0] for c in BAD_CASES)
     sent = Counter((c[0], c[1], c[2]) for c in BAD_CASES)
-    got = Counter((r["reason"], r["topic"], base64.b64decode(r["payload_b64"])) for r in records)
-    assert got == sent
+    got = Counter((r["reason"], r["topic"], r["payload_sha256"]) for r in records)
+    assert got == Counter((c[0], c[1], hashlib.sha256(c[2]).hexdigest()) for c in BAD_CASES)
+    for r in records:  # whole up to 16 KiB; beyond, the prefix (with the size and the hash)
+        kept = base64.b64decode(r["payload_b64"])
+        assert r["payload_truncated"] == (r["payload_bytes"] > len(kept)) and len(kept) <= 16384
+    assert sum(r["payload_truncated"] for r in records) == 1
+    assert sent
     assert all(r["message"].startswith(r["reason"] + ":") for r in records)
     topics_seen = [line.split(" ", 1)[0] for line in out.splitlines() if line.startswith("ems/")]
     assert Counter(t.rsplit("/", 1)[1] for t in topics_seen) == Counter(c[0] for c in BAD_CASES)

@@ -63,6 +63,12 @@ def wait_for_signal(stop: threading.Event | None = None) -> None:
     default=None,
     help="Broker user; the password comes from EMS_MQTT_PASSWORD or EMS_MQTT_PASSWORD_FILE.",
 )
+@click.option("--allow-host", "allow_hosts", multiple=True,
+              help="Also answer to this host name (e.g. a reverse proxy's); others get 421. Repeatable.")
+@click.option("--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="[s] close a connection that sends nothing for this long.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Connections served at once; more are answered 503.")
 def dashboard(
     store_url: str,
     host: str,
@@ -70,6 +76,9 @@ def dashboard(
     poll_s: float,
     broker_url: str | None,
     username: str | None,
+    allow_hosts: tuple[str, ...],
+    idle_timeout_s: float,
+    max_connections: int,
 ) -> None:
     """Serve the built-in dashboard of a store (read-only) until interrupted."""
     from ems.dashboard.live import serve_dashboard
@@ -82,7 +91,8 @@ def dashboard(
         if broker_url is not None:
             watcher = StatusWatcher(broker_url, username).start()
             stack.callback(watcher.stop)
-        server = serve_dashboard(stack, store_url, host, port, poll_s=poll_s, status=watcher)
+        server = serve_dashboard(stack, store_url, host, port, poll_s=poll_s, status=watcher, allow_hosts=allow_hosts,
+                                 idle_timeout_s=idle_timeout_s, max_connections=max_connections)
         click.echo(f"dashboard at {server.url}/ (Ctrl-C to stop)", err=True)
         wait_for_signal()
     click.echo("dashboard stopped", err=True)

@@ -164,10 +164,11 @@ def _ingestor(stack: contextlib.ExitStack, cfg: Any, store: Any, rs: ReadingSet,
 
 
 def serve_dashboard(stack: contextlib.ExitStack, store_url: str, host: str, port: int, *, poll_s: float = 1.0,
-                    status: Callable[[], Any] | None = None) -> Any:
+                    status: Callable[[], Any] | None = None, **guard: Any) -> Any:
     """Start the dashboard of a store on its own read-only handle; return the server.
 
-    Everything started is stopped (and the handle closed) when ``stack`` closes.
+    Everything started is stopped (and the handle closed) when ``stack`` closes. ``guard``:
+    ``allow_hosts``, ``idle_timeout_s``, ``max_connections`` (:func:`ems.dashboard.server.make_server`).
     """
     from ems.dashboard.commands import open_for_reading
     from ems.dashboard.monitor import Monitor
@@ -181,7 +182,7 @@ def serve_dashboard(stack: contextlib.ExitStack, store_url: str, host: str, port
             reader.close()
 
     stack.callback(close_reader)
-    server = make_server(mon, host, port)
+    server = make_server(mon, host, port, **guard)
     mon.start()
     stack.callback(mon.stop)
     server.start()

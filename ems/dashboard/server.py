@@ -10,7 +10,9 @@ Routes (GET and HEAD; any other method gets 405)::
 
 Every response carries a strict Content-Security-Policy (scripts only from this
 server, no inline script), so even a bug that put data into HTML could not run it;
-the page itself writes data only through ``textContent``.
+the page itself writes data only through ``textContent``. The server answers only to
+its own host names (a DNS-rebinding page gets 421), closes idle connections and serves
+a bounded number at once (:mod:`ems.webserver`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ems.errors import EmsError, ReadingError
+from ems.webserver import GuardedHandler, GuardedHTTPServer
 
 from .monitor import Monitor
 
@@ -55,7 +58,7 @@ def _static(name: str) -> bytes | None:
     return f.read_bytes()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     server: DashboardServer
     protocol_version = "HTTP/1.1"
     server_version = "ems-dashboard"
@@ -93,6 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": message}, head)
 
     def _route(self, head: bool) -> None:
+        if not self.host_allowed():
+            return
         parts = urlsplit(self.path)
         path = parts.path
         query = parse_qs(parts.query)
@@ -139,7 +144,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._route(head=True)
 
     def _not_allowed(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        if not self.host_allowed():
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
         if 0 < length <= 1 << 20:
             self.rfile.read(length)
         body = json.dumps(
@@ -152,14 +162,20 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
 
-class DashboardServer(ThreadingHTTPServer):
-    """A threading HTTP server bound to a :class:`Monitor`."""
+class DashboardServer(GuardedHTTPServer):
+    """A threading HTTP server bound to a :class:`Monitor` (Host allow-list, timeouts, bounded connections).
 
-    daemon_threads = True
+    Parameters
+    ----------
+    address : (host, port)
+    monitor : Monitor
+    **guard
+        ``allow_hosts``, ``idle_timeout_s``, ``max_connections`` (:class:`ems.webserver.GuardedHTTPServer`).
+    """
 
-    def __init__(self, address: tuple[str, int], monitor: Monitor) -> None:
+    def __init__(self, address: tuple[str, int], monitor: Monitor, **guard: Any) -> None:
         self.monitor = monitor
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, **guard)
         self._thread: threading.Thread | None = None
 
     @property
@@ -188,8 +204,20 @@ class DashboardServer(ThreadingHTTPServer):
             self._thread = None
 
 
-def make_server(monitor: Monitor, host: str = "127.0.0.1", port: int = 8050) -> DashboardServer:
+def make_server(
+    monitor: Monitor,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    *,
+    allow_hosts: Iterable[str] = (),
+    idle_timeout_s: float = 10.0,
+    max_connections: int = 64,
+) -> DashboardServer:
     """Create (not start) the dashboard server; port 0 picks a free one.
+
+    ``allow_hosts``: host names served besides the bound address's (behind a reverse proxy,
+    its name); ``idle_timeout_s`` [s]: idle connections are closed after it;
+    ``max_connections``: served at once, more get 503.
 
     Raises
     ------
@@ -197,7 +225,8 @@ def make_server(monitor: Monitor, host: str = "127.0.0.1", port: int = 8050) -> 
         The address cannot be bound (in use, or not a local address).
     """
     try:
-        return DashboardServer((host, port), monitor)
+        return DashboardServer((host, port), monitor, allow_hosts=allow_hosts, idle_timeout_s=idle_timeout_s,
+                               max_connections=max_connections)
     except OSError as exc:
         raise EmsError(
             f"dashboard: expected to listen on {host}:{port}; found {exc.strerror or exc}"

@@ -29,6 +29,7 @@ import difflib
 import logging
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,6 +48,7 @@ from ems.model.site import Site
 __all__ = [
     "Document",
     "apply_override",
+    "file_roots",
     "is_scenario_data",
     "load_document",
     "load_scenario",
@@ -55,6 +57,7 @@ __all__ = [
     "load_site_data",
     "located_measure_error",
     "parse",
+    "read_config_text",
     "validate_document",
 ]
 
@@ -66,6 +69,15 @@ Path_ = tuple[Key, ...]
 
 #: Guard against alias bombs ("billion laughs"): most nodes one document may expand to.
 MAX_NODES = 200_000
+#: Largest site or scenario file read [bytes] (the reference sites are a few KiB).
+MAX_FILE_BYTES = 10 << 20
+#: Deepest nesting of mappings and lists accepted (a site needs 6).
+MAX_DEPTH = 64
+#: Folders (``os.pathsep``-separated) a scenario may also name files in, besides its own project folder.
+FILE_ROOTS_ENV = "EMS_FILE_ROOTS"
+_DEPTH_TOKENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+                 yaml.FlowSequenceStartToken)
+_END_TOKENS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
 _MAX_REPR = 60
 _PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
@@ -109,8 +121,24 @@ class _Builder:
         self.locations: dict[Path_, tuple[str, int | None]] = {}
         self.constructor = yaml.constructor.SafeConstructor()
         self.count = 0
+        self._active: set[int] = set()  # nodes being built: an alias back to one of them is a cycle
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
+        if id(node) in self._active or len(path) > MAX_DEPTH:
+            raise self._cycle_or_depth(node, path)
+        self._active.add(id(node))
+        try:
+            return self._build(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _cycle_or_depth(self, node: yaml.Node, path: Path_) -> LocatedError:
+        what = (f"expected values nested at most {MAX_DEPTH} levels deep, found deeper"
+                if len(path) > MAX_DEPTH else "expected an alias (*name) to refer to a finished value, "
+                "found a recursive alias that contains itself")
+        return LocatedError(what, file=self.name, line=node.start_mark.line + 1, field=_dotted(path) or None)
+
+    def _build(self, node: yaml.Node, path: Path_) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
             raise LocatedError(
@@ -193,6 +221,8 @@ class _Builder:
                     line=src.start_mark.line + 1,
                     field=_dotted(path) or None,
                 )
+            if id(src) in self._active:
+                raise self._cycle_or_depth(src, path)
             saved = dict(self.locations)
             result.update(self._mapping(src, path))
             # keep own lines for keys present; merged keys point at the anchor's lines
@@ -217,7 +247,10 @@ def parse(text: str, name: str = "<string>") -> Document:
         not a mapping.
     """
     try:
+        _check_depth(text, name)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # pragma: no cover - _check_depth stops this first
+        raise LocatedError(f"expected values nested at most {MAX_DEPTH} levels deep, found deeper", file=name) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -247,20 +280,65 @@ def parse(text: str, name: str = "<string>") -> Document:
     return Document(data=data, name=name, locations=builder.locations)
 
 
-def load_document(path: str | Path) -> Document:
-    """Read and parse a YAML file; a missing file is a :class:`ConfigError` naming the path."""
+def _check_depth(text: str, name: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` before composing (PyYAML's composer recurses)."""
+    depth = 0
+    for tok in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(tok, _DEPTH_TOKENS):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise LocatedError(f"expected values nested at most {MAX_DEPTH} levels deep, found deeper",
+                                   file=name, line=tok.start_mark.line + 1)
+        elif isinstance(tok, _END_TOKENS):
+            depth -= 1
+
+
+def read_config_text(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """Read a configuration file (YAML, JSON) safely: a regular file, at most ``max_bytes``, UTF-8.
+
+    Never blocks on a FIFO, never reads a device (``/dev/zero``), never reads more than the limit.
+
+    Raises
+    ------
+    ConfigError
+        Missing, not a regular file, unreadable; :class:`LocatedError` when too large or not UTF-8.
+    """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"file not found: expected a YAML file at {str(p)!r}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"expected a YAML file, found a directory at {str(p)!r}") from None
-    except UnicodeDecodeError as exc:
-        raise LocatedError(f"expected UTF-8 text, found undecodable bytes ({exc.reason})", file=str(p)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {str(p)!r}: {exc.strerror}") from None
-    return parse(text, str(p))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
+            raise ConfigError(f"expected a regular file, found {kind} at {str(p)!r}")
+        data = _read_at_most(fd, max_bytes + 1) if st.st_size <= max_bytes else b""
+    finally:
+        os.close(fd)
+    if st.st_size > max_bytes or len(data) > max_bytes:
+        raise LocatedError(f"expected a file of at most {max_bytes >> 20} MiB, found {max(st.st_size, len(data)):,} bytes",
+                           file=str(p))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LocatedError(f"expected UTF-8 text, found undecodable bytes ({exc.reason})", file=str(p)) from None
+
+
+def _read_at_most(fd: int, n: int) -> bytes:
+    parts: list[bytes] = []
+    while n > 0 and (chunk := os.read(fd, min(n, 1 << 20))):
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def load_document(path: str | Path) -> Document:
+    """Read (:func:`read_config_text`) and parse a YAML file; a missing file is a :class:`ConfigError` naming the path."""
+    p = Path(path)
+    return parse(read_config_text(p), str(p))
 
 
 def is_scenario_data(data: Mapping[str, Any]) -> bool:
@@ -506,11 +584,40 @@ def _validate_site(doc: Document) -> Site:
         raise _located(exc, doc, Site) from None
 
 
-def _resolve_site_paths(site: Site, site_file: str | Path) -> Site:
-    """Make file paths inside a site (the weather file) absolute, relative to the site file."""
+def file_roots(folder: str | Path) -> list[Path]:
+    """Folders that files named by a scenario or site in ``folder`` may be in.
+
+    The project folder (the parent of ``folder``: a scenario in ``project/scenarios/`` may
+    name ``../sites/x.yaml``), the working directory, and the folders listed in
+    ``$EMS_FILE_ROOTS`` (``os.pathsep``-separated), where an operator asks for more explicitly.
+    """
+    extra = [Path(x).resolve() for x in os.environ.get(FILE_ROOTS_ENV, "").split(os.pathsep) if x]
+    return [Path(folder).resolve().parent, Path.cwd().resolve(), *extra]
+
+
+def _check_inside(path: Path, roots: list[Path], what: str, where: tuple[str, int | None], field: str,
+                  suffixes: tuple[str, ...] = ()) -> None:
+    """A file named by a scenario or site: inside ``roots`` (symbolic links followed), with one of ``suffixes``."""
+    real = path.resolve()
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise LocatedError(
+            f"expected {what} inside {roots[0]} (the project folder), the working directory or a folder "
+            f"named in ${FILE_ROOTS_ENV}; found {str(path)!r}, outside them",
+            file=where[0], line=where[1], field=field,
+        )
+    if suffixes and real.suffix.lower() not in suffixes:
+        raise LocatedError(f"expected {what} named *{' or *'.join(suffixes)}; found {str(path)!r}",
+                           file=where[0], line=where[1], field=field)
+
+
+def _resolve_site_paths(site: Site, site_file: str | Path, roots: list[Path] | None = None) -> Site:
+    """Make file paths inside a site (the weather file) absolute, relative to the site file; inside ``roots``."""
     w = site.weather
-    if w.path and not Path(w.path).is_absolute():
-        w.path = str((Path(site_file).parent / w.path).resolve())
+    if w.path:
+        path = Path(w.path) if Path(w.path).is_absolute() else (Path(site_file).parent / w.path)
+        _check_inside(path, roots or file_roots(Path(site_file).parent), "the weather file", (str(site_file), None),
+                      "weather.path")
+        w.path = str(path.resolve())
     return site
 
 
@@ -661,12 +768,39 @@ def _resolve(
         spec = ScenarioFile.model_validate(doc.data)
     except ValidationError as exc:
         raise _located(exc, doc, ScenarioFile) from None
+    roots = file_roots(base)
+    site_docs, by_id = _site_documents(spec, doc, base, roots)
+    _apply_overrides(spec, doc, extra, site_docs, by_id)
+    _check_measures(doc, spec.measures, list(by_id))
+    sites = _bounded(spec, doc, [_resolve_site_paths(_validate_site(sdoc), sdoc.name, roots) for sdoc in site_docs])
+    start, end = spec.period.bounds()
+    return ResolvedScenario(
+        name=spec.name,
+        sites=sites,
+        start=start,
+        end=end,
+        resolution_s=_resolution_s(spec.resolution),
+        seed=spec.seed,
+        source=doc.name,
+        extra={
+            "description": spec.description,
+            "factor_set": spec.factor_set,
+            "measures": spec.measures,
+            "site_files": [os.path.normpath(base / s) for s in spec.sites],
+        },
+    )
 
+
+def _site_documents(
+    spec: ScenarioFile, doc: Document, base: Path, roots: list[Path]
+) -> tuple[list[Document], dict[str, int]]:
+    """Read a scenario's site files (inside ``roots``), each once; return them and their index by site id."""
     site_docs: list[Document] = []
     by_id: dict[str, int] = {}
     for i, rel in enumerate(spec.sites):
         site_path = Path(os.path.normpath(base / rel))
         file, line = doc.locate(("sites", i))
+        _check_inside(site_path, roots, "a site file", (file, line), f"sites.{i}", (".yaml", ".yml"))
         if not site_path.is_file():
             near = site_path.parent.glob("*.y*ml") if site_path.parent.is_dir() else ()
             hint = _did_you_mean(site_path.name, sorted(f.name for f in near))
@@ -692,6 +826,17 @@ def _resolve(
             sdoc.data["factor_set"] = spec.factor_set
             sdoc.locations[("factor_set",)] = doc.locate(("factor_set",))
         site_docs.append(sdoc)
+    return site_docs, by_id
+
+
+def _apply_overrides(
+    spec: ScenarioFile,
+    doc: Document,
+    extra: Mapping[str, Mapping[str, Any]] | None,
+    site_docs: list[Document],
+    by_id: dict[str, int],
+) -> None:
+    """Apply the scenario's overrides, then ``extra`` ones, to the site documents (with their lines)."""
 
     def apply(site_id: str, dotted: str, value: Any, where: tuple[str, int | None], sub: Document | None,
               sub_prefix: Path_) -> None:
@@ -704,48 +849,27 @@ def _resolve(
             for rel, loc in _sub_locations(sub, sub_prefix):
                 sdoc.locations[(*path, *rel)] = loc
 
+    def unknown(site_id: str, file: str, line: int | None) -> LocatedError:
+        return LocatedError(
+            f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), "
+            f"found {site_id!r}{_did_you_mean(site_id, by_id)}",
+            file=file,
+            line=line,
+            field=f"overrides.{site_id}",
+        )
+
     for site_id, paths in spec.overrides.items():
         file, line = doc.locate(("overrides", site_id))
         if site_id not in by_id:
-            raise LocatedError(
-                f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), "
-                f"found {site_id!r}{_did_you_mean(site_id, by_id)}",
-                file=file,
-                line=line,
-                field=f"overrides.{site_id}",
-            )
+            raise unknown(site_id, file, line)
         for dotted, value in paths.items():
             where = doc.locate(("overrides", site_id, dotted))
             apply(site_id, str(dotted), value, where, doc, ("overrides", site_id, dotted))
     for site_id, extra_paths in (extra or {}).items():
         if site_id not in by_id:
-            raise LocatedError(
-                f"expected the id of a site in this scenario ({', '.join(sorted(by_id)) or 'none'}), "
-                f"found {site_id!r}",
-                file=doc.name,
-                field=f"overrides.{site_id}",
-            )
+            raise unknown(site_id, doc.name, None)
         for dotted, value in extra_paths.items():
             apply(site_id, str(dotted), value, (doc.name, None), None, ())
-
-    _check_measures(doc, spec.measures, list(by_id))
-    sites = _bounded(spec, doc, [_resolve_site_paths(_validate_site(sdoc), sdoc.name) for sdoc in site_docs])
-    start, end = spec.period.bounds()
-    return ResolvedScenario(
-        name=spec.name,
-        sites=sites,
-        start=start,
-        end=end,
-        resolution_s=_resolution_s(spec.resolution),
-        seed=spec.seed,
-        source=doc.name,
-        extra={
-            "description": spec.description,
-            "factor_set": spec.factor_set,
-            "measures": spec.measures,
-            "site_files": [os.path.normpath(base / s) for s in spec.sites],
-        },
-    )
 
 
 def validate_document(doc: Document, model: type[_M]) -> _M:

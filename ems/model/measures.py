@@ -31,7 +31,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from ems.errors import ConfigError
@@ -160,7 +159,9 @@ def load_costs(path: str | Path | None = None) -> dict[str, Any]:
     p = Path(path) if path is not None else Path(str(resources.files("ems").joinpath("data", "measures", "costs.yaml")))
     if not p.is_file():
         raise ConfigError(f"cost data: expected a YAML file, found no file at {str(p)!r}")
-    data = yaml.safe_load(p.read_text())
+    from ems.model.loader import load_document  # the loader imports this module
+
+    data = load_document(p).data  # size, depth and file-type limits, located errors
     if not isinstance(data, dict) or not isinstance(data.get("measures"), dict) or "conversions" not in data:
         raise ConfigError(f"{p}: expected a mapping with 'measures' and 'conversions' (see ems/data/measures/costs.yaml)")
     return data

@@ -61,35 +61,45 @@ def open_store(url: str | os.PathLike[str] | None = None, **options: Any) -> Sto
         if not path:
             raise StoreError(f"store URL {text!r}: expected duckdb:///path/to/dir; found no path")
         return _embedded(path, options)
+    if parts.username is not None or parts.password is not None:
+        raise StoreError(
+            f"store URL {_redact(text)!r}: credentials in the URL are refused (they would show in "
+            "process lists and logs); set EMS_INFLUX_TOKEN or EMS_INFLUX_TOKEN_FILE"
+        )
     if scheme in {"influx+http", "influx+https", "http", "https"}:
-        query = dict(parse_qsl(parts.query))
-        for key in ("org", "bucket"):
-            if key in query:
-                options.setdefault(key, query.pop(key))
-        missing = [k for k in ("org", "bucket") if not options.get(k)]
-        if missing:
-            raise StoreError(
-                f"store URL {_redact(text)!r}: expected org and bucket (as ?org=..&bucket=.. "
-                f"or options); missing {missing}"
-            )
-        if "token" in query:
-            raise StoreError(
-                "store URL: a token in the URL is refused; set EMS_INFLUX_TOKEN or "
-                "EMS_INFLUX_TOKEN_FILE"
-            )
-        http = scheme.removeprefix("influx+")
-        base = urlunsplit((http, parts.netloc, parts.path, "", ""))
-        try:
-            from ems.store.influx import InfluxStore
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("influxdb_client"):
-                raise MissingExtraError("influxdb-client", "influx") from exc
-            raise
-        return InfluxStore(base, **options)
+        return _influx(text, scheme, options)
     raise StoreError(
         f"store URL {_redact(text)!r}: expected a path, duckdb:///path, "
         f"influx+http(s)://host:port?org=..&bucket=.. or http(s)://...; found scheme {scheme!r}"
     )
+
+
+def _influx(text: str, scheme: str, options: dict[str, Any]) -> Store:
+    parts = urlsplit(text)
+    query = dict(parse_qsl(parts.query))
+    for key in ("org", "bucket"):
+        if key in query:
+            options.setdefault(key, query.pop(key))
+    missing = [k for k in ("org", "bucket") if not options.get(k)]
+    if missing:
+        raise StoreError(
+            f"store URL {_redact(text)!r}: expected org and bucket (as ?org=..&bucket=.. "
+            f"or options); missing {missing}"
+        )
+    if "token" in query:
+        raise StoreError(
+            "store URL: a token in the URL is refused; set EMS_INFLUX_TOKEN or "
+            "EMS_INFLUX_TOKEN_FILE"
+        )
+    http = scheme.removeprefix("influx+")
+    base = urlunsplit((http, parts.netloc, parts.path, "", ""))
+    try:
+        from ems.store.influx import InfluxStore
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("influxdb_client"):
+            raise MissingExtraError("influxdb-client", "influx") from exc
+        raise
+    return InfluxStore(base, **options)
 
 
 def _embedded(path: str, options: dict[str, Any]) -> Store:

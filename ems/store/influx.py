@@ -8,8 +8,9 @@ and logged, and :meth:`InfluxStore.close` (or :meth:`InfluxStore.flush`) raises
 by :mod:`ems.store.flux`.
 
 The token is taken from the ``token`` argument, else ``EMS_INFLUX_TOKEN``, else
-the file named by ``EMS_INFLUX_TOKEN_FILE``; it is never logged, never shown in
-``repr`` and never read from a site file or a URL.
+the file named by ``EMS_INFLUX_TOKEN_FILE``; it is never logged (it is registered
+with :mod:`ems.redaction`, which redacts it from every log record, influxdb_client's
+own included), never shown in ``repr`` and never read from a site file or a URL.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import WriteApi, WriteOptions, WriteType
 from influxdb_client.domain.write_precision import WritePrecision
 
+from ems import redaction
 from ems.errors import StoreError
 from ems.readings import (
     EVENT_COLUMNS,
@@ -64,9 +66,11 @@ def read_token(token: str | None = None) -> str:
         No token is configured, or the token file cannot be read or is empty.
     """
     if token:
+        redaction.register(token)
         return token
     env = os.environ.get(TOKEN_ENV, "").strip()
     if env:
+        redaction.register(env)
         return env
     path = os.environ.get(TOKEN_FILE_ENV, "").strip()
     if path:
@@ -80,6 +84,7 @@ def read_token(token: str | None = None) -> str:
             raise StoreError(
                 f"{TOKEN_FILE_ENV}={path}: expected a token in the file; found it empty"
             )
+        redaction.register(text)
         return text
     raise StoreError(
         f"InfluxDB needs an API token: expected {TOKEN_ENV} or {TOKEN_FILE_ENV} in the environment; found neither"

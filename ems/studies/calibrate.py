@@ -46,6 +46,7 @@ import pandas as pd
 import yaml
 
 from ems.errors import ConfigError
+from ems.model.loader import load_document
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
 
@@ -264,7 +265,7 @@ def load_totals(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"totals: expected a YAML file, found no file at {str(p)!r}")
-    data = yaml.safe_load(p.read_text())
+    data = load_document(p).data  # size, depth and file-type limits, located errors
     if not isinstance(data, dict) or not (data.get("annual") or data.get("monthly")):
         raise ConfigError(f"{p}: expected a mapping with 'annual' and/or 'monthly' totals")
     out: dict[str, Any] = {"year": data.get("year"), "annual": {}, "monthly": {}}

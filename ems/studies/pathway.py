@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ems.errors import ConfigError
+from ems.model.loader import load_document
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
 
@@ -85,7 +85,7 @@ def load_pathway_spec(path: str | Path) -> PathwaySpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"pathway: expected a spec file, found no file at {str(p)!r}")
-    d = yaml.safe_load(p.read_text())
+    d = load_document(p).data  # size, depth and file-type limits, located errors
     if not isinstance(d, dict) or "scenario" not in d:
         raise ConfigError(f"{p}: expected a mapping with 'scenario' (and years or start_year/end_year)")
     sc = load_scenario(p.parent / str(d["scenario"]))

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import yaml
 
 from ems.errors import ConfigError, MissingExtraError
+from ems.model.loader import load_document
 from ems.model.scenario import ResolvedScenario
 from ems.studies.measures import MEASURES, load_costs
 
@@ -78,7 +78,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"sweep: expected a spec file, found no file at {str(p)!r}")
-    d = yaml.safe_load(p.read_text())
+    d = load_document(p).data  # size, depth and file-type limits, located errors
     if not isinstance(d, dict) or "scenario" not in d or not d.get("parameters"):
         raise ConfigError(f"{p}: expected a mapping with 'scenario' and 'parameters'")
     sc = load_scenario(p.parent / str(d["scenario"]))

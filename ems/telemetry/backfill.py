@@ -30,7 +30,17 @@ import numpy as np
 
 from ems.errors import PayloadError
 from ems.telemetry import topics
-from ems.telemetry.codec import _dumps, _field, _same, _version, format_ts, load_object, parse_ts
+from ems.telemetry.codec import (
+    MAX_SEQ,
+    _dumps,
+    _field,
+    _same,
+    _short,
+    _version,
+    format_ts,
+    load_object,
+    parse_ts,
+)
 
 __all__ = [
     "BackfillPolicy",
@@ -89,8 +99,8 @@ def decode_request(site: str, payload: bytes) -> BackfillRequest:
     meter = topics.validate_id(_field(obj, "meter", str, where), f"{where}.meter")
     a = _field(obj, "from_seq", int, where)
     b = _field(obj, "to_seq", int, where)
-    if not 0 <= a <= b:
-        raise PayloadError("bad_range", f"{where}: expected 0 <= from_seq <= to_seq, found {a}..{b}")
+    if not 0 <= a <= b <= MAX_SEQ:
+        raise PayloadError("bad_range", f"{where}: expected 0 <= from_seq <= to_seq <= 2**63-1, found {_short(a)}..{_short(b)}")
     return BackfillRequest(site, meter, a, b)
 
 
@@ -110,7 +120,7 @@ def encode_hwm(site: str, last_seq: Mapping[str, int], sent_ns: int) -> bytes:
                    "last_seq": {topics.validate_id(m, "meter"): int(s) for m, s in sorted(last_seq.items())}})
 
 
-def decode_hwm(site: str, payload: bytes) -> HighWaterMark:
+def decode_hwm(site: str, payload: bytes, *, now_ns: int | None = None, max_future_s: float = 300.0) -> HighWaterMark:
     """Decode a high-water mark received on ``ems/v1/{site}/_hwm`` (``sent`` is optional).
 
     Raises
@@ -130,9 +140,14 @@ def decode_hwm(site: str, payload: bytes) -> HighWaterMark:
     for m, s in marks.items():
         topics.validate_id(m, f"{where}.last_seq meter")
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise PayloadError("wrong_type", f"{where}.last_seq.{m}: expected an integer >= 0, found {s!r}")
+            raise PayloadError("wrong_type", f"{where}.last_seq.{m}: expected an integer >= 0, found {_short(s)}")
+        if s > MAX_SEQ:
+            raise PayloadError("out_of_range", f"{where}.last_seq.{m}: expected at most 2**63-1, found {_short(s)}")
         out[m] = s
     sent = parse_ts(obj["sent"], f"{where}.sent") if "sent" in obj else 0
+    if now_ns is not None and sent > now_ns + int(max_future_s * 1e9):
+        # a mark from the future would make every later one look stale
+        raise PayloadError("future_timestamp", f"{where}.sent: {obj['sent']} is more than {max_future_s:g} s after now")
     return HighWaterMark(site, out, sent)
 
 
@@ -172,6 +187,10 @@ class BackfillPolicy:
         Most sequence numbers in one request.
     max_requests : int
         Most requests per planning round (the rest wait for the next round).
+    hwm_refresh_s : float [s]
+        How often the ingestor subscribes again to the retained high-water marks: a
+        broker whose queue for the ingestor was full dropped the marks published meanwhile
+        (with the readings), but keeps the latest one retained.
     """
 
     grace_s: float = 2.0
@@ -179,6 +198,7 @@ class BackfillPolicy:
     max_tries: int = 5
     max_range: int = 5000
     max_requests: int = 50
+    hwm_refresh_s: float = 5.0
 
 
 @dataclass

@@ -4,6 +4,16 @@ Pure functions: bytes in, checked values out, or a :class:`~ems.errors.PayloadEr
 whose ``reason`` is a short code (``malformed_json``, ``unknown_meter``, ...). No
 network, no clock: callers pass ``now_ns``.
 
+Everything a message carries is bounded before it is used: the payload's size
+(before it is parsed), nesting, counts, timestamps (from 1970-01-01 to the
+ingestor's clock plus the tolerated skew), sequence numbers (64-bit), intervals
+and values (finite, at most :data:`MAX_ABS_VALUE` in magnitude); a value out of
+bounds is ``out_of_range``.
+
+:func:`parse_data` checks a data payload on its own (the schema: what any reader
+could check); :func:`check_data` checks it against the meter's metadata and its
+previous reading (quantities, interval, registers); :func:`decode_data` does both.
+
 A data payload carries one or more readings of one meter::
 
     {"v": 1, "site": "qingdao", "meter": "grid", "interval_s": 900,
@@ -19,22 +29,30 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ems.errors import PayloadError
 from ems.readings import QUANTITIES, SCHEMA_VERSION, Carrier, MeterInfo, MeterKind, SiteInfo
 
 __all__ = [
+    "DEADLETTER_KEEP_BYTES",
+    "MAX_ABS_VALUE",
     "MAX_DEPTH",
     "MAX_DEPTH_META",
+    "MAX_INTERVAL_S",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
+    "MAX_SEQ",
+    "REGISTER_RATE_DEFAULTS",
     "DataMessage",
     "Reading",
+    "check_data",
     "check_gas",
     "check_line_gases",
+    "check_registers",
     "deadletter_record",
     "decode_data",
     "decode_events",
@@ -48,7 +66,9 @@ __all__ = [
     "format_ts",
     "load_object",
     "meter_status",
+    "parse_data",
     "parse_ts",
+    "register_rates",
 ]
 
 MAX_PAYLOAD_BYTES = 1 << 20
@@ -58,7 +78,31 @@ MAX_DEPTH = 6
 MAX_DEPTH_META = 16
 """Deepest nesting accepted in metadata and site registrations (``attrs`` hold tariffs)."""
 MAX_READINGS = 10_000
-"""Most readings accepted in one message."""
+"""Most readings accepted in one message (and events in one events message)."""
+MAX_SEQ = 2**63 - 1
+"""Largest sequence number accepted (a signed 64-bit integer)."""
+MAX_ABS_VALUE = 1e15
+"""Largest magnitude of a value accepted (1 PWh as kWh: beyond any meter's register)."""
+MAX_INTERVAL_S = 31 * 86400
+"""Longest reading interval accepted [s]."""
+EARLIEST_TS_NS = 0
+"""Earliest timestamp accepted [ns since the epoch]: 1970-01-01T00:00:00Z."""
+
+REGISTER_RATE_DEFAULTS: dict[str, float] = {
+    "kWh": 1e6,  # 1 GW: beyond any single site's electrical connection or plant
+    "GJ": 3600.0,  # 1 GW of heat, as GJ per hour
+    "m3": 1e5,  # ~1 GW of natural gas (36 MJ/m3), as m3 per hour
+    "kg": 1e5,  # a fuel dispenser pumps ~6 t/h; a tanker unloads ~50 t/h
+    "RMB": 1e9,  # output value per hour
+}
+"""Fastest a register of each unit may grow, per hour, when the meter's metadata names no rating.
+
+A meter with a rating (``attrs``: ``rated_kw``; or ``contract_kw`` of a grid meter,
+``inverter_kw``/``kwp`` of PV, ``power_kw`` of a battery, ``kw_e`` of a CHP) may grow
+its kWh registers at most :data:`JUMP_FACTOR` times that rating per hour.
+"""
+JUMP_FACTOR = 3.0
+"""Headroom over a meter's rating before a register rise counts as a jump."""
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = dt.timedelta(microseconds=1)
@@ -86,12 +130,13 @@ class Reading:
 
 @dataclass(frozen=True, slots=True)
 class DataMessage:
-    """A decoded, checked data payload."""
+    """A decoded, checked data payload (``bounded``: its values were checked against :data:`MAX_ABS_VALUE`)."""
 
     site: str
     meter: str
     interval_s: int
     readings: list[Reading]
+    bounded: bool = False
 
 
 # --------------------------------------------------------------------------- time
@@ -131,8 +176,8 @@ def parse_ts(value: object, where: str = "ts") -> int:
     Raises
     ------
     PayloadError
-        ``wrong_type`` (not a string), ``bad_timestamp`` (unparseable) or
-        ``naive_timestamp`` (no offset).
+        ``wrong_type`` (not a string), ``bad_timestamp`` (unparseable),
+        ``naive_timestamp`` (no offset) or ``out_of_range`` (before 1970).
     """
     if not isinstance(value, str):
         raise PayloadError("wrong_type", f"{where}: expected an ISO 8601 string, found {value!r}")
@@ -149,6 +194,8 @@ def parse_ts(value: object, where: str = "ts") -> int:
     delta = d - _EPOCH
     # integer arithmetic: exact to the microsecond, then finer digits from the string
     ns = (delta // _US) * 1000
+    if ns < EARLIEST_TS_NS:
+        raise PayloadError("out_of_range", f"{where}: expected a time from 1970-01-01T00:00:00Z on, found {value!r}")
     dot = value.find(".")
     if dot != -1:  # keep nanoseconds that datetime drops
         digits = ""
@@ -293,19 +340,20 @@ def encode_rows(site: str, meter: str, interval_s: int, rows: list[dict[str, Any
     return _dumps({"v": SCHEMA_VERSION, "site": site, "meter": meter, "interval_s": int(interval_s), "readings": rows})
 
 
-def decode_data(
+def parse_data(
     site: str,
     meter: str,
     payload: bytes,
-    meters: Mapping[tuple[str, str], MeterInfo],
     *,
     now_ns: int,
     max_future_s: float = 300.0,
     max_bytes: int = MAX_PAYLOAD_BYTES,
-    known_sites: Iterable[str] = (),
-    previous: Reading | None = None,
 ) -> DataMessage:
-    """Decode and check a data payload received on ``ems/v1/{site}/{meter}``.
+    """Parse a data payload received on ``ems/v1/{site}/{meter}`` and check its schema and bounds.
+
+    What needs no knowledge of the meter: JSON, fields and their types, ``site``
+    and ``meter`` equal to the topic's, timestamps, sequence numbers and values
+    within their bounds. :func:`check_data` checks the rest against the meter.
 
     Parameters
     ----------
@@ -313,18 +361,12 @@ def decode_data(
         From the topic.
     payload : bytes
         The message.
-    meters : mapping of (site, meter) to MeterInfo
-        Known meters (from their metadata messages).
     now_ns : int [ns since the epoch]
         Current time; readings later than ``now_ns + max_future_s`` are rejected.
     max_future_s : float [s]
         Tolerated clock skew of the source.
     max_bytes : int [bytes]
         Payload size limit.
-    known_sites : iterable of str
-        Sites known from registrations (besides those of ``meters``).
-    previous : Reading, optional
-        The meter's latest reading already accepted: registers must not fall below it.
 
     Returns
     -------
@@ -342,81 +384,220 @@ def decode_data(
     _version(obj, where)
     _same(obj, "site", site, where)
     _same(obj, "meter", meter, where)
-    info = meters.get((site, meter))
-    if info is None:
-        if any(s == site for s, _ in meters) or site in set(known_sites):
-            raise PayloadError(
-                "unknown_meter", f"{where}: no metadata for meter {meter!r} of site {site!r}"
-            )
-        raise PayloadError("unknown_site", f"{where}: no metadata for any meter of site {site!r}")
     interval_s = _field(obj, "interval_s", int, where)
-    if interval_s != info.interval_s:
-        raise PayloadError(
-            "interval_mismatch",
-            f"{where}.interval_s: the meter's metadata says {info.interval_s}, found {interval_s}",
-        )
+    if not 0 < interval_s <= MAX_INTERVAL_S:
+        raise PayloadError("out_of_range", f"{where}.interval_s: expected 1 to {MAX_INTERVAL_S} s, found {interval_s}")
     rows = _field(obj, "readings", list, where)
     if not rows:
         raise PayloadError("missing_field", f"{where}.readings: expected at least one reading")
     if len(rows) > MAX_READINGS:
         raise PayloadError("oversized", f"{where}.readings: expected at most {MAX_READINGS}, found {len(rows)}")
-    allowed = frozenset(info.quantities)
+    out = _parse_rows(rows, where, now_ns, max_future_s)
+    out.sort(key=lambda r: r.ts_ns)
+    return DataMessage(site, meter, interval_s, out, bounded=True)
+
+
+def _parse_rows(rows: list[Any], where: str, now_ns: int, max_future_s: float) -> list[Reading]:
+    """The readings of a data payload: the fast path checks types and bounds; messages are built only on errors."""
     limit = now_ns + int(max_future_s * 1e9)
+    cache = _TS_CACHE
     out: list[Reading] = []
     append = out.append
     for i, row in enumerate(rows):
-        # the fast path checks types; messages are built only on errors
         if type(row) is not dict:
-            raise PayloadError("wrong_type", f"{where}.readings[{i}]: expected an object, found {row!r}")
-        seq = row.get("seq")
-        if type(seq) is not int or seq < 0:
-            if "seq" not in row:
-                raise PayloadError("missing_field", f"{where}.readings[{i}]: expected field 'seq'")
-            raise PayloadError("seq_not_int", f"{where}.readings[{i}].seq: expected an integer >= 0, found {seq!r}")
-        if "ts" not in row:
-            raise PayloadError("missing_field", f"{where}.readings[{i}]: expected field 'ts'")
-        ts = parse_ts_cached(row["ts"], f"{where}.readings[{i}].ts")
+            raise PayloadError("wrong_type", f"{where}.readings[{i}]: expected an object, found {_short(row)}")
+        seq: Any = row.get("seq")
+        text: Any = row.get("ts")
+        values: Any = row.get("values")
+        if (type(seq) is not int or not 0 <= seq <= MAX_SEQ or text is None or type(values) is not dict
+                or not values or len(row) > 3):
+            _row_problem(row, f"{where}.readings[{i}]")  # raises, unless only extra fields need their depth checked
+        ts = cache.get(text) if type(text) is str else None
+        if ts is None:
+            ts = parse_ts_cached(text, f"{where}.readings[{i}].ts")
         if ts > limit:
-            raise PayloadError(
-                "future_timestamp",
-                f"{where}.readings[{i}].ts: {row['ts']} is more than {max_future_s:g} s after now ({format_ts(now_ns)})",
-            )
-        values = row.get("values")
-        if type(values) is not dict or not values:
-            if "values" not in row:
-                raise PayloadError("missing_field", f"{where}.readings[{i}]: expected field 'values'")
-            if isinstance(values, dict):
-                raise PayloadError("missing_field", f"{where}.readings[{i}].values: expected at least one quantity")
-            raise PayloadError("wrong_type", f"{where}.readings[{i}].values: expected an object, found {values!r}")
-        if len(row) > 3:
-            _extras_shallow(row, _READING_FIELDS, 3, f"{where}.readings[{i}]")
+            raise PayloadError("future_timestamp", f"{where}.readings[{i}].ts: {text} is more than {max_future_s:g} s "
+                                                   f"after now ({format_ts(now_ns)})")
         for q, v in values.items():
             tv = type(v)
-            if q not in allowed or (tv is not float and tv is not int) or not math.isfinite(v):
-                _bad_value(q, v, allowed, meter, f"{where}.readings[{i}].values")
+            if (tv is not float and tv is not int) or not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE or q not in QUANTITIES:
+                _bad_value(q, v, f"{where}.readings[{i}].values")
         append(Reading(seq, ts, {q: float(v) for q, v in values.items()}))
-    out.sort(key=lambda r: r.ts_ns)
-    if previous is not None and out[0].ts_ns <= previous.ts_ns:
+    return out
+
+
+def _row_problem(row: dict[str, Any], w: str) -> None:
+    """Raise the precise error of a reading that failed the fast checks (or check its extra fields' depth)."""
+    seq = row.get("seq")
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        _bad_seq(row, seq, w)
+    if "ts" not in row:
+        raise PayloadError("missing_field", f"{w}: expected field 'ts'")
+    values = row.get("values")
+    if type(values) is not dict or not values:
+        _bad_values(row, values, w)
+    _extras_shallow(row, _READING_FIELDS, 3, w)
+
+
+def _bad_seq(row: dict[str, Any], seq: object, w: str) -> NoReturn:
+    if "seq" not in row:
+        raise PayloadError("missing_field", f"{w}: expected field 'seq'")
+    if type(seq) is int and seq > MAX_SEQ:
+        raise PayloadError("out_of_range", f"{w}.seq: expected an integer up to 2**63-1, found {len(str(seq))} digits")
+    raise PayloadError("seq_not_int", f"{w}.seq: expected an integer >= 0, found {_short(seq)}")
+
+
+def _bad_values(row: dict[str, Any], values: object, w: str) -> NoReturn:
+    if "values" not in row:
+        raise PayloadError("missing_field", f"{w}: expected field 'values'")
+    if isinstance(values, dict):
+        raise PayloadError("missing_field", f"{w}.values: expected at least one quantity")
+    raise PayloadError("wrong_type", f"{w}.values: expected an object, found {_short(values)}")
+
+
+def _short(v: object, n: int = 80) -> str:
+    """``repr`` of a value cut to ``n`` characters (a hostile value may be huge)."""
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**20 else f"an integer of {len(str(abs(v)))} digits"
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def check_data(
+    msg: DataMessage,
+    info: MeterInfo,
+    previous: Reading | None = None,
+) -> None:
+    """Check a parsed data message against its meter: quantities, interval, registers.
+
+    Parameters
+    ----------
+    msg : DataMessage
+        From :func:`parse_data`.
+    info : MeterInfo
+        The meter's metadata.
+    previous : Reading, optional
+        The meter's latest reading already accepted: registers must not fall below
+        it, nor rise faster than the meter's rating allows (:func:`register_rates`).
+
+    Raises
+    ------
+    PayloadError
+        ``interval_mismatch``, ``unknown_quantity``, ``out_of_range``, ``register_backwards`` or ``register_jump``.
+    """
+    where = f"ems/v1/{msg.site}/{msg.meter}"
+    if msg.interval_s != info.interval_s:
+        raise PayloadError(
+            "interval_mismatch",
+            f"{where}.interval_s: the meter's metadata says {info.interval_s}, found {msg.interval_s}",
+        )
+    allowed = frozenset(info.quantities)
+    present: set[str] = set()
+    for r in msg.readings:
+        present.update(r.values)
+    if not present <= allowed:
+        i, q = next((i, q) for i, r in enumerate(msg.readings) for q in r.values if q not in allowed)
+        raise PayloadError(
+            "unknown_quantity",
+            f"{where}.readings[{i}].values: unknown quantity {q!r}; meter {info.meter!r} reports {sorted(allowed)}",
+        )
+    if not msg.bounded:  # another encoding: the bounds JSON's parse_data checked
+        for i, r in enumerate(msg.readings):
+            for q, v in r.values.items():
+                if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:
+                    raise PayloadError("out_of_range", f"{where}.readings[{i}].values.{q}: expected a magnitude of "
+                                                       f"at most {MAX_ABS_VALUE:g}, found {v!r}")
+    if previous is not None and msg.readings[0].ts_ns <= previous.ts_ns:
         previous = None  # late or repeated readings: compared among themselves only
-    check_registers(out, where, previous, [q for q in info.quantities if q in _REGISTERS])
-    return DataMessage(site, meter, interval_s, out)
+    registers = [q for q in info.quantities if q in _REGISTERS]
+    check_registers(msg.readings, where, previous, registers, register_rates(info), info.interval_s)
+
+
+def decode_data(
+    site: str,
+    meter: str,
+    payload: bytes,
+    meters: Mapping[tuple[str, str], MeterInfo],
+    *,
+    now_ns: int,
+    max_future_s: float = 300.0,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    known_sites: Iterable[str] = (),
+    previous: Reading | None = None,
+) -> DataMessage:
+    """Decode and check a data payload received on ``ems/v1/{site}/{meter}``: :func:`parse_data` then :func:`check_data`.
+
+    Parameters
+    ----------
+    site, meter : str
+        From the topic.
+    payload : bytes
+        The message.
+    meters : mapping of (site, meter) to MeterInfo
+        Known meters (from their metadata messages).
+    now_ns : int [ns since the epoch]
+        Current time.
+    max_future_s : float [s]
+        Tolerated clock skew of the source.
+    max_bytes : int [bytes]
+        Payload size limit.
+    known_sites : iterable of str
+        Sites known from registrations (besides those of ``meters``).
+    previous : Reading, optional
+        The meter's latest reading already accepted.
+
+    Raises
+    ------
+    PayloadError
+        With the reason codes of ``docs/telemetry.md``.
+    """
+    msg = parse_data(site, meter, payload, now_ns=now_ns, max_future_s=max_future_s, max_bytes=max_bytes)
+    info = meters.get((site, meter))
+    if info is None:
+        where = f"ems/v1/{site}/{meter}"
+        if any(s == site for s, _ in meters) or site in set(known_sites):
+            raise PayloadError("unknown_meter", f"{where}: no metadata for meter {meter!r} of site {site!r}")
+        raise PayloadError("unknown_site", f"{where}: no metadata for any meter of site {site!r}")
+    check_data(msg, info, previous)
+    return msg
 
 
 _TOP_FIELDS = frozenset(("v", "site", "meter", "interval_s", "readings"))
 _READING_FIELDS = frozenset(("seq", "ts", "values"))
 
 
-def _bad_value(q: str, v: object, allowed: frozenset[str], meter: str, w: str) -> None:
-    if q not in allowed:
-        hint = (
-            f"meter {meter!r} reports {sorted(allowed)}"
-            if q in QUANTITIES
-            else "expected names with units from ems.readings.QUANTITIES, e.g. power_kw"
+def _bad_value(q: str, v: object, w: str) -> NoReturn:
+    if q not in QUANTITIES:
+        raise PayloadError(
+            "unknown_quantity",
+            f"{w}: unknown quantity {_short(q)}; expected names with units from ems.readings.QUANTITIES, e.g. power_kw",
         )
-        raise PayloadError("unknown_quantity", f"{w}: unknown quantity {q!r}; {hint}")
     if not isinstance(v, int | float) or isinstance(v, bool):
-        raise PayloadError("wrong_type", f"{w}.{q}: expected a number, found {v!r}")
-    raise PayloadError("non_finite", f"{w}.{q}: expected a finite number, found {v!r}")
+        raise PayloadError("wrong_type", f"{w}.{q}: expected a number, found {_short(v)}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise PayloadError("non_finite", f"{w}.{q}: expected a finite number, found {v!r}")
+    raise PayloadError("out_of_range", f"{w}.{q}: expected a magnitude of at most {MAX_ABS_VALUE:g}, found {_short(v)}")
+
+
+_RATED_ATTRS = ("rated_kw", "contract_kw", "inverter_kw", "kwp", "power_kw", "kw_e")
+
+
+def register_rates(info: MeterInfo) -> dict[str, float]:
+    """Fastest each register of a meter may grow [its unit per hour].
+
+    kWh registers follow the meter's rating (the largest of ``rated_kw``,
+    ``contract_kw``, ``inverter_kw``, ``kwp``, ``power_kw``, ``kw_e`` in its
+    ``attrs``) times :data:`JUMP_FACTOR`; other registers, and meters without a
+    rating, :data:`REGISTER_RATE_DEFAULTS` of their unit.
+    """
+    rated = [float(v) for k in _RATED_ATTRS if isinstance(v := info.attrs.get(k), int | float)
+             and not isinstance(v, bool) and math.isfinite(float(v)) and float(v) > 0]
+    out: dict[str, float] = {}
+    for q in info.quantities:
+        spec = QUANTITIES.get(q)
+        if spec is None or spec.kind != "register":
+            continue
+        default = REGISTER_RATE_DEFAULTS.get(spec.unit, math.inf)
+        out[q] = JUMP_FACTOR * max(rated) if rated and spec.unit == "kWh" else default
+    return out
 
 
 def check_registers(
@@ -424,8 +605,10 @@ def check_registers(
     where: str,
     previous: Reading | None = None,
     registers: Iterable[str] | None = None,
+    rates: Mapping[str, float] | None = None,
+    interval_s: int = 0,
 ) -> None:
-    """Check that registers never decrease over ``readings`` (sorted by ts).
+    """Check that registers never decrease, nor jump, over ``readings`` (sorted by ts).
 
     Parameters
     ----------
@@ -437,11 +620,15 @@ def check_registers(
         The latest reading before these, if known.
     registers : iterable of str, optional
         Register quantities to check (default: every register present).
+    rates : mapping of str to float [unit per hour], optional
+        Fastest each register may grow (:func:`register_rates`); default: no jump check.
+    interval_s : int [s]
+        The meter's interval: the least time a rise is spread over.
 
     Raises
     ------
     PayloadError
-        ``register_backwards``.
+        ``register_backwards`` or ``register_jump``.
     """
     if registers is None:
         present: set[str] = set()
@@ -449,6 +636,7 @@ def check_registers(
             present.update(r.values)
         registers = sorted(present & _REGISTERS)
     for q in registers:
+        rate = (rates or {}).get(q, math.inf)
         last_v: float | None = None
         last_t = 0
         if previous is not None and q in previous.values:
@@ -457,13 +645,25 @@ def check_registers(
             v = r.values.get(q)
             if v is None:
                 continue
-            if last_v is not None and v < last_v and r.ts_ns > last_t:
-                raise PayloadError(
-                    "register_backwards",
-                    f"{where}: register {q} went from {last_v!r} at {format_ts(last_t)} "
-                    f"down to {v!r} at {format_ts(r.ts_ns)}; registers only grow",
-                )
+            if last_v is not None and r.ts_ns > last_t:
+                _check_step(q, last_v, last_t, v, r.ts_ns, rate, interval_s, where)
             last_v, last_t = v, r.ts_ns
+
+
+def _check_step(q: str, a: float, ta: int, b: float, tb: int, rate: float, interval_s: int, where: str) -> None:
+    if b < a:
+        raise PayloadError(
+            "register_backwards",
+            f"{where}: register {q} went from {a!r} at {format_ts(ta)} "
+            f"down to {b!r} at {format_ts(tb)}; registers only grow",
+        )
+    hours = max((tb - ta) / 3.6e12, interval_s / 3600.0)
+    if b - a > rate * hours:
+        raise PayloadError(
+            "register_jump",
+            f"{where}: register {q} rose from {a!r} at {format_ts(ta)} to {b!r} at {format_ts(tb)}; "
+            f"expected at most {rate:g} per hour (the meter's rating) times {hours:g} h",
+        )
 
 
 # --------------------------------------------------------------------------- metadata
@@ -502,6 +702,8 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
     qs = _field(obj, "quantities", list, where)
     if not qs:
         raise PayloadError("missing_field", f"{where}.quantities: expected at least one")
+    if len(qs) > len(QUANTITIES):
+        raise PayloadError("oversized", f"{where}.quantities: expected at most {len(QUANTITIES)}, found {len(qs)}")
     units = obj.get("units") or {}
     if not isinstance(units, dict):
         raise PayloadError("wrong_type", f"{where}.units: expected an object, found {units!r}")
@@ -509,16 +711,18 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
         if not isinstance(q, str) or q not in QUANTITIES:
             raise PayloadError(
                 "unknown_quantity",
-                f"{where}.quantities: {q!r} is not in ems.readings.QUANTITIES (names carry units, e.g. power_kw)",
+                f"{where}.quantities: {_short(q)} is not in ems.readings.QUANTITIES (names carry units, e.g. power_kw)",
             )
         if q in units and units[q] != QUANTITIES[q].unit:
             raise PayloadError(
                 "unknown_quantity",
-                f"{where}.units.{q}: expected {QUANTITIES[q].unit!r}, found {units[q]!r}",
+                f"{where}.units.{q}: expected {QUANTITIES[q].unit!r}, found {_short(units[q])}",
             )
     interval = _field(obj, "interval_s", int, where)
     if interval <= 0:
-        raise PayloadError("wrong_type", f"{where}.interval_s: expected a positive integer, found {interval}")
+        raise PayloadError("wrong_type", f"{where}.interval_s: expected a positive integer, found {_short(interval)}")
+    if interval > MAX_INTERVAL_S:
+        raise PayloadError("out_of_range", f"{where}.interval_s: expected at most {MAX_INTERVAL_S} s, found {_short(interval)}")
     attrs = obj.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {attrs!r}")
@@ -564,8 +768,15 @@ def decode_site(site: str, payload: bytes) -> SiteInfo:
     _same(obj, "site", site, where)
     for name in ("name", "group", "company", "park", "tz", "country", "grid_region", "factor_set"):
         _field(obj, name, str, where)
-    for name in ("lat", "lon"):
-        _field(obj, name, (int, float), where)
+    for name, bound in (("lat", 90.0), ("lon", 180.0)):
+        v = _field(obj, name, (int, float), where)
+        if not -bound <= v <= bound:
+            raise PayloadError("out_of_range", f"{where}.{name}: expected -{bound:g} to {bound:g} degrees, found {_short(v)}")
+    try:
+        zoneinfo.ZoneInfo(obj["tz"])
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise PayloadError("wrong_type", f"{where}.tz: expected an IANA time zone like Asia/Shanghai, "
+                                         f"found {_short(obj['tz'])}") from None
     try:
         return SiteInfo.from_dict(obj)
     except (KeyError, TypeError) as exc:  # pragma: no cover - fields checked above
@@ -607,67 +818,98 @@ def decode_events(site: str, payload: bytes, *, now_ns: int, max_future_s: float
     _version(obj, where)
     _same(obj, "site", site, where)
     rows = _field(obj, "events", list, where)
-    out = []
-    for i, e in enumerate(rows):
-        w = f"{where}.events[{i}]"
-        if not isinstance(e, dict):
-            raise PayloadError("wrong_type", f"{w}: expected an object, found {e!r}")
-        ts = parse_ts(e.get("ts"), f"{w}.ts") if "ts" in e else None
-        if ts is None:
-            raise PayloadError("missing_field", f"{w}: expected field 'ts'")
-        if ts > now_ns + int(max_future_s * 1e9):
-            raise PayloadError("future_timestamp", f"{w}.ts: {e['ts']} is in the future")
-        kind = _field(e, "kind", str, w)
-        value = e.get("value")
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise PayloadError("wrong_type", f"{w}.value: expected a number or null, found {value!r}")
-        detail = e.get("detail") or {}
-        if not isinstance(detail, dict):
-            raise PayloadError("wrong_type", f"{w}.detail: expected an object, found {detail!r}")
-        if kind == "refrigerant_topup":
-            check_gas(e.get("subject"), f"{w}.subject")
-        elif kind == "process_emission" and str(e.get("unit", "")).lower() == "kg":
-            check_gas(detail.get("gas", e.get("subject")), f"{w}.detail.gas")
-        out.append(
-            {
-                "ts": format_ts(ts),
-                "site": site,
-                "kind": kind,
-                "subject": str(e.get("subject", "")),
-                "value": math.nan if value is None else float(value),
-                "unit": str(e.get("unit", "")),
-                "detail": detail,
-            }
-        )
-    return out
+    if len(rows) > MAX_READINGS:
+        raise PayloadError("oversized", f"{where}.events: expected at most {MAX_READINGS}, found {len(rows)}")
+    limit = now_ns + int(max_future_s * 1e9)
+    return [_event_row(site, e, f"{where}.events[{i}]", limit) for i, e in enumerate(rows)]
 
+
+def _event_row(site: str, e: object, w: str, limit: int) -> dict[str, Any]:
+    if not isinstance(e, dict):
+        raise PayloadError("wrong_type", f"{w}: expected an object, found {_short(e)}")
+    if "ts" not in e:
+        raise PayloadError("missing_field", f"{w}: expected field 'ts'")
+    ts = parse_ts(e["ts"], f"{w}.ts")
+    if ts > limit:
+        raise PayloadError("future_timestamp", f"{w}.ts: {e['ts']} is in the future")
+    kind = _field(e, "kind", str, w)
+    value = e.get("value")
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+        raise PayloadError("wrong_type", f"{w}.value: expected a number or null, found {_short(value)}")
+    if value is not None and not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PayloadError("non_finite", f"{w}.value: expected a finite number or null, found {value!r}")
+        raise PayloadError("out_of_range", f"{w}.value: expected a magnitude of at most {MAX_ABS_VALUE:g}, found {_short(value)}")
+    detail = e.get("detail") or {}
+    if not isinstance(detail, dict):
+        raise PayloadError("wrong_type", f"{w}.detail: expected an object, found {_short(detail)}")
+    if kind == "refrigerant_topup":
+        check_gas(e.get("subject"), f"{w}.subject")
+    elif kind == "process_emission" and str(e.get("unit", "")).lower() == "kg":
+        check_gas(detail.get("gas", e.get("subject")), f"{w}.detail.gas")
+    return {
+        "ts": format_ts(ts),
+        "site": site,
+        "kind": kind,
+        "subject": str(e.get("subject", "")),
+        "value": math.nan if value is None else float(value),
+        "unit": str(e.get("unit", "")),
+        "detail": detail,
+    }
 
 
 # --------------------------------------------------------------------------- dead letters, meter status
 
 
-def deadletter_record(reason: str, message: str, topic: str, payload: bytes, received_s: float) -> dict[str, Any]:
-    """The record of a rejected message (JSONL file and ``ems/v1/_deadletter/{reason}``).
+DEADLETTER_KEEP_BYTES = 16 * 1024
+"""Payload bytes a dead letter keeps [B]; beyond that only the prefix, the size and the SHA-256."""
+_DEADLETTER_TEXT = 2000
+
+
+def deadletter_record(
+    reason: str,
+    message: str,
+    topic: str,
+    payload: bytes,
+    received_s: float,
+    *,
+    size: int | None = None,
+    sha256: str = "",
+    keep_bytes: int = DEADLETTER_KEEP_BYTES,
+) -> dict[str, Any]:
+    """The record of a rejected message (JSONL file and ``ems/v1/_deadletter/{reason}``), bounded in size.
 
     Parameters
     ----------
     reason, message : str
-        The short code and the full explanation.
+        The short code and the full explanation (cut at 2,000 characters).
     topic : str
         Where the message was (or would have been) published.
     payload : bytes
-        The message itself (kept as base64).
+        The message, or the prefix of it that was held (then give ``size`` and ``sha256``).
     received_s : float [s since the epoch]
         When it was received (or read, for a gateway).
+    size : int [B], optional
+        The whole payload's size (default ``len(payload)``).
+    sha256 : str, optional
+        Hex SHA-256 of the whole payload (default: of ``payload``).
+    keep_bytes : int [B]
+        Payload bytes kept (base64); beyond, the record says ``payload_truncated``.
     """
     import base64
+    import hashlib
 
+    kept = payload[:keep_bytes]
+    total = len(payload) if size is None else size
     return {
         "received": dt.datetime.fromtimestamp(received_s, dt.UTC).isoformat().replace("+00:00", "Z"),
         "reason": reason,
-        "message": message,
+        "message": message if len(message) <= _DEADLETTER_TEXT else message[:_DEADLETTER_TEXT] + "...",
         "topic": topic,
-        "payload_b64": base64.b64encode(payload).decode("ascii"),
+        "payload_bytes": total,
+        "payload_sha256": sha256 or hashlib.sha256(payload).hexdigest(),
+        "payload_b64": base64.b64encode(kept).decode("ascii"),
+        "payload_truncated": total > len(kept),
     }
 
 

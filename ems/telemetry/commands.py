@@ -141,6 +141,8 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @click.option("--batch-seconds", type=float, default=0.5, show_default=True)
 @click.option("--session-expiry", type=int, default=3600, show_default=True, help="[s] broker keeps the session offline.")
 @click.option("--max-future", type=float, default=300.0, show_default=True, help="[s] tolerated source clock skew.")
+@click.option("--unknown-grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="[s] a reading of a meter without metadata waits this long for it, then is dead-lettered.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until SIGTERM/SIGINT).")
 @click.option("--meta", "meta_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder with meters.json and sites.json (ems run --out) known before any metadata message.")
@@ -151,9 +153,10 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
 @_encoding_options
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
-           stats_every: float | None, as_json: bool, metrics_port: int | None, batch_readings: int, batch_seconds: float,
-           session_expiry: int, max_future: float, duration: float | None, meta_dir: Path | None,
-           spool_dir: Path | None, spool_limit_mb: float, encoding: str, sparkplug_group: str, **kw: Any) -> None:
+           stats_every: float | None, as_json: bool, metrics_port: int | None, batch_readings: int,
+           batch_seconds: float, session_expiry: int, max_future: float, unknown_grace: float, duration: float | None,
+           meta_dir: Path | None, spool_dir: Path | None, spool_limit_mb: float, encoding: str, sparkplug_group: str,
+           **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
     import json
 
@@ -168,15 +171,18 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
     meters: list[MeterInfo] = []
     sites: list[SiteInfo] = []
     if meta_dir is not None:
+        from ems.model.loader import read_config_text
+
         try:
             if (meta_dir / "meters.json").exists():
-                meters = [MeterInfo.from_dict(d) for d in json.loads((meta_dir / "meters.json").read_text())]
+                meters = [MeterInfo.from_dict(d) for d in json.loads(read_config_text(meta_dir / "meters.json"))]
             if (meta_dir / "sites.json").exists():
-                sites = [SiteInfo.from_dict(d) for d in json.loads((meta_dir / "sites.json").read_text())]
+                sites = [SiteInfo.from_dict(d) for d in json.loads(read_config_text(meta_dir / "sites.json"))]
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{meta_dir}: expected meters.json/sites.json as written by ems run --out; {exc}") from None
     opts = IngestOptions(group=group, client_id=client_id, deadletter=deadletter, batch_readings=batch_readings,
                          batch_s=batch_seconds, session_expiry_s=session_expiry, max_future_s=max_future,
+                         unknown_grace_s=unknown_grace,
                          meters=meters, sites=sites, spool=spool_dir,
                          spool_limit_bytes=int(spool_limit_mb * (1 << 20)), encoding=encoding,
                          sparkplug_group=sparkplug_group)

@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ems import redaction
 from ems.errors import ConfigError, TelemetryError
 
 __all__ = ["BrokerConfig", "connect_and_wait", "make_client", "negotiate", "password_from_env"]
@@ -41,11 +42,14 @@ def password_from_env(environ: dict[str, str] | None = None) -> str | None:
     """Return the broker password from ``EMS_MQTT_PASSWORD`` or ``EMS_MQTT_PASSWORD_FILE``."""
     env = os.environ if environ is None else environ
     if env.get("EMS_MQTT_PASSWORD"):
+        redaction.register(env["EMS_MQTT_PASSWORD"])
         return env["EMS_MQTT_PASSWORD"]
     path = env.get("EMS_MQTT_PASSWORD_FILE")
     if path:
         try:
-            return Path(path).read_text().rstrip("\r\n")
+            pw = Path(path).read_text().rstrip("\r\n")
+            redaction.register(pw)
+            return pw
         except OSError as exc:
             raise ConfigError(f"EMS_MQTT_PASSWORD_FILE={path}: expected a readable file; {exc.strerror}") from None
     return None
@@ -160,6 +164,7 @@ def make_client(
         **kw,
     )
     if cfg.username:
+        redaction.register(cfg.password)
         client.username_pw_set(cfg.username, cfg.password)
     if cfg.tls:
         ctx = ssl.create_default_context(cafile=cfg.ca_file)
@@ -172,6 +177,18 @@ def make_client(
     return client
 
 
+def _connect_options(cfg: BrokerConfig, clean_start: bool, session_expiry_s: int, receive_maximum: int) -> dict[str, Any]:
+    """``client.connect`` keywords: MQTT 5's clean start and CONNECT properties (none for 3.1.1)."""
+    if not cfg.v5:
+        return {}
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if session_expiry_s:
+        props.SessionExpiryInterval = int(session_expiry_s)
+    if receive_maximum:
+        props.ReceiveMaximum = min(int(receive_maximum), 65535)
+    return {"clean_start": clean_start, "properties": props}
+
+
 def connect_and_wait(
     client: mqtt.Client,
     cfg: BrokerConfig,
@@ -179,11 +196,14 @@ def connect_and_wait(
     clean_start: bool = True,
     session_expiry_s: int = 0,
     timeout: float = 15.0,
+    receive_maximum: int = 0,
     closed: threading.Event | None = None,
 ) -> None:
     """Connect, start paho's network thread and wait for the CONNACK.
 
-    ``client.on_connect`` set before the call is still called (wrapped).
+    ``client.on_connect`` set before the call is still called (wrapped). With MQTT 5,
+    ``receive_maximum`` (if > 0) tells the broker how many QoS 1 messages it may have
+    in flight to this client.
 
     Parameters
     ----------
@@ -208,12 +228,7 @@ def connect_and_wait(
             user_cb(c, userdata, flags, rc, props)
 
     client.on_connect = on_connect
-    kw: dict[str, Any] = {}
-    if cfg.v5:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        if session_expiry_s:
-            props.SessionExpiryInterval = int(session_expiry_s)
-        kw = {"clean_start": clean_start, "properties": props}
+    kw = _connect_options(cfg, clean_start, session_expiry_s, receive_maximum)
     try:
         client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, **kw)
     except (OSError, ssl.SSLError) as exc:

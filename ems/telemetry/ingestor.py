@@ -1,62 +1,64 @@
-"""Subscribe to the telemetry topics, check every message, write readings to a store.
+"""Subscribe to the telemetry topics, check every message, store it or dead-letter it, then acknowledge it.
 
-Delivery is at least once and nothing is lost on a crash: QoS 1 on a persistent
-session (fixed client id; MQTT 5 ``clean_start=False`` with a session expiry, or
-MQTT 3.1.1 ``clean_session=False``) and *manual* acknowledgements: a message is
-acknowledged only after :meth:`Store.write_readings` returned for its readings.
-A crash in between makes the broker deliver it again; the store's idempotent
-writes make the repeat harmless.
+The ingestor is three parts along three seams, with threads between them:
 
-Threads: paho's network thread puts raw messages on a bounded queue (when the
-queue is full it blocks, paho stops reading the socket and the broker holds the
-messages: backpressure instead of unbounded memory); a decode thread checks and
-batches them (by size and time); a store thread writes the batches (and the
-metadata registrations) in order and then acknowledges them, so decoding goes on
-while the store writes. At most three jobs wait for the store thread. Rejected
-messages go to the dead-letter topic and a local JSONL file, and are acknowledged.
+* the **MQTT session** (:mod:`ems.telemetry.session`, paho's network thread): a
+  persistent session, QoS 1 with manual acknowledgements, an inbox bounded by bytes
+  (backpressure to the broker when full), PUBACK reason codes checked;
+* the **decode step** (the decode thread): a :class:`~ems.telemetry.decoding.Decoder`
+  for the encoding on the wire (contract v1 JSON by default) turns each message into the
+  contract's structures, checked on their own; a :class:`~ems.telemetry.validate.Validator`
+  checks readings against their meter and what came before (registers, duplicates);
+  every message leaves this step with an outcome in a job
+  (:class:`~ems.telemetry.settle.JobBuilder`): store it, dead-letter it, or nothing to keep;
+* the **store writer** (the store thread): :class:`~ems.telemetry.settle.Settler` makes
+  each job durable (store, else spool; dead letters to their file) and only then
+  acknowledges its messages. That is the one invariant, kept in that one place:
+  **each message ends stored or dead-lettered, and is acknowledged exactly then.**
 
-Backfill (:mod:`ems.telemetry.backfill`): readings the broker acknowledged to the
-publisher and then lost (mosquitto SIGKILLed between snapshots) show as a gap in a
-meter's sequence numbers, or, for a lost tail, against the publisher's retained
-high-water mark (``_hwm``). When a gap persists past a grace time the ingestor
-asks the publisher (``_backfill``) for the missing range, after the batches before
-it were written, and asks again after a timeout while it is still missing.
+Any exception while decoding or validating a message dead-letters that message
+(``internal_error``); a failed durable write is retried with back-off and never drops
+anything. A crash at any point makes the broker deliver the unacknowledged messages
+again; the store's idempotent writes and the conflict check make repeats harmless.
+
+Backfill (:mod:`ems.telemetry.backfill`): gaps in a meter's sequence numbers, or a lost
+tail against the publisher's retained high-water mark (fetched again every
+``hwm_refresh_s``: a broker with a full queue drops new marks too), are asked for again
+once they persist past a grace time, after the jobs before were settled.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import datetime as dt
 import functools
-import json
 import logging
-import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
-import pandas as pd
 
-from ems.errors import EmsError, PayloadError, TelemetryError
-from ems.readings import MeterInfo, SiteInfo, events_frame
+from ems.errors import ConfigError, PayloadError, TelemetryError
+from ems.readings import MeterInfo, SiteInfo
 from ems.store.base import Store
-from ems.telemetry import backfill, codec, sparkplug, topics
-from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
+from ems.telemetry import backfill, decoding, topics
+from ems.telemetry.connection import BrokerConfig
+from ems.telemetry.deadletter import DEFAULT_KEEP_BYTES, DeadLetters
+from ems.telemetry.session import Inbox, Message, MqttSession
+from ems.telemetry.settle import Job, JobBuilder, Settler
 from ems.telemetry.spool import Spool
+from ems.telemetry.validate import ReadingIndex, SeqTracker, Validator
+from ems.telemetry.writer import StoreWriter
+from ems.webserver import GuardedHandler, GuardedHTTPServer
 
 __all__ = ["IngestOptions", "Ingestor", "SeqTracker"]
 
 log = logging.getLogger(__name__)
-
-_MAX_GAP_TRACKED = 100_000
 
 
 @dataclass
@@ -72,38 +74,56 @@ class IngestOptions:
     session_expiry_s : int [s]
         How long the broker keeps the session while disconnected (MQTT 5).
     batch_readings : int
-        Write when this many readings are waiting ...
+        Settle a job when this many readings wait ...
     batch_s : float [s]
-        ... or when the oldest has waited this long.
+        ... or when the oldest has waited this long (sooner when the broker waits for
+        our acknowledgements: 20 or more unacknowledged messages and nothing arriving) ...
+    batch_bytes : int [B]
+        ... or when what it holds (payloads of readings to store, dead letters) passes this.
     queue_size : int
-        Messages between the network thread and the writer.
+        Most messages between the network thread and the decoder.
+    queue_bytes : int [B]
+        Most payload bytes between the network thread and the decoder.
+    receive_maximum : int
+        Messages the broker may have in flight to us (MQTT 5 Receive Maximum).
     deadletter : path, optional
-        JSONL file of rejected messages.
+        JSONL file of dead letters (fsynced). None: a dead letter is durable once the
+        broker acknowledged its republication on ``ems/v1/_deadletter/{reason}``.
+    deadletter_keep_bytes : int [B]
+        Payload bytes a dead letter keeps (beyond: the prefix, the size and the SHA-256).
     max_future_s : float [s]
         Tolerated source clock skew.
     unknown_grace_s : float [s]
-        How long a reading of a meter without metadata waits for it.
+        How long a reading of a meter without metadata waits for it ...
+    parked_bytes : int [B]
+        ... while the waiting messages hold at most this many bytes (then: ``unknown_site``/``unknown_meter``).
+    index_readings : int
+        Readings whose values are remembered (per meter and ts) to refuse conflicting repeats.
     meters, sites : lists
         Known beforehand (besides the retained metadata messages).
     spool : path, optional
-        Directory of a disk spool: a batch the store cannot take is appended
-        there (fsynced) and acknowledged, and replayed oldest first when the
-        store is back (see :mod:`ems.telemetry.spool`). Without a spool the
-        batch stays unacknowledged and is retried every second.
+        Directory of a disk spool: a batch the store cannot take is appended there
+        (fsynced) and acknowledged, and replayed oldest first when the store is back
+        (see :mod:`ems.telemetry.spool`). Without a spool the batch stays
+        unacknowledged and is tried again with back-off.
     spool_limit_bytes : int [B]
-        Most disk the spool may use; when it is full nothing more is
-        acknowledged until the store takes the spool back (backpressure).
+        Most disk the spool may use; when it is full nothing more is acknowledged
+        until the store takes the spool back (backpressure).
     spool_alarm_fraction : float
         Log a warning and count an alarm when the spool holds this fraction of its limit.
+    retry_max_s : float [s]
+        Longest back-off between tries of a batch that cannot be made durable.
     backfill : BackfillPolicy, optional
         When to ask publishers for missing readings again; None: never. Off with
         ``group``: an ingestor of a shared group sees only its share, so its gaps are
         not losses (see ``docs/telemetry.md``).
     encoding : str
         ``json`` (contract v1 topics) or ``sparkplug``: Sparkplug B of group ``sparkplug_group``
-        (:mod:`ems.telemetry.sparkplug`; rebirth requests instead of backfill).
+        (:class:`~ems.telemetry.decoding.SparkplugDecoder`; rebirth requests instead of backfill).
     sparkplug_group : str
         The Sparkplug group id to subscribe to.
+    decoder : Decoder, optional
+        Another encoding on the wire (overrides ``encoding``).
     """
 
     group: str | None = None
@@ -111,71 +131,36 @@ class IngestOptions:
     session_expiry_s: int = 3600
     batch_readings: int = 20_000
     batch_s: float = 0.5
+    batch_bytes: int = 8 << 20
     queue_size: int = 2000
+    queue_bytes: int = 32 << 20
+    receive_maximum: int = 1000
     deadletter: Path | None = None
+    deadletter_keep_bytes: int = DEFAULT_KEEP_BYTES
     max_future_s: float = 300.0
     unknown_grace_s: float = 5.0
+    parked_bytes: int = 8 << 20
+    index_readings: int = 100_000
     meters: list[MeterInfo] = field(default_factory=list)
     sites: list[SiteInfo] = field(default_factory=list)
     spool: Path | None = None
     spool_limit_bytes: int = 1 << 30
     spool_alarm_fraction: float = 0.8
+    retry_max_s: float = 5.0
     backfill: backfill.BackfillPolicy | None = field(default_factory=backfill.BackfillPolicy)
     encoding: str = "json"
     sparkplug_group: str = "ems"
+    decoder: decoding.Decoder | None = None
 
 
-class SeqTracker:
-    """Sequence numbers seen per meter: duplicates, gaps and late arrivals.
-
-    Keeps only the highest and lowest seq and the set of missing ones (bounded).
-    """
-
-    def __init__(self) -> None:
-        self.hi: dict[tuple[str, str], int] = {}
-        self.lo: dict[tuple[str, str], int] = {}
-        self.missing: dict[tuple[str, str], set[int]] = {}
-        self.gaps = 0
-
-    def see(self, key: tuple[str, str], seq: int) -> str:
-        """Record ``seq``; return ``new``, ``duplicate``, ``late`` (fills a gap) or ``gap`` (new, after a gap)."""
-        hi = self.hi.get(key)
-        if hi is None:
-            self.hi[key] = self.lo[key] = seq
-            return "new"
-        if seq > hi:
-            self.hi[key] = seq
-            if seq > hi + 1:
-                self.gaps += 1
-                if seq - hi - 1 <= _MAX_GAP_TRACKED:
-                    self.missing.setdefault(key, set()).update(range(hi + 1, seq))
-                return "gap"
-            return "new"
-        held = self.missing.get(key)
-        if held and seq in held:
-            held.discard(seq)
-            return "late"
-        if seq < self.lo[key]:
-            self.lo[key] = seq
-            return "new"
-        return "duplicate"
-
-    def missing_count(self) -> int:
-        """Sequence numbers skipped and not (yet) received."""
-        return sum(len(m) for m in self.missing.values())
-
-
-@dataclass
-class _Item:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    received: float
+_ACK_WINDOW = 20  # mosquitto's stock max_inflight_messages: beyond this many unacknowledged it waits for us
+_IDLE_S = 0.02
+_PRIME_BEFORE_NS = 86_400 * 10**9
+_PRIME_AHEAD_MAX_NS = 7 * 86_400 * 10**9
 
 
 class Ingestor:
-    """Subscribe, validate, batch, write, acknowledge.
+    """Subscribe, decode, validate, store or dead-letter, acknowledge (see module docs).
 
     Parameters
     ----------
@@ -187,92 +172,131 @@ class Ingestor:
     def __init__(self, cfg: BrokerConfig, store: Store, options: IngestOptions | None = None) -> None:
         self.cfg = cfg
         self.store = store
-        self.opts = options or IngestOptions()
-        if self.opts.group:
-            topics.validate_id(self.opts.group, "group")
-        self.meters: dict[tuple[str, str], MeterInfo] = {(m.site, m.meter): m for m in self.opts.meters}
-        self.sites: set[str] = {s.site for s in self.opts.sites} | {m.site for m in self.opts.meters}
+        self.opts = o = options or IngestOptions()
+        if o.group:
+            topics.validate_id(o.group, "group")
+        self.counters: Counter[str] = Counter()
+        self.validator = Validator(o.meters, [s.site for s in o.sites],
+                                   ReadingIndex(max_entries=o.index_readings))
+        self.decoder: decoding.Decoder = o.decoder or self._decoder_for(o)
+        self._backfill_on = o.backfill is not None and not o.group and o.encoding == "json"
         self.status: dict[str, str] = {}
         self.meter_status: dict[tuple[str, str], dict[str, Any]] = {}
-        self.counters: Counter[str] = Counter()
-        self.rejected_by_reason: Counter[str] = Counter()
-        self.seqs = SeqTracker()
         self.hwm: dict[tuple[str, str], int] = {}
-        self._last_rx: dict[tuple[str, str], float] = {}
         self._hwm_sent: dict[str, int] = {}
-        self.planner = backfill.GapPlanner(self.opts.backfill or backfill.BackfillPolicy())
-        self._next_plan = 0.0
-        self.lag_s = 0.0
-        # receipt -> durable write and acknowledgement, per message [s] (the latest 50,000)
-        self.latencies: collections.deque[float] = collections.deque(maxlen=50_000)
-        self._q: queue.Queue[_Item] = queue.Queue(maxsize=self.opts.queue_size)
-        self._receiving = threading.Event()
-        self._stop = threading.Event()
-        self._writer: threading.Thread | None = None
-        self._storer: threading.Thread | None = None
-        # store writes and registrations, in order, on one thread; bounded: backpressure
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=3)
-        self._last: dict[tuple[str, str], codec.Reading] = {}
-        self._parked: list[_Item] = []
-        self._parked_at = 0.0
-        self._connected_once = False
-        self._dl_lock = threading.Lock()
-        self._http: ThreadingHTTPServer | None = None
-        self._batch_reset()
-        self.spool: Spool | None = None
-        if self.opts.spool is not None:
-            self.spool = Spool(
-                self.opts.spool, self.opts.spool_limit_bytes, alarm_fraction=self.opts.spool_alarm_fraction
-            )
-        self._spool_alarmed = False
-        self._next_replay = 0.0
-        self._host: sparkplug.HostSession | None = None
-        if self.opts.encoding == "sparkplug":
-            if self.opts.group:
-                raise TelemetryError("Sparkplug sequence numbers need every message of a node: no --group with sparkplug")
-            self._host = sparkplug.HostSession(self.meters)
-            self.opts.backfill = None  # Sparkplug asks for a rebirth instead
-        self.client = make_client(
-            cfg, self.opts.client_id, persistent=True, manual_ack=True
-        )
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
+        self._last_rx: dict[tuple[str, str], float] = {}
+        self.planner = backfill.GapPlanner(o.backfill or backfill.BackfillPolicy())
+        self._stopping = threading.Event()
+        self._store_lock = threading.Lock()
+        self.inbox = Inbox(o.queue_bytes, o.queue_size)
+        self.session = MqttSession(
+            cfg, o.client_id, subscriptions=lambda: self.decoder.subscriptions(o.group), inbox=self.inbox,
+            session_expiry_s=o.session_expiry_s, receive_maximum=o.receive_maximum,
+            max_payload_bytes=self.decoder.max_payload_bytes, keep_bytes=o.deadletter_keep_bytes,
+            counters=self.counters)
+        self.client = self.session.client
+        self.spool = Spool(o.spool, o.spool_limit_bytes, alarm_fraction=o.spool_alarm_fraction) if o.spool else None
+        self.writer = StoreWriter(store, self.spool, self._store_lock, self.counters)
+        self.deadletters = DeadLetters(o.deadletter, self.session)
+        self.settler = Settler(self.writer, self.deadletters, lambda a: self.session.ack(a.mid, a.qos),
+                               self.counters, self._stopping, o.retry_max_s)
+        self.batch = JobBuilder(o.deadletter_keep_bytes)
+        self._jobs: collections.deque[Job | None] = collections.deque()
+        self._jobs_cond = threading.Condition()
+        self._parked: collections.deque[Message] = collections.deque()
+        self._parked_bytes = 0
+        self._rejected_retained: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        self._timers = {"plan": 0.0, "parked": 0.0, "refresh": time.monotonic()}
+        self._threads: list[threading.Thread] = []
+        self._http: GuardedHTTPServer | None = None
+
+    def _decoder_for(self, o: IngestOptions) -> decoding.Decoder:
+        if o.encoding == "json":
+            return decoding.JsonDecoder()
+        if o.encoding != "sparkplug":
+            raise ConfigError(f"ingest encoding: expected json or sparkplug, found {o.encoding!r}")
+        if o.group:
+            raise TelemetryError("Sparkplug sequence numbers need every message of a node: no --group with sparkplug")
+        return decoding.SparkplugDecoder(o.sparkplug_group, self.validator.meters, self.validator.last)
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def meters(self) -> dict[tuple[str, str], MeterInfo]:
+        """Known meters by (site, meter)."""
+        return self.validator.meters
+
+    @property
+    def sites(self) -> set[str]:
+        """Known sites."""
+        return self.validator.sites
+
+    @property
+    def seqs(self) -> SeqTracker:
+        """Sequence numbers seen per meter."""
+        return self.validator.seqs
+
+    @property
+    def rejected_by_reason(self) -> Counter[str]:
+        """Dead letters by reason."""
+        return self.settler.rejected_by_reason
+
+    @property
+    def latencies(self) -> collections.deque[float]:
+        """Receipt to durable and acknowledged, per message [s] (the latest 50,000)."""
+        return self.settler.latencies
+
     def start(self) -> Ingestor:
-        """Register known metadata, start the writer, connect and subscribe."""
-        if self.opts.sites:
-            self.store.register_sites(self.opts.sites)
-        if self.opts.meters:
-            self.store.register_meters(self.opts.meters)
-        self._receiving.set()
-        self._writer = threading.Thread(target=self._write_loop, name="ems-ingest-decode", daemon=True)
-        self._writer.start()
-        self._storer = threading.Thread(target=self._store_loop, name="ems-ingest-store", daemon=True)
-        self._storer.start()
-        connect_and_wait(
-            self.client,
-            self.cfg,
-            clean_start=False,
-            session_expiry_s=self.opts.session_expiry_s,
-        )
+        """Register known metadata, learn what the store has registered, start the threads, connect, subscribe."""
+        with self._store_lock:
+            if self.opts.sites or self.opts.meters:
+                self.store.register_sites(self.opts.sites)
+                self.store.register_meters(self.opts.meters)
+            self._learn_registered()
+        for name, target in (("ems-ingest-decode", self._decode_loop), ("ems-ingest-store", self._store_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.session.start()
         log.info("ingesting from %s as %s", self.cfg.describe(), self.opts.client_id)
         return self
 
+    def _learn_registered(self) -> None:
+        """Meters and sites the store has registered (an earlier run) are known before their metadata arrives.
+
+        After a restart the broker first sends what it queued for the session; the retained
+        metadata follows only after the new SUBSCRIBE, behind those messages.
+        """
+        meters, sites = getattr(self.store, "meters", None), getattr(self.store, "sites", None)
+        try:
+            if callable(meters) and callable(sites):
+                known_m, known_s = list(meters()), list(sites())
+            else:
+                rs = self.store.read(start=_utc(0), end=_utc(1))
+                known_m, known_s = rs.meters, rs.sites
+        except Exception as exc:  # the store is down: the metadata messages will tell
+            log.warning("could not read the meters registered in the store (%s); waiting for their metadata", exc)
+            return
+        for m in known_m:
+            self.validator.meters.setdefault((m.site, m.meter), m)
+            self.validator.sites.add(m.site)
+        for si in known_s:
+            self.validator.site_infos.setdefault(si.site, si)
+            self.validator.sites.add(si.site)
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop receiving, flush the batch, acknowledge it, disconnect."""
-        self._receiving.clear()
-        self._stop.set()
-        if self._writer is not None:
-            self._writer.join(timeout)
-        if self._storer is not None:
-            self._jobs.put(None)
-            self._storer.join(timeout)
+        """Stop taking messages, settle what was taken, disconnect."""
+        self.session.stop_receiving()
+        decode, store = self._threads if self._threads else (None, None)
+        self._drain = True
+        if decode is not None:
+            decode.join(timeout)
+        self._stopping.set()
+        self._put_job(None)
+        if store is not None:
+            store.join(timeout)
         time.sleep(0.1)  # let paho's thread send the last PUBACKs
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.session.close()
         if self.spool is not None:
             if not self.spool.empty():
                 log.warning("stopping with %d bytes in the spool %s; the next start replays them",
@@ -297,487 +321,288 @@ class Ingestor:
             time.sleep(0.05)
         return predicate(self.counters)
 
-    # ------------------------------------------------------------------ paho thread
+    # ------------------------------------------------------------------ decode thread
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if getattr(rc, "is_failure", False):
-            log.error("broker refused the connection: %s", rc)
-            return
-        subs = [(topics.META_FILTER, 1), (topics.shared(topics.DATA_FILTER, self.opts.group), 1),
-                (topics.METER_STATUS_FILTER, 1)]
-        if self._host is not None:
-            subs = [(f"{sparkplug.NAMESPACE}/{self.opts.sparkplug_group}/#", 1)]
-        if self.opts.group:  # the shared data filter gives _site and _hwm to one ingestor only
-            subs.insert(1, (topics.SITE_FILTER, 1))
-            subs.insert(2, (topics.HWM_FILTER, 1))
-        present = getattr(flags, "session_present", None)
-        if self._connected_once and present is False:
-            log.warning(
-                "the broker did not keep this ingestor's session (client id %s): messages published "
-                "while it was disconnected may be lost; run ems reconcile",
-                self.opts.client_id,
-            )
-        self._connected_once = True
-        client.subscribe(subs)  # again on every reconnect
-        log.info(
-            "subscribed to %s (session present: %s)",
-            [s for s, _ in subs],
-            present,
-        )
+    _drain = False
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc != 0 and self._receiving.is_set():
-            log.warning("disconnected from %s (%s); paho reconnects", self.cfg.describe(), rc)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = _Item(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time())
-        while self._receiving.is_set():
-            try:
-                self._q.put(item, timeout=0.2)  # blocks when full: backpressure
-                return
-            except queue.Full:
-                continue
-        # stopping: not acknowledged, so the broker delivers it again next session
-
-    # ------------------------------------------------------------------ writer thread
-
-    def _batch_reset(self) -> None:
-        self._b_ts: list[int] = []
-        self._b_site: list[str] = []
-        self._b_meter: list[str] = []
-        self._b_q: list[str] = []
-        self._b_v: list[float] = []
-        self._b_events: list[dict[str, Any]] = []
-        self._b_acks: list[tuple[int, int]] = []
-        self._b_recv: list[float] = []
-        self._b_readings = 0
-        self._b_max_ts = 0
-        self._b_since: float | None = None
-
-    def _write_loop(self) -> None:
+    def _decode_loop(self) -> None:
         while True:
-            if self._b_since is not None:
-                wait = max(self.opts.batch_s - (time.monotonic() - self._b_since), 0.0)
-            else:
-                wait = 0.2
-            try:
-                item = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
-            except queue.Empty:
-                item = None
+            item = self.inbox.get(self._wait_s())
             if item is not None:
-                self.counters["received"] += 1
-                try:
-                    self._process(item)
-                except Exception:  # a bug or a store failure: keep running, leave it unacknowledged
-                    self.counters["errors"] += 1
-                    log.exception("could not process a message on %s; it stays unacknowledged", item.topic)
-            full = self._b_readings >= self.opts.batch_readings
-            due = self._b_since is not None and time.monotonic() - self._b_since >= self.opts.batch_s
-            if full or due or (item is None and self._b_acks):
+                self._take(item)
+            now = time.monotonic()
+            if self._due(now, idle=item is None):
                 self._flush()
-            if self.opts.backfill is not None and not self.opts.group and time.monotonic() >= self._next_plan:
-                self._next_plan = time.monotonic() + 0.25
-                self._plan_backfill()
-            if self._parked and (item is None or time.monotonic() - self._parked_at > 1.0):
-                self._parked_at = time.monotonic()
-                self._retry_parked()
-            if item is None and self._stop.is_set() and self._q.empty():
+            self._housekeeping(now, idle=item is None)
+            if item is None and self._drain and self.inbox.count == 0:
                 self._flush()
                 return
 
-    def _ack(self, mid: int, qos: int) -> None:
-        if qos > 0:
-            self.client.ack(mid, qos)
+    def _wait_s(self) -> float:
+        if self.batch.since is None:
+            return 0.2
+        left = self.opts.batch_s - (time.monotonic() - self.batch.since)
+        return max(min(left, _IDLE_S if self.batch.pending_acks >= _ACK_WINDOW else left), 0.0)
 
-    def _process(self, item: _Item) -> None:
-        if self._host is not None:
-            self._sparkplug(item)
+    def _due(self, now: float, idle: bool) -> bool:
+        b = self.batch
+        if b.empty():
+            return False
+        job = b.job
+        return (job.readings >= self.opts.batch_readings or len(job.acks) >= self.opts.queue_size
+                or job.bytes >= self.opts.batch_bytes
+                or (b.since is not None and now - b.since >= self.opts.batch_s)
+                or (idle and b.pending_acks >= _ACK_WINDOW) or (idle and self._drain))
+
+    def _take(self, msg: Message) -> None:
+        """Give ``msg`` its outcome in the current job: the invariant's entry point."""
+        self.counters["received"] += 1
+        try:
+            self._route(msg)
+        except PayloadError as exc:
+            self._reject(msg, exc.reason, str(exc))
+        except Exception as exc:  # a bug, or an input nobody thought of: dead-letter it, go on
+            self.counters["internal_errors"] += 1
+            log.exception("could not check a message on %.200s; dead-lettered internal_error", msg.topic)
+            self._reject(msg, "internal_error", f"internal_error: {type(exc).__name__}: {exc}")
+
+    def _reject(self, msg: Message, reason: str, text: str) -> None:
+        if msg.retain:  # a retained message comes again on every subscribe: one dead letter is enough
+            key = (msg.topic, hash(msg.payload))
+            if key in self._rejected_retained:
+                self.batch.consume(msg)
+                return
+            self._rejected_retained[key] = None
+            if len(self._rejected_retained) > 10_000:
+                self._rejected_retained.popitem(last=False)
+        log.warning("rejected %.200s: %.500s", msg.topic, text)
+        self.batch.reject(msg, reason, text)
+
+    def _route(self, msg: Message) -> None:
+        route = self.decoder.route(msg.topic)
+        if msg.size > self.decoder.max_payload_bytes:
+            raise PayloadError("oversized", f"{msg.topic}: expected at most {self.decoder.max_payload_bytes} "
+                                            f"bytes, found {msg.size}")
+        if route.kind == "data" and (reason := self.validator.unknown(route.site, route.meter)):
+            self._park(msg, PayloadError(reason, f"{msg.topic}: no metadata for meter {route.meter!r} of site "
+                                                 f"{route.site!r}"))  # not parsed before it is known
             return
         try:
-            t = topics.parse_topic(item.topic)
-            if t.kind == "data":
-                self._data(item, t.site, t.meter)
-                return
-            if t.kind == "meta" and not item.payload:  # retained metadata cleared: meter removed
-                self.meters.pop((t.site, t.meter), None)
-                log.info("meter %s/%s removed (empty metadata)", t.site, t.meter)
-            elif t.kind == "meta":
-                info = codec.decode_meta(t.site, t.meter, item.payload)
-                self.meters[(info.site, info.meter)] = info
-                self.sites.add(info.site)
+            decoded = self.decoder.decode(route, msg.payload, now_ns=time.time_ns(),
+                                          max_future_s=self.opts.max_future_s)
+        except PayloadError as exc:
+            if exc.reason not in ("unknown_site", "unknown_meter"):
+                raise
+            self._park(msg, exc)  # e.g. Sparkplug data before its birth (a rebirth was asked for)
+            return
+        finally:
+            for topic, payload in self.decoder.requests():
+                self.batch.then(functools.partial(self.session.publish, topic, payload, None, 0))
+        self._apply(msg, decoded)
+
+    def _park(self, msg: Message, exc: PayloadError) -> None:
+        """A message of a meter without metadata waits for it, within the grace time and the parking space."""
+        waited = time.time() - msg.received
+        if waited < self.opts.unknown_grace_s and self._parked_bytes + msg.cost <= self.opts.parked_bytes:
+            self._parked.append(msg)
+            self._parked_bytes += msg.cost
+            return
+        why = "within" if waited >= self.opts.unknown_grace_s else "before the parking space was full, i.e. within"
+        raise PayloadError(exc.reason, f"{str(exc).split(': ', 1)[-1]}; none arrived {why} "
+                                       f"{self.opts.unknown_grace_s:g} s")
+
+    def _apply(self, msg: Message, d: decoding.Decoded) -> None:
+        """Give a decoded message its outcome: registrations, readings, events, or nothing to keep."""
+        regs: list[SiteInfo | MeterInfo] = []
+        primary: decoding.Data | decoding.Events | None = None
+        parts = d.items if isinstance(d, decoding.Parts) else (d,)
+        for part in parts:
+            if isinstance(part, decoding.Data | decoding.Events):
+                primary = part
+            elif isinstance(part, decoding.Meta) and self.validator.add_meter(part.info):
                 self.counters["meta"] += 1
-                reg = functools.partial(self.store.register_meters, [info])
-                self._jobs.put(functools.partial(self._register, reg, item.mid, item.qos))
-                self._retry_parked()
-                return
-            elif t.kind == "site":
-                site = codec.decode_site(t.site, item.payload)
-                self.sites.add(site.site)
-                reg = functools.partial(self.store.register_sites, [site])
-                self._jobs.put(functools.partial(self._register, reg, item.mid, item.qos))
-                return
-            elif t.kind == "status":
-                self.status[t.site] = item.payload.decode("utf-8", "replace")[:32]
-                log.info("site %s is %s", t.site, self.status[t.site])
-            elif t.kind == "meter_status":  # a gateway's word on one meter (e.g. offline: timeout)
-                self.meter_status[(t.site, t.meter)] = codec.load_object(item.payload) if item.payload else {}
-            elif t.kind == "hwm":
-                mark = backfill.decode_hwm(t.site, item.payload)
-                if mark.sent_ns >= self._hwm_sent.get(t.site, 0):  # not an older copy delivered late
-                    self._hwm_sent[t.site] = mark.sent_ns
-                    for meter, last in mark.last_seq.items():
-                        self.hwm[(t.site, meter)] = last  # the publisher's latest word
-                self.counters["hwm"] += 1
-            elif t.kind == "events":
-                rows = codec.decode_events(
-                    t.site, item.payload, now_ns=time.time_ns(), max_future_s=self.opts.max_future_s
-                )
-                self._b_events.extend(rows)
-                self._b_acks.append((item.mid, item.qos))
-                self._b_recv.append(item.received)
-                if self._b_since is None:
-                    self._b_since = time.monotonic()
-                return
-            # deadletter: our own republished rejects; backfill: requests (ours); nothing to do
-            self._ack(item.mid, item.qos)
-        except PayloadError as exc:
-            self._reject(item, exc)
-
-    def _data(self, item: _Item, site: str, meter: str) -> None:
-        try:
-            msg = codec.decode_data(
-                site,
-                meter,
-                item.payload,
-                self.meters,
-                now_ns=time.time_ns(),
-                max_future_s=self.opts.max_future_s,
-                known_sites=self.sites,
-                previous=self._last.get((site, meter)),
-            )
-        except PayloadError as exc:
-            if exc.reason in ("unknown_meter", "unknown_site") and (
-                time.time() - item.received < self.opts.unknown_grace_s
-            ):
-                self._parked.append(item)  # metadata may still be on its way
-                return
-            self._reject(item, exc)
-            return
-        self._accept(item, msg)
-
-    def _sparkplug(self, item: _Item) -> None:
-        """Sparkplug B: births register meters and sites, deaths mark them offline, data goes the JSON way."""
-        assert self._host is not None
-        try:
-            out = self._host.handle(item.topic, item.payload, max_future_s=self.opts.max_future_s, previous=self._last)
-        except PayloadError as exc:
-            asked: sparkplug.Outcome | None = getattr(exc, "outcome", None)
-            if asked is not None and asked.rebirth is not None:
-                self.client.publish(*asked.rebirth, qos=0)
-            if exc.reason in ("unknown_meter", "unknown_site") and time.time() - item.received < self.opts.unknown_grace_s:
-                self._parked.append(item)  # its birth may still come (a rebirth was asked for)
+                regs.append(part.info)
+            elif isinstance(part, decoding.Site) and self.validator.add_site(part.info):
+                regs.append(part.info)
             else:
-                self._reject(item, exc)
-            return
-        if out.rebirth is not None:
-            log.warning("Sparkplug: asking %s for a rebirth (sequence gap or unknown node)", out.rebirth[0])
-            self.client.publish(*out.rebirth, qos=0)
-        self.status.update(out.status)
-        self.meter_status.update({k: {"status": v} for k, v in out.meter_status.items()})
-        if out.data is not None:
-            self._accept(item, out.data)
-            return
-        if out.events:
-            self._b_events.extend(out.events)
-            self._b_acks.append((item.mid, item.qos))
-            self._b_recv.append(item.received)
-            if self._b_since is None:
-                self._b_since = time.monotonic()
-            return
-        self._sparkplug_births(item, out)
+                self._control(part)
+        if regs:
+            self.batch.add_registrations(msg, regs)
+        if isinstance(primary, decoding.Data):
+            self._data(msg, primary, note=not regs)
+        elif isinstance(primary, decoding.Events):
+            self.batch.add_events(msg, primary.rows)
+        elif not regs:
+            self.batch.consume(msg)
+        if any(isinstance(p, decoding.Meta) for p in parts):
+            self._retry_parked()
 
-    def _sparkplug_births(self, item: _Item, out: sparkplug.Outcome) -> None:
-        """Register what a birth announced (store thread), acknowledging the message after."""
-        regs: list[Callable[[], None]] = []
-        if out.site is not None:
-            self.sites.add(out.site.site)
-            regs.append(functools.partial(self.store.register_sites, [out.site]))
-        if out.meters:
-            for info in out.meters:
-                self.meters[(info.site, info.meter)] = info
-                self.sites.add(info.site)
-            self.counters["meta"] += len(out.meters)
-            regs.append(functools.partial(self.store.register_meters, out.meters))
-        if not regs:
-            self._ack(item.mid, item.qos)
-            return
-        for reg in regs[:-1]:
-            self._jobs.put(reg)
-        self._jobs.put(functools.partial(self._register, regs[-1], item.mid, item.qos))
-        self._retry_parked()
+    def _control(self, d: Any) -> None:
+        """What a control message changes (status, marks, removals); nothing of it is stored."""
+        if isinstance(d, decoding.MeterRemoved):
+            self.validator.remove_meter(d.site, d.meter)
+            log.info("meter %s/%s removed (empty metadata)", d.site, d.meter)
+        elif isinstance(d, decoding.Status):
+            self.status[d.site] = d.text
+            log.info("site %s is %s", d.site, d.text)
+        elif isinstance(d, decoding.MeterStatus):  # a gateway's word on one meter (e.g. offline: timeout)
+            self.meter_status[(d.site, d.meter)] = d.detail
+        elif isinstance(d, decoding.Mark):
+            m = d.mark
+            if m.sent_ns >= self._hwm_sent.get(m.site, 0):  # not an older copy delivered late
+                self._hwm_sent[m.site] = m.sent_ns
+                for meter, last in m.last_seq.items():
+                    self.hwm[(m.site, meter)] = last  # the publisher's latest word
+            self.counters["hwm"] += 1
 
-    def _accept(self, item: _Item, msg: codec.DataMessage) -> None:
-        """Batch the readings of a checked data message (either encoding)."""
-        site, meter = msg.site, msg.meter
-        key = (site, meter)
+    def _data(self, msg: Message, d: decoding.Data, note: bool = True) -> None:
+        dm = d.message
+        key = (dm.site, dm.meter)
+        if dm.site not in self.validator.primed:
+            self._prime(dm.site, dm.readings[0].ts_ns)
+        acc = self.validator.check(dm)
         self._last_rx[key] = time.monotonic()
-        last = msg.readings[-1]
-        prev = self._last.get(key)
-        if prev is None or last.ts_ns > prev.ts_ns:
-            self._last[key] = last
-        n = 0
-        see = self.seqs.see
-        b_ts, b_q, b_v = self._b_ts, self._b_q, self._b_v
-        for r in msg.readings:
-            state = see(key, r.seq)
-            if state != "new":
-                if state == "duplicate":
-                    self.counters["duplicates"] += 1
-                elif state == "late":
-                    self.counters["late"] += 1
-                elif state == "gap" and not self.opts.group:
-                    log.warning("%s/%s: gap in sequence numbers before seq %d", site, meter, r.seq)
-            vals = r.values
-            k = len(vals)
-            b_ts.extend([r.ts_ns] * k)
-            b_q.extend(vals)
-            b_v.extend(vals.values())
-            n += k
-        self._b_site.extend([site] * n)
-        self._b_meter.extend([meter] * n)
-        self._b_readings += len(msg.readings)
-        self._b_max_ts = max(self._b_max_ts, last.ts_ns)
-        self._b_acks.append((item.mid, item.qos))
-        self._b_recv.append(item.received)
-        self.counters["readings_received"] += len(msg.readings)
-        if self._b_since is None:
-            self._b_since = time.monotonic()
+        self.counters["readings_received"] += acc.readings
+        self.counters["duplicates"] += acc.duplicates
+        self.counters["late"] += acc.late
+        if acc.gaps and not self.opts.group and self._backfill_on:
+            log.warning("%s/%s: gap in sequence numbers before seq %d", dm.site, dm.meter, acc.gaps[0])
+        self.batch.add_data(msg, dm, note=note)
+
+    def _prime(self, site: str, first_ns: int) -> None:
+        """Learn what the store already holds for ``site`` around its first reading (conflicts, registers)."""
+        intervals = [m.interval_s for (s, _), m in self.validator.meters.items() if s == site] or [900]
+        ahead = min(self.validator.index.per_meter * max(intervals) * 10**9, _PRIME_AHEAD_MAX_NS)
+        lo, hi = first_ns - _PRIME_BEFORE_NS, first_ns + ahead
+        try:
+            with self._store_lock:
+                rs = self.store.read(sites=[site], start=_utc(lo), end=_utc(hi))
+        except Exception as exc:  # the store is down: go on without (checked against what comes)
+            self.validator.primed.add(site)
+            log.warning("could not read what the store holds for site %s (%s); conflicts with readings stored "
+                        "before this ingestor started are not checked for it", site, exc)
+            return
+        n = self.validator.prime(site, rs.readings, first_ns)
+        log.debug("site %s: %d stored readings around %s known before ingesting", site, n, _utc(first_ns))
+
+    def _retry_parked(self) -> None:
+        parked, self._parked, self._parked_bytes = self._parked, collections.deque(), 0
+        for msg in parked:
+            self._take_again(msg)
+
+    def _take_again(self, msg: Message) -> None:
+        try:
+            self._route(msg)
+        except PayloadError as exc:
+            self._reject(msg, exc.reason, str(exc))
+        except Exception as exc:
+            self.counters["internal_errors"] += 1
+            log.exception("could not check a message on %.200s; dead-lettered internal_error", msg.topic)
+            self._reject(msg, "internal_error", f"internal_error: {type(exc).__name__}: {exc}")
+
+    def _housekeeping(self, now: float, idle: bool) -> None:
+        t = self._timers
+        if self._parked and (idle or now - t["parked"] > 0.5):
+            t["parked"] = now
+            self._retry_parked()
+        bf = self.opts.backfill
+        if bf is None or not self._backfill_on:
+            return
+        if now >= t["plan"]:
+            t["plan"] = now + 0.25
+            self._plan_backfill()
+        if now - t["refresh"] >= bf.hwm_refresh_s:
+            t["refresh"] = now
+            self.session.refresh(self.decoder.retained_control(self.opts.group))
 
     def _plan_backfill(self) -> None:
-        """Decode thread: queue the backfill requests due; the store thread sends them after the batches before."""
+        """Queue the backfill requests due; they are sent after the jobs before them are settled."""
         reqs = self.planner.plan(time.monotonic(), self.seqs.missing, self.seqs.hi, self.hwm, self._last_rx)
+        for req in reqs:
+            self.batch.then(functools.partial(self._request_backfill, req))
         if reqs:
             self._flush()
-        for req in reqs:
-            self._jobs.put(functools.partial(self._request_backfill, req))
 
     def _request_backfill(self, req: backfill.BackfillRequest) -> None:
-        """Store thread: publish one backfill request (QoS 1)."""
+        """Store thread: publish one backfill request (QoS 1; a refusal is logged by the session)."""
         self.counters["backfill_requests"] += 1
         self.counters["backfill_requested_seq"] += req.count
         log.warning("%s/%s: seq %d..%d missing; asking the publisher to send them again",
                     req.site, req.meter, req.from_seq, req.to_seq)
-        self.client.publish(topics.backfill_topic(req.site), backfill.encode_request(req), qos=1)
-
-    def _retry_parked(self) -> None:
-        if not self._parked:
-            return
-        parked, self._parked = self._parked, []
-        for item in parked:
-            self._process(item)
+        self.session.publish(topics.backfill_topic(req.site), backfill.encode_request(req))
 
     def _flush(self) -> None:
-        """Hand the batch to the store thread (blocks while it is two batches behind)."""
-        if not self._b_acks:
-            self._batch_reset()
-            return
-        df = None
-        if self._b_ts:
-            idx = pd.DatetimeIndex(np.asarray(self._b_ts, dtype="datetime64[ns]"), name="ts").tz_localize("UTC")
-            df = pd.DataFrame(
-                {
-                    "site": pd.Categorical(self._b_site),
-                    "meter": pd.Categorical(self._b_meter),
-                    "quantity": pd.Categorical(self._b_q),
-                    "value": np.asarray(self._b_v, dtype="float64"),
-                },
-                index=idx,
-            )
-        events = events_frame(self._b_events) if self._b_events else None
-        job = functools.partial(
-            self._write_batch, df, events, self._b_acks, self._b_readings, self._b_max_ts, self._b_recv
-        )
-        self._batch_reset()
-        self._jobs.put(job)
+        if not self.batch.empty():
+            self._put_job(self.batch.take())
 
-    def _store_write(self, df: pd.DataFrame | None, events: pd.DataFrame | None) -> None:
-        """Write to the store and wait until it is durable there (``flush`` if the store has one)."""
-        if df is not None:
-            self.store.write_readings(df)
-        if events is not None:
-            self.store.write_events(events)
-        flush = getattr(self.store, "flush", None)
-        if callable(flush):  # a batching client (InfluxDB): queued is not stored
-            flush()
+    def _put_job(self, job: Job | None) -> None:
+        """Hand a job to the store thread; waits while three are queued (backpressure)."""
+        with self._jobs_cond:
+            while job is not None and len(self._jobs) >= 3:
+                self._jobs_cond.wait(0.2)
+            self._jobs.append(job)
+            self._jobs_cond.notify_all()
 
-    def _replay(self) -> bool:
-        """Store thread: replay the spool into the store; return True when the spool is empty."""
-        assert self.spool is not None
-        if self.spool.empty():
-            return True
-        if time.monotonic() < self._next_replay:
-            return False
-        try:
-            rows = self.spool.replay(self._replay_write)
-        except (EmsError, OSError) as exc:
-            self._next_replay = time.monotonic() + 1.0
-            log.debug("store still unavailable (%s); %d bytes stay in the spool", exc, self.spool.used_bytes)
-            return False
-        self._spool_alarmed = False
-        log.warning("store is back: replayed %d spooled rows; spool empty", rows)
-        return True
+    # ------------------------------------------------------------------ store thread
 
-    def _replay_write(self, df: pd.DataFrame | None, events: pd.DataFrame | None) -> None:
-        self._store_write(df, events)
-        if df is not None:
-            keys = pd.DataFrame({"site": df["site"].to_numpy(), "meter": df["meter"].to_numpy(),
-                                 "ts": pd.DatetimeIndex(df.index).asi8})
-            n = len(keys.drop_duplicates())
-            self.counters["replayed"] += n
-            self.counters["written"] += n
-        if events is not None:
-            self.counters["events_written"] += len(events)
-
-    def _spool_write(self, df: pd.DataFrame | None, events: pd.DataFrame | None, n_readings: int) -> bool:
-        """Store thread: append a batch to the spool (durable); False if the spool is full."""
-        assert self.spool is not None
-        if not self.spool.append(df, events):
-            if not self._spool_alarmed:
-                log.warning("spool %s is full (%d of %d bytes): nothing more is acknowledged until the store is back",
-                            self.spool.path, self.spool.used_bytes, self.spool.limit_bytes)
-            self.counters["spool_full"] += 1
-            self._spool_alarmed = True
-            return False
-        self.counters["spooled"] += n_readings
-        if self.spool.alarm and not self._spool_alarmed:
-            self._spool_alarmed = True
-            self.counters["spool_alarms"] += 1
-            log.warning("spool %s holds %d of %d bytes (alarm at %.0f %%): the store has been unavailable a while",
-                        self.spool.path, self.spool.used_bytes, self.spool.limit_bytes, 100 * self.spool.alarm_fraction)
-        return True
-
-    def _write_batch(
-        self,
-        df: pd.DataFrame | None,
-        events: pd.DataFrame | None,
-        acks: list[tuple[int, int]],
-        n_readings: int,
-        max_ts: int,
-        received: list[float] | None = None,
-    ) -> None:
-        """Store thread: write (to the store, or durably to the spool), then (only then) acknowledge."""
-        spooled = False
-        while True:
-            if self.spool is not None and not self._replay():
-                if self._spool_write(df, events, n_readings):  # keep the order: behind the spool
-                    spooled = True
-                    break
-            else:
-                try:
-                    self._store_write(df, events)
-                    break
-                except (EmsError, OSError) as exc:
-                    if self.spool is not None:
-                        log.warning("store write failed (%s); spooling to %s", exc, self.spool.path)
-                        self._next_replay = time.monotonic() + 1.0
-                        if self._spool_write(df, events, n_readings):
-                            spooled = True
-                            break
-                    else:
-                        log.error("store write failed (%s); retrying in 1 s, nothing acknowledged", exc)
-            if self._stop.wait(1.0) and not self._receiving.is_set():
-                log.error("stopping with %d messages unacknowledged; the broker keeps them", len(acks))
-                return
-        for mid, qos in acks:  # only now: the readings are in the store or the spool, durably
-            self._ack(mid, qos)
-        if received:
-            now = time.time()
-            self.latencies.extend(now - r for r in received)
-        if not spooled:
-            self.counters["written"] += n_readings
-            self.counters["events_written"] += 0 if events is None else len(events)
-        self.counters["batches"] += 1
-        if max_ts and not spooled:
-            self.lag_s = time.time() - max_ts / 1e9
-
-    def _register(self, fn: Callable[[], None], mid: int, qos: int) -> None:
-        """Store thread: register metadata, then acknowledge."""
-        fn()
-        self._ack(mid, qos)
+    def _next_job(self, timeout: float) -> Job | bool | None:
+        with self._jobs_cond:
+            if not self._jobs:
+                self._jobs_cond.wait(timeout)
+            if not self._jobs:
+                return False
+            job = self._jobs.popleft()
+            self._jobs_cond.notify_all()
+            return job
 
     def _store_loop(self) -> None:
         while True:
-            try:
-                job = self._jobs.get(timeout=0.5)
-            except queue.Empty:
-                if self.spool is not None and not self.spool.empty():
-                    try:
-                        self._replay()
-                    except Exception:  # a bug: keep running, the spool stays on disk
-                        self.counters["errors"] += 1
-                        log.exception("spool replay failed")
-                continue
+            job = self._next_job(0.2)
+            self._background()
             if job is None:
-                if self.spool is not None and not self.spool.empty():
-                    self._next_replay = 0.0
-                    self._replay()
+                if self.spool is not None and not self.writer.replay(force=True):
+                    log.warning("the store is still unavailable; the spool keeps %d bytes", self.spool.used_bytes)
                 return
-            try:
-                job()
-            except Exception:  # keep running; what the job held stays unacknowledged
-                self.counters["errors"] += 1
-                log.exception("store job failed; its messages stay unacknowledged")
+            if job is not False:
+                assert isinstance(job, Job)
+                self.settler.settle(job)
+            elif self.spool is not None and not self.spool.empty():
+                try:
+                    self.writer.replay()
+                except Exception:  # a bug: keep running, the spool stays on disk
+                    self.counters["errors"] += 1
+                    log.exception("spool replay failed")
 
-    def _reject(self, item: _Item, exc: PayloadError) -> None:
-        self.counters["rejected"] += 1
-        self.rejected_by_reason[exc.reason] += 1
-        log.warning("rejected %s: %s", item.topic, exc)
-        record = {
-            "received": dt.datetime.fromtimestamp(item.received, dt.UTC).isoformat().replace("+00:00", "Z"),
-            "reason": exc.reason,
-            "message": str(exc),
-            "topic": item.topic,
-            "payload_b64": base64.b64encode(item.payload).decode("ascii"),
-        }
-        line = json.dumps(record)
-        if self.opts.deadletter is not None:
-            with self._dl_lock, open(self.opts.deadletter, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-                f.flush()
-        self.client.publish(topics.deadletter_topic(exc.reason), line.encode(), qos=1)
-        self._ack(item.mid, item.qos)
+    def _background(self) -> None:
+        """PUBACKs of what we published; dead letters the broker acknowledged (no file) or refused."""
+        self.session.poll_pubacks()
+        for a in self.deadletters.settled():
+            self.session.ack(a.mid, a.qos)
+        self.deadletters.retry_refused(time.monotonic())
 
     # ------------------------------------------------------------------ stats
+
+    @property
+    def lag_s(self) -> float:
+        """Now minus the newest reading's ts at the last write [s]."""
+        return self.settler.lag_s
 
     def stats(self) -> dict[str, Any]:
         """Live counters: received (messages), readings_received, written, rejected, duplicates, gaps, ..."""
         c = self.counters
-        return {
-            "received": c["received"],
-            "readings_received": c["readings_received"],
-            "written": c["written"],
-            "rejected": c["rejected"],
-            "duplicates": c["duplicates"],
-            "gaps": self.seqs.gaps,
-            "missing_seq": self.seqs.missing_count(),
-            "late": c["late"],
-            "backfill_requests": c["backfill_requests"],
-            "backfill_requested_seq": c["backfill_requested_seq"],
-            "events_written": c["events_written"],
-            "queue_depth": self._q.qsize(),
-            "lag_s": round(self.lag_s, 3),
-            "meters_known": len(self.meters),
-            "meters_offline": sum(m.get("status") == "offline" for m in self.meter_status.values()),
-            "errors": c["errors"],
-            "spooled": c["spooled"],
-            "replayed": c["replayed"],
-            "spool_bytes": 0 if self.spool is None else self.spool.used_bytes,
-            "spool_limit_bytes": 0 if self.spool is None else self.spool.limit_bytes,
-            "spool_alarms": c["spool_alarms"],
-            "spool_full": c["spool_full"],
-            **self._latency_percentiles(),
-            "rejected_by_reason": dict(self.rejected_by_reason),
-        }
+        s: dict[str, Any] = {k: c[k] for k in ("received", "readings_received", "written", "rejected", "duplicates")}
+        s.update(gaps=self.seqs.gaps, missing_seq=self.seqs.missing_count())
+        s.update({k: c[k] for k in ("late", "backfill_requests", "backfill_requested_seq", "events_written")})
+        s.update(queue_depth=self.inbox.count, queue_bytes=self.inbox.bytes, parked=len(self._parked),
+                 parked_bytes=self._parked_bytes, lag_s=round(self.lag_s, 3), meters_known=len(self.meters),
+                 meters_offline=sum(m.get("status") == "offline" for m in self.meter_status.values()))
+        s.update({k: c[k] for k in ("errors", "internal_errors", "retries", "publish_refused", "spooled", "replayed")})
+        s.update(spool_bytes=0 if self.spool is None else self.spool.used_bytes,
+                 spool_limit_bytes=0 if self.spool is None else self.spool.limit_bytes,
+                 spool_alarms=c["spool_alarms"], spool_full=c["spool_full"])
+        s.update(self._latency_percentiles())
+        s["rejected_by_reason"] = dict(self.rejected_by_reason)
+        return s
 
     def _latency_percentiles(self) -> dict[str, float]:
         lat = np.fromiter(list(self.latencies), dtype="float64")
@@ -791,29 +616,7 @@ class Ingestor:
         """The counters in the Prometheus text exposition format."""
         s = self.stats()
         lines: list[str] = []
-        for name, kind, help_ in (
-            ("received", "counter", "messages received"),
-            ("readings_received", "counter", "readings received in accepted messages"),
-            ("written", "counter", "readings written to the store"),
-            ("rejected", "counter", "messages rejected (dead-lettered)"),
-            ("duplicates", "counter", "readings whose seq was seen before"),
-            ("gaps", "counter", "jumps in a meter's sequence numbers"),
-            ("missing_seq", "gauge", "sequence numbers skipped and not received yet"),
-            ("late", "counter", "readings that filled a gap in the sequence numbers (e.g. backfilled)"),
-            ("backfill_requests", "counter", "backfill requests sent to publishers"),
-            ("backfill_requested_seq", "counter", "sequence numbers asked for in backfill requests"),
-            ("queue_depth", "gauge", "messages waiting for the writer"),
-            ("lag_s", "gauge", "now minus the newest reading's ts at the last write [s]"),
-            ("write_latency_p50_s", "gauge", "median receipt-to-durable-write time of recent messages [s]"),
-            ("write_latency_p95_s", "gauge", "95th percentile receipt-to-durable-write time [s]"),
-            ("write_latency_p99_s", "gauge", "99th percentile receipt-to-durable-write time [s]"),
-            ("spooled", "counter", "readings spooled to disk while the store was unavailable"),
-            ("replayed", "counter", "spooled readings replayed into the store"),
-            ("spool_bytes", "gauge", "disk used by the spool [B]"),
-            ("spool_limit_bytes", "gauge", "most disk the spool may use [B]"),
-            ("spool_alarms", "counter", "times the spool passed its alarm fraction"),
-            ("spool_full", "counter", "batches refused by a full spool (left unacknowledged)"),
-        ):
+        for name, kind, help_ in _METRICS:
             metric = f"ems_ingest_{name}" + ("_total" if kind == "counter" else "")
             lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} {kind}", f"{metric} {s[name]}"]
         lines += ["# HELP ems_ingest_rejected_by_reason_total rejected messages by reason",
@@ -826,8 +629,10 @@ class Ingestor:
         """Serve :meth:`prometheus` at ``http://host:port/metrics``; return the port."""
         ingestor = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(GuardedHandler):
             def do_GET(self) -> None:
+                if not self.host_allowed():
+                    return
                 if self.path.rstrip("/") not in ("/metrics", ""):
                     self.send_error(404)
                     return
@@ -841,11 +646,43 @@ class Ingestor:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("metrics: %s", format % args)
 
-        self._http = ThreadingHTTPServer((host, port), Handler)
+        self._http = GuardedHTTPServer((host, port), Handler, max_connections=16)
         threading.Thread(target=self._http.serve_forever, name="ems-metrics", daemon=True).start()
         return int(self._http.server_address[1])
 
 
-def known_from(meters: Iterable[MeterInfo]) -> dict[tuple[str, str], MeterInfo]:
-    """Index meters by (site, meter)."""
-    return {(m.site, m.meter): m for m in meters}
+_METRICS = (
+    ("received", "counter", "messages received"),
+    ("readings_received", "counter", "readings received in accepted messages"),
+    ("written", "counter", "readings written to the store"),
+    ("rejected", "counter", "messages dead-lettered (durably)"),
+    ("duplicates", "counter", "readings whose seq was seen before"),
+    ("gaps", "counter", "jumps in a meter's sequence numbers"),
+    ("missing_seq", "gauge", "sequence numbers skipped and not received yet"),
+    ("late", "counter", "readings that filled a gap in the sequence numbers (e.g. backfilled)"),
+    ("backfill_requests", "counter", "backfill requests sent to publishers"),
+    ("backfill_requested_seq", "counter", "sequence numbers asked for in backfill requests"),
+    ("queue_depth", "gauge", "messages waiting for the decoder"),
+    ("queue_bytes", "gauge", "bytes of the messages waiting for the decoder [B]"),
+    ("parked", "gauge", "messages waiting for their meter's metadata"),
+    ("parked_bytes", "gauge", "bytes of the messages waiting for metadata [B]"),
+    ("lag_s", "gauge", "now minus the newest reading's ts at the last write [s]"),
+    ("write_latency_p50_s", "gauge", "median receipt-to-durable-write time of recent messages [s]"),
+    ("write_latency_p95_s", "gauge", "95th percentile receipt-to-durable-write time [s]"),
+    ("write_latency_p99_s", "gauge", "99th percentile receipt-to-durable-write time [s]"),
+    ("errors", "counter", "unexpected failures (logged with a traceback)"),
+    ("internal_errors", "counter", "messages dead-lettered internal_error"),
+    ("retries", "counter", "tries of batches that could not be made durable yet"),
+    ("publish_refused", "counter", "publishes the broker refused (PUBACK reason code; ACL)"),
+    ("spooled", "counter", "readings spooled to disk while the store was unavailable"),
+    ("replayed", "counter", "spooled readings replayed into the store"),
+    ("spool_bytes", "gauge", "disk used by the spool [B]"),
+    ("spool_limit_bytes", "gauge", "most disk the spool may use [B]"),
+    ("spool_alarms", "counter", "times the spool passed its alarm fraction"),
+    ("spool_full", "counter", "batches refused by a full spool (left unacknowledged)"),
+)
+
+
+def _utc(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+

@@ -200,6 +200,9 @@ class _Gateway:
         self.opts = opts
         self.ledger = ledger
         self.acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.refusals: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        self.refused = 0
+        self._refusal_reasons: dict[int, str] = {}
         self.pending: dict[int, tuple[str, list[Any], int, int, int]] = {}
         self.readings = 0
         self.messages = 0
@@ -230,6 +233,8 @@ class _Gateway:
     # paho's network thread: never take a lock here that the publishing thread
     # holds while calling into paho (paho calls this under its own mutex)
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        if getattr(rc, "is_failure", False):  # a negative PUBACK (MQTT 5): the broker did not take it
+            self.refusals.put((mid, str(rc)))
         self.acks.put(mid)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -268,6 +273,8 @@ class _Gateway:
             return
         while True:
             entry = self.pending.pop(mid, None)
+            if self._refused(mid, entry):
+                entry = None
             bf = self.backfill_mids.pop(mid, 0)
             self.backfilled += bf
             if entry is not None:
@@ -281,6 +288,23 @@ class _Gateway:
                 mid = self.acks.get_nowait()
             except queue.Empty:
                 return
+
+    def _refused(self, mid: int, entry: tuple[str, list[Any], int, int, int] | None) -> bool:
+        """True if the broker refused ``mid`` (logged, counted, kept out of the ledger)."""
+        try:
+            while True:
+                rmid, why = self.refusals.get_nowait()
+                self._refusal_reasons[rmid] = why
+        except queue.Empty:
+            pass
+        why = self._refusal_reasons.pop(mid, "")
+        if not why:
+            return False
+        self.refused += 1
+        meter = entry[0] if entry else ""
+        log.warning("site %s: the broker refused a publish%s: %s (its ACL for this user?); not counted as delivered",
+                    self.site, f" of meter {meter}" if meter else "", why)
+        return True
 
     def publish(
         self,

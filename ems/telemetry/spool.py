@@ -10,9 +10,11 @@ finds what an earlier process spooled and replays it too.
 Layout: a directory of segment files ``0000000001.spool``, ``0000000002.spool``,
 ... Each holds records appended one after the other::
 
-    magic b"EMSP" | kind (1 byte: R readings, E events) | length (u64) | crc32 (u32) | body
+    magic b"EMSP" | kind (1 byte) | length (u64) | crc32 (u32) | body
 
-The body is an Arrow IPC stream of the frame (``ts`` as int64 ns UTC). A record
+Kinds: ``R`` readings and ``E`` events (the body an Arrow IPC stream of the frame, ``ts``
+as int64 ns UTC), ``S`` site and ``M`` meter registrations (a JSON list). An append that
+the disk refuses (full, read-only) is cut off again, so it never hides later records. A record
 cut short by a crash (only possible for a record not yet acknowledged) fails
 its length or CRC check and ends the segment; replay logs it and goes on.
 
@@ -22,12 +24,14 @@ Disk use is bounded by ``limit_bytes``: an append that would pass it is refused
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -157,20 +161,36 @@ class Spool:
         last = self._segments()
         n = int(last[-1].name[: -len(_SUFFIX)]) + 1 if last else 1
         p = self.path / f"{n:010d}{_SUFFIX}"
-        self._fh = open(p, "ab")  # noqa: SIM115 - kept open across appends
+        self._fh = open(p, "ab", buffering=0)  # noqa: SIM115 - kept open across appends
         self._current = p
         self._sizes[p] = 0
         _fsync_dir(self.path)
 
-    def append(self, readings: pd.DataFrame | None, events: pd.DataFrame | None = None) -> bool:
+    def append(
+        self,
+        readings: pd.DataFrame | None,
+        events: pd.DataFrame | None = None,
+        registrations: list[tuple[bytes, list[dict[str, Any]]]] | None = None,
+    ) -> bool:
         """Append one batch durably (written and fsynced when this returns True).
+
+        Parameters
+        ----------
+        readings, events : DataFrame, optional
+        registrations : list of (kind, dicts), optional
+            Site (``b"S"``) and meter (``b"M"``) registrations, written before the frames.
 
         Returns
         -------
         bool
             False if the batch would take the spool past ``limit_bytes`` (nothing written).
+
+        Raises
+        ------
+        OSError
+            The disk refused the write (full, read-only): nothing of the batch stays in the spool.
         """
-        bodies = []
+        bodies = [(k, json.dumps(objs, default=str).encode()) for k, objs in registrations or [] if objs]
         if readings is not None and len(readings):
             bodies.append((b"R", _to_bytes(readings)))
         if events is not None and len(events):
@@ -183,12 +203,27 @@ class Spool:
         if self._fh is None or self._current is None or self._sizes.get(self._current, 0) >= self.segment_bytes:
             self._open_new()
         assert self._fh is not None and self._current is not None
-        fh = self._fh
-        fh.write(blob)  # type: ignore[attr-defined]
-        fh.flush()  # type: ignore[attr-defined]
-        os.fsync(fh.fileno())  # type: ignore[attr-defined]
+        self._write_all(blob)
         self._sizes[self._current] += len(blob)
         return True
+
+    def _write_all(self, blob: bytes) -> None:
+        """Write and fsync ``blob`` at the end of the current segment, or leave the segment as it was."""
+        assert self._fh is not None and self._current is not None
+        fh: Any = self._fh
+        start = self._sizes[self._current]
+        try:
+            view = memoryview(blob)
+            while view:
+                n = fh.write(view)
+                view = view[n or 0 :]
+            os.fsync(fh.fileno())
+        except OSError:
+            try:  # a partial record would end the segment at replay and hide what comes after it
+                fh.truncate(start)
+            except OSError:
+                self._close_current()  # later appends go to a new segment
+            raise
 
     # ------------------------------------------------------------------ replay
 
@@ -210,8 +245,12 @@ class Spool:
             pos += _HEADER.size + n
         return out
 
-    def replay(self, write: Callable[[pd.DataFrame | None, pd.DataFrame | None], None]) -> int:
-        """Write every spooled record with ``write(readings, events)``, oldest first.
+    def replay(
+        self,
+        write: Callable[[pd.DataFrame | None, pd.DataFrame | None], None],
+        register: Callable[[bytes, list[dict[str, Any]]], None] | None = None,
+    ) -> int:
+        """Write every spooled record with ``write(readings, events)`` (registrations with ``register``), oldest first.
 
         A segment is deleted when all its records were written. If ``write``
         raises, replay stops there (the exception propagates) and the next call
@@ -230,7 +269,10 @@ class Spool:
             start = self._done.get(p, 0)
             for i in range(start, len(records)):
                 kind, body = records[i]
-                if kind == b"R":
+                if kind in (b"S", b"M"):
+                    if register is not None:
+                        register(kind, json.loads(body))
+                elif kind == b"R":
                     df = _from_bytes(body, categorical=True)
                     write(df, None)
                     rows += len(df)
