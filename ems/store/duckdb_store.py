@@ -28,9 +28,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 
@@ -43,6 +42,9 @@ from ems.store.reader import SegmentReader
 from ems.store.registry import Registry, open_root
 from ems.store.rollups import RegisterAggregates
 from ems.store.writer import SegmentWriter
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["DEFAULT_PATH", "READINGS_SCHEMA", "DuckDBStore"]
 

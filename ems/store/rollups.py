@@ -228,7 +228,7 @@ class RegisterAggregates:
     def stage1(self, sites: Iterable[str] | None = None) -> Stage1:
         """Stage 1 of every reading of ``sites`` (default all): the materialized days from the
         aggregates, the rest from the raw readings; equal to stage 1 of a full read."""
-        self.ctx.con  # noqa: B018 - raises when closed
+        self.ctx.check_open()
         wanted = self.reader.site_ids() if sites is None else sorted(set(sites) & set(self.reader.site_ids()))
         meta = _Meta(self.registry)
         parts = [self.ctx.retry(functools.partial(self._site_stage1, s, meta)) for s in wanted]
