@@ -84,6 +84,8 @@ def _meters(
                     "energy_kwh": b.energy_kwh,
                     "power_kw": b.power_kw,
                     "strategy": b.dispatch.strategy,
+                    "eta_charge": b.eta_charge,
+                    "eta_discharge": b.eta_discharge,
                 },
             )
         )

@@ -205,6 +205,13 @@ class DuckDBStore:
         """
         return self.aggregates.stage1(sites)
 
+    def hourly(self, *, sites: Iterable[str] | None = None,
+               series: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Stage-1 hourly energy of some (meter, quantity) series (rows per tariff period), pushed
+        down to the register aggregates (:meth:`ems.store.rollups.RegisterAggregates.hourly`): what
+        hourly matching reads."""
+        return self.aggregates.hourly(sites, series)
+
     def bulk_load(self) -> contextlib.AbstractContextManager[None]:
         """A bulk load: inside the ``with`` block the register aggregates of each write are
         computed in memory (from the rows in hand when it appends) and each site's are

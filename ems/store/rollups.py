@@ -240,6 +240,36 @@ class RegisterAggregates:
                                                 ignore_index=True))
         return Stage1(energy=energy, anomalies=anomalies, hourly=lambda: _concat_hourly([p.hourly for p in parts]))
 
+    def hourly(self, sites: Iterable[str] | None = None,
+               series: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Stage-1 hourly energy of some series: columns ``site``, ``meter``, ``quantity``, ``hour`` (UTC
+        start of the local clock hour), ``value``; the rows of :meth:`stage1`'s ``hourly`` of those
+        series without their tariff ``period`` (an hour split between two periods has two rows;
+        in no particular order). ``series``: (meter, quantity) pairs, meter ``"*"`` for any
+        (default every series). Hourly matching reads only the few it needs, so only they are read
+        from the aggregates."""
+        self.ctx.con  # noqa: B018 - raises when closed
+        wanted = self.reader.site_ids() if sites is None else sorted(set(sites) & set(self.reader.site_ids()))
+        meta = _Meta(self.registry)
+        pairs = sorted(set(series)) if series is not None else None
+        tables = [t for s in wanted for t in self.ctx.retry(functools.partial(self._site_hourly, s, meta, pairs))]
+        cols = ["site", "meter", "quantity", "hour", "value"]
+        schema = pa.schema([SCHEMAS["hourly"].field(c) for c in cols])
+        if not tables:
+            return schema.empty_table().to_pandas()
+        out: pd.DataFrame = pa.concat_tables([t.select(cols).cast(schema) for t in tables]).unify_dictionaries().to_pandas()
+        return out
+
+    def _site_hourly(self, site: str, meta: _Meta, pairs: list[tuple[str, str]] | None) -> list[pa.Table]:
+        man = Manifest.load(self.folder(site) / "manifest.json")
+        cols = ["site", "meter", "quantity", "hour", "value"]
+        out = [pq.ParquetFile(self.folder(site) / f"{c['seq']:016d}-hourly.parquet").read(columns=cols)
+               for c in (man.chunks if man.tables is not None else [])]
+        if self._has_after(site, man.watermark):
+            h = stage1(self._window(site, meta, man.watermark, None)[0], start=man.watermark).hourly
+            out.append(_table(h, "hourly").select(cols))
+        return [t.filter(_series_mask(t, pairs)) if pairs is not None else t for t in out]
+
     def _site_stage1(self, site: str, meta: _Meta) -> Stage1:
         man = Manifest.load(self.folder(site) / "manifest.json")
         segs = self.reader.site_segments(site)
@@ -621,6 +651,31 @@ def _table(frame: pd.DataFrame, kind: str) -> pa.Table:
         else:
             cols.append(pa.Array.from_pandas(col, type=f.type))
     return pa.table(cols, schema=schema)
+
+
+def _series_mask(t: pa.Table, pairs: list[tuple[str, str]]) -> pa.Array:
+    """Rows of ``t`` whose (meter, quantity) is one of ``pairs`` (meter "*": any), decided once
+    per dictionary entry and taken for every row."""
+    def entries(col: str) -> tuple[list[str], pa.Array]:
+        d = t[col].combine_chunks()
+        if not pa.types.is_dictionary(d.type):
+            d = d.dictionary_encode()
+        return [str(x) for x in d.dictionary.to_pylist()], d.indices
+
+    (meters, mi), (qs, qi) = entries("meter"), entries("quantity")
+    anyq = {q for m, q in pairs if m == "*"}
+    by_q: dict[str, set[str]] = {}
+    for m, q in pairs:
+        by_q.setdefault(q, set()).add(m)
+    q_any = pa.array([q in anyq for q in qs], pa.bool_())
+    q_some = pa.array([q in by_q and q not in anyq for q in qs], pa.bool_())
+    keep_any = pc.take(q_any, qi)
+    if not any(q_some.to_pylist()):
+        return keep_any
+    pair_ok = {(m, q) for m, q in pairs}
+    code = pc.add(pc.multiply(pc.cast(mi, pa.int64()), len(qs)), pc.cast(qi, pa.int64()))
+    table = pa.array([(meters[i // len(qs)], qs[i % len(qs)]) in pair_ok for i in range(len(meters) * len(qs))], pa.bool_())
+    return pc.or_(keep_any, pc.take(table, code))
 
 
 def _anomalies_frame(frame: pd.DataFrame) -> pd.DataFrame:
