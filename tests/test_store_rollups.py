@@ -40,6 +40,14 @@ def _same_as_a_read(st) -> None:
     pd.testing.assert_frame_equal(h.reset_index(drop=True), w, check_exact=True)
 
 
+def _hourly_same_as_a_read(st) -> None:
+    """The hourly push-down (what hourly matching reads) equals stage 1's hours of a full read."""
+    key = ["site", "meter", "quantity", "hour"]
+    got = st.hourly().astype({c: str for c in key[:3]}).groupby(key)["value"].sum()
+    want = stage1(st.read()).hourly.astype({c: str for c in key[:3]}).groupby(key)["value"].sum()
+    pd.testing.assert_series_equal(got, want, check_exact=True)
+
+
 def _slices(r: pd.DataFrame, k: int) -> list[pd.DataFrame]:
     ts = r.index.asi8
     lo, width = int(ts.min()), (int(ts.max()) - int(ts.min())) // k + 1  # integer ns: no rounding
@@ -226,10 +234,12 @@ def test_readers_stay_exact_while_a_write_is_not_folded_in(tmp_path):
         plain.write_readings(r[~early & (r.index < pd.Timestamp("2024-07-04T06:00Z"))])  # an append
         assert _manifest(st.root, "a").covers(st.reader.site_segments("a"))
         _same_as_a_read(st)
+        _hourly_same_as_a_read(st)
         old = r[(r.index.asi8 < wm - 6 * 3600 * 10**9) & (r["meter"] == "grid").to_numpy()]
         plain.write_readings(old.assign(value=old["value"] * 1.5))  # a rewrite below the watermark
         assert not _manifest(st.root, "a").covers(st.reader.site_segments("a"))
         _same_as_a_read(st)
+        _hourly_same_as_a_read(st)
         st.write_readings(r[r.index >= pd.Timestamp("2024-07-04T06:00Z")])  # folds in the other's segments
         man = _manifest(st.root, "a")
         assert man.covers(st.reader.site_segments("a")) and man.through == max(

@@ -3,7 +3,7 @@
 What time-series databases call continuous aggregates (TimescaleDB) or downsampling tasks
 (InfluxDB): per site, the stage-1 rows (:mod:`ems.accounting.energy`: register energy per
 hour, local day and tariff period, and the anomalies) of the *finished* local days are kept
-in Parquet files beside the raw segments; a query reads them and computes only the days
+in files beside the raw segments; a query reads them and computes only the days
 after them from the raw readings (a "real-time aggregate"). Because stage 1 of whole local
 days is bit-identical to stage 1 of everything, the answer is exactly
 :func:`ems.accounting.energy.stage1` of all the site's readings.
@@ -34,7 +34,8 @@ reading that could change a materialized interval (:func:`ems.store.registers.sa
 the reader computes that site from the raw readings instead. When ``write_readings``
 returns, the aggregates include its segments.
 
-**Kept up to date** under the writers' lock, after every ``write_readings``:
+**Kept up to date** after every ``write_readings``, under the site's lock
+(``rollups/site=<site>.lock``: writers of other sites go on meanwhile):
 
 * an *append* (nothing written before a series' first reading at or after the watermark,
   every other segment folded in) is computed from the rows the write has in hand: each
@@ -248,7 +249,7 @@ class RegisterAggregates:
         in no particular order). ``series``: (meter, quantity) pairs, meter ``"*"`` for any
         (default every series). Hourly matching reads only the few it needs, so only they are read
         from the aggregates."""
-        self.ctx.con  # noqa: B018 - raises when closed
+        self.ctx.check_open()
         wanted = self.reader.site_ids() if sites is None else sorted(set(sites) & set(self.reader.site_ids()))
         meta = _Meta(self.registry)
         pairs = sorted(set(series)) if series is not None else None
@@ -262,12 +263,15 @@ class RegisterAggregates:
 
     def _site_hourly(self, site: str, meta: _Meta, pairs: list[tuple[str, str]] | None) -> list[pa.Table]:
         man = Manifest.load(self.folder(site) / "manifest.json")
+        segs = self.reader.site_segments(site)
         cols = ["site", "meter", "quantity", "hour", "value"]
-        out = [pq.ParquetFile(self.folder(site) / f"{c['seq']:016d}-hourly.parquet").read(columns=cols)
-               for c in (man.chunks if man.tables is not None else [])]
-        if self._has_after(site, man.watermark):
-            h = stage1(self._window(site, meta, man.watermark, None)[0], start=man.watermark).hourly
-            out.append(_table(h, "hourly").select(cols))
+        if man.tables is None or not man.covers(segs):  # nothing materialized, or a write not folded in yet
+            out = [_table(self._computed(site, meta, None, None).hourly, "hourly").select(cols)]
+        else:
+            assert man.watermark is not None
+            out = [_read(self.folder(site) / _name(c["seq"], "hourly"), None, cols) for c in man.chunks]
+            if max((s.tmax for s in segs), default=0) * 1000 > man.watermark:
+                out.append(_table(self._computed(site, meta, man.watermark, None).hourly, "hourly").select(cols))
         return [t.filter(_series_mask(t, pairs)) if pairs is not None else t for t in out]
 
     def _site_stage1(self, site: str, meta: _Meta) -> Stage1:
@@ -582,8 +586,10 @@ def _name(seq: int, kind: str) -> str:
     return f"{seq:016d}-{kind}.arrow"
 
 
-def _read(path: Path, schema: pa.Schema) -> pa.Table:
-    return feather.read_table(path, memory_map=True).cast(schema)
+def _read(path: Path, schema: pa.Schema | None, columns: list[str] | None = None) -> pa.Table:
+    """An aggregate file (only ``columns``, if given), cast to ``schema`` if given."""
+    t = feather.read_table(path, columns=columns, memory_map=True)
+    return t if schema is None else t.cast(schema)
 
 
 def _write_durably(path: Path, table: pa.Table) -> None:
