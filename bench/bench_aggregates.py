@@ -85,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--before", type=Path, help="an export of other code to time beside this one")
+    ap.add_argument("--before-label", default=None, help="what --before is, for the table")
     args = ap.parse_args()
     load0 = os.getloadavg()
     rows = []
@@ -126,7 +127,8 @@ def main() -> None:
             up_now = f"{now['on']['cpu'] - now['off']['cpu']:.2f}" if key == "on" else ""
             lines.append(f"| {label} | {key} | {now[key]['cpu']:.2f} | {now[key]['wall']:.2f} | {up_now} |{extra}")
     if args.before is not None:
-        lines += ["", f"'before': the code in `{args.before.name}` on the same simulated sites, runs alternating."]
+        what = args.before_label or f"the code in `{args.before.name}`"
+        lines += ["", f"'before': {what}, on the same simulated sites, runs alternating."]
     out = ROOT / "bench" / "results" / "aggregates.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

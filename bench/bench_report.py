@@ -158,6 +158,7 @@ def main() -> None:
     n = args.runs
     report = ("report", "--store", str(store), "--by", "group", "--period", "year", "--format", "json")
     fig["report"], old_report = _interleaved(cli(*report), cli(*report, code=args.before) if args.before else None, n)
+    fig["report_annual"] = best(cli(*report, "--no-hourly"), n)[0]
     fig["rollup"], tce = best(lambda: rollup(store), n)
     fig["plain"], rows = best(lambda: plain_aggregate(store), n)
     fig["full"], tce_full = best(lambda: full_read(store), max(2, n // 2))
@@ -194,6 +195,8 @@ def _markdown(fig: dict[str, float], old: dict[str, float] | None, load0: Any, l
         "| --- | --- | --- | --- |",
         f"| `ems report --store DIR --by group --period year --format json` (best of {n}) | {fig['report']:.2f} | "
         f"{was('report')} | 1.0 |",
+        f"| the same with `--no-hourly` (annual matching only, the report before issue 12; best of {n}) | "
+        f"{fig['report_annual']:.2f} | | |",
         f"| the rollup: read + KPIs in one process (best of {n}) | {fig['rollup']:.3f} | {was('rollup', 3)} | 0.2 |",
         f"| anchor: plain DuckDB first/last register per local day over the raw Parquet ({rows:,} rows) | "
         f"{fig['plain']:.3f} | | |",
