@@ -204,8 +204,12 @@ def main() -> None:
     store = args.store or Path(tmp.name) / "store"
     load0 = os.getloadavg()
     fig: dict[str, float] = {}
-    fig["run_plain"] = make_store(Path(tmp.name) / "plain", aggregates=False)
-    fig["run"] = make_store(store, aggregates=True) if args.store is None or not store.exists() else float("nan")
+    fig["run_plain"] = fig["run"] = float("inf")
+    for _ in range(3):  # best of 3, alternating: the machine is shared
+        fig["run_plain"] = min(fig["run_plain"], make_store(Path(tmp.name) / "plain", aggregates=False))
+        if args.store is None or not store.exists() or fig["run"] < float("inf"):
+            fig["run"] = min(fig["run"], make_store(store, aggregates=True))
+    fig["run"] = float("nan") if fig["run"] == float("inf") else fig["run"]
     n = args.runs
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "ems")], check=True, env=_env())
     report = ("report", "--store", str(store), "--by", "group", "--period", "year", "--format", "json")
@@ -266,13 +270,13 @@ def _markdown(fig: dict[str, float], old: dict[str, float] | None, load0: Any, l
         f"| hourly matching added (target <= 0.2 s) | {fig['rollup_hourly'] - fig['rollup']:.3f} | | 0.2 |",
         f"| the same KPIs from a full read and stage 1 in memory (this code) | {fig['full']:.2f} | | |",
         f"| `ems --help` (best of {n}) | {fig['help']:.2f} | {was('help')} | 0.3 |",
-        f"| `ems run ... --store` (register aggregates kept up to date) | {fig['run']:.1f} | | |",
-        f"| `ems run ... --store` with the aggregates off (same code) | {fig['run_plain']:.1f} | | |",
+        f"| `ems run ... --store` (register aggregates kept up to date; best of 3) | {fig['run']:.2f} | | |",
+        f"| `ems run ... --store` with the aggregates off (same code; best of 3) | {fig['run_plain']:.2f} | | |",
         "",
         f"Group total 2024: {tce:,.1f} tce from the aggregates, {tce_full:,.1f} tce from a full read"
         + ("" if old is None else f", {old['tce']:,.1f} tce before") + f"; CFE (hourly-matched green share) {cfe:.1%}.",
         "",
-        "The rollup reads each site's materialized daily rows (two small Parquet files a site: ems/store/rollups.py) "
+        "The rollup reads each site's materialized daily rows (two small Arrow IPC files a site: ems/store/rollups.py) "
         "instead of 10 M readings; stage 2 works on NumPy arrays (ems/accounting/kpis.py builds the daily frame column "
         "by column, ems/accounting/rollup.py sums with one sort). The target ratio 0.12 is issue 13's 0.2 s against "
         "its 1.7 s anchor. `ems report` from the command line is then mostly imports (pandas, pyarrow, rich) and "

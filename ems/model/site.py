@@ -102,7 +102,7 @@ class Location(_Model):
     def _tz(cls, v: str) -> str:
         try:
             zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
             raise ValueError(f"expected an IANA time zone such as 'Asia/Shanghai', found {v!r}") from None
         return v
 

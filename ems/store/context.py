@@ -59,7 +59,7 @@ class StoreContext:
     threads: int
     lock_timeout_s: float | None = None
     _con: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)
-    closed: bool = field(default=False, repr=False)
+    _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.write_lock = FileLock(self.root / ".write.lock", self.lock_timeout_s)
@@ -67,8 +67,8 @@ class StoreContext:
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """The store's in-memory DuckDB connection (the query engine), made on first use: reads of
-        the register aggregates and of single segments need none, so a report starts without it."""
+        """The store's in-memory DuckDB connection (the query engine), opened on first use: a
+        writer that only appends never needs it (importing and opening DuckDB costs ~80 ms)."""
         self.check_open()
         if self._con is None:
             import duckdb
@@ -80,14 +80,14 @@ class StoreContext:
 
     def check_open(self) -> None:
         """Raise if the store was closed."""
-        if self.closed:
+        if self._closed:
             raise StoreError(f"the store at {self.root} is closed; open it again to use it")
 
     def close(self) -> None:
+        self._closed = True
         if self._con is not None:
             self._con.close()
             self._con = None
-        self.closed = True
 
     def writable(self, what: str) -> None:
         """Raise unless the store is open for writing."""
@@ -105,19 +105,26 @@ class StoreContext:
 
     def retry(self, fn: Callable[[], T]) -> T:
         """Run a read, starting again if compaction removed a file under it."""
-        duck = sys.modules.get("duckdb")  # its errors can only come from a connection made before
-        vanished = (FileNotFoundError, duck.IOException) if duck is not None else (FileNotFoundError,)
         for attempt in range(RETRIES):
             try:
                 return fn()
-            except vanished as exc:
+            except FileNotFoundError as exc:
                 log.debug("read raced with compaction (%s); retry %d", exc, attempt + 1)
-            except OSError as exc:
-                if "No such file" not in str(exc) and "not found" not in str(exc).lower():
+            except Exception as exc:
+                if not _vanished(exc):
                     raise
                 log.debug("read raced with compaction (%s); retry %d", exc, attempt + 1)
             time.sleep(0.005 * (attempt + 1))
         raise StoreError(f"{self.root}: files kept vanishing during {RETRIES} read attempts")
+
+
+def _vanished(exc: Exception) -> bool:
+    """True for an error of a file that compaction deleted under a read (DuckDB's IOException,
+    an OSError saying so)."""
+    duckdb = sys.modules.get("duckdb")  # not imported: it raised nothing
+    if duckdb is not None and isinstance(exc, duckdb.IOException):
+        return True
+    return isinstance(exc, OSError) and ("No such file" in str(exc) or "not found" in str(exc).lower())
 
 
 def default_threads(threads: int | None) -> int:

@@ -213,8 +213,10 @@ class DuckDBStore:
         return self.aggregates.hourly(sites, series)
 
     def bulk_load(self) -> contextlib.AbstractContextManager[None]:
-        """A bulk load: writes inside the ``with`` block bring the register aggregates up to date
-        once, at its end, instead of after each write (``ems run`` writes a year in slices)."""
+        """A bulk load: inside the ``with`` block the register aggregates of each write are
+        computed in memory (from the rows in hand when it appends) and each site's are
+        published once, at its end (``ems run`` writes a site's year in slices); readers stay
+        exact meanwhile (:mod:`ems.store.rollups`, the visibility rule)."""
         return self.aggregates.deferred()
 
     def rebuild_aggregates(self, sites: Iterable[str] | None = None) -> None:
