@@ -64,7 +64,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,10 +235,10 @@ class RegisterAggregates:
         parts = [self.ctx.retry(functools.partial(self._site_stage1, s, meta)) for s in wanted]
         if not parts:
             return stage1(ReadingSet(empty_readings(), empty_events(), [], []))
-        energy = pd.concat([p.energy for p in parts], ignore_index=True)  # each site's rows in order, sites sorted
-        anomalies = _sorted_anomalies(pd.concat([p.anomalies for p in parts if len(p.anomalies)] or [empty_anomalies()],
-                                                ignore_index=True))
-        return Stage1(energy=energy, anomalies=anomalies, hourly=lambda: _concat_hourly([p.hourly for p in parts]))
+        energy = _frames([p[0] for p in parts])  # each site's rows in order, sites sorted
+        anomalies = _sorted_anomalies(_frames([p[1] for p in parts if len(p[1])]) if any(len(p[1]) for p in parts)
+                                      else empty_anomalies())
+        return Stage1(energy=energy, anomalies=anomalies, hourly=lambda: _concat_hourly([p[2]() for p in parts]))
 
     def hourly(self, sites: Iterable[str] | None = None,
                series: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
@@ -273,23 +273,30 @@ class RegisterAggregates:
                 out.append(_table(self._computed(site, meta, man.watermark, None).hourly, "hourly").select(cols))
         return [t.filter(_series_mask(t, pairs)) if pairs is not None else t for t in out]
 
-    def _site_stage1(self, site: str, meta: _Meta) -> Stage1:
+    def _site_stage1(self, site: str, meta: _Meta) -> tuple[pa.Table | pd.DataFrame, pa.Table | pd.DataFrame,
+                                                           Callable[[], pd.DataFrame]]:
+        """A site's stage-1 daily rows and anomalies (Arrow tables as read from the aggregates,
+        frames where days after the watermark were computed) and its hourly rows on first use."""
         man = Manifest.load(self.folder(site) / "manifest.json")
         segs = self.reader.site_segments(site)
         if man.tables is None or not man.covers(segs):  # nothing materialized, or a write not folded in yet
-            return self._computed(site, meta, None, None)
+            got = self._computed(site, meta, None, None)
+            return got.energy, got.anomalies, lambda: got.hourly
         tables = self._site_tables(site, man)
         chunks = list(man.chunks)
-        done = [Stage1(_frame(tables["daily"]), _anomalies_frame(_frame(tables["anomalies"])),
-                       lambda: _hourly_frame([self._hourly(site, c) for c in chunks]))]
-        assert man.watermark is not None
-        if max((s.tmax for s in segs), default=0) * 1000 > man.watermark:
-            done.append(self._computed(site, meta, man.watermark, None))
-        out = _concat_stage1(done)
+        daily, anomalies = tables["daily"].drop_columns(["chunk"]), tables["anomalies"].drop_columns(["chunk"])
         chunk = tables["daily"].column("chunk")
-        if len(done) > 1 or (len(chunk) and pc.min(chunk).as_py() != pc.max(chunk).as_py()):  # chunks of days: merge
-            out.energy = _in_series_order(out.energy)
-        return out
+        if len(chunk) and pc.min(chunk).as_py() != pc.max(chunk).as_py():  # chunks of days, each in series order
+            daily = daily.sort_by([(c, "ascending") for c in ("meter", "quantity", "date", "period")])  # stable
+        def hours() -> pd.DataFrame:
+            return _hourly_frame([self._hourly(site, c) for c in chunks])
+
+        assert man.watermark is not None
+        if max((s.tmax for s in segs), default=0) * 1000 <= man.watermark:
+            return daily, anomalies, hours
+        after = self._computed(site, meta, man.watermark, None)  # the days after the watermark continue each series
+        out = _concat_stage1([Stage1(daily.to_pandas(), _anomalies_frame(anomalies.to_pandas()), hours), after])
+        return _in_series_order(out.energy), out.anomalies, lambda: out.hourly
 
     def _computed(self, site: str, meta: _Meta, lo: int | None, hi: int | None,
                   series: reg.Series | None = None) -> Stage1:
@@ -694,6 +701,13 @@ def _in_series_order(energy: pd.DataFrame) -> pd.DataFrame:
             for c in ("period", "date", "quantity", "meter")]
     order = np.lexsort(keys)
     return energy.take(order).reset_index(drop=True)
+
+
+def _frames(parts: list[pa.Table | pd.DataFrame]) -> pd.DataFrame:
+    """One frame of parts in order: Arrow tables converted together (one conversion, not one each)."""
+    if all(isinstance(p, pa.Table) for p in parts):
+        return pa.concat_tables(parts).to_pandas() if len(parts) > 1 else parts[0].to_pandas()
+    return pd.concat([p.to_pandas() if isinstance(p, pa.Table) else p for p in parts], ignore_index=True)
 
 
 def _anomalies_frame(frame: pd.DataFrame) -> pd.DataFrame:
