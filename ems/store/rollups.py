@@ -651,10 +651,6 @@ STORED = {k: SCHEMAS[k].append(pa.field("chunk", pa.int64())) for k in ("daily",
 _SMALL_CHUNK_NS = 31 * _NS_D
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
-    return table.drop_columns(["chunk"]).to_pandas()
-
-
 def _table(frame: pd.DataFrame, kind: str) -> pa.Table:
     schema = SCHEMAS[kind]
     cols = []
