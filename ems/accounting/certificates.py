@@ -290,10 +290,30 @@ def instrument_table(
     return df
 
 
-def _rows_by_site(caps: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Row positions in ``caps`` and their local dates, per site."""
-    dates = caps["date"].to_numpy()
-    return {str(s): (idx, dates[idx]) for s, idx in caps.groupby("site", sort=False).indices.items()}
+class _Days:
+    """Row positions in ``caps`` and their local dates, per site; the rows of a site's days in
+    ``[start, end]`` (a slice where the site's days are in order, as a daily frame has them)."""
+
+    def __init__(self, caps: pd.DataFrame) -> None:
+        dates = caps["date"].to_numpy("datetime64[ns]")
+        self.by_site = {str(s): (idx, dates[idx]) for s, idx in caps.groupby("site", sort=False).indices.items()}
+        self.ordered = {s: bool((d[1:] >= d[:-1]).all()) for s, (_, d) in self.by_site.items()}
+
+    def rows(self, site: str, start: np.datetime64, end: np.datetime64) -> tuple[np.ndarray, bool]:
+        """Row positions of the site's days in ``[start, end]``, and whether the site has any day."""
+        pos, dates = self.by_site.get(site, (np.zeros(0, np.int64), np.zeros(0, "datetime64[ns]")))
+        if self.ordered.get(site, False):
+            a, b = np.searchsorted(dates, start, side="left"), np.searchsorted(dates, end, side="right")
+            return pos[a:b], len(dates) > 0
+        return pos[(dates >= start) & (dates <= end)], len(dates) > 0
+
+
+def _bounds(items: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Sites and the first and last local days of items (datetime64[ns])."""
+    def days(col: str) -> np.ndarray:
+        return np.asarray([np.datetime64(x, "ns") for x in items[col].tolist()], dtype="datetime64[ns]")
+
+    return [str(x) for x in items["site"].tolist()], days("start"), days("end")
 
 
 def allocate(items: pd.DataFrame, caps: pd.DataFrame, weight: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -316,22 +336,22 @@ def allocate(items: pd.DataFrame, caps: pd.DataFrame, weight: str) -> tuple[pd.D
     unallocated : DataFrame
         ``item, site, kwh, reason``: items whose period has no day, or no weight, in the readings.
     """
-    by_site = _rows_by_site(caps)
+    days = _Days(caps)
     w_all = caps[weight].to_numpy(dtype=float)
     rows, kwhs, ids, lost = [], [], [], []
-    for it in items.itertuples(index=False):
+    sites, starts, ends = _bounds(items)
+    for k, it in enumerate(items[["item", "site", "mwh", "start", "end"]].itertuples(index=False)):
         kwh = float(it.mwh) * 1000.0
-        pos, dates = by_site.get(str(it.site), (np.zeros(0, np.int64), np.zeros(0, "datetime64[ns]")))
-        m = (dates >= np.datetime64(it.start, "ns")) & (dates <= np.datetime64(it.end, "ns"))
-        wm = np.clip(w_all[pos[m]], 0.0, None)
-        if not m.any() or wm.sum() <= 0:
-            why = "no readings for the site" if not len(dates) else (
-                f"period {it.start}..{it.end} outside the readings" if not m.any() else f"no {weight} in {it.start}..{it.end}")
+        p, any_day = days.rows(sites[k], starts[k], ends[k])
+        wm = np.clip(w_all[p], 0.0, None)
+        if not len(p) or wm.sum() <= 0:
+            why = "no readings for the site" if not any_day else (
+                f"period {it.start}..{it.end} outside the readings" if not len(p) else f"no {weight} in {it.start}..{it.end}")
             lost.append({"item": it.item, "site": it.site, "kwh": kwh, "reason": why})
             continue
-        rows.append(pos[m])
+        rows.append(p)
         kwhs.append(kwh * wm / wm.sum())
-        ids.append(np.full(int(m.sum()), it.item, dtype=np.int64))
+        ids.append(np.full(len(p), it.item, dtype=np.int64))
     alloc = pd.DataFrame({"row": np.concatenate(rows) if rows else np.zeros(0, np.int64),
                           "item": np.concatenate(ids) if ids else np.zeros(0, np.int64),
                           "kwh": np.concatenate(kwhs) if kwhs else np.zeros(0)})
@@ -344,23 +364,24 @@ _CAP = {"contract": "grid_import_kwh", "certificate": "grid_import_kwh", "pv_sol
 
 def _fill(items: pd.DataFrame, caps: pd.DataFrame) -> pd.DataFrame:
     """Count items in order, each up to what is left of its cap over its own period, spread pro rata to what is left."""
-    by_site = _rows_by_site(caps)
+    days = _Days(caps)
     left = {c: caps[c].to_numpy(dtype=float).copy() for c in set(_CAP.values())}
     rows, kwhs, ids = [], [], []
-    for it in items.itertuples(index=False):
-        pos, dates = by_site.get(str(it.site), (np.zeros(0, np.int64), np.zeros(0, "datetime64[ns]")))
-        p = pos[(dates >= np.datetime64(it.start, "ns")) & (dates <= np.datetime64(it.end, "ns"))]
-        rest = left[_CAP[it.cls]]
+    sites, starts, ends = _bounds(items)
+    for k, (item, cls, mwh) in enumerate(zip(items["item"].tolist(), items["cls"].tolist(), items["mwh"].tolist(),
+                                             strict=True)):
+        p = days.rows(sites[k], starts[k], ends[k])[0]
+        rest = left[_CAP[cls]]
         avail = rest[p]
         total = float(avail.sum())
-        got = min(float(it.mwh) * 1000.0, total)
+        got = min(float(mwh) * 1000.0, total)
         if got <= 0:
             continue
         share = avail * (got / total)
         rest[p] = np.maximum(avail - share, 0.0)
         rows.append(p)
         kwhs.append(share)
-        ids.append(np.full(len(p), it.item, dtype=np.int64))
+        ids.append(np.full(len(p), item, dtype=np.int64))
     return pd.DataFrame({"row": np.concatenate(rows) if rows else np.zeros(0, np.int64),
                          "item": np.concatenate(ids) if ids else np.zeros(0, np.int64),
                          "counted_kwh": np.concatenate(kwhs) if kwhs else np.zeros(0)})
