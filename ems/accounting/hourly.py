@@ -108,7 +108,7 @@ def site_hours(hourly: pd.DataFrame, meters: Sequence[MeterInfo]) -> dict[str, p
         rows are 0), columns the flows the site has.
     """
     kind = {(m.site, m.meter): m.kind for m in meters}
-    h = hourly[hourly["quantity"].isin({q for _, q in _FLOW_OF}).to_numpy()]
+    h = hourly  # rows of other series name no flow: dropped below
     codes, names = zip(*(_codes(h[c]) for c in ("site", "meter", "quantity")), strict=True)
     n_m, n_q = len(names[1]), len(names[2])
     combo = (codes[0].astype(np.int64) * n_m + codes[1]) * n_q + codes[2]
@@ -120,7 +120,7 @@ def site_hours(hourly: pd.DataFrame, meters: Sequence[MeterInfo]) -> dict[str, p
     flow = table[combo]
     keep = np.flatnonzero(flow >= 0)
     hour = pd.DatetimeIndex(h["hour"])
-    hour = hour.tz_localize("UTC") if hour.tz is None else hour.tz_convert("UTC")
+    hour = hour.tz_localize("UTC") if hour.tz is None else hour  # the same instants in any zone
     site_codes = codes[0][keep]
     if len(site_codes) and (np.diff(site_codes) < 0).any():  # rows of a site together (a store gives them so)
         keep = keep[np.argsort(site_codes, kind="stable")]
