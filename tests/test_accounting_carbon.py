@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ems.accounting import kpis, load_factor_set
 from ems.accounting.kpis import FLOWS, MONEY
-from ems.accounting.money import sum_money
+from ems.accounting.rollup import rollup
 from ems.errors import AccountingError
 from ems.gases import load_gases
 
@@ -273,7 +273,7 @@ def test_mixed_currency_group_converts_with_dated_rates():
     assert list(res.fx_used["date"].astype(str)) == ["2024-01-02"]
     # two currencies are never summed
     with pytest.raises(AccountingError, match="refusing to add"):
-        sum_money(res.daily.assign(site="one"), ["site"], list(MONEY))
+        rollup(res.daily.assign(site="one"), by="site", period="day")
 
 
 # ----------------------------------------------------------------- reporting boundary

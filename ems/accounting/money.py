@@ -10,7 +10,7 @@ and source, and the report names the currency and every rate it used.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import yaml
 from ems.errors import AccountingError, ConfigError
 from ems.readings import SiteInfo
 
-__all__ = ["convert", "load_fx", "site_currency", "sum_money"]
+__all__ = ["convert", "load_fx", "site_currency"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,22 +87,3 @@ def convert(dates: np.ndarray, base: str, quote: str, fx: Mapping[str, Any]) -> 
         used.append({**rows[int(i)], "pair": f"{base}/{quote}", "first_day": str(pd.Timestamp(covered.min()).date()),
                      "last_day": str(pd.Timestamp(covered.max()).date())})
     return np.asarray([float(rows[int(i)]["rate"]) for i in idx]), used
-
-
-def sum_money(frame: pd.DataFrame, by: Sequence[str], columns: Sequence[str], currency: str = "currency") -> pd.DataFrame:
-    """Sum money columns per group, refusing to add two currencies.
-
-    Raises
-    ------
-    AccountingError
-        A group holds amounts in more than one currency (convert them first).
-    """
-    n = frame.groupby(list(by), sort=True)[currency].nunique()
-    mixed = n[n > 1]
-    if len(mixed):
-        k = mixed.index[0]
-        cur = sorted(frame.set_index(list(by)).loc[[k], currency].unique()) if len(by) == 1 else "several"
-        raise AccountingError(f"refusing to add {cur} in group {k!r}: expected one currency; convert with fx rates first")
-    out = frame.groupby(list(by), sort=True)[list(columns)].sum()
-    out[currency] = frame.groupby(list(by), sort=True)[currency].first()
-    return out
