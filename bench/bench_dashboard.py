@@ -107,8 +107,8 @@ def main() -> None:
         "changed is rolled up. The first part of the last day closes the day before (its rows and the year's sums "
         "of closed days are computed again), as does the last part.",
         "",
-        f"{END_TO_END.strip('*')}: median {sorted(best[END_TO_END])[len(best[END_TO_END]) // 2]:.1f} ms, "
-        f"worst {max(best[END_TO_END]):.1f} ms.",
+        f"New readings to the updated overview: median {sorted(best[END_TO_END])[len(best[END_TO_END]) // 2]:.1f} ms, "
+        f"worst {max(best[END_TO_END]):.1f} ms (a refresh that closes a day).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

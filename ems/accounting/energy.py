@@ -855,7 +855,8 @@ def _daily(h: _Rows) -> _Rows:
     cnt = np.bincount(key, weights=h.n, minlength=size)
     sums = np.bincount(key, weights=h.value, minlength=size)
     top = np.full(size, -np.inf)
-    np.maximum.at(top, key, np.nan_to_num(h.max_rate, nan=-np.inf))
+    rated = np.flatnonzero(~np.isnan(h.max_rate))  # rates of import and export only: the rest stay NaN
+    np.maximum.at(top, key[rated], h.max_rate[rated])
     present = np.flatnonzero(np.bincount(key, minlength=size))
     k = present if keys is None else keys[present]
     return _Rows(
