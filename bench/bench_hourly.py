@@ -86,6 +86,13 @@ def cold(store: str, hourly: bool, cache: Path, empty: bool = False) -> float:
     return float(p.stdout.strip().splitlines()[-1])
 
 
+def colds(store: str, cache: Path, k: int) -> tuple[list[float], list[tuple[float, float]]]:
+    """``k`` first rollups in new processes with an empty cache, and ``k`` pairs with and without hourly
+    matching with the cache filled (by the last of the first ones)."""
+    empty = [cold(store, True, cache, empty=True) for _ in range(k)]
+    return empty, [(cold(store, True, cache), cold(store, False, cache)) for _ in range(k)]
+
+
 def cli(*args: str, cache: Path) -> Callable[[], None]:
     exe = [sys.executable, "-c", "import sys; from ems.cli import main; sys.argv[0] = 'ems'; sys.exit(main())", *args]
     return lambda: subprocess.run(exe, check=True, stdout=subprocess.DEVNULL, cwd=ROOT, env=env(cache))
@@ -164,8 +171,7 @@ def main() -> None:
     try:
         lines, facts = steps(store, args.runs)
         k = max(3, args.runs // 2)
-        empty = [cold(store, True, cache, empty=True) for _ in range(k)]  # the last one leaves the cache filled
-        firsts = [(cold(store, True, cache), cold(store, False, cache)) for _ in range(k)]
+        empty, firsts = colds(store, cache, k)
         report = cli("report", "--store", store, "--by", "group", "--period", "year", "--format", "json", cache=cache)
         plain = cli("report", "--store", store, "--by", "group", "--period", "year", "--format", "json", "--no-hourly",
                     cache=cache)
