@@ -41,7 +41,7 @@ from importlib import resources
 from typing import Any
 
 from ems.errors import MissingExtraError, PayloadError
-from ems.readings import QUANTITIES, Carrier, MeterInfo, MeterKind, SiteInfo
+from ems.readings import QUANTITIES, MeterInfo, SiteInfo
 from ems.telemetry import codec
 from ems.telemetry.topics import validate_id
 
@@ -239,6 +239,7 @@ class SpMetric:
     ts_ms: int | None
     value: float | str | bool | None
     historical: bool = False
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,16 @@ def _value(m: Any) -> float | str | bool | None:
     return v  # type: ignore[no-any-return]
 
 
+def _eng_unit(m: Any) -> str | None:
+    """A metric's ``engUnit`` property (a String), if it has one."""
+    if not m.HasField("properties"):
+        return None
+    for key, value in zip(m.properties.keys, m.properties.values, strict=False):
+        if key == "engUnit" and value.WhichOneof("value") == "string_value":
+            return str(value.string_value)
+    return None
+
+
 def decode(topic_text: str, payload: bytes, *, max_bytes: int = codec.MAX_PAYLOAD_BYTES) -> SpMessage:
     """Decode a Sparkplug B message.
 
@@ -286,68 +297,73 @@ def decode(topic_text: str, payload: bytes, *, max_bytes: int = codec.MAX_PAYLOA
         raise PayloadError("malformed_protobuf", f"{topic_text}: expected a Sparkplug B payload; {exc}") from None
     metrics = [
         SpMetric(m.name, m.alias if m.HasField("alias") else None, m.timestamp if m.HasField("timestamp") else None,
-                 _value(m), m.is_historical)
+                 _value(m), m.is_historical, _eng_unit(m))
         for m in p.metrics
     ]
     return SpMessage(t, p.seq if p.HasField("seq") else None, p.timestamp if p.HasField("timestamp") else None, metrics)
 
 
 def _props(msg: SpMessage, where: str) -> dict[str, Any]:
+    """The ``Properties/*`` metrics of a birth; ``attrs`` and ``site`` parsed as bounded JSON objects."""
     out: dict[str, Any] = {m.name[len("Properties/"):]: m.value for m in msg.metrics if m.name.startswith("Properties/")}
     for k in ("attrs", "site"):
         text = out.get(k)
         if isinstance(text, str):
             try:
-                out[k] = json.loads(text)
-            except ValueError as exc:
-                raise PayloadError("malformed_json", f"{where}.Properties/{k}: expected JSON; {exc}") from None
+                out[k] = codec.load_object(text.encode(), max_depth=codec.MAX_DEPTH_META)
+            except PayloadError as exc:
+                raise PayloadError(exc.reason, f"{where}.Properties/{k}: {str(exc).split(': ', 1)[-1]}") from None
     return out
 
 
 def meter_from_birth(msg: SpMessage, known: MeterInfo | None) -> tuple[MeterInfo, dict[int, str]]:
     """The meter a DBIRTH announces (and its aliases); metadata it lacks comes from ``known``.
 
+    Checked and bounded by the JSON contract's own function, :func:`ems.telemetry.codec.meter_from_fields`
+    (kind, carrier, quantities and their ``engUnit``, interval, ``attrs``).
+
     Raises
     ------
     PayloadError
-        ``unknown_quantity`` (no contract quantity among its metrics), ``missing_field``
-        (kind, carrier or interval unknown) or ``wrong_type``.
+        ``unknown_quantity`` (no contract quantity among its metrics, or a wrong ``engUnit``),
+        ``missing_field`` (kind, carrier or interval unknown), ``wrong_type``, ``out_of_range``,
+        ``too_deep``, ...
     """
     site, meter = msg.topic.edge, msg.topic.device
     where = topic(msg.topic.group, "DBIRTH", site, meter)
-    qs = tuple(m.name for m in msg.metrics if m.name in QUANTITIES)
-    if not qs:
+    named = [m for m in msg.metrics if m.name in QUANTITIES]
+    if not named:
         raise PayloadError("unknown_quantity", f"{where}: expected metrics named like the contract's quantities "
-                           f"(power_kw, import_kwh, ...); found {[m.name for m in msg.metrics][:10]}")
+                           f"(power_kw, import_kwh, ...); found {[m.name[:40] for m in msg.metrics][:10]}")
     props = _props(msg, where)
-    kind = props.get("kind", known.kind if known else None)
-    carrier = props.get("carrier", known.carrier if known else None)
-    interval = props.get("interval_s", known.interval_s if known else None)
-    for name, v, allowed in (("kind", kind, set(MeterKind)), ("carrier", carrier, set(Carrier))):
-        if v is None:
+    fields: dict[str, Any] = {
+        "kind": props.get("kind", known.kind if known else None),
+        "carrier": props.get("carrier", known.carrier if known else None),
+        "interval_s": props.get("interval_s", known.interval_s if known else None),
+        "attrs": props["attrs"] if "attrs" in props else (dict(known.attrs) if known else {}),
+        "quantities": list(dict.fromkeys(m.name for m in named)),
+        "units": {m.name: m.unit for m in named if m.unit is not None},
+    }
+    for name in ("kind", "carrier", "interval_s"):
+        if fields[name] is None:
             raise PayloadError("missing_field", f"{where}: expected metric Properties/{name} (or the meter in --meta)")
-        if v not in allowed:
-            raise PayloadError("wrong_type", f"{where}.Properties/{name}: expected one of {sorted(allowed)}, found {v!r}")
-    if not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0:
-        raise PayloadError("missing_field", f"{where}: expected metric Properties/interval_s > 0, found {interval!r}")
-    attrs: dict[str, Any] = props["attrs"] if isinstance(props.get("attrs"), dict) else (dict(known.attrs) if known else {})
-    codec.check_line_gases(str(kind), attrs, where)
+    info = codec.meter_from_fields(site, meter, fields, where)
     aliases = {m.alias: m.name for m in msg.metrics if m.alias is not None}
-    return MeterInfo(site, meter, str(kind), str(carrier), qs, int(interval), attrs), aliases
+    return info, aliases
 
 
 def site_from_birth(msg: SpMessage) -> SiteInfo | None:
-    """The site registration an NBIRTH carries (``Properties/site``), if any."""
+    """The site registration an NBIRTH carries (``Properties/site``), if any.
+
+    Checked and bounded by :func:`ems.telemetry.codec.site_from_fields`, as a JSON registration is.
+    """
     where = topic(msg.topic.group, "NBIRTH", msg.topic.edge)
     d = _props(msg, where).get("site")
     if d is None:
         return None
-    if not isinstance(d, dict) or d.get("site") != msg.topic.edge:
-        raise PayloadError("bad_topic", f"{where}.Properties/site: expected the registration of {msg.topic.edge!r}")
-    try:
-        return SiteInfo.from_dict(d)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PayloadError("missing_field", f"{where}.Properties/site: {exc}") from None
+    if not isinstance(d, dict):
+        raise PayloadError("wrong_type", f"{where}.Properties/site: expected a JSON object, found {str(d)[:80]!r}")
+    return codec.site_from_fields(msg.topic.edge, d, f"{where}.Properties/site")
 
 
 def readings_from_data(msg: SpMessage, info: MeterInfo, aliases: Mapping[int, str], *, now_ns: int,
