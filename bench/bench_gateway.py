@@ -61,7 +61,8 @@ def one_run(tmp: Path, meters: int, seconds: float) -> dict:
         gw_file.write_text(yaml.safe_dump(doc, sort_keys=False))
         t0, s0 = time.monotonic(), cpu_s(server.pid)
         gw = subprocess.Popen([sys.executable, "-m", "ems.cli", "gateway", str(gw_file), "--broker",
-                               f"mqtt://127.0.0.1:{mport}", "--duration", str(seconds), "--deadletter", str(tmp / "dl")],
+                               f"mqtt://127.0.0.1:{mport}", "--duration", str(seconds), "--deadletter", str(tmp / "dl"),
+                               "--history", str(tmp / "history"), "--json"],
                               stdout=subprocess.PIPE, text=True, env=env)
         g_cpu = 0.0
         while gw.poll() is None:

@@ -61,7 +61,8 @@ def test_modbus_gateway_mosquitto_ingest_equals_the_simulator(mosquitto, tmp_pat
     ing = _ingest(BrokerConfig.from_url(mosquitto.url), store, tmp_path)
     try:
         res = subprocess.run([sys.executable, "-m", "ems.cli", "gateway", str(gw_file), "--broker", mosquitto.url,
-                              "--ledger", str(ledger), "--deadletter", str(tmp_path / "gdl.jsonl"), "--duration", "12"],
+                              "--ledger", str(ledger), "--deadletter", str(tmp_path / "gdl.jsonl"), "--duration", "12",
+                              "--history", str(tmp_path / "history"), "--json"],
                              capture_output=True, text=True, timeout=90)
         assert res.returncode == 0, res.stderr
         stats = json.loads(res.stdout.strip().splitlines()[-1])
@@ -98,6 +99,7 @@ def test_modbus_gateway_mosquitto_ingest_equals_the_simulator(mosquitto, tmp_pat
 
 def _gateway(text: str, cfg, tmp_path, **kw) -> Gateway:
     spec, models = load_gateway_data(text, "gw.yaml")
+    kw.setdefault("history", tmp_path / "history")
     return Gateway(spec, models, cfg, GatewayOptions(ledger=tmp_path / "l.json", deadletter=tmp_path / "gdl.jsonl",
                                                      max_backoff_s=1.0, **kw))
 

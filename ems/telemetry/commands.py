@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +229,42 @@ def _print_stats_until(stop: threading.Event, ing: Any, duration: float | None, 
             next_stats += every
 
 
+def rate_of(now: dict[str, Any], prev: dict[str, Any] | None, key: str, dt_s: float) -> float:
+    """Rate of a counter over the last ``dt_s`` [s] (since ``prev``; the whole run without it) [1/s]."""
+    got = now[key] - (prev[key] if prev else 0)
+    return float(got / dt_s) if dt_s > 0 else 0.0
+
+
+def counters_line(rate: float, done: tuple[int, str], deadlettered: int, latency: tuple[str, float, str, float] | None,
+                  before: Sequence[str] = (), after: Sequence[str] = (), *, dead_unit: str = "message") -> str:
+    """One line of a running command's counters for people (``ems ingest --stats``, ``ems gateway --stats``).
+
+    Parameters
+    ----------
+    rate : float [readings/s]
+    done : (int, str)
+        Readings that reached their end and the word for it (``stored``, ``acknowledged``).
+    deadlettered : int
+        Dead letters (each one ``dead_unit``).
+    latency : (str, float, str, float), optional
+        What is timed and two percentiles: ``("receipt to write", p50, "p95", p95)`` [s].
+    before, after : sequence of str
+        Further parts, already worded, before and after the latency (empty ones left out).
+    """
+    from ems.formatting import number, plural
+
+    parts = [f"{number(rate, 0)} readings/s", f"{plural(done[0], 'reading')} {done[1]}",
+             f"{plural(deadlettered, dead_unit)} dead-lettered"]
+    parts += [e for e in before if e]
+    if latency is not None:
+        what, p50, hi_name, hi = latency
+        parts.append(f"{what} p50 {number(p50, 2)} s, {hi_name} {number(hi, 2)} s")
+    parts += [e for e in after if e]
+    return "; ".join(parts)
+
+
 def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) -> str:
-    """The ingestor's counters as one line for people.
+    """The ingestor's counters as one line for people (:func:`counters_line`).
 
     Rate over the last ``dt_s`` [s] (since ``prev``; the whole run without it), readings
     stored and dead-lettered, and receipt-to-write latency (p50/p95: from a message's
@@ -238,22 +273,12 @@ def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) ->
     """
     from ems.formatting import number, plural
 
-    got = now["readings_received"] - (prev["readings_received"] if prev else 0)
-    rate = got / dt_s if dt_s > 0 else 0.0
-    parts = [
-        f"{number(rate, 0)} readings/s",
-        f"{plural(int(now['written']), 'reading')} stored",
-        f"{plural(int(now['rejected']), 'message')} dead-lettered",
-    ]
-    if now.get("duplicates"):
-        parts.append(f"{plural(int(now['duplicates']), 'duplicate')}")
-    if now.get("spooled"):
-        parts.append(f"{number(now['spooled'], 0)} spooled")
+    before = [plural(int(now["duplicates"]), "duplicate") if now.get("duplicates") else "",
+              f"{number(now['spooled'], 0)} spooled" if now.get("spooled") else ""]
     p50, p95 = now.get("write_latency_p50_s"), now.get("write_latency_p95_s")
-    if p50 is not None and p95 is not None and now["written"]:
-        parts.append(f"receipt to write p50 {number(p50, 2)} s, p95 {number(p95, 2)} s")
-    parts.append(f"queue {number(now.get('queue_depth', 0), 0)}")
-    return "; ".join(parts)
+    latency = ("receipt to write", p50, "p95", p95) if p50 is not None and p95 is not None and now["written"] else None
+    return counters_line(rate_of(now, prev, "readings_received", dt_s), (int(now["written"]), "stored"),
+                         int(now["rejected"]), latency, before, [f"queue {number(now.get('queue_depth', 0), 0)}"])
 
 
 @click.command()

@@ -28,6 +28,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,14 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pandas as pd
 
-from ems.errors import PayloadError, ReadingError, TelemetryError
+from ems.errors import ReadingError, TelemetryError
 from ems.readings import MeterInfo, ReadingSet, SiteInfo
 from ems.telemetry import backfill, codec, sparkplug, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.ledger import Ledger
 from ems.telemetry.pacing import run_paced
 
-__all__ = ["MeterSeries", "PublishOptions", "PublishStats", "Publisher", "meter_series"]
+__all__ = ["MeterSeries", "PublishOptions", "PublishStats", "Publisher", "SiteConnection", "meter_series"]
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,17 @@ class PublishStats:
         return self.readings / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-class _Gateway:
-    """One site's connection: a bounded window of unacknowledged messages."""
+class SiteConnection:
+    """One site's MQTT connection, as a site gateway has it: ``ems stream``'s and ``ems gateway``'s.
+
+    Its last will marks the site ``offline`` (a Sparkplug edge node's: NDEATH); at most
+    ``window`` messages wait for their PUBACK (a full window waits, or, for a caller that
+    must not block, check :attr:`pending` first); every acknowledgement goes into the
+    ledger, a refused one (PUBACK reason code) is logged and not counted; backfill
+    requests for the site (``_backfill``) and Sparkplug commands wait in :attr:`requests`
+    and :attr:`commands`; :attr:`reconnected` is set after a reconnect (the broker may
+    have lost the retained high-water mark).
+    """
 
     def __init__(self, site: str, cfg: BrokerConfig, opts: PublishOptions, ledger: Ledger) -> None:
         self.site = site
@@ -343,6 +353,12 @@ class _Gateway:
             self.backfill_mids[info.mid] = backfill
         self.pending[info.mid] = (meter, token, n, t0, t1)
 
+    def publish_hwm(self, meters: Iterable[str]) -> None:
+        """Publish the site's high-water mark (retained): per meter the ledger's ``last_seq``, if any."""
+        marks = {m: self.ledger.last_seq(self.site, m) for m in meters}
+        if any(marks.values()):
+            self.publish(topics.hwm_topic(self.site), backfill.encode_hwm(self.site, marks, time.time_ns()), retain=True)
+
     def finish(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.pending and time.monotonic() < deadline:
@@ -384,7 +400,7 @@ class Publisher:
         self.series = meter_series(readings)
         for s in self.series:
             topics.data_topic(s.info.site, s.info.meter)  # identifiers are safe
-        self._gw: dict[str, _Gateway] = {}
+        self._gw: dict[str, SiteConnection] = {}
         self._last_save = 0.0
         self._last_hwm = 0.0
         self._stop = threading.Event()
@@ -411,7 +427,7 @@ class Publisher:
     def _start(self) -> None:
         sites = sorted({s.info.site for s in self.series} | {s.site for s in self.rs.sites})
         for site in sites:
-            gw = _Gateway(site, self.cfg, self.opts, self.ledger)
+            gw = SiteConnection(site, self.cfg, self.opts, self.ledger)
             gw.connect()
             self._gw[site] = gw
         if self.opts.encoding == "sparkplug":
@@ -426,7 +442,7 @@ class Publisher:
         for site, gw in self._gw.items():
             gw.publish(topics.status_topic(site), b"online", retain=True)
 
-    def _births(self, gw: _Gateway) -> None:
+    def _births(self, gw: SiteConnection) -> None:
         """Sparkplug: NBIRTH (seq 0) then a DBIRTH per meter of the site; again on a rebirth request."""
         group = self.opts.sparkplug_group
         gw.sp_seq = 0
@@ -502,7 +518,7 @@ class Publisher:
         if due:
             self._last_hwm = now
 
-    def _sparkplug_commands(self, gw: _Gateway) -> None:
+    def _sparkplug_commands(self, gw: SiteConnection) -> None:
         """Sparkplug: publish the births again after a reconnect or when a host asks (NCMD rebirth)."""
         rebirth = gw.reconnected.is_set()
         gw.reconnected.clear()
@@ -512,16 +528,16 @@ class Publisher:
             log.info("site %s: publishing NBIRTH and DBIRTHs again", gw.site)
             self._births(gw)
 
-    def _publish_hwm(self, gw: _Gateway) -> None:
-        marks = {
-            s.info.meter: self.ledger.last_seq(gw.site, s.info.meter) for s in self.series if s.info.site == gw.site
-        }
-        if any(marks.values()):
-            gw.publish(topics.hwm_topic(gw.site), backfill.encode_hwm(gw.site, marks, time.time_ns()), retain=True)
+    def _publish_hwm(self, gw: SiteConnection) -> None:
+        gw.publish_hwm(s.info.meter for s in self.series if s.info.site == gw.site)
 
-    def _answer(self, gw: _Gateway) -> int:
+    def _answer(self, gw: SiteConnection) -> int:
         """Publish again the readings the queued backfill requests of ``gw`` ask for; return how many requests."""
         served = 0
+
+        def acked(meter: str) -> int | None:
+            return self.ledger.last_seq(gw.site, meter) if (gw.site, meter) in self._by_key else None
+
         while True:
             try:
                 raw = gw.requests.get_nowait()
@@ -529,25 +545,15 @@ class Publisher:
                 return served
             served += 1
             self.backfill_requests += 1
-            try:
-                req = backfill.decode_request(gw.site, raw)
-            except PayloadError as exc:
-                log.warning("site %s: ignored a backfill request: %s", gw.site, exc)
+            req = backfill.answerable(gw.site, raw, acked, self.opts.backfill_max)
+            if req is None:
                 continue
-            s = self._by_key.get((req.site, req.meter))
-            if s is None:
-                log.warning("site %s: backfill request for unknown meter %r ignored", gw.site, req.meter)
-                continue
-            # only what the broker acknowledged (the rest is still to come in the stream), bounded
-            top = min(req.to_seq, self.ledger.last_seq(req.site, req.meter), req.from_seq + self.opts.backfill_max - 1)
-            if top < req.from_seq:
-                continue
-            n = 0
-            for i, j in backfill.answer_slices(s.seq, req.from_seq, top, self.opts.batch):
+            s, n = self._by_key[(req.site, req.meter)], 0
+            for i, j in backfill.answer_slices(s.seq, req.from_seq, req.to_seq, self.opts.batch):
                 gw.publish(topics.data_topic(req.site, req.meter), s.payload(i, j), backfill=j - i)
                 n += j - i
             log.info("site %s: backfill of %s seq %d..%d: published %d readings again",
-                     gw.site, req.meter, req.from_seq, top, n)
+                     gw.site, req.meter, req.from_seq, req.to_seq, n)
 
     def _linger(self) -> None:
         """Answer backfill requests until none came for ``linger_s`` (at most ten times that in all)."""
