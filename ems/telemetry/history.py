@@ -156,6 +156,12 @@ class History:
             self._fh.close()
             self._fh, self._current = None, None
 
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ reading
 
     def payloads(self, site: str, meter: str, from_seq: int, to_seq: int) -> Iterator[bytes]:
