@@ -204,3 +204,92 @@ def test_sparkplug_round_trip_equals_the_json_contract(mosquitto, tmp_path):
     assert np.array_equal(tidy(a.readings)["value"].to_numpy(), tidy(rs.readings)["value"].to_numpy())
     assert sorted(a.meters, key=lambda m: m.meter + m.site) == sorted(b.meters, key=lambda m: m.meter + m.site)
     assert sorted(s.site for s in b.sites) == ["alpha", "beta"] and len(b.events) == len(a.events) == 2
+
+
+# ---------------------------------------------------------------- hostile births: the JSON contract's bounds
+
+
+def _with_eng_unit(payload: bytes, metric: str, unit: str) -> bytes:
+    p = sp.payload_class().FromString(payload)
+    for m in p.metrics:
+        if m.name == metric:
+            m.properties.values[0].string_value = unit
+    return p.SerializeToString()
+
+
+def _deep(n: int) -> dict:
+    d: dict = {"x": 1}
+    for _ in range(n):
+        d = {"a": d}
+    return d
+
+
+def _hostile_births() -> list[tuple[str, str, bytes]]:
+    """(reason, topic, payload) of births that the JSON contract's checks refuse."""
+    from dataclasses import replace
+
+    from builders import site_info
+
+    good = site_info("hostile")
+    g = GRID
+    return [
+        ("out_of_range", sp.topic("ems", "NBIRTH", "hostile"), sp.nbirth(1, 1000, replace(good, lat=1000.0))),
+        ("wrong_type", sp.topic("ems", "NBIRTH", "hostile"), sp.nbirth(1, 1000, replace(good, tz="Mars/Olympus_Mons"))),
+        ("bad_topic", sp.topic("ems", "NBIRTH", "hostile"), sp.nbirth(1, 1000, replace(good, site="other"))),
+        ("out_of_range", sp.topic("ems", "DBIRTH", "hostile", "grid"),
+         sp.dbirth(replace(g, site="hostile", interval_s=10**9), 1, 1000)),
+        ("unknown_quantity", sp.topic("ems", "DBIRTH", "hostile", "grid"),
+         _with_eng_unit(sp.dbirth(replace(g, site="hostile"), 2, 1000), "power_kw", "W")),
+        ("too_deep", sp.topic("ems", "DBIRTH", "hostile", "grid"),
+         sp.dbirth(replace(g, site="hostile", attrs={"tariff": _deep(40)}), 3, 1000)),
+        ("wrong_type", sp.topic("ems", "DBIRTH", "hostile", "grid"), sp.dbirth(replace(g, site="hostile", kind="reactor"), 4, 1000)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_hostile_births_are_refused_by_the_contracts_own_checks(case):
+    reason, topic, payload = _hostile_births()[case]
+    host = sp.HostSession({})
+    with pytest.raises(PayloadError, match=reason):
+        host.handle(topic, payload, now_ns=T0)
+
+
+@pytest.mark.service
+def test_hostile_births_through_mosquitto_are_dead_lettered_and_ingestion_goes_on(mosquitto, tmp_path):
+    import json
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from ems.store import open_store
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.ingestor import IngestOptions, Ingestor
+
+    store = open_store(tmp_path / "store")
+    ing = Ingestor(BrokerConfig.from_url(mosquitto.url), store,
+                   IngestOptions(client_id="ing-hostile", batch_s=0.2, encoding="sparkplug",
+                                 deadletter=tmp_path / "dl.jsonl")).start()
+    now_ms = int(time.time() * 1000) // 900_000 * 900_000
+    good = [(sp.topic("ems", "NBIRTH", "alpha"), sp.nbirth(5, now_ms)),
+            (sp.topic("ems", "DBIRTH", "alpha", "grid"), sp.dbirth(GRID, 1, now_ms))]
+    good += [(sp.topic("ems", "DDATA", "alpha", "grid"),
+              sp.ddata([(now_ms * 10**6 - (3 - k) * 900 * 10**9, {"power_kw": 10.0 + k, "import_kwh": 100.0 + k})],
+                       2 + k, now_ms)) for k in range(3)]
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="hostile-edge")
+    c.connect("127.0.0.1", mosquitto.port)
+    c.loop_start()
+    try:
+        hostile = _hostile_births()
+        for topic, payload in [(t, p) for _, t, p in hostile[:3]] + good[:2] + [(t, p) for _, t, p in hostile[3:]] + good[2:]:
+            c.publish(topic, payload, qos=1).wait_for_publish(5)
+        assert ing.wait_for(lambda k: k["written"] >= 3 and k["rejected"] >= len(hostile), 20), ing.stats()
+    finally:
+        c.loop_stop()
+        c.disconnect()
+        ing.stop()
+    letters = [json.loads(x) for x in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert sorted((x["reason"], x["topic"]) for x in letters) == sorted((r, t) for r, t, _ in hostile)
+    assert all(x["reason"] in x["message"] for x in letters)
+    back = store.read()
+    store.close()
+    assert [m.site for m in back.meters] == ["alpha"] and len(back.readings) == 6  # the good node, whole

@@ -39,7 +39,7 @@ def _bounded(h: History) -> None:
     assert h.used_bytes <= 8 << 10 and h.dropped_segments > 0
     first = h.first_seq("alpha", "grid")
     assert first is not None and first > 400  # only the latest ~60 messages fit
-    assert [p.decode().split(",")[0] for p in h.payloads("alpha", "grid", 1, 500)][0] == f'{{"seq": {first}'
+    assert next(p.decode().split(",")[0] for p in h.payloads("alpha", "grid", 1, 500)) == f'{{"seq": {first}'
     assert len(list(h.payloads("alpha", "grid", 1, 500))) == 501 - first
 
 
