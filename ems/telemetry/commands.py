@@ -43,6 +43,19 @@ def _encoding_options(f: Any) -> Any:
     return f
 
 
+def _check_host_id(host_id: str, encoding: str, option: str) -> None:
+    """A Sparkplug host id option: only with ``--encoding sparkplug``, and a valid id."""
+    from ems.errors import PayloadError
+    from ems.telemetry.sparkplug import check_host_id
+
+    if encoding != "sparkplug":
+        raise click.UsageError(f"{option} needs --encoding sparkplug")
+    try:
+        check_host_id(host_id)
+    except PayloadError as exc:
+        raise click.UsageError(f"{option}: {str(exc).split(': ', 1)[-1]}") from None
+
+
 def _config(url: str, kw: dict[str, Any]) -> Any:
     """The broker config of the options, its protocol negotiated; say which protocol is used."""
     from ems.telemetry.connection import AUTO, negotiate
@@ -83,11 +96,13 @@ def _url_config(url: str, kw: dict[str, Any]) -> Any:
 @click.option("--client-id-prefix", default="ems-pub", show_default=True)
 @click.option("--linger", "linger_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="[s] after the stream, answer ingestors' backfill requests until none came for this long; 0: exit.")
+@click.option("--sparkplug-primary-host", default=None,
+              help="Sparkplug: births wait for this host application's STATE online; its offline ends the session.")
 @_encoding_options
 @_broker_options
 def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None, fast: bool, batch: int,
            window: int, ledger: Path | None, client_id_prefix: str, linger_s: float, encoding: str,
-           sparkplug_group: str, **kw: Any) -> None:
+           sparkplug_group: str, sparkplug_primary_host: str | None, **kw: Any) -> None:
     """Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT."""
     from ems.formatting import plural
     from ems.telemetry.broker import EmbeddedBroker
@@ -97,12 +112,15 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
         raise click.UsageError("give --speed or --as-fast-as-possible, not both")
     if speed is not None and speed <= 0:
         raise click.UsageError(f"--speed must be > 0, found {speed}")
+    if sparkplug_primary_host is not None:
+        _check_host_id(sparkplug_primary_host, encoding, "--sparkplug-primary-host")
     import ems
 
     rs = ems.open_readings(scenario)
     opts = PublishOptions(qos=int(qos), speed=speed, batch=batch, window=window, ledger=ledger,
                           client_id_prefix=client_id_prefix, linger_s=linger_s if encoding == "json" else 0.0,
-                          encoding=encoding, sparkplug_group=sparkplug_group)
+                          encoding=encoding, sparkplug_group=sparkplug_group,
+                          sparkplug_primary_host=sparkplug_primary_host)
     with contextlib.ExitStack() as stack:
         if broker_url is None:
             b = stack.enter_context(EmbeddedBroker())
@@ -151,13 +169,15 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
               help="Disk spool: batches the store cannot take are kept here (fsynced, acknowledged) and replayed.")
 @click.option("--spool-limit-mb", type=float, default=1024.0, show_default=True,
               help="[MiB] most disk the spool may use; full: nothing more is acknowledged.")
+@click.option("--sparkplug-host-id", default=None,
+              help="Sparkplug: the host id whose STATE this ingestor publishes (default: the client id).")
 @_encoding_options
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
            stats_every: float | None, as_json: bool, metrics_port: int | None, batch_readings: int,
            batch_seconds: float, session_expiry: int, max_future: float, unknown_grace: float, duration: float | None,
-           meta_dir: Path | None, spool_dir: Path | None, spool_limit_mb: float, encoding: str, sparkplug_group: str,
-           **kw: Any) -> None:
+           meta_dir: Path | None, spool_dir: Path | None, spool_limit_mb: float, sparkplug_host_id: str | None,
+           encoding: str, sparkplug_group: str, **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
     import json
 
@@ -165,6 +185,8 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
     from ems.store import open_store
     from ems.telemetry.ingestor import IngestOptions, Ingestor
 
+    if sparkplug_host_id is not None:
+        _check_host_id(sparkplug_host_id, encoding, "--sparkplug-host-id")
     cfg = _config(broker_url, kw)
     if group and not cfg.v5:
         log.warning("shared subscriptions are an MQTT 5 feature; the broker may not support them over 3.1.1")
@@ -186,7 +208,7 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
                          unknown_grace_s=unknown_grace,
                          meters=meters, sites=sites, spool=spool_dir,
                          spool_limit_bytes=int(spool_limit_mb * (1 << 20)), encoding=encoding,
-                         sparkplug_group=sparkplug_group)
+                         sparkplug_group=sparkplug_group, sparkplug_host_id=sparkplug_host_id)
     ing = Ingestor(cfg, store, opts)
     stop = threading.Event()
 

@@ -24,6 +24,7 @@ late requests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -37,7 +38,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pandas as pd
 
-from ems.errors import ReadingError, TelemetryError
+from ems.errors import PayloadError, ReadingError, TelemetryError
 from ems.readings import MeterInfo, ReadingSet, SiteInfo
 from ems.telemetry import backfill, codec, sparkplug, topics
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
@@ -158,6 +159,11 @@ class PublishOptions:
         each meter a device, :mod:`ems.telemetry.sparkplug`; no backfill, a rebirth instead).
     sparkplug_group : str
         The Sparkplug group id.
+    sparkplug_primary_host : str, optional
+        Sparkplug: the host id of the primary host application. Each edge node (site) then
+        publishes its births only once that host's ``STATE`` says online, and when it says
+        offline publishes NDEATH, disconnects and starts over (readings wait meanwhile and
+        follow the rebirth). None: publish at once.
     """
 
     qos: int = 1
@@ -173,6 +179,7 @@ class PublishOptions:
     backfill_max: int = 100_000
     encoding: str = "json"
     sparkplug_group: str = "ems"
+    sparkplug_primary_host: str | None = None
 
 
 @dataclass
@@ -227,18 +234,27 @@ class SiteConnection:
         self.bdseq = time.time_ns() // 1_000_000 % 256  # a new session's birth/death sequence number
         self.sp_seq = 0
         self.commands: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        primary = opts.sparkplug_primary_host if self.sparkplug else None
+        self.host = sparkplug.HostWatch(primary) if primary else None
+        self.host_online = threading.Event()
+        self.host_lost = threading.Event()
+        self.cfg, self.client_id = cfg, cid
+        self.client = self._new_client()
+
+    def _new_client(self) -> mqtt.Client:
+        """A paho client for a new MQTT session, its will the site's ``offline`` (Sparkplug: NDEATH with its bdSeq)."""
         if self.sparkplug:
-            will = (sparkplug.topic(opts.sparkplug_group, "NDEATH", site), sparkplug.ndeath(self.bdseq, _ms()))
-            self.client = make_client(cfg, cid, will=will, will_retain=False)
+            will = (sparkplug.topic(self.opts.sparkplug_group, "NDEATH", self.site), sparkplug.ndeath(self.bdseq, _ms()))
+            client = make_client(self.cfg, self.client_id, will=will, will_retain=False)
         else:
-            self.client = make_client(cfg, cid, will=(topics.status_topic(site), b"offline"))
-        self.client.max_inflight_messages_set(max(opts.window, 20))
-        self.client.max_queued_messages_set(0)
-        self.client.on_publish = self._on_publish
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.cfg = cfg
+            client = make_client(self.cfg, self.client_id, will=(topics.status_topic(self.site), b"offline"))
+        client.max_inflight_messages_set(max(self.opts.window, 20))
+        client.max_queued_messages_set(0)
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        return client
 
     # paho's network thread: never take a lock here that the publishing thread
     # holds while calling into paho (paho calls this under its own mutex)
@@ -253,15 +269,69 @@ class SiteConnection:
         client.subscribe(topics.backfill_topic(self.site), qos=1)  # again after every reconnect
         if self.sparkplug:
             client.subscribe(sparkplug.topic(self.opts.sparkplug_group, "NCMD", self.site), qos=1)
+        if self.host is not None:  # the primary host's STATE (retained: delivered at once)
+            client.subscribe(self.host.topic, qos=1)
         if self._connected_once:
             self.reconnected.set()  # the broker may have lost the retained high-water mark
         self._connected_once = True
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.startswith(sparkplug.NAMESPACE):
+        if self.host is not None and msg.topic == self.host.topic:
+            self._on_state(bytes(msg.payload))
+        elif msg.topic.startswith(sparkplug.NAMESPACE):
             self.commands.put(bytes(msg.payload))
         else:
             self.requests.put(bytes(msg.payload))
+
+    def _on_state(self, payload: bytes) -> None:
+        """The primary host's STATE: online lets births go; offline (not older than the last) ends the session."""
+        assert self.host is not None
+        try:
+            online = self.host.see(self.host.topic, payload)
+        except PayloadError as exc:
+            log.warning("site %s: ignored a STATE of primary host %s: %s", self.site, self.host.host_id, exc)
+            return
+        if online is True:
+            self.host_online.set()
+        elif online is False:
+            self.host_online.clear()
+            self.host_lost.set()
+
+    def wait_for_host(self, stop: threading.Event) -> bool:
+        """Wait until the primary host is online (at once without one); False if ``stop`` came first."""
+        if self.host is None or self.host_online.is_set():
+            return True
+        log.info("site %s: waiting for primary host application %s to be online (%s)", self.site,
+                 self.host.host_id, self.host.topic)
+        while not self.host_online.wait(0.2):
+            self.drain()
+            if stop.is_set():
+                return False
+        log.info("site %s: primary host %s is online", self.site, self.host.host_id)
+        return True
+
+    def new_session(self) -> None:
+        """Sparkplug, the primary host went offline: NDEATH, DISCONNECT, CONNECT again with the next bdSeq.
+
+        What was published is acknowledged first (it is in the ledger); the births follow
+        once the host is back (:meth:`wait_for_host`).
+        """
+        self.finish(10.0)
+        self.pending.clear()  # (what is still unacknowledged now is not in the ledger: reconcile names it)
+        group = self.opts.sparkplug_group
+        log.warning("site %s: primary host %s went offline; NDEATH, disconnect, and start over", self.site,
+                    self.host.host_id if self.host else "")
+        with contextlib.suppress(RuntimeError, ValueError):  # not connected: the broker sent the will
+            self.client.publish(sparkplug.topic(group, "NDEATH", self.site), sparkplug.ndeath(self.bdseq, _ms()),
+                                qos=1).wait_for_publish(5)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.bdseq = (self.bdseq + 1) % 256
+        self.client = self._new_client()  # (paho's network thread cannot be started twice without a leak)
+        self.host_lost.clear()
+        self.host_online.clear()
+        connect_and_wait(self.client, self.cfg)
+        self.reconnected.clear()
 
     def next_seq(self) -> int:
         """The Sparkplug seq of the next message of this edge node (0-255)."""
@@ -432,7 +502,7 @@ class Publisher:
             self._gw[site] = gw
         if self.opts.encoding == "sparkplug":
             for gw in self._gw.values():
-                self._births(gw)
+                self._rebirth(gw)
             return
         for info in self._sites():
             self._gw[info.site].publish(topics.site_topic(info.site), codec.encode_site(info), retain=True)
@@ -441,6 +511,21 @@ class Publisher:
                 self._gw[m.site].publish(topics.meta_topic(m.site, m.meter), codec.encode_meta(m), retain=True)
         for site, gw in self._gw.items():
             gw.publish(topics.status_topic(site), b"online", retain=True)
+
+    def _rebirth(self, gw: SiteConnection) -> bool:
+        """Sparkplug: the births, once the primary host (if any) is online; False if stopped while waiting."""
+        if not gw.wait_for_host(self._stop):
+            return False
+        self._births(gw)
+        return True
+
+    def _ready(self, gw: SiteConnection) -> bool:
+        """Sparkplug: a new session if the primary host went offline, births again if asked; False if stopped."""
+        if gw.host_lost.is_set():
+            gw.new_session()
+            return self._rebirth(gw)
+        self._sparkplug_commands(gw)
+        return gw.host_online.is_set() or gw.host is None or self._rebirth(gw)
 
     def _births(self, gw: SiteConnection) -> None:
         """Sparkplug: NBIRTH (seq 0) then a DBIRTH per meter of the site; again on a rebirth request."""
@@ -472,6 +557,8 @@ class Publisher:
                 for t, (_, row) in zip(pd.DatetimeIndex(g.index).as_unit("ns").asi8, g.iterrows(), strict=True)
             ]
             for i in range(0, len(rows), 500):
+                if gw.sparkplug and not self._ready(gw):
+                    return
                 if gw.sparkplug:
                     gw.publish(sparkplug.topic(self.opts.sparkplug_group, "NDATA", gw.site),
                                sparkplug.ndata_events(gw.site, rows[i : i + 500], gw.next_seq(), _ms()))
@@ -480,6 +567,8 @@ class Publisher:
 
     def _send(self, s: MeterSeries, i: int, j: int) -> None:
         gw = self._gw[s.info.site]
+        if gw.sparkplug and not self._ready(gw):
+            return  # stopped while the primary host was offline: not sent, not in the ledger
         if gw.sparkplug:
             t = sparkplug.topic(self.opts.sparkplug_group, "DDATA", s.info.site, s.info.meter)
             payload = sparkplug.ddata(s.rows(i, j), gw.next_seq(), _ms())
@@ -507,7 +596,10 @@ class Publisher:
         due = now - self._last_hwm >= self.opts.hwm_every_s
         if self.opts.encoding == "sparkplug":
             for gw in list(self._gw.values()):
-                self._sparkplug_commands(gw)
+                if gw.host_lost.is_set():
+                    self._ready(gw)
+                else:
+                    self._sparkplug_commands(gw)
             return
         for gw in list(self._gw.values()):
             if not gw.requests.empty():
@@ -526,7 +618,7 @@ class Publisher:
             rebirth = sparkplug.is_rebirth_request(gw.commands.get_nowait()) or rebirth
         if rebirth:
             log.info("site %s: publishing NBIRTH and DBIRTHs again", gw.site)
-            self._births(gw)
+            self._rebirth(gw)
 
     def _publish_hwm(self, gw: SiteConnection) -> None:
         gw.publish_hwm(s.info.meter for s in self.series if s.info.site == gw.site)
