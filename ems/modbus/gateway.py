@@ -47,6 +47,7 @@ import numpy as np
 from ems.errors import MissingExtraError, PayloadError
 from ems.modbus.config import GatewaySpec, device_quantities, meter_info, site_info
 from ems.modbus.registers import Model, Span, decode_span, plan_reads
+from ems.modbus.schedule import PollClock
 from ems.readings import MeterInfo
 from ems.telemetry import backfill, codec, topics
 from ems.telemetry.connection import BrokerConfig
@@ -382,24 +383,29 @@ class Gateway:
             log.error("could not write the dead letter of %s/%s to %s: %s", dev.info.site, dev.info.meter,
                       self.opts.deadletter, err)
 
-    def _reading(self, dev: _Device, values: dict[str, float | None], due_ns: int) -> None:
-        """Turn one poll into a reading: publish it, or dead-letter it, or nothing (same interval)."""
+    def _reading(self, dev: _Device, values: dict[str, float | None], due_ns: int) -> tuple[str, int]:
+        """Turn one poll into a reading: publish it, or dead-letter it, or nothing (same interval).
+
+        Returns ``("new", intervals advanced)`` or ``("old", 0)`` for the poll schedule.
+        """
         clock = values.pop("ts", None)
         interval = values.pop("interval_s", None)
         if dev.model.has_clock:
             if not clock:  # the meter has no interval yet
-                return
+                return "old", 0
             ts_ns = int(clock) * 1_000_000_000
         else:
             ts_ns = due_ns
         if dev.last is not None and ts_ns <= dev.last.ts_ns:
-            return  # still the interval already published
+            return "old", 0  # still the interval already published
+        step = dev.info.interval_s * 1_000_000_000
+        advanced = 1 if dev.last is None else max(round((ts_ns - dev.last.ts_ns) / step), 1)
         try:
             checked = check_reading(dev.info, values, ts_ns, dev.last, interval)
         except PayloadError as exc:
             self._deadletter(dev, exc, ts_ns, values)
             dev.last = codec.Reading(dev.seq, ts_ns, dev.last.values if dev.last else {})  # not this interval again
-            return
+            return "new", advanced
         dev.seq += 1
         dev.last = codec.Reading(dev.seq, ts_ns, checked)
         payload = codec.encode_data(dev.info.site, dev.info.meter, dev.info.interval_s, [(dev.seq, ts_ns, checked)])
@@ -407,6 +413,8 @@ class Gateway:
         self._publish(dev.info.site, topics.data_topic(dev.info.site, dev.info.meter), payload,
                       meter=dev.info.meter, seq=dev.seq, ts_ns=ts_ns)
         self.counters["readings"] += 1
+        self.counters["intervals_skipped"] += advanced - 1
+        return "new", advanced
 
     def _keep(self, dev: _Device, payload: bytes) -> None:
         """Add a reading's message to the history (before it is published: the ledger never runs ahead of it)."""
@@ -420,13 +428,16 @@ class Gateway:
                       "answered", dev.info.site, dev.info.meter, dev.seq, self.history.path, exc)
 
     async def _run_device(self, dev: _Device) -> None:
-        period = dev.poll_s
-        due = math.floor(time.time() / period) * period + period  # aligned: interval ends for a meter without clock
+        """Poll one device on its schedule (:class:`~ems.modbus.schedule.PollClock`) until stopped."""
+        clock = PollClock.start(dev.poll_s, dev.model.has_clock, time.time())
         while not self._stop.is_set():
-            if await self._stopped_within(due - time.time()):
+            if await self._stopped_within(clock.due - time.time()):
                 return
+            due = clock.due
             dev.polls += 1
             self.counters["polls"] += 1
+            self.counters["retries"] += clock.retries > 0
+            outcome, advanced = "failed", 0
             try:
                 values = await self._poll(dev)
             except DeviceOffline as exc:
@@ -436,10 +447,8 @@ class Gateway:
                 self.latencies.append(time.time() - due)
                 self._set_status(dev, "online")
                 await self._room(dev.info.site)
-                self._reading(dev, values, round(due * 1e9))
-            due += period
-            if due < time.time():  # fell behind: skip the missed polls, keep the alignment
-                due += math.ceil((time.time() - due) / period) * period
+                outcome, advanced = self._reading(dev, values, round(clock.stamp() * 1e9))
+            clock.next(time.time(), outcome, advanced)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -521,6 +530,7 @@ class Gateway:
             "polls": c["polls"], "readings": c["readings"],
             "acknowledged": sum(conn.readings for conn in self.sites.values()),
             "deadlettered": c["deadlettered"], "backfill_requests": self.backfill_requests,
+            "retries": c["retries"], "intervals_skipped": c["intervals_skipped"],
             "backfilled": sum(conn.backfilled for conn in self.sites.values()),
             "poll_errors": {k[5:]: v for k, v in sorted(c.items()) if k.startswith("poll_")},
             "reconnects": sum(max(ep.connects - 1, 0) for ep in self.endpoints.values()),

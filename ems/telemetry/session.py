@@ -22,7 +22,7 @@
   the session subscribes to the data topics and to its own STATE topic, and once the broker
   acknowledged that SUBSCRIBE it publishes ``online`` with the will's timestamp; an
   ``offline`` delivered on its own topic is answered with ``online`` again; a clean stop
-  publishes ``offline`` before the DISCONNECT (Sparkplug 3.0, sections 4.2.2, 4.2.3, 5.3).
+  publishes ``offline`` before the DISCONNECT (Sparkplug 3.0, sections 4.2.3.1, 4.2.3.2, 5.3).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ primary host.
 References
 ----------
 Eclipse Foundation, "Sparkplug Specification" version 3.0.0, 2022: topic namespace (4.1),
-host application STATE birth and death (4.2.2, 4.2.3: topic, QoS 1, retained, JSON payload
+host application STATE birth and death (4.2.3.1, 4.2.3.2: topic, QoS 1, retained, JSON payload
 with ``online`` and ``timestamp``), payload and metrics (6.4), bdSeq and seq (6.4.2, 6.4.17),
 host session establishment (5.3: subscribe, then publish STATE; republish on an
 ``online: false``), edge node session establishment with a primary host (5.4: wait for
@@ -248,7 +248,7 @@ _STATE_MAX_BYTES = 1024
 
 
 def state_topic(host_id: str) -> str:
-    """``spBv1.0/STATE/{host_id}``: a host application's birth and death (Sparkplug 3.0, 4.2.2)."""
+    """``spBv1.0/STATE/{host_id}``: a host application's birth and death (Sparkplug 3.0, 4.2.3)."""
     check_host_id(host_id)
     return f"{NAMESPACE}/STATE/{host_id}"
 
@@ -268,7 +268,7 @@ def check_host_id(host_id: str) -> str:
 
 
 def state_payload(online: bool, ts_ms: int) -> bytes:
-    """A STATE payload: JSON ``{"online": true|false, "timestamp": ms}`` (Sparkplug 3.0, 4.2.2.2 and 4.2.3.2)."""
+    """A STATE payload: JSON ``{"online": true|false, "timestamp": ms}`` (Sparkplug 3.0, 4.2.3.1 and 4.2.3.2)."""
     return json.dumps({"online": bool(online), "timestamp": int(ts_ms)}, separators=(",", ":")).encode()
 
 
