@@ -29,13 +29,14 @@ def _quiet_pymodbus() -> None:
 def gateway_file(server: Any, host: str, encoding: str = "float32") -> dict[str, Any]:
     """A gateway file (as a dict) that polls every meter ``server`` serves.
 
-    Polls each meter four times per interval of plant time at the server's speed (at most
-    once a second, at least 20 times a second).
+    Polls each meter once per interval of plant time at the server's speed (the gateway's
+    schedule follows each meter's changes: :mod:`ems.modbus.schedule`), at most once a second
+    and at least 20 times a second.
     """
     devices = []
     for m in server.meters:
         info = m.series.info
-        poll_s = min(1.0, max(0.05, info.interval_s / server.speed / 4))
+        poll_s = min(1.0, max(0.05, info.interval_s / server.speed))
         devices.append({"site": info.site, "meter": info.meter, "kind": info.kind, "carrier": info.carrier,
                         "host": host, "port": m.port, "unit": m.unit, "model": f"ems-em3-{encoding}",
                         "interval_s": info.interval_s, "poll_s": round(poll_s, 3),
