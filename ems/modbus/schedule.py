@@ -77,7 +77,7 @@ class PollClock:
         """A schedule whose first poll is at the next multiple of ``period`` (plus the offset)."""
         offset = min(0.05 * period, 0.5) if has_clock else 0.0
         first = math.floor(now / period) * period + period + offset
-        return cls(period, has_clock, offset, period / 4 if has_clock else 0.0, period / 50 if has_clock else 0.0,
+        return cls(period, has_clock, offset, period / 4 if has_clock else 0.0, period / 100 if has_clock else 0.0,
                    warmup=4 if has_clock else 0, due=first)
 
     @property

@@ -724,13 +724,19 @@ def meter_from_fields(site: str, meter: str, obj: Mapping[str, Any], where: str)
         raise PayloadError("wrong_type", f"{where}.interval_s: expected a positive integer, found {_short(interval)}")
     if interval > MAX_INTERVAL_S:
         raise PayloadError("out_of_range", f"{where}.interval_s: expected at most {MAX_INTERVAL_S} s, found {_short(interval)}")
+    attrs = _attrs(obj, where)
+    check_line_gases(kind, attrs, where)
+    return MeterInfo(site, meter, kind, carrier, qs, interval, attrs)
+
+
+def _attrs(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``attrs`` of a registration: an object nested at most :data:`MAX_DEPTH_META` levels ({} if absent)."""
     attrs = obj.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {_short(attrs)}")
     if not _depth_ok(attrs, MAX_DEPTH_META - 1):
         raise PayloadError("too_deep", f"{where}.attrs: expected nesting of at most {MAX_DEPTH_META} levels")
-    check_line_gases(kind, attrs, where)
-    return MeterInfo(site, meter, kind, carrier, qs, interval, attrs)
+    return attrs
 
 
 def _quantities(obj: Mapping[str, Any], where: str) -> tuple[str, ...]:
@@ -822,13 +828,8 @@ def site_from_fields(site: str, obj: Mapping[str, Any], where: str) -> SiteInfo:
                                          f"found {_short(obj['tz'])}") from None
     if not isinstance(obj.get("province") or "", str):
         raise PayloadError("wrong_type", f"{where}.province: expected a string, found {_short(obj['province'])}")
-    attrs = obj.get("attrs") or {}
-    if not isinstance(attrs, dict):
-        raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {_short(attrs)}")
-    if not _depth_ok(attrs, MAX_DEPTH_META - 1):
-        raise PayloadError("too_deep", f"{where}.attrs: expected nesting of at most {MAX_DEPTH_META} levels")
     try:
-        return SiteInfo.from_dict(dict(obj))
+        return SiteInfo.from_dict({**obj, "attrs": _attrs(obj, where)})
     except (KeyError, TypeError, ValueError) as exc:
         raise PayloadError("wrong_type", f"{where}: {exc}") from None
 
