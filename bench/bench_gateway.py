@@ -96,18 +96,31 @@ def gateway_args(tmp: Path) -> list[str]:
     return ["--history", str(tmp / "history"), "--json"] if "--history" in helptext else []
 
 
-def one_run(tmp: Path, meters: int, seconds: float) -> dict:
+def start_server(folder: Path, gw_file: Path, env: dict, window: tuple[float, float] | None,
+                 tries: int = 12) -> tuple[subprocess.Popen, int, float]:
+    """Start ``ems modbus``; with a ``window``, start it again until its changes fall in it (at most ``tries``)."""
+    for _ in range(tries):
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "ems.cli", "modbus", str(folder), "--port", str(port),
+                                   "--speed", "60", "--gateway", str(gw_file)], stdout=subprocess.DEVNULL, env=env)
+        wait_for_port("127.0.0.1", port, 120, server)
+        phase = change_phase(port)
+        if window is None or window[0] <= phase <= window[1]:
+            return server, port, phase
+        server.terminate()
+        server.wait(10)
+    raise SystemExit(f"the meters' changes never fell in {window} s of the second in {tries} starts")
+
+
+def one_run(tmp: Path, meters: int, seconds: float, window: tuple[float, float] | None = None) -> dict:
     rs = make_set(meters * 3600, sites=meters // 10, meters_per_site=10, interval_s=60)  # an hour of plant
     folder = rs.to_parquet(tmp / "rs")
     mq, mport = start_mosquitto(tmp)
-    port = free_port()
     gw_file = tmp / "gw.yaml"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    server = subprocess.Popen([sys.executable, "-m", "ems.cli", "modbus", str(folder), "--port", str(port),
-                               "--speed", "60", "--gateway", str(gw_file)], stdout=subprocess.DEVNULL, env=env)
+    server = None
     try:
-        wait_for_port("127.0.0.1", port, 120, server)
-        phase = change_phase(port)
+        server, _, phase = start_server(folder, gw_file, env, window)
         doc = yaml.safe_load(gw_file.read_text())
         for d in doc["devices"]:
             d["poll_s"] = 1.0
@@ -126,8 +139,9 @@ def one_run(tmp: Path, meters: int, seconds: float) -> dict:
         out = gw.stdout.read() if gw.stdout else ""
         stats = json.loads(out.strip().splitlines()[-1])
     finally:
-        server.terminate()
-        server.wait(10)
+        if server is not None:
+            server.terminate()
+            server.wait(10)
         mq.terminate()
         mq.wait(10)
     readings, intervals = from_ledger(tmp / "ledger.json")
@@ -173,12 +187,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gateway.md")
     ap.add_argument("--save-json", type=Path, default=None, help="Keep the runs (for --before of a later run).")
     ap.add_argument("--before", type=Path, default=None, help="Runs of the anchor code (--save-json) to compare with.")
+    ap.add_argument("--phase", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="[s] start the meters again until their changes fall this far into the wall-clock second "
+                         "(0.02 0.25: where a fixed one-second poll grid with queued requests straddles them).")
     a = ap.parse_args()
     runs = []
     for _ in range(a.runs):
         load = os.getloadavg()
         with tempfile.TemporaryDirectory() as d:
-            r = one_run(Path(d), a.meters, a.seconds)
+            r = one_run(Path(d), a.meters, a.seconds, tuple(a.phase) if a.phase else None)
         r["load"] = load
         runs.append(r)
         print(json.dumps(r), flush=True)
@@ -188,8 +205,11 @@ def main() -> None:
     before = json.loads(a.before.read_text()) if a.before else None
     lines = [
         "# Modbus gateway benchmark", "",
-        f"`python bench/bench_gateway.py --meters {a.meters} --seconds {a.seconds:g} --runs {a.runs}` on "
-        f"{time.strftime('%Y-%m-%d')}.", "",
+        f"`python bench/bench_gateway.py --meters {a.meters} --seconds {a.seconds:g} --runs {a.runs}"
+        + (f" --phase {a.phase[0]:g} {a.phase[1]:g}" if a.phase else "") + f"` on {time.strftime('%Y-%m-%d')}.", "",
+        *([f"The served meters change interval {a.phase[0]:g} to {a.phase[1]:g} s after the wall-clock second "
+           "(`ems modbus` started again until they did): where the polls of a fixed one-second grid, queued on "
+           "three connections, straddle the change.", ""] if a.phase else []),
         f"`ems modbus` serves {a.meters} meters (ems-em3-float32 map, 247 units per port) in one process; "
         "`ems gateway` polls every meter once a second and publishes each new reading to mosquitto (QoS 1) in "
         "another; one reading per meter and second of wall time (1-min intervals at 60x). Best of the runs by "
