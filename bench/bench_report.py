@@ -149,11 +149,16 @@ def main() -> None:
     store = args.store or Path(tmp.name) / "store"
     load0 = os.getloadavg()
     fig: dict[str, float] = {}
-    fig["run_plain"] = make_store(Path(tmp.name) / "plain", aggregates=False)
-    fig["run"] = make_store(store, aggregates=True) if args.store is None or not store.exists() else float("nan")
+    fig["run_plain"] = fig["run"] = float("inf")
+    for _ in range(3):  # best of 3, alternating: the machine is shared
+        fig["run_plain"] = min(fig["run_plain"], make_store(Path(tmp.name) / "plain", aggregates=False))
+        if args.store is None or not store.exists() or fig["run"] < float("inf"):
+            fig["run"] = min(fig["run"], make_store(store, aggregates=True))
+    fig["run"] = float("nan") if fig["run"] == float("inf") else fig["run"]
     n = args.runs
     report = ("report", "--store", str(store), "--by", "group", "--period", "year", "--format", "json")
     fig["report"], old_report = _interleaved(cli(*report), cli(*report, code=args.before) if args.before else None, n)
+    fig["report_annual"] = best(cli(*report, "--no-hourly"), n)[0]
     fig["rollup"], tce = best(lambda: rollup(store), n)
     fig["plain"], rows = best(lambda: plain_aggregate(store), n)
     fig["full"], tce_full = best(lambda: full_read(store), max(2, n // 2))
@@ -190,19 +195,21 @@ def _markdown(fig: dict[str, float], old: dict[str, float] | None, load0: Any, l
         "| --- | --- | --- | --- |",
         f"| `ems report --store DIR --by group --period year --format json` (best of {n}) | {fig['report']:.2f} | "
         f"{was('report')} | 1.0 |",
+        f"| the same with `--no-hourly` (annual matching only, the report before issue 12; best of {n}) | "
+        f"{fig['report_annual']:.2f} | | |",
         f"| the rollup: read + KPIs in one process (best of {n}) | {fig['rollup']:.3f} | {was('rollup', 3)} | 0.2 |",
         f"| anchor: plain DuckDB first/last register per local day over the raw Parquet ({rows:,} rows) | "
         f"{fig['plain']:.3f} | | |",
         f"| **ratio rollup / anchor** | **{ratio:.2f}** | {old_ratio} | |",
         f"| the same KPIs from a full read and stage 1 in memory (this code) | {fig['full']:.2f} | | |",
         f"| `ems --help` (best of {n}) | {fig['help']:.2f} | {was('help')} | 0.3 |",
-        f"| `ems run ... --store` (register aggregates kept up to date) | {fig['run']:.1f} | | |",
-        f"| `ems run ... --store` with the aggregates off (same code) | {fig['run_plain']:.1f} | | |",
+        f"| `ems run ... --store` (register aggregates kept up to date; best of 3) | {fig['run']:.2f} | | |",
+        f"| `ems run ... --store` with the aggregates off (same code; best of 3) | {fig['run_plain']:.2f} | | |",
         "",
         f"Group total 2024: {tce:,.1f} tce from the aggregates, {tce_full:,.1f} tce from a full read"
         + ("" if old is None else f", {old['tce']:,.1f} tce before") + ".",
         "",
-        "The rollup reads each site's materialized daily rows (two small Parquet files a site: "
+        "The rollup reads each site's materialized daily rows (two small Arrow IPC files a site: "
         "ems/store/rollups.py) instead of 10 M readings; stage 2 (ems/accounting/kpis.py, pandas) is most of "
         "what remains. `ems report` from the command line is mostly imports (pandas, pyarrow, rich).",
         "",

@@ -61,13 +61,26 @@ NOTES = [
     "  registers of 10^4..10^8 kWh after a year; events identical. The solar position is",
     "  within 1e-4 deg of pvlib's SPA (tests/test_sim_sun.py); tests/test_sim_golden.py",
     "  holds three small runs to the bounds it states.",
-    "- Since issue 13 the embedded store brings its register aggregates (stage 1 per local",
-    "  day and tariff period) up to date after every write. Before that merge (commit aab4aa3,",
+    "- Since issue 13 the embedded store keeps its register aggregates (stage 1 per local",
+    "  day and tariff period) up to date as it is written. Before that merge (commit aab4aa3,",
     "  same machine, load 1.3-2.1) `ems run` took 1.51 s against the floor's 2.13 s (0.71 x)",
-    "  and the one-minute year 11.3 s in two processes, 1,008 MiB summed RSS. Delivering the",
-    "  15-minute year costs 0.79 s CPU without the aggregates and 1.94 s with them; a",
-    "  one-minute site 0.78 s without and about 3 s with (of which stage 1, reading the",
-    "  batch back as a frame, the per-write scans and rewrites of the aggregate files).",
+    "  and the one-minute year 11.3 s in two processes, 1,008 MiB summed RSS. With the",
+    "  aggregates brought up to date after every write (main at 8940236, load 1.7-2.1):",
+    "  2.78 s against 2.13 s (1.31 x), the one-minute year 24.9 s in two processes,",
+    "  1,360 MiB summed RSS, 1,104 MiB summed PSS (a scan of the site's segments in DuckDB,",
+    "  each batch grouped and read back as a pandas frame, the data before each slice read",
+    "  back, Parquet aggregate files rewritten per write, all under the writers' lock).",
+    "- Now (docs/store.md, 'Writes' and 'Register aggregates'): segments are encoded with no",
+    "  lock held; the aggregates of a write are computed from the Arrow rows it has in hand",
+    "  (slices end at local midnights, each an append), under a lock per site, and published",
+    "  once a site (Arrow IPC files); they stay exact for every reader at every moment",
+    "  (the visibility rule, tests/test_store_rollups.py). Their upkeep: 0.40 s CPU for the",
+    "  15-minute year (1.20 s before), 0.34 s for a one-minute site-year (1.50 s before):",
+    "  bench/results/aggregates.md.",
+    "- `ems run` into a new store no longer imports or connects DuckDB (~80 ms of its start),",
+    "  and site files are composed by libyaml (60 -> 4 ms for the reference group's YAML).",
+    "- Memory of the process tree: summed PSS is the honest figure (pages the workers share",
+    "  with the parent after fork counted once); summed RSS counts them in every process.",
 ]
 
 
@@ -172,10 +185,11 @@ def sampled(cmd: list[str], memory: bool = True) -> dict[str, float]:
     quiet_moment()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    peak_rss = peak_pss = 0
+    peak_rss = peak_pss = procs = 0
     while True:
         if memory:
             pids = _tree(proc.pid)
+            procs = max(procs, len(pids))
             peak_rss = max(peak_rss, sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids))
             peak_pss = max(peak_pss, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids))
         done, status, usage = os.wait4(proc.pid, 0 if not memory else os.WNOHANG)
@@ -192,6 +206,7 @@ def sampled(cmd: list[str], memory: bool = True) -> dict[str, float]:
         "rss": peak_rss / 1024,
         "pss": peak_pss / 1024,
         "max1": usage.ru_maxrss / 1024,
+        "workers": max(1, procs - 1),  # forked simulation processes (1: the parent alone)
     }
 
 
@@ -291,7 +306,8 @@ def one_minute(tmp: Path, months: int, repeats: int) -> tuple[list[Row], dict[st
             (
                 f"`ems run` group @ 1 min, {label}, into a new store ({name})",
                 f"{best['s']:.1f} s",
-                f"best of {repeats}; CPU {best['cpu']:.1f} s; target <= 15 s (a year)",
+                f"best of {repeats}; CPU {best['cpu']:.1f} s; {best['workers']:.0f} process(es) "
+                "simulating; target <= 15 s (a year)",
             ),
             (
                 "  peak memory of the process tree, summed RSS",

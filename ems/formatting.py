@@ -88,7 +88,7 @@ class Display:
 
 _SHARE = Display("%", 100.0)
 _EXACT: dict[str, Display] = {
-    "green_share": _SHARE, "self_consumption": _SHARE, "self_sufficiency": _SHARE,
+    "green_share": _SHARE, "cfe": _SHARE, "self_consumption": _SHARE, "self_sufficiency": _SHARE,
     "load_factor": _SHARE, "energy_saving_rate": _SHARE, "change_vs_base": _SHARE,
     "battery_efc": Display("cycles"), "hours": Display("h"),
     "tce_per_10k_rmb": Display("kgce/RMB 10k", 1000.0),

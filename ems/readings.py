@@ -178,7 +178,8 @@ Meaning of the meters in a site's energy balance:
 * ``grid``: the utility meter at the point of connection.
 * ``pv``: AC output of a PV array's inverter(s); ``curtailed_kwh`` is what the
   plant controller reports as available but not taken.
-* ``battery``: AC side of a storage system.
+* ``battery``: AC side of a storage system; ``attrs`` may give ``energy_kwh`` (usable
+  capacity) and ``eta_charge``, ``eta_discharge`` (one-way efficiencies).
 * ``load``: an electrical consumption sub-meter; ``MeterInfo.attrs["end_use"]``
   is one of ``production``, ``base``, ``hvac``, ``compressed_air``, ``electrified``,
   ``other``. The sum of load meters is the site's electrical consumption.
@@ -224,8 +225,13 @@ EVENT_COLUMNS = ("site", "kind", "subject", "value", "unit", "detail")
 "2024-12-31" (or "vintage": 2024), "market_boundary": "CN", "period_start": "2024-01-01",
 "period_end": "2024-12-31" (or "period_year": 2024)}``: the consumption period it is
 retired for, local dates inclusive; a certificate of the site's own PV names the plant
-``"<site>/<pv meter>"``. For ``contract_delivery``: ``{"id": ..., "period_start": ...,
-"period_end": ..., "plant": ..., "plant_commissioned": ..., "market_boundary": ...}``.
+``"<site>/<pv meter>"``. A granular certificate (EnergyTag) also gives the hour(s) it was
+generated in: ``"generation_start": "2024-06-01T12:00+08:00", "generation_end":
+"2024-06-01T13:00+08:00"`` (times with their offset). For ``contract_delivery``: ``{"id": ...,
+"period_start": ..., "period_end": ..., "plant": ..., "plant_commissioned": ...,
+"market_boundary": ..., "profile": "solar"}``; ``profile`` says how the delivery falls on the
+hours of its period (``baseload``, ``solar``, ``<region>:<technology>``, ``as_consumed``;
+``docs/hourly-matching.md``).
 For ``process_emission`` in kg of a gas: ``unit: "kg"`` and ``{"gas": "HFC-245fa",
 "kind": "process", "activity": "..."}``; with ``unit: "kgCO2e"`` the value is already CO2e.
 """

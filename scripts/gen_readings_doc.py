@@ -15,8 +15,10 @@ SUBJECT = {
 VALUE = {
     "dr_start": "import cap [kW]", "fuel_delivery": "[kg]", "refrigerant_topup": "[kg]",
     "certificate": "[MWh]; detail: id, action (retire, sell), serials, technology, plant, plant_commissioned, "
-                   "vintage (or vintage_start, vintage_end), market_boundary, period_year (or period_start, period_end)",
-    "contract_delivery": "[MWh]; detail: id, period_start, period_end, plant, plant_commissioned, market_boundary",
+                   "vintage (or vintage_start, vintage_end), market_boundary, period_year (or period_start, period_end); "
+                   "granular: generation_start, generation_end",
+    "contract_delivery": "[MWh]; detail: id, period_start, period_end, plant, plant_commissioned, market_boundary, "
+                         "profile (baseload, solar, <region>:<technology>, as_consumed)",
     "process_emission": "`unit: kg` with detail.gas, or `unit: kgCO2e`",
 }
 

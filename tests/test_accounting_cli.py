@@ -43,7 +43,8 @@ def test_report_cli(tmp_path):
         text = (out / name).read_text()
         assert not any(bad in text for bad in ("nan", "None", "<NA>")), name
     html = (out / "report.html").read_text()
-    assert html.count("<svg") == 3 and "cn-2023" in html and "0.1229" in html
+    # energy, green share, typical day, and the matched-energy heatmap of its one site
+    assert html.count("<svg") == 4 and "cn-2023" in html and "0.1229" in html
 
 
 def test_report_custom_period(tmp_path):

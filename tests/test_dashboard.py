@@ -182,6 +182,12 @@ def test_monitor_is_incremental_and_stays_equal_to_a_full_recompute(store, monke
         float(ref["electricity_consumed_kwh"].iloc[0])
     )
     assert ov["year"]["total_tce"] == pytest.approx(float(ref["total_tce"].iloc[0]))
+    # the year's hourly-matched share covers the day closed while watching, as a full recompute does
+    from ems.accounting.hourly import hourly_of
+
+    rs_both = ReadingSet(both, empty_events(), meters(site), [site_info(site)])
+    full_cfe = hourly_of(kpis(rs_both, period="year"), rs_both).rollup("site", "year")["cfe"].iloc[0]
+    assert ov["year"]["cfe"] == pytest.approx(float(full_cfe), rel=1e-9)
 
 
 def test_monitor_status(store):
@@ -426,3 +432,27 @@ def test_ems_dashboard_unreachable_broker(tmp_path):
     )
     assert r.returncode == 2
     assert "cannot connect to broker" in r.stderr
+
+
+def test_monitor_shows_the_grid_intensity_now_and_todays_hourly_matched_share(store):
+    from ems.accounting.energy import stage1
+    from ems.accounting.hourly import hourly_of
+
+    rs = plant({"a": "Alpha"}, n=3 * 96)
+    write(store, rs)
+    mon = Monitor(store)
+    mon.refresh()
+    tile = mon.overview()["sites"][0]
+    today, year = tile["today"], tile["year"]
+    # the same hourly matching computed from the readings, all at once
+    res = kpis(ReadingSet(rs.readings, rs.events.iloc[:0], rs.meters, rs.sites), period="year")
+    ref = hourly_of(res, rs)
+    days = ref.rollup("site", "day").set_index("period")
+    assert today["cfe"] == pytest.approx(float(days.loc[tile["today_date"], "cfe"]), rel=1e-9)
+    assert year["cfe"] == pytest.approx(float(ref.rollup("site", "year")["cfe"].iloc[0]), rel=1e-9)
+    assert 0.0 < today["cfe"] < 1.0
+    hours = ref.hours["a"]
+    assert today["grid_intensity_kg_per_kwh"] == pytest.approx(float(hours["average_kg_per_kwh"].iloc[-1]))
+    assert today["grid_intensity_method"] in ("modelled", "annual")
+    assert len(stage1(rs).hourly)  # (the reference really had hours)
+    json.dumps(tile, allow_nan=False)

@@ -82,6 +82,9 @@ def test_overview_updates_without_reload(live_site, page):
     sync_api.expect(tile.locator(".v-load")).to_have_text("1,000", timeout=10_000)
     sync_api.expect(page.locator(".tile")).to_have_count(3)
     sync_api.expect(tile.locator(".pill")).to_have_text(re.compile("^(fresh|stale)$"))
+    # the grid's intensity now and today's hourly-matched green share
+    sync_api.expect(tile.locator(".v-intensity")).to_have_text(re.compile(r"^0\.\d{3}$"))
+    sync_api.expect(tile.locator("tr.k-cfe td.today")).to_have_text(re.compile(r"^\d+\.\d %$"))
     before_today = tile.locator("tr.k-total_tce td.today").inner_text()
     page.evaluate("window.__marker = 'same page'")
     # new readings arrive: a new day with a higher load

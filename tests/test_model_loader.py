@@ -189,6 +189,8 @@ def test_missing_top_level_field(mini_text: str) -> None:
 def test_bad_time_zone(mini_text: str) -> None:
     with pytest.raises(LocatedError, match=r"m\.yaml:8: location\.tz: expected an IANA time zone .*found 'Asia/Qingdao'"):
         load_site_data(_sub(mini_text, "Asia/Shanghai", "Asia/Qingdao"), "m.yaml")
+    with pytest.raises(LocatedError, match=r"m\.yaml:8: location\.tz: expected an IANA time zone"):
+        load_site_data(_sub(mini_text, "Asia/Shanghai", "x" * 300), "m.yaml")  # longer than a file name may be
 
 
 def test_bad_date(mini_text: str) -> None:

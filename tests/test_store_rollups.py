@@ -18,6 +18,7 @@ from builders import TARIFF, plant, write
 
 import ems
 from ems.accounting.energy import stage1
+from ems.errors import EmsError
 from ems.readings import ReadingSet
 from ems.store import open_store
 from ems.store.rollups import Manifest
@@ -37,6 +38,14 @@ def _same_as_a_read(st) -> None:
     h = got.hourly.astype({c: str for c in ("site", "meter", "quantity", "period")})
     w = want.hourly.astype({c: str for c in ("site", "meter", "quantity", "period")})
     pd.testing.assert_frame_equal(h.reset_index(drop=True), w, check_exact=True)
+
+
+def _hourly_same_as_a_read(st) -> None:
+    """The hourly push-down (what hourly matching reads) equals stage 1's hours of a full read."""
+    key = ["site", "meter", "quantity", "hour"]
+    got = st.hourly().astype({c: str for c in key[:3]}).groupby(key)["value"].sum()
+    want = stage1(st.read()).hourly.astype({c: str for c in key[:3]}).groupby(key)["value"].sum()
+    pd.testing.assert_series_equal(got, want, check_exact=True)
 
 
 def _slices(r: pd.DataFrame, k: int) -> list[pd.DataFrame]:
@@ -191,6 +200,120 @@ def test_a_bulk_load_brings_the_aggregates_up_to_date_once(store, simulated):
     with store.bulk_load():
         for part in _slices(simulated.readings, 4):
             store.write_readings(part)
-        assert not (store.root / "rollups").exists()
+        assert not list(store.root.glob("rollups/site=*/manifest.json"))  # nothing published yet
+        _same_as_a_read(store)  # readers compute the unpublished days from the raw segments
     assert _manifest(store.root, "qingdao").watermark == pd.Timestamp("2024-04-02", tz="Asia/Shanghai").value
     _same_as_a_read(store)
+
+
+def test_a_rewrite_of_the_reading_at_the_watermark(store):
+    """The reading at the watermark closes the last materialized interval: rewriting it changes
+    a materialized day."""
+    rs = plant({"a": "A"}, n=4 * 96, tariff=TARIFF)
+    r = rs.readings
+    _register(store, rs)
+    store.write_readings(r)
+    wm = _manifest(store.root, "a").watermark
+    at = r[(r.index.asi8 == wm) & (r["quantity"] == "import_kwh").to_numpy()]
+    assert len(at) == 1
+    store.write_readings(at.assign(value=at["value"] + 5.0))
+    _same_as_a_read(store)
+
+
+def test_readers_stay_exact_while_a_write_is_not_folded_in(tmp_path):
+    """The visibility rule: segments newer than the manifest's ``through`` (a write in progress,
+    a writer without aggregates) are folded in by the reader when they only append, and make it
+    compute the site from the raw readings when they could change a materialized day."""
+    rs = plant({"a": "A"}, n=4 * 96, tariff=TARIFF)
+    r = rs.readings
+    early = r.index < pd.Timestamp("2024-07-03T06:00Z")
+    with open_store(tmp_path / "s") as st, open_store(tmp_path / "s", aggregates=False) as plain:
+        _register(st, rs)
+        st.write_readings(r[early])
+        wm = _manifest(st.root, "a").watermark
+        plain.write_readings(r[~early & (r.index < pd.Timestamp("2024-07-04T06:00Z"))])  # an append
+        assert _manifest(st.root, "a").covers(st.reader.site_segments("a"))
+        _same_as_a_read(st)
+        _hourly_same_as_a_read(st)
+        old = r[(r.index.asi8 < wm - 6 * 3600 * 10**9) & (r["meter"] == "grid").to_numpy()]
+        plain.write_readings(old.assign(value=old["value"] * 1.5))  # a rewrite below the watermark
+        assert not _manifest(st.root, "a").covers(st.reader.site_segments("a"))
+        _same_as_a_read(st)
+        _hourly_same_as_a_read(st)
+        st.write_readings(r[r.index >= pd.Timestamp("2024-07-04T06:00Z")])  # folds in the other's segments
+        man = _manifest(st.root, "a")
+        assert man.covers(st.reader.site_segments("a")) and man.through == max(
+            s.seq for s in st.reader.site_segments("a"))
+        _same_as_a_read(st)
+
+
+def test_a_manifest_of_an_older_ems_is_rebuilt(store):
+    rs = plant({"a": "A"}, n=3 * 96, tariff=TARIFF)
+    r = rs.readings
+    _register(store, rs)
+    store.write_readings(r[r.index < pd.Timestamp("2024-07-02T12:00Z")])
+    path = store.root / "rollups" / "site=a" / "manifest.json"
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in old.items() if k not in ("through", "base", "last", "rev")}))
+    assert _manifest(store.root, "a").outdated()
+    _same_as_a_read(store)  # from the raw readings
+    store.write_readings(r[r.index >= pd.Timestamp("2024-07-02T12:00Z")])
+    assert not _manifest(store.root, "a").outdated()
+    _same_as_a_read(store)
+
+
+TWO_WRITERS = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, sys.argv[3])
+    from builders import TARIFF, plant
+    from ems.store import open_store
+    rs = plant({"alpha": "Alpha", "beta": "Beta"}, n=3 * 96, tariff=TARIFF)
+    st = open_store(sys.argv[1])
+    st.register_sites(rs.sites)
+    st.register_meters(rs.meters)
+    r = rs.readings
+    grid = (r["meter"] == "grid").to_numpy()
+    alpha = (r["site"] == "alpha").to_numpy()
+    mine = (alpha & grid) | ~alpha if sys.argv[2] == "A" else alpha & ~grid
+    ts = r.index.asi8
+    steps = np.unique(ts)
+    for k in range(0, len(steps), 12):  # three hours a write, in time order
+        at = (ts >= steps[k]) & (ts <= steps[min(k + 11, len(steps) - 1)])
+        st.write_readings(r[mine & at])
+        if sys.argv[2] == "B" and k == 8 * 12:  # and once a day already written again
+            old = mine & (ts <= steps[k - 60]) & (ts > steps[k - 72])
+            st.write_readings(r[old])
+        time.sleep(0.005)
+    st.close()
+    """
+)
+
+
+def test_two_writer_processes_on_the_same_site(tmp_path):
+    """Two processes write a site's meters (and another site) at once, one of them a day again:
+    the aggregates end equal to stage 1 of everything read back."""
+    path = tmp_path / "two"
+    open_store(path).close()
+    tests = str(Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_WRITERS, str(path), who, tests]) for who in "AB"]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    with open_store(path) as st:
+        for site in ("alpha", "beta"):
+            man = _manifest(path, site)
+            assert man.watermark is not None and man.covers(st.reader.site_segments(site))
+        _same_as_a_read(st)
+
+
+def test_rebuild_after_a_damaged_manifest(store):
+    rs = plant({"a": "A"}, n=3 * 96, tariff=TARIFF)
+    _register(store, rs)
+    store.write_readings(rs.readings)
+    want = store.stage1().energy
+    (store.root / "rollups" / "site=a" / "manifest.json").write_text("{not json")
+    with pytest.raises(EmsError, match="unreadable register aggregates manifest"):
+        store.stage1()
+    store.rebuild_aggregates()
+    pd.testing.assert_frame_equal(store.stage1().energy, want, check_exact=True)

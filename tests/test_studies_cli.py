@@ -310,3 +310,41 @@ def test_calibrate_edit_keeps_flow_mappings_over_several_lines():
     assert out == "a:\n  b: 12   # kept\n  l: [1, 2.75, 3]\n  m: {x: 1,\n      y: 3.25}\n"
     added = _edit_yaml(text, {("a", "z"): 4.5})  # a default the file left out: added by the round trip
     assert "  z: 4.5" in added and "# kept" in added
+
+
+def test_sweep_targets_the_hourly_matched_share_and_measures_change_it_through_their_shapes(tmp_path):
+    """PV x storage x the shape of a green-power contract at Qingdao (a week, hourly): the contract's
+    profile changes CFE and not the annual share; the cheapest mix reaching a CFE target is found."""
+    sc = scenario(tmp_path, "cfe-base")
+    spec = {"scenario": sc.name, "site": "qingdao",
+            "parameters": {"add_pv.kwp": [0, 20000], "add_storage.energy_kwh": [0, 20000],
+                           "green_power.mwh": [1500], "green_power.profile": ["baseload", "solar"]},
+            "target": {"metric": "cfe", "min": 0.3}}
+    p = tmp_path / "cfe.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    res = run_sweep(load_sweep_spec(p), scheduler="synchronous")
+    df = res.results.set_index(["p:add_pv.kwp", "p:add_storage.energy_kwh", "p:green_power.profile"])
+    assert len(df) == 8
+    assert (df["cfe"] <= df["green_share"] + 1e-9).all()
+    # the same energy contracted: the annual share does not see its shape, the hourly one does
+    flat, solar = df.loc[(0, 0, "baseload")], df.loc[(0, 0, "solar")]
+    assert flat["green_share"] == pytest.approx(solar["green_share"], rel=1e-9)
+    assert flat["cfe"] != pytest.approx(solar["cfe"], rel=1e-3)
+    # storage moves PV into the evening: more of the day matched
+    assert df.loc[(20000, 20000, "baseload"), "cfe"] > df.loc[(20000, 0, "baseload"), "cfe"]
+    assert df["scope2_market_hourly_t"].ge(df["scope2_market_t"] - 1e-9).all()
+    assert res.best is not None and res.best["cfe"] >= 0.3
+
+
+def test_green_power_profile_is_checked_and_reaches_the_contract_events(tmp_path):
+    import ems
+    from ems.errors import ConfigError as CE
+
+    bad = scenario(tmp_path, "bad", measures=[{"measure": "green_power", "site": "qingdao", "mwh": 10, "profile": "peaky"}])
+    with pytest.raises(CE, match="profile: expected baseload, solar, as_consumed"):
+        ems.open_readings(str(bad))
+    ok = scenario(tmp_path, "ok", measures=[{"measure": "green_power", "site": "qingdao", "mwh": 10,
+                                             "profile": "CN-North:wind"}])
+    rs = ems.open_readings(str(ok))
+    ev = rs.events[rs.events["kind"] == "contract_delivery"]
+    assert len(ev) and all('"profile": "CN-North:wind"' in d for d in ev["detail"])

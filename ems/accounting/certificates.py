@@ -49,8 +49,13 @@ INSTRUMENT_COLUMNS = (
     "ts", "site", "instrument", "action", "id", "mwh", "serial_prefix", "serial_first", "serial_last",
     "technology", "plant", "commissioned", "vintage_start", "vintage_end", "market_boundary",
     "period_start", "period_end", "retired_on", "status", "reason",
+    "generation_start", "generation_end", "profile",
 )
-"""Columns of the instrument table; ``status`` is counted, refused, own_generation or sold."""
+"""Columns of the instrument table; ``status`` is counted, refused, own_generation or sold.
+
+``generation_start``/``generation_end`` (UTC, NaT if not given) are the generation hours of a
+granular certificate; ``profile`` is a contract's delivery profile ("" if not given); both are
+read only by hourly matching (``docs/hourly-matching.md``)."""
 
 
 def load_framework(name: str | None = None, path: str | None = None) -> dict[str, Any]:
@@ -114,12 +119,32 @@ def _serials(d: Mapping[str, Any], kind: str, ident: str, ps: dt.date, pe: dt.da
     return None
 
 
+def _generation(d: Mapping[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Generation hours of a granular certificate (UTC), NaT when the detail gives none or no offset."""
+    try:
+        a, b = pd.Timestamp(d.get("generation_start")), pd.Timestamp(d.get("generation_end"))
+    except (TypeError, ValueError):
+        return pd.NaT, pd.NaT
+    if pd.isna(a) or pd.isna(b) or a.tzinfo is None or b.tzinfo is None:
+        return pd.NaT, pd.NaT
+    return a.tz_convert("UTC"), b.tz_convert("UTC")
+
+
+def _vintage_of_generation(d: dict[str, Any], gs: pd.Timestamp, ge: pd.Timestamp) -> dict[str, Any]:
+    """A granular certificate without a vintage: its generation days are its vintage."""
+    if pd.isna(gs) or d.get("vintage_start") or d.get("vintage"):
+        return d
+    return {**d, "vintage_start": str(gs.date()), "vintage_end": str((ge - pd.Timedelta(seconds=1)).date())}
+
+
 def _row(ts: Any, site: str, kind: str, e: Any, local: dt.date) -> dict[str, Any]:
     d = event_detail(e.detail)
     ppa = kind == "PPA"
     ps, pe = _period(d, "period_start", "period_end", "period_year", local if ppa else dt.date(local.year, 1, 1))
     if ppa and not (d.get("period_start") or d.get("period_year")):
         ps = pe = local
+    gs, ge = _generation(d)
+    d = d if ppa else _vintage_of_generation(d, gs, ge)
     vs, ve = (ps, pe) if ppa else _period(d, "vintage_start", "vintage_end", "vintage", ps)
     ident = str(d.get("id") or "")
     ser = _serials(d, kind, ident, ps, pe)
@@ -130,6 +155,7 @@ def _row(ts: Any, site: str, kind: str, e: Any, local: dt.date) -> dict[str, Any
         "plant": str(d.get("plant") or ""), "commissioned": _date(d.get("plant_commissioned")),
         "vintage_start": vs, "vintage_end": ve, "market_boundary": str(d.get("market_boundary") or ""),
         "period_start": ps, "period_end": pe, "retired_on": local, "status": "counted", "reason": "",
+        "generation_start": gs, "generation_end": ge, "profile": str(d.get("profile") or "") if ppa else "",
     }
 
 

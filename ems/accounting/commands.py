@@ -10,7 +10,7 @@ import click
 
 from ems.errors import ConfigError
 
-__all__ = ["report"]
+__all__ = ["intensity", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,28 @@ def _overrides(items: tuple[str, ...], gwp: str | None) -> dict[str, Any]:
     return ov
 
 
-def _print_tables(console: Any, res: Any, prog: Any) -> None:
+def _print_tables(console: Any, rep: Any) -> None:
     """The report in a terminal, by the one formatting rule (:mod:`ems.formatting`)."""
     from ems.accounting.report import (
         factors_table,
         fx_table,
         gases_table,
         grid_factors_table,
+        hourly_table,
         instruments_table,
+        intensity_table,
         kpi_table,
         targets_table,
     )
     from ems.formatting import to_rich
 
+    res, prog = rep.result, rep.progress
     console.print(to_rich(kpi_table(res, console=True)))
     for line in res.notes[:2]:  # the tce method and the reporting boundary
         console.print(line, markup=False, highlight=False)
-    tables = [targets_table(prog, "Progress against targets (group, latest year)")] if len(prog) else []
+    tables = [hourly_table(rep.side_by_side(), res.by, res.period), intensity_table(rep.hourly.intensity)] \
+        if rep.hourly is not None else []
+    tables += [targets_table(prog, "Progress against targets (group, latest year)")] if len(prog) else []
     tables += [grid_factors_table(res.factors_used), factors_table(res.factors_used)]
     tables += [gases_table(res)] if len(res.gases) else []
     tables += [instruments_table(res.instruments, res.options.get("framework", ""))] if len(res.instruments) else []
@@ -74,6 +79,11 @@ def _print_tables(console: Any, res: Any, prog: Any) -> None:
 @click.option("--framework", type=click.Choice(["RE100", "GHG-Scope2", "CN-GEC"]), default="RE100", show_default=True,
               help="Eligibility rules for certificates and contracts.")
 @click.option("--currency", default=None, help="Reporting currency of company, park and group costs (default CNY).")
+@click.option("--hourly/--no-hourly", default=True, show_default=True,
+              help="Also match green supply to use hour by hour (CFE) and compute hourly Scope 2.")
+@click.option("--intensity", "intensity", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="An hourly carbon-intensity file (ems layout, Electricity Maps or ENTSO-E export) for the "
+                   "places it covers (repeatable); other sites use the modelled mix of their grid region.")
 def report(
     source: str | None,
     store_url: str | None,
@@ -90,6 +100,8 @@ def report(
     onsite_re: str,
     framework: str,
     currency: str | None,
+    hourly: bool,
+    intensity: tuple[str, ...],
 ) -> None:
     """Compute energy and carbon KPIs from SOURCE (a store, a readings folder or a scenario YAML)."""
     from ems.accounting.report import FORMATS
@@ -106,13 +118,62 @@ def report(
     rep = make_report(where, store=store_url is not None, by=by, period=period, start=start, end=end,
                       factors=_overrides(factor_overrides, gwp),
                       targets=targets_name, tce_method=tce_method, onsite_renewables=onsite_re, framework=framework,
-                      currency=currency)
+                      currency=currency, hourly=hourly, intensity=intensity)
     with rep.readings:
         console = make_console()
-        _print_tables(console, rep.result, rep.progress)
+        _print_tables(console, rep)
         if len(rep.result.anomalies):
             console.print(f"[yellow]{len(rep.result.anomalies)} register anomalies (resets, rollovers, gaps); "
                           "see anomalies table[/]")
         if out_dir is not None:
             paths = write_report(rep, out_dir, fmts)
             console.print(f"wrote {len(paths)} files to {out_dir}")
+
+
+@click.command()
+@click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layout", type=click.Choice(["auto", "ems", "electricitymaps", "entsoe"]), default="auto", show_default=True)
+@click.option("--region", help="Region name for a file of one region (instead of its zone or area code).")
+@click.option("--kind", type=click.Choice(["direct", "lifecycle"]), default="direct", show_default=True,
+              help="Electricity Maps: direct (combustion, Scope 2) or life-cycle intensity.")
+@click.option("--mtu-tz", help="ENTSO-E web export: IANA zone of an MTU column whose header names none.")
+@click.option("--model", "model", help="Instead of a file: ems's modelled mix of this grid region (e.g. CN-North).")
+@click.option("--year", type=int, help="With --model: the local calendar year.")
+@click.option("--annual", type=float, help="With --model: the published annual factor to calibrate to [kgCO2/kWh].")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the series in the ems layout (.csv or .parquet).")
+def intensity(source: str | None, layout: str, region: str | None, kind: str, mtu_tz: str | None, model: str | None,
+              year: int | None, annual: float | None, out: str | None) -> None:
+    """Check an hourly carbon-intensity file, or model a grid region's hourly factors.
+
+    Prints a summary per region; --out writes the series in the ems layout (docs/grid-intensity.md).
+    """
+    from ems.accounting.intensity_files import read_intensity, write_intensity
+    from ems.console import make_console
+    from ems.formatting import table_of, to_rich
+
+    if (source is None) == (model is None):
+        raise ConfigError("expected a FILE or --model REGION (with --year and --annual); found "
+                          + ("both" if source else "neither"))
+    if model is not None:
+        from ems.accounting.gridmix import load_mix, modelled_intensity
+
+        if year is None or annual is None:
+            raise ConfigError(f"--model {model}: expected --year and --annual (the published factor, kgCO2/kWh)")
+        series = modelled_intensity(load_mix(model), year, annual, "given with --annual")
+    else:
+        series = read_intensity(str(source), layout=layout, region=region, kind=kind, mtu_tz=mtu_tz)
+    console = make_console()
+    s = series.summary().reset_index()
+    g = {c: (s[c] * 1000.0).round(1) for c in ("average_mean", "average_min", "average_max", "marginal_mean")}
+    shown = s.assign(**g, count=s["hours"], first_hour=s["first_hour"].dt.strftime("%Y-%m-%d %H:%M"),
+                     last_hour=s["last_hour"].dt.strftime("%Y-%m-%d %H:%M"))
+    console.print(to_rich(table_of(
+        shown, f"Hourly carbon intensity ({series.method}) [gCO2/kWh]",
+        columns=["region", "count", "missing_hours", "first_hour", "last_hour", "average_mean", "average_min",
+                 "average_max", "marginal_mean"],
+        labels={"count": "hours", "missing_hours": "missing", "first_hour": "first hour (UTC)",
+                "last_hour": "last hour (UTC)", "average_mean": "average", "average_min": "min",
+                "average_max": "max", "marginal_mean": "marginal"})))
+    console.print(series.describe(), markup=False, highlight=False)
+    if out is not None:
+        click.echo(f"wrote {write_intensity(series, out)}")

@@ -52,7 +52,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from ems.errors import AccountingError, ReadingError
-from ems.readings import QUANTITIES, ReadingSet, SiteInfo, tou_periods
+from ems.readings import QUANTITIES, MeterInfo, ReadingSet, SiteInfo, tou_periods
 
 __all__ = [
     "ANOMALY_COLUMNS",
@@ -70,7 +70,9 @@ __all__ = [
     "Stage1Source",
     "daily_from_hourly",
     "empty_anomalies",
+    "register_series",
     "stage1",
+    "stage1_series",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,14 @@ _NS_H = 3_600_000_000_000
 _NS_D = 86_400_000_000_000
 _RATE_Q = ("import_kwh", "export_kwh")
 _DERIVED = ("_site", "pv_exported_kwh")
+
+View = tuple[np.ndarray, np.ndarray]
+"""One register series: ts [ns since the epoch, UTC] and values, in time order."""
+SeriesKey = tuple[str, str, str]
+"""(site, meter, quantity)"""
+Codes = tuple[np.ndarray, list[str]]
+"""A column as integer codes and the names they index."""
+Where = list[tuple[int, slice | np.ndarray]]
 
 
 class Stage1:
@@ -193,19 +203,54 @@ def stage1(
     """
     if start is None and end is None and isinstance(rs, Stage1Source):
         return rs.stage1()
-    series, views = _layout(rs)
-    acc = _Accumulator(series, {s.site: s for s in rs.sites}, _ns(start), _ns(end))
-    for j, (t, x) in enumerate(views):
-        acc.add(j, t, x)
-    hourly, series = acc.finish()
+    r = rs.readings
+    if not isinstance(r.index, pd.DatetimeIndex):
+        raise AccountingError(f"readings: expected a DatetimeIndex named 'ts'; found {type(r.index).__name__}")
+    ts = (r.index if r.index.unit == "ns" else r.index.as_unit("ns")).asi8
+    series = register_series(ts, _codes(r["site"]), _codes(r["meter"]), _codes(r["quantity"]),
+                             r["value"].to_numpy(dtype=np.float64))
+    return stage1_series(series, rs.meters, rs.sites, start=start, end=end)
+
+
+def stage1_series(
+    series: Mapping[SeriesKey, View],
+    meters: Iterable[MeterInfo],
+    sites: Iterable[SiteInfo],
+    *,
+    start: pd.Timestamp | int | None = None,
+    end: pd.Timestamp | int | None = None,
+) -> Stage1:
+    """:func:`stage1` of register series given as arrays (what a store has in hand as it writes).
+
+    Parameters
+    ----------
+    series : mapping of (site, meter, quantity) to (ts, value)
+        Each register series' readings in time order: ts [ns since the epoch, UTC] and
+        value [register unit] (as :func:`register_series` gives them).
+    meters, sites : MeterInfo, SiteInfo
+        The metadata of the series' meters and sites.
+    start, end : Timestamp or int [ns], optional
+        As in :func:`stage1`.
+
+    Returns
+    -------
+    Stage1
+        Equal, bit for bit, to :func:`stage1` of the same readings as a frame.
+    """
+    keys = sorted(series)
+    table = _series_table(keys, list(meters))
+    acc = _Accumulator(table, {s.site: s for s in sites}, _ns(start), _ns(end))
+    for j, key in enumerate(keys):
+        acc.add(j, *series[key])
+    hourly, table = acc.finish()
     energy = _daily(hourly)
     anomalies = acc.anomalies()
     if len(anomalies):
         log.info("stage 1: %d anomalies (resets, rollovers, gaps)", len(anomalies))
     return Stage1(
-        energy=_energy_frame(energy, series),
+        energy=_energy_frame(energy, table),
         anomalies=anomalies,
-        hourly=lambda: _hourly_frame(hourly, series),
+        hourly=lambda: _hourly_frame(hourly, table),
     )
 
 
@@ -220,33 +265,36 @@ def _ns(t: pd.Timestamp | int | None) -> int | None:
 
 # --------------------------------------------------------------------------- layout
 
-View = tuple[np.ndarray, np.ndarray]
-Where = list[tuple[int, slice | np.ndarray]]
 
 
-def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+def _codes(col: pd.Series) -> Codes:
     if isinstance(col.dtype, pd.CategoricalDtype):
         return col.cat.codes.to_numpy(), [str(c) for c in col.cat.categories]
     codes, uniques = pd.factorize(col, sort=False)
     return codes.astype(np.int64), [str(u) for u in uniques]
 
 
-def _layout(rs: ReadingSet) -> tuple[_Series, list[View]]:
-    """The register series in canonical order and, for each, its (ts [ns], value) in time order.
+def register_series(ts: np.ndarray, site: Codes, meter: Codes, quantity: Codes,
+                    value: np.ndarray) -> dict[SeriesKey, View]:
+    """Each register series of readings given as columns, as (ts [ns], value) in time order.
 
-    The arrays are views where the rows allow it: a slice when the rows come series by
-    series (as the simulator yields them), a strided slice when a site's rows (or the
-    whole frame) form a ts-major block with every series at every timestamp (as a store
-    returns them). Rows in any other order are sorted by series and ts first.
+    Parameters
+    ----------
+    ts : ndarray of int64 [ns since the epoch, UTC]
+    site, meter, quantity : (ndarray of int, list of str)
+        Each column as codes and the names they index.
+    value : ndarray of float64
+
+    Returns
+    -------
+    dict of (site, meter, quantity) to (ts, value)
+        Views where the rows allow it: a slice when the rows come series by series (as
+        the simulator yields them), a strided slice when a site's rows (or all) form a
+        ts-major block with every series at every timestamp (as a store returns them;
+        the series of a block share one ts array). Rows in any other order are sorted
+        by series and ts first.
     """
-    r = rs.readings
-    if not isinstance(r.index, pd.DatetimeIndex):
-        raise AccountingError(f"readings: expected a DatetimeIndex named 'ts'; found {type(r.index).__name__}")
-    ts = (r.index if r.index.unit == "ns" else r.index.as_unit("ns")).asi8
-    v = r["value"].to_numpy(dtype=np.float64)
-    sc, snames = _codes(r["site"])
-    mc, mnames = _codes(r["meter"])
-    qc, qnames = _codes(r["quantity"])
+    (sc, snames), (mc, mnames), (qc, qnames) = site, meter, quantity
     nm, nq = max(len(mnames), 1), max(len(qnames), 1)
 
     def combo(i: np.ndarray | slice) -> np.ndarray:
@@ -257,7 +305,7 @@ def _layout(rs: ReadingSet) -> tuple[_Series, list[View]]:
     reg_q = np.asarray([*is_reg, False], dtype=bool)
     where = (_blocks(ts, [sc, mc, qc], combo) or _runs(ts, combo(slice(None)))
              or _sorted(ts, combo(slice(None)), reg_q[qc]))
-    found: dict[int, View] = {}
+    found: dict[SeriesKey, View] = {}
     shared: dict[tuple[int, int], np.ndarray] = {}
     for c, pos in where:
         if is_reg[c % nq]:
@@ -265,10 +313,8 @@ def _layout(rs: ReadingSet) -> tuple[_Series, list[View]]:
                 t = shared.setdefault((pos.stop, pos.step), ts[pos])
             else:
                 t = ts[pos]
-            found[c] = (t, v[pos])
-    names = {c: (snames[c // (nm * nq)], mnames[(c // nq) % nm], qnames[c % nq]) for c in found}
-    order = sorted(found, key=lambda c: names[c])
-    return _series_table([names[c] for c in order], rs), [found[c] for c in order]
+            found[(snames[c // (nm * nq)], mnames[(c // nq) % nm], qnames[c % nq])] = (t, value[pos])
+    return found
 
 
 def _blocks(ts: np.ndarray, codes: list[np.ndarray], combo: Callable[[slice], np.ndarray]) -> Where | None:
@@ -349,8 +395,8 @@ def _sorted(ts: np.ndarray, combo: np.ndarray, keep: np.ndarray) -> Where:
     return [(int(present[s_sorted[a]]), pos[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
-def _series_table(names: list[tuple[str, str, str]], rs: ReadingSet) -> _Series:
-    meters = {(m.site, m.meter): m for m in rs.meters}
+def _series_table(names: list[SeriesKey], infos: list[MeterInfo]) -> _Series:
+    meters = {(m.site, m.meter): m for m in infos}
     out = _Series([], [], [], [], np.zeros(len(names), np.int64), np.full(len(names), np.nan))
     for i, (s, m, q) in enumerate(names):
         mi = meters.get((s, m))
@@ -487,11 +533,19 @@ class _Calendar:
         return out
 
     def _tou(self, t: np.ndarray) -> np.ndarray:
+        """Period code at each time [ns, UTC]: :func:`ems.readings.tou_periods` of one time per
+        distinct local month and time of day (the only inputs of a tariff's periods)."""
         tariff = self.site.attrs.get("tariff")
+        utc = pd.DatetimeIndex(t.view("M8[ns]"), tz="UTC")
         try:
             if not isinstance(tariff, Mapping):
                 raise ReadingError(f"expected a mapping; found {json.dumps(tariff, default=str)[:80]}")
-            names = tou_periods(pd.DatetimeIndex(t.view("M8[ns]"), tz="UTC").tz_convert(self.site.tz), tariff)
+            wall = utc.tz_convert(self.site.tz).tz_localize(None).asi8
+            key = (wall.view("M8[ns]").astype("M8[M]").astype(np.int64) % 12) * _NS_D + wall % _NS_D
+            inv, uniq = pd.factorize(key)
+            rep = np.empty(len(uniq), dtype=np.int64)
+            rep[inv] = np.arange(len(inv))  # any time of each (month, time of day) stands for all
+            names = tou_periods(utc[rep].tz_convert(self.site.tz), tariff).astype(str)
             unpriced = sorted(set(names.tolist()) - set(tariff.get("prices") or {}))
             if unpriced:
                 raise ReadingError(f"expected a price for every period; found none for {unpriced}")
@@ -500,10 +554,10 @@ class _Calendar:
                 f"site {self.site.site}: SiteInfo.attrs['tariff'] is not a valid tariff description "
                 f"(the site file's grid.tariff as JSON data): {exc}"
             ) from None
-        uniq, inv = np.unique(names.astype(str), return_inverse=True)
-        for u in uniq.tolist():
+        for u in sorted(set(names.tolist())):
             self.codes.setdefault(u, len(self.codes))
-        return np.asarray([self.codes[u] for u in uniq.tolist()], dtype=np.int64)[inv]
+        out: np.ndarray = np.asarray([self.codes[u] for u in names.tolist()], dtype=np.int64)[inv]
+        return out
 
 
 class _Accumulator:
@@ -720,7 +774,7 @@ def _gap_frame(j: int, g: tuple[np.ndarray, ...], series: _Series) -> pd.DataFra
 
 def empty_anomalies() -> pd.DataFrame:
     """An anomalies frame without rows."""
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in ANOMALY_COLUMNS})
+    return pd.DataFrame({c: np.zeros(0, dtype=object) for c in ANOMALY_COLUMNS})
 
 
 # --------------------------------------------------------------------------- daily and frames

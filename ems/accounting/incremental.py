@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ems.accounting.energy import stage1
+from ems.accounting.energy import Stage1, stage1
 from ems.accounting.factors import FactorSet
 from ems.accounting.kpis import _factor_sets, _Used, daily_frame
 from ems.errors import AccountingError
@@ -67,6 +67,9 @@ class DailyFrame:
         self._closed = pd.DataFrame()
         self._open: pd.DataFrame | None = pd.DataFrame()
         self._open_s1 = pd.DataFrame()
+        self._open_stage: Stage1 | None = None  # stage 1 of the open days, with their hours
+        self._closed_hours: list[pd.DataFrame] = []  # stage-1 hourly rows of the closed days
+        self.closed_version = 0  # changes whenever the closed days change
         self._buffer = empty_readings()
 
     # -- state ----------------------------------------------------------------
@@ -77,6 +80,24 @@ class DailyFrame:
         if not parts:
             return pd.DataFrame()
         return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+    @property
+    def closed_hourly(self) -> pd.DataFrame:
+        """Stage-1 hourly rows of the closed days that were given (:meth:`reset`) or closed since."""
+        if len(self._closed_hours) > 1:
+            self._closed_hours = [pd.concat(self._closed_hours, ignore_index=True)]
+        return self._closed_hours[0] if self._closed_hours else pd.DataFrame()
+
+    @property
+    def today_hourly(self) -> pd.DataFrame:
+        """Stage-1 hourly rows of the open days (:data:`ems.accounting.energy.HOURLY_COLUMNS`), for
+        hourly matching of today."""
+        return self._open_stage.hourly if self._open_stage is not None else pd.DataFrame()
+
+    @property
+    def factor_sets(self) -> dict[str, FactorSet]:
+        """The factor set of the site, by site (as :func:`ems.accounting.kpis.kpis` chooses it)."""
+        return self._fsets
 
     @property
     def today(self) -> pd.DataFrame:
@@ -100,10 +121,14 @@ class DailyFrame:
             return pd.DataFrame()
 
     # -- filling --------------------------------------------------------------
-    def reset(self, closed_energy: pd.DataFrame, open_from: int, readings: pd.DataFrame) -> None:
+    def reset(self, closed_energy: pd.DataFrame, open_from: int, readings: pd.DataFrame,
+              closed_hourly: pd.DataFrame | None = None) -> None:
         """Start from the stage-1 rows of the days before ``open_from`` [ns, a local midnight]
-        and the readings from before it on (at least each series' last reading before it)."""
+        (``closed_hourly``: their hourly rows, if hourly matching is wanted) and the readings from
+        before it on (at least each series' last reading before it)."""
         self.open_from = open_from
+        self._closed_hours = [closed_hourly] if closed_hourly is not None and len(closed_hourly) else []
+        self.closed_version += 1
         day = np.datetime64(pd.Timestamp(open_from, unit="ns", tz="UTC").tz_convert(self.site.tz).date(), "ns")
         self._closed_s1 = closed_energy[closed_energy["date"] < day] if len(closed_energy) else closed_energy
         self._closed = self._stage2(self._closed_s1)
@@ -123,8 +148,11 @@ class DailyFrame:
         return True
 
     def _open_energy(self) -> pd.DataFrame:
-        rs = ReadingSet(self._buffer, self.events, self.meters, [self.site])
-        return stage1(rs, start=self.open_from).energy if len(self._buffer) else pd.DataFrame()
+        if not len(self._buffer):
+            self._open_stage = None
+            return pd.DataFrame()
+        self._open_stage = stage1(ReadingSet(self._buffer, self.events, self.meters, [self.site]), start=self.open_from)
+        return self._open_stage.energy
 
     def _roll_days(self) -> None:
         """Close the open days before the day every speaking series has reached."""
@@ -135,7 +163,10 @@ class DailyFrame:
         if cut <= self.open_from:
             return
         rs = ReadingSet(self._buffer, self.events, self.meters, [self.site])
-        done = stage1(rs, start=self.open_from, end=cut).energy
+        closing = stage1(rs, start=self.open_from, end=cut)
+        done = closing.energy
+        self._closed_hours.append(closing.hourly)
+        self.closed_version += 1
         self._closed_s1 = pd.concat([self._closed_s1, done], ignore_index=True) if len(self._closed_s1) else done
         more = self._stage2(done)
         self._closed = pd.concat([self._closed, more], ignore_index=True) if len(self._closed) else more

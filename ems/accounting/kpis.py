@@ -27,7 +27,7 @@ import pandas as pd
 
 from ems.accounting import scope1
 from ems.accounting.certificates import cover, instrument_table, load_framework
-from ems.accounting.energy import stage1
+from ems.accounting.energy import Stage1, stage1
 from ems.accounting.factors import FactorSet, FactorsUsed, builtin_sets_with, load_factor_set
 from ems.accounting.money import convert, load_fx, site_currency, sum_money
 from ems.errors import AccountingError
@@ -110,6 +110,10 @@ class KpiResult:
         Grouping and period of ``kpis``.
     options : dict
         ``tce_method``, ``onsite_renewables``, ``framework``, ``currency``, ``boundary``.
+    factor_sets : dict
+        The FactorSet each site was accounted with (hourly matching reads the same factors).
+    energy : Stage1, optional
+        The stage-1 result, whose hourly rows hourly matching reads (:mod:`ems.accounting.hourly`).
     """
 
     kpis: pd.DataFrame
@@ -125,6 +129,8 @@ class KpiResult:
     by: str = "site"
     period: str = "month"
     options: dict[str, Any] = field(default_factory=dict)
+    factor_sets: dict[str, FactorSet] = field(default_factory=dict, repr=False)
+    energy: Stage1 | None = field(default=None, repr=False)
 
     @property
     def certificates(self) -> pd.DataFrame:
@@ -781,6 +787,7 @@ def kpis(
         kpis=table, daily=daily, stage1=s1.energy, anomalies=s1.anomalies, instruments=inst, unallocated=lost,
         factors_used=used.frame(), gases=gases, fx_used=pd.DataFrame(fx_used), notes=notes, by=by,
         period=period if isinstance(period, str) else f"{period[0]}..{period[1]}", options=opts,
+        factor_sets=fsets, energy=s1,
     )
 
 

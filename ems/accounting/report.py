@@ -13,7 +13,7 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,10 +35,13 @@ from ems.formatting import (
 )
 from ems.readings import ReadingSet
 
+if TYPE_CHECKING:
+    from ems.accounting.hourly import HourlyResult
+
 __all__ = [
-    "SUMMARY_COLUMNS", "SUMMARY_LABELS", "factors_table", "fx_table", "gases_table", "grid_factors_table",
-    "instruments_table", "kpi_table", "targets_table", "tce_method_name", "typical_day", "write_html",
-    "write_tables",
+    "HOURLY_LABELS", "SUMMARY_COLUMNS", "SUMMARY_LABELS", "factors_table", "fx_table", "gases_table",
+    "grid_factors_table", "hourly_instruments_table", "hourly_table", "instruments_table", "intensity_table",
+    "kpi_table", "targets_table", "tce_method_name", "typical_day", "write_html", "write_tables",
 ]
 
 SUMMARY_COLUMNS = (
@@ -192,6 +195,45 @@ def instruments_table(df: pd.DataFrame, framework: str = "") -> Table:
                     labels={"delivered_mwh": "delivered", "counted_mwh": "counted"}, wrap=("reason",))
 
 
+HOURLY_LABELS = {
+    "green_share": "green share annual", "cfe": "hourly (CFE)",
+    "scope2_electricity_location_t": "Scope 2 loc. annual", "scope2_location_hourly_t": "hourly",
+    "scope2_location_diff_t": "hourly - annual", "scope2_electricity_market_t": "Scope 2 mkt. annual",
+    "scope2_market_hourly_t": "hourly", "scope2_market_diff_t": "hourly - annual",
+}
+"""Labels of the side-by-side table (Scope 2 of electricity; purchased heat is the same in both)."""
+
+
+def hourly_table(df: pd.DataFrame, by: str, period: str) -> Table:
+    """Annual and hourly green share and Scope 2 of electricity side by side (:func:`ems.accounting.hourly.side_by_side`)."""
+    from ems.accounting.hourly import SIDE_BY_SIDE
+
+    t = table_of(df, "Annual and hourly matching: green share and Scope 2 of electricity", columns=list(SIDE_BY_SIDE),
+                 labels={**HOURLY_LABELS, "key": by, "period": period},
+                 signed=("scope2_location_diff_t", "scope2_market_diff_t"))
+    t.notes = ["annual: the period's instruments and PV pooled (docs/kpis.md); hourly: matched hour by hour "
+               "(docs/hourly-matching.md); Scope 2 hourly: import x the hour's factor, unmatched import x residual mix"]
+    return t
+
+
+def intensity_table(df: pd.DataFrame, *, sources: bool = False) -> Table:
+    """Per site, where its hourly grid factors come from (measured, derived, modelled or the annual
+    factor). ``sources``: the sources of every input and the notes, instead of the short origin."""
+    col = "sources" if sources else "source"
+    t = table_of(df.rename(columns={"hours_filled": "filled"}), "Hourly grid factors per site",
+                 columns=["site", "method", "place", "filled", col],
+                 labels={"filled": "hours filled with the annual factor"}, wrap=(col,))
+    return _sources_below(t, 4) if sources else t
+
+
+def hourly_instruments_table(df: pd.DataFrame) -> Table:
+    """How each counted instrument was placed on hours (delivery profile, generation hour, annual)."""
+    agg = df.groupby(["site", "instrument", "id", "placement"], sort=False, dropna=False)["kwh"].sum().reset_index()
+    agg["instrument"] = [f"{i} {n}".strip() for i, n in zip(agg["instrument"], agg["id"].fillna(""), strict=True)]
+    return table_of(agg.assign(mwh=agg["kwh"] / 1000.0), "Instruments on hours", columns=["site", "instrument", "mwh", "placement"],
+                    labels={"mwh": "placed"}, wrap=("placement",))
+
+
 def gases_table(res: KpiResult) -> Table:
     """Fugitive and process gases over the report's span (one row per year, or the custom period).
 
@@ -242,9 +284,11 @@ def _span(res: KpiResult, *, whole: bool) -> str | tuple[str, str]:
 
 
 def write_tables(
-    res: KpiResult, out: Path, formats: tuple[str, ...], targets: pd.DataFrame | None = None
+    res: KpiResult, out: Path, formats: tuple[str, ...], targets: pd.DataFrame | None = None,
+    extra: dict[str, pd.DataFrame] | None = None,
 ) -> list[Path]:
-    """Write the KPI frame, its audit tables and the targets as CSV, Parquet and/or JSON; return the paths.
+    """Write the KPI frame, its audit tables, the targets and ``extra`` frames (the hourly figures)
+    as CSV, Parquet and/or JSON; return the paths.
 
     Full precision in the stored units (``docs/kpis.md``); a missing value is an empty
     CSV field or a null (:func:`ems.formatting.machine_frame`). ``notes.json`` holds the
@@ -252,13 +296,13 @@ def write_tables(
     """
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for name, df in _frames(res, targets).items():
+    for name, df in {**_frames(res, targets), **(extra or {})}.items():
         df = machine_frame(df)
         if "csv" in formats:
             p = out / f"{name}.csv"
             df.to_csv(p, index=False)
             paths.append(p)
-        if "parquet" in formats and name in ("kpis", "factors_used", "anomalies"):
+        if "parquet" in formats and name in ("kpis", "factors_used", "anomalies", "hourly"):
             p = out / f"{name}.parquet"
             df.to_parquet(p, index=False)
             paths.append(p)
@@ -390,9 +434,11 @@ def _typical_day_svg(rs: ReadingSet, plt: Any) -> str:
 
 
 def write_html(
-    res: KpiResult, path: Path, rs: ReadingSet | None = None, targets: pd.DataFrame | None = None
+    res: KpiResult, path: Path, rs: ReadingSet | None = None, targets: pd.DataFrame | None = None,
+    *, hourly: HourlyResult | None = None, side: pd.DataFrame | None = None,
 ) -> Path:
-    """Write a self-contained HTML report (inline SVG plots, KPI and audit tables)."""
+    """Write a self-contained HTML report (inline SVG plots, KPI and audit tables; with ``hourly``,
+    the annual and hourly figures side by side and a month x hour heatmap per site)."""
     figs = _plots(res, rs, targets)
     body = [
         f"<p class='lead'>Grouping: <b>{html.escape(res.by)}</b>, period: <b>{html.escape(res.period)}</b>. "
@@ -404,11 +450,46 @@ def write_html(
     body += [f"<h2>{html.escape(title)}</h2><figure>{svg}</figure>" for title, svg in figs]
     if targets is not None and len(targets):
         body.append(_scroll(to_html(targets_table(targets, "Progress against targets (group, latest year)"))))
+    if hourly is not None:
+        body += _hourly_parts(res, hourly, side)
     body += _audit_parts(res)
     body.append("<h2>Conventions</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in res.notes) + "</ul>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html_page("Energy and carbon report", body))
     return path
+
+
+def _hourly_parts(res: KpiResult, hourly: HourlyResult, side: pd.DataFrame | None) -> list[str]:
+    """The annual and hourly figures side by side, a heatmap per site, and their provenance."""
+    import matplotlib.pyplot as plt
+
+    parts = [_scroll(to_html(hourly_table(side, res.by, res.period)))] if side is not None and len(side) else []
+    parts.append("<h2>Matched and unmatched energy by month and hour</h2><p>Per site, the energy of each local "
+                 "hour of the day in each month that green supply of the same hour covered (on-site PV, the "
+                 "battery's green output, contracts by their delivery profile, granular certificates) and what it "
+                 "did not; annual certificates are not in it (docs/hourly-matching.md).</p>")
+    for site in sorted(hourly.hours):
+        parts.append(f"<h3>{html.escape(site)}</h3><figure>{_heatmap_svg(hourly, site, plt)}</figure>")
+    parts.append(_part(intensity_table(hourly.intensity, sources=True)))
+    if len(hourly.instruments):
+        parts.append(_part(hourly_instruments_table(hourly.instruments)))
+    return parts
+
+
+def _heatmap_svg(hourly: HourlyResult, site: str, plt: Any) -> str:
+    """Two month x hour panels, matched and unmatched [MWh], on one colour scale."""
+    tables = [hourly.month_hour(site, c) / 1000.0 for c in ("matched_kwh", "unmatched_kwh")]
+    top = max(float(t.to_numpy().max()) for t in tables) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, t, name in zip(axes, tables, ("matched", "unmatched"), strict=True):
+        im = ax.imshow(t.to_numpy(), aspect="auto", cmap="Greens" if name == "matched" else "Greys", vmin=0, vmax=top)
+        ax.set_title(f"{name} [MWh]")
+        ax.set_xlabel(f"local hour ({hourly.sites[site].tz})")
+        ax.set_xticks(range(0, 24, 3))
+        ax.set_yticks(range(12), [str(m) for m in range(1, 13)], fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+    axes[0].set_ylabel("month")
+    return _svg(fig)
 
 
 def _audit_parts(res: KpiResult) -> list[str]:

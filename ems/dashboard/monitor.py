@@ -14,7 +14,11 @@ latest value of every meter. KPIs come from an incremental daily frame per site
   readings, certificates that span the year).
 
 The year's and today's KPIs are :func:`ems.accounting.kpis.rollup` of those daily rows
-(cheap: a few hundred rows).
+(cheap: a few hundred rows). Hourly matching (:mod:`ems.accounting.hourly`) gives today's
+hourly-matched green share (CFE) from the stage-1 hours of the open days, and the current
+grid intensity (the factor of the newest hour); the year's CFE is computed again with the
+year, from the store's hourly aggregates. Contracts and certificates settle after the fact,
+so today's CFE counts on-site PV and storage; the year's counts every instrument settled.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class SiteState:
     stale_summary: bool = False  # KPIs below not yet computed from the frame
     kpi_today: dict[str, Any] = field(default_factory=dict)
     kpi_year: dict[str, Any] = field(default_factory=dict)
+    closed_sums: tuple[int, float, float] | None = None  # (frame.closed_version, matched, use) of the year's closed days
     targets: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
@@ -258,9 +263,11 @@ class Monitor:
         site = st.info.site
         head = self.store.read(sites=[site], readings=False)
         frame = DailyFrame(st.info, st.meters or head.meters, head.events)
-        closed = self.store.stage1(sites=[site]).energy
+        closed = self.store.stage1(sites=[site])
         start = (today - pd.Timedelta(days=2)).tz_convert("UTC").to_pydatetime()
-        frame.reset(closed, int(today.tz_convert("UTC").value), self.store.read(sites=[site], start=start).readings)
+        open_from = int(today.tz_convert("UTC").value)
+        frame.reset(closed.energy, open_from, self.store.read(sites=[site], start=start).readings,
+                    _hours_between(closed.hourly, today.replace(month=1, day=1), open_from))
         st.fresh.clear()
         log.info("site %s: daily frame of %d days in %.2f s", site, len(frame.daily), time.monotonic() - t0)
         return frame
@@ -307,6 +314,11 @@ class Monitor:
         today = st.frame.today
         today = today[_date_between(today, st.today, st.today + pd.Timedelta(days=1))] if len(today) else today
         st.kpi_today = _pick(rollup(today, by="site", period="day")) if len(today) else {}
+        hourly_today, open_year = _hourly(st, st.frame.today_hourly, st.today)
+        st.kpi_today.update(hourly_today)
+        if st.closed_sums is None or st.closed_sums[0] != st.frame.closed_version:
+            st.closed_sums = (st.frame.closed_version, *_hourly(st, st.frame.closed_hourly, st.today)[1])
+        matched, use = st.closed_sums[1] + open_year[0], st.closed_sums[2] + open_year[1]
         daily = st.frame.daily
         if len(daily):
             daily = daily[_date_between(daily, st.today.replace(month=1, day=1), st.today + pd.Timedelta(days=1))]
@@ -314,7 +326,7 @@ class Monitor:
             st.kpi_year = {}
             return
         yearly = rollup(daily, by="site", period="year")
-        st.kpi_year = _pick(yearly)
+        st.kpi_year = {**_pick(yearly), "cfe": matched / use if use > 0 else None}
         try:
             prog = progress(yearly.tail(1), self._load_targets())
         except EmsError as exc:
@@ -491,6 +503,39 @@ class Monitor:
             "events": views.event_list(ev),
         })
         return out
+
+
+def _hours_between(hourly: pd.DataFrame, first: pd.Timestamp, open_from: int | None) -> pd.DataFrame:
+    """Stage-1 hours from local midnight ``first`` to ``open_from`` [ns] (read now: the store's
+    aggregate files may be merged by later writes)."""
+    if not len(hourly) or open_from is None:
+        return pd.DataFrame()
+    t = pd.DatetimeIndex(hourly["hour"]).as_unit("ns").asi8
+    return hourly[(t >= first.tz_convert("UTC").value) & (t < open_from)].reset_index(drop=True)
+
+
+def _hourly(st: SiteState, hours: pd.DataFrame, today: pd.Timestamp) -> tuple[dict[str, Any], tuple[float, float]]:
+    """Hourly matching of some of a site's hours: today's ``cfe`` and the grid intensity of the
+    newest hour (``grid_intensity_kg_per_kwh``, ``grid_intensity_method``), and the matched and
+    used kWh of this year's hours among them (the year's CFE adds them up over closed and open days)."""
+    from ems.accounting.hourly import annual_factors, hourly_kpis
+
+    if not len(hours) or st.frame is None:
+        return {}, (0.0, 0.0)
+    try:
+        res = hourly_kpis(hours, st.meters, [st.info], annual_factors(st.frame.factor_sets))
+    except EmsError as exc:
+        log.debug("site %s: no hourly matching: %s", st.info.site, exc)
+        return {}, (0.0, 0.0)
+    days = res.rollup("site", "day").set_index("period")
+    day = today.strftime("%Y-%m-%d")
+    year = days[days.index.str.startswith(today.strftime("%Y"))]
+    out: dict[str, Any] = {"cfe": float(days.at[day, "cfe"]) if day in days.index and pd.notna(days.at[day, "cfe"]) else None}
+    h = res.hours.get(st.info.site)
+    if h is not None and len(h):
+        out["grid_intensity_kg_per_kwh"] = float(h["average_kg_per_kwh"].iloc[-1])
+        out["grid_intensity_method"] = str(res.intensity["method"].iloc[0])
+    return out, (float(year["matched_kwh"].sum()), float(year["use_kwh"].sum()))
 
 
 def _date_between(daily: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp) -> np.ndarray:

@@ -80,6 +80,7 @@ _DEPTH_TOKENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml
 _END_TOKENS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
 _MAX_REPR = 60
 _PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 60 -> 4 ms for the reference group
 
 
 @dataclass
@@ -248,7 +249,7 @@ def parse(text: str, name: str = "<string>") -> Document:
     """
     try:
         _check_depth(text, name)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except RecursionError:  # pragma: no cover - _check_depth stops this first
         raise LocatedError(f"expected values nested at most {MAX_DEPTH} levels deep, found deeper", file=name) from None
     except yaml.MarkedYAMLError as exc:
@@ -283,7 +284,7 @@ def parse(text: str, name: str = "<string>") -> Document:
 def _check_depth(text: str, name: str) -> None:
     """Refuse nesting deeper than :data:`MAX_DEPTH` before composing (PyYAML's composer recurses)."""
     depth = 0
-    for tok in yaml.scan(text, Loader=yaml.SafeLoader):
+    for tok in yaml.scan(text, Loader=_LOADER):
         if isinstance(tok, _DEPTH_TOKENS):
             depth += 1
             if depth > MAX_DEPTH:

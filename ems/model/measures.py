@@ -93,7 +93,9 @@ MEASURES: dict[str, MeasureSpec] = {
             "target_share": "or: enough to reach this green-power share [-]"}, sized_from_kpis=True),
         MeasureSpec("green_power", "buy green power through a contract (green power trading)", {
             "site": _SITE, "mwh": "fixed volume over the period, per site [MWh]",
-            "target_share": "or: enough to reach this green-power share [-]"}, sized_from_kpis=True),
+            "target_share": "or: enough to reach this green-power share [-]",
+            "profile": "delivery profile for hourly matching: baseload (default), solar, as_consumed or "
+                       "<grid region>:<technology> (e.g. CN-North:wind)"}, sized_from_kpis=True),
         MeasureSpec("electrify_forklifts", "replace diesel forklifts by electric ones", {
             "site": _SITE, "fleet": "diesel fleet id(s), default every diesel fleet",
             "share": "share of the fleet's diesel replaced [-], default 1"}),

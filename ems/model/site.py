@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from ems.gases import load_gases, unknown_gas_message
 
 __all__ = [
+    "DELIVERY_PROFILE",
     "Battery",
     "Boiler",
     "CertificatePurchase",
@@ -101,7 +102,7 @@ class Location(_Model):
     def _tz(cls, v: str) -> str:
         try:
             zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
             raise ValueError(f"expected an IANA time zone such as 'Asia/Shanghai', found {v!r}") from None
         return v
 
@@ -419,6 +420,10 @@ class Output(_Model):
     growth_pct_per_year: float = 0.0
 
 
+DELIVERY_PROFILE = r"^(baseload|solar|as_consumed|[A-Za-z0-9][A-Za-z0-9_-]*:[a-z_]+)$"
+"""Delivery profiles a contract may name (``ems.accounting.profiles``; ``docs/hourly-matching.md``)."""
+
+
 class Contract(_Model):
     """A green power or hydropower contract (instrument type PPA), settled monthly."""
 
@@ -430,6 +435,15 @@ class Contract(_Model):
     plant: str = Field("", description="generating plant")
     plant_commissioned: dt.date | None = None
     market_boundary: str | None = Field(None, description="market of the plant, e.g. CN, EU-AIB; default the site's")
+    profile: str | None = Field(
+        None,
+        pattern=DELIVERY_PROFILE,
+        description=(
+            "how each settlement's energy falls on the hours of its period, for hourly matching: baseload, "
+            "solar, as_consumed or <grid region>:<technology> of ems's modelled mix (e.g. CN-South:hydro); "
+            "default baseload"
+        ),
+    )
 
 
 class CertificatePurchase(_Model):

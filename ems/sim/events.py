@@ -367,7 +367,8 @@ def contract_settlements(env: simpy.Environment, sink: EventSink, contract: Cont
         k = yield from _emit_at(env, _local_step(g, b, 23.0))
         detail = {"id": contract.id, "period_start": a.isoformat(), "period_end": b.isoformat(),
                   "plant": contract.plant, "market_boundary": contract.market_boundary,
-                  "plant_commissioned": contract.plant_commissioned.isoformat() if contract.plant_commissioned else None}
+                  "plant_commissioned": contract.plant_commissioned.isoformat() if contract.plant_commissioned else None,
+                  **({"profile": contract.profile} if contract.profile else {})}
         sink.log(min(k, g.n), EventKind.CONTRACT_DELIVERY, contract.kind, mwh, "MWh", detail)
 
 

@@ -27,7 +27,7 @@ fleet id           mass_kg (fuel delivered; jumps at deliveries)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,7 @@ __all__ = [
     "site_info",
     "site_series",
     "site_tables",
+    "slice_ends",
     "start_registers",
     "tidy_frame",
     "wide_frame",
@@ -83,6 +84,8 @@ def _meters(
                     "energy_kwh": b.energy_kwh,
                     "power_kw": b.power_kw,
                     "strategy": b.dispatch.strategy,
+                    "eta_charge": b.eta_charge,
+                    "eta_discharge": b.eta_discharge,
                 },
             )
         )
@@ -209,16 +212,19 @@ class _Register:
         out: FloatArray = self.start + np.cumsum(self.rate * self.per_step)
         return out
 
-    def chunks(self, size: int) -> Iterator[FloatArray]:
-        """:meth:`values` ``size`` steps at a time, equal bit for bit (the sum is sequential)."""
+    def chunks(self, ends: Sequence[int]) -> Iterator[FloatArray]:
+        """:meth:`values` in pieces ending before each of ``ends`` (steps, increasing), equal
+        bit for bit (the sum is sequential)."""
         total = None
-        for a in range(0, len(self.rate), size):
-            part = self.rate[a : a + size] * self.per_step
+        a = 0
+        for b in ends:
+            part = self.rate[a:b] * self.per_step
             if total is None:
                 run = np.cumsum(part)
             else:
                 run = np.cumsum(np.concatenate([[total], part]))[1:]
             total = run[-1]
+            a = b
             yield self.start + run
 
 
@@ -353,14 +359,15 @@ def _dictionary(codes: npt.NDArray[np.integer], names: list[str]) -> pa.Dictiona
 
 def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Table]:
     """One site's readings as Arrow tables of at most ``max_rows`` rows (as few as fit, of
-    about even size), in time order.
+    about even size, each ending at a local midnight where one fits), in time order.
 
     The same rows as :func:`tidy_frame` (columns ``ts``, ``site``, ``meter``,
     ``quantity``, ``value``; ``ts`` a column, not the index), ordered by time and,
     within a time, by series as :func:`site_series` yields them; each table holds
     whole steps. Dictionary columns list meters and quantities in sorted order.
     This is what ``ems run`` writes into the embedded store, without building
-    the tidy frame.
+    the tidy frame. A table that ends with the reading at a local midnight closes its
+    days: the store's register aggregates take the next one from the rows in hand.
     """
     import pyarrow as pa
 
@@ -372,13 +379,10 @@ def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Tabl
     m_codes = np.array([meters.index(m) for m, _q, _v in series], dtype=code)
     q_codes = np.array([quants.index(q) for _m, q, _v in series], dtype=code)
     ts_ns = flows.grid.ts.as_unit("ns").asi8
-    fit = max(1, max_rows // max(n_series, 1))  # steps a table may hold
-    n_tables = -(-len(ts_ns) // fit)  # as few as fit
-    steps = max(1, -(-len(ts_ns) // max(n_tables, 1)))  # of even size
+    ends = slice_ends(ts_ns, flows.site.location.tz, max(1, max_rows // max(n_series, 1)))
     ts_type = pa.timestamp("ns", tz="UTC")
-    sums = {j: v.chunks(steps) for j, (_m, _q, v) in enumerate(series) if isinstance(v, _Register)}
-    for a in range(0, len(ts_ns), steps):
-        b = min(a + steps, len(ts_ns))
+    sums = {j: v.chunks(ends) for j, (_m, _q, v) in enumerate(series) if isinstance(v, _Register)}
+    for a, b in zip([0, *ends[:-1]], ends, strict=True):
         values = np.empty((b - a, n_series))
         for j, (_m, _q, v) in enumerate(series):
             values[:, j] = v[a:b] if not isinstance(v, _Register) else next(sums[j])
@@ -391,3 +395,24 @@ def site_tables(flows: SiteFlows, max_rows: int = 2_000_000) -> Iterator[pa.Tabl
                 "value": values.reshape(-1),
             }
         )
+
+
+def slice_ends(ts_ns: npt.NDArray[np.int64], tz: str, fit: int) -> list[int]:
+    """Ends (exclusive step indices) of as few slices of at most ``fit`` steps as hold
+    ``ts_ns`` [ns, UTC, increasing], of about even size; each ends after a reading at a
+    local midnight of zone ``tz`` where one lies within reach.
+    """
+    n = len(ts_ns)
+    steps = max(1, -(-n // max(1, -(-n // fit))))  # as few as fit, of even size
+    wall = pd.DatetimeIndex(ts_ns.view("M8[ns]"), tz="UTC").tz_convert(tz).tz_localize(None).asi8
+    days = np.flatnonzero(wall % 86_400_000_000_000 == 0) + 1  # ends after a reading at midnight
+    out: list[int] = []
+    a = 0
+    while a < n:
+        b = min(a + steps, n)
+        if b < n:
+            near = days[(days > a) & (days <= min(a + fit, n))]
+            b = int(near[np.argmin(np.abs(near - b))]) if len(near) else b
+        out.append(b)
+        a = b
+    return out

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from ems.readings import MeterInfo, ReadingSet, SiteInfo
@@ -121,6 +122,22 @@ class StoredReadings(ReadingSet):
 
             return stage1(ReadingSet(self._readings, self.events, self.meters, self.sites))
         return self.store.stage1(sites=self.site_ids)
+
+    def hourly(self, series: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Stage-1 hourly rows of some (meter, quantity) series (meter ``"*"``: any), with their
+        tariff periods as separate rows: from the store's aggregates when the store pushes them
+        down and the set was not changed, else from :meth:`stage1`."""
+        push = getattr(self.store, "hourly", None)
+        if self._readings is None and push is not None:
+            out: pd.DataFrame = push(sites=self.site_ids, series=series)
+            return out
+        h = self.stage1().hourly
+        if series is None:
+            return h
+        pairs = set(series)
+        anyq = {q for m, q in pairs if m == "*"}
+        keep = [q in anyq or (m, q) in pairs for m, q in zip(h["meter"].astype(str), h["quantity"].astype(str), strict=True)]
+        return h[np.asarray(keep, dtype=bool)]
 
     def close(self) -> None:
         """Close the store if this set opened it."""

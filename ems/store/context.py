@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import duckdb
 import pyarrow as pa
 
 from ems.errors import StoreError
 from ems.store.segments import FileLock
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["StoreContext"]
 
@@ -56,29 +59,39 @@ class StoreContext:
     threads: int
     lock_timeout_s: float | None = None
     _con: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.write_lock = FileLock(self.root / ".write.lock", self.lock_timeout_s)
         self.compact_lock = FileLock(self.root / ".compact.lock")
-        self._con = duckdb.connect(":memory:")
-        self._con.sql(f"SET threads = {self.threads}")
-        self._con.sql("SET TimeZone = 'UTC'")
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """The store's in-memory DuckDB connection (the query engine)."""
+        """The store's in-memory DuckDB connection (the query engine), opened on first use: a
+        writer that only appends never needs it (importing and opening DuckDB costs ~80 ms)."""
+        self.check_open()
         if self._con is None:
-            raise StoreError(f"the store at {self.root} is closed; open it again to use it")
+            import duckdb
+
+            self._con = duckdb.connect(":memory:")
+            self._con.sql(f"SET threads = {self.threads}")
+            self._con.sql("SET TimeZone = 'UTC'")
         return self._con
 
+    def check_open(self) -> None:
+        """Raise if the store was closed."""
+        if self._closed:
+            raise StoreError(f"the store at {self.root} is closed; open it again to use it")
+
     def close(self) -> None:
+        self._closed = True
         if self._con is not None:
             self._con.close()
             self._con = None
 
     def writable(self, what: str) -> None:
         """Raise unless the store is open for writing."""
-        self.con  # noqa: B018 - raises when closed
+        self.check_open()
         if self.read_only:
             raise StoreError(f"{what}: the store at {self.root} was opened read-only")
 
@@ -95,14 +108,23 @@ class StoreContext:
         for attempt in range(RETRIES):
             try:
                 return fn()
-            except (FileNotFoundError, duckdb.IOException) as exc:
+            except FileNotFoundError as exc:
                 log.debug("read raced with compaction (%s); retry %d", exc, attempt + 1)
-            except OSError as exc:
-                if "No such file" not in str(exc) and "not found" not in str(exc).lower():
+            except Exception as exc:
+                if not _vanished(exc):
                     raise
                 log.debug("read raced with compaction (%s); retry %d", exc, attempt + 1)
             time.sleep(0.005 * (attempt + 1))
         raise StoreError(f"{self.root}: files kept vanishing during {RETRIES} read attempts")
+
+
+def _vanished(exc: Exception) -> bool:
+    """True for an error of a file that compaction deleted under a read (DuckDB's IOException,
+    an OSError saying so)."""
+    duckdb = sys.modules.get("duckdb")  # not imported: it raised nothing
+    if duckdb is not None and isinstance(exc, duckdb.IOException):
+        return True
+    return isinstance(exc, OSError) and ("No such file" in str(exc) or "not found" in str(exc).lower())
 
 
 def default_threads(threads: int | None) -> int:

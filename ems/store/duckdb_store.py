@@ -28,9 +28,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 
@@ -43,6 +42,9 @@ from ems.store.reader import SegmentReader
 from ems.store.registry import Registry, open_root
 from ems.store.rollups import RegisterAggregates
 from ems.store.writer import SegmentWriter
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["DEFAULT_PATH", "READINGS_SCHEMA", "DuckDBStore"]
 
@@ -203,9 +205,18 @@ class DuckDBStore:
         """
         return self.aggregates.stage1(sites)
 
+    def hourly(self, *, sites: Iterable[str] | None = None,
+               series: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Stage-1 hourly energy of some (meter, quantity) series (rows per tariff period), pushed
+        down to the register aggregates (:meth:`ems.store.rollups.RegisterAggregates.hourly`): what
+        hourly matching reads."""
+        return self.aggregates.hourly(sites, series)
+
     def bulk_load(self) -> contextlib.AbstractContextManager[None]:
-        """A bulk load: writes inside the ``with`` block bring the register aggregates up to date
-        once, at its end, instead of after each write (``ems run`` writes a year in slices)."""
+        """A bulk load: inside the ``with`` block the register aggregates of each write are
+        computed in memory (from the rows in hand when it appends) and each site's are
+        published once, at its end (``ems run`` writes a site's year in slices); readers stay
+        exact meanwhile (:mod:`ems.store.rollups`, the visibility rule)."""
         return self.aggregates.deferred()
 
     def rebuild_aggregates(self, sites: Iterable[str] | None = None) -> None:

@@ -139,7 +139,7 @@ class SegmentReader:
     def read(self, sites: Iterable[str] | None, start: dt.datetime | None, end: dt.datetime | None,
              *, readings: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Readings (unless ``readings`` is False) and events in UTC ``[start, end]`` of ``sites``."""
-        self.ctx.con  # noqa: B018 - raises when closed
+        self.ctx.check_open()
         lo, hi = to_us(start, "start"), to_us(end, "end")
         wanted = None if sites is None else sorted(set(sites))
         site_list = self.site_ids() if wanted is None else [s for s in wanted if SITE_RE.match(s)]
@@ -149,7 +149,7 @@ class SegmentReader:
 
     def count(self) -> int:
         """Number of distinct readings held (site, meter, quantity, ts)."""
-        self.ctx.con  # noqa: B018
+        self.ctx.check_open()
 
         def run() -> int:
             total = 0

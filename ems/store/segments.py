@@ -5,8 +5,10 @@ Parquet *segments*. This module holds the file mechanics that make that safe
 with one writer process and any number of reader processes:
 
 * A segment is written under a temporary name, fsync'ed, renamed into place and
-  its directory fsync'ed (:func:`publish`), so a reader sees either the whole
-  file or nothing, and a segment is durable once its writer returns.
+  its directory fsync'ed (:func:`publish`; in two steps, :func:`stage` and
+  :func:`commit`, so that a writer encodes outside the writers' lock), so a reader
+  sees either the whole file or nothing, and a segment is durable once its writer
+  returns.
 * Segment names carry their ordering and time range:
   ``{seq:016d}-{gen:04d}-{tmin}-{tmax}.parquet`` where ``seq`` is a store-wide
   write sequence number, ``gen`` the compaction generation, and ``tmin``/``tmax``
@@ -35,11 +37,13 @@ __all__ = [
     "FileLock",
     "Segment",
     "atomic_write_bytes",
+    "commit",
     "fsync_dir",
     "list_segments",
     "overlap_groups",
     "publish",
     "segment_name",
+    "stage",
 ]
 
 _NAME = re.compile(r"^(\d{16})-(\d{4})-(-?\d+)-(-?\d+)\.parquet$")
@@ -137,20 +141,36 @@ def publish(folder: Path, name: str, write: Callable[[IO[bytes]], None]) -> Path
     Path
         The published file.
     """
+    return commit(stage(folder, write), name)
+
+
+def stage(folder: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file under a temporary name in ``folder`` (invisible to readers) and fsync it;
+    :func:`commit` publishes it. Nothing is left behind if ``write`` fails."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{uuid.uuid4().hex}"
-    final = folder / name
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def commit(tmp: Path, name: str) -> Path:
+    """Publish a staged file under its final ``name``: rename (atomic), fsync of the directory."""
+    final = tmp.parent / name
+    try:
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(folder)
+    fsync_dir(tmp.parent)
     return final
 
 

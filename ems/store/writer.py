@@ -1,7 +1,9 @@
 """Writing the embedded store: readings and events as immutable segments, and compaction.
 
 Each ``write_readings`` call publishes one immutable segment per site atomically and
-durably (:func:`ems.store.segments.publish`) under the writers' lock. Within a frame a
+durably: encoded and fsync'ed under a temporary name with no lock held
+(:func:`ems.store.segments.stage`), then numbered and renamed into place under the
+writers' lock (:func:`ems.store.segments.commit`). Within a frame a
 repeated (site, meter, quantity, ts) keeps its last row; against earlier writes the later
 segment wins on read. Tiered compaction merges a generation of a site's segments once it
 has ``fanout`` of them; :meth:`SegmentWriter.compact` merges everything.
@@ -38,11 +40,13 @@ from ems.store.registry import check_site
 from ems.store.segments import (
     Segment,
     atomic_write_bytes,
+    commit,
     fsync_dir,
     list_segments,
     overlap_groups,
     publish,
     segment_name,
+    stage,
 )
 
 __all__ = ["SegmentWriter", "SiteBatch"]
@@ -130,26 +134,30 @@ class SegmentWriter:
         """Write readings (the contract's tidy frame, or the same as an Arrow table with a ``ts``
         column); return the rows accepted.
 
-        ``after`` runs with the published batches while the writers' lock is still held
-        (the register aggregates are brought up to date there).
+        ``after`` runs with the published batches, before this returns (the register
+        aggregates are brought up to date there, under their own per-site locks).
         """
         self.ctx.writable("write_readings")
         batches = site_batches(readings, self.ctx.threads)
         if not batches:
             return 0
         root, compression = self.ctx.root, self.ctx.compression
-        with ThreadPoolExecutor(min(self.ctx.threads, len(batches))) as ex, self.ctx.write_lock.hold():
-            seq0 = self._next_seq(len(batches))
-            batches = [dataclasses.replace(b, seq=seq0 + i) for i, b in enumerate(batches)]
 
-            def put(i: int) -> Path:
-                b = batches[i]
-                return publish(root / "readings" / f"site={b.site}", segment_name(seq0 + i, 0, b.tmin, b.tmax),
-                               lambda f: write_table(b.table, f, compression))
+        def encode(b: SiteBatch) -> Path:
+            return stage(root / "readings" / f"site={b.site}", lambda f: write_table(b.table, f, compression))
 
-            paths = list(ex.map(put, range(len(batches))))
-            if after is not None:
-                after(batches)
+        with ThreadPoolExecutor(min(self.ctx.threads, len(batches))) as ex:
+            staged = list(ex.map(encode, batches))  # Parquet encoding: no lock held
+        try:
+            with self.ctx.write_lock.hold():
+                seq0 = self._next_seq(len(batches))
+                batches = [dataclasses.replace(b, seq=seq0 + i) for i, b in enumerate(batches)]
+                paths = [commit(tmp, segment_name(b.seq, 0, b.tmin, b.tmax)) for tmp, b in zip(staged, batches, strict=True)]
+        finally:
+            for tmp in staged:
+                tmp.unlink(missing_ok=True)  # not published (the lock not had, an error)
+        if after is not None:
+            after(batches)
         log.debug("wrote %d readings in %d segments to %s", len(readings), len(paths), root)
         self._auto_compact([p.parent for p in paths])
         return len(readings)

@@ -45,6 +45,7 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 _STUDY_LABELS = {
     "total_annual_cost": "total annual cost", "net_scope12_t": "Scope 1+2 net", "green_share": "green share",
+    "cfe": "hourly (CFE)", "scope2_market_hourly_t": "Scope 2 mkt. hourly",
     "capex": "capex", "cost_per_tco2e": "cost per tCO2e avoided",
     "scope12_market_intensity_t_per_10k_rmb": "intensity", "total_tce": "energy",
     "annual_cost": "measures",
@@ -217,7 +218,8 @@ def sweep(spec_file: str, scheduler: str | None, workers: int, out_dir: str, cos
     written = res.write(out)
     df, front = res.results, res.front
     pcols = [c for c in df.columns if c.startswith("p:")]
-    shown = [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "capex", "cost_per_tco2e"]
+    shown = [*pcols, "total_annual_cost", "net_scope12_t", "green_share", "cfe", "scope2_market_hourly_t", "capex",
+             "cost_per_tco2e"]
     con.print(to_rich(table_of(
         front, f"Pareto front: cost vs Scope 1+2 ({len(front)} of {len(df)} variants)", columns=shown,
         labels={**{c: c.removeprefix("p:") for c in pcols}, **_STUDY_LABELS})))

@@ -21,7 +21,7 @@ import pandas as pd
 from ems.errors import ConfigError
 from ems.formatting import Table, html_page, labelled, table_of, thousands_axis
 from ems.formatting import to_html as fmt_html
-from ems.studies.run import evaluate, summarise
+from ems.studies.run import evaluate, summarise, with_hourly
 
 __all__ = ["COMPARE_ROWS", "Comparison", "compare", "comparison_table", "load_or_run", "measures_table", "to_html"]
 
@@ -35,6 +35,7 @@ COMPARE_ROWS: tuple[tuple[str, str, float], ...] = (
     ("pv_consumed_kwh", "PV consumed [MWh]", 1e-3),
     ("green_kwh", "green electricity claimed [MWh]", 1e-3),
     ("green_share", "green-power share [%]", 100.0),
+    ("cfe", "hourly-matched green share (CFE) [%]", 100.0),
     ("steam_gj", "purchased steam [GJ]", 1.0),
     ("natural_gas_m3", "natural gas [m3]", 1.0),
     ("diesel_kg", "diesel [kg]", 1.0),
@@ -42,6 +43,8 @@ COMPARE_ROWS: tuple[tuple[str, str, float], ...] = (
     ("scope1_t", "Scope 1 [tCO2e]", 1.0),
     ("scope2_location_t", "Scope 2 location-based [tCO2e]", 1.0),
     ("scope2_market_t", "Scope 2 market-based [tCO2e]", 1.0),
+    ("scope2_location_hourly_t", "Scope 2 location-based, hourly [tCO2e]", 1.0),
+    ("scope2_market_hourly_t", "Scope 2 market-based, hourly [tCO2e]", 1.0),
     ("scope12_market_t", "Scope 1+2 market-based [tCO2e]", 1.0),
     ("offsets_t", "offsets [tCO2e]", 1.0),
     ("net_scope12_t", "Scope 1+2 net of offsets [tCO2e]", 1.0),
@@ -99,9 +102,9 @@ def load_or_run(path: str | Path, *, base: Mapping[str, float] | None = None,
     if p.is_dir() or "://" in str(path):
         with ems.open_readings(path) as rs:
             res = ems.kpis(rs, by="site", period="year")
-        d = res.daily["date"]
-        lo, hi = d.min().date(), d.max().date()
-        out: dict[str, Any] = {"scenario": p.name, **summarise(res.rollup(by="site", period=(lo, hi)))}
+            d = res.daily["date"]
+            lo, hi = d.min().date(), d.max().date()
+            out: dict[str, Any] = {"scenario": p.name, **summarise(with_hourly(res, rs, (lo, hi)))}
         yf = ((hi - lo).days + 1) / 365.0
         out.update(offsets_t=0.0, net_scope12_t=out["scope12_market_t"], capex=0.0, opex_per_year=0.0,
                    annual_cost=0.0, measures=[])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +34,7 @@ from ems.model.measures import (
     sites_of,
 )
 from ems.model.scenario import ResolvedScenario
-from ems.model.site import Site
+from ems.model.site import DELIVERY_PROFILE, Site
 from ems.studies.economics import annualised_cost
 
 __all__ = [
@@ -122,8 +123,9 @@ def _priced(i: int, m: Mapping[str, Any], costs: Mapping[str, Any], change: Chan
 # --------------------------------------------------------------------------- procurement sized from KPIs
 
 
-def _buy(s: Site, sc: ResolvedScenario, kind: str, mwh: float, tag: str) -> str:
-    """Add a certificate purchase (CN) or a green-power contract for ``mwh`` over the period."""
+def _buy(s: Site, sc: ResolvedScenario, kind: str, mwh: float, tag: str, profile: str | None = None) -> str:
+    """Add a certificate purchase (CN) or a green-power contract for ``mwh`` over the period
+    (delivered by ``profile`` for hourly matching)."""
     from ems.model.site import CertificatePurchase, Contract
 
     used = [c.id for c in s.procurement.certificates] + [c.id for c in s.procurement.contracts]
@@ -135,8 +137,23 @@ def _buy(s: Site, sc: ResolvedScenario, kind: str, mwh: float, tag: str) -> str:
         return "certificates"
     s.procurement.contracts.append(Contract(
         id=next_id(f"{tag}-green", used), kind="green_power",
-        annual_mwh=mwh * 365.0 / max((sc.end - sc.start).days, 1), start=sc.start, end=sc.end - dt.timedelta(days=1)))
+        annual_mwh=mwh * 365.0 / max((sc.end - sc.start).days, 1), start=sc.start, end=sc.end - dt.timedelta(days=1),
+        profile=profile))
     return "green_power"
+
+
+_PROFILE = re.compile(DELIVERY_PROFILE)
+
+
+def _profile(i: int, m: Mapping[str, Any]) -> str | None:
+    """The delivery profile a green-power measure names, checked (None: baseload)."""
+    p = m.get("profile")
+    if p is None:
+        return None
+    if not isinstance(p, str) or not _PROFILE.match(p):
+        raise fail(i, f"profile: expected baseload, solar, as_consumed or <grid region>:<technology> "
+                      f"(e.g. CN-North:wind); found {p!r}")
+    return p
 
 
 def _volume(i: int, m: Mapping[str, Any], totals: Mapping[str, float] | None) -> tuple[float, str]:
@@ -158,7 +175,7 @@ def _sized(i: int, m: Mapping[str, Any], s: Site, sc: ResolvedScenario, costs: M
     name = str(m["measure"])
     mwh, note = _volume(i, m, totals)
     kind = "green_power" if name == "green_power" else "certificates"
-    got = _buy(s, sc, kind, mwh, "m" + str(i)) if mwh > 0 else kind
+    got = _buy(s, sc, kind, mwh, "m" + str(i), _profile(i, m)) if mwh > 0 else kind
     if got != kind:
         note = (note + "; " if note else "") + f"no GEC for country {s.location.country}: bought as green power"
     params = {k: v for k, v in m.items() if k not in ("measure", "site")}

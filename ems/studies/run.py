@@ -12,15 +12,19 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ems.errors import AccountingError
 from ems.model.scenario import ResolvedScenario
+from ems.readings import ReadingSet
 from ems.studies.economics import cost_per_tco2e, simple_payback
 from ems.studies.measures import AppliedMeasure, apply_measures, load_costs
+
+if TYPE_CHECKING:
+    from ems.accounting.kpis import KpiResult
 
 __all__ = [
     "ADDITIVE",
@@ -30,6 +34,7 @@ __all__ = [
     "run_kpis",
     "site_totals",
     "summarise",
+    "with_hourly",
     "year_fraction",
 ]
 
@@ -40,12 +45,13 @@ ADDITIVE = (
     "green_kwh", "contract_hydro_kwh", "contract_green_power_kwh", "certificates_valid_kwh",
     "certificates_counted_kwh", "steam_gj", "natural_gas_m3", "diesel_kg", "gasoline_kg", "output_rmb",
     "total_tce", "scope1_t", "scope2_location_t", "scope2_market_t", "scope12_location_t", "scope12_market_t",
-    "total_cost", "peak_import_kw",
+    "total_cost", "peak_import_kw", "use_kwh", "matched_kwh", "scope2_location_hourly_t", "scope2_market_hourly_t",
 )
-"""KPI columns summed over sites (peak: sum of site peaks, non-coincident)."""
+"""KPI columns summed over sites (peak: sum of site peaks, non-coincident). ``use_kwh``,
+``matched_kwh`` and the hourly Scope 2 come from hourly matching (:mod:`ems.accounting.hourly`)."""
 
-RATIOS = ("green_share", "tce_per_10k_rmb", "scope12_market_intensity_t_per_10k_rmb")
-"""Ratios recomputed from the sums."""
+RATIOS = ("green_share", "cfe", "tce_per_10k_rmb", "scope12_market_intensity_t_per_10k_rmb")
+"""Ratios recomputed from the sums (``cfe``: the hourly-matched green share)."""
 
 
 def period_range(scenario: ResolvedScenario) -> tuple[dt.date, dt.date]:
@@ -72,7 +78,26 @@ def run_kpis(scenario: ResolvedScenario, *, factors: Mapping[str, Any] | None = 
 
     sim = ems.simulate(scenario)
     res = kpis(sim, by="site", period=period_range(scenario), factors=factors)
-    return res.kpis
+    return with_hourly(res, sim, period_range(scenario))
+
+
+def with_hourly(res: KpiResult, rs: ReadingSet, period: tuple[Any, Any]) -> pd.DataFrame:
+    """Per-site KPIs of ``res`` over ``period`` with the hourly figures beside them: ``use_kwh``,
+    ``matched_kwh``, ``cfe`` and Scope 2 with electricity matched hour by hour
+    (``scope2_location_hourly_t``, ``scope2_market_hourly_t``: purchased heat as in the annual figure)."""
+    from ems.accounting.hourly import hourly_of
+
+    k = res.rollup(by="site", period=period)
+    h = hourly_of(res, rs).rollup("site", period).set_index("key")
+    out = k.set_index("key")
+    out["use_kwh"] = h["use_kwh"].reindex(out.index).fillna(0.0)
+    out["matched_kwh"] = h["matched_kwh"].reindex(out.index).fillna(0.0)
+    out["cfe"] = h["cfe"].reindex(out.index)
+    for kind in ("location", "market"):
+        hourly_kg = h[f"scope2_{kind}_hourly_kg"].reindex(out.index)
+        annual_kg = out[f"scope2_electricity_{kind}_kg"]
+        out[f"scope2_{kind}_hourly_t"] = out[f"scope2_{kind}_t"] + (hourly_kg.fillna(annual_kg) - annual_kg) / 1000.0
+    return out.reset_index()
 
 
 def summarise(site_kpis: pd.DataFrame) -> dict[str, float]:
@@ -93,6 +118,7 @@ def summarise(site_kpis: pd.DataFrame) -> dict[str, float]:
     out = {c: float(site_kpis[c].sum()) if c in site_kpis else 0.0 for c in ADDITIVE}
     cons, out10k = out["electricity_consumed_kwh"], out["output_rmb"] / 1e4
     out["green_share"] = out["green_kwh"] / cons if cons > 0 else math.nan
+    out["cfe"] = out["matched_kwh"] / out["use_kwh"] if out["use_kwh"] > 0 else math.nan
     out["tce_per_10k_rmb"] = out["total_tce"] / out10k if out10k > 0 else math.nan
     out["scope12_market_intensity_t_per_10k_rmb"] = out["scope12_market_t"] / out10k if out10k > 0 else math.nan
     return out

@@ -72,6 +72,7 @@
       ["Electricity", "electricity_consumed_kwh", "MWh", (v) => fmt(v === null || v === undefined ? v : v / 1000, 1)],
       ["Intensity", "tce_per_10k_rmb", "kgce/RMB 10k", (v) => fmt(v === null || v === undefined ? v : 1000 * v, 2)],
       ["Green share", "green_share", gt ? "target " + fmt(100 * gt.target_value, 0) + " % by " + gt.target_year : "", pct],
+      ["Hourly-matched (CFE)", "cfe", "green share hour by hour", pct],
       ["Emissions", "scope12_market_t", "tCO₂e (S1+2 market)", (v) => fmt(v, 1)],
     ];
     for (const [label, key, unit, f] of rows) {
@@ -131,6 +132,17 @@
       row.appendChild(bar);
       row.appendChild(h("span", "flow-value v-soc", fmt(f.soc_pct, 0)));
       row.appendChild(h("span", "flow-unit", "%"));
+      flows.appendChild(row);
+    }
+    const gi = s.today ? s.today.grid_intensity_kg_per_kwh : null;
+    if (gi !== null && gi !== undefined) {
+      const row = h("div", "flow f-intensity");
+      row.appendChild(h("span", "dot"));
+      row.appendChild(h("span", "flow-label", "Grid intensity"));
+      row.appendChild(h("span", "flow-value v-intensity", fmt(gi, 3)));
+      row.appendChild(h("span", "flow-unit", "kgCO₂/kWh"));
+      row.title = "the grid's average carbon intensity in the newest hour, " +
+        (s.today.grid_intensity_method || "") + " (docs/grid-intensity.md)";
       flows.appendChild(row);
     }
     a.appendChild(flows);
