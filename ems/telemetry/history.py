@@ -9,8 +9,8 @@ so a request for a meter's ``from_seq..to_seq`` is answered with the same bytes.
 
 It is **bounded** by ``limit_bytes``: when a new record would pass the limit the oldest
 segment is deleted, so the history covers the latest ``limit_bytes`` of messages (about
-210 bytes a reading of a three-quantity meter: 256 MiB hold about 1.3 million readings,
-28 days of 500 meters at 15-minute intervals). It is **durable** up to the last
+255 bytes a reading of a three-quantity meter with full-precision values: 256 MiB hold about
+a million readings, three weeks of 500 meters at 15-minute intervals). It is **durable** up to the last
 :meth:`History.sync` (the gateway syncs it every second, before it saves its ledger, so
 whatever the saved ledger counts as acknowledged is on disk), and a restarted gateway
 reads the segments an earlier process left.
