@@ -204,3 +204,250 @@ def test_sparkplug_round_trip_equals_the_json_contract(mosquitto, tmp_path):
     assert np.array_equal(tidy(a.readings)["value"].to_numpy(), tidy(rs.readings)["value"].to_numpy())
     assert sorted(a.meters, key=lambda m: m.meter + m.site) == sorted(b.meters, key=lambda m: m.meter + m.site)
     assert sorted(s.site for s in b.sites) == ["alpha", "beta"] and len(b.events) == len(a.events) == 2
+
+
+# ---------------------------------------------------------------- hostile births: the JSON contract's bounds
+
+
+def _with_eng_unit(payload: bytes, metric: str, unit: str) -> bytes:
+    p = sp.payload_class().FromString(payload)
+    for m in p.metrics:
+        if m.name == metric:
+            m.properties.values[0].string_value = unit
+    return p.SerializeToString()
+
+
+def _deep(n: int) -> dict:
+    d: dict = {"x": 1}
+    for _ in range(n):
+        d = {"a": d}
+    return d
+
+
+def _hostile_births() -> list[tuple[str, str, bytes]]:
+    """(reason, topic, payload) of births that the JSON contract's checks refuse."""
+    from dataclasses import replace
+
+    from builders import site_info
+
+    good = site_info("hostile")
+    g = GRID
+    return [
+        ("out_of_range", sp.topic("ems", "NBIRTH", "hostile"), sp.nbirth(1, 1000, replace(good, lat=1000.0))),
+        ("wrong_type", sp.topic("ems", "NBIRTH", "hostile"), sp.nbirth(1, 1000, replace(good, tz="Mars/Olympus_Mons"))),
+        ("bad_topic", sp.topic("ems", "NBIRTH", "hostile"), sp.nbirth(1, 1000, replace(good, site="other"))),
+        ("out_of_range", sp.topic("ems", "DBIRTH", "hostile", "grid"),
+         sp.dbirth(replace(g, site="hostile", interval_s=10**9), 1, 1000)),
+        ("unknown_quantity", sp.topic("ems", "DBIRTH", "hostile", "grid"),
+         _with_eng_unit(sp.dbirth(replace(g, site="hostile"), 2, 1000), "power_kw", "W")),
+        ("too_deep", sp.topic("ems", "DBIRTH", "hostile", "grid"),
+         sp.dbirth(replace(g, site="hostile", attrs={"tariff": _deep(40)}), 3, 1000)),
+        ("wrong_type", sp.topic("ems", "DBIRTH", "hostile", "grid"), sp.dbirth(replace(g, site="hostile", kind="reactor"), 4, 1000)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_hostile_births_are_refused_by_the_contracts_own_checks(case):
+    reason, topic, payload = _hostile_births()[case]
+    host = sp.HostSession({})
+    with pytest.raises(PayloadError, match=reason):
+        host.handle(topic, payload, now_ns=T0)
+
+
+@pytest.mark.service
+def test_hostile_births_through_mosquitto_are_dead_lettered_and_ingestion_goes_on(mosquitto, tmp_path):
+    import json
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from ems.store import open_store
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.ingestor import IngestOptions, Ingestor
+
+    store = open_store(tmp_path / "store")
+    ing = Ingestor(BrokerConfig.from_url(mosquitto.url), store,
+                   IngestOptions(client_id="ing-hostile", batch_s=0.2, encoding="sparkplug",
+                                 deadletter=tmp_path / "dl.jsonl")).start()
+    now_ms = int(time.time() * 1000) // 900_000 * 900_000
+    good = [(sp.topic("ems", "NBIRTH", "alpha"), sp.nbirth(5, now_ms)),
+            (sp.topic("ems", "DBIRTH", "alpha", "grid"), sp.dbirth(GRID, 1, now_ms))]
+    good += [(sp.topic("ems", "DDATA", "alpha", "grid"),
+              sp.ddata([(now_ms * 10**6 - (3 - k) * 900 * 10**9, {"power_kw": 10.0 + k, "import_kwh": 100.0 + k})],
+                       2 + k, now_ms)) for k in range(3)]
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="hostile-edge")
+    c.connect("127.0.0.1", mosquitto.port)
+    c.loop_start()
+    try:
+        hostile = _hostile_births()
+        for topic, payload in [(t, p) for _, t, p in hostile[:3]] + good[:2] + [(t, p) for _, t, p in hostile[3:]] + good[2:]:
+            c.publish(topic, payload, qos=1).wait_for_publish(5)
+        assert ing.wait_for(lambda k: k["written"] >= 3 and k["rejected"] >= len(hostile), 20), ing.stats()
+    finally:
+        c.loop_stop()
+        c.disconnect()
+        ing.stop()
+    letters = [json.loads(x) for x in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert sorted((x["reason"], x["topic"]) for x in letters) == sorted((r, t) for r, t, _ in hostile)
+    assert all(x["reason"] in x["message"] for x in letters)
+    back = store.read()
+    store.close()
+    assert [m.site for m in back.meters] == ["alpha"] and len(back.readings) == 6  # the good node, whole
+
+
+# ---------------------------------------------------------------- primary host STATE
+
+
+@pytest.mark.service
+def test_primary_host_state_edge_waits_dies_and_rebirths(mosquitto, tmp_path):
+    """ems ingest publishes its STATE (Sparkplug 3.0, 4.2.2/4.2.3/5.3); ems stream waits for it (5.4).
+
+    The edge node publishes no birth before the host's STATE says online; the host's SIGKILL
+    makes its will (offline, the birth's timestamp) arrive, the edge publishes NDEATH and
+    waits; the restarted host's STATE brings a new session (next bdSeq) and the readings that
+    waited. Nothing lost, nothing doubled; a clean stop publishes offline with a later timestamp.
+    """
+    import json
+    import signal
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+    from reliability_kit import IngestProc, poll
+
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.publisher import Publisher, PublishOptions
+
+    seen: list[tuple[str, bool, int, bytes]] = []
+    obs = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="observer", protocol=mqtt.MQTTv5)
+    obs.on_message = lambda c, u, m: seen.append((m.topic, bool(m.retain), m.qos, bytes(m.payload)))
+    obs.connect("127.0.0.1", mosquitto.port)
+    obs.subscribe("spBv1.0/#", options=SubscribeOptions(qos=1, retainAsPublished=True))
+    obs.loop_start()
+
+    def kinds() -> list[str]:
+        return [t.split("/")[2] if t.split("/")[1] != "STATE" else "STATE" for t, *_ in list(seen)]
+
+    def states() -> list[tuple[bool, int, bool, int]]:
+        return [(json.loads(p)["online"], json.loads(p)["timestamp"], r, q) for t, r, q, p in list(seen)
+                if t == "spBv1.0/STATE/ems-host"]
+
+    rs = make_readingset(sites=("alpha",), days=2, meters=("grid", "gas"))
+    cfg = BrokerConfig.from_url(mosquitto.url)
+    ledger, store_dir, logs = tmp_path / "ledger.json", str(tmp_path / "store"), tmp_path / "logs"
+    pub = Publisher(cfg, rs, PublishOptions(ledger=ledger, speed=900 * 30, encoding="sparkplug", client_id_prefix="sp",
+                                            sparkplug_primary_host="ems-host"))
+    th = threading.Thread(target=pub.run)
+    args = ("--encoding", "sparkplug", "--sparkplug-host-id", "ems-host")
+    ing = ing2 = None
+    try:
+        th.start()
+        time.sleep(1.0)
+        assert "NBIRTH" not in kinds() and pub.published() == 0  # the edge waits for its primary host
+        ing = IngestProc(mosquitto.url, store_dir, logs, "ing-host", *args, name="ing1")
+        assert poll(lambda: "NBIRTH" in kinds(), 15), kinds()
+        k = kinds()
+        assert k.index("STATE") < k.index("NBIRTH") and states()[0][0] is True  # online first, then the births
+        assert poll(lambda: ing.written() > 40, 20)
+        ing.signal(signal.SIGKILL)  # the broker publishes the host's will
+        ing.wait(10)
+        assert poll(lambda: "NDEATH" in kinds(), 10), kinds()
+        online, will = states()[0], states()[-1]
+        assert will[0] is False and will[1] == online[1] and will[2:] == (True, 1) == online[2:]  # retained, QoS 1
+        time.sleep(0.5)
+        k = kinds()
+        assert "DDATA" not in k[k.index("NDEATH"):]  # nothing published while the host is away
+        ing2 = IngestProc(mosquitto.url, store_dir, logs, "ing-host", *args, name="ing2")
+        th.join(60)
+        assert not th.is_alive()
+        births = list(dict.fromkeys(sp.decode(t, p).get("bdSeq") for t, _, _, p in seen if "/NBIRTH/" in t))
+        assert len(births) == 2 and births[1] == (births[0] + 1) % 256, births  # (a rebirth request repeats one)
+        assert poll(lambda: _reconciled(ledger, store_dir)["lost"] == 0, 30), _reconciled(ledger, store_dir)
+        ing2.stop()
+        ing2 = None
+        assert poll(lambda: states()[-1][0] is False and states()[-1][1] > online[1], 10), states()  # clean death
+    finally:
+        th.join(5)
+        for p in (ing, ing2):
+            if p is not None:
+                p.stop()
+        obs.loop_stop()
+        obs.disconnect()
+    fig = _reconciled(ledger, store_dir)
+    assert fig["lost"] == 0 and fig["doubled"] == 0 and fig["acknowledged"] == 2 * 192, fig
+
+
+def _reconciled(ledger: Path, store_dir: str) -> dict[str, int]:
+    from reliability_kit import reconciled
+
+    from ems.store import open_store
+
+    store = open_store(store_dir, read_only=True)
+    try:
+        return reconciled(ledger, store)
+    finally:
+        store.close()
+
+
+class _RecordingClient:
+    """Stands in for paho in a unit test of the session's own logic (the integration test uses mosquitto)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def subscribe(self, subs, *a, **kw):
+        self.calls.append(("subscribe", subs))
+        return 0, 7
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        self.calls.append(("publish", topic, payload, qos, retain))
+        return type("Info", (), {"mid": 99})()
+
+    def will_set(self, topic, payload, qos=0, retain=False):
+        self.calls.append(("will", topic, payload, qos, retain))
+
+
+def test_host_subscribes_then_publishes_its_birth_with_the_wills_timestamp():
+    from collections import Counter
+
+    from ems.telemetry.connection import BrokerConfig
+    from ems.telemetry.session import Inbox, MqttSession
+
+    state = sp.HostState("ems-host", 1000)
+    assert state.will() == ("spBv1.0/STATE/ems-host", b'{"online":false,"timestamp":1000}')
+    s = MqttSession(BrokerConfig(), "ing", subscriptions=lambda: [("spBv1.0/ems/#", 1)], inbox=Inbox(1 << 20, 10),
+                    session_expiry_s=0, receive_maximum=10, max_payload_bytes=1 << 20, keep_bytes=64,
+                    counters=Counter(), state=state)
+    fake = _RecordingClient()
+    s._on_connect(fake, None, None, 0, None)
+    assert fake.calls == [("subscribe", [("spBv1.0/ems/#", 1), ("spBv1.0/STATE/ems-host", 1)])]  # no birth yet
+    s._on_subscribe(fake, None, 7, [], None)  # the SUBACK of that subscription
+    assert fake.calls[-1] == ("publish", "spBv1.0/STATE/ems-host", b'{"online":true,"timestamp":1000}', 1, True)
+    msg = type("M", (), {"topic": "spBv1.0/STATE/ems-host", "payload": state.will()[1], "mid": 1, "qos": 1,
+                         "retain": True})()
+    s._on_message(fake, None, msg)  # our will (an old one, or a stale retained copy): online again
+    assert fake.calls[-1][:2] == ("publish", "spBv1.0/STATE/ems-host") and b'"online":true' in fake.calls[-1][2]
+    s._on_disconnect(fake, None, None, 1, None)  # the next CONNECT's will, and birth, carry a later time
+    assert fake.calls[-1][0] == "will" and json_ts(fake.calls[-1][2]) >= 1000 and state.birth() != b""
+    assert json_ts(state.birth()) == json_ts(fake.calls[-1][2])
+
+
+def json_ts(payload: bytes) -> int:
+    import json
+
+    return int(json.loads(payload)["timestamp"])
+
+
+def test_an_edge_node_counts_only_its_hosts_newer_state():
+    w = sp.HostWatch("ems-host")
+    t = "spBv1.0/STATE/ems-host"
+    assert w.see("spBv1.0/STATE/other", sp.state_payload(True, 5)) is None  # another host
+    assert w.see(t, sp.state_payload(True, 5)) is True
+    assert w.see(t, sp.state_payload(False, 4)) is None  # older: delivered late
+    assert w.see(t, sp.state_payload(True, 5)) is None  # the same again (a retained copy)
+    assert w.see(t, sp.state_payload(False, 5)) is False  # its will: same timestamp as its birth
+    with pytest.raises(PayloadError, match="online"):
+        w.see(t, b'{"online": "yes", "timestamp": 6}')
+    with pytest.raises(PayloadError, match="host id"):
+        sp.HostWatch("plant/1")

@@ -18,10 +18,15 @@ or is not finite is dead-lettered with its reason (JSONL file and
 ``ems/v1/_deadletter/{reason}``), as the ingestor would. A lost connection is tried again
 after 0.5 s, then twice as long each time up to ``max_backoff_s``.
 
-Publishing follows ``ems stream``: one MQTT connection per site whose last will marks the
-site ``offline``, retained registrations and metadata before data, QoS 1 with a bounded
-window, a ledger of what the broker acknowledged (``ems reconcile`` reads it) and the
-sequence numbers continuing from it after a restart.
+Publishing is ``ems stream``'s (:class:`~ems.telemetry.publisher.SiteConnection`): one MQTT
+connection per site whose last will marks the site ``offline``, retained registrations and
+metadata before data, QoS 1 with a bounded window, a ledger of what the broker acknowledged
+(``ems reconcile`` reads it) and the sequence numbers continuing from it after a restart.
+Backfill too: every published message is kept in a bounded, durable
+:class:`~ems.telemetry.history.History`; the gateway publishes each site's high-water mark
+(``_hwm``) every second and after a reconnect, and answers backfill requests (``_backfill``)
+from the history, by the same rule as ``ems stream``
+(:func:`ems.telemetry.backfill.answerable`).
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import collections
 import json
 import logging
 import math
-import queue
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +47,14 @@ import numpy as np
 from ems.errors import MissingExtraError, PayloadError
 from ems.modbus.config import GatewaySpec, device_quantities, meter_info, site_info
 from ems.modbus.registers import Model, Span, decode_span, plan_reads
+from ems.modbus.schedule import PollClock
 from ems.readings import MeterInfo
-from ems.telemetry import codec, topics
-from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
+from ems.telemetry import backfill, codec, topics
+from ems.telemetry.connection import BrokerConfig
+from ems.telemetry.deadletter import DeadLetter, DeadLetters
+from ems.telemetry.history import History
 from ems.telemetry.ledger import Ledger
+from ems.telemetry.publisher import PublishOptions, SiteConnection
 
 __all__ = ["DeviceOffline", "Gateway", "GatewayOptions", "check_reading"]
 
@@ -82,11 +91,21 @@ class GatewayOptions:
         What the broker acknowledged, per meter (``ems reconcile --ledger``); sequence
         numbers continue from it.
     deadletter : path, optional
-        JSONL file of dead-lettered readings.
+        JSONL file of dead-lettered readings (appended and fsynced:
+        :class:`~ems.telemetry.deadletter.DeadLetters`); None: only republished.
     client_id_prefix : str
         MQTT client ids are ``{prefix}-{site}``.
     min_backoff_s, max_backoff_s : float [s]
         Reconnection delays: the first, and the longest after doubling.
+    history : path, optional
+        Directory of the history of published messages (:class:`~ems.telemetry.history.History`)
+        that backfill requests are answered from; None: requests are not answered.
+    history_limit_bytes : int [B]
+        Most disk the history may use (its retention: the oldest messages go first).
+    hwm_every_s : float [s]
+        How often each site's high-water mark is published (and after a reconnect, and at the end).
+    backfill_max : int
+        Most readings answered for one backfill request.
     """
 
     qos: int = 1
@@ -96,6 +115,10 @@ class GatewayOptions:
     client_id_prefix: str = "ems-gw"
     min_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    history: Path | None = None
+    history_limit_bytes: int = 256 << 20
+    hwm_every_s: float = 1.0
+    backfill_max: int = 100_000
 
 
 def check_reading(info: MeterInfo, values: dict[str, float | None], ts_ns: int,
@@ -194,14 +217,16 @@ class _Device:
     polls: int = 0
 
 
-@dataclass
-class _Site:
-    """One site's MQTT connection, its window of unacknowledged messages and the ledger."""
+class _Republish:
+    """Dead letters republished through a site's connection (:class:`~ems.telemetry.deadletter.Publishes`)."""
 
-    name: str
-    client: Any
-    acks: queue.SimpleQueue[int] = field(default_factory=queue.SimpleQueue)
-    pending: dict[int, tuple[str, list[Any], int]] = field(default_factory=dict)
+    def __init__(self, conn: SiteConnection) -> None:
+        self.conn = conn
+
+    def publish(self, topic: str, payload: bytes, on_done: Callable[[bool], None] | None = None, qos: int = 1) -> None:
+        self.conn.publish(topic, payload)
+        if on_done is not None:  # the gateway acknowledges nothing: the file is what is durable
+            on_done(True)
 
 
 class Gateway:
@@ -225,7 +250,11 @@ class Gateway:
         self.ledger = Ledger(self.opts.ledger)
         self.endpoints: dict[tuple[str, int], _Endpoint] = {}
         self.devices = [self._device(d, models[d.model]) for d in spec.devices]
-        self.sites: dict[str, _Site] = {}
+        self.sites: dict[str, SiteConnection] = {}
+        self.deadletters: dict[str, DeadLetters] = {}
+        o = self.opts
+        self.history = History(o.history, o.history_limit_bytes) if o.history is not None else None
+        self.backfill_requests = 0
         self.counters: collections.Counter[str] = collections.Counter()
         self.latencies: collections.deque[float] = collections.deque(maxlen=100_000)
         self._stop = asyncio.Event()
@@ -246,14 +275,13 @@ class Gateway:
     # ------------------------------------------------------------------ MQTT
 
     def _connect_sites(self) -> None:
+        o = self.opts
+        conn_opts = PublishOptions(qos=o.qos, window=o.window, client_id_prefix=o.client_id_prefix)
         for name in sorted({d.info.site for d in self.devices}):
-            client = make_client(self.cfg, f"{self.opts.client_id_prefix}-{name}"[:64],
-                                 will=(topics.status_topic(name), b"offline"))
-            client.max_inflight_messages_set(max(self.opts.window, 20))
-            site = _Site(name, client)
-            client.on_publish = lambda c, u, mid, rc, props, s=site: s.acks.put(mid)
-            connect_and_wait(client, self.cfg)
-            self.sites[name] = site
+            conn = SiteConnection(name, self.cfg, conn_opts, self.ledger)
+            conn.connect()
+            self.sites[name] = conn
+            self.deadletters[name] = DeadLetters(o.deadletter, _Republish(conn))
         for s in self.spec.sites:
             if s.site in self.sites:
                 self._publish(s.site, topics.site_topic(s.site), codec.encode_site(site_info(s)), retain=True)
@@ -264,39 +292,60 @@ class Gateway:
 
     def _publish(self, site: str, topic: str, payload: bytes, *, retain: bool = False,
                  meter: str = "", seq: int = 0, ts_ns: int = 0) -> None:
-        s = self.sites[site]
-        info = s.client.publish(topic, payload, qos=self.opts.qos, retain=retain)
-        token = self.ledger.sent(site, meter, seq) if meter else []
-        if self.opts.qos == 0:
-            if meter:
-                self.ledger.acked(site, meter, token, 1, ts_ns, ts_ns)
-            return
-        s.pending[info.mid] = (meter, token, ts_ns)
+        self.sites[site].publish(topic, payload, retain=retain, meter=meter, last_seq=seq, n=1 if meter else 0,
+                                 t0=ts_ns, t1=ts_ns)
 
     def _drain(self) -> int:
         """Record the acknowledgements received; return the messages still unacknowledged."""
         waiting = 0
-        for s in self.sites.values():
-            while True:
-                try:
-                    mid = s.acks.get_nowait()
-                except queue.Empty:
-                    break
-                entry = s.pending.pop(mid, None)
-                if entry is not None and entry[0]:
-                    meter, token, ts = entry
-                    self.ledger.acked(s.name, meter, token, 1, ts, ts)
-                    self.counters["acknowledged"] += 1
-            waiting += len(s.pending)
+        for conn in self.sites.values():
+            conn.drain()
+            waiting += len(conn.pending)
         return waiting
 
     async def _room(self, site: str) -> None:
         """Wait while the site's window is full (backpressure on its polls)."""
+        conn = self.sites[site]
         while True:
-            self._drain()
-            if len(self.sites[site].pending) < self.opts.window or self._stop.is_set():
+            conn.drain()
+            if len(conn.pending) < self.opts.window or self._stop.is_set():
                 return
             await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ backfill
+
+    async def _housekeeping(self, marks_due: bool) -> None:
+        """Answer the backfill requests received; publish the high-water marks when due or after a reconnect."""
+        for name, conn in self.sites.items():
+            while not conn.requests.empty():
+                await self._answer(conn, conn.requests.get_nowait())
+            if marks_due or conn.reconnected.is_set():
+                conn.reconnected.clear()
+                conn.publish_hwm(d.info.meter for d in self.devices if d.info.site == name)
+
+    async def _answer(self, conn: SiteConnection, raw: bytes) -> None:
+        """Publish again, from the history, what one backfill request asks for (up to what was acknowledged)."""
+        self.backfill_requests += 1
+        meters = {d.info.meter for d in self.devices if d.info.site == conn.site}
+
+        def acked(meter: str) -> int | None:
+            return self.ledger.last_seq(conn.site, meter) if meter in meters else None
+
+        req = backfill.answerable(conn.site, raw, acked, self.opts.backfill_max)
+        if req is None:
+            return
+        if self.history is None:
+            log.warning("site %s: backfill of %s seq %d..%d asked for, but the gateway keeps no history (--history)",
+                        conn.site, req.meter, req.from_seq, req.to_seq)
+            return
+        n = 0
+        for payload in self.history.payloads(conn.site, req.meter, req.from_seq, req.to_seq):
+            await self._room(conn.site)
+            conn.publish(topics.data_topic(conn.site, req.meter), payload, backfill=1)
+            n += 1
+        first = self.history.first_seq(conn.site, req.meter)
+        log.info("site %s: backfill of %s seq %d..%d: published %d readings again%s", conn.site, req.meter,
+                 req.from_seq, req.to_seq, n, "" if n == req.count else f" (the history holds seq {first} on)")
 
     # ------------------------------------------------------------------ polling
 
@@ -318,6 +367,7 @@ class Gateway:
                       codec.meter_status(site, meter, status, reason, time.time_ns()), retain=True)
 
     def _deadletter(self, dev: _Device, exc: PayloadError, ts_ns: int, values: dict[str, float | None]) -> None:
+        """Dead-letter one polled reading (the ingestor's durable writer: appended, fsynced, republished)."""
         self.counters["deadlettered"] += 1
         topic = topics.data_topic(dev.info.site, dev.info.meter)
         row = {"seq": dev.seq + 1, "ts": codec.format_ts(ts_ns),
@@ -326,45 +376,68 @@ class Gateway:
                               "interval_s": dev.info.interval_s, "readings": [row]}).encode()  # NaN kept, as read
         record = codec.deadletter_record(exc.reason, str(exc), topic, payload, time.time())
         log.warning("dead-lettered a reading of %s/%s: %s", dev.info.site, dev.info.meter, exc)
-        line = json.dumps(record)
-        if self.opts.deadletter is not None:
-            with open(self.opts.deadletter, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-        self._publish(dev.info.site, topics.deadletter_topic(exc.reason), line.encode())
+        try:
+            self.deadletters[dev.info.site].write([DeadLetter.of_record(record)])
+        except OSError as err:
+            self.counters["deadletter_errors"] += 1
+            log.error("could not write the dead letter of %s/%s to %s: %s", dev.info.site, dev.info.meter,
+                      self.opts.deadletter, err)
 
-    def _reading(self, dev: _Device, values: dict[str, float | None], due_ns: int) -> None:
-        """Turn one poll into a reading: publish it, or dead-letter it, or nothing (same interval)."""
+    def _reading(self, dev: _Device, values: dict[str, float | None], due_ns: int) -> tuple[str, int]:
+        """Turn one poll into a reading: publish it, or dead-letter it, or nothing (same interval).
+
+        Returns ``("new", intervals advanced)`` or ``("old", 0)`` for the poll schedule.
+        """
         clock = values.pop("ts", None)
         interval = values.pop("interval_s", None)
         if dev.model.has_clock:
             if not clock:  # the meter has no interval yet
-                return
+                return "old", 0
             ts_ns = int(clock) * 1_000_000_000
         else:
             ts_ns = due_ns
         if dev.last is not None and ts_ns <= dev.last.ts_ns:
-            return  # still the interval already published
+            return "old", 0  # still the interval already published
+        step = dev.info.interval_s * 1_000_000_000
+        advanced = 1 if dev.last is None else max(round((ts_ns - dev.last.ts_ns) / step), 1)
         try:
             checked = check_reading(dev.info, values, ts_ns, dev.last, interval)
         except PayloadError as exc:
             self._deadletter(dev, exc, ts_ns, values)
             dev.last = codec.Reading(dev.seq, ts_ns, dev.last.values if dev.last else {})  # not this interval again
-            return
+            return "new", advanced
         dev.seq += 1
         dev.last = codec.Reading(dev.seq, ts_ns, checked)
         payload = codec.encode_data(dev.info.site, dev.info.meter, dev.info.interval_s, [(dev.seq, ts_ns, checked)])
+        self._keep(dev, payload)
         self._publish(dev.info.site, topics.data_topic(dev.info.site, dev.info.meter), payload,
                       meter=dev.info.meter, seq=dev.seq, ts_ns=ts_ns)
         self.counters["readings"] += 1
+        self.counters["intervals_skipped"] += advanced - 1
+        return "new", advanced
+
+    def _keep(self, dev: _Device, payload: bytes) -> None:
+        """Add a reading's message to the history (before it is published: the ledger never runs ahead of it)."""
+        if self.history is None:
+            return
+        try:
+            self.history.append(dev.info.site, dev.info.meter, dev.seq, payload)
+        except OSError as exc:
+            self.counters["history_errors"] += 1
+            log.error("could not keep %s/%s seq %d in the history %s (%s): a backfill request for it cannot be "
+                      "answered", dev.info.site, dev.info.meter, dev.seq, self.history.path, exc)
 
     async def _run_device(self, dev: _Device) -> None:
-        period = dev.poll_s
-        due = math.floor(time.time() / period) * period + period  # aligned: interval ends for a meter without clock
+        """Poll one device on its schedule (:class:`~ems.modbus.schedule.PollClock`) until stopped."""
+        clock = PollClock.start(dev.poll_s, dev.model.has_clock, time.time())
         while not self._stop.is_set():
-            if await self._stopped_within(due - time.time()):
+            if await self._stopped_within(clock.due - time.time()):
                 return
+            due = clock.due
             dev.polls += 1
             self.counters["polls"] += 1
+            self.counters["retries"] += clock.retries > 0
+            outcome, advanced = "failed", 0
             try:
                 values = await self._poll(dev)
             except DeviceOffline as exc:
@@ -374,10 +447,8 @@ class Gateway:
                 self.latencies.append(time.time() - due)
                 self._set_status(dev, "online")
                 await self._room(dev.info.site)
-                self._reading(dev, values, round(due * 1e9))
-            due += period
-            if due < time.time():  # fell behind: skip the missed polls, keep the alignment
-                due += math.ceil((time.time() - due) / period) * period
+                outcome, advanced = self._reading(dev, values, round(clock.stamp() * 1e9))
+            clock.next(time.time(), outcome, advanced)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -404,10 +475,26 @@ class Gateway:
         return self.stats()
 
     async def _save_loop(self) -> None:
+        """Every second: acknowledgements, the history then the ledger to disk, backfill and marks."""
+        last_marks = 0.0
         while not self._stop.is_set():
             self._drain()
-            self.ledger.save()
-            await self._stopped_within(1.0)
+            self._save()
+            now = time.monotonic()
+            due = now - last_marks >= self.opts.hwm_every_s
+            last_marks = now if due else last_marks
+            await self._housekeeping(due)
+            await self._stopped_within(min(1.0, self.opts.hwm_every_s))
+
+    def _save(self) -> None:
+        """The history first (what the ledger counts is on disk), then the ledger."""
+        if self.history is not None:
+            try:
+                self.history.sync()
+            except OSError as exc:
+                self.counters["history_errors"] += 1
+                log.error("could not sync the history %s: %s", self.history.path, exc)
+        self.ledger.save()
 
     async def _stopped_within(self, delay_s: float | None) -> bool:
         """Wait up to ``delay_s`` [s] (None: forever) for :meth:`stop`; return whether it came."""
@@ -425,11 +512,13 @@ class Gateway:
             time.sleep(0.05)
         for ep in self.endpoints.values():
             ep.close()
-        for name, s in self.sites.items():
-            s.client.publish(topics.status_topic(name), b"offline", qos=1, retain=True).wait_for_publish(5)
-            s.client.disconnect()
-            s.client.loop_stop()
-        self.ledger.save()
+        for name, conn in self.sites.items():
+            conn.publish_hwm(d.info.meter for d in self.devices if d.info.site == name)  # the final marks
+            conn.finish(5.0)
+            conn.close()
+        self._save()
+        if self.history is not None:
+            self.history.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters, devices offline, and the poll latency percentiles [s] (due time to values read)."""
@@ -438,8 +527,11 @@ class Gateway:
         c = self.counters
         return {
             "devices": len(self.devices), "offline": sum(d.status == "offline" for d in self.devices),
-            "polls": c["polls"], "readings": c["readings"], "acknowledged": c["acknowledged"],
-            "deadlettered": c["deadlettered"],
+            "polls": c["polls"], "readings": c["readings"],
+            "acknowledged": sum(conn.readings for conn in self.sites.values()),
+            "deadlettered": c["deadlettered"], "backfill_requests": self.backfill_requests,
+            "retries": c["retries"], "intervals_skipped": c["intervals_skipped"],
+            "backfilled": sum(conn.backfilled for conn in self.sites.values()),
             "poll_errors": {k[5:]: v for k, v in sorted(c.items()) if k.startswith("poll_")},
             "reconnects": sum(max(ep.connects - 1, 0) for ep in self.endpoints.values()),
             "poll_latency_p50_s": round(float(p50), 4), "poll_latency_p99_s": round(float(p99), 4),

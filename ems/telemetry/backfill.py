@@ -23,7 +23,8 @@ This module holds the pure parts: the codecs, :func:`ranges`, the ingestor's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,12 +49,15 @@ __all__ = [
     "GapPlanner",
     "HighWaterMark",
     "answer_slices",
+    "answerable",
     "decode_hwm",
     "decode_request",
     "encode_hwm",
     "encode_request",
     "ranges",
 ]
+
+log = logging.getLogger(__name__)
 
 MAX_HWM_METERS = 10_000
 """Most meters in one high-water mark message."""
@@ -168,6 +172,38 @@ def answer_slices(seq: np.ndarray, from_seq: int, to_seq: int, batch: int) -> li
     j = int(np.searchsorted(seq, to_seq, side="right"))
     b = max(int(batch), 1)
     return [(k, min(k + b, j)) for k in range(i, j, b)]
+
+
+def answerable(site: str, raw: bytes, acked: Callable[[str], int | None], limit: int) -> BackfillRequest | None:
+    """A backfill request a publisher received, cut to what it may answer; None when nothing (logged).
+
+    The one rule of every publisher (``ems stream``, ``ems gateway``): answer only up to
+    what the broker acknowledged (later readings are still to come in the stream) and at
+    most ``limit`` readings a request.
+
+    Parameters
+    ----------
+    site : str
+        The site whose ``_backfill`` topic it came on.
+    raw : bytes
+        The request.
+    acked : callable
+        ``acked(meter)``: the meter's ledger ``last_seq`` (every reading up to it was
+        acknowledged), or None for a meter this publisher does not have.
+    limit : int
+        Most readings answered for one request.
+    """
+    try:
+        req = decode_request(site, raw)
+    except PayloadError as exc:
+        log.warning("site %s: ignored a backfill request: %s", site, exc)
+        return None
+    last = acked(req.meter)
+    if last is None:
+        log.warning("site %s: backfill request for unknown meter %r ignored", site, req.meter)
+        return None
+    top = min(req.to_seq, last, req.from_seq + limit - 1)
+    return BackfillRequest(site, req.meter, req.from_seq, top) if top >= req.from_seq else None
 
 
 @dataclass

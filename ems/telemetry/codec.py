@@ -65,10 +65,12 @@ __all__ = [
     "encode_site",
     "format_ts",
     "load_object",
+    "meter_from_fields",
     "meter_status",
     "parse_data",
     "parse_ts",
     "register_rates",
+    "site_from_fields",
 ]
 
 MAX_PAYLOAD_BYTES = 1 << 20
@@ -684,21 +686,61 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
     ------
     PayloadError
         ``unknown_quantity`` for a name not in QUANTITIES or a unit that differs
-        from its table; ``wrong_type``, ``missing_field`` etc. otherwise.
+        from its table; ``wrong_type``, ``missing_field``, ``out_of_range`` etc. otherwise.
     """
     where = f"ems/v1/{site}/{meter}/meta"
     obj = load_object(payload, max_depth=MAX_DEPTH_META)
     _version(obj, where)
     _same(obj, "site", site, where)
     _same(obj, "meter", meter, where)
+    return meter_from_fields(site, meter, obj, where)
+
+
+def meter_from_fields(site: str, meter: str, obj: Mapping[str, Any], where: str) -> MeterInfo:
+    """A meter's metadata from its fields, checked and bounded: the one check of every encoding's metadata.
+
+    ``obj`` holds ``kind``, ``carrier``, ``quantities``, ``interval_s`` and optionally
+    ``units`` (quantity to unit) and ``attrs`` (an object, nested at most
+    :data:`MAX_DEPTH_META` levels). JSON metadata messages and Sparkplug DBIRTHs both
+    come through here.
+
+    Raises
+    ------
+    PayloadError
+        ``missing_field``, ``wrong_type``, ``unknown_quantity``, ``oversized``,
+        ``out_of_range`` (an interval beyond 1 s to 31 days), ``too_deep`` or ``unknown_gas``.
+    """
     kind = _field(obj, "kind", str, where)
     if kind not in set(MeterKind):
-        raise PayloadError("wrong_type", f"{where}.kind: expected one of {sorted(MeterKind)}, found {kind!r}")
+        raise PayloadError("wrong_type", f"{where}.kind: expected one of {sorted(MeterKind)}, found {_short(kind)}")
     carrier = _field(obj, "carrier", str, where)
     if carrier not in set(Carrier):
         raise PayloadError(
-            "wrong_type", f"{where}.carrier: expected one of {sorted(Carrier)}, found {carrier!r}"
+            "wrong_type", f"{where}.carrier: expected one of {sorted(Carrier)}, found {_short(carrier)}"
         )
+    qs = _quantities(obj, where)
+    interval = _field(obj, "interval_s", int, where)
+    if interval <= 0:
+        raise PayloadError("wrong_type", f"{where}.interval_s: expected a positive integer, found {_short(interval)}")
+    if interval > MAX_INTERVAL_S:
+        raise PayloadError("out_of_range", f"{where}.interval_s: expected at most {MAX_INTERVAL_S} s, found {_short(interval)}")
+    attrs = _attrs(obj, where)
+    check_line_gases(kind, attrs, where)
+    return MeterInfo(site, meter, kind, carrier, qs, interval, attrs)
+
+
+def _attrs(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``attrs`` of a registration: an object nested at most :data:`MAX_DEPTH_META` levels ({} if absent)."""
+    attrs = obj.get("attrs") or {}
+    if not isinstance(attrs, dict):
+        raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {_short(attrs)}")
+    if not _depth_ok(attrs, MAX_DEPTH_META - 1):
+        raise PayloadError("too_deep", f"{where}.attrs: expected nesting of at most {MAX_DEPTH_META} levels")
+    return attrs
+
+
+def _quantities(obj: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """The ``quantities`` of metadata, each a contract quantity whose ``units`` entry (if any) is its unit."""
     qs = _field(obj, "quantities", list, where)
     if not qs:
         raise PayloadError("missing_field", f"{where}.quantities: expected at least one")
@@ -706,7 +748,7 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
         raise PayloadError("oversized", f"{where}.quantities: expected at most {len(QUANTITIES)}, found {len(qs)}")
     units = obj.get("units") or {}
     if not isinstance(units, dict):
-        raise PayloadError("wrong_type", f"{where}.units: expected an object, found {units!r}")
+        raise PayloadError("wrong_type", f"{where}.units: expected an object, found {_short(units)}")
     for q in qs:
         if not isinstance(q, str) or q not in QUANTITIES:
             raise PayloadError(
@@ -718,16 +760,7 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
                 "unknown_quantity",
                 f"{where}.units.{q}: expected {QUANTITIES[q].unit!r}, found {_short(units[q])}",
             )
-    interval = _field(obj, "interval_s", int, where)
-    if interval <= 0:
-        raise PayloadError("wrong_type", f"{where}.interval_s: expected a positive integer, found {_short(interval)}")
-    if interval > MAX_INTERVAL_S:
-        raise PayloadError("out_of_range", f"{where}.interval_s: expected at most {MAX_INTERVAL_S} s, found {_short(interval)}")
-    attrs = obj.get("attrs") or {}
-    if not isinstance(attrs, dict):
-        raise PayloadError("wrong_type", f"{where}.attrs: expected an object, found {attrs!r}")
-    check_line_gases(kind, attrs, where)
-    return MeterInfo(site, meter, kind, carrier, tuple(qs), interval, attrs)
+    return tuple(qs)
 
 
 def check_line_gases(kind: str, attrs: Mapping[str, Any], where: str) -> None:
@@ -765,6 +798,22 @@ def decode_site(site: str, payload: bytes) -> SiteInfo:
     where = f"ems/v1/{site}/_site"
     obj = load_object(payload, max_depth=MAX_DEPTH_META)
     _version(obj, where)
+    return site_from_fields(site, obj, where)
+
+
+def site_from_fields(site: str, obj: Mapping[str, Any], where: str) -> SiteInfo:
+    """A site registration from its fields, checked and bounded: the one check of every encoding's registrations.
+
+    ``site`` must equal the topic's; names are strings, latitude and longitude within
+    ±90°/±180°, ``tz`` a known IANA zone, ``attrs`` an object nested at most
+    :data:`MAX_DEPTH_META` levels. JSON registrations and Sparkplug NBIRTHs
+    (``Properties/site``) both come through here.
+
+    Raises
+    ------
+    PayloadError
+        ``bad_topic``, ``missing_field``, ``wrong_type``, ``out_of_range`` or ``too_deep``.
+    """
     _same(obj, "site", site, where)
     for name in ("name", "group", "company", "park", "tz", "country", "grid_region", "factor_set"):
         _field(obj, name, str, where)
@@ -777,10 +826,12 @@ def decode_site(site: str, payload: bytes) -> SiteInfo:
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
         raise PayloadError("wrong_type", f"{where}.tz: expected an IANA time zone like Asia/Shanghai, "
                                          f"found {_short(obj['tz'])}") from None
+    if not isinstance(obj.get("province") or "", str):
+        raise PayloadError("wrong_type", f"{where}.province: expected a string, found {_short(obj['province'])}")
     try:
-        return SiteInfo.from_dict(obj)
-    except (KeyError, TypeError) as exc:  # pragma: no cover - fields checked above
-        raise PayloadError("missing_field", f"{where}: {exc}") from None
+        return SiteInfo.from_dict({**obj, "attrs": _attrs(obj, where)})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PayloadError("wrong_type", f"{where}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- events

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,19 @@ def _encoding_options(f: Any) -> Any:
         help="json: the ems/v1 contract; sparkplug: Sparkplug B (sites are edge nodes, meters devices; ems[plant]).",
     )(f)
     return f
+
+
+def _check_host_id(host_id: str, encoding: str, option: str) -> None:
+    """A Sparkplug host id option: only with ``--encoding sparkplug``, and a valid id."""
+    from ems.errors import PayloadError
+    from ems.telemetry.sparkplug import check_host_id
+
+    if encoding != "sparkplug":
+        raise click.UsageError(f"{option} needs --encoding sparkplug")
+    try:
+        check_host_id(host_id)
+    except PayloadError as exc:
+        raise click.UsageError(f"{option}: {str(exc).split(': ', 1)[-1]}") from None
 
 
 def _config(url: str, kw: dict[str, Any]) -> Any:
@@ -82,11 +96,13 @@ def _url_config(url: str, kw: dict[str, Any]) -> Any:
 @click.option("--client-id-prefix", default="ems-pub", show_default=True)
 @click.option("--linger", "linger_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="[s] after the stream, answer ingestors' backfill requests until none came for this long; 0: exit.")
+@click.option("--sparkplug-primary-host", default=None,
+              help="Sparkplug: births wait for this host application's STATE online; its offline ends the session.")
 @_encoding_options
 @_broker_options
 def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None, fast: bool, batch: int,
            window: int, ledger: Path | None, client_id_prefix: str, linger_s: float, encoding: str,
-           sparkplug_group: str, **kw: Any) -> None:
+           sparkplug_group: str, sparkplug_primary_host: str | None, **kw: Any) -> None:
     """Publish SCENARIO's readings (a scenario file, or a readings folder) over MQTT."""
     from ems.formatting import plural
     from ems.telemetry.broker import EmbeddedBroker
@@ -96,12 +112,15 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
         raise click.UsageError("give --speed or --as-fast-as-possible, not both")
     if speed is not None and speed <= 0:
         raise click.UsageError(f"--speed must be > 0, found {speed}")
+    if sparkplug_primary_host is not None:
+        _check_host_id(sparkplug_primary_host, encoding, "--sparkplug-primary-host")
     import ems
 
     rs = ems.open_readings(scenario)
     opts = PublishOptions(qos=int(qos), speed=speed, batch=batch, window=window, ledger=ledger,
                           client_id_prefix=client_id_prefix, linger_s=linger_s if encoding == "json" else 0.0,
-                          encoding=encoding, sparkplug_group=sparkplug_group)
+                          encoding=encoding, sparkplug_group=sparkplug_group,
+                          sparkplug_primary_host=sparkplug_primary_host)
     with contextlib.ExitStack() as stack:
         if broker_url is None:
             b = stack.enter_context(EmbeddedBroker())
@@ -150,13 +169,15 @@ def stream(scenario: str, broker_url: str | None, qos: str, speed: float | None,
               help="Disk spool: batches the store cannot take are kept here (fsynced, acknowledged) and replayed.")
 @click.option("--spool-limit-mb", type=float, default=1024.0, show_default=True,
               help="[MiB] most disk the spool may use; full: nothing more is acknowledged.")
+@click.option("--sparkplug-host-id", default=None,
+              help="Sparkplug: the host id whose STATE this ingestor publishes (default: the client id).")
 @_encoding_options
 @_broker_options
 def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, deadletter: Path,
            stats_every: float | None, as_json: bool, metrics_port: int | None, batch_readings: int,
            batch_seconds: float, session_expiry: int, max_future: float, unknown_grace: float, duration: float | None,
-           meta_dir: Path | None, spool_dir: Path | None, spool_limit_mb: float, encoding: str, sparkplug_group: str,
-           **kw: Any) -> None:
+           meta_dir: Path | None, spool_dir: Path | None, spool_limit_mb: float, sparkplug_host_id: str | None,
+           encoding: str, sparkplug_group: str, **kw: Any) -> None:
     """Subscribe to ems/v1, check every message and write readings to a store."""
     import json
 
@@ -164,6 +185,8 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
     from ems.store import open_store
     from ems.telemetry.ingestor import IngestOptions, Ingestor
 
+    if sparkplug_host_id is not None:
+        _check_host_id(sparkplug_host_id, encoding, "--sparkplug-host-id")
     cfg = _config(broker_url, kw)
     if group and not cfg.v5:
         log.warning("shared subscriptions are an MQTT 5 feature; the broker may not support them over 3.1.1")
@@ -185,7 +208,7 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
                          unknown_grace_s=unknown_grace,
                          meters=meters, sites=sites, spool=spool_dir,
                          spool_limit_bytes=int(spool_limit_mb * (1 << 20)), encoding=encoding,
-                         sparkplug_group=sparkplug_group)
+                         sparkplug_group=sparkplug_group, sparkplug_host_id=sparkplug_host_id)
     ing = Ingestor(cfg, store, opts)
     stop = threading.Event()
 
@@ -228,8 +251,42 @@ def _print_stats_until(stop: threading.Event, ing: Any, duration: float | None, 
             next_stats += every
 
 
+def rate_of(now: dict[str, Any], prev: dict[str, Any] | None, key: str, dt_s: float) -> float:
+    """Rate of a counter over the last ``dt_s`` [s] (since ``prev``; the whole run without it) [1/s]."""
+    got = now[key] - (prev[key] if prev else 0)
+    return float(got / dt_s) if dt_s > 0 else 0.0
+
+
+def counters_line(rate: float, done: tuple[int, str], deadlettered: int, latency: tuple[str, float, str, float] | None,
+                  before: Sequence[str] = (), after: Sequence[str] = (), *, dead_unit: str = "message") -> str:
+    """One line of a running command's counters for people (``ems ingest --stats``, ``ems gateway --stats``).
+
+    Parameters
+    ----------
+    rate : float [readings/s]
+    done : (int, str)
+        Readings that reached their end and the word for it (``stored``, ``acknowledged``).
+    deadlettered : int
+        Dead letters (each one ``dead_unit``).
+    latency : (str, float, str, float), optional
+        What is timed and two percentiles: ``("receipt to write", p50, "p95", p95)`` [s].
+    before, after : sequence of str
+        Further parts, already worded, before and after the latency (empty ones left out).
+    """
+    from ems.formatting import number, plural
+
+    parts = [f"{number(rate, 0)} readings/s", f"{plural(done[0], 'reading')} {done[1]}",
+             f"{plural(deadlettered, dead_unit)} dead-lettered"]
+    parts += [e for e in before if e]
+    if latency is not None:
+        what, p50, hi_name, hi = latency
+        parts.append(f"{what} p50 {number(p50, 2)} s, {hi_name} {number(hi, 2)} s")
+    parts += [e for e in after if e]
+    return "; ".join(parts)
+
+
 def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) -> str:
-    """The ingestor's counters as one line for people.
+    """The ingestor's counters as one line for people (:func:`counters_line`).
 
     Rate over the last ``dt_s`` [s] (since ``prev``; the whole run without it), readings
     stored and dead-lettered, and receipt-to-write latency (p50/p95: from a message's
@@ -238,22 +295,12 @@ def stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: float) ->
     """
     from ems.formatting import number, plural
 
-    got = now["readings_received"] - (prev["readings_received"] if prev else 0)
-    rate = got / dt_s if dt_s > 0 else 0.0
-    parts = [
-        f"{number(rate, 0)} readings/s",
-        f"{plural(int(now['written']), 'reading')} stored",
-        f"{plural(int(now['rejected']), 'message')} dead-lettered",
-    ]
-    if now.get("duplicates"):
-        parts.append(f"{plural(int(now['duplicates']), 'duplicate')}")
-    if now.get("spooled"):
-        parts.append(f"{number(now['spooled'], 0)} spooled")
+    before = [plural(int(now["duplicates"]), "duplicate") if now.get("duplicates") else "",
+              f"{number(now['spooled'], 0)} spooled" if now.get("spooled") else ""]
     p50, p95 = now.get("write_latency_p50_s"), now.get("write_latency_p95_s")
-    if p50 is not None and p95 is not None and now["written"]:
-        parts.append(f"receipt to write p50 {number(p50, 2)} s, p95 {number(p95, 2)} s")
-    parts.append(f"queue {number(now.get('queue_depth', 0), 0)}")
-    return "; ".join(parts)
+    latency = ("receipt to write", p50, "p95", p95) if p50 is not None and p95 is not None and now["written"] else None
+    return counters_line(rate_of(now, prev, "readings_received", dt_s), (int(now["written"]), "stored"),
+                         int(now["rejected"]), latency, before, [f"queue {number(now.get('queue_depth', 0), 0)}"])
 
 
 @click.command()

@@ -24,14 +24,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ems.telemetry import codec, topics
-from ems.telemetry.session import Ack, Message, MqttSession
+from ems.telemetry.session import Ack, Message
 
-__all__ = ["DEFAULT_KEEP_BYTES", "DeadLetter", "DeadLetters", "record"]
+__all__ = ["DEFAULT_KEEP_BYTES", "DeadLetter", "DeadLetters", "Publishes", "record"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,16 @@ def record(msg: Message, reason: str, text: str, keep_bytes: int = DEFAULT_KEEP_
     """The dead-letter record of ``msg`` rejected with ``reason`` (:func:`ems.telemetry.codec.deadletter_record`)."""
     return codec.deadletter_record(reason, text, msg.topic, msg.payload, msg.received, size=msg.size,
                                    sha256=msg.sha256, keep_bytes=keep_bytes)
+
+
+class Publishes(Protocol):
+    """What dead letters are republished through: the ingestor's :class:`~ems.telemetry.session.MqttSession`,
+    or a gateway's site connection. ``on_done(accepted)`` is called once the broker answered."""
+
+    def publish(self, topic: str, payload: bytes, on_done: Callable[[bool], None] | None = None,
+                qos: int = 1) -> None:
+        """Publish ``payload`` on ``topic``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +70,12 @@ class DeadLetter:
         line = json.dumps(record(msg, reason, text, keep_bytes), ensure_ascii=True).encode()
         return cls(Ack.of(msg), reason, line)
 
+    @classmethod
+    def of_record(cls, rec: dict[str, Any]) -> DeadLetter:
+        """A dead letter of a record made elsewhere (:func:`ems.telemetry.codec.deadletter_record`; a gateway's
+        reading that was never received as a message, so nothing is acknowledged)."""
+        return cls(Ack(0, 0, 0.0), str(rec["reason"]), json.dumps(rec, ensure_ascii=True).encode())
+
 
 class DeadLetters:
     """Durable dead letters: a JSONL file (optional) and the broker's dead-letter topic.
@@ -67,10 +84,11 @@ class DeadLetters:
     ----------
     path : path, optional
         JSONL file; None: durable only once the broker acknowledged the republication.
-    session : MqttSession
+    session : Publishes
+        Where dead letters are republished (``ems/v1/_deadletter/{reason}``).
     """
 
-    def __init__(self, path: Path | None, session: MqttSession) -> None:
+    def __init__(self, path: Path | None, session: Publishes) -> None:
         self.path = path
         self.session = session
         if path is not None:

@@ -247,14 +247,18 @@ class SparkplugDecoder:
         return []
 
     def route(self, topic: str) -> Route:
-        """The edge node (site) and device (meter) of a Sparkplug topic."""
+        """The edge node (site) and device (meter) of a Sparkplug topic; ``state`` for a host's STATE."""
         from ems.telemetry import sparkplug
 
+        if topic.startswith(f"{sparkplug.NAMESPACE}/STATE/"):
+            return Route("state", topic=topic)  # a host application's (ours: the session answers it)
         t = sparkplug.parse_topic(topic)
         return Route("sparkplug", t.edge, t.device, topic)
 
     def decode(self, route: Route, payload: bytes, *, now_ns: int, max_future_s: float) -> Decoded:
         """Apply one message to the host session; its outcome as the contract's structures."""
+        if route.kind == "state":
+            return Ignore("state")
         try:
             out = self.host.handle(route.topic, payload, now_ns=now_ns, max_future_s=max_future_s,
                                    previous=self.previous)

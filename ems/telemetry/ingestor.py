@@ -122,6 +122,10 @@ class IngestOptions:
         (:class:`~ems.telemetry.decoding.SparkplugDecoder`; rebirth requests instead of backfill).
     sparkplug_group : str
         The Sparkplug group id to subscribe to.
+    sparkplug_host_id : str, optional
+        With ``sparkplug``: the Sparkplug host id whose ``STATE`` the ingestor publishes as a
+        host application (edge nodes that name it as their primary host wait for it);
+        default the client id.
     decoder : Decoder, optional
         Another encoding on the wire (overrides ``encoding``).
     """
@@ -150,6 +154,7 @@ class IngestOptions:
     backfill: backfill.BackfillPolicy | None = field(default_factory=backfill.BackfillPolicy)
     encoding: str = "json"
     sparkplug_group: str = "ems"
+    sparkplug_host_id: str | None = None
     decoder: decoding.Decoder | None = None
 
 
@@ -193,7 +198,7 @@ class Ingestor:
             cfg, o.client_id, subscriptions=lambda: self.decoder.subscriptions(o.group), inbox=self.inbox,
             session_expiry_s=o.session_expiry_s, receive_maximum=o.receive_maximum,
             max_payload_bytes=self.decoder.max_payload_bytes, keep_bytes=o.deadletter_keep_bytes,
-            counters=self.counters)
+            counters=self.counters, state=self._host_state(o))
         self.client = self.session.client
         self.spool = Spool(o.spool, o.spool_limit_bytes, alarm_fraction=o.spool_alarm_fraction) if o.spool else None
         self.writer = StoreWriter(store, self.spool, self._store_lock, self.counters)
@@ -209,6 +214,15 @@ class Ingestor:
         self._timers = {"plan": 0.0, "parked": 0.0, "refresh": time.monotonic()}
         self._threads: list[threading.Thread] = []
         self._http: GuardedHTTPServer | None = None
+
+    @staticmethod
+    def _host_state(o: IngestOptions) -> Any:
+        """The Sparkplug host application's STATE, for the Sparkplug encoding (None otherwise)."""
+        if o.encoding != "sparkplug" or o.decoder is not None:
+            return None
+        from ems.telemetry.sparkplug import HostState
+
+        return HostState(o.sparkplug_host_id or o.client_id, time.time_ns() // 1_000_000)
 
     def _decoder_for(self, o: IngestOptions) -> decoding.Decoder:
         if o.encoding == "json":

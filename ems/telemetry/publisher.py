@@ -24,10 +24,12 @@ late requests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
 from ems.telemetry.ledger import Ledger
 from ems.telemetry.pacing import run_paced
 
-__all__ = ["MeterSeries", "PublishOptions", "PublishStats", "Publisher", "meter_series"]
+__all__ = ["MeterSeries", "PublishOptions", "PublishStats", "Publisher", "SiteConnection", "meter_series"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,11 @@ class PublishOptions:
         each meter a device, :mod:`ems.telemetry.sparkplug`; no backfill, a rebirth instead).
     sparkplug_group : str
         The Sparkplug group id.
+    sparkplug_primary_host : str, optional
+        Sparkplug: the host id of the primary host application. Each edge node (site) then
+        publishes its births only once that host's ``STATE`` says online, and when it says
+        offline publishes NDEATH, disconnects and starts over (readings wait meanwhile and
+        follow the rebirth). None: publish at once.
     """
 
     qos: int = 1
@@ -172,6 +179,7 @@ class PublishOptions:
     backfill_max: int = 100_000
     encoding: str = "json"
     sparkplug_group: str = "ems"
+    sparkplug_primary_host: str | None = None
 
 
 @dataclass
@@ -192,8 +200,17 @@ class PublishStats:
         return self.readings / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-class _Gateway:
-    """One site's connection: a bounded window of unacknowledged messages."""
+class SiteConnection:
+    """One site's MQTT connection, as a site gateway has it: ``ems stream``'s and ``ems gateway``'s.
+
+    Its last will marks the site ``offline`` (a Sparkplug edge node's: NDEATH); at most
+    ``window`` messages wait for their PUBACK (a full window waits, or, for a caller that
+    must not block, check :attr:`pending` first); every acknowledgement goes into the
+    ledger, a refused one (PUBACK reason code) is logged and not counted; backfill
+    requests for the site (``_backfill``) and Sparkplug commands wait in :attr:`requests`
+    and :attr:`commands`; :attr:`reconnected` is set after a reconnect (the broker may
+    have lost the retained high-water mark).
+    """
 
     def __init__(self, site: str, cfg: BrokerConfig, opts: PublishOptions, ledger: Ledger) -> None:
         self.site = site
@@ -217,18 +234,27 @@ class _Gateway:
         self.bdseq = time.time_ns() // 1_000_000 % 256  # a new session's birth/death sequence number
         self.sp_seq = 0
         self.commands: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        primary = opts.sparkplug_primary_host if self.sparkplug else None
+        self.host = sparkplug.HostWatch(primary) if primary else None
+        self.host_online = threading.Event()
+        self.host_lost = threading.Event()
+        self.cfg, self.client_id = cfg, cid
+        self.client = self._new_client()
+
+    def _new_client(self) -> mqtt.Client:
+        """A paho client for a new MQTT session, its will the site's ``offline`` (Sparkplug: NDEATH with its bdSeq)."""
         if self.sparkplug:
-            will = (sparkplug.topic(opts.sparkplug_group, "NDEATH", site), sparkplug.ndeath(self.bdseq, _ms()))
-            self.client = make_client(cfg, cid, will=will, will_retain=False)
+            will = (sparkplug.topic(self.opts.sparkplug_group, "NDEATH", self.site), sparkplug.ndeath(self.bdseq, _ms()))
+            client = make_client(self.cfg, self.client_id, will=will, will_retain=False)
         else:
-            self.client = make_client(cfg, cid, will=(topics.status_topic(site), b"offline"))
-        self.client.max_inflight_messages_set(max(opts.window, 20))
-        self.client.max_queued_messages_set(0)
-        self.client.on_publish = self._on_publish
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.cfg = cfg
+            client = make_client(self.cfg, self.client_id, will=(topics.status_topic(self.site), b"offline"))
+        client.max_inflight_messages_set(max(self.opts.window, 20))
+        client.max_queued_messages_set(0)
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        return client
 
     # paho's network thread: never take a lock here that the publishing thread
     # holds while calling into paho (paho calls this under its own mutex)
@@ -243,15 +269,69 @@ class _Gateway:
         client.subscribe(topics.backfill_topic(self.site), qos=1)  # again after every reconnect
         if self.sparkplug:
             client.subscribe(sparkplug.topic(self.opts.sparkplug_group, "NCMD", self.site), qos=1)
+        if self.host is not None:  # the primary host's STATE (retained: delivered at once)
+            client.subscribe(self.host.topic, qos=1)
         if self._connected_once:
             self.reconnected.set()  # the broker may have lost the retained high-water mark
         self._connected_once = True
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.startswith(sparkplug.NAMESPACE):
+        if self.host is not None and msg.topic == self.host.topic:
+            self._on_state(bytes(msg.payload))
+        elif msg.topic.startswith(sparkplug.NAMESPACE):
             self.commands.put(bytes(msg.payload))
         else:
             self.requests.put(bytes(msg.payload))
+
+    def _on_state(self, payload: bytes) -> None:
+        """The primary host's STATE: online lets births go; offline (not older than the last) ends the session."""
+        assert self.host is not None
+        try:
+            online = self.host.see(self.host.topic, payload)
+        except PayloadError as exc:
+            log.warning("site %s: ignored a STATE of primary host %s: %s", self.site, self.host.host_id, exc)
+            return
+        if online is True:
+            self.host_online.set()
+        elif online is False:
+            self.host_online.clear()
+            self.host_lost.set()
+
+    def wait_for_host(self, stop: threading.Event) -> bool:
+        """Wait until the primary host is online (at once without one); False if ``stop`` came first."""
+        if self.host is None or self.host_online.is_set():
+            return True
+        log.info("site %s: waiting for primary host application %s to be online (%s)", self.site,
+                 self.host.host_id, self.host.topic)
+        while not self.host_online.wait(0.2):
+            self.drain()
+            if stop.is_set():
+                return False
+        log.info("site %s: primary host %s is online", self.site, self.host.host_id)
+        return True
+
+    def new_session(self) -> None:
+        """Sparkplug, the primary host went offline: NDEATH, DISCONNECT, CONNECT again with the next bdSeq.
+
+        What was published is acknowledged first (it is in the ledger); the births follow
+        once the host is back (:meth:`wait_for_host`).
+        """
+        self.finish(10.0)
+        self.pending.clear()  # (what is still unacknowledged now is not in the ledger: reconcile names it)
+        group = self.opts.sparkplug_group
+        log.warning("site %s: primary host %s went offline; NDEATH, disconnect, and start over", self.site,
+                    self.host.host_id if self.host else "")
+        with contextlib.suppress(RuntimeError, ValueError):  # not connected: the broker sent the will
+            self.client.publish(sparkplug.topic(group, "NDEATH", self.site), sparkplug.ndeath(self.bdseq, _ms()),
+                                qos=1).wait_for_publish(5)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.bdseq = (self.bdseq + 1) % 256
+        self.client = self._new_client()  # (paho's network thread cannot be started twice without a leak)
+        self.host_lost.clear()
+        self.host_online.clear()
+        connect_and_wait(self.client, self.cfg)
+        self.reconnected.clear()
 
     def next_seq(self) -> int:
         """The Sparkplug seq of the next message of this edge node (0-255)."""
@@ -343,6 +423,12 @@ class _Gateway:
             self.backfill_mids[info.mid] = backfill
         self.pending[info.mid] = (meter, token, n, t0, t1)
 
+    def publish_hwm(self, meters: Iterable[str]) -> None:
+        """Publish the site's high-water mark (retained): per meter the ledger's ``last_seq``, if any."""
+        marks = {m: self.ledger.last_seq(self.site, m) for m in meters}
+        if any(marks.values()):
+            self.publish(topics.hwm_topic(self.site), backfill.encode_hwm(self.site, marks, time.time_ns()), retain=True)
+
     def finish(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.pending and time.monotonic() < deadline:
@@ -384,7 +470,7 @@ class Publisher:
         self.series = meter_series(readings)
         for s in self.series:
             topics.data_topic(s.info.site, s.info.meter)  # identifiers are safe
-        self._gw: dict[str, _Gateway] = {}
+        self._gw: dict[str, SiteConnection] = {}
         self._last_save = 0.0
         self._last_hwm = 0.0
         self._stop = threading.Event()
@@ -411,12 +497,12 @@ class Publisher:
     def _start(self) -> None:
         sites = sorted({s.info.site for s in self.series} | {s.site for s in self.rs.sites})
         for site in sites:
-            gw = _Gateway(site, self.cfg, self.opts, self.ledger)
+            gw = SiteConnection(site, self.cfg, self.opts, self.ledger)
             gw.connect()
             self._gw[site] = gw
         if self.opts.encoding == "sparkplug":
             for gw in self._gw.values():
-                self._births(gw)
+                self._rebirth(gw)
             return
         for info in self._sites():
             self._gw[info.site].publish(topics.site_topic(info.site), codec.encode_site(info), retain=True)
@@ -426,7 +512,22 @@ class Publisher:
         for site, gw in self._gw.items():
             gw.publish(topics.status_topic(site), b"online", retain=True)
 
-    def _births(self, gw: _Gateway) -> None:
+    def _rebirth(self, gw: SiteConnection) -> bool:
+        """Sparkplug: the births, once the primary host (if any) is online; False if stopped while waiting."""
+        if not gw.wait_for_host(self._stop):
+            return False
+        self._births(gw)
+        return True
+
+    def _ready(self, gw: SiteConnection) -> bool:
+        """Sparkplug: a new session if the primary host went offline, births again if asked; False if stopped."""
+        if gw.host_lost.is_set():
+            gw.new_session()
+            return self._rebirth(gw)
+        self._sparkplug_commands(gw)
+        return gw.host_online.is_set() or gw.host is None or self._rebirth(gw)
+
+    def _births(self, gw: SiteConnection) -> None:
         """Sparkplug: NBIRTH (seq 0) then a DBIRTH per meter of the site; again on a rebirth request."""
         group = self.opts.sparkplug_group
         gw.sp_seq = 0
@@ -456,6 +557,8 @@ class Publisher:
                 for t, (_, row) in zip(pd.DatetimeIndex(g.index).as_unit("ns").asi8, g.iterrows(), strict=True)
             ]
             for i in range(0, len(rows), 500):
+                if gw.sparkplug and not self._ready(gw):
+                    return
                 if gw.sparkplug:
                     gw.publish(sparkplug.topic(self.opts.sparkplug_group, "NDATA", gw.site),
                                sparkplug.ndata_events(gw.site, rows[i : i + 500], gw.next_seq(), _ms()))
@@ -464,6 +567,8 @@ class Publisher:
 
     def _send(self, s: MeterSeries, i: int, j: int) -> None:
         gw = self._gw[s.info.site]
+        if gw.sparkplug and not self._ready(gw):
+            return  # stopped while the primary host was offline: not sent, not in the ledger
         if gw.sparkplug:
             t = sparkplug.topic(self.opts.sparkplug_group, "DDATA", s.info.site, s.info.meter)
             payload = sparkplug.ddata(s.rows(i, j), gw.next_seq(), _ms())
@@ -491,7 +596,10 @@ class Publisher:
         due = now - self._last_hwm >= self.opts.hwm_every_s
         if self.opts.encoding == "sparkplug":
             for gw in list(self._gw.values()):
-                self._sparkplug_commands(gw)
+                if gw.host_lost.is_set():
+                    self._ready(gw)
+                else:
+                    self._sparkplug_commands(gw)
             return
         for gw in list(self._gw.values()):
             if not gw.requests.empty():
@@ -502,7 +610,7 @@ class Publisher:
         if due:
             self._last_hwm = now
 
-    def _sparkplug_commands(self, gw: _Gateway) -> None:
+    def _sparkplug_commands(self, gw: SiteConnection) -> None:
         """Sparkplug: publish the births again after a reconnect or when a host asks (NCMD rebirth)."""
         rebirth = gw.reconnected.is_set()
         gw.reconnected.clear()
@@ -510,18 +618,18 @@ class Publisher:
             rebirth = sparkplug.is_rebirth_request(gw.commands.get_nowait()) or rebirth
         if rebirth:
             log.info("site %s: publishing NBIRTH and DBIRTHs again", gw.site)
-            self._births(gw)
+            self._rebirth(gw)
 
-    def _publish_hwm(self, gw: _Gateway) -> None:
-        marks = {
-            s.info.meter: self.ledger.last_seq(gw.site, s.info.meter) for s in self.series if s.info.site == gw.site
-        }
-        if any(marks.values()):
-            gw.publish(topics.hwm_topic(gw.site), backfill.encode_hwm(gw.site, marks, time.time_ns()), retain=True)
+    def _publish_hwm(self, gw: SiteConnection) -> None:
+        gw.publish_hwm(s.info.meter for s in self.series if s.info.site == gw.site)
 
-    def _answer(self, gw: _Gateway) -> int:
+    def _answer(self, gw: SiteConnection) -> int:
         """Publish again the readings the queued backfill requests of ``gw`` ask for; return how many requests."""
         served = 0
+
+        def acked(meter: str) -> int | None:
+            return self.ledger.last_seq(gw.site, meter) if (gw.site, meter) in self._by_key else None
+
         while True:
             try:
                 raw = gw.requests.get_nowait()
@@ -529,25 +637,15 @@ class Publisher:
                 return served
             served += 1
             self.backfill_requests += 1
-            try:
-                req = backfill.decode_request(gw.site, raw)
-            except PayloadError as exc:
-                log.warning("site %s: ignored a backfill request: %s", gw.site, exc)
+            req = backfill.answerable(gw.site, raw, acked, self.opts.backfill_max)
+            if req is None:
                 continue
-            s = self._by_key.get((req.site, req.meter))
-            if s is None:
-                log.warning("site %s: backfill request for unknown meter %r ignored", gw.site, req.meter)
-                continue
-            # only what the broker acknowledged (the rest is still to come in the stream), bounded
-            top = min(req.to_seq, self.ledger.last_seq(req.site, req.meter), req.from_seq + self.opts.backfill_max - 1)
-            if top < req.from_seq:
-                continue
-            n = 0
-            for i, j in backfill.answer_slices(s.seq, req.from_seq, top, self.opts.batch):
+            s, n = self._by_key[(req.site, req.meter)], 0
+            for i, j in backfill.answer_slices(s.seq, req.from_seq, req.to_seq, self.opts.batch):
                 gw.publish(topics.data_topic(req.site, req.meter), s.payload(i, j), backfill=j - i)
                 n += j - i
             log.info("site %s: backfill of %s seq %d..%d: published %d readings again",
-                     gw.site, req.meter, req.from_seq, top, n)
+                     gw.site, req.meter, req.from_seq, req.to_seq, n)
 
     def _linger(self) -> None:
         """Answer backfill requests until none came for ``linger_s`` (at most ten times that in all)."""

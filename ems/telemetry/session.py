@@ -17,6 +17,12 @@
 * **Retained control messages again**: :meth:`MqttSession.refresh` subscribes again to the
   given filters, so the broker sends their retained messages again (a high-water mark the
   broker dropped from a full queue is still retained).
+* **Sparkplug host STATE** (optional, :class:`~ems.telemetry.sparkplug.HostState`): the
+  CONNECT's will is the host's ``offline`` STATE (retained, QoS 1); after every (re)connect
+  the session subscribes to the data topics and to its own STATE topic, and once the broker
+  acknowledged that SUBSCRIBE it publishes ``online`` with the will's timestamp; an
+  ``offline`` delivered on its own topic is answered with ``online`` again; a clean stop
+  publishes ``offline`` before the DISCONNECT (Sparkplug 3.0, sections 4.2.3.1, 4.2.3.2, 5.3).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from ems.telemetry.connection import BrokerConfig, connect_and_wait, make_client
+from ems.telemetry.sparkplug import HostState
 
 __all__ = ["Ack", "Inbox", "Message", "MqttSession"]
 
@@ -157,11 +164,13 @@ class MqttSession:
         A larger payload is held as its first ``keep_bytes`` plus size and hash.
     counters : Counter
         Where ``publish_refused`` and ``publish_failed`` are counted.
+    state : HostState, optional
+        Act as a Sparkplug host application with this STATE (see module docs).
     """
 
     def __init__(self, cfg: BrokerConfig, client_id: str, *, subscriptions: Callable[[], list[tuple[str, int]]],
                  inbox: Inbox, session_expiry_s: int, receive_maximum: int, max_payload_bytes: int,
-                 keep_bytes: int, counters: Counter[str]) -> None:
+                 keep_bytes: int, counters: Counter[str], state: HostState | None = None) -> None:
         self.cfg = cfg
         self.client_id = client_id
         self.subscriptions = subscriptions
@@ -174,12 +183,18 @@ class MqttSession:
         self._pubacks: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._pending: dict[int, tuple[str, Callable[[bool], None] | None]] = {}
         self._connected_once = False
-        self.client = make_client(cfg, client_id, persistent=True, manual_ack=True)
+        self.state = state
+        self._state_sub = -1
+        self._state_mids: set[int] = set()
+        self._closing = False
+        will = state.will() if state is not None else None
+        self.client = make_client(cfg, client_id, persistent=True, manual_ack=True, will=will)
         self.client.max_inflight_messages_set(max(receive_maximum, 20))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,7 +208,15 @@ class MqttSession:
         self.inbox.close()
 
     def close(self) -> None:
-        """Disconnect and stop paho's thread."""
+        """Disconnect (a host first publishes its ``offline`` STATE) and stop paho's thread."""
+        self._closing = True  # our own death comes back to us: not a reason for a birth
+        if self.state is not None and self.client.is_connected():
+            try:
+                info = self.client.publish(self.state.topic, self.state.death(time.time_ns() // 1_000_000), qos=1,
+                                           retain=True)
+                info.wait_for_publish(5)
+            except (RuntimeError, ValueError) as exc:  # lost the connection meanwhile: the will says it
+                log.warning("could not publish the offline STATE: %s", exc)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -210,14 +233,33 @@ class MqttSession:
                 "while it was disconnected may be lost; run ems reconcile", self.client_id)
         self._connected_once = True
         subs = self.subscriptions()
-        client.subscribe(subs)  # again on every reconnect
+        if self.state is not None:  # the namespace and our own STATE first; the birth when they are acknowledged
+            subs = [*subs, (self.state.topic, 1)]
+        _, mid = client.subscribe(subs)  # again on every reconnect
+        self._state_sub = -1 if mid is None else mid
         log.info("subscribed to %s (session present: %s)", [s for s, _ in subs], present)
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        if self.state is not None and mid == self._state_sub:
+            self._publish_birth(client, "subscribed")
+
+    def _publish_birth(self, client: mqtt.Client, why: str) -> None:
+        assert self.state is not None
+        info = client.publish(self.state.topic, self.state.birth(), qos=1, retain=True)
+        self._state_mids.add(info.mid)
+        log.info("Sparkplug host %s online (%s): STATE published", self.state.host_id, why)
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if self.state is not None:  # the next CONNECT's will (and the birth after it) carry its own time
+            self.state.renew(time.time_ns() // 1_000_000)
+            topic, payload = self.state.will()
+            client.will_set(topic, payload, qos=1, retain=True)
         if rc != 0 and self.inbox.open:
             log.warning("disconnected from %s (%s); paho reconnects", self.cfg.describe(), rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.state is not None and not self._closing and self.state.answers(msg.topic, bytes(msg.payload[:1024])):
+            self._publish_birth(client, "an offline STATE was delivered on its topic")
         raw = msg.payload
         size = len(raw)
         if size > self.max_payload_bytes:  # never hold it whole: a prefix, its size and its hash
@@ -229,6 +271,12 @@ class MqttSession:
         self.inbox.put(item)  # waits while full: backpressure. Closed: not acknowledged, delivered again later
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        if mid in self._state_mids:  # our STATE: nobody waits for it; a refusal is worth a word
+            self._state_mids.discard(mid)
+            if getattr(rc, "is_failure", False):
+                log.warning("the broker refused the Sparkplug STATE on %s: %s (check its ACL)",
+                            self.state.topic if self.state else "", rc)
+            return
         self._pubacks.put((mid, rc))  # paho holds its lock here: only queue the result
 
     # ------------------------------------------------------------------ other threads

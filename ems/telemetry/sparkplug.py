@@ -22,11 +22,19 @@ A reading's ``seq`` is its interval's number since the epoch (``ts // interval_s
 The protobuf classes are built from Eclipse Tahu's schema (``ems/data/sparkplug``) with the
 protobuf runtime, imported lazily: ``pip install 'ems[plant]'``.
 
+The host application's ``STATE`` (``spBv1.0/STATE/{host_id}``, JSON, retained):
+:class:`HostState` for the ingestor, :class:`HostWatch` for an edge node that waits for its
+primary host.
+
 References
 ----------
 Eclipse Foundation, "Sparkplug Specification" version 3.0.0, 2022: topic namespace (4.1),
-payload and metrics (6.4), bdSeq and seq (6.4.2, 6.4.17), births, deaths and rebirth
-requests (5.x), host application rules on sequence numbers (5.x "out of order").
+host application STATE birth and death (4.2.3.1, 4.2.3.2: topic, QoS 1, retained, JSON payload
+with ``online`` and ``timestamp``), payload and metrics (6.4), bdSeq and seq (6.4.2, 6.4.17),
+host session establishment (5.3: subscribe, then publish STATE; republish on an
+``online: false``), edge node session establishment with a primary host (5.4: wait for
+its STATE online, check host id and timestamp; on its offline publish NDEATH, disconnect and
+start over), births, deaths and rebirth requests (5.x).
 """
 
 from __future__ import annotations
@@ -41,25 +49,31 @@ from importlib import resources
 from typing import Any
 
 from ems.errors import MissingExtraError, PayloadError
-from ems.readings import QUANTITIES, Carrier, MeterInfo, MeterKind, SiteInfo
+from ems.readings import QUANTITIES, MeterInfo, SiteInfo
 from ems.telemetry import codec
 from ems.telemetry.topics import validate_id
 
 __all__ = [
     "NAMESPACE",
     "HostSession",
+    "HostState",
+    "HostWatch",
     "Outcome",
     "SpMessage",
     "SpTopic",
+    "check_host_id",
     "dbirth",
     "ddata",
     "decode",
     "nbirth",
     "ndata_events",
     "ndeath",
+    "parse_state",
     "parse_topic",
     "payload_class",
     "rebirth_request",
+    "state_payload",
+    "state_topic",
     "topic",
 ]
 
@@ -227,6 +241,136 @@ def is_rebirth_request(payload: bytes) -> bool:
     return any(m.name == _REBIRTH and m.boolean_value for m in p.metrics)
 
 
+# --------------------------------------------------------------------------- primary host STATE
+
+
+_STATE_MAX_BYTES = 1024
+
+
+def state_topic(host_id: str) -> str:
+    """``spBv1.0/STATE/{host_id}``: a host application's birth and death (Sparkplug 3.0, 4.2.3)."""
+    check_host_id(host_id)
+    return f"{NAMESPACE}/STATE/{host_id}"
+
+
+def check_host_id(host_id: str) -> str:
+    """A Sparkplug host id: a non-empty UTF-8 string without ``+``, ``/`` or ``#``, at most 64 characters.
+
+    Raises
+    ------
+    PayloadError
+        ``bad_topic``, saying what was expected and found.
+    """
+    if not isinstance(host_id, str) or not 0 < len(host_id) <= 64 or any(c in host_id for c in "+/#\x00"):
+        raise PayloadError("bad_topic", f"expected a Sparkplug host id (1-64 characters, none of + / #), "
+                                        f"found {str(host_id)[:80]!r}")
+    return host_id
+
+
+def state_payload(online: bool, ts_ms: int) -> bytes:
+    """A STATE payload: JSON ``{"online": true|false, "timestamp": ms}`` (Sparkplug 3.0, 4.2.3.1 and 4.2.3.2)."""
+    return json.dumps({"online": bool(online), "timestamp": int(ts_ms)}, separators=(",", ":")).encode()
+
+
+def parse_state(payload: bytes) -> tuple[bool, int]:
+    """``(online, timestamp [ms])`` of a STATE payload.
+
+    Raises
+    ------
+    PayloadError
+        The codec's reasons for a payload that is not a small JSON object, ``missing_field``
+        or ``wrong_type`` for ``online`` (a boolean) and ``timestamp`` (an integer >= 0).
+    """
+    obj = codec.load_object(payload, max_bytes=_STATE_MAX_BYTES)
+    online, ts = obj.get("online"), obj.get("timestamp")
+    if not isinstance(online, bool):
+        raise PayloadError("wrong_type", f"STATE.online: expected true or false, found {str(online)[:40]!r}")
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= codec.MAX_SEQ:
+        raise PayloadError("wrong_type", f"STATE.timestamp: expected milliseconds since the epoch, found {str(ts)[:40]!r}")
+    return online, ts
+
+
+class HostState:
+    """A Sparkplug host application's own STATE: its will, its birth, its death (Sparkplug 3.0, 5.3).
+
+    The will registered with each MQTT CONNECT is ``{"online": false, "timestamp": T}`` with
+    T the time of that CONNECT (:meth:`renew` before each one); once subscribed (to the
+    namespace and to its own STATE topic) the host publishes ``{"online": true,
+    "timestamp": T}`` with the same T, retained, QoS 1 (:meth:`birth`), and again whenever
+    it is delivered an ``online: false`` on its own topic (:meth:`answers`), e.g. its
+    previous will arriving late. A clean stop publishes the death with the current time.
+
+    Parameters
+    ----------
+    host_id : str
+        The Sparkplug host id (edge nodes name it as their primary host).
+    now_ms : int [ms since the epoch]
+        Time of the first CONNECT.
+    """
+
+    def __init__(self, host_id: str, now_ms: int) -> None:
+        self.topic = state_topic(host_id)
+        self.host_id = host_id
+        self.ts_ms = int(now_ms)
+
+    def renew(self, now_ms: int) -> None:
+        """A new CONNECT is about to be sent: its will and the next birth carry ``now_ms``."""
+        self.ts_ms = max(int(now_ms), self.ts_ms)
+
+    def will(self) -> tuple[str, bytes]:
+        """Topic and payload of the will (retained, QoS 1)."""
+        return self.topic, state_payload(False, self.ts_ms)
+
+    def birth(self) -> bytes:
+        """The birth: online, with the timestamp of the CONNECT's will."""
+        return state_payload(True, self.ts_ms)
+
+    def death(self, now_ms: int) -> bytes:
+        """The death published before a clean DISCONNECT."""
+        return state_payload(False, max(int(now_ms), self.ts_ms))
+
+    def answers(self, topic_text: str, payload: bytes) -> bool:
+        """True if a message delivered to the host calls for its birth again (its own topic, ``online: false``)."""
+        if topic_text != self.topic:
+            return False
+        try:
+            online, _ = parse_state(payload)
+        except PayloadError:
+            return True  # garbage retained on our topic: put the truth back
+        return not online
+
+
+class HostWatch:
+    """An edge node's view of its primary host application's STATE (Sparkplug 3.0, 5.4 "primary host").
+
+    :meth:`see` applies a STATE message: only the configured host's topic counts, and only
+    a timestamp at least the previous one's (an older message delivered late is ignored);
+    the same state again (a retained copy delivered after a resubscribe) changes nothing.
+    """
+
+    def __init__(self, host_id: str) -> None:
+        self.topic = state_topic(host_id)
+        self.host_id = host_id
+        self.ts_ms: int | None = None
+        self.online = False
+
+    def see(self, topic_text: str, payload: bytes) -> bool | None:
+        """The host's new state (True online, False offline) from a STATE message, or None if it does not count.
+
+        Raises
+        ------
+        PayloadError
+            A STATE payload that is not ``{"online": bool, "timestamp": ms}``.
+        """
+        if topic_text != self.topic:
+            return None
+        online, ts = parse_state(payload)
+        if self.ts_ms is not None and (ts < self.ts_ms or (ts == self.ts_ms and online == self.online)):
+            return None
+        self.ts_ms, self.online = ts, online
+        return online
+
+
 # --------------------------------------------------------------------------- decoding (host)
 
 
@@ -239,6 +383,7 @@ class SpMetric:
     ts_ms: int | None
     value: float | str | bool | None
     historical: bool = False
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +414,16 @@ def _value(m: Any) -> float | str | bool | None:
     return v  # type: ignore[no-any-return]
 
 
+def _eng_unit(m: Any) -> str | None:
+    """A metric's ``engUnit`` property (a String), if it has one."""
+    if not m.HasField("properties"):
+        return None
+    for key, value in zip(m.properties.keys, m.properties.values, strict=False):
+        if key == "engUnit" and value.WhichOneof("value") == "string_value":
+            return str(value.string_value)
+    return None
+
+
 def decode(topic_text: str, payload: bytes, *, max_bytes: int = codec.MAX_PAYLOAD_BYTES) -> SpMessage:
     """Decode a Sparkplug B message.
 
@@ -286,68 +441,73 @@ def decode(topic_text: str, payload: bytes, *, max_bytes: int = codec.MAX_PAYLOA
         raise PayloadError("malformed_protobuf", f"{topic_text}: expected a Sparkplug B payload; {exc}") from None
     metrics = [
         SpMetric(m.name, m.alias if m.HasField("alias") else None, m.timestamp if m.HasField("timestamp") else None,
-                 _value(m), m.is_historical)
+                 _value(m), m.is_historical, _eng_unit(m))
         for m in p.metrics
     ]
     return SpMessage(t, p.seq if p.HasField("seq") else None, p.timestamp if p.HasField("timestamp") else None, metrics)
 
 
 def _props(msg: SpMessage, where: str) -> dict[str, Any]:
+    """The ``Properties/*`` metrics of a birth; ``attrs`` and ``site`` parsed as bounded JSON objects."""
     out: dict[str, Any] = {m.name[len("Properties/"):]: m.value for m in msg.metrics if m.name.startswith("Properties/")}
     for k in ("attrs", "site"):
         text = out.get(k)
         if isinstance(text, str):
             try:
-                out[k] = json.loads(text)
-            except ValueError as exc:
-                raise PayloadError("malformed_json", f"{where}.Properties/{k}: expected JSON; {exc}") from None
+                out[k] = codec.load_object(text.encode(), max_depth=codec.MAX_DEPTH_META)
+            except PayloadError as exc:
+                raise PayloadError(exc.reason, f"{where}.Properties/{k}: {str(exc).split(': ', 1)[-1]}") from None
     return out
 
 
 def meter_from_birth(msg: SpMessage, known: MeterInfo | None) -> tuple[MeterInfo, dict[int, str]]:
     """The meter a DBIRTH announces (and its aliases); metadata it lacks comes from ``known``.
 
+    Checked and bounded by the JSON contract's own function, :func:`ems.telemetry.codec.meter_from_fields`
+    (kind, carrier, quantities and their ``engUnit``, interval, ``attrs``).
+
     Raises
     ------
     PayloadError
-        ``unknown_quantity`` (no contract quantity among its metrics), ``missing_field``
-        (kind, carrier or interval unknown) or ``wrong_type``.
+        ``unknown_quantity`` (no contract quantity among its metrics, or a wrong ``engUnit``),
+        ``missing_field`` (kind, carrier or interval unknown), ``wrong_type``, ``out_of_range``,
+        ``too_deep``, ...
     """
     site, meter = msg.topic.edge, msg.topic.device
     where = topic(msg.topic.group, "DBIRTH", site, meter)
-    qs = tuple(m.name for m in msg.metrics if m.name in QUANTITIES)
-    if not qs:
+    named = [m for m in msg.metrics if m.name in QUANTITIES]
+    if not named:
         raise PayloadError("unknown_quantity", f"{where}: expected metrics named like the contract's quantities "
-                           f"(power_kw, import_kwh, ...); found {[m.name for m in msg.metrics][:10]}")
+                           f"(power_kw, import_kwh, ...); found {[m.name[:40] for m in msg.metrics][:10]}")
     props = _props(msg, where)
-    kind = props.get("kind", known.kind if known else None)
-    carrier = props.get("carrier", known.carrier if known else None)
-    interval = props.get("interval_s", known.interval_s if known else None)
-    for name, v, allowed in (("kind", kind, set(MeterKind)), ("carrier", carrier, set(Carrier))):
-        if v is None:
+    fields: dict[str, Any] = {
+        "kind": props.get("kind", known.kind if known else None),
+        "carrier": props.get("carrier", known.carrier if known else None),
+        "interval_s": props.get("interval_s", known.interval_s if known else None),
+        "attrs": props["attrs"] if "attrs" in props else (dict(known.attrs) if known else {}),
+        "quantities": list(dict.fromkeys(m.name for m in named)),
+        "units": {m.name: m.unit for m in named if m.unit is not None},
+    }
+    for name in ("kind", "carrier", "interval_s"):
+        if fields[name] is None:
             raise PayloadError("missing_field", f"{where}: expected metric Properties/{name} (or the meter in --meta)")
-        if v not in allowed:
-            raise PayloadError("wrong_type", f"{where}.Properties/{name}: expected one of {sorted(allowed)}, found {v!r}")
-    if not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0:
-        raise PayloadError("missing_field", f"{where}: expected metric Properties/interval_s > 0, found {interval!r}")
-    attrs: dict[str, Any] = props["attrs"] if isinstance(props.get("attrs"), dict) else (dict(known.attrs) if known else {})
-    codec.check_line_gases(str(kind), attrs, where)
+    info = codec.meter_from_fields(site, meter, fields, where)
     aliases = {m.alias: m.name for m in msg.metrics if m.alias is not None}
-    return MeterInfo(site, meter, str(kind), str(carrier), qs, int(interval), attrs), aliases
+    return info, aliases
 
 
 def site_from_birth(msg: SpMessage) -> SiteInfo | None:
-    """The site registration an NBIRTH carries (``Properties/site``), if any."""
+    """The site registration an NBIRTH carries (``Properties/site``), if any.
+
+    Checked and bounded by :func:`ems.telemetry.codec.site_from_fields`, as a JSON registration is.
+    """
     where = topic(msg.topic.group, "NBIRTH", msg.topic.edge)
     d = _props(msg, where).get("site")
     if d is None:
         return None
-    if not isinstance(d, dict) or d.get("site") != msg.topic.edge:
-        raise PayloadError("bad_topic", f"{where}.Properties/site: expected the registration of {msg.topic.edge!r}")
-    try:
-        return SiteInfo.from_dict(d)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PayloadError("missing_field", f"{where}.Properties/site: {exc}") from None
+    if not isinstance(d, dict):
+        raise PayloadError("wrong_type", f"{where}.Properties/site: expected a JSON object, found {str(d)[:80]!r}")
+    return codec.site_from_fields(msg.topic.edge, d, f"{where}.Properties/site")
 
 
 def readings_from_data(msg: SpMessage, info: MeterInfo, aliases: Mapping[int, str], *, now_ns: int,

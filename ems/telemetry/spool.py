@@ -38,13 +38,37 @@ import pyarrow as pa
 
 from ems.errors import ConfigError
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "frame", "fsync_dir", "read_frames"]
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<4scQI")
 _MAGIC = b"EMSP"
 _SUFFIX = ".spool"
+
+
+def frame(kind: bytes, body: bytes) -> bytes:
+    """One record: ``magic | kind | length | crc32 | body`` (the spool's, and the gateway history's)."""
+    return _HEADER.pack(_MAGIC, kind, len(body), zlib.crc32(body)) + body
+
+
+def read_frames(p: Path) -> list[tuple[bytes, bytes]]:
+    """The records of a segment file, in order, up to the first one cut short or corrupt (logged)."""
+    data = p.read_bytes()
+    out: list[tuple[bytes, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < _HEADER.size:
+            log.warning("segment %s: %d bytes of a cut record at its end ignored", p, len(data) - pos)
+            break
+        magic, kind, n, crc = _HEADER.unpack_from(data, pos)
+        body = data[pos + _HEADER.size : pos + _HEADER.size + n]
+        if magic != _MAGIC or len(body) != n or zlib.crc32(body) != crc:
+            log.warning("segment %s: record at byte %d is cut or corrupt; the rest is ignored", p, pos)
+            break
+        out.append((kind, body))
+        pos += _HEADER.size + n
+    return out
 
 
 def _to_bytes(df: pd.DataFrame) -> bytes:
@@ -78,7 +102,8 @@ def _from_bytes(body: bytes, categorical: bool) -> pd.DataFrame:
     return pd.DataFrame(data, index=ts)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (a file created or deleted in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -164,7 +189,7 @@ class Spool:
         self._fh = open(p, "ab", buffering=0)  # noqa: SIM115 - kept open across appends
         self._current = p
         self._sizes[p] = 0
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def append(
         self,
@@ -197,7 +222,7 @@ class Spool:
             bodies.append((b"E", _to_bytes(events)))
         if not bodies:
             return True
-        blob = b"".join(_HEADER.pack(_MAGIC, k, len(b), zlib.crc32(b)) + b for k, b in bodies)
+        blob = b"".join(frame(k, b) for k, b in bodies)
         if self.used_bytes + len(blob) > self.limit_bytes:
             return False
         if self._fh is None or self._current is None or self._sizes.get(self._current, 0) >= self.segment_bytes:
@@ -227,24 +252,6 @@ class Spool:
 
     # ------------------------------------------------------------------ replay
 
-    @staticmethod
-    def _records(p: Path) -> list[tuple[bytes, bytes]]:
-        data = p.read_bytes()
-        out: list[tuple[bytes, bytes]] = []
-        pos = 0
-        while pos < len(data):
-            if len(data) - pos < _HEADER.size:
-                log.warning("spool segment %s: %d bytes of a cut record at its end ignored", p, len(data) - pos)
-                break
-            magic, kind, n, crc = _HEADER.unpack_from(data, pos)
-            body = data[pos + _HEADER.size : pos + _HEADER.size + n]
-            if magic != _MAGIC or len(body) != n or zlib.crc32(body) != crc:
-                log.warning("spool segment %s: record at byte %d is cut or corrupt; the rest is ignored", p, pos)
-                break
-            out.append((kind, body))
-            pos += _HEADER.size + n
-        return out
-
     def replay(
         self,
         write: Callable[[pd.DataFrame | None, pd.DataFrame | None], None],
@@ -265,7 +272,7 @@ class Spool:
         for p in sorted(self._sizes):
             if p == self._current:
                 self._close_current()  # new appends go to a new segment
-            records = self._records(p)
+            records = read_frames(p)
             start = self._done.get(p, 0)
             for i in range(start, len(records)):
                 kind, body = records[i]
@@ -282,7 +289,7 @@ class Spool:
             p.unlink()
             self._sizes.pop(p, None)
             self._done.pop(p, None)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         return rows
 
     def close(self) -> None:
