@@ -81,26 +81,21 @@ def mosquitto_broker(tmp: Path, limits: str | None = None) -> Broker:
     return Broker("127.0.0.1", port, f"mqtt://127.0.0.1:{port}", proc, conf)
 
 
-def secure_mosquitto(d: Path, users: dict[str, str], acl: str | None = None) -> Broker:
+def secure_mosquitto(d: Path, users: dict[str, str], acl: str | None = None, tls: bool = True) -> Broker:
     """Start mosquitto with TLS (a CA made here with openssl), a password file and an optional ACL.
 
-    The broker's URL is ``mqtts://127.0.0.1:PORT``; the CA is ``d / "ca.pem"``.
+    The broker's URL is ``mqtts://127.0.0.1:PORT``; the CA is ``d / "ca.pem"``. ``tls=False``: the
+    password file and the ACL only, on ``mqtt://127.0.0.1:PORT``.
     """
-    if not (shutil.which("openssl") and shutil.which("mosquitto_passwd") and Path(MOSQUITTO).exists()):
+    if not ((shutil.which("openssl") or not tls) and shutil.which("mosquitto_passwd") and Path(MOSQUITTO).exists()):
         pytest.skip("needs openssl, mosquitto and mosquitto_passwd")
     d.mkdir(parents=True, exist_ok=True)
 
     def run(*a: str) -> None:
         subprocess.run(a, check=True, capture_output=True, timeout=60)
 
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ems-test-ca",
-        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
-        str(d / "ca.key"), "-CAcreateserial", "-days", "1", "-extfile", str(d / "ext.cnf"), "-out",
-        str(d / "server.pem"))
+    if tls:
+        _make_certificates(d, run)
     for i, (user, pw) in enumerate(users.items()):
         run("mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(d / "passwd"), user, pw)
     acl_line = ""
@@ -109,12 +104,25 @@ def secure_mosquitto(d: Path, users: dict[str, str], acl: str | None = None) -> 
         acl_line = f"acl_file {d / 'acl'}\n"
     port = free_port()
     conf = d / "mosquitto.conf"
+    certs = f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n" if tls else ""
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n{acl_line}"
-        f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n{acl_line}{certs}"
         + shipped_limits() + ("user root\n" if os.geteuid() == 0 else "") + "log_dest none\n"
     )
-    return Broker("127.0.0.1", port, f"mqtts://127.0.0.1:{port}", _start_mosquitto(conf, port), conf)
+    scheme = "mqtts" if tls else "mqtt"
+    return Broker("127.0.0.1", port, f"{scheme}://127.0.0.1:{port}", _start_mosquitto(conf, port), conf)
+
+
+def _make_certificates(d: Path, run) -> None:
+    """A CA (``ca.pem``) and a server certificate for localhost and 127.0.0.1 signed by it, in ``d``."""
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ems-test-ca",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
+        str(d / "ca.key"), "-CAcreateserial", "-days", "1", "-extfile", str(d / "ext.cnf"), "-out",
+        str(d / "server.pem"))
 
 
 def terminate(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:

@@ -288,6 +288,7 @@ def _env_example() -> dict[str, str]:
 
 def test_compose_services(compose):
     assert set(compose["services"]) == {
+        "mosquitto-auth",
         "mosquitto",
         "influxdb",
         "grafana",
@@ -305,13 +306,19 @@ def test_compose_services(compose):
 
 def test_compose_health_and_start_order(compose):
     s = compose["services"]
+    jobs = {"mosquitto-auth"}  # run once and exit: waited for with service_completed_successfully
     for name, svc in s.items():
         for dep, cond in (svc.get("depends_on") or {}).items():
             assert dep in s, f"{name} depends on unknown {dep}"
+            if dep in jobs:
+                assert cond == {"condition": "service_completed_successfully"}, f"{name} -> {dep}: {cond}"
+                assert s[dep]["restart"] == "no"
+                continue
             assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}: {cond}"
             assert "healthcheck" in s[dep], f"{dep} needs a healthcheck ({name} waits for it)"
+    assert set(s["mosquitto"]["depends_on"]) == jobs
     for name, svc in s.items():
-        if name != "stream":  # a replay ends; nothing waits for it
+        if name != "stream" and name not in jobs:  # a replay ends; nothing waits for it
             hc = svc["healthcheck"]
             assert hc["test"][0] in ("CMD", "CMD-SHELL"), name
     assert set(s["ingest"]["depends_on"]) == {"mosquitto", "influxdb"}
@@ -383,8 +390,31 @@ def test_grafana_provisioning(compose):
 def test_mosquitto_config(compose):
     conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text().splitlines()
     assert "listener 1883" in conf  # mosquitto 2 listens on localhost only without it
-    assert "allow_anonymous true" in conf
+    assert "allow_anonymous false" in conf and "allow_anonymous true" not in conf
     assert "persistence true" in conf
+    # the password file and the ACL: where the mosquitto-auth job writes them, in a volume mosquitto mounts
+    files = dict(ln.split(" ", 1) for ln in conf if ln.startswith(("password_file ", "acl_file ")))
+    s = compose["services"]
+    auth_mount = next(v for v in s["mosquitto"]["volumes"] if v.startswith("mosquitto-auth:"))
+    target = auth_mount.split(":")[1]
+    assert files == {"password_file": f"{target}/passwd", "acl_file": f"{target}/acl"}
+    assert any(v.startswith("mosquitto-auth:" + target) for v in s["mosquitto-auth"]["volumes"])
+    assert "./deploy/mosquitto/acl:/deploy/acl:ro" in s["mosquitto-auth"]["volumes"]
+
+
+def test_every_ems_service_logs_in_as_its_role(compose):
+    """The role names of the ACL, and each service's password from .env by the name the auth job reads."""
+    acl_users = set(re.findall(r"^user (\S+)$", (ROOT / "deploy/mosquitto/acl").read_text(), re.M))
+    script = (ROOT / "deploy/mosquitto/make-auth.sh").read_text()
+    roles = set(re.search(r"for role in ([a-z ]+);", script).group(1).split())
+    s = compose["services"]
+    for service, role in (("ingest", "ingest"), ("stream", "stream"), ("dashboard", "dashboard")):
+        cmd = s[service]["command"]
+        assert cmd[cmd.index("--username") + 1] == role and role in acl_users and role in roles
+        var = f"EMS_MQTT_{role.upper()}_PASSWORD"
+        assert s[service]["environment"]["EMS_MQTT_PASSWORD"] == "${" + var + "}"
+        assert s["mosquitto-auth"]["environment"][var] == "${" + var + "}"
+    assert "-u dashboard" in s["mosquitto"]["healthcheck"]["test"][1]
 
 
 def _options(cmd: click.Command) -> set[str]:
