@@ -107,3 +107,31 @@ def test_report_from_scenario(tmp_path):
     k = pd.read_csv(out / "kpis.csv")
     assert len(k) == 3 * 7 and (k["grid_import_kwh"] > 0).all()
     assert k["green_share"].between(0, 1).all()
+
+
+def test_report_machine_formats_print_only_where_the_files_went(tmp_path):
+    """--format names the files written into --out; asked for machine formats only, the terminal gets one line."""
+    src = _folder(tmp_path)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(report, [str(src), "--out", str(out), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    files = sorted(p.name for p in out.iterdir())
+    assert r.output == f"wrote {len(files)} files to {out}: {', '.join(files)}\n", r.output
+    assert "KPIs by" not in r.output and "┃" not in r.output and len(r.output.splitlines()) == 1
+    assert json.loads((out / "kpis.json").read_text())
+    r = CliRunner().invoke(report, [str(src), "--out", str(out), "--format", "csv,json", "--tables"])
+    assert "KPIs by site and month" in r.output and "wrote" in r.output  # asked for: the tables too
+    r = CliRunner().invoke(report, [str(src), "--out", str(out), "--format", "html"])
+    assert "KPIs by site and month" in r.output and "report.html" in r.output  # a file for people: tables as well
+    r = CliRunner().invoke(report, [str(src), "--out", str(out), "--no-tables"])
+    assert "KPIs by" not in r.output and "report.html" in r.output
+
+
+def test_report_format_without_out_says_what_format_means(tmp_path):
+    src = _folder(tmp_path)
+    r = CliRunner().invoke(report, [str(src), "--format", "json"])
+    assert r.exit_code == 2 and "names the files written into --out DIR" in r.output, r.output
+    r = CliRunner().invoke(report, [str(src), "--no-tables"])
+    assert r.exit_code == 2 and "would output nothing" in r.output
+    r = CliRunner().invoke(report, ["--help"])
+    assert "The files written into --out" in r.output and "--no-tables" in r.output

@@ -104,7 +104,7 @@ def test_ems_report_cli_with_a_measured_intensity_file(simulated, tmp_path):
     simulated.to_parquet(folder)
     res = CliRunner().invoke(cli, ["report", str(folder), "--by", "site", "--period", "month",
                                    "--intensity", str(tmp_path / "si.csv"), "--out", str(tmp_path / "out"),
-                                   "--format", "csv"])
+                                   "--format", "csv", "--tables"])
     assert res.exit_code == 0, res.output
     assert "hourly (CFE)" in res.output
     prov = pd.read_csv(tmp_path / "out" / "hourly_intensity.csv").set_index("site")

@@ -67,8 +67,13 @@ def _print_tables(console: Any, rep: Any) -> None:
 @click.option("--period", type=click.Choice(["day", "month", "year"]), default="month", show_default=True)
 @click.option("--start", "start", help="With --end: one custom period of local dates (inclusive), e.g. 2024-01-01.")
 @click.option("--end", "end", help="Last local date of the custom period (inclusive).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for the output files.")
-@click.option("--format", "formats", default="csv,json,html", show_default=True, help="Comma list of csv, parquet, json, html.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Folder to write the report's files into (--format says which); without it nothing is written.")
+@click.option("--format", "formats", default=None,
+              help="The files written into --out: comma list of csv, parquet, json, html.  [default: csv,json,html]")
+@click.option("--tables/--no-tables", default=None,
+              help="Print the report's tables to the terminal. Default: yes, except when --out is given with "
+                   "machine formats only (csv, parquet, json): then only where the files went is printed.")
 @click.option("--factor", "factor_overrides", multiple=True, help="Override a factor: KEY=VALUE (repeatable).")
 @click.option("--gwp", type=click.Choice(["AR4", "AR5", "AR6"]), help="IPCC GWP edition for fugitive and process gases.")
 @click.option("--targets", "targets_name", default="group", show_default=True, help="Targets name or YAML path.")
@@ -92,7 +97,8 @@ def report(
     start: str | None,
     end: str | None,
     out_dir: Path | None,
-    formats: str,
+    formats: str | None,
+    tables: bool | None,
     factor_overrides: tuple[str, ...],
     gwp: str | None,
     targets_name: str,
@@ -103,15 +109,16 @@ def report(
     hourly: bool,
     intensity: tuple[str, ...],
 ) -> None:
-    """Compute energy and carbon KPIs from SOURCE (a store, a readings folder or a scenario YAML)."""
-    from ems.accounting.report import FORMATS
+    """Compute energy and carbon KPIs from SOURCE (a store, a readings folder or a scenario YAML).
+
+    Prints the KPI tables for people; with --out, writes the files --format names (csv, parquet,
+    json for machines, html for people) and says where. With machine formats only, the tables are
+    left out unless --tables.
+    """
     from ems.accounting.reporting import make_report, write_report
     from ems.console import make_console
 
-    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-    bad = [f for f in fmts if f not in FORMATS]
-    if bad:
-        raise ConfigError(f"--format: expected some of {list(FORMATS)}; found {bad}")
+    fmts, tables = _outputs(formats, out_dir, tables)
     where = store_url or source
     if not where:
         raise ConfigError("expected SOURCE (a store, a readings folder or a scenario YAML) or --store URL; found neither")
@@ -121,13 +128,38 @@ def report(
                       currency=currency, hourly=hourly, intensity=intensity)
     with rep.readings:
         console = make_console()
-        _print_tables(console, rep)
+        if tables:
+            _print_tables(console, rep)
         if len(rep.result.anomalies):
-            console.print(f"[yellow]{len(rep.result.anomalies)} register anomalies (resets, rollovers, gaps); "
-                          "see anomalies table[/]")
+            make_console(stderr=not tables).print(
+                f"[yellow]{len(rep.result.anomalies)} register anomalies (resets, rollovers, gaps); "
+                "see the anomalies table[/]")
         if out_dir is not None:
             paths = write_report(rep, out_dir, fmts)
-            console.print(f"wrote {len(paths)} files to {out_dir}")
+            names = ", ".join(sorted(Path(p).name for p in paths))
+            click.echo(f"wrote {len(paths)} files to {out_dir}: {names}")
+
+
+MACHINE_FORMATS = ("csv", "parquet", "json")
+"""File formats for programs; ``html`` is for people."""
+
+
+def _outputs(formats: str | None, out_dir: Path | None, tables: bool | None) -> tuple[tuple[str, ...], bool]:
+    """The file formats to write and whether to print the tables (``ems report --format/--out/--tables``)."""
+    from ems.accounting.report import FORMATS
+
+    fmts = tuple(f.strip() for f in (formats or "csv,json,html").split(",") if f.strip())
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise ConfigError(f"--format: expected some of {list(FORMATS)}; found {bad or formats!r}")
+    if formats is not None and out_dir is None:
+        raise click.UsageError(f"--format {formats}: names the files written into --out DIR; add --out "
+                               "(without it the report is only printed, as tables)")
+    if tables is False and out_dir is None:
+        raise click.UsageError("--no-tables without --out would output nothing; add --out DIR")
+    if tables is None:
+        tables = out_dir is None or not set(fmts) <= set(MACHINE_FORMATS)
+    return fmts, tables
 
 
 @click.command()
