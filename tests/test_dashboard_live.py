@@ -162,3 +162,60 @@ def test_live_rejects_a_missing_scenario(tmp_path):
     )
     assert r.returncode == 2
     assert "a readings folder (ems run --out) or a scenario .yaml; found nothing" in r.stderr
+
+
+def test_live_offers_the_dashboards_options_under_the_same_names():
+    """Every option of ``ems dashboard`` that is about the dashboard (not where its store or status come from)."""
+    from ems.dashboard.commands import dashboard, live
+
+    def opts(cmd) -> set[str]:
+        return {o for p in cmd.params for o in getattr(p, "opts", [])}
+
+    assert opts(dashboard) - {"--store", "--broker"} <= opts(live)
+    assert {"--tls-ca", "--mqtt-version"} <= opts(live)  # and the broker options of ems stream / ingest
+
+
+def test_live_with_a_password_broker_allowed_hosts_and_poll(tmp_path):
+    """--username (password from the environment) on a mosquitto that takes logins only; --allow-host; --poll."""
+    import http.client
+    import os
+
+    import brokers
+
+    b = brokers.secure_mosquitto(tmp_path / "mq", {"live": "live-Pw-61t"}, tls=False)
+    rs = plant({"alpha": "Alpha"}, n=2 * 96)
+    src = rs.to_parquet(tmp_path / "readings")
+    env = {**os.environ, "EMS_MQTT_PASSWORD": "live-Pw-61t"}
+    proc = subprocess.Popen([sys.executable, "-m", "ems.cli", "live", str(src), "--speed", "5000", "--port", "0",
+                             "--store", str(tmp_path / "store"), "--broker", b.url, "--username", "live",
+                             "--allow-host", "ems.example.test", "--poll", "0.2", "--max-connections", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        for _ in range(20):
+            m = re.search(r"dashboard at (http://127\.0\.0\.1:(\d+))/", proc.stderr.readline())
+            if m:
+                url, port = m.group(1), int(m.group(2))
+                break
+        assert url, proc.stderr.read() if proc.poll() is not None else "no dashboard line"
+
+        def status(host: str) -> int:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/api/overview", headers={"Host": host})
+            code = c.getresponse().status
+            c.close()
+            return code
+
+        assert status("ems.example.test") == 200 and status("evil.example") == 421
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(t["flows"].get("load") for t in _overview(url)["sites"]):
+            time.sleep(0.2)
+        assert _overview(url)["sites"][0]["status"]["state"] == "online"  # readings came through the login
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        brokers.stop(b)
+    assert proc.returncode == 0 and "lost 0" in out, err

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from ems.telemetry.commands import _broker_options
+
 __all__ = ["dashboard", "live", "open_for_reading"]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,19 @@ def wait_for_signal(stop: threading.Event | None = None) -> None:
             signal.signal(s, h)
 
 
+def _serving_options(f: Any) -> Any:
+    """The dashboard server's options, the same in ``ems dashboard`` and ``ems live``."""
+    f = click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Connections served at once; more are answered 503.")(f)
+    f = click.option("--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0.1), default=10.0,
+                     show_default=True, help="[s] close a connection that sends nothing for this long.")(f)
+    f = click.option("--allow-host", "allow_hosts", multiple=True,
+                     help="Also answer to this host name (e.g. a reverse proxy's); others get 421. Repeatable.")(f)
+    f = click.option("--poll", "poll_s", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
+                     show_default=True, help="[s] between store polls.")(f)
+    return f
+
+
 @click.command()
 @click.option(
     "--store", "store_url", required=True, help="Store path or URL (see ems.store.open_store)."
@@ -49,9 +64,7 @@ def wait_for_signal(stop: threading.Event | None = None) -> None:
     help="Address to listen on (loopback by default).",
 )
 @click.option("--port", type=int, default=8050, show_default=True, help="Port; 0 picks a free one.")
-@click.option(
-    "--poll", "poll_s", type=float, default=1.0, show_default=True, help="[s] between store polls."
-)
+@_serving_options
 @click.option(
     "--broker",
     "broker_url",
@@ -63,29 +76,21 @@ def wait_for_signal(stop: threading.Event | None = None) -> None:
     default=None,
     help="Broker user; the password comes from EMS_MQTT_PASSWORD or EMS_MQTT_PASSWORD_FILE.",
 )
-@click.option("--allow-host", "allow_hosts", multiple=True,
-              help="Also answer to this host name (e.g. a reverse proxy's); others get 421. Repeatable.")
-@click.option("--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="[s] close a connection that sends nothing for this long.")
-@click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Connections served at once; more are answered 503.")
 def dashboard(
     store_url: str,
     host: str,
     port: int,
     poll_s: float,
-    broker_url: str | None,
-    username: str | None,
     allow_hosts: tuple[str, ...],
     idle_timeout_s: float,
     max_connections: int,
+    broker_url: str | None,
+    username: str | None,
 ) -> None:
     """Serve the built-in dashboard of a store (read-only) until interrupted."""
     from ems.dashboard.live import serve_dashboard
     from ems.dashboard.status import StatusWatcher
 
-    if poll_s <= 0:
-        raise click.UsageError(f"--poll must be > 0, found {poll_s}")
     with contextlib.ExitStack() as stack:
         watcher = None
         if broker_url is not None:
@@ -133,6 +138,8 @@ def dashboard(
 @click.option(
     "--exit-when-done", is_flag=True, help="Stop once everything is published and stored."
 )
+@_serving_options
+@_broker_options
 def live(
     scenario: str,
     speed: float,
@@ -142,12 +149,20 @@ def live(
     store_url: str | None,
     ledger: str | None,
     exit_when_done: bool,
+    poll_s: float,
+    allow_hosts: tuple[str, ...],
+    idle_timeout_s: float,
+    max_connections: int,
+    **broker: Any,
 ) -> None:
     """Simulate SCENARIO and watch it live: broker, stream, ingest, store and dashboard in one.
 
     SCENARIO is a scenario file or a readings folder (``ems run --out``). Ctrl-C
     stops the publisher, lets the ingestor write and acknowledge what it holds,
-    stops the broker and closes the store: nothing published is lost.
+    stops the broker and closes the store: nothing published is lost. The dashboard
+    options are ``ems dashboard``'s; the broker options (--username, TLS, --mqtt-version)
+    are ``ems stream``'s and apply to the stream and the ingestor alike (with an ACL, the
+    user needs both roles' rights).
     """
     from ems.dashboard.live import LiveOptions, run_live
 
@@ -162,6 +177,9 @@ def live(
         store_url=store_url,
         ledger=ledger,
         exit_when_done=exit_when_done,
+        poll_s=poll_s,
+        guard={"allow_hosts": allow_hosts, "idle_timeout_s": idle_timeout_s, "max_connections": max_connections},
+        broker=broker,
     )
     summary = run_live(opts, echo=lambda s: click.echo(s, err=True))
     click.echo(summary)

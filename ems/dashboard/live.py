@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,11 @@ class LiveOptions:
     ledger: str | None = None
     exit_when_done: bool = False
     drain_timeout_s: float = 60.0
+    poll_s: float = 1.0
+    guard: dict[str, Any] = field(default_factory=dict)
+    """The dashboard server's limits: ``allow_hosts``, ``idle_timeout_s``, ``max_connections``."""
+    broker: dict[str, Any] = field(default_factory=dict)
+    """Broker options of ``ems stream``: ``username``, ``tls_ca``, ``tls_cert``, ``tls_key``, ``mqtt_version``."""
 
 
 class _Stopped(Exception):
@@ -129,17 +134,18 @@ def _ledger_path(opts: LiveOptions, store_url: str, tmp: str) -> Path:
     return Path(tmp) / "ledger.json"
 
 
-def _broker(stack: contextlib.ExitStack, url: str | None, echo: Callable[[str], None]) -> Any:
-    """The broker's config: the given URL, or an embedded broker started here."""
+def _broker(stack: contextlib.ExitStack, url: str | None, options: dict[str, Any], echo: Callable[[str], None]) -> Any:
+    """The broker's config (``options``: :attr:`LiveOptions.broker`): the given URL, or an embedded broker started here."""
     from ems.telemetry.broker import EmbeddedBroker
-    from ems.telemetry.connection import BrokerConfig, negotiate
+    from ems.telemetry.commands import _url_config
+    from ems.telemetry.connection import negotiate
 
     if url is None:
         b = EmbeddedBroker().start()
         stack.callback(b.stop)
         url = b.url
         echo(f"embedded broker at {url}")
-    cfg = negotiate(BrokerConfig.from_url(url))
+    cfg = negotiate(_url_config(url, options))
     echo(f"broker {cfg.describe()}")
     return cfg
 
@@ -263,10 +269,11 @@ def run_live(
         store = stack.enter_context(contextlib.closing(ems.open_store(store_url)))  # closed last, after the broker
         if new_store:
             stack.push(_discard_on_failure(store, ledger_path))
-        cfg = _broker(stack, opts.broker_url, echo)
+        cfg = _broker(stack, opts.broker_url, opts.broker, echo)
         ing, stop_ingestor = _ingestor(stack, cfg, store, rs, tmp)
         time.sleep(0.5)  # let the SUBSCRIBE reach the broker before the first PUBLISH
-        server = serve_dashboard(stack, store_url, opts.host, opts.port, status=lambda: _copy(ing.status))
+        server = serve_dashboard(stack, store_url, opts.host, opts.port, poll_s=opts.poll_s,
+                                 status=lambda: _copy(ing.status), **opts.guard)
         echo(f"dashboard at {server.url}/  store {store_url}  (Ctrl-C to stop)")
         pub = _publisher(cfg, rs, PublishOptions(speed=opts.speed, ledger=ledger_path,
                                                  client_id_prefix=f"ems-live-{os.getpid()}"), stop)
