@@ -83,9 +83,15 @@ def test_modbus_gateway_mosquitto_ingest_equals_the_simulator(mosquitto, tmp_pat
     assert len(want) == len(got)  # every stored reading is one of the simulator's
     # registers within float32 precision: exactly what a float32 register holds
     assert np.array_equal(got["value"].to_numpy(), want["value"].to_numpy(dtype="float32").astype("float64"))
-    for (_, meter), g in got.groupby(["site", "meter"]):  # no interval skipped by the gateway
+    # a gap in the store is an interval the gateway itself counted as skipped, and logged, and nothing else.
+    # (A poll answered after the meter moved on skips one: at --speed 3600 an interval lasts 250 ms of wall
+    # time, which a loaded machine can miss; the schedule's tolerance is tested in test_modbus_schedule.py.)
+    gaps = 0
+    for _, g in got.groupby(["site", "meter"]):
         ts = g["ts"].drop_duplicates().sort_values()
-        assert (ts.diff().dropna() == pd.Timedelta("15min")).all(), meter
+        gaps += int((ts.diff().dropna() // pd.Timedelta("15min") - 1).sum())
+    assert gaps == stats["intervals_skipped"], (gaps, stats)
+    assert ("interval(s) skipped" in res.stderr) == (gaps > 0), res.stderr[-2000:]
     # the same KPIs as from the simulator's own readings of those intervals, within float32 precision
     sim_part = sim.with_readings(want.set_index("ts")[[*KEY, "value"]]) if hasattr(sim, "with_readings") else None
     if sim_part is None:

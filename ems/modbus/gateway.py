@@ -16,7 +16,11 @@ exception code gets no reading: its retained ``ems/v1/{site}/{meter}/_status`` s
 ``offline`` and why, until a poll succeeds again. A reading whose register went backwards
 or is not finite is dead-lettered with its reason (JSONL file and
 ``ems/v1/_deadletter/{reason}``), as the ingestor would. A lost connection is tried again
-after 0.5 s, then twice as long each time up to ``max_backoff_s``.
+after 0.5 s, then twice as long each time up to ``max_backoff_s``. A meter's registers
+hold its latest interval only: a poll answered after the meter moved on by two intervals
+has skipped one, which no later poll can read; it is counted (``intervals_skipped``) and
+logged, never filled in. (At real speed a poll has the whole interval; ``ems modbus
+--speed 3600`` leaves it 250 ms, which a loaded machine can miss.)
 
 Publishing is ``ems stream``'s (:class:`~ems.telemetry.publisher.SiteConnection`): one MQTT
 connection per site whose last will marks the site ``offline``, retained registrations and
@@ -448,7 +452,16 @@ class Gateway:
                 self._set_status(dev, "online")
                 await self._room(dev.info.site)
                 outcome, advanced = self._reading(dev, values, round(clock.stamp() * 1e9))
+                if advanced > 1:
+                    self._skipped(dev, advanced - 1, due)
             clock.next(time.time(), outcome, advanced)
+
+    def _skipped(self, dev: _Device, n: int, due: float) -> None:
+        """Say that a poll came after the meter had moved on by more than one interval (those are lost at the source)."""
+        log.warning("%s/%s: %d interval(s) skipped: the poll due %.3f s ago was answered after the meter's "
+                    "registers had moved on (polls late for the interval: poll_s, load, or too many devices on "
+                    "one connection); intervals_skipped counts them", dev.info.site, dev.info.meter, n,
+                    time.time() - due)
 
     # ------------------------------------------------------------------ lifecycle
 
