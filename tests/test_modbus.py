@@ -74,6 +74,22 @@ def test_plan_reads_joins_within_gap_and_limit():
     assert all(s.count <= R.MAX_READ for s in R.plan_reads(many, max_gap=0))
 
 
+def test_every_meter_kinds_quantities_have_a_register_in_each_block():
+    """The map's promise: every quantity a meter of the contract may send, in each clocked block.
+
+    (A production line's ``output_units`` had none: ``ems modbus --gateway`` then wrote a gateway file
+    that ``ems gateway`` refused, for the demo's Velenje line meter.)
+    """
+    from ems.modbus.server import served_registers
+    from ems.readings import METER_KINDS
+
+    wanted = {q for _, qs in METER_KINDS.values() for q in qs}
+    for name in ("ems-em3-float32", "ems-em3-int32", "ems-em3-int64"):
+        have = {r.quantity for r in builtin_models()[name].registers}
+        assert wanted <= have, (name, sorted(wanted - have))  # (loading the map converted every unit)
+    assert wanted <= {r.quantity for r in served_registers()}
+
+
 def test_builtin_map_blocks_read_in_one_request():
     for name in ("ems-em3-float32", "ems-em3-int32", "ems-em3-int64"):
         m = builtin_models()[name]

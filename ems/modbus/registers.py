@@ -79,6 +79,7 @@ UNITS: dict[str, dict[str, float]] = {
     "W/m2": {"W/m2": 1.0, "kW/m2": 1e3},
     "degC": {"degC": 1.0},
     "s": {"s": 1.0},
+    "units": {"units": 1.0},
 }
 """Register units each contract unit accepts, with the factor to the contract unit (SI definitions)."""
 
