@@ -143,3 +143,27 @@ def test_assess_intensity_uses_output_growth():
     y = _yearly(net=[100] * 6, share=[0.0] * 6, output=[1e8, 1e8, 1e8, 1e8, 1e8, 2e8])
     a = assess(y, TARGETS).set_index("target")
     assert a.loc["intensity-2030", "met"] is True
+
+
+def test_assess_takes_the_baseline_of_a_targets_file():
+    """A baseline as ems/data/targets/group.yaml writes it ({value, unit, source}), or as a plain number."""
+    from ems.accounting.targets import load_targets
+
+    group = load_targets("group")
+    assert isinstance(group["baseline"]["green_share"], dict)  # the shape the README's ems pathway reads
+    y = _yearly(net=[100, 110, 120, 125, 90, 55], share=[0.1, 0.2, 0.28, 0.31, 0.29, 0.35])
+    for base in ({"value": 0.30, "unit": "-", "source": "published"}, 0.30):  # 2020: not simulated
+        t = {**TARGETS, "base_year": 2020, "targets": [
+            {"id": "half", "year": 2030, "metric": "green_share", "kind": "change", "value": -0.5}]}
+        a = assess(y, {**t, "baseline": {"green_share": base}}).set_index("target")
+        assert a.loc["half", "first_year_met"] == 2023  # 0.10 <= 0.30 * (1 - 0.5): the given baseline was used
+
+
+def test_assess_leaves_out_a_tracked_metric_the_pathway_does_not_compute():
+    """The group's targets track pv_kwp (no goal): ems pathway with them must not fail on it."""
+    y = _yearly(net=[100, 110, 120, 125, 90, 55], share=[0.1, 0.2, 0.28, 0.31, 0.29, 0.35])
+    t = {**TARGETS, "targets": [*TARGETS["targets"],
+                                {"id": "pv", "year": 2024, "metric": "pv_kwp", "kind": "track", "value": None}]}
+    assert "pv" not in set(assess(y, t)["target"])
+    with pytest.raises(ConfigError, match="'pv_kwp' is not a pathway column"):
+        assess(y, {**t, "targets": [{**t["targets"][-1], "kind": "level", "value": 1.0}]})

@@ -237,12 +237,15 @@ def assess(yearly: pd.DataFrame, targets: Mapping[str, Any], *, emissions: str =
     y = yearly.sort_index()
     years = [int(v) for v in y.index]
     base_year = int(targets["base_year"])
-    baseline = targets.get("baseline") or {}
+    baseline = {k: (v.get("value") if isinstance(v, Mapping) else v)  # the targets file's {value, unit, source}
+                for k, v in (targets.get("baseline") or {}).items()}
     rows = []
     for t in targets["targets"]:
         metric = str(t["metric"])
         col = emissions if metric == "scope12_market_t" else metric
         if col not in y:
+            if t["kind"] == "track":  # reported, not aimed at (e.g. pv_kwp of the group's targets): not a pathway figure
+                continue
             raise ConfigError(f"target {t['id']}: metric {metric!r} is not a pathway column")
         series = y[col].astype(float)
         if metric == "scope12_market_intensity_t_per_10k_rmb" and emissions in y and "output_rmb" in y:
