@@ -71,3 +71,5 @@ def test_gateway_stats_line_reads_without_json():
     line = gateway_stats_line(now, {**now, "readings": 12500}, 5.0)
     assert line == ("500 readings/s; 14,990 readings acknowledged; 1 reading dead-lettered; "
                     "poll latency p50 0.01 s, p99 0.25 s; 2 of 500 devices offline; poll errors: timeout 3")
+    line = gateway_stats_line({**now, "intervals_skipped": 4}, None, 5.0)
+    assert line.endswith("poll errors: timeout 3; 4 intervals skipped (polled too late)")

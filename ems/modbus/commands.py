@@ -144,6 +144,8 @@ def gateway_stats_line(now: dict[str, Any], prev: dict[str, Any] | None, dt_s: f
     errors = now.get("poll_errors") or {}
     after = [f"{now['offline']:,} of {plural(int(now['devices']), 'device')} offline",
              f"poll errors: {', '.join(f'{k} {v:,}' for k, v in errors.items())}" if errors else "",
+             f"{plural(int(now['intervals_skipped']), 'interval')} skipped (polled too late)"
+             if now.get("intervals_skipped") else "",
              f"{plural(int(now['backfilled']), 'reading')} published again" if now.get("backfilled") else ""]
     latency = ("poll latency", now["poll_latency_p50_s"], "p99", now["poll_latency_p99_s"]) if now["polls"] else None
     return counters_line(rate_of(now, prev, "readings", dt_s), (int(now["acknowledged"]), "acknowledged"),
