@@ -252,7 +252,7 @@ def _readme_outputs() -> list[str]:
     text = (ROOT / "README.md").read_text()
     found = re.findall(r"--(?:out|ledger|html|csv|store|deadletter) (?!')([\w./-]+)", text)
     defaults = ["ems-data/", "sweep-results/", "deadletter.jsonl", "ems-live-20240101T000000Z/",
-                "ems-live-20240101T000000Z.ledger.json"]
+                "ems-live-20240101T000000Z.ledger.json", "gateway-history/", "gateway-deadletter.jsonl"]
     return sorted({p for p in found if not p.startswith(("/", "docs/")) and not p.isupper()} | set(defaults))
 
 
@@ -278,7 +278,8 @@ def test_readme_install_covers_the_examples():
     text = (ROOT / "README.md").read_text()
     first = next(line for line in text.splitlines() if "pip install -e" in line)
     extras = set(re.search(r"pip install -e '?\.(?:\[([\w,]+)\])?", first).group(1).split(","))
-    needs = {"sweep": "ems sweep "}  # extra -> a README example that needs it
+    needs = {"sweep": "ems sweep ", "plant": "ems modbus "}  # extra -> a README example that needs it
+    assert "ems gateway " in text and "--encoding sparkplug" in text  # the plant extra's other uses
     for extra, example in needs.items():
         if example in text:
             assert extra in extras, f"README command 1 must install ems[{extra}] for `{example.strip()}`"
