@@ -20,10 +20,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_soak import machine  # noqa: E402
+
 DOC = ROOT / "docs" / "reliability.md"
 RESULTS = ROOT / "bench" / "results"
 SUITE = ["tests/test_reliability_faults.py", "tests/test_security_hostile.py", "tests/test_security_broker.py",
@@ -80,15 +84,24 @@ def main() -> None:
     figs = RESULTS / "reliability.jsonl"
     junit = RESULTS / "reliability-junit.xml"
     rc = 0
+    run_info = RESULTS / "reliability-run.json"
     if not args.no_run:
         figs.unlink(missing_ok=True)
+        load0, t0 = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         rc = run_suite(figs, junit)
+        run_info.write_text(json.dumps({"machine": machine(), "when": t0, "load_start": load0,
+                                        "load_end": os.getloadavg()}))
     records = [json.loads(line) for line in figs.read_text().splitlines()] if figs.exists() else []
     times, rows = times_of(junit)
     total = sum(t for *_, t, _ in rows)
     passed = sum(1 for *_, s in rows if s == "passed")
+    info = json.loads(run_info.read_text()) if run_info.exists() else {}
+    where = (f" Run {info['when']} on {info['machine']}; load average (1, 5, 15 min) "
+             f"{' '.join(f'{x:.1f}' for x in info['load_start'])} at the start, "
+             f"{' '.join(f'{x:.1f}' for x in info['load_end'])} at the end (a machine shared with other work)."
+             if info else "")
     body = [table(records, times), "",
-            f"Suite: {passed} of {len(rows)} tests passed in {total:.0f} s (sum of test times; `pytest` exit {rc}).",
+            f"Suite: {passed} of {len(rows)} tests passed in {total:.0f} s (sum of test times; `pytest` exit {rc}).{where}",
             "", "| module | test | time [s] | result |", "| --- | --- | ---: | --- |"]
     body += [f"| {m} | {n} | {t:.1f} | {s} |" for m, n, t, s in rows]
     doc = DOC.read_text() if DOC.exists() else "# Reliability and security\n"
