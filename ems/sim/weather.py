@@ -291,6 +291,10 @@ def synthetic_weather(
     }
 
 
+_FILE_COLUMNS = ("ghi", "dni", "dhi", "temp_air")
+"""What a weather file must give: irradiance [W/m2] and air temperature [degC]."""
+
+
 def read_weather_file(
     path: str | Path, kind: str, mid_local: pd.DatetimeIndex
 ) -> dict[str, FloatArray]:
@@ -313,9 +317,29 @@ def read_weather_file(
     dict of ndarray
         ``ghi``, ``dni``, ``dhi`` [W/m2] and ``temp_air`` [degC].
     """
+    data = _read_typical_year(Path(path), kind)
+    idx = pd.DatetimeIndex(data.index)
+    hoy_file, order = _file_hours(idx)
+    hoy = _step_hours(mid_local, idx.tz)
+    out: dict[str, FloatArray] = {}
+    for c in _FILE_COLUMNS:
+        vals = data[c].to_numpy(dtype=float)[order]
+        out[c] = np.interp(hoy, hoy_file, vals, period=8760.0)
+    for c in ("ghi", "dni", "dhi"):
+        out[c] = np.clip(out[c], 0.0, None)
+    return out
+
+
+def _read_typical_year(p: Path, kind: str) -> pd.DataFrame:
+    """The file's hours (coerced to the non-leap year 2019) with pvlib's column names.
+
+    Raises
+    ------
+    ConfigError
+        No file, a file pvlib cannot read, or one without :data:`_FILE_COLUMNS`.
+    """
     import pvlib  # only weather files need it (its import takes a third of a second)
 
-    p = Path(path)
     if not p.exists():
         raise ConfigError(f"weather file: expected an {kind.upper()} file, found nothing at {p}")
     try:
@@ -327,29 +351,35 @@ def read_weather_file(
         raise ConfigError(
             f"weather file {p}: expected a readable {kind.upper()} file; {exc}"
         ) from exc
-    need = ["ghi", "dni", "dhi", "temp_air"]
+    need = list(_FILE_COLUMNS)
     missing = [c for c in need if c not in data.columns]
     if missing:
         raise ConfigError(f"weather file {p}: expected columns {need}, missing {missing}")
-    # hours of the typical year (coerced to non-leap 2019), at the middle of each file hour;
-    # pvlib labels each hour of the file by its start
-    idx = data.index
-    year0 = pd.Timestamp(2019, 1, 1)
+    frame: pd.DataFrame = data
+    return frame
+
+
+def _file_hours(idx: pd.DatetimeIndex) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """Hour of the typical year [h] at the middle of each file hour, sorted; and the sort order.
+
+    pvlib labels each hour of the file by its start.
+    """
     naive = idx.tz_localize(None) if idx.tz is not None else idx
-    hoy_file = np.asarray((naive - year0) / pd.Timedelta(hours=1), dtype=float) + 0.5
-    order = np.argsort(hoy_file)
-    hoy_file = hoy_file[order]
-    std_offset = idx.tz.utcoffset(None) if idx.tz is not None else None
-    if std_offset is not None:  # files are in local standard time: no DST
+    hoy = np.asarray((naive - pd.Timestamp(2019, 1, 1)) / pd.Timedelta(hours=1), dtype=float) + 0.5
+    order = np.argsort(hoy)
+    return hoy[order], order
+
+
+def _step_hours(mid_local: pd.DatetimeIndex, file_tz: dt.tzinfo | None) -> FloatArray:
+    """Hour of the typical year [h] of each step, on the file's clock (local standard time: no DST).
+
+    Day 366 of a leap year takes the file's day 365.
+    """
+    std_offset = file_tz.utcoffset(None) if file_tz is not None else None
+    if std_offset is not None:
         mid = (mid_local.tz_convert("UTC") + std_offset).tz_localize(None)
     else:
         mid = mid_local.tz_localize(None)
     doy = np.minimum(np.asarray(mid.day_of_year), 365)
-    hoy = (doy - 1) * 24 + np.asarray(mid.hour) + np.asarray(mid.minute) / 60.0
-    out: dict[str, FloatArray] = {}
-    for c in need:
-        vals = data[c].to_numpy(dtype=float)[order]
-        out[c] = np.interp(hoy, hoy_file, vals, period=8760.0)
-    for c in ("ghi", "dni", "dhi"):
-        out[c] = np.clip(out[c], 0.0, None)
+    out: FloatArray = (doy - 1) * 24 + np.asarray(mid.hour) + np.asarray(mid.minute) / 60.0
     return out
