@@ -5,8 +5,8 @@ an EPW / TMY3 file read with :mod:`pvlib.iotools`.
 
 Synthetic model
 ---------------
-1. Sun: :func:`ems.sim.sun.solar_position` (NREL SPA) at interval midpoints and
-   the extraterrestrial normal irradiance :func:`ems.sim.sun.extra_radiation`;
+1. Sun: :func:`ems.sun.solar_position` (NREL SPA) at interval midpoints and
+   the extraterrestrial normal irradiance :func:`ems.sun.extra_radiation`;
    horizontal extraterrestrial irradiance ``G0h = E0 * max(cos(zenith), 0)`` [W/m2].
 2. Daily clearness index ``kt_d``: a Gaussian AR(1) over days (lag-1 correlation
    ``cloud_persistence``) mapped through a scaled Beta distribution whose mean is
@@ -38,9 +38,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from ems import sun
 from ems.errors import ConfigError
 from ems.model.site import Location, Weather
-from ems.sim import sun
 from ems.sim.clock import calendar_fields
 from ems.sim.stochastic import ar1, beta_ppf, normal_cdf
 
@@ -69,9 +69,9 @@ def solar_geometry(
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Sun position and extraterrestrial irradiance at interval midpoints.
 
-    Positions from :func:`ems.sim.sun.solar_position` (NREL SPA, within 1e-4 deg of
+    Positions from :func:`ems.sun.solar_position` (NREL SPA, within 1e-4 deg of
     it evaluated in full) at every step; ``dni_extra`` from
-    :func:`ems.sim.sun.extra_radiation` on the UTC day of year with its fraction of
+    :func:`ems.sun.extra_radiation` on the UTC day of year with its fraction of
     a day (whole minutes).
 
     Returns
