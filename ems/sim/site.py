@@ -253,15 +253,9 @@ class SiteSimulation:
         """Noise-free air temperature [degC] of the hourly reference year (``annual_*`` scaling)."""
         wcfg = self.site.weather
         if wcfg.temp_air_c is not None:
-            tm = wx._monthly_interp(wcfg.temp_air_c, ref_local)
-            hour = np.asarray(ref_local.hour, dtype=float) + 0.5
-            out: FloatArray = tm + 0.5 * wcfg.temp_daily_amplitude_c * np.cos(
-                2 * np.pi * (hour - 15.0) / 24.0
-            )
-            return out
-        return wx.read_weather_file(self._weather_path(wcfg.path), wcfg.source, ref_local)[
-            "temp_air"
-        ]
+            return wx.reference_temperature(wcfg, ref_local)
+        path = self._weather_path(wcfg.path)
+        return wx.read_weather_file(path, wcfg.source, ref_local)["temp_air"]
 
     def prepare(self) -> None:
         """Compute everything that does not depend on dispatch."""
@@ -299,7 +293,9 @@ class SiteSimulation:
     def _electrical_loads(self, temp_air: FloatArray) -> None:
         """Loads by end use [kW] with their noise, their total, and the running fractions [-]."""
         g, s = self.grid, self.site
-        ref_local = ld.reference_year(g.start.year, s.location.tz)
+        # the hourly reference year of the annual_* scaling (loads here, heat in _steam_demand)
+        self.ref_local = ref_local = ld.reference_year(g.start.year, s.location.tz)
+        self.ref_temp = self._ref_temperature(ref_local)
         rho = float(np.exp(-g.dt_h / 0.5))
 
         def noise(use: str) -> FloatArray:
@@ -310,7 +306,7 @@ class SiteSimulation:
             return out
 
         self.loads = ld.electrical_loads(
-            g.mid_local, temp_air, s.loads, noise, ref_local, self._ref_temperature(ref_local)
+            g.mid_local, temp_air, s.loads, noise, ref_local, self.ref_temp
         )
         self.load_total = sum(self.loads.values(), np.zeros(g.n))
         self.running = ld.running_fraction(g.mid_local, s.loads.calendar)
@@ -585,6 +581,8 @@ class SiteSimulation:
             "loads",
             "load_total",
             "running",
+            "ref_local",
+            "ref_temp",
             "ref_running",
             "chp_kw",
             "charge",
@@ -691,9 +689,8 @@ class SiteSimulation:
         )
         if steam.annual_gj is None:
             return demand
-        ref_local = ld.reference_year(g.start.year, self.site.location.tz)
         ref = th.steam_demand_kw(
-            self.ref_running, self._ref_temperature(ref_local), np.asarray(ref_local.month), steam
+            self.ref_running, self.ref_temp, np.asarray(self.ref_local.month), steam
         )
         e_gj = float(ref.sum()) * th.MJ_PER_KWH / 1000.0
         return demand * (steam.annual_gj / e_gj) if e_gj > 0 else demand

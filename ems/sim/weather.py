@@ -47,9 +47,11 @@ from ems.sim.stochastic import ar1, beta_ppf, normal_cdf
 __all__ = [
     "KT_MAX",
     "daily_clearness",
+    "daily_cycle",
     "erbs",
     "extraterrestrial_daily",
     "read_weather_file",
+    "reference_temperature",
     "solar_geometry",
     "synthetic_weather",
 ]
@@ -216,6 +218,34 @@ def _month_days(start: dt.date, end: dt.date) -> pd.DatetimeIndex:
     return pd.date_range(first, last_month_end, freq="D")
 
 
+def daily_cycle(hour: FloatArray, amplitude_c: float) -> FloatArray:
+    """Daily cycle of the air temperature about its mean [K]: a cosine peaking at 15:00.
+
+    Parameters
+    ----------
+    hour : ndarray [h]
+        Local hour of the day (with its fraction).
+    amplitude_c : float [K]
+        Peak-to-peak amplitude (``temp_daily_amplitude_c``).
+    """
+    out: FloatArray = 0.5 * amplitude_c * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
+    return out
+
+
+def reference_temperature(weather: Weather, ref_local: pd.DatetimeIndex) -> FloatArray:
+    """Noise-free synthetic air temperature [degC] at the hourly midpoints ``ref_local``.
+
+    The monthly means interpolated over the year plus :func:`daily_cycle` at the middle of
+    each local hour: the basis of the ``annual_*`` scaling of loads and heat.
+    """
+    if weather.temp_air_c is None:
+        raise ConfigError("synthetic weather needs 'temp_air_c'")
+    tm = _monthly_interp(weather.temp_air_c, ref_local)
+    hour = np.asarray(ref_local.hour, dtype=float) + 0.5
+    out: FloatArray = tm + daily_cycle(hour, weather.temp_daily_amplitude_c)
+    return out
+
+
 def _monthly_interp(values: list[float], local: pd.DatetimeIndex) -> FloatArray:
     """Interpolate 12 monthly means periodically over the year at ``local`` times."""
     wall = local.tz_localize(None) if local.tz is not None else local
@@ -277,7 +307,7 @@ def synthetic_weather(
     # temperature
     tmean = _monthly_at(weather.temp_air_c, f["doy"], f["hour"])
     hour = f["hour"] + f["minute"] / 60.0
-    cycle = 0.5 * weather.temp_daily_amplitude_c * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
+    cycle = daily_cycle(hour, weather.temp_daily_amplitude_c)
     clear_amp = 0.6 + 0.8 * (kt_d - 0.5)  # clear days swing more
     temp = tmean + cycle * clear_amp + temp_anom_days[di] + 0.3 * ar1(rng, len(mid_local), rho)
     return {
