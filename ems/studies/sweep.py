@@ -33,8 +33,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from ems.errors import ConfigError, MissingExtraError
-from ems.model.loader import load_document
 from ems.model.scenario import ResolvedScenario
+from ems.model.yamldoc import load_document
 from ems.studies.measures import MEASURES, load_costs
 
 __all__ = [
