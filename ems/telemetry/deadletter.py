@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ems.durable import write_fsync
 from ems.telemetry import topics
 from ems.telemetry.session import Ack, Message
 
@@ -218,11 +219,7 @@ def _append(path: Path, data: bytes) -> None:
     with open(path, "ab", buffering=0) as f:
         start = f.tell()
         try:
-            view = memoryview(data)
-            while view:
-                n = f.write(view)
-                view = view[n or 0 :]
-            os.fsync(f.fileno())
+            write_fsync(f, data)
         except OSError:
             try:
                 f.truncate(start)
