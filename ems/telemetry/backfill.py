@@ -33,11 +33,9 @@ from ems.errors import PayloadError
 from ems.telemetry import topics
 from ems.telemetry.codec.wire import (
     MAX_SEQ,
-    check_same,
-    check_version,
     dumps,
     format_ts,
-    load_object,
+    load_message,
     parse_ts,
     short_repr,
     typed_field,
@@ -97,9 +95,7 @@ def decode_request(site: str, payload: bytes) -> BackfillRequest:
         bad meter id) or ``bad_range`` (not ``0 <= from_seq <= to_seq``).
     """
     where = f"backfill request of {site}"
-    obj = load_object(payload)
-    check_version(obj, where)
-    check_same(obj, "site", site, where)
+    obj = load_message(payload, where, site=site)
     meter = topics.validate_id(typed_field(obj, "meter", str, where), f"{where}.meter")
     a = typed_field(obj, "from_seq", int, where)
     b = typed_field(obj, "to_seq", int, where)
@@ -134,9 +130,7 @@ def decode_hwm(site: str, payload: bytes, *, now_ns: int | None = None, max_futu
         or ``oversized`` (more than :data:`MAX_HWM_METERS` meters).
     """
     where = f"high-water mark of {site}"
-    obj = load_object(payload)
-    check_version(obj, where)
-    check_same(obj, "site", site, where)
+    obj = load_message(payload, where, site=site)
     marks = typed_field(obj, "last_seq", dict, where)
     if len(marks) > MAX_HWM_METERS:
         raise PayloadError("oversized", f"{where}.last_seq: expected at most {MAX_HWM_METERS} meters, found {len(marks)}")

@@ -13,10 +13,8 @@ from ems.telemetry.codec.registration import check_gas
 from ems.telemetry.codec.wire import (
     MAX_ABS_VALUE,
     MAX_READINGS,
-    check_same,
-    check_version,
     format_ts,
-    load_object,
+    load_message,
     parse_ts,
     short_repr,
     typed_field,
@@ -53,9 +51,7 @@ def encode_events(site: str, rows: Iterable[Mapping[str, Any]]) -> bytes:
 def decode_events(site: str, payload: bytes, *, now_ns: int, max_future_s: float = 300.0) -> list[dict[str, Any]]:
     """Decode events received on ``ems/v1/{site}/_events`` into rows for :func:`ems.readings.events_frame`."""
     where = f"ems/v1/{site}/_events"
-    obj = load_object(payload)
-    check_version(obj, where)
-    check_same(obj, "site", site, where)
+    obj = load_message(payload, where, site=site)
     rows = typed_field(obj, "events", list, where)
     if len(rows) > MAX_READINGS:
         raise PayloadError("oversized", f"{where}.events: expected at most {MAX_READINGS}, found {len(rows)}")

@@ -20,11 +20,10 @@ from ems.telemetry.codec.wire import (
     MAX_DEPTH_META,
     MAX_INTERVAL_S,
     check_same,
-    check_version,
     depth_ok,
     dumps,
     format_ts,
-    load_object,
+    load_message,
     short_repr,
     typed_field,
 )
@@ -60,10 +59,7 @@ def decode_meta(site: str, meter: str, payload: bytes) -> MeterInfo:
         from its table; ``wrong_type``, ``missing_field``, ``out_of_range`` etc. otherwise.
     """
     where = f"ems/v1/{site}/{meter}/meta"
-    obj = load_object(payload, max_depth=MAX_DEPTH_META)
-    check_version(obj, where)
-    check_same(obj, "site", site, where)
-    check_same(obj, "meter", meter, where)
+    obj = load_message(payload, where, site=site, meter=meter, max_depth=MAX_DEPTH_META)
     return meter_from_fields(site, meter, obj, where)
 
 
@@ -167,9 +163,7 @@ def encode_site(info: SiteInfo) -> bytes:
 def decode_site(site: str, payload: bytes) -> SiteInfo:
     """Decode and check a site registration received on ``ems/v1/{site}/_site``."""
     where = f"ems/v1/{site}/_site"
-    obj = load_object(payload, max_depth=MAX_DEPTH_META)
-    check_version(obj, where)
-    return site_from_fields(site, obj, where)
+    return site_from_fields(site, load_message(payload, where, max_depth=MAX_DEPTH_META), where)
 
 
 def site_from_fields(site: str, obj: Mapping[str, Any], where: str) -> SiteInfo:

@@ -34,6 +34,7 @@ __all__ = [
     "depth_ok",
     "dumps",
     "format_ts",
+    "load_message",
     "load_object",
     "parse_ts",
     "parse_ts_cached",
@@ -207,7 +208,27 @@ def typed_field(obj: Mapping[str, Any], name: str, types: type | tuple[type, ...
     return v
 
 
+def load_message(payload: bytes, where: str, *, site: str | None = None, meter: str | None = None,
+                 max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """A contract v1 message's JSON object: :func:`load_object`, then its version, then ``site`` and
+    ``meter`` (where given) equal to the topic's.
+
+    Raises
+    ------
+    PayloadError
+        :func:`load_object`'s reasons, ``missing_field``, ``wrong_version``, ``wrong_type`` or ``bad_topic``.
+    """
+    obj = load_object(payload, max_depth=max_depth)
+    check_version(obj, where)
+    if site is not None:
+        check_same(obj, "site", site, where)
+    if meter is not None:
+        check_same(obj, "meter", meter, where)
+    return obj
+
+
 def check_version(obj: Mapping[str, Any], where: str) -> None:
+    """Refuse an object whose ``v`` is not the contract's version (``missing_field``, ``wrong_version``)."""
     if "v" not in obj:
         raise PayloadError("missing_field", f"{where}: expected field 'v' (contract version 1)")
     if obj["v"] != SCHEMA_VERSION or isinstance(obj["v"], bool):
