@@ -178,7 +178,7 @@ class _MapFile(_Spec):
 
 def _validate(text: str, name: str, schema: type[Any]) -> Any:
     from ems.model.validation import validate_document
-    from ems.model.yamldoc import parse
+    from ems.yamldoc import parse
 
     return validate_document(parse(text, name), schema)
 
@@ -194,7 +194,7 @@ def load_gateway(path: str | Path) -> tuple[GatewaySpec, dict[str, Model]]:
         If the file cannot be read.
     """
     from ems.model.validation import validate_document
-    from ems.model.yamldoc import load_document
+    from ems.yamldoc import load_document
 
     doc = load_document(path)
     spec: GatewaySpec = validate_document(doc, GatewaySpec)
@@ -204,7 +204,7 @@ def load_gateway(path: str | Path) -> tuple[GatewaySpec, dict[str, Model]]:
 def load_gateway_data(text: str, name: str = "<string>") -> tuple[GatewaySpec, dict[str, Model]]:
     """:func:`load_gateway` from text."""
     from ems.model.validation import validate_document
-    from ems.model.yamldoc import parse
+    from ems.yamldoc import parse
 
     doc = parse(text, name)
     spec: GatewaySpec = validate_document(doc, GatewaySpec)

@@ -1,6 +1,6 @@
 """Load site and scenario files: their YAML, their overrides, their files, one located error for every problem.
 
-A site or scenario file is read as a :class:`~ems.model.yamldoc.Document` (safe YAML
+A site or scenario file is read as a :class:`~ems.yamldoc.Document` (safe YAML
 with the line of every value), validated against the pydantic schemas in
 :mod:`ems.model.site` and :mod:`ems.model.scenario` (:mod:`ems.model.validation`:
 each problem as ``file:line: field.path: expected ..., found ...``, all of them in one
@@ -25,7 +25,7 @@ from ems.model.overrides import apply_scenario_overrides
 from ems.model.scenario import ResolvedScenario, ScenarioFile, apply_boundary
 from ems.model.site import Site
 from ems.model.validation import did_you_mean, short_value, validate_document
-from ems.model.yamldoc import Document, Key, Path_, format_path, load_document, parse
+from ems.yamldoc import Document, Key, Path_, format_path, load_document, parse
 
 __all__ = [
     "FILE_ROOTS_ENV",

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from ems.errors import ConfigError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Battery, Dispatch, PvArray, Site
-from ems.model.yamldoc import load_document
+from ems.yamldoc import load_document
 
 __all__ = [
     "COMMON_PARAMETERS",

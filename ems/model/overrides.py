@@ -27,7 +27,7 @@ from ems.errors import LocatedError
 from ems.model.scenario import ScenarioFile
 from ems.model.site import Site
 from ems.model.validation import child_type, did_you_mean, fields_at, short_value, unwrap_type
-from ems.model.yamldoc import Document, Key, Path_, format_path
+from ems.yamldoc import Document, Key, Path_, format_path
 
 __all__ = ["apply_override", "apply_scenario_overrides"]
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, Union
 from pydantic import BaseModel, ValidationError
 
 from ems.errors import LocatedError
-from ems.model.yamldoc import Document, Key, Path_, format_path
+from ems.yamldoc import Document, Key, Path_, format_path
 
 __all__ = [
     "child_type",

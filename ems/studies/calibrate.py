@@ -48,7 +48,7 @@ import yaml
 from ems.errors import ConfigError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
-from ems.model.yamldoc import load_document
+from ems.yamldoc import load_document
 
 __all__ = ["QUANTITIES", "Calibration", "calibrate", "load_totals", "monthly_totals"]
 

@@ -39,7 +39,7 @@ import pandas as pd
 from ems.errors import ConfigError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
-from ems.model.yamldoc import load_document
+from ems.yamldoc import load_document
 
 __all__ = ["ASSESS_COLUMNS", "PathwaySpec", "assess", "interpolate", "load_pathway_spec", "run_pathway"]
 

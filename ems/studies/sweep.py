@@ -34,8 +34,8 @@ import pandas as pd
 
 from ems.errors import ConfigError, MissingExtraError
 from ems.model.scenario import ResolvedScenario
-from ems.model.yamldoc import load_document
 from ems.studies.measures import MEASURES, load_costs
+from ems.yamldoc import load_document
 
 __all__ = [
     "SweepResult",

@@ -7,6 +7,11 @@ a FIFO or a device), its nesting (:data:`MAX_DEPTH`) and the values it expands t
 through aliases (:data:`MAX_NODES`); a key given twice is refused, as YAML would
 silently keep the last. Every problem is a :class:`~ems.errors.LocatedError` with the
 file, the line and the field path.
+
+This is the one YAML reader of the package: site and scenario files
+(:mod:`ems.model.loader`), gateway files, study files, and the data files of
+``ems/data/`` (factor sets, the gas table, exchange rates, frameworks, grid mixes,
+targets).
 """
 
 from __future__ import annotations
