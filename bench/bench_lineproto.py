@@ -72,9 +72,10 @@ def main() -> None:
     old_lines = anchor.reading_lines(r, meters, sites)
     assert new_lines == old_lines, "the line protocol differs from the anchor's"
     new_t, old_t = [], []
-    for _ in range(args.repeats):  # alternate, so that both see the same load
-        new_t.append(_cpu(lambda: lineproto.reading_lines(r, meters, sites)))
-        old_t.append(_cpu(lambda: anchor.reading_lines(r, meters, sites)))
+    for i in range(args.repeats):  # alternate (ABBA), so that both see the same load and go first as often
+        pair = [(new_t, lineproto), (old_t, anchor)]
+        for times, mod in pair if i % 2 == 0 else pair[::-1]:
+            times.append(_cpu(lambda mod=mod: mod.reading_lines(r, meters, sites)))
     load1 = os.getloadavg()[0]
     nw, nc = min(t[0] for t in new_t), min(t[1] for t in new_t)
     ow, oc = min(t[0] for t in old_t), min(t[1] for t in old_t)
