@@ -14,7 +14,7 @@ from ems.model.loader import load_scenario, load_scenario_data, load_site, load_
 from ems.model.overrides import apply_override
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
-from ems.model.yamldoc import parse
+from ems.yamldoc import parse
 
 DATA = Path(__file__).parent / "data" / "model"
 ROOT = Path(__file__).parent.parent

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ems.errors import LocatedError
 from ems.model.loader import load_site_data
 from ems.model.site import Site
-from ems.model.yamldoc import parse
+from ems.yamldoc import parse
 
 TEXT = (Path(__file__).parent.parent / "sites" / "shunde-sheet-metal.yaml").read_text()
 DATA = parse(TEXT, "shunde.yaml").data
