@@ -59,7 +59,7 @@ NOTES = [
     "  measured before issue 11 changed the site model):",
     "  76 % bit for bit, the rest within 0.0025 kW / W/m2 per reading and 0.065 kWh on",
     "  registers of 10^4..10^8 kWh after a year; events identical. The solar position is",
-    "  within 1e-4 deg of pvlib's SPA (tests/test_sim_sun.py); tests/test_sim_golden.py",
+    "  within 1e-4 deg of pvlib's SPA (tests/test_sun.py); tests/test_sim_golden.py",
     "  holds three small runs to the bounds it states.",
     "- Since issue 13 the embedded store keeps its register aggregates (stage 1 per local",
     "  day and tariff period) up to date as it is written. Before that merge (commit aab4aa3,",

@@ -275,20 +275,6 @@ def test_write_then_read_keeps_values_and_provenance(tmp_path, suffix):
         write_intensity(s, tmp_path / "si.txt")
 
 
-@pytest.mark.parametrize(("lat", "lon", "tz"), [(36.1, 120.4, "Asia/Shanghai"), (46.36, 15.11, "Europe/Ljubljana"), (-33.9, 18.4, "Africa/Johannesburg")])
-def test_sun_shape_agrees_with_pvlib_spa(lat, lon, tz):
-    from pvlib.solarposition import get_solarposition
-
-    from ems.accounting.gridmix import sun_shape
-
-    hours = year_hours(2024, tz)
-    ours = sun_shape(hours, lat, lon)
-    spa = np.mean([np.cos(np.radians(get_solarposition(hours + pd.Timedelta(minutes=m), lat, lon, method="nrel_numpy")["zenith"].to_numpy()))
-                   for m in (7.5, 22.5, 37.5, 52.5)], axis=0).clip(0.0)
-    assert np.abs(ours - spa).max() < 0.01  # cos(zenith), i.e. well under a degree near the horizon
-    assert ours.sum() == pytest.approx(spa.sum(), rel=1e-3)
-
-
 def test_ems_intensity_command_checks_models_and_converts(tmp_path):
     from click.testing import CliRunner
 

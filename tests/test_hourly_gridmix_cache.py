@@ -4,11 +4,12 @@ model instead of making it, and gets the same series, bit for bit."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from ems import cache
+from ems import cache, sun
 from ems.accounting import gridmix
 
 
@@ -65,3 +66,24 @@ def test_a_new_process_reads_what_another_kept(cache_dir):
     assert list((cache_dir / "gridmix").glob("CN-North-2024-*.npz"))
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert first.stdout == second.stdout
+
+
+def test_the_key_follows_the_code_of_the_sun(cache_dir, tmp_path, monkeypatch):
+    """A change to ems.sun (or its table of SPA terms) names a new entry: the old one, made by
+    the old sun, is never read again but modelled anew."""
+    gridmix._raw_region("SI", 2024)
+    key = gridmix._cache_key("SI", 2024)
+    assert [p.stem for p in (cache_dir / "gridmix").glob("SI-2024-*.npz")] == [key]
+    changed = tmp_path / "sun.py"
+    changed.write_text(Path(sun.__file__).read_text() + "\n# a changed sun\n")
+    with monkeypatch.context() as m:
+        m.setattr(sun, "__file__", str(changed))
+        assert gridmix._cache_key("SI", 2024) != key
+    assert gridmix._cache_key("SI", 2024) == key
+    terms = tmp_path / "spa-terms.json"
+    terms.write_bytes(sun.TERMS_FILE.read_bytes() + b" ")
+    monkeypatch.setattr(sun, "TERMS_FILE", terms)
+    assert gridmix._cache_key("SI", 2024) != key
+    gridmix._raw_region.cache_clear()
+    gridmix._raw_region("SI", 2024)  # modelled again under the new name
+    assert len(list((cache_dir / "gridmix").glob("SI-2024-*.npz"))) == 2

@@ -4,7 +4,7 @@ The golden files were made before the simulation stopped using pvlib and SciPy a
 run time (commit d999ce4: pvlib's SPA at every step at 15 min, every 10 minutes
 and interpolated at one minute). The differences are documented bounds, not noise:
 
-* 15 min: the sun's position differs by less than 1e-4 deg (``test_sim_sun.py``),
+* 15 min: the sun's position differs by less than 1e-4 deg (``test_sun.py``),
   the AR(1) filter and the beta quantiles by less than 1e-12. Every reading is
   within 1e-3 of its unit for instantaneous values (kW, W/m2, degC, m3/h), 1e-2 for
   registers (kWh, GJ, m3, kg, RMB) and 1e-4 percentage points of state of charge.

@@ -21,7 +21,15 @@ from ems.sim.clock import (
     site_seed_sequence,
     stable_hash,
 )
-from ems.sim.storage import BatteryLimits, dispatch_block, dispatch_step
+from ems.sim.storage import (
+    BatteryLimits,
+    demand_response_cap,
+    dispatch_block,
+    dispatch_step,
+    peak_shaving,
+    self_consumption,
+    tou_arbitrage,
+)
 
 TARIFF = Tariff.model_validate(
     {
@@ -167,8 +175,40 @@ def test_dispatch_block_equals_step_function():
             ck, dk, s = dispatch_step(
                 s, float(net[k]), int(per[k]), float(il[k]), bool(dr[k]), lim, 0.25
             )
-            assert (ck, dk) == pytest.approx((c[k], d[k]))
-        assert s == pytest.approx(soc[-1])
+            assert (ck, dk, s) == (c[k], d[k], soc[k])  # the same rules: bit for bit
+
+
+@pytest.mark.parametrize(
+    ("rule", "net", "period", "expected"),
+    [
+        # (net, period) -> (charge, discharge); import limit 100, threshold 30, power 50,
+        # room 40 (charge that fills it), avail 45 (discharge that empties it)
+        (self_consumption, -60.0, 1, (40.0, 0.0)),  # surplus: charge, up to the room
+        (self_consumption, 20.0, 2, (0.0, 20.0)),  # deficit: discharge (periods ignored)
+        (self_consumption, 0.0, 0, (0.0, 0.0)),
+        (tou_arbitrage, 80.0, 1, (20.0, 0.0)),  # charge period: from the grid up to the limit
+        (tou_arbitrage, 70.0, 2, (0.0, 45.0)),  # discharge period: cover the deficit
+        (tou_arbitrage, 70.0, 0, (0.0, 0.0)),  # otherwise PV surplus only
+        (tou_arbitrage, -10.0, 0, (10.0, 0.0)),
+        (peak_shaving, 60.0, 0, (0.0, 30.0)),  # above the threshold: shave to it
+        (peak_shaving, 20.0, 0, (10.0, 0.0)),  # below: recharge up to it
+    ],
+)
+def test_strategy_rules(rule, net, period, expected):
+    assert rule(net, period, 100.0, 30.0, 50.0, 40.0, 45.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("charge", "discharge", "net", "expected"),
+    [
+        (30.0, 0.0, 60.0, (20.0, 0.0)),  # grid charging cut to keep import at the cap (80)
+        (10.0, 0.0, 100.0, (0.0, 20.0)),  # charging off, then discharge the rest
+        (0.0, 0.0, 200.0, (0.0, 45.0)),  # no more than the battery holds (avail 45)
+        (0.0, 0.0, 50.0, (0.0, 0.0)),  # under the cap: nothing changes
+    ],
+)
+def test_demand_response_cap_cuts_charging_then_discharges(charge, discharge, net, expected):
+    assert demand_response_cap(charge, discharge, net, 80.0, 50.0, 45.0) == expected
 
 
 # ---------------------------------------------------------------- weather

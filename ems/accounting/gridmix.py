@@ -13,8 +13,9 @@ Model (``docs/grid-intensity.md`` explains it with the sources)
 2. **Profiled technologies** (nuclear, hydro, wind, imports, biomass, ...): each month gets
    ``share x monthly shape`` of the year's supply, spread over the month's hours by the
    diurnal shape. Solar follows the cosine of the sun's zenith at the region's reference point
-   (no output at night, longer and higher days in summer) times the month's clearness relative
-   to clear sky (its ``monthly`` row), scaled to its annual share.
+   (:func:`ems.sun.sun_shape`, NREL SPA: no output at night, longer and higher days in summer)
+   times the month's clearness relative to clear sky (its ``monthly`` row), scaled to its
+   annual share.
 3. **Residual load** = load - profiled output. Where it falls below ``min_dispatch_fraction``
    of its mean (dispatchable plants at minimum stable output), wind and solar (and hydro
    where the file lists it as ``curtailable``: spilled water) are curtailed to keep it there.
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ems import __version__
+from ems import __version__, sun
 from ems.accounting import intensity as intensity_module
 from ems.accounting.intensity import IntensitySeries, calibrate, validate_intensity
 from ems.cache import digest, load_arrays, save_arrays
@@ -54,7 +55,7 @@ from ems.yamldoc import load_document
 
 __all__ = [
     "MixModel", "MixResult", "load_mix", "load_technologies", "mix_regions", "model_mix", "modelled_intensity",
-    "regional_intensity", "sun_shape", "year_hours",
+    "regional_intensity", "year_hours",
 ]
 
 _CURTAILABLE = ("wind", "solar")
@@ -224,34 +225,6 @@ def _spread(monthly: tuple[float, ...], within: np.ndarray, month: np.ndarray) -
     return out
 
 
-def sun_shape(hours: pd.DatetimeIndex, lat: float, lon: float) -> np.ndarray:
-    """Mean of ``max(cos(zenith), 0)`` over each hour starting at ``hours`` [-].
-
-    Sampled at the hour's quarter points. Declination and equation of time from Spencer's
-    Fourier series, the hour angle from the UTC time and the longitude, and
-    ``cos(zenith) = sin(lat) sin(decl) + cos(lat) cos(decl) cos(hour angle)``: within a fraction
-    of a degree, ample for a generation or delivery shape (and no pvlib import at run time).
-
-    References
-    ----------
-    J. W. Spencer, "Fourier series representation of the position of the sun", Search 2 (1971) 172;
-    M. Iqbal, *An Introduction to Solar Radiation* (1983), ch. 1.
-    """
-    utc = hours.tz_convert("UTC")
-    g = 2.0 * np.pi * (utc.day_of_year.to_numpy() - 1.0) / 365.0  # day angle [rad]
-    decl = (0.006918 - 0.399912 * np.cos(g) + 0.070257 * np.sin(g) - 0.006758 * np.cos(2 * g)
-            + 0.000907 * np.sin(2 * g) - 0.002697 * np.cos(3 * g) + 0.00148 * np.sin(3 * g))  # [rad]
-    eot = 229.18 * (0.000075 + 0.001868 * np.cos(g) - 0.032077 * np.sin(g)
-                    - 0.014615 * np.cos(2 * g) - 0.040849 * np.sin(2 * g))  # [min]
-    hod = utc.hour.to_numpy() + utc.minute.to_numpy() / 60.0
-    phi = np.radians(lat)
-    cos = [np.sin(phi) * np.sin(decl) + np.cos(phi) * np.cos(decl)
-           * np.cos(np.radians((hod + q + lon / 15.0 + eot / 60.0 - 12.0) * 15.0))
-           for q in (0.125, 0.375, 0.625, 0.875)]
-    out: np.ndarray = np.clip(np.mean(cos, axis=0), 0.0, None)
-    return out
-
-
 def _profiles(m: MixModel, hours: pd.DatetimeIndex) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     local = hours.tz_convert(m.tz)
     month = local.month.to_numpy() - 1
@@ -269,7 +242,7 @@ def _profiles(m: MixModel, hours: pd.DatetimeIndex) -> tuple[np.ndarray, dict[st
         if tech in m.dispatch:
             continue
         if tech == "solar":  # the sun's path x the month's clearness relative to clear sky
-            w = sun_shape(hours, m.lat, m.lon) * np.asarray(m.monthly.get(tech, flat[:12]))[month]
+            w = sun.sun_shape(hours, m.lat, m.lon) * np.asarray(m.monthly.get(tech, flat[:12]))[month]
             out[tech] = share * w / w.sum()
         else:
             out[tech] = share * _spread(m.monthly.get(tech, tuple(flat[:12])), diurnal(tech), month)
@@ -341,10 +314,10 @@ def _raw(m: MixModel, year: int) -> tuple[IntensitySeries, pd.Series]:
 @functools.lru_cache(maxsize=32)
 def _raw_region(region: str, year: int) -> tuple[IntensitySeries, pd.Series]:
     """:func:`_raw` of a built-in region, kept for the process and in the user's cache (:mod:`ems.cache`),
-    keyed by the region's data files and this code: a new process reads it instead of modelling."""
+    keyed by the region's data files and the code that models it (:func:`_cache_key`): a new process
+    reads it instead of modelling."""
     src = _data_dir() / f"{region}.yaml"
-    key = f"{region}-{year}-" + digest(__version__, region, str(year), files=(
-        src, _data_dir() / "technologies.yaml", Path(__file__), Path(intensity_module.__file__)))
+    key = _cache_key(region, year)
     hit = load_arrays("gridmix", key) if src.exists() else None
     if hit is not None:
         return _from_arrays(*hit)
@@ -352,6 +325,15 @@ def _raw_region(region: str, year: int) -> tuple[IntensitySeries, pd.Series]:
     if src.exists():
         save_arrays("gridmix", key, *_to_arrays(raw, load))
     return raw, load
+
+
+def _cache_key(region: str, year: int) -> str:
+    """Name of a built-in region's model in the user's cache: region, year and a digest of what
+    makes it (ems's version, the data files, this module, the calibration, :mod:`ems.sun` and the
+    SPA's terms). Any change to them gives a new name, so a stale entry is never read."""
+    files = (_data_dir() / f"{region}.yaml", _data_dir() / "technologies.yaml", Path(__file__),
+             Path(intensity_module.__file__), Path(sun.__file__), sun.TERMS_FILE)
+    return f"{region}-{year}-" + digest(__version__, region, str(year), files=files)
 
 
 def _to_arrays(raw: IntensitySeries, load: pd.Series) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

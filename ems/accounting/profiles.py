@@ -27,9 +27,10 @@ import functools
 import numpy as np
 import pandas as pd
 
-from ems.accounting.gridmix import load_mix, model_mix, sun_shape
+from ems.accounting.gridmix import load_mix, model_mix
 from ems.accounting.matching import spread_by_weight
 from ems.errors import AccountingError
+from ems.sun import sun_shape
 
 __all__ = ["PROFILES", "delivery_kwh", "profile_weights"]
 

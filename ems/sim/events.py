@@ -220,8 +220,7 @@ def shutdowns(
         rows.append((a, 0, reason))
         rows.append((b, 1, reason))
     for k, end, reason in sorted(rows):
-        if k > env.now:
-            yield env.timeout(k - int(env.now))
+        yield from _emit_at(env, k)
         kind = EventKind.SHUTDOWN_END if end else EventKind.SHUTDOWN_START
         sink.log(min(k, g.n), kind, "site", float("nan"), "", {"reason": reason})
 
@@ -245,8 +244,7 @@ def fleet_fuel(
             k = _local_step(g, day, 9.0)
             if k >= g.n:
                 return
-            if k > env.now:
-                yield env.timeout(k - int(env.now))
+            yield from _emit_at(env, k)
             level += fleet.fill_kg
             deliver(k, fleet.fill_kg)
             sink.log(
@@ -267,8 +265,7 @@ def refrigerant_service(
         k = _local_step(g, day, 10.0)
         if k >= g.n:
             return
-        if k > env.now:
-            yield env.timeout(k - int(env.now))
+        yield from _emit_at(env, k)
         kg = mean_kg * float(rng.lognormal(-0.045, 0.3))
         sink.log(
             k,
@@ -294,6 +291,7 @@ def month_spans(start: dt.date, end: dt.date) -> list[tuple[dt.date, dt.date]]:
 
 
 def _emit_at(env: simpy.Environment, k: int) -> Generator[simpy.Event, Any, int]:
+    """Wait until step ``k`` (at once if it is now or past); give back ``k``."""
     if k > env.now:
         yield env.timeout(k - int(env.now))
     return k

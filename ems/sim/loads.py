@@ -40,6 +40,7 @@ __all__ = [
     "hvac_kw",
     "production_kw",
     "running_fraction",
+    "scale_to_annual",
     "workdays",
 ]
 
@@ -186,6 +187,72 @@ def reference_year(year: int, tz: str) -> pd.DatetimeIndex:
     ).tz_convert(tz)
 
 
+def scale_to_annual(p: FloatArray, ref: FloatArray, annual_kwh: float | None) -> FloatArray:
+    """Scale a load ``p`` [kW] so that its reference-year profile ``ref`` sums to ``annual_kwh``.
+
+    Parameters
+    ----------
+    p : ndarray [kW]
+        The load at the steps.
+    ref : ndarray [kW]
+        The same load, noise-free, at the hourly midpoints of the reference year
+        (:func:`reference_year`): its sum is the year's energy [kWh].
+    annual_kwh : float or None [kWh]
+        The year's energy to match; None (or a reference year without energy): ``p`` as it is.
+
+    Returns
+    -------
+    ndarray [kW]
+    """
+    if annual_kwh is None:
+        return p
+    e = float(np.sum(ref))  # hourly reference: kW x 1 h
+    return p * (annual_kwh / e) if e > 0 else p
+
+
+def _unscaled_kw(
+    loads: Loads, local: pd.DatetimeIndex, temp_air: FloatArray, running: FloatArray
+) -> dict[str, tuple[FloatArray, float | None]]:
+    """Noise-free, unscaled power [kW] of every modelled end use the site has, and its ``annual_kwh``.
+
+    Parameters
+    ----------
+    loads : Loads
+    local : DatetimeIndex
+        Local times (step or reference-year midpoints).
+    temp_air : ndarray [degC]
+        Air temperature at those times.
+    running : ndarray [-]
+        Running fraction at those times (:func:`running_fraction`).
+
+    Returns
+    -------
+    dict
+        ``end use -> (power [kW], annual_kwh [kWh] or None)`` in :data:`END_USES` order, without
+        the electrified fleet (its power is set by its yearly energy, :func:`fleet_charging_kw`).
+    """
+    out: dict[str, tuple[FloatArray, float | None]] = {}
+    if (pl := loads.production) is not None:
+        out["production"] = (production_kw(running, pl.peak_kw, pl.idle_fraction), pl.annual_kwh)
+    if (b := loads.base) is not None:
+        out["base"] = (base_kw(local, b.kw), b.annual_kwh)
+    if (h := loads.hvac) is not None:
+        p = hvac_kw(
+            temp_air,
+            running,
+            h.cooling_kw_per_degc,
+            h.heating_kw_per_degc,
+            h.cooling_setpoint_c,
+            h.heating_setpoint_c,
+            h.max_kw,
+            h.occupied_only,
+        )
+        out["hvac"] = (p, h.annual_kwh)
+    if (c := loads.compressed_air) is not None:
+        out["compressed_air"] = (compressed_air_kw(running, c.kw, c.leakage_fraction), c.annual_kwh)
+    return out
+
+
 def electrical_loads(
     mid_local: pd.DatetimeIndex,
     temp_air: FloatArray,
@@ -215,44 +282,12 @@ def electrical_loads(
         ``end use -> power [kW]``; only the end uses the site has.
     """
     cal = loads.calendar
-    run = running_fraction(mid_local, cal)
-    ref_run = running_fraction(ref_local, cal)
-    out: dict[str, FloatArray] = {}
-
-    def scaled(p: FloatArray, ref: FloatArray, annual: float | None) -> FloatArray:
-        if annual is None:
-            return p
-        e = float(np.sum(ref))  # hourly reference: kW x 1 h
-        return p * (annual / e) if e > 0 else p
-
-    if loads.production is not None:
-        pl = loads.production
-        p = production_kw(run, pl.peak_kw, pl.idle_fraction)
-        ref = production_kw(ref_run, pl.peak_kw, pl.idle_fraction)
-        out["production"] = scaled(p, ref, pl.annual_kwh) * noise("production")
-    if loads.base is not None:
-        b = loads.base
-        out["base"] = scaled(
-            base_kw(mid_local, b.kw), base_kw(ref_local, b.kw), b.annual_kwh
-        ) * noise("base")
-    if loads.hvac is not None:
-        h = loads.hvac
-        args = (
-            h.cooling_kw_per_degc,
-            h.heating_kw_per_degc,
-            h.cooling_setpoint_c,
-            h.heating_setpoint_c,
-            h.max_kw,
-            h.occupied_only,
-        )
-        p = hvac_kw(temp_air, run, *args)
-        ref = hvac_kw(ref_temp, ref_run, *args)
-        out["hvac"] = scaled(p, ref, h.annual_kwh) * noise("hvac")
-    if loads.compressed_air is not None:
-        c = loads.compressed_air
-        p = compressed_air_kw(run, c.kw, c.leakage_fraction)
-        ref = compressed_air_kw(ref_run, c.kw, c.leakage_fraction)
-        out["compressed_air"] = scaled(p, ref, c.annual_kwh) * noise("compressed_air")
+    now = _unscaled_kw(loads, mid_local, temp_air, running_fraction(mid_local, cal))
+    ref = _unscaled_kw(loads, ref_local, ref_temp, running_fraction(ref_local, cal))
+    out = {
+        use: scale_to_annual(p, ref[use][0], annual) * noise(use)
+        for use, (p, annual) in now.items()
+    }
     if loads.electrified_fleet_kwh_per_year > 0:
         win_h = float(np.sum(_charging_window(ref_local, cal)))
         out["electrified"] = fleet_charging_kw(

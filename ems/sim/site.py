@@ -25,7 +25,7 @@ import simpy
 
 from ems.errors import SimulationError
 from ems.model.scenario import ResolvedScenario
-from ems.model.site import PvArray, Site
+from ems.model.site import PvArray, Site, Steam
 from ems.readings import tou_periods
 from ems.sim import events as ev
 from ems.sim import loads as ld
@@ -166,6 +166,20 @@ def export_limit(site: Site) -> float:
     return float(g.export_limit_kw if g.export_limit_kw is not None else g.contract_kw)
 
 
+def _poa(arr: PvArray, w: dict[str, FloatArray]) -> FloatArray:
+    """Irradiance on the plane of ``arr`` [W/m2] from the weather arrays ``w`` (sun and irradiance)."""
+    return pvm.poa_global(
+        arr.tilt_deg,
+        arr.azimuth_deg,
+        w["zenith"],
+        w["azimuth"],
+        w["dni"],
+        w["ghi"],
+        w["dhi"],
+        w["dni_extra"],
+    )
+
+
 class SiteSimulation:
     """Simulate one site over a scenario's period.
 
@@ -206,7 +220,15 @@ class SiteSimulation:
         self._pos = 0
 
     # ------------------------------------------------------------------ physics
+    def _weather_path(self, path: str | None) -> str:
+        """A weather file's path, relative ones resolved against ``base_dir``."""
+        path = path or ""
+        if self.base_dir and not path.startswith("/"):
+            path = f"{self.base_dir}/{path}"
+        return path
+
     def _weather(self) -> dict[str, FloatArray]:
+        """Sun, irradiance [W/m2] and air temperature [degC] of every step (synthetic or a file)."""
         g, s = self.grid, self.site
         zen, azi, dni_extra, g0h = wx.solar_geometry(g.mid_utc, s.location)
         if s.weather.source == "synthetic":
@@ -214,10 +236,9 @@ class SiteSimulation:
                 self.rng_weather, g.mid_local, g.dt_h, s.location, s.weather, zen, dni_extra, g0h
             )
         else:
-            path = s.weather.path or ""
-            if self.base_dir and not path.startswith("/"):
-                path = f"{self.base_dir}/{path}"
-            w = wx.read_weather_file(path, s.weather.source, g.mid_local)
+            w = wx.read_weather_file(
+                self._weather_path(s.weather.path), s.weather.source, g.mid_local
+            )
             w["dni_extra"] = dni_extra
             w["g0h"] = g0h
             # no sun, no light: keep the file's irradiance consistent with our sun
@@ -229,90 +250,89 @@ class SiteSimulation:
         return w
 
     def _ref_temperature(self, ref_local: pd.DatetimeIndex) -> FloatArray:
+        """Noise-free air temperature [degC] of the hourly reference year (``annual_*`` scaling)."""
         wcfg = self.site.weather
         if wcfg.temp_air_c is not None:
-            tm = wx._monthly_interp(wcfg.temp_air_c, ref_local)
-            hour = np.asarray(ref_local.hour, dtype=float) + 0.5
-            out: FloatArray = tm + 0.5 * wcfg.temp_daily_amplitude_c * np.cos(
-                2 * np.pi * (hour - 15.0) / 24.0
-            )
-            return out
-        path = wcfg.path or ""
-        if self.base_dir and not path.startswith("/"):
-            path = f"{self.base_dir}/{path}"
+            return wx.reference_temperature(wcfg, ref_local)
+        path = self._weather_path(wcfg.path)
         return wx.read_weather_file(path, wcfg.source, ref_local)["temp_air"]
 
     def prepare(self) -> None:
         """Compute everything that does not depend on dispatch."""
-        g, s = self.grid, self.site
-        n = g.n
-        w = self._weather()
-        self.w = w
-        # PV available AC power per array
-        self.pv_ac: dict[str, FloatArray] = {}
+        self.w = self._weather()
+        self.pv_ac = self._pv_available(self.w)
+        for key in ("zenith", "azimuth", "dni", "dhi", "dni_extra", "g0h", "kt_day"):
+            self.w.pop(key, None)  # used by the PV only: memory back for the rest of the run
+        self._electrical_loads(self.w["temp_air"])
+        self.chp_kw = self._chp_potential()
+        self._tou_names = self._arbitrage_periods()
+        self._reset_dispatch_state()
+
+    def _pv_available(self, w: dict[str, FloatArray]) -> dict[str, FloatArray]:
+        """PV AC power available of every array [kW]; sets ``w["poa"]`` [W/m2].
+
+        ``poa`` is the irradiance on the first array's plane, or on the reference plane
+        of :class:`~ems.model.site.PvArray` when the site has no PV.
+        """
+        g = self.grid
+        pv_ac: dict[str, FloatArray] = {}
         mid_day = g.start + (g.end - g.start) / 2
-        for arr in s.pv:
-            poa = pvm.poa_global(
-                arr.tilt_deg,
-                arr.azimuth_deg,
-                w["zenith"],
-                w["azimuth"],
-                w["dni"],
-                w["ghi"],
-                w["dhi"],
-                w["dni_extra"],
-            )
-            self.pv_ac[arr.id] = pvm.ac_power(
+        for arr in self.site.pv:
+            poa = _poa(arr, w)
+            pv_ac[arr.id] = pvm.ac_power(
                 arr, poa, w["temp_air"], pvm.degradation_factor(arr, mid_day)
             )
             if arr.commissioned is not None:  # nothing before commissioning
-                self.pv_ac[arr.id] *= pvm.in_service(arr, g.mid_local.tz_localize(None))
+                pv_ac[arr.id] *= pvm.in_service(arr, g.mid_local.tz_localize(None))
             if "poa" not in w:
                 w["poa"] = poa
         if "poa" not in w:
-            ref = PvArray(id="ref", kwp=1.0)
-            w["poa"] = pvm.poa_global(
-                ref.tilt_deg,
-                ref.azimuth_deg,
-                w["zenith"],
-                w["azimuth"],
-                w["dni"],
-                w["ghi"],
-                w["dhi"],
-                w["dni_extra"],
-            )
-        for key in ("zenith", "azimuth", "dni", "dhi", "dni_extra", "g0h", "kt_day"):
-            w.pop(key, None)  # used by the PV only: memory back for the rest of the run
-        # loads
-        ref_local = ld.reference_year(g.start.year, s.location.tz)
-        ref_temp = self._ref_temperature(ref_local)
+            w["poa"] = _poa(PvArray(id="ref", kwp=1.0), w)
+        return pv_ac
+
+    def _electrical_loads(self, temp_air: FloatArray) -> None:
+        """Loads by end use [kW] with their noise, their total, and the running fractions [-]."""
+        g, s = self.grid, self.site
+        # the hourly reference year of the annual_* scaling (loads here, heat in _steam_demand)
+        self.ref_local = ref_local = ld.reference_year(g.start.year, s.location.tz)
+        self.ref_temp = self._ref_temperature(ref_local)
         rho = float(np.exp(-g.dt_h / 0.5))
 
         def noise(use: str) -> FloatArray:
             sd = 0.03
             if use == "production" and s.loads.production is not None:
                 sd = s.loads.production.noise
-            out: FloatArray = np.clip(1.0 + sd * ar1(self.rng_loads, n, rho), 0.0, None)
+            out: FloatArray = np.clip(1.0 + sd * ar1(self.rng_loads, g.n, rho), 0.0, None)
             return out
 
         self.loads = ld.electrical_loads(
-            g.mid_local, w["temp_air"], s.loads, noise, ref_local, ref_temp
+            g.mid_local, temp_air, s.loads, noise, ref_local, self.ref_temp
         )
-        self.load_total = sum(self.loads.values(), np.zeros(n))
+        self.load_total = sum(self.loads.values(), np.zeros(g.n))
         self.running = ld.running_fraction(g.mid_local, s.loads.calendar)
         self.ref_running = ld.running_fraction(ref_local, s.loads.calendar)
-        # CHP potential (electric-led)
-        if s.chp is not None:
-            may_run = self.running if s.chp.run == "production" else np.ones(n)
-            self.chp_kw, _, _ = th.chp_output(may_run, self.load_total, s.chp)
-        else:
-            self.chp_kw = np.zeros(n)
-        # tariff period names, needed by arbitrage only
+
+    def _chp_potential(self) -> FloatArray:
+        """Electric-led CHP output [kW] the loads would take while it may run."""
+        chp = self.site.chp
+        if chp is None:
+            return np.zeros(self.grid.n)
+        may_run = self.running if chp.run == "production" else np.ones(self.grid.n)
+        kw, _, _ = th.chp_output(may_run, self.load_total, chp)
+        return kw
+
+    def _arbitrage_periods(self) -> npt.NDArray[np.object_] | None:
+        """Tariff period name of every step, if a battery does ``tou_arbitrage`` (else None).
+
+        Raises
+        ------
+        SimulationError
+            Such a battery without a tariff, or with periods the tariff does not name.
+        """
+        s = self.site
         tariff = s.grid.tariff
-        self._tou_names: npt.NDArray[np.object_] | None = None
-        for b in s.batteries:
-            if b.dispatch.strategy != "tou_arbitrage":
-                continue
+        arbitrage = [b for b in s.batteries if b.dispatch.strategy == "tou_arbitrage"]
+        for b in arbitrage:
             if tariff is None:
                 raise SimulationError(
                     f"site {s.id}: battery {b.id!r} uses tou_arbitrage, which needs grid.tariff; "
@@ -326,9 +346,13 @@ class SiteSimulation:
                     f"site {s.id}: battery {b.id!r} dispatch periods {sorted(unknown)} are not "
                     f"tariff periods; expected some of {sorted(tariff.prices)}"
                 )
-            if self._tou_names is None:
-                self._tou_names = tou_periods(g.mid_local, tariff.model_dump(mode="json"))
-        # dispatch state
+        if not arbitrage or tariff is None:
+            return None
+        return tou_periods(self.grid.mid_local, tariff.model_dump(mode="json"))
+
+    def _reset_dispatch_state(self) -> None:
+        """Outage counters, the DR cap, states of charge and the per-step dispatch arrays."""
+        s, n = self.site, self.grid.n
         self.pv_down = {a.id: 0 for a in s.pv}
         self.bat_down = {b.id: 0 for b in s.batteries}
         self.chp_down = 0
@@ -466,10 +490,25 @@ class SiteSimulation:
     def run(self) -> SiteFlows:
         """Run the site and return its flows."""
         self.prepare()
-        g, s = self.grid, self.site
+        n = self.grid.n
         env = simpy.Environment()
-        rng = self.rng_events
         env.process(self._dispatch(env))
+        self._start_outages(env)
+        self._start_calendar_events(env)
+        self._start_ledger_events(env)
+        env.run(until=n + 1)
+        if self._pos < n:  # pragma: no cover - the dispatch process runs to n
+            self._run_block(self._pos, n)
+        for change in self._pending:  # changes requested at the very end (k = n)
+            change(n)
+        self._pending = []
+        flows = self._finish()
+        self._release()
+        return flows
+
+    def _start_outages(self, env: simpy.Environment) -> None:
+        """Failures and maintenance of PV, batteries and CHP, and demand-response caps."""
+        s, rng = self.site, self.rng_events
         for arr in s.pv:
             env.process(ev.failures(env, self, rng, arr.id, arr.reliability, self._set_pv(arr.id)))
             env.process(ev.maintenance(env, self, arr.id, arr.maintenance, self._set_pv(arr.id)))
@@ -484,6 +523,10 @@ class SiteSimulation:
                     env, self, rng, s.grid.demand_response, s.grid.contract_kw, self._set_cap
                 )
             )
+
+    def _start_calendar_events(self, env: simpy.Environment) -> None:
+        """Holidays and shutdowns, and fuel deliveries to the fleets by their use days."""
+        g, s = self.grid, self.site
         cal = s.loads.calendar
         env.process(ev.shutdowns(env, self, cal.holidays, cal.shutdowns))
         days = pd.date_range(g.start, g.end - dt.timedelta(days=1), freq="D")
@@ -503,8 +546,14 @@ class SiteSimulation:
                     fuel[k - 1] += kg
 
             env.process(
-                ev.fleet_fuel(env, self, rng, fl, [d.date() for d in use], per_year, deliver)
+                ev.fleet_fuel(
+                    env, self, self.rng_events, fl, [d.date() for d in use], per_year, deliver
+                )
             )
+
+    def _start_ledger_events(self, env: simpy.Environment) -> None:
+        """Events that only write the ledger: refrigerant, certificates, contracts, process emissions."""
+        g, s, rng = self.grid, self.site, self.rng_events
         for ref in s.refrigerants:
             env.process(ev.refrigerant_service(env, self, rng, ref))
         for cp in s.procurement.certificates:
@@ -521,15 +570,6 @@ class SiteSimulation:
             per_year = float(self.ref_running.sum())
             for pe in s.process_emissions:
                 env.process(ev.process_emissions(env, self, pe, rh, per_year))
-        env.run(until=g.n + 1)
-        if self._pos < g.n:  # pragma: no cover - the dispatch process runs to n
-            self._run_block(self._pos, g.n)
-        for change in self._pending:  # changes requested at the very end (k = n)
-            change(g.n)
-        self._pending = []
-        flows = self._finish()
-        self._release()
-        return flows
 
     def _release(self) -> None:
         """Drop the working arrays and the SimPy references (no cycles keep them alive)."""
@@ -541,6 +581,8 @@ class SiteSimulation:
             "loads",
             "load_total",
             "running",
+            "ref_local",
+            "ref_temp",
             "ref_running",
             "chp_kw",
             "charge",
@@ -554,86 +596,12 @@ class SiteSimulation:
             self.__dict__.pop(attr, None)
 
     def _finish(self) -> SiteFlows:
-        g, s = self.grid, self.site
-        n = g.n
+        """The site's flows: electricity balance, heat and gas, output, weather; start registers."""
+        s = self.site
         a: dict[str, FloatArray] = {}
-        shed = self._shed_block(0, n)
-        loads = dict(self.loads)
-        left = shed.copy()
-        for use in _SHED_ORDER:
-            if use in loads and left.any():
-                cut = np.minimum(loads[use], left)
-                loads[use] = loads[use] - cut
-                left = left - cut
-        for use in ld.END_USES:
-            if use in loads:
-                a[f"load.{use}"] = loads[use]
-        a["shed"] = shed
-        load = sum(loads.values(), np.zeros(n))
-        chp = np.minimum(self.chp_kw, load)
-        pv_av = self._pv_avail(0, n)
-        ch = sum(self.charge.values(), np.zeros(n))
-        dis = sum(self.discharge.values(), np.zeros(n))
-        split = split_flows(pv_av, load, chp, ch, dis, export_limit(s))
-        curt = split["pv_curtailed"]
-        frac = np.divide(curt, pv_av, out=np.zeros(n), where=pv_av > 0)
-        for arr in s.pv:
-            p = self.pv_ac[arr.id]
-            a[f"pv_curtailed.{arr.id}"] = p * frac
-            a[f"pv.{arr.id}"] = p - p * frac
-        for bid in self.limits:
-            a[f"charge.{bid}"] = self.charge[bid]
-            a[f"discharge.{bid}"] = self.discharge[bid]
-            a[f"soc.{bid}"] = self.soc_arr[bid]
-        a["grid_import"] = split["grid_import"]
-        a["grid_export"] = split["grid_export"]
-        a["chp"] = chp
-        # heat
-        month = np.asarray(g.mid_local.month)
-        chp_heat = chp / s.chp.eta_e * s.chp.eta_th if s.chp is not None else np.zeros(n)
-        chp_fuel = chp / s.chp.eta_e if s.chp is not None else np.zeros(n)
-        gas_fuel = chp_fuel.copy()
-        if s.steam is not None:
-            demand = th.steam_demand_kw(self.running, self.w["temp_air"], month, s.steam)
-            if s.steam.annual_gj is not None:
-                ref_local = ld.reference_year(g.start.year, s.location.tz)
-                ref = th.steam_demand_kw(
-                    self.ref_running,
-                    self._ref_temperature(ref_local),
-                    np.asarray(ref_local.month),
-                    s.steam,
-                )
-                e_gj = float(ref.sum()) * th.MJ_PER_KWH / 1000.0
-                if e_gj > 0:
-                    demand = demand * (s.steam.annual_gj / e_gj)
-            sup = th.heat_supply(demand, chp_heat, s.steam)
-            a["purchased_heat"] = sup["purchased"]
-            if s.steam.boiler is not None:
-                a["boiler_heat"] = sup["boiler"]
-                gas_fuel = gas_fuel + sup["boiler"] / s.steam.boiler.efficiency
-            if s.steam.waste_heat_share > 0:
-                a["waste_heat"] = sup["waste_heat"]
-            a["chp_heat"] = sup["chp"]
-        gas = th.gas_m3h(gas_fuel, s.gas_lhv_mj_per_m3) + s.other_gas_m3_per_year / 8760.0
-        if (
-            s.chp is not None
-            or (s.steam is not None and s.steam.boiler is not None)
-            or s.other_gas_m3_per_year > 0
-        ):
-            a["gas_m3h"] = gas
-        # production output value [RMB/h]
-        run_h = float(self.ref_running.sum())
-        if run_h <= 0:
-            run_h = float(self.running.sum() * g.dt_h) or 1.0
-        years = np.asarray(g.mid_local.year) - g.start.year
-        a["output_rmb_h"] = (
-            self.running
-            * s.output.annual_rmb
-            / run_h
-            * (1 + s.output.growth_pct_per_year / 100.0) ** years
-        )
-        for line in s.products:  # units made, following the shift calendar like the output value [units/h]
-            a[f"units_h.{line.id}"] = self.running * line.annual_units / run_h
+        chp = self._electricity(a)
+        self._heat_and_gas(a, chp)
+        self._output(a)
         for fid, f in self.fuel.items():
             a[f"fuel_kg.{fid}"] = f
         a["ghi"] = self.w["ghi"]
@@ -644,8 +612,105 @@ class SiteSimulation:
         for key in optional & set(a):
             if not a[key].any():
                 del a[key]  # zero throughout: SiteFlows.flow gives zeros
-        flows = SiteFlows(site=s, grid=g, arrays=a, ledger=self.ledger, optional=optional)
+        flows = SiteFlows(site=s, grid=self.grid, arrays=a, ledger=self.ledger, optional=optional)
         from ems.sim.meters import start_registers
 
         flows.register_start = start_registers(flows, self.rng_meters)
         return flows
+
+    def _served_loads(self, shed: FloatArray) -> dict[str, FloatArray]:
+        """Loads by end use [kW] after shedding ``shed`` [kW] in :data:`_SHED_ORDER`."""
+        loads = dict(self.loads)
+        left = shed.copy()
+        for use in _SHED_ORDER:
+            if use in loads and left.any():
+                cut = np.minimum(loads[use], left)
+                loads[use] = loads[use] - cut
+                left = left - cut
+        return loads
+
+    def _electricity(self, a: dict[str, FloatArray]) -> FloatArray:
+        """Put loads, shedding, PV, batteries, grid and CHP [kW] into ``a``; return the CHP [kW].
+
+        PV curtailed (export limit) is taken from every array in proportion to its power.
+        """
+        n = self.grid.n
+        shed = self._shed_block(0, n)
+        loads = self._served_loads(shed)
+        for use in ld.END_USES:
+            if use in loads:
+                a[f"load.{use}"] = loads[use]
+        a["shed"] = shed
+        load = sum(loads.values(), np.zeros(n))
+        chp = np.minimum(self.chp_kw, load)
+        pv_av = self._pv_avail(0, n)
+        ch = sum(self.charge.values(), np.zeros(n))
+        dis = sum(self.discharge.values(), np.zeros(n))
+        split = split_flows(pv_av, load, chp, ch, dis, export_limit(self.site))
+        frac = np.divide(split["pv_curtailed"], pv_av, out=np.zeros(n), where=pv_av > 0)
+        for arr in self.site.pv:
+            p = self.pv_ac[arr.id]
+            a[f"pv_curtailed.{arr.id}"] = p * frac
+            a[f"pv.{arr.id}"] = p - p * frac
+        for bid in self.limits:
+            a[f"charge.{bid}"] = self.charge[bid]
+            a[f"discharge.{bid}"] = self.discharge[bid]
+            a[f"soc.{bid}"] = self.soc_arr[bid]
+        a["grid_import"] = split["grid_import"]
+        a["grid_export"] = split["grid_export"]
+        a["chp"] = chp
+        return chp
+
+    def _heat_and_gas(self, a: dict[str, FloatArray], chp: FloatArray) -> None:
+        """Put heat supply [kW thermal] and gas [m3/h] into ``a``, from the CHP output ``chp`` [kW]."""
+        s, n = self.site, self.grid.n
+        chp_heat = chp / s.chp.eta_e * s.chp.eta_th if s.chp is not None else np.zeros(n)
+        gas_fuel = chp / s.chp.eta_e if s.chp is not None else np.zeros(n)  # [kW]
+        if s.steam is not None:
+            sup = th.heat_supply(self._steam_demand(s.steam), chp_heat, s.steam)
+            a["purchased_heat"] = sup["purchased"]
+            if s.steam.boiler is not None:
+                a["boiler_heat"] = sup["boiler"]
+                gas_fuel = gas_fuel + sup["boiler"] / s.steam.boiler.efficiency
+            if s.steam.waste_heat_share > 0:
+                a["waste_heat"] = sup["waste_heat"]
+            a["chp_heat"] = sup["chp"]
+        burns_gas = s.chp is not None or (s.steam is not None and s.steam.boiler is not None)
+        if burns_gas or s.other_gas_m3_per_year > 0:
+            a["gas_m3h"] = (
+                th.gas_m3h(gas_fuel, s.gas_lhv_mj_per_m3) + s.other_gas_m3_per_year / 8760.0
+            )
+
+    def _steam_demand(self, steam: Steam) -> FloatArray:
+        """Steam demand of every step [kW thermal], scaled to ``annual_gj`` over the reference year."""
+        g = self.grid
+        demand = th.steam_demand_kw(
+            self.running, self.w["temp_air"], np.asarray(g.mid_local.month), steam
+        )
+        if steam.annual_gj is None:
+            return demand
+        ref = th.steam_demand_kw(
+            self.ref_running, self.ref_temp, np.asarray(self.ref_local.month), steam
+        )
+        e_gj = float(ref.sum()) * th.MJ_PER_KWH / 1000.0
+        return demand * (steam.annual_gj / e_gj) if e_gj > 0 else demand
+
+    def _output(self, a: dict[str, FloatArray]) -> None:
+        """Put the production output value [RMB/h] and units made [units/h] into ``a``.
+
+        Both follow the shift calendar; the annual figures are spread over the running hours of
+        the reference year, the value grown by ``growth_pct_per_year`` for each later year.
+        """
+        g, s = self.grid, self.site
+        run_h = float(self.ref_running.sum())
+        if run_h <= 0:
+            run_h = float(self.running.sum() * g.dt_h) or 1.0
+        years = np.asarray(g.mid_local.year) - g.start.year
+        a["output_rmb_h"] = (
+            self.running
+            * s.output.annual_rmb
+            / run_h
+            * (1 + s.output.growth_pct_per_year / 100.0) ** years
+        )
+        for line in s.products:
+            a[f"units_h.{line.id}"] = self.running * line.annual_units / run_h

@@ -5,8 +5,8 @@ an EPW / TMY3 file read with :mod:`pvlib.iotools`.
 
 Synthetic model
 ---------------
-1. Sun: :func:`ems.sim.sun.solar_position` (NREL SPA) at interval midpoints and
-   the extraterrestrial normal irradiance :func:`ems.sim.sun.extra_radiation`;
+1. Sun: :func:`ems.sun.solar_position` (NREL SPA) at interval midpoints and
+   the extraterrestrial normal irradiance :func:`ems.sun.extra_radiation`;
    horizontal extraterrestrial irradiance ``G0h = E0 * max(cos(zenith), 0)`` [W/m2].
 2. Daily clearness index ``kt_d``: a Gaussian AR(1) over days (lag-1 correlation
    ``cloud_persistence``) mapped through a scaled Beta distribution whose mean is
@@ -38,18 +38,20 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from ems import sun
 from ems.errors import ConfigError
 from ems.model.site import Location, Weather
-from ems.sim import sun
 from ems.sim.clock import calendar_fields
 from ems.sim.stochastic import ar1, beta_ppf, normal_cdf
 
 __all__ = [
     "KT_MAX",
     "daily_clearness",
+    "daily_cycle",
     "erbs",
     "extraterrestrial_daily",
     "read_weather_file",
+    "reference_temperature",
     "solar_geometry",
     "synthetic_weather",
 ]
@@ -69,9 +71,9 @@ def solar_geometry(
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Sun position and extraterrestrial irradiance at interval midpoints.
 
-    Positions from :func:`ems.sim.sun.solar_position` (NREL SPA, within 1e-4 deg of
+    Positions from :func:`ems.sun.solar_position` (NREL SPA, within 1e-4 deg of
     it evaluated in full) at every step; ``dni_extra`` from
-    :func:`ems.sim.sun.extra_radiation` on the UTC day of year with its fraction of
+    :func:`ems.sun.extra_radiation` on the UTC day of year with its fraction of
     a day (whole minutes).
 
     Returns
@@ -216,6 +218,34 @@ def _month_days(start: dt.date, end: dt.date) -> pd.DatetimeIndex:
     return pd.date_range(first, last_month_end, freq="D")
 
 
+def daily_cycle(hour: FloatArray, amplitude_c: float) -> FloatArray:
+    """Daily cycle of the air temperature about its mean [K]: a cosine peaking at 15:00.
+
+    Parameters
+    ----------
+    hour : ndarray [h]
+        Local hour of the day (with its fraction).
+    amplitude_c : float [K]
+        Peak-to-peak amplitude (``temp_daily_amplitude_c``).
+    """
+    out: FloatArray = 0.5 * amplitude_c * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
+    return out
+
+
+def reference_temperature(weather: Weather, ref_local: pd.DatetimeIndex) -> FloatArray:
+    """Noise-free synthetic air temperature [degC] at the hourly midpoints ``ref_local``.
+
+    The monthly means interpolated over the year plus :func:`daily_cycle` at the middle of
+    each local hour: the basis of the ``annual_*`` scaling of loads and heat.
+    """
+    if weather.temp_air_c is None:
+        raise ConfigError("synthetic weather needs 'temp_air_c'")
+    tm = _monthly_interp(weather.temp_air_c, ref_local)
+    hour = np.asarray(ref_local.hour, dtype=float) + 0.5
+    out: FloatArray = tm + daily_cycle(hour, weather.temp_daily_amplitude_c)
+    return out
+
+
 def _monthly_interp(values: list[float], local: pd.DatetimeIndex) -> FloatArray:
     """Interpolate 12 monthly means periodically over the year at ``local`` times."""
     wall = local.tz_localize(None) if local.tz is not None else local
@@ -277,7 +307,7 @@ def synthetic_weather(
     # temperature
     tmean = _monthly_at(weather.temp_air_c, f["doy"], f["hour"])
     hour = f["hour"] + f["minute"] / 60.0
-    cycle = 0.5 * weather.temp_daily_amplitude_c * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
+    cycle = daily_cycle(hour, weather.temp_daily_amplitude_c)
     clear_amp = 0.6 + 0.8 * (kt_d - 0.5)  # clear days swing more
     temp = tmean + cycle * clear_amp + temp_anom_days[di] + 0.3 * ar1(rng, len(mid_local), rho)
     return {
@@ -289,6 +319,10 @@ def synthetic_weather(
         "dni_extra": dni_extra,
         "g0h": g0h,
     }
+
+
+_FILE_COLUMNS = ("ghi", "dni", "dhi", "temp_air")
+"""What a weather file must give: irradiance [W/m2] and air temperature [degC]."""
 
 
 def read_weather_file(
@@ -313,9 +347,29 @@ def read_weather_file(
     dict of ndarray
         ``ghi``, ``dni``, ``dhi`` [W/m2] and ``temp_air`` [degC].
     """
+    data = _read_typical_year(Path(path), kind)
+    idx = pd.DatetimeIndex(data.index)
+    hoy_file, order = _file_hours(idx)
+    hoy = _step_hours(mid_local, idx.tz)
+    out: dict[str, FloatArray] = {}
+    for c in _FILE_COLUMNS:
+        vals = data[c].to_numpy(dtype=float)[order]
+        out[c] = np.interp(hoy, hoy_file, vals, period=8760.0)
+    for c in ("ghi", "dni", "dhi"):
+        out[c] = np.clip(out[c], 0.0, None)
+    return out
+
+
+def _read_typical_year(p: Path, kind: str) -> pd.DataFrame:
+    """The file's hours (coerced to the non-leap year 2019) with pvlib's column names.
+
+    Raises
+    ------
+    ConfigError
+        No file, a file pvlib cannot read, or one without :data:`_FILE_COLUMNS`.
+    """
     import pvlib  # only weather files need it (its import takes a third of a second)
 
-    p = Path(path)
     if not p.exists():
         raise ConfigError(f"weather file: expected an {kind.upper()} file, found nothing at {p}")
     try:
@@ -327,29 +381,35 @@ def read_weather_file(
         raise ConfigError(
             f"weather file {p}: expected a readable {kind.upper()} file; {exc}"
         ) from exc
-    need = ["ghi", "dni", "dhi", "temp_air"]
+    need = list(_FILE_COLUMNS)
     missing = [c for c in need if c not in data.columns]
     if missing:
         raise ConfigError(f"weather file {p}: expected columns {need}, missing {missing}")
-    # hours of the typical year (coerced to non-leap 2019), at the middle of each file hour;
-    # pvlib labels each hour of the file by its start
-    idx = data.index
-    year0 = pd.Timestamp(2019, 1, 1)
+    frame: pd.DataFrame = data
+    return frame
+
+
+def _file_hours(idx: pd.DatetimeIndex) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """Hour of the typical year [h] at the middle of each file hour, sorted; and the sort order.
+
+    pvlib labels each hour of the file by its start.
+    """
     naive = idx.tz_localize(None) if idx.tz is not None else idx
-    hoy_file = np.asarray((naive - year0) / pd.Timedelta(hours=1), dtype=float) + 0.5
-    order = np.argsort(hoy_file)
-    hoy_file = hoy_file[order]
-    std_offset = idx.tz.utcoffset(None) if idx.tz is not None else None
-    if std_offset is not None:  # files are in local standard time: no DST
+    hoy = np.asarray((naive - pd.Timestamp(2019, 1, 1)) / pd.Timedelta(hours=1), dtype=float) + 0.5
+    order = np.argsort(hoy)
+    return hoy[order], order
+
+
+def _step_hours(mid_local: pd.DatetimeIndex, file_tz: dt.tzinfo | None) -> FloatArray:
+    """Hour of the typical year [h] of each step, on the file's clock (local standard time: no DST).
+
+    Day 366 of a leap year takes the file's day 365.
+    """
+    std_offset = file_tz.utcoffset(None) if file_tz is not None else None
+    if std_offset is not None:
         mid = (mid_local.tz_convert("UTC") + std_offset).tz_localize(None)
     else:
         mid = mid_local.tz_localize(None)
     doy = np.minimum(np.asarray(mid.day_of_year), 365)
-    hoy = (doy - 1) * 24 + np.asarray(mid.hour) + np.asarray(mid.minute) / 60.0
-    out: dict[str, FloatArray] = {}
-    for c in need:
-        vals = data[c].to_numpy(dtype=float)[order]
-        out[c] = np.interp(hoy, hoy_file, vals, period=8760.0)
-    for c in ("ghi", "dni", "dhi"):
-        out[c] = np.clip(out[c], 0.0, None)
+    out: FloatArray = (doy - 1) * 24 + np.asarray(mid.hour) + np.asarray(mid.minute) / 60.0
     return out

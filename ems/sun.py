@@ -1,4 +1,10 @@
-"""The sun seen from a site: position (NREL SPA) and extraterrestrial irradiance.
+"""The sun seen from a place on Earth: position (NREL SPA) and extraterrestrial irradiance.
+
+One implementation for the whole package: the simulator's weather (:mod:`ems.sim.weather`)
+and the accounting's solar shapes (:func:`sun_shape`: the solar output of a grid region's mix
+model, :mod:`ems.accounting.gridmix`, and the ``solar`` delivery profile of a contract,
+:mod:`ems.accounting.profiles`) all take the sun from here. It lives outside ``ems.sim`` so
+that the accounting never imports the simulator (the readings are their only contract).
 
 The Solar Position Algorithm of Reda & Andreas splits into a **geocentric** part
 (the sun's right ascension, declination and distance, the nutation and the
@@ -12,7 +18,7 @@ quantities move smoothly (the right ascension about 1 deg per day, the
 declination at most 0.4 deg per day, both with curvatures of a year's period), so
 the linear interpolation between hourly values errs by less than 1e-5 deg; the
 position differs from SPA evaluated in full at every step by less than 1e-4 deg
-(``tests/test_sim_sun.py`` checks this against :func:`pvlib.solarposition.spa_python`
+(``tests/test_sun.py`` checks this against :func:`pvlib.solarposition.spa_python`
 over whole years, every 15 minutes, at the reference sites). The SPA itself claims
 +/- 0.0003 deg.
 
@@ -34,17 +40,24 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = [
     "DELTA_T_S",
     "SOLAR_CONSTANT",
+    "TERMS_FILE",
     "extra_radiation",
     "geocentric_sun",
     "pressure_from_altitude",
     "solar_position",
+    "sun_shape",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -65,11 +78,17 @@ _JD_UNIX_EPOCH = 2440587.5
 _OBLIQUITY = (84381.448, -4680.93, -1.55, 1999.25, -51.38, -249.67, -39.05, 7.12, 27.87, 5.79, 2.45)
 """Mean obliquity of the ecliptic [arcsec], polynomial in 10 Julian millennia (eq. 24)."""
 _J2000 = 2451545.0
+_QUARTER_POINTS_S = np.array([450.0, 1350.0, 2250.0, 3150.0])
+"""Where :func:`sun_shape` samples an hour [s after its start]."""
+
+
+TERMS_FILE = Path(str(resources.files("ems").joinpath("data", "sun", "spa-terms.json")))
+"""The SPA's periodic terms (Reda & Andreas Tables A4.2, A4.3)."""
 
 
 @functools.cache
 def _terms() -> tuple[list[FloatArray], list[FloatArray], list[FloatArray], FloatArray]:
-    text = resources.files("ems").joinpath("data", "sun", "spa-terms.json").read_text()
+    text = TERMS_FILE.read_text()
     d = json.loads(text)
     earth = d["earth"]
     arrays = [[np.asarray(s, dtype=np.float64) for s in earth[k]] for k in ("L", "B", "R")]
@@ -270,4 +289,31 @@ def extra_radiation(doy: FloatArray) -> FloatArray:
         + 7.7e-05 * np.sin(2 * b)
     )
     out: FloatArray = SOLAR_CONSTANT * r2
+    return out
+
+
+def sun_shape(hours: pd.DatetimeIndex, lat: float, lon: float) -> FloatArray:
+    """``max(mean cos(zenith), 0)`` over each hour starting at ``hours`` [-].
+
+    The cosine of the true (unrefracted) zenith from :func:`solar_position` (NREL SPA),
+    averaged over the hour's quarter points (7.5, 22.5, 37.5 and 52.5 minutes past), then
+    limited to 0: the shape of the sun's path, for generation and delivery profiles.
+
+    Parameters
+    ----------
+    hours : DatetimeIndex
+        Hour starts, tz-aware.
+    lat, lon : float [deg]
+        Latitude (north positive) and longitude (east positive).
+
+    Returns
+    -------
+    ndarray [-]
+        One value per hour, 0 at night.
+    """
+    start_s = hours.tz_convert("UTC").as_unit("ns").asi8 / 1e9
+    t = (start_s[:, None] + _QUARTER_POINTS_S[None, :]).ravel()
+    _apparent, zenith, _azimuth = solar_position(t, lat, lon)
+    cos = np.cos(np.radians(zenith)).reshape(len(hours), len(_QUARTER_POINTS_S))
+    out: FloatArray = np.clip(cos.mean(axis=1), 0.0, None)
     return out

@@ -1,6 +1,7 @@
-"""The sun of the simulation against pvlib: NREL SPA position and extraterrestrial irradiance.
+"""The sun (of the simulation and of the accounting's solar shapes) against pvlib: NREL SPA
+position, extraterrestrial irradiance and the hourly shape of the sun's path.
 
-:mod:`ems.sim.sun` evaluates the geocentric part of the SPA hourly and interpolates
+:mod:`ems.sun` evaluates the geocentric part of the SPA hourly and interpolates
 it; its documented bound is 1e-4 deg from SPA evaluated in full at every step
 (pvlib's ``spa_python``), checked here over whole years every 15 minutes.
 """
@@ -12,7 +13,8 @@ import pandas as pd
 import pvlib
 import pytest
 
-from ems.sim import sun
+from ems import sun
+from ems.accounting.gridmix import year_hours
 
 BOUND_DEG = 1e-4
 
@@ -99,3 +101,26 @@ def test_empty_and_single_time():
         pd.DatetimeIndex(["2024-06-21 04:00"], tz="UTC"), 36.07, 120.38, altitude=20.0
     )
     assert app[0] == pytest.approx(ref["apparent_zenith"].iloc[0], abs=BOUND_DEG)
+
+
+@pytest.mark.parametrize(
+    ("lat", "lon", "tz"),
+    [(36.1, 120.4, "Asia/Shanghai"), (46.36, 15.11, "Europe/Ljubljana"), (-33.9, 18.4, "Africa/Johannesburg")],
+)
+def test_sun_shape_is_the_mean_cosine_of_the_spa_zenith(lat, lon, tz):
+    """The hourly shape of solar output (grid mix models, delivery profiles): the cosine of
+    pvlib's SPA zenith at the hour's quarter points, averaged and limited to 0."""
+    hours = year_hours(2024, tz)
+    ours = sun.sun_shape(hours, lat, lon)
+    spa = np.mean(
+        [
+            np.cos(np.radians(pvlib.solarposition.get_solarposition(
+                hours + pd.Timedelta(minutes=m), lat, lon, method="nrel_numpy")["zenith"].to_numpy()))
+            for m in (7.5, 22.5, 37.5, 52.5)
+        ],
+        axis=0,
+    ).clip(0.0)
+    assert ours.shape == (len(hours),)
+    assert np.abs(ours - spa).max() < 2e-6  # cos(zenith): 1e-4 deg of zenith at most
+    assert ours.sum() == pytest.approx(spa.sum(), rel=1e-7)
+    assert sun.sun_shape(hours[:0], lat, lon).shape == (0,)
