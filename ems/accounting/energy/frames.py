@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ems.accounting.energy.attribution import NS_D, Rows
-from ems.accounting.energy.series import SeriesTable, named_columns
+from ems.accounting.energy.series import SeriesTable, named_columns, take_strings
 
 __all__ = ["HOURLY_COLUMNS", "STAGE1_COLUMNS", "daily_from_hourly", "daily_rows", "energy_frame", "hourly_frame"]
 
@@ -46,7 +46,7 @@ def energy_frame(d: Rows, series: SeriesTable) -> pd.DataFrame:
     return pd.DataFrame({
         **named_columns(d.sid, series),
         "date": (d.day * NS_D).view("M8[ns]"),
-        "period": np.asarray(d.periods, dtype=object)[d.period] if len(d.sid) else np.zeros(0, object),
+        "period": take_strings(d.periods, d.period) if len(d.sid) else np.zeros(0, object),
         "value": d.value.astype(np.float64),
         "max_rate": d.max_rate.astype(np.float64),
         "n": d.n.astype(np.int64),

@@ -7,11 +7,13 @@ span; the resets, rollovers and gaps as rows of the anomalies table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ems.accounting.energy.layout import SeriesKey
 from ems.errors import AccountingError
@@ -27,7 +29,16 @@ __all__ = [
     "series_parts",
     "series_table",
     "step_timing",
+    "take_strings",
 ]
+
+def _arrow_str() -> pd.StringDtype | None:
+    """The dtype pandas infers for Python strings if it keeps them in Arrow (pandas 3), else None."""
+    dtype = pd.Series(["x"]).dtype
+    return dtype if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow" else None
+
+
+_ARROW_STR = _arrow_str()
 
 ANOMALY_COLUMNS = ("site", "meter", "quantity", "ts", "kind", "prev_value", "value", "energy", "detail")
 
@@ -109,8 +120,20 @@ def series_parts(
     return t_end[rep] - back * iv, val, resets, gaps
 
 
-def named_columns(sid: np.ndarray | list[int], series: SeriesTable) -> dict[str, np.ndarray]:
-    return {f: np.asarray([*getattr(series, f), ""], dtype=object)[np.asarray(sid, dtype=np.int64)]
+def take_strings(names: Sequence[str], codes: np.ndarray) -> Any:
+    """``names[codes]`` as the string column pandas would make of it, without a Python object per row.
+
+    Where pandas stores strings in Arrow (pandas 3's default ``str``), the column is taken in Arrow
+    from the few distinct names; otherwise it is an object array, as pandas 2 infers it.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    if _ARROW_STR is None:
+        return np.asarray(list(names), dtype=object)[codes]
+    return pd.array(pa.array(list(names), type=pa.large_string()).take(codes), dtype=_ARROW_STR)
+
+
+def named_columns(sid: np.ndarray | list[int], series: SeriesTable) -> dict[str, Any]:
+    return {f: take_strings([*getattr(series, f), ""], np.asarray(sid, dtype=np.int64))
             for f in ("site", "meter", "quantity")}
 
 
