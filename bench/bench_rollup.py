@@ -313,7 +313,7 @@ def main() -> None:
         "",
         f"KPI rows: day {len(frames['day'])}, month {len(frames['month'])}, year {len(frames['year'])}.",
         "",
-        "Stage 1 is one implementation (ems/accounting/energy.py) that works series by series on views "
+        "Stage 1 is one implementation (ems/accounting/energy/) that works series by series on views "
         "of the rows: ts-major rows like these (every timestamp carries the same series) are strided "
         "views, series-major rows (the simulator's) slices, anything else is sorted by series and ts "
         "first (rows in time order: a radix sort by series; rows in no order: a counting sort by series and "

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from ems.errors import AccountingError, ConfigError
+from ems.yamldoc import load_document
 
 __all__ = ["BASKETS", "Gas", "GasTable", "load_gases", "unknown_gas_message"]
 
@@ -173,10 +173,4 @@ def load_gases(path: str | None = None) -> GasTable:
     GasTable
     """
     p = Path(path) if path else Path(str(resources.files("ems").joinpath("data", "gases.yaml")))
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read the gas table: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping with 'editions' and 'gases'")
-    return _table(data, str(p))
+    return _table(load_document(p).data, str(p))

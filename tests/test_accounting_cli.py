@@ -127,11 +127,33 @@ def test_report_machine_formats_print_only_where_the_files_went(tmp_path):
     assert "KPIs by" not in r.output and "report.html" in r.output
 
 
-def test_report_format_without_out_says_what_format_means(tmp_path):
+def test_report_json_or_csv_without_out_goes_to_standard_output(tmp_path):
+    """``ems report ... --format json`` (issue 13's command) is a document for a pipe: every table in one
+    JSON object, or the KPI table as CSV; nothing else on standard output, equal to the files."""
     src = _folder(tmp_path)
     r = CliRunner().invoke(report, [str(src), "--format", "json"])
-    assert r.exit_code == 2 and "names the files written into --out DIR" in r.output, r.output
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["by"] == "site" and doc["period"] == "month" and "tce_method" in json.dumps(doc["options"])
+    out = tmp_path / "o"
+    CliRunner().invoke(report, [str(src), "--out", str(out), "--format", "json"])
+    for name in ("kpis", "factors_used", "instruments", "anomalies"):
+        assert doc[name] == json.loads((out / f"{name}.json").read_text()), name
+    r = CliRunner().invoke(report, [str(src), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    CliRunner().invoke(report, [str(src), "--out", str(out), "--format", "csv"])
+    assert r.stdout == (out / "kpis.csv").read_text()
+
+
+def test_report_format_without_out_says_what_format_means(tmp_path):
+    src = _folder(tmp_path)
+    r = CliRunner().invoke(report, [str(src), "--format", "json,html"])
+    assert r.exit_code == 2 and "without --out: expected one of json, csv" in r.output, r.output
+    r = CliRunner().invoke(report, [str(src), "--format", "parquet"])
+    assert r.exit_code == 2 and "add --out DIR" in r.output, r.output
+    r = CliRunner().invoke(report, [str(src), "--format", "json", "--tables"])
+    assert r.exit_code == 2 and "both would go to standard output" in r.output, r.output
     r = CliRunner().invoke(report, [str(src), "--no-tables"])
     assert r.exit_code == 2 and "would output nothing" in r.output
     r = CliRunner().invoke(report, ["--help"])
-    assert "The files written into --out" in r.output and "--no-tables" in r.output
+    assert "With --out, the files written" in r.output and "standard output" in r.output and "--no-tables" in r.output

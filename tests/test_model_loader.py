@@ -10,16 +10,11 @@ import pytest
 
 import ems
 from ems.errors import ConfigError, EmsError, LocatedError
-from ems.model.loader import (
-    apply_override,
-    load_scenario,
-    load_scenario_data,
-    load_site,
-    load_site_data,
-    parse,
-)
+from ems.model.loader import load_scenario, load_scenario_data, load_site, load_site_data
+from ems.model.overrides import apply_override
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
+from ems.yamldoc import parse
 
 DATA = Path(__file__).parent / "data" / "model"
 ROOT = Path(__file__).parent.parent

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ems.errors import LocatedError
-from ems.model.loader import load_site_data, parse
+from ems.model.loader import load_site_data
 from ems.model.site import Site
+from ems.yamldoc import parse
 
 TEXT = (Path(__file__).parent.parent / "sites" / "shunde-sheet-metal.yaml").read_text()
 DATA = parse(TEXT, "shunde.yaml").data

@@ -167,3 +167,13 @@ def test_assess_leaves_out_a_tracked_metric_the_pathway_does_not_compute():
     assert "pv" not in set(assess(y, t)["target"])
     with pytest.raises(ConfigError, match="'pv_kwp' is not a pathway column"):
         assess(y, {**t, "targets": [{**t["targets"][-1], "kind": "level", "value": 1.0}]})
+
+
+def test_assess_a_peak_target_without_values_is_not_assessed():
+    """A peak target whose metric is NaN in every year: no peak year, not assessed (it used to raise
+    pandas' 'Encountered all NA values')."""
+    y = _yearly(net=[float("nan")] * 6, share=[0.1] * 6)
+    a = assess(y, TARGETS).set_index("target")
+    assert a.loc["peak-2026", "met"] is None and pd.isna(a.loc["peak-2026", "first_year_met"])
+    assert a.loc["peak-2026", "status"] == "not assessed"
+    assert "no simulated year has a value" in a.loc["peak-2026", "note"]

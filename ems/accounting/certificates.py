@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ems.errors import ConfigError
 from ems.readings import SiteInfo, event_detail
+from ems.yamldoc import load_document
 
 __all__ = ["INSTRUMENT_COLUMNS", "allocate", "cover", "instrument_table", "load_framework"]
 
@@ -85,8 +85,8 @@ def load_framework(name: str | None = None, path: str | None = None) -> dict[str
 
 @functools.lru_cache(maxsize=4)
 def _frameworks_file(path: str, mtime_ns: int) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "frameworks" not in data:
+    data = load_document(path).data
+    if "frameworks" not in data:
         raise ConfigError(f"{path}: expected a mapping with 'frameworks' and 'markets'")
     return data
 

@@ -68,9 +68,11 @@ def _print_tables(console: Any, rep: Any) -> None:
 @click.option("--start", "start", help="With --end: one custom period of local dates (inclusive), e.g. 2024-01-01.")
 @click.option("--end", "end", help="Last local date of the custom period (inclusive).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
-              help="Folder to write the report's files into (--format says which); without it nothing is written.")
+              help="Folder to write the report's files into (--format says which).")
 @click.option("--format", "formats", default=None,
-              help="The files written into --out: comma list of csv, parquet, json, html.  [default: csv,json,html]")
+              help="With --out, the files written: comma list of csv, parquet, json, html  [default: csv,json,html]. "
+                   "Without --out, json (every table in one document) or csv (the KPI table) goes to standard "
+                   "output instead of the tables.")
 @click.option("--tables/--no-tables", default=None,
               help="Print the report's tables to the terminal. Default: yes, except when --out is given with "
                    "machine formats only (csv, parquet, json): then only where the files went is printed.")
@@ -113,9 +115,10 @@ def report(
 
     Prints the KPI tables for people; with --out, writes the files --format names (csv, parquet,
     json for machines, html for people) and says where. With machine formats only, the tables are
-    left out unless --tables.
+    left out unless --tables. --format json or csv without --out writes that to standard output,
+    for a pipe (e.g. into jq).
     """
-    from ems.accounting.reporting import make_report, write_report
+    from ems.accounting.reporting import dump_report, make_report, write_report
     from ems.console import make_console
 
     fmts, tables = _outputs(formats, out_dir, tables)
@@ -134,6 +137,8 @@ def report(
             make_console(stderr=not tables).print(
                 f"[yellow]{len(rep.result.anomalies)} register anomalies (resets, rollovers, gaps); "
                 "see the anomalies table[/]")
+        if out_dir is None and formats is not None:
+            click.echo(dump_report(rep, fmts[0]), nl=False)
         if out_dir is not None:
             paths = write_report(rep, out_dir, fmts)
             names = ", ".join(sorted(Path(p).name for p in paths))
@@ -146,17 +151,22 @@ MACHINE_FORMATS = ("csv", "parquet", "json")
 
 def _outputs(formats: str | None, out_dir: Path | None, tables: bool | None) -> tuple[tuple[str, ...], bool]:
     """The file formats to write and whether to print the tables (``ems report --format/--out/--tables``)."""
-    from ems.accounting.report import FORMATS
+    from ems.accounting.report import FORMATS, STREAM_FORMATS
 
     fmts = tuple(f.strip() for f in (formats or "csv,json,html").split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise ConfigError(f"--format: expected some of {list(FORMATS)}; found {bad or formats!r}")
     if formats is not None and out_dir is None:
-        raise click.UsageError(f"--format {formats}: names the files written into --out DIR; add --out "
-                               "(without it the report is only printed, as tables)")
+        if len(fmts) != 1 or fmts[0] not in STREAM_FORMATS:
+            raise click.UsageError(f"--format {formats} without --out: expected one of {', '.join(STREAM_FORMATS)} "
+                                   "(written to standard output); for other formats or several, add --out DIR")
+        if tables:
+            raise click.UsageError(f"--tables with --format {fmts[0]} and no --out: both would go to standard "
+                                   "output; add --out DIR for the files")
+        return fmts, False
     if tables is False and out_dir is None:
-        raise click.UsageError("--no-tables without --out would output nothing; add --out DIR")
+        raise click.UsageError("--no-tables without --out would output nothing; add --out DIR or --format json")
     if tables is None:
         tables = out_dir is None or not set(fmts) <= set(MACHINE_FORMATS)
     return fmts, tables

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from ems.errors import AccountingError, ConfigError
 from ems.readings import SiteInfo
+from ems.yamldoc import load_document
 
 __all__ = ["GRID_LEVELS", "FactorSet", "FactorsUsed", "builtin_sets_with", "load_factor_set"]
 
@@ -301,12 +301,8 @@ def _read(path: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=16)
 def _read_cached(name: str, mtime_ns: int) -> dict[str, Any]:
     path = Path(name)
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or "name" not in data:
+    data = load_document(path).data
+    if "name" not in data:
         raise ConfigError(f"{path}: expected a mapping with 'name', 'coefficients', 'grid'; found {type(data).__name__}")
     base = data.pop("extends", None)
     if base:

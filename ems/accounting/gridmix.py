@@ -45,13 +45,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ems import __version__, sun
 from ems.accounting import intensity as intensity_module
 from ems.accounting.intensity import IntensitySeries, calibrate, validate_intensity
 from ems.cache import digest, load_arrays, save_arrays
 from ems.errors import ConfigError
+from ems.yamldoc import load_document
 
 __all__ = [
     "MixModel", "MixResult", "load_mix", "load_technologies", "mix_regions", "model_mix", "modelled_intensity",
@@ -68,13 +68,7 @@ def _data_dir() -> Path:
 @functools.cache
 def load_technologies() -> dict[str, Any]:
     """Return ``ems/data/gridmix/technologies.yaml`` (direct factors, ENTSO-E type map)."""
-    data: dict[str, Any] = _yaml((_data_dir() / "technologies.yaml").read_text())
-    return data
-
-
-def _yaml(text: str) -> Any:
-    """Parse YAML with libyaml's safe loader where it is built in (the data files are read on every report)."""
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return load_document(_data_dir() / "technologies.yaml").data
 
 
 def mix_regions() -> list[str]:
@@ -151,7 +145,7 @@ def load_mix(region_or_path: str) -> MixModel:
         name = f"ems/data/gridmix/{region_or_path}.yaml"  # built in: named as in the repository
         if not p.exists():
             raise ConfigError(f"no mix model for region {region_or_path!r}; expected one of {mix_regions()} or a YAML path")
-    d = _yaml(p.read_text())
+    d = load_document(p).data
     techs = load_technologies()["technologies"]
     shares = {k: float(v["value"] if isinstance(v, dict) else v) for k, v in d["shares"].items()}
     factors = {k: float(techs[k]["kg_per_kwh"]) for k in shares if k in techs}

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ems.errors import AccountingError, ConfigError
 from ems.readings import SiteInfo
+from ems.yamldoc import load_document
 
 __all__ = ["convert", "load_fx", "site_currency"]
 
@@ -29,11 +29,8 @@ __all__ = ["convert", "load_fx", "site_currency"]
 def load_fx(path: str | None = None) -> dict[str, Any]:
     """Load exchange rates: ``reporting_currency``, ``country_currency``, ``rates`` (base, quote, date, rate, source)."""
     p = Path(path) if path else Path(str(resources.files("ems").joinpath("data", "fx.yaml")))
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read exchange rates: {exc}") from None
-    if not isinstance(data, dict) or "rates" not in data:
+    data = load_document(p).data
+    if "rates" not in data:
         raise ConfigError(f"{p}: expected a mapping with 'reporting_currency', 'country_currency', 'rates'")
     return data
 

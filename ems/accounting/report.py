@@ -318,6 +318,29 @@ def write_tables(
     return paths
 
 
+STREAM_FORMATS = ("json", "csv")
+"""Formats :func:`dump_tables` can write to one stream (``ems report --format F`` without ``--out``)."""
+
+
+def dump_tables(
+    res: KpiResult, fmt: str, targets: pd.DataFrame | None = None, extra: dict[str, pd.DataFrame] | None = None,
+) -> str:
+    """The report as one document for a pipe: what :func:`write_tables` writes, in one text.
+
+    ``json``: one object with ``by``, ``period``, ``notes``, ``options`` and every table as a list of
+    records under its file name (``kpis``, ``factors_used``, ...); ``csv``: the KPI table alone (a CSV
+    file holds one table). Same precision and missing values as the files.
+    """
+    if fmt == "csv":
+        return str(machine_frame(res.kpis).to_csv(index=False))
+    if fmt != "json":
+        raise ValueError(f"expected one of {STREAM_FORMATS}; found {fmt!r}")
+    doc: dict[str, Any] = {"by": res.by, "period": res.period, "notes": res.notes, "options": res.options}
+    for name, df in {**_frames(res, targets), **(extra or {})}.items():
+        doc[name] = json.loads(machine_frame(df).to_json(orient="records", date_format="iso"))
+    return json.dumps(doc, indent=1, default=str) + "\n"
+
+
 def typical_day(rs: ReadingSet, site: str) -> pd.DataFrame:
     """Mean grid import, PV and consumption [kW] by local hour for one site (from registers)."""
     tz = rs.site(site).tz

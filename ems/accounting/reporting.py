@@ -133,6 +133,13 @@ def _readings(source: str | os.PathLike[str] | ReadingSet, store: bool) -> Readi
     return rs
 
 
+def dump_report(rep: Report, fmt: str) -> str:
+    """The report's tables as one JSON document, or its KPI table as CSV, for standard output."""
+    from ems.accounting.report import dump_tables
+
+    return dump_tables(rep.result, fmt, rep.progress, rep.hourly_frames())
+
+
 def write_report(rep: Report, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     """Write the report's tables (the targets among them) in ``formats``, and ``report.html``; return the paths."""
     from ems.accounting.report import FORMATS, write_html, write_tables

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ems.errors import AccountingError, ConfigError
 from ems.formatting import with_unit
+from ems.yamldoc import load_document
 
 __all__ = ["PROGRESS_COLUMNS", "load_targets", "progress"]
 
@@ -44,8 +44,8 @@ def load_targets(name: str = "group") -> dict[str, Any]:
         p = Path(str(resources.files("ems").joinpath("data", "targets", f"{name}.yaml")))
     if not p.exists():
         raise ConfigError(f"unknown targets {name!r}: expected a built-in name (group) or a YAML path")
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "targets" not in data or "base_year" not in data:
+    data = load_document(p).data
+    if "targets" not in data or "base_year" not in data:
         raise ConfigError(f"{p}: expected a mapping with 'base_year' and 'targets'")
     for t in data["targets"]:
         if t.get("kind") not in ("change", "level", "peak", "track"):

@@ -177,7 +177,8 @@ class _MapFile(_Spec):
 
 
 def _validate(text: str, name: str, schema: type[Any]) -> Any:
-    from ems.model.loader import parse, validate_document
+    from ems.model.validation import validate_document
+    from ems.yamldoc import parse
 
     return validate_document(parse(text, name), schema)
 
@@ -192,7 +193,8 @@ def load_gateway(path: str | Path) -> tuple[GatewaySpec, dict[str, Model]]:
     ConfigError
         If the file cannot be read.
     """
-    from ems.model.loader import load_document, validate_document
+    from ems.model.validation import validate_document
+    from ems.yamldoc import load_document
 
     doc = load_document(path)
     spec: GatewaySpec = validate_document(doc, GatewaySpec)
@@ -201,7 +203,8 @@ def load_gateway(path: str | Path) -> tuple[GatewaySpec, dict[str, Model]]:
 
 def load_gateway_data(text: str, name: str = "<string>") -> tuple[GatewaySpec, dict[str, Model]]:
     """:func:`load_gateway` from text."""
-    from ems.model.loader import parse, validate_document
+    from ems.model.validation import validate_document
+    from ems.yamldoc import parse
 
     doc = parse(text, name)
     spec: GatewaySpec = validate_document(doc, GatewaySpec)

@@ -55,7 +55,7 @@ from ems.modbus.schedule import PollClock
 from ems.readings import MeterInfo
 from ems.telemetry import backfill, codec, topics
 from ems.telemetry.connection import BrokerConfig
-from ems.telemetry.deadletter import DeadLetter, DeadLetters
+from ems.telemetry.deadletter import DeadLetter, DeadLetters, payload_record
 from ems.telemetry.history import History
 from ems.telemetry.ledger import Ledger
 from ems.telemetry.publisher import PublishOptions, SiteConnection
@@ -378,7 +378,7 @@ class Gateway:
                "values": {q: v for q, v in values.items() if v is not None and q in dev.info.quantities}}
         payload = json.dumps({"v": 1, "site": dev.info.site, "meter": dev.info.meter,
                               "interval_s": dev.info.interval_s, "readings": [row]}).encode()  # NaN kept, as read
-        record = codec.deadletter_record(exc.reason, str(exc), topic, payload, time.time())
+        record = payload_record(exc.reason, str(exc), topic, payload, time.time())
         log.warning("dead-lettered a reading of %s/%s: %s", dev.info.site, dev.info.meter, exc)
         try:
             self.deadletters[dev.info.site].write([DeadLetter.of_record(record)])

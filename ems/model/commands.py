@@ -10,9 +10,10 @@ from typing import Any
 import click
 
 from ems.errors import ConfigError
-from ems.model.loader import is_scenario_data, load_document, load_scenario, load_site
+from ems.model.loader import is_scenario_data, load_scenario, load_site
 from ems.model.scenario import ScenarioFile
 from ems.model.site import Site
+from ems.yamldoc import load_document
 
 __all__ = ["SCHEMA_FILES", "json_schemas", "schema", "validate", "validate_path"]
 

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from ems.errors import ConfigError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Battery, Dispatch, PvArray, Site
+from ems.yamldoc import load_document
 
 __all__ = [
     "COMMON_PARAMETERS",
@@ -161,8 +162,6 @@ def load_costs(path: str | Path | None = None) -> dict[str, Any]:
     p = Path(path) if path is not None else Path(str(resources.files("ems").joinpath("data", "measures", "costs.yaml")))
     if not p.is_file():
         raise ConfigError(f"cost data: expected a YAML file, found no file at {str(p)!r}")
-    from ems.model.loader import load_document  # the loader imports this module
-
     data = load_document(p).data  # size, depth and file-type limits, located errors
     if not isinstance(data, dict) or not isinstance(data.get("measures"), dict) or "conversions" not in data:
         raise ConfigError(f"{p}: expected a mapping with 'measures' and 'conversions' (see ems/data/measures/costs.yaml)")

@@ -129,6 +129,20 @@ def reading_lines(
     """
     if readings.empty:
         return []
+    df = _latest_values(readings)
+    prefix = _series_prefixes(df, meters, sites)
+    return _assemble(df, prefix)
+
+
+def _latest_values(readings: pd.DataFrame) -> pd.DataFrame:
+    """The readings as plain columns ``site``, ``meter``, ``quantity``, ``sec`` [s since the epoch], ``value``,
+    with one row per (site, meter, quantity, sec): the last one given.
+
+    Raises
+    ------
+    StoreError
+        Naive timestamps, or a timestamp with a fraction of a second.
+    """
     assert isinstance(readings.index, pd.DatetimeIndex)
     sec = _seconds(readings.index, "write_readings")
     df = pd.DataFrame(
@@ -140,11 +154,22 @@ def reading_lines(
             "value": readings["value"].to_numpy(dtype=np.float64),
         }
     )
-    df = df.drop_duplicates(["site", "meter", "quantity", "sec"], keep="last")
-    pairs = df[["site", "meter"]].drop_duplicates()
+    return df.drop_duplicates(["site", "meter", "quantity", "sec"], keep="last")
+
+
+def _series_prefixes(
+    df: pd.DataFrame, meters: Mapping[tuple[str, str], MeterInfo], sites: Mapping[str, SiteInfo]
+) -> dict[tuple[str, str], str]:
+    """The series prefix (:func:`series_prefix`) of each (site, meter) in ``df``.
+
+    Raises
+    ------
+    StoreError
+        Naming (the first five of) the sites and meters that are not registered.
+    """
     prefix: dict[tuple[str, str], str] = {}
     missing = []
-    for s, m in pairs.itertuples(index=False):
+    for s, m in df[["site", "meter"]].drop_duplicates().itertuples(index=False):
         info = meters.get((s, m))
         if info is None:
             missing.append(f"meter {s}/{m}")
@@ -160,6 +185,11 @@ def reading_lines(
             f"register_meters); not registered: {missing[:5]}"
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
+    return prefix
+
+
+def _assemble(df: pd.DataFrame, prefix: Mapping[tuple[str, str], str]) -> list[str]:
+    """One line per (site, meter, sec) of ``df``, in that order, its fields in quantity order."""
     df = df.sort_values(["site", "meter", "sec", "quantity"], kind="stable")
     field = [
         f"{escape_key(q)}={_float(v)}"

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ems.durable import atomic_write_bytes
 from ems.errors import StoreError
 from ems.readings import MeterInfo, SiteInfo
 from ems.store.context import StoreContext
-from ems.store.segments import atomic_write_bytes
 
 __all__ = ["FORMAT", "Registry", "check_site", "open_root"]
 

@@ -62,7 +62,6 @@ import copy
 import functools
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -83,13 +82,14 @@ from ems.accounting.energy import (
     stage1,
     stage1_series,
 )
+from ems.durable import atomic_write_bytes, fsync_dir, stage
 from ems.errors import EmsError
 from ems.readings import QUANTITIES, MeterInfo, ReadingSet, SiteInfo, empty_events, empty_readings
 from ems.store import registers as reg
 from ems.store.context import StoreContext
 from ems.store.reader import SegmentReader
 from ems.store.registry import Registry
-from ems.store.segments import FileLock, Segment, atomic_write_bytes, fsync_dir
+from ems.store.segments import FileLock, Segment
 from ems.store.writer import SiteBatch
 
 __all__ = ["Manifest", "RegisterAggregates", "day_start"]
@@ -605,12 +605,7 @@ def _read(path: Path, schema: pa.Schema | None, columns: list[str] | None = None
 def _write_durably(path: Path, table: pa.Table) -> None:
     """Write an Arrow IPC file under a temporary name, fsync it, rename it into place (the
     caller fsyncs the directory before publishing a manifest that names it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        feather.write_feather(table, f, compression="lz4")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    stage(path.parent, lambda f: feather.write_feather(table, f, compression="lz4")).replace(path)
 
 
 class _Meta:

@@ -5,8 +5,9 @@ Parquet *segments*. This module holds the file mechanics that make that safe
 with one writer process and any number of reader processes:
 
 * A segment is written under a temporary name, fsync'ed, renamed into place and
-  its directory fsync'ed (:func:`publish`; in two steps, :func:`stage` and
-  :func:`commit`, so that a writer encodes outside the writers' lock), so a reader
+  its directory fsync'ed (:func:`ems.durable.publish`; in two steps,
+  :func:`ems.durable.stage` and :func:`ems.durable.commit`, so that a writer encodes
+  outside the writers' lock), so a reader
   sees either the whole file or nothing, and a segment is durable once its writer
   returns.
 * Segment names carry their ordering and time range:
@@ -25,25 +26,18 @@ import fcntl
 import os
 import re
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from ems.errors import StoreError
 
 __all__ = [
     "FileLock",
     "Segment",
-    "atomic_write_bytes",
-    "commit",
-    "fsync_dir",
     "list_segments",
     "overlap_groups",
-    "publish",
     "segment_name",
-    "stage",
 ]
 
 _NAME = re.compile(r"^(\d{16})-(\d{4})-(-?\d+)-(-?\d+)\.parquet$")
@@ -113,74 +107,6 @@ def overlap_groups(segments: list[Segment]) -> list[list[Segment]]:
             groups.append([s])
             hi = s.tmax
     return [sorted(g) for g in groups]
-
-
-def fsync_dir(folder: Path) -> None:
-    """fsync a directory so that a rename or unlink in it is durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(folder: Path, name: str, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file atomically and durably: temp name, fsync, rename, fsync dir.
-
-    Parameters
-    ----------
-    folder : Path
-        Destination directory (created if missing).
-    name : str
-        Final file name.
-    write : callable
-        Called with a binary file object to write the content to.
-
-    Returns
-    -------
-    Path
-        The published file.
-    """
-    return commit(stage(folder, write), name)
-
-
-def stage(folder: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file under a temporary name in ``folder`` (invisible to readers) and fsync it;
-    :func:`commit` publishes it. Nothing is left behind if ``write`` fails."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return tmp
-
-
-def commit(tmp: Path, name: str) -> Path:
-    """Publish a staged file under its final ``name``: rename (atomic), fsync of the directory."""
-    final = tmp.parent / name
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(tmp.parent)
-    return final
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
-
-    def write(f: IO[bytes]) -> None:
-        f.write(data)
-
-    publish(path.parent, path.name, write)
 
 
 class FileLock:

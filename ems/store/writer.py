@@ -2,8 +2,8 @@
 
 Each ``write_readings`` call publishes one immutable segment per site atomically and
 durably: encoded and fsync'ed under a temporary name with no lock held
-(:func:`ems.store.segments.stage`), then numbered and renamed into place under the
-writers' lock (:func:`ems.store.segments.commit`). Within a frame a
+(:func:`ems.durable.stage`), then numbered and renamed into place under the
+writers' lock (:func:`ems.durable.commit`). Within a frame a
 repeated (site, meter, quantity, ts) keeps its last row; against earlier writes the later
 segment wins on read. Tiered compaction merges a generation of a site's segments once it
 has ``fanout`` of them; :meth:`SegmentWriter.compact` merges everything.
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ems.durable import atomic_write_bytes, commit, fsync_dir, publish, stage
 from ems.errors import ReadingError
 from ems.readings import EVENT_COLUMNS
 from ems.store.arrays import (
@@ -37,17 +38,7 @@ from ems.store.arrays import (
 from ems.store.context import StoreContext
 from ems.store.reader import SegmentReader
 from ems.store.registry import check_site
-from ems.store.segments import (
-    Segment,
-    atomic_write_bytes,
-    commit,
-    fsync_dir,
-    list_segments,
-    overlap_groups,
-    publish,
-    segment_name,
-    stage,
-)
+from ems.store.segments import Segment, list_segments, overlap_groups, segment_name
 
 __all__ = ["SegmentWriter", "SiteBatch"]
 

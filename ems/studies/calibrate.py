@@ -46,9 +46,9 @@ import pandas as pd
 import yaml
 
 from ems.errors import ConfigError
-from ems.model.loader import load_document
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
+from ems.yamldoc import load_document
 
 __all__ = ["QUANTITIES", "Calibration", "calibrate", "load_totals", "monthly_totals"]
 

@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 
 from ems.errors import ConfigError
-from ems.model.loader import load_document
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Site
+from ems.yamldoc import load_document
 
 __all__ = ["ASSESS_COLUMNS", "PathwaySpec", "assess", "interpolate", "load_pathway_spec", "run_pathway"]
 
@@ -235,62 +235,111 @@ def assess(yearly: pd.DataFrame, targets: Mapping[str, Any], *, emissions: str =
         stay below). ``met`` is None when the target year was not simulated.
     """
     y = yearly.sort_index()
-    years = [int(v) for v in y.index]
     base_year = int(targets["base_year"])
     baseline = {k: (v.get("value") if isinstance(v, Mapping) else v)  # the targets file's {value, unit, source}
                 for k, v in (targets.get("baseline") or {}).items()}
-    rows = []
-    for t in targets["targets"]:
-        metric = str(t["metric"])
-        col = emissions if metric == "scope12_market_t" else metric
-        if col not in y:
-            if t["kind"] == "track":  # reported, not aimed at (e.g. pv_kwp of the group's targets): not a pathway figure
-                continue
-            raise ConfigError(f"target {t['id']}: metric {metric!r} is not a pathway column")
-        series = y[col].astype(float)
-        if metric == "scope12_market_intensity_t_per_10k_rmb" and emissions in y and "output_rmb" in y:
-            series = y[emissions].astype(float) / (y["output_rmb"].astype(float) / 1e4)
-        kind, ty, tv = str(t["kind"]), int(t["year"]), t.get("value")
-        base = baseline.get(metric)
-        note = ""
-        if base is None:
-            if base_year in years:
-                base = float(series.loc[base_year])
-            else:
-                base = math.nan
-                note = f"base year {base_year} not simulated and no baseline in the targets file"
-        base_f = float(base)
-        first: int | None = None
-        met: bool | None = None
-        at = float(series.loc[ty]) if ty in years else math.nan
-        if kind == "peak":
-            first = int(series.idxmax()) if len(series) else None
-            after = series[series.index > ty]
-            upto = series[series.index <= ty]
-            if len(upto) and len(after):
-                met = bool(after.max() <= upto.max())
-            elif len(upto):
-                note = note or f"no year after {ty} simulated: the peak cannot be confirmed"
-        else:
-            for yr in years:
-                if _met(kind, float(series.loc[yr]), base_f, tv):
-                    first = yr
-                    break
-            if ty in years:
-                met = _met(kind, at, base_f, tv)
-            else:
-                note = note or f"target year {ty} not simulated"
-        if met is None:
-            status = "not assessed"
-        elif met:
-            status = f"met (first in {first})" if first is not None else "met"
-        else:
-            status = f"missed (first met in {first})" if first is not None else "missed"
-        rows.append({"target": t["id"], "metric": metric, "kind": kind, "target_year": ty, "target_value": tv,
-                     "base_year": base_year, "base_value": base_f, "value_in_target_year": at,
-                     "first_year_met": first, "met": met, "status": status, "note": note or str(t.get("note", ""))})
+    rows = [_assess_target(y, t, base_year, baseline, emissions) for t in targets["targets"]
+            if not _tracked_elsewhere(y, t, emissions)]
     out = pd.DataFrame(rows, columns=list(ASSESS_COLUMNS))
     out["first_year_met"] = out["first_year_met"].astype("Int64")
     out["met"] = out["met"].astype(object)
     return out
+
+
+def _assess_target(y: pd.DataFrame, t: Mapping[str, Any], base_year: int, baseline: Mapping[str, Any],
+                   emissions: str) -> dict[str, Any]:
+    """One row of :func:`assess`: target ``t`` against the yearly pathway ``y`` (sorted by year)."""
+    years = [int(v) for v in y.index]
+    metric = str(t["metric"])
+    series = _target_series(y, t, emissions)
+    kind, ty, tv = str(t["kind"]), int(t["year"]), t.get("value")
+    base, base_note = _base_value(series, baseline.get(metric), base_year, years)
+    at = float(series.loc[ty]) if ty in years else math.nan
+    if kind == "peak":
+        first, met, note = _peak_outcome(series, ty)
+    else:
+        first, met, note = _threshold_outcome(series, years, kind, base, tv, ty)
+    return {"target": t["id"], "metric": metric, "kind": kind, "target_year": ty, "target_value": tv,
+            "base_year": base_year, "base_value": base, "value_in_target_year": at,
+            "first_year_met": first, "met": met, "status": _status(met, first),
+            "note": base_note or note or str(t.get("note", ""))}
+
+
+def _tracked_elsewhere(y: pd.DataFrame, t: Mapping[str, Any], emissions: str) -> bool:
+    """A ``track`` target (reported, not aimed at, e.g. the group's ``pv_kwp``) whose metric the pathway
+    does not compute: left out of the assessment rather than refused."""
+    col = emissions if str(t["metric"]) == "scope12_market_t" else str(t["metric"])
+    return str(t["kind"]) == "track" and col not in y
+
+
+def _target_series(y: pd.DataFrame, t: Mapping[str, Any], emissions: str) -> pd.Series:
+    """The yearly values a target is assessed on: its metric's column (Scope 1+2 market-based from
+    ``emissions``; the intensity recomputed from ``emissions`` and ``output_rmb`` where both are there).
+
+    Raises
+    ------
+    ConfigError
+        The metric is not a column of the pathway.
+    """
+    metric = str(t["metric"])
+    col = emissions if metric == "scope12_market_t" else metric
+    if col not in y:
+        raise ConfigError(f"target {t['id']}: metric {metric!r} is not a pathway column")
+    if metric == "scope12_market_intensity_t_per_10k_rmb" and emissions in y and "output_rmb" in y:
+        return y[emissions].astype(float) / (y["output_rmb"].astype(float) / 1e4)
+    return y[col].astype(float)
+
+
+def _base_value(series: pd.Series, given: Any, base_year: int, years: list[int]) -> tuple[float, str]:
+    """The base of a change target: the targets file's baseline, else the base year's value, else NaN
+    with a note saying why."""
+    if given is not None:
+        return float(given), ""
+    if base_year in years:
+        return float(series.loc[base_year]), ""
+    return math.nan, f"base year {base_year} not simulated and no baseline in the targets file"
+
+
+def _peak_outcome(series: pd.Series, ty: int) -> tuple[int | None, bool | None, str]:
+    """A peak target: the year of the highest value; met if no later year exceeds the highest up to ``ty``.
+
+    Returns
+    -------
+    first : int or None
+        The year of the highest value.
+    met : bool or None
+        None when no year up to ``ty`` or none after it was simulated.
+    note : str
+        Why ``met`` is None, if it is.
+    """
+    series = series.dropna()  # years without the metric neither peak nor confirm one
+    if not len(series):
+        return None, None, "no simulated year has a value of this metric"
+    first = int(series.idxmax())
+    after = series[series.index > ty]
+    upto = series[series.index <= ty]
+    if len(upto) and len(after):
+        return first, bool(after.max() <= upto.max()), ""
+    if len(upto):
+        return first, None, f"no year after {ty} simulated: the peak cannot be confirmed"
+    return first, None, ""
+
+
+def _threshold_outcome(series: pd.Series, years: list[int], kind: str, base: float, tv: Any,
+                       ty: int) -> tuple[int | None, bool | None, str]:
+    """A change or level target: the first year it is met, whether it is met in ``ty`` (None if
+    ``ty`` was not simulated) and a note saying so."""
+    first = next((yr for yr in years if _met(kind, float(series.loc[yr]), base, tv)), None)
+    if ty in years:
+        return first, _met(kind, float(series.loc[ty]), base, tv), ""
+    return first, None, f"target year {ty} not simulated"
+
+
+def _status(met: bool | None, first: int | None) -> str:
+    """``met (first in 2028)``, ``missed``, ``not assessed``, ... for the assessment table."""
+    if met is None:
+        return "not assessed"
+    if met:
+        return f"met (first in {first})" if first is not None else "met"
+    return f"missed (first met in {first})" if first is not None else "missed"
 

@@ -183,25 +183,67 @@ def evaluate(
     off_t = _offsets(site_k, applied)
     out["offsets_t"] = off_t
     out["net_scope12_t"] = out["scope12_market_t"] - off_t
-    rows = [a.to_dict() for a in applied]
-    if off_t > 0:
-        price = float((costs["measures"].get("offsets") or {}).get("opex_per_unit", 0.0))
-        rows.append({"measure": "offsets", "site": ",".join(sorted({a.site for a in applied if a.offsets})),
-                     "quantity": off_t / yf, "unit": "tCO2e/yr", "capex": 0.0, "opex_per_year": off_t / yf * price,
-                     "lifetime_years": 1.0, "discount_rate": 0.0, "annual_cost": off_t / yf * price,
-                     "note": "offsets for the remaining Scope 1+2 (market-based)"})
+    rows = _measure_rows(applied, off_t / yf, costs)
     capex = sum(r["capex"] for r in rows)
     opex = sum(r["opex_per_year"] for r in rows)
     annual = sum(r["annual_cost"] for r in rows)
     out.update(capex=capex, opex_per_year=opex, annual_cost=annual, measures=rows)
-    if base is not None:
-        savings = (base["total_cost"] - out["total_cost"]) / yf
-        avoided = (base["scope12_market_t"] - out["net_scope12_t"]) / yf
-        out["savings_per_year"] = savings
-        out["avoided_t_per_year"] = avoided
-        out["payback_years"] = simple_payback(capex, savings, opex)
-        out["cost_per_tco2e"] = cost_per_tco2e(annual, savings, avoided)
-    else:
-        for k in ("savings_per_year", "avoided_t_per_year", "payback_years", "cost_per_tco2e"):
-            out[k] = math.nan
+    out.update(_versus_base(out, base, yf))
     return out
+
+
+def _measure_rows(applied: list[AppliedMeasure], offsets_per_year: float, costs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cost rows of the measures applied, and one of the offsets bought for what remains.
+
+    Parameters
+    ----------
+    applied : list of AppliedMeasure
+        As :func:`apply_measures` gives them.
+    offsets_per_year : float [tCO2e/yr]
+        Scope 1+2 (market-based) offset by zero-carbon measures; no offsets row when 0.
+    costs : dict
+        Cost data: the offsets' ``opex_per_unit`` [currency/tCO2e].
+
+    Returns
+    -------
+    list of dict
+        :meth:`AppliedMeasure.to_dict` rows (``capex`` [currency], ``opex_per_year`` and
+        ``annual_cost`` [currency/yr], ...).
+    """
+    rows = [a.to_dict() for a in applied]
+    if offsets_per_year > 0:
+        price = float((costs["measures"].get("offsets") or {}).get("opex_per_unit", 0.0))
+        cost = offsets_per_year * price
+        rows.append({"measure": "offsets", "site": ",".join(sorted({a.site for a in applied if a.offsets})),
+                     "quantity": offsets_per_year, "unit": "tCO2e/yr", "capex": 0.0, "opex_per_year": cost,
+                     "lifetime_years": 1.0, "discount_rate": 0.0, "annual_cost": cost,
+                     "note": "offsets for the remaining Scope 1+2 (market-based)"})
+    return rows
+
+
+def _versus_base(out: Mapping[str, Any], base: Mapping[str, float] | None, yf: float) -> dict[str, float]:
+    """Savings, avoided emissions, payback and cost per tonne of ``out`` against the base scenario's KPIs.
+
+    Parameters
+    ----------
+    out : dict
+        This scenario's KPIs with ``total_cost`` [currency], ``net_scope12_t`` [tCO2e], ``capex``
+        [currency], ``opex_per_year`` and ``annual_cost`` [currency/yr].
+    base : dict or None
+        The base scenario's :func:`summarise` KPIs; None gives NaN for each.
+    yf : float [yr]
+        The simulated period as a fraction of a year.
+
+    Returns
+    -------
+    dict
+        ``savings_per_year`` [currency/yr], ``avoided_t_per_year`` [tCO2e/yr], ``payback_years`` [yr],
+        ``cost_per_tco2e`` [currency/t].
+    """
+    if base is None:
+        return dict.fromkeys(("savings_per_year", "avoided_t_per_year", "payback_years", "cost_per_tco2e"), math.nan)
+    savings = (base["total_cost"] - out["total_cost"]) / yf
+    avoided = (base["scope12_market_t"] - out["net_scope12_t"]) / yf
+    return {"savings_per_year": savings, "avoided_t_per_year": avoided,
+            "payback_years": simple_payback(out["capex"], savings, out["opex_per_year"]),
+            "cost_per_tco2e": cost_per_tco2e(out["annual_cost"], savings, avoided)}

@@ -33,9 +33,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from ems.errors import ConfigError, MissingExtraError
-from ems.model.loader import load_document
 from ems.model.scenario import ResolvedScenario
 from ems.studies.measures import MEASURES, load_costs
+from ems.yamldoc import load_document
 
 __all__ = [
     "SweepResult",

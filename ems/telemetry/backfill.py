@@ -31,16 +31,14 @@ import numpy as np
 
 from ems.errors import PayloadError
 from ems.telemetry import topics
-from ems.telemetry.codec import (
+from ems.telemetry.codec.wire import (
     MAX_SEQ,
-    _dumps,
-    _field,
-    _same,
-    _short,
-    _version,
+    dumps,
     format_ts,
-    load_object,
+    load_message,
     parse_ts,
+    short_repr,
+    typed_field,
 )
 
 __all__ = [
@@ -84,7 +82,7 @@ def encode_request(req: BackfillRequest) -> bytes:
     topics.validate_id(req.meter, "meter")
     if not 0 <= req.from_seq <= req.to_seq:
         raise PayloadError("bad_range", f"expected 0 <= from_seq <= to_seq, found {req.from_seq}..{req.to_seq}")
-    return _dumps({"v": 1, "site": req.site, "meter": req.meter, "from_seq": req.from_seq, "to_seq": req.to_seq})
+    return dumps({"v": 1, "site": req.site, "meter": req.meter, "from_seq": req.from_seq, "to_seq": req.to_seq})
 
 
 def decode_request(site: str, payload: bytes) -> BackfillRequest:
@@ -97,14 +95,12 @@ def decode_request(site: str, payload: bytes) -> BackfillRequest:
         bad meter id) or ``bad_range`` (not ``0 <= from_seq <= to_seq``).
     """
     where = f"backfill request of {site}"
-    obj = load_object(payload)
-    _version(obj, where)
-    _same(obj, "site", site, where)
-    meter = topics.validate_id(_field(obj, "meter", str, where), f"{where}.meter")
-    a = _field(obj, "from_seq", int, where)
-    b = _field(obj, "to_seq", int, where)
+    obj = load_message(payload, where, site=site)
+    meter = topics.validate_id(typed_field(obj, "meter", str, where), f"{where}.meter")
+    a = typed_field(obj, "from_seq", int, where)
+    b = typed_field(obj, "to_seq", int, where)
     if not 0 <= a <= b <= MAX_SEQ:
-        raise PayloadError("bad_range", f"{where}: expected 0 <= from_seq <= to_seq <= 2**63-1, found {_short(a)}..{_short(b)}")
+        raise PayloadError("bad_range", f"{where}: expected 0 <= from_seq <= to_seq <= 2**63-1, found {short_repr(a)}..{short_repr(b)}")
     return BackfillRequest(site, meter, a, b)
 
 
@@ -120,7 +116,7 @@ class HighWaterMark:
 def encode_hwm(site: str, last_seq: Mapping[str, int], sent_ns: int) -> bytes:
     """Encode a site's high-water mark: per meter, the last seq acknowledged without a hole, sent at ``sent_ns`` [ns]."""
     topics.validate_id(site, "site")
-    return _dumps({"v": 1, "site": site, "sent": format_ts(sent_ns),
+    return dumps({"v": 1, "site": site, "sent": format_ts(sent_ns),
                    "last_seq": {topics.validate_id(m, "meter"): int(s) for m, s in sorted(last_seq.items())}})
 
 
@@ -134,19 +130,17 @@ def decode_hwm(site: str, payload: bytes, *, now_ns: int | None = None, max_futu
         or ``oversized`` (more than :data:`MAX_HWM_METERS` meters).
     """
     where = f"high-water mark of {site}"
-    obj = load_object(payload)
-    _version(obj, where)
-    _same(obj, "site", site, where)
-    marks = _field(obj, "last_seq", dict, where)
+    obj = load_message(payload, where, site=site)
+    marks = typed_field(obj, "last_seq", dict, where)
     if len(marks) > MAX_HWM_METERS:
         raise PayloadError("oversized", f"{where}.last_seq: expected at most {MAX_HWM_METERS} meters, found {len(marks)}")
     out: dict[str, int] = {}
     for m, s in marks.items():
         topics.validate_id(m, f"{where}.last_seq meter")
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise PayloadError("wrong_type", f"{where}.last_seq.{m}: expected an integer >= 0, found {_short(s)}")
+            raise PayloadError("wrong_type", f"{where}.last_seq.{m}: expected an integer >= 0, found {short_repr(s)}")
         if s > MAX_SEQ:
-            raise PayloadError("out_of_range", f"{where}.last_seq.{m}: expected at most 2**63-1, found {_short(s)}")
+            raise PayloadError("out_of_range", f"{where}.last_seq.{m}: expected at most 2**63-1, found {short_repr(s)}")
         out[m] = s
     sent = parse_ts(obj["sent"], f"{where}.sent") if "sent" in obj else 0
     if now_ns is not None and sent > now_ns + int(max_future_s * 1e9):

@@ -194,7 +194,7 @@ def ingest(broker_url: str, store_url: str, group: str | None, client_id: str, d
     meters: list[MeterInfo] = []
     sites: list[SiteInfo] = []
     if meta_dir is not None:
-        from ems.model.loader import read_config_text
+        from ems.yamldoc import read_config_text
 
         try:
             if (meta_dir / "meters.json").exists():

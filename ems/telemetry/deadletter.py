@@ -20,6 +20,9 @@ message acknowledged.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -29,20 +32,66 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ems.telemetry import codec, topics
+from ems.durable import write_fsync
+from ems.telemetry import topics
 from ems.telemetry.session import Ack, Message
 
-__all__ = ["DEFAULT_KEEP_BYTES", "DeadLetter", "DeadLetters", "Publishes", "record"]
+__all__ = ["DEFAULT_KEEP_BYTES", "DeadLetter", "DeadLetters", "Publishes", "payload_record", "record"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEEP_BYTES = codec.DEADLETTER_KEEP_BYTES
-"""Payload bytes a dead letter keeps [B]; beyond that only the prefix, size and hash."""
+DEFAULT_KEEP_BYTES = 16 * 1024
+"""Payload bytes a dead letter keeps [B]; beyond that only the prefix, the size and the SHA-256."""
+_MESSAGE_CHARS = 2000
+
+
+def payload_record(
+    reason: str,
+    message: str,
+    topic: str,
+    payload: bytes,
+    received_s: float,
+    *,
+    size: int | None = None,
+    sha256: str = "",
+    keep_bytes: int = DEFAULT_KEEP_BYTES,
+) -> dict[str, Any]:
+    """The record of a rejected message (JSONL file and ``ems/v1/_deadletter/{reason}``), bounded in size.
+
+    Parameters
+    ----------
+    reason, message : str
+        The short code and the full explanation (cut at 2,000 characters).
+    topic : str
+        Where the message was (or would have been) published.
+    payload : bytes
+        The message, or the prefix of it that was held (then give ``size`` and ``sha256``).
+    received_s : float [s since the epoch]
+        When it was received (or read, for a gateway).
+    size : int [B], optional
+        The whole payload's size (default ``len(payload)``).
+    sha256 : str, optional
+        Hex SHA-256 of the whole payload (default: of ``payload``).
+    keep_bytes : int [B]
+        Payload bytes kept (base64); beyond, the record says ``payload_truncated``.
+    """
+    kept = payload[:keep_bytes]
+    total = len(payload) if size is None else size
+    return {
+        "received": dt.datetime.fromtimestamp(received_s, dt.UTC).isoformat().replace("+00:00", "Z"),
+        "reason": reason,
+        "message": message if len(message) <= _MESSAGE_CHARS else message[:_MESSAGE_CHARS] + "...",
+        "topic": topic,
+        "payload_bytes": total,
+        "payload_sha256": sha256 or hashlib.sha256(payload).hexdigest(),
+        "payload_b64": base64.b64encode(kept).decode("ascii"),
+        "payload_truncated": total > len(kept),
+    }
 
 
 def record(msg: Message, reason: str, text: str, keep_bytes: int = DEFAULT_KEEP_BYTES) -> dict[str, Any]:
-    """The dead-letter record of ``msg`` rejected with ``reason`` (:func:`ems.telemetry.codec.deadletter_record`)."""
-    return codec.deadletter_record(reason, text, msg.topic, msg.payload, msg.received, size=msg.size,
+    """The dead-letter record of ``msg`` rejected with ``reason`` (:func:`payload_record`)."""
+    return payload_record(reason, text, msg.topic, msg.payload, msg.received, size=msg.size,
                                    sha256=msg.sha256, keep_bytes=keep_bytes)
 
 
@@ -72,7 +121,7 @@ class DeadLetter:
 
     @classmethod
     def of_record(cls, rec: dict[str, Any]) -> DeadLetter:
-        """A dead letter of a record made elsewhere (:func:`ems.telemetry.codec.deadletter_record`; a gateway's
+        """A dead letter of a record made elsewhere (:func:`payload_record`; a gateway's
         reading that was never received as a message, so nothing is acknowledged)."""
         return cls(Ack(0, 0, 0.0), str(rec["reason"]), json.dumps(rec, ensure_ascii=True).encode())
 
@@ -170,11 +219,7 @@ def _append(path: Path, data: bytes) -> None:
     with open(path, "ab", buffering=0) as f:
         start = f.tell()
         try:
-            view = memoryview(data)
-            while view:
-                n = f.write(view)
-                view = view[n or 0 :]
-            os.fsync(f.fileno())
+            write_fsync(f, data)
         except OSError:
             try:
                 f.truncate(start)

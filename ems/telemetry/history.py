@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ems.durable import fsync_dir
 from ems.errors import ConfigError
-from ems.telemetry.spool import frame, fsync_dir, read_frames
+from ems.telemetry.spool import frame, read_frames
 
 __all__ = ["History"]
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ems.durable import atomic_write_bytes
 from ems.errors import ConfigError
 from ems.store.base import Store
 from ems.telemetry.codec import format_ts, parse_ts
@@ -112,14 +113,10 @@ class Ledger:
             return {"v": 1, "meters": {k: dict(v) for k, v in sorted(self.meters.items())}}
 
     def save(self) -> None:
-        """Write the ledger atomically (temporary file, then rename)."""
+        """Write the ledger atomically and durably (:func:`ems.durable.atomic_write_bytes`)."""
         if self.path is None:
             return
-        doc = self.to_dict()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, json.dumps(self.to_dict(), indent=1).encode())
 
 
 @dataclass(frozen=True)

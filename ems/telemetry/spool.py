@@ -36,9 +36,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from ems.durable import fsync_dir, write_fsync
 from ems.errors import ConfigError
 
-__all__ = ["Spool", "frame", "fsync_dir", "read_frames"]
+__all__ = ["Spool", "frame", "read_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,6 @@ def _from_bytes(body: bytes, categorical: bool) -> pd.DataFrame:
         else:
             data[name] = arr
     return pd.DataFrame(data, index=ts)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory (a file created or deleted in it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -238,11 +230,7 @@ class Spool:
         fh: Any = self._fh
         start = self._sizes[self._current]
         try:
-            view = memoryview(blob)
-            while view:
-                n = fh.write(view)
-                view = view[n or 0 :]
-            os.fsync(fh.fileno())
+            write_fsync(fh, blob)
         except OSError:
             try:  # a partial record would end the segment at replay and hide what comes after it
                 fh.truncate(start)
