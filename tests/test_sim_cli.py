@@ -140,8 +140,10 @@ def test_run_in_worker_processes_says_so(tmp_path):
     assert res.exit_code == 2 and "--workers" in res.output
 
 
-def test_ctrl_c_ends_the_workers_quietly(tmp_path):
-    """Ctrl-C (SIGINT to the process group) stops ems run and its worker processes: exit 130."""
+@pytest.mark.parametrize("after_s", [0.0, 0.5], ids=["as-the-workers-start", "while-they-work"])
+def test_ctrl_c_ends_the_workers_quietly(tmp_path, after_s):
+    """Ctrl-C (SIGINT to the process group) stops ems run and its worker processes: exit 130, no
+    traceback, also when it comes as the workers are being forked."""
     import os
     import signal
     import time
@@ -172,7 +174,7 @@ def test_ctrl_c_ends_the_workers_quietly(tmp_path):
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(after_s)
     os.killpg(proc.pid, signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -344,6 +344,8 @@ def _result_of(index: int, future: Future[_SiteDone]) -> _SiteDone:
 def _worker(plan: _Plan, tasks: Any, results: Any) -> None:
     """Worker process: simulate and deliver the sites named on ``tasks`` until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the workers
+    if hasattr(signal, "pthread_sigmask"):  # started with it blocked (_start_without_sigint)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _keep_heap()
     store: Store | None = None
     current = -1  # before the first site
@@ -424,10 +426,9 @@ def _run_parallel(plan: _Plan, n: int, progress: Progress | None) -> list[_SiteD
     procs = [
         ctx.Process(target=_worker, args=(plan, tasks, results), daemon=True) for _ in range(n)
     ]
-    for p in procs:
-        p.start()
     done: dict[int, _SiteDone] = {}
     try:
+        _start_without_sigint(procs)
         for i in [*range(total), *[None] * n]:  # after the start: a full pipe would block
             tasks.put(i)
         while len(done) < total:
@@ -436,10 +437,31 @@ def _run_parallel(plan: _Plan, n: int, progress: Progress | None) -> list[_SiteD
                 _handle(msg, done, progress, plan)
     finally:
         for p in procs:
+            if p.pid is None:  # never started (Ctrl-C while the others started)
+                continue
             if p.is_alive():
                 p.terminate()
             p.join()
     return [done[i] for i in range(total)]
+
+
+def _start_without_sigint(procs: list[Any]) -> None:
+    """Start the worker processes with SIGINT blocked, so that none can see a Ctrl-C before it
+    ignores it (:func:`_worker`); a Ctrl-C in the meantime reaches this process once they are started.
+
+    Without this, a Ctrl-C while a worker is being forked interrupts it in Python's at-fork
+    handlers and prints a traceback.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        for p in procs:
+            p.start()
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _handle(
