@@ -118,6 +118,7 @@ def test_assess_target_years():
     y = _yearly(net=[100, 110, 120, 125, 90, 55], share=[0.1, 0.2, 0.28, 0.31, 0.29, 0.35])
     a = assess(y, TARGETS).set_index("target")
     assert a.loc["peak-2026", "first_year_met"] == 2026 and a.loc["peak-2026", "met"] is True
+    assert a.loc["peak-2026", "status"] == "met (peak in 2026)"
     # intensity -45 % in 2030 (first below -40 % in 2030)
     assert a.loc["intensity-2030", "first_year_met"] == 2030 and a.loc["intensity-2030", "met"] is True
     assert a.loc["intensity-2030", "value_in_target_year"] == pytest.approx(55 / 1e4)
@@ -133,6 +134,7 @@ def test_assess_misses():
     a = assess(y, TARGETS).set_index("target")
     assert a.loc["peak-2026", "met"] is False  # 2027 above the 2026 level
     assert a.loc["peak-2026", "first_year_met"] == 2027  # the peak year
+    assert a.loc["peak-2026", "status"] == "missed (peak in 2027)"
     assert a.loc["intensity-2030", "met"] is False  # -30 % only
     assert pd.isna(a.loc["intensity-2030", "first_year_met"])
     assert a.loc["clean-2030", "status"] == "missed"

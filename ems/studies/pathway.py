@@ -261,7 +261,7 @@ def _assess_target(y: pd.DataFrame, t: Mapping[str, Any], base_year: int, baseli
         first, met, note = _threshold_outcome(series, years, kind, base, tv, ty)
     return {"target": t["id"], "metric": metric, "kind": kind, "target_year": ty, "target_value": tv,
             "base_year": base_year, "base_value": base, "value_in_target_year": at,
-            "first_year_met": first, "met": met, "status": _status(met, first),
+            "first_year_met": first, "met": met, "status": _status(met, first, kind),
             "note": base_note or note or str(t.get("note", ""))}
 
 
@@ -335,11 +335,14 @@ def _threshold_outcome(series: pd.Series, years: list[int], kind: str, base: flo
     return first, None, f"target year {ty} not simulated"
 
 
-def _status(met: bool | None, first: int | None) -> str:
-    """``met (first in 2028)``, ``missed``, ``not assessed``, ... for the assessment table."""
+def _status(met: bool | None, first: int | None, kind: str = "") -> str:
+    """``met (first in 2028)``, ``missed``, ``not assessed``, ... for the assessment table; for a
+    peak target ``first`` is the peak year: ``met (peak in 2025)``, ``missed (peak in 2031)``."""
     if met is None:
         return "not assessed"
-    if met:
-        return f"met (first in {first})" if first is not None else "met"
-    return f"missed (first met in {first})" if first is not None else "missed"
+    if first is None:
+        return "met" if met else "missed"
+    if kind == "peak":
+        return f"{'met' if met else 'missed'} (peak in {first})"
+    return f"met (first in {first})" if met else f"missed (first met in {first})"
 
