@@ -106,6 +106,11 @@ def reading_lines(
 ) -> list[str]:
     """Turn a tidy readings frame into line protocol, one line per meter and ``ts``.
 
+    Vectorised: the series prefix (:func:`series_prefix`) is built once per meter
+    and each field key once per quantity; values are formatted by ``repr`` (the
+    shortest string that reads back as the same float), and lines are assembled
+    with NumPy string operations.
+
     Parameters
     ----------
     readings : DataFrame
@@ -119,8 +124,9 @@ def reading_lines(
     Returns
     -------
     list of str
-        Lines in (site, meter, ts) order; a (site, meter, quantity, ts) repeated
-        in the frame keeps its last value.
+        Lines in (site, meter, ts) order (strings compared by code point), fields in
+        quantity order; a (site, meter, quantity, ts) repeated in the frame keeps
+        its last value.
 
     Raises
     ------
@@ -129,54 +135,69 @@ def reading_lines(
     """
     if readings.empty:
         return []
-    df = _latest_values(readings)
-    prefix = _series_prefixes(df, meters, sites)
-    return _assemble(df, prefix)
-
-
-def _latest_values(readings: pd.DataFrame) -> pd.DataFrame:
-    """The readings as plain columns ``site``, ``meter``, ``quantity``, ``sec`` [s since the epoch], ``value``,
-    with one row per (site, meter, quantity, sec): the last one given.
-
-    Raises
-    ------
-    StoreError
-        Naive timestamps, or a timestamp with a fraction of a second.
-    """
     assert isinstance(readings.index, pd.DatetimeIndex)
     sec = _seconds(readings.index, "write_readings")
-    df = pd.DataFrame(
-        {
-            "site": readings["site"].astype(str).to_numpy(),
-            "meter": readings["meter"].astype(str).to_numpy(),
-            "quantity": readings["quantity"].astype(str).to_numpy(),
-            "sec": sec,
-            "value": readings["value"].to_numpy(dtype=np.float64),
-        }
-    )
-    return df.drop_duplicates(["site", "meter", "quantity", "sec"], keep="last")
+    site, sites_sorted = _sorted_codes(readings["site"])
+    meter, meters_sorted = _sorted_codes(readings["meter"])
+    qty, qtys_sorted = _sorted_codes(readings["quantity"])
+    series, pairs = _series_codes(site, meter, sites_sorted, meters_sorted)
+    prefix = _series_prefixes(pairs, meters, sites)
+    keep = _latest_order(series, sec, qty)
+    values = readings["value"].to_numpy(dtype=np.float64)[keep]
+    return _assemble(prefix, series[keep], sec[keep], (qtys_sorted, qty[keep]), values)
+
+
+def _sorted_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Codes of a string column whose order is the labels' (code point) order, and the labels."""
+    codes, uniques = pd.factorize(col, use_na_sentinel=False)
+    labels = [str(u) for u in uniques]
+    order = np.argsort(np.array(labels, dtype=object), kind="stable")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels))
+    return rank[codes], [labels[i] for i in order]
+
+
+def _series_codes(
+    site: np.ndarray, meter: np.ndarray, sites_sorted: list[str], meters_sorted: list[str]
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """A code per (site, meter) in (site, meter) order, and the (site, meter) of each code."""
+    pair = site * len(meters_sorted) + meter
+    uniq, codes = np.unique(pair, return_inverse=True)
+    pairs = [(sites_sorted[p // len(meters_sorted)], meters_sorted[p % len(meters_sorted)]) for p in uniq.tolist()]
+    return codes.reshape(-1), pairs
+
+
+def _latest_order(series: np.ndarray, sec: np.ndarray, qty: np.ndarray) -> np.ndarray:
+    """Positions of the rows to write, in (series, sec, quantity) order: of rows with the same
+    (series, sec, quantity), the last one given."""
+    order = np.lexsort((qty, sec, series))  # stable: equal keys keep the frame's order
+    s, t, q = series[order], sec[order], qty[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (s[1:] != s[:-1]) | (t[1:] != t[:-1]) | (q[1:] != q[:-1])
+    out: np.ndarray = order[last]
+    return out
 
 
 def _series_prefixes(
-    df: pd.DataFrame, meters: Mapping[tuple[str, str], MeterInfo], sites: Mapping[str, SiteInfo]
-) -> dict[tuple[str, str], str]:
-    """The series prefix (:func:`series_prefix`) of each (site, meter) in ``df``.
+    pairs: list[tuple[str, str]], meters: Mapping[tuple[str, str], MeterInfo], sites: Mapping[str, SiteInfo]
+) -> list[str]:
+    """The series prefix (:func:`series_prefix`) of each (site, meter) of ``pairs``, as strings.
 
     Raises
     ------
     StoreError
         Naming (the first five of) the sites and meters that are not registered.
     """
-    prefix: dict[tuple[str, str], str] = {}
+    prefix: list[str] = []
     missing = []
-    for s, m in df[["site", "meter"]].drop_duplicates().itertuples(index=False):
+    for s, m in pairs:
         info = meters.get((s, m))
         if info is None:
             missing.append(f"meter {s}/{m}")
         if s not in sites:
             missing.append(f"site {s}")
         if info is not None and s in sites:
-            prefix[(s, m)] = series_prefix(info, sites[s])
+            prefix.append(series_prefix(info, sites[s]))
     if missing:
         missing = sorted(set(missing))
         raise StoreError(
@@ -188,18 +209,34 @@ def _series_prefixes(
     return prefix
 
 
-def _assemble(df: pd.DataFrame, prefix: Mapping[tuple[str, str], str]) -> list[str]:
-    """One line per (site, meter, sec) of ``df``, in that order, its fields in quantity order."""
-    df = df.sort_values(["site", "meter", "sec", "quantity"], kind="stable")
-    field = [
-        f"{escape_key(q)}={_float(v)}"
-        for q, v in zip(df["quantity"].tolist(), df["value"].tolist(), strict=True)
-    ]
-    df["field"] = field
-    out = []
-    for (s, m, t), grp in df.groupby(["site", "meter", "sec"], sort=False)["field"]:
-        out.append(f"{prefix[(s, m)]} {','.join(grp)} {int(t)}")
-    return out
+def _assemble(
+    prefix: list[str],
+    series: np.ndarray,
+    sec: np.ndarray,
+    quantity: tuple[list[str], np.ndarray],
+    values: np.ndarray,
+) -> list[str]:
+    """One line per run of equal (series, sec) in the rows given (sorted), fields in row order.
+
+    ``prefix`` holds each series' prefix, ``quantity`` the quantities and each row's
+    index into them. Each row becomes four pieces: ``prefix + " "`` where a line
+    starts, else ``","``; ``key=``; the value; ``" " + sec`` and a newline where the
+    line ends, else nothing. The pieces are joined and split at the newlines (the
+    only unescaped ones).
+    """
+    n = len(sec)
+    start = np.ones(n, dtype=bool)
+    start[1:] = (sec[1:] != sec[:-1]) | (series[1:] != series[:-1])
+    end = np.ones(n, dtype=bool)
+    end[:-1] = start[1:]
+    parts = np.full((n, 4), "", dtype=object)
+    parts[:, 0] = ","
+    parts[start, 0] = np.array([p + " " for p in prefix], dtype=object)[series[start]]
+    parts[:, 1] = np.array([escape_key(q) + "=" for q in quantity[0]], dtype=object)[quantity[1]]
+    parts[:, 2] = list(map(repr, values.tolist()))
+    stamps, which = np.unique(sec[end], return_inverse=True)
+    parts[end, 3] = np.array([f" {t}\n" for t in stamps.tolist()], dtype=object)[which]
+    return "".join(parts.ravel().tolist()).split("\n")[:-1]
 
 
 def event_lines(events: pd.DataFrame) -> list[str]:
