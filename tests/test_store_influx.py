@@ -440,3 +440,34 @@ def test_read_only_refuses_writes(monkeypatch):
     with pytest.raises(StoreError, match="read-only"):
         st.register_sites([site()])
     st.close()
+
+
+HOSTILE_NAMES = ["a b", "c,d", "e=f", "g\\h", "q\"r'", "水电 🔥", "end\\", "x\ny"]
+
+
+@pytest.mark.service
+def test_hostile_tag_values_round_trip_through_victoriametrics(vm, monkeypatch):
+    """Spaces, commas, equals signs, backslashes, quotes and unicode in site, meter,
+    company and group come back as written; a newline (which the line protocol cannot
+    carry in a tag) is written as the two characters backslash and n, as ever."""
+    monkeypatch.setenv("EMS_INFLUX_TOKEN", TOKEN)
+    ids = [f"hx{i}{h}" for i, h in enumerate(HOSTILE_NAMES)]
+    sites = [site(s, company=h, group="grp " + h, park="") for s, h in zip(ids, HOSTILE_NAMES, strict=True)]
+    ms = [MeterInfo(s, "m" + h, "grid", "electricity", ("power_kw",), 900)
+          for s, h in zip(ids, HOSTILE_NAMES, strict=True)]
+    ts = pd.DatetimeIndex(["2024-03-01T00:00Z"] * len(ids), name="ts")
+    r = pd.DataFrame({"site": ids, "meter": [m.meter for m in ms], "quantity": "power_kw",
+                      "value": np.arange(len(ids)) + 0.25}, index=ts)
+    with InfluxStore(vm, org="acme", bucket="ems") as st:
+        st.register_sites(sites)
+        st.register_meters(ms)
+        st.write_readings(r)
+    got = {s["metric"]["site"]: s for s in export(vm, '{__name__="grid_power_kw",site=~"hx.*"}')}
+    wire = {s: s.replace("\n", "\\n") for s in ids}  # a newline cannot be carried: escaped as text
+    assert sorted(got) == sorted(wire.values())
+    for i, (s, h) in enumerate(zip(ids, HOSTILE_NAMES, strict=True)):
+        m = got[wire[s]]
+        hw = h.replace("\n", "\\n")
+        assert (m["metric"]["meter"], m["metric"]["company"], m["metric"]["group"]) == ("m" + hw, hw, "grp " + hw)
+        assert "park" not in m["metric"]  # an empty tag is left out
+        assert m["values"] == [i + 0.25]
