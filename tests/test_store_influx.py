@@ -471,3 +471,43 @@ def test_hostile_tag_values_round_trip_through_victoriametrics(vm, monkeypatch):
         assert (m["metric"]["meter"], m["metric"]["company"], m["metric"]["group"]) == ("m" + hw, hw, "grp " + hw)
         assert "park" not in m["metric"]  # an empty tag is left out
         assert m["values"] == [i + 0.25]
+
+
+@pytest.mark.service
+def test_writes_wait_for_the_server_beyond_max_pending_batches(vm, monkeypatch):
+    """A large write is handed over in bodies of batch_size lines, never more than
+    max_pending_batches unanswered at once, and every value arrives."""
+    monkeypatch.setenv("EMS_INFLUX_TOKEN", TOKEN)
+    r = readings(sites=("vbp",), periods=300)
+    with InfluxStore(vm, org="acme", bucket="ems", batch_size=25, max_pending_batches=2) as st:
+        st.register_sites([site("vbp")])
+        st.register_meters(meters("vbp"))
+        seen: list[int] = []
+        api = st._write_api
+        send = api.write
+
+        def counting(*a, **kw):
+            seen.append(st._pending)
+            assert kw["record"].count("\n") < 25  # one body of at most batch_size lines
+            return send(*a, **kw)
+
+        monkeypatch.setattr(api, "write", counting)
+        st.write_readings(r)
+        st.flush()
+        assert max(seen) <= 2 and len(seen) == 600 // 25
+        assert st.stats["batches"] >= 24 and st.stats["failed_batches"] == 0
+    pd.testing.assert_frame_equal(canon(exported_frame(vm, ("vbp",))), canon(r))
+
+
+def test_a_server_that_never_answers_is_reported_not_waited_for(monkeypatch):
+    monkeypatch.setenv("EMS_INFLUX_TOKEN", TOKEN)
+    st = InfluxStore("http://127.0.0.1:9", org="o", bucket="b", batch_size=2, max_pending_batches=1,
+                     max_retries=0, timeout_ms=1000)
+    st.register_sites([site()])  # refused, and so answered (as failed)
+    st.register_meters(meters())
+    monkeypatch.setattr(st._write_api, "write", lambda **kw: None)  # queued, never answered
+    st._stall_s = 0.5
+    with pytest.raises(StoreError, match=r"expected an answer to one of 1 queued writes within 0.5 s; found none"):
+        st.write_readings(readings(sites=("qd",), periods=3))
+    with pytest.raises(StoreError, match="failed for good"):  # the refused registrations
+        st.close()

@@ -1,9 +1,11 @@
 """InfluxDB 2 backend on influxdb-client (extra ``ems[influx]``).
 
 Writes go through the client's batching :class:`~influxdb_client.client.write_api.WriteApi`
-(``WriteOptions(batch_size=5000, ...)``) as line protocol
-(:mod:`ems.store.lineproto`); its success, error and retry callbacks are counted
-and logged, and :meth:`InfluxStore.close` (or :meth:`InfluxStore.flush`) raises
+as line protocol (:mod:`ems.store.lineproto`), built a chunk at a time and handed
+over as request bodies of ``batch_size`` lines (one queue item per request, not per
+line); at most ``max_pending_batches`` bodies wait in the client's queue, after which
+a write waits for the server, so memory stays bounded however much is written. Its
+success, error and retry callbacks are counted and logged, and :meth:`InfluxStore.close` (or :meth:`InfluxStore.flush`) raises
 :class:`~ems.errors.StoreError` if a batch failed for good. Reads run Flux built
 by :mod:`ems.store.flux`.
 
@@ -20,7 +22,9 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -132,6 +136,8 @@ class InfluxStore:
         Retries of a failed batch (429, 503, network errors) before it fails for good.
     retry_interval_ms, max_retry_time_ms, timeout_ms : int [ms]
         Retry back-off start, total retry budget, HTTP timeout.
+    max_pending_batches : int [requests]
+        Request bodies queued in the client, not yet answered, before a write waits.
     """
 
     def __init__(
@@ -149,6 +155,7 @@ class InfluxStore:
         retry_interval_ms: int = 1000,
         max_retry_time_ms: int = 60_000,
         timeout_ms: int = 30_000,
+        max_pending_batches: int = 8,
     ) -> None:
         self.url = url
         self.org = org
@@ -156,9 +163,12 @@ class InfluxStore:
         self.meta_bucket = meta_bucket or bucket
         self.read_only = read_only
         self._token = read_token(token)
+        self.batch_size = max(1, batch_size)
+        self.max_pending_batches = max(1, max_pending_batches)
+        # each queue item is a whole request body already: the client must not merge them
         self._options = WriteOptions(
             write_type=WriteType.batching,
-            batch_size=batch_size,
+            batch_size=1,
             flush_interval=flush_interval_ms,
             jitter_interval=0,
             retry_interval=retry_interval_ms,
@@ -174,6 +184,9 @@ class InfluxStore:
             "failed_batches": 0,
             "failed_lines": 0,
         }
+        self._pending = 0  # request bodies handed to the client, not yet answered
+        self._answered = threading.Condition()
+        self._stall_s = (max_retry_time_ms + 2 * timeout_ms) / 1000 + 10
         self._first_error: str | None = None
         self._reported = (0, 0)  # failed batches and lines already raised by flush()/close()
         self._meters: dict[tuple[str, str], MeterInfo] = {}
@@ -197,11 +210,18 @@ class InfluxStore:
         text = data.decode() if isinstance(data, bytes) else str(data)
         return text.count("\n") + 1 if text else 0
 
+    def _answer(self) -> None:
+        with self._answered:
+            self._pending = max(0, self._pending - 1)
+            self._answered.notify_all()
+
     def _on_success(self, conf: tuple[str, str, str], data: Any) -> None:
         self.stats["batches"] += 1
         self.stats["lines"] += self._nlines(data)
+        self._answer()
 
     def _on_error(self, conf: tuple[str, str, str], data: Any, exc: Exception) -> None:
+        self._answer()
         n = self._nlines(data)
         self.stats["failed_batches"] += 1
         self.stats["failed_lines"] += n
@@ -234,15 +254,41 @@ class InfluxStore:
             raise StoreError(f"{self!r} is closed; open the store again to use it")
         return self._client
 
-    def _put(self, lines: list[str], bucket: str | None = None) -> None:
+    def _put(self, chunks: Iterable[list[str]], bucket: str | None = None) -> None:
+        """Hand lines to the client as bodies of ``batch_size`` lines, waiting while
+        ``max_pending_batches`` bodies are unanswered."""
         if self._write_api is None:
             raise StoreError(f"{self!r} is closed; open the store again to use it")
         if self.read_only:
             raise StoreError(f"{self!r} was opened read-only; it does not write")
-        if lines:
-            self._write_api.write(
-                bucket=bucket or self.bucket, org=self.org, record=lines, write_precision=_SECONDS
-            )
+        for lines in chunks:
+            for i in range(0, len(lines), self.batch_size):
+                self._wait_below(self.max_pending_batches)
+                with self._answered:
+                    self._pending += 1
+                self._write_api.write(bucket=bucket or self.bucket, org=self.org,
+                                      record="\n".join(lines[i:i + self.batch_size]), write_precision=_SECONDS)
+
+    def _wait_below(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` bodies are unanswered; raise if none is answered
+        for longer than a request and all its retries can take."""
+        with self._answered:
+            pending, since = self._pending, time.monotonic()
+            while self._pending >= limit:
+                self._answered.wait(timeout=1.0)
+                if self._pending < pending:
+                    pending, since = self._pending, time.monotonic()
+                elif time.monotonic() - since > self._stall_s:
+                    raise StoreError(
+                        f"InfluxDB {self.url}: expected an answer to one of {self._pending} queued "
+                        f"writes within {self._stall_s:g} s; found none"
+                    )
+
+    def _drained(self) -> None:
+        """The write API was closed (drained): nothing of it is pending any more."""
+        with self._answered:
+            self._pending = 0
+            self._answered.notify_all()
 
     def _raise_failures(self) -> None:
         """Raise for batches that failed since the last report (each failure is reported once).
@@ -267,14 +313,14 @@ class InfluxStore:
         items = list(sites)
         for s in items:
             self._sites[s.site] = s
-        self._put(lineproto.meta_lines(sites=items), self.meta_bucket)
+        self._put([lineproto.meta_lines(sites=items)], self.meta_bucket)
 
     def register_meters(self, meters: Iterable[MeterInfo]) -> None:
         """Upsert meter metadata; a meter must be registered before its readings are written."""
         items = list(meters)
         for m in items:
             self._meters[(m.site, m.meter)] = m
-        self._put(lineproto.meta_lines(meters=items), self.meta_bucket)
+        self._put([lineproto.meta_lines(meters=items)], self.meta_bucket)
 
     def write_readings(self, readings: pd.DataFrame) -> int:
         """Queue readings for writing in batches; return rows accepted.
@@ -283,22 +329,26 @@ class InfluxStore:
         waits for them and raises if any batch failed for good.
         """
         validate_readings(readings, where="write_readings")
+        self._put(self._reading_chunks(readings))
+        return len(readings)
+
+    def _reading_chunks(self, readings: pd.DataFrame) -> Iterator[list[str]]:
+        """The readings' lines by chunk; unknown sites or meters are looked up in the
+        ``meta`` measurement once (registered by an earlier process?) before failing."""
         try:
-            lines = lineproto.reading_lines(readings, self._meters, self._sites)
+            return lineproto.reading_line_chunks(readings, self._meters, self._sites)
         except StoreError as exc:
             if self._meta_loaded:
                 raise
             try:
-                self._load_meta()  # registered by an earlier process?
+                self._load_meta()
             except StoreError:
                 raise exc from None
-            lines = lineproto.reading_lines(readings, self._meters, self._sites)
-        self._put(lines)
-        return len(readings)
+            return lineproto.reading_line_chunks(readings, self._meters, self._sites)
 
     def write_events(self, events: pd.DataFrame) -> int:
         """Queue events for writing (measurement ``event``); return rows accepted."""
-        self._put(lineproto.event_lines(events))
+        self._put([lineproto.event_lines(events)])
         return len(events)
 
     def flush(self) -> None:
@@ -309,6 +359,7 @@ class InfluxStore:
         """
         if self._write_api is not None:
             self._write_api.close()  # type: ignore[no-untyped-call]
+            self._drained()
             self._write_api = self._new_write_api()
         self._raise_failures()
 
@@ -395,6 +446,7 @@ class InfluxStore:
         """Drain the write API, close the client; raise StoreError if a batch failed for good."""
         if self._write_api is not None:
             self._write_api.close()  # type: ignore[no-untyped-call]
+            self._drained()
             self._write_api = None
         if self._client is not None:
             self._client.close()  # type: ignore[no-untyped-call]

@@ -21,9 +21,10 @@ InfluxDB 2 line protocol: https://docs.influxdata.com/influxdb/v2/reference/synt
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from ems.errors import StoreError
 from ems.readings import EVENT_COLUMNS, MeterInfo, SiteInfo
 
 __all__ = [
+    "CHUNK_ROWS",
     "EVENT_MEASUREMENT",
     "META_MEASUREMENT",
     "META_TS",
@@ -40,6 +42,7 @@ __all__ = [
     "escape_string",
     "event_lines",
     "meta_lines",
+    "reading_line_chunks",
     "reading_lines",
     "series_prefix",
 ]
@@ -48,6 +51,8 @@ EVENT_MEASUREMENT = "event"
 META_MEASUREMENT = "meta"
 META_TS = 946684800
 """Timestamp of metadata points [s since the epoch]: 2000-01-01T00:00:00Z."""
+CHUNK_ROWS = 200_000
+"""Reading rows per chunk of lines in :func:`reading_line_chunks` (bounds the strings held)."""
 
 _KEY = str.maketrans(
     {"\\": "\\\\", ",": r"\,", " ": r"\ ", "=": r"\=", "\n": r"\n", "\r": r"\r", "\t": r"\t"}
@@ -133,8 +138,36 @@ def reading_lines(
     StoreError
         A site or meter is not registered, or a timestamp has a fraction of a second.
     """
+    return [line for chunk in reading_line_chunks(readings, meters, sites) for line in chunk]
+
+
+def reading_line_chunks(
+    readings: pd.DataFrame,
+    meters: Mapping[tuple[str, str], MeterInfo],
+    sites: Mapping[str, SiteInfo],
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[list[str]]:
+    """The lines of :func:`reading_lines`, in lists of the lines of about ``chunk_rows`` rows.
+
+    The frame is checked, de-duplicated and ordered at once (errors are raised by this
+    call, not by the iteration); each list of strings is built when it is asked for, so
+    a writer that sends each before asking for the next holds one chunk of strings.
+
+    Parameters
+    ----------
+    readings, meters, sites
+        As for :func:`reading_lines`.
+    chunk_rows : int [rows]
+        Reading rows per chunk; a chunk ends with a whole line (at least ``chunk_rows``
+        rows, fewer in the last).
+
+    Raises
+    ------
+    StoreError
+        As :func:`reading_lines`.
+    """
     if readings.empty:
-        return []
+        return iter(())
     assert isinstance(readings.index, pd.DatetimeIndex)
     sec = _seconds(readings.index, "write_readings")
     site, sites_sorted = _sorted_codes(readings["site"])
@@ -144,7 +177,22 @@ def reading_lines(
     prefix = _series_prefixes(pairs, meters, sites)
     keep = _latest_order(series, sec, qty)
     values = readings["value"].to_numpy(dtype=np.float64)[keep]
-    return _assemble(prefix, series[keep], sec[keep], (qtys_sorted, qty[keep]), values)
+    series, sec, qty = series[keep], sec[keep], qty[keep]
+    cuts = _line_cuts(series, sec, chunk_rows)
+    return (
+        _assemble(prefix, series[a:b], sec[a:b], (qtys_sorted, qty[a:b]), values[a:b])
+        for a, b in itertools.pairwise(cuts)
+    )
+
+
+def _line_cuts(series: np.ndarray, sec: np.ndarray, chunk_rows: int) -> list[int]:
+    """Row positions that cut sorted rows into chunks of whole lines of at least ``chunk_rows`` rows."""
+    n = len(sec)
+    first = np.flatnonzero(np.r_[True, (sec[1:] != sec[:-1]) | (series[1:] != series[:-1])])
+    want = np.arange(max(chunk_rows, 1), n, max(chunk_rows, 1))
+    at = np.searchsorted(first, want)
+    cuts = first[at[at < len(first)]]
+    return sorted({0, n, *cuts.tolist()})
 
 
 def _sorted_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
