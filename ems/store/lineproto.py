@@ -200,8 +200,8 @@ def _sorted_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
     codes, uniques = pd.factorize(col, use_na_sentinel=False)
     labels = [str(u) for u in uniques]
     order = np.argsort(np.array(labels, dtype=object), kind="stable")
-    rank = np.empty(len(labels), dtype=np.int64)
-    rank[order] = np.arange(len(labels))
+    rank = np.empty(len(labels), dtype=np.int32)
+    rank[order] = np.arange(len(labels), dtype=np.int32)
     return rank[codes], [labels[i] for i in order]
 
 
@@ -209,10 +209,14 @@ def _series_codes(
     site: np.ndarray, meter: np.ndarray, sites_sorted: list[str], meters_sorted: list[str]
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """A code per (site, meter) in (site, meter) order, and the (site, meter) of each code."""
-    pair = site * len(meters_sorted) + meter
-    uniq, codes = np.unique(pair, return_inverse=True)
-    pairs = [(sites_sorted[p // len(meters_sorted)], meters_sorted[p % len(meters_sorted)]) for p in uniq.tolist()]
-    return codes.reshape(-1), pairs
+    nm = len(meters_sorted)
+    pair = site.astype(np.int64) * nm + meter
+    if len(sites_sorted) * nm <= 4 * len(pair) + 1024:  # a table of every combination is small
+        uniq = np.flatnonzero(np.bincount(pair, minlength=len(sites_sorted) * nm))
+    else:
+        uniq = np.unique(pair)
+    codes = np.searchsorted(uniq, pair).astype(np.int32)
+    return codes, [(sites_sorted[p // nm], meters_sorted[p % nm]) for p in uniq.tolist()]
 
 
 def _latest_order(series: np.ndarray, sec: np.ndarray, qty: np.ndarray) -> np.ndarray:
