@@ -162,6 +162,41 @@ def test_grid_factor_per_site_most_local_first():
     assert fu.loc[("si", "grid_residual_kgco2_per_kwh"), "set"] == "si-2024"
 
 
+def test_combustion_uses_each_sites_own_country_factors_and_gbt2589_energy():
+    """Hand-computed: 10 m3 of gas, 2 kg of diesel and 1 kg of gasoline an interval, one day, at a Chinese
+    and a Slovenian site. CO2 by the site's set (cn-2023 NDRC defaults; si-2024 IPCC 2006 / EU MRR
+    defaults), tce by GB/T 2589-2020 at both (the group's energy convention)."""
+    idx = index("2024-06-01", DAY, tz=TZ)
+    idx_si = index("2024-06-01", DAY, tz="Europe/Ljubljana")
+    sites = [site("cn"), site("si", "Europe/Ljubljana", country="SI", grid_region="SI", factor_set="si-2024",
+                              tariff={**TARIFF, "currency": "EUR"})]
+    frames, ms = [], []
+    for s, ix in (("cn", idx), ("si", idx_si)):
+        frames += [from_power(s, "grid", "import_kwh", const(ix, 100.0)), register(s, "gas", "volume_m3", const(ix, 10.0)),
+                   register(s, "dsl", "mass_kg", const(ix, 2.0)), register(s, "pet", "mass_kg", const(ix, 1.0))]
+        ms += [meter(s, "grid", "grid"), meter(s, "gas", "gas"), meter(s, "dsl", "fuel", carrier="diesel"),
+               meter(s, "pet", "fuel", carrier="gasoline")]
+    res = kpis(readingset(frames, ms, sites), period="day")
+    k = res.kpis.set_index("key")
+    gas, diesel, gasoline = 960.0, 192.0, 96.0  # m3, kg, kg in the day (96 intervals)
+    # cn-2023: 0.038931 GJ/m3 x 15.3 tC/TJ x 0.99 x 44/12; 42.652 GJ/t x 20.2 x 0.98 x 44/12; 43.070 x 18.9 x 0.98 x 44/12
+    assert k.loc["cn", "scope1_natural_gas_kg"] == pytest.approx(gas * 2.1622)
+    assert k.loc["cn", "scope1_diesel_kg"] == pytest.approx(diesel * 3.0959)
+    assert k.loc["cn", "scope1_gasoline_kg"] == pytest.approx(gasoline * 2.9251)
+    # si-2024: 0.038931 GJ/m3 x 56.1 kgCO2/GJ; 43.0 GJ/t x 74.1; 44.3 GJ/t x 69.3 (oxidation 1)
+    assert k.loc["si", "scope1_natural_gas_kg"] == pytest.approx(gas * 2.1840)
+    assert k.loc["si", "scope1_diesel_kg"] == pytest.approx(diesel * 3.1863)
+    assert k.loc["si", "scope1_gasoline_kg"] == pytest.approx(gasoline * 3.0700)
+    assert k.loc["si", "scope1_combustion_t"] == pytest.approx((gas * 2.1840 + diesel * 3.1863 + gasoline * 3.0700) / 1000)
+    for s in ("cn", "si"):  # energy: GB/T 2589-2020 at every site
+        assert k.loc[s, "natural_gas_tce"] == pytest.approx(gas * 1.33 / 1000)
+        assert k.loc[s, "diesel_tce"] == pytest.approx(diesel * 1.4571 / 1000)
+        assert k.loc[s, "gasoline_tce"] == pytest.approx(gasoline * 1.4714 / 1000)
+    fu = res.factors_used.set_index(["site", "name", "set"])
+    assert {"si-2024", "cn-2023"} <= {i[2] for i in fu.index if i[1] == "natural_gas_kgco2_per_m3"}
+    assert not any(i[1] == "natural_gas_kgce_per_m3" and i[2] == "si-2024" for i in fu.index)  # listed under cn-2023
+
+
 def test_residual_mix_fallback_is_stated():
     """A set without a residual mix for the site's places falls back to its location-based factor and says so."""
     idx = index("2024-06-01", DAY, tz="Europe/Ljubljana")

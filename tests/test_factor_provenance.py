@@ -41,12 +41,13 @@ def test_every_value_has_unit_and_source(name):
 
 @pytest.mark.parametrize("name", SETS)
 def test_derived_emission_factors_reproduce(name):
-    """value = net calorific value x carbon content x oxidation x 44/12, at the printed four decimals."""
+    """value = net calorific value x (carbon content x 44/12, or CO2 per GJ) x oxidation, at the printed four
+    decimals."""
     for key, e in (load_factor_set(name).data.get("emission") or {}).items():
         d = e.get("derivation")
         if d:
-            value = d["ncv_gj_per_unit"] * d["carbon_tc_per_tj"] * d["oxidation"] * 44 / 12
-            assert round(value, 4) == e["value"], key
+            per_gj = d["co2_kg_per_gj"] if "co2_kg_per_gj" in d else d["carbon_tc_per_tj"] * 44 / 12
+            assert round(d["ncv_gj_per_unit"] * per_gj * d["oxidation"], 4) == e["value"], key
 
 
 def _grid(kind="average"):
@@ -99,6 +100,23 @@ def test_rows_confirmed_only_where_the_issuer_was_read():
     assert len(confirmed[confirmed["level"] == "province"]) == 10
     assert g[(g["level"] == "region") & (g["year"] == 2021)]["to_confirm"].all()
     assert not g[(g["level"] == "country")]["to_confirm"].any()
+
+
+def test_slovenia_has_its_own_fuel_factors_and_keeps_gbt2589_energy():
+    """Emissions by the site's country, energy by the group's GB/T 2589 convention (docs/factors.md)."""
+    si, cn = load_factor_set("si-2024"), load_factor_set("cn-2023")
+    ipcc = {"natural_gas_kgco2_per_m3": 56.1, "diesel_kgco2_per_kg": 74.1, "gasoline_kgco2_per_kg": 69.3}
+    for key, per_gj in ipcc.items():  # IPCC 2006 Vol. 2 Table 1.4 = EU MRR Annex VI defaults [tCO2/TJ]
+        e = si.entry(key)
+        assert "_set" not in e and e["derivation"]["co2_kg_per_gj"] == per_gj and e["derivation"]["oxidation"] == 1.0
+        assert e["to_confirm"] is True and "IPCC 2006" in e["source"] and "2018/2066" in e["source"], key
+        assert "not found" in e["source"], key  # says the Slovenian inventory value was not read
+        assert si.value(key) != cn.value(key), key
+    assert si.value("natural_gas_kgco2_per_m3") == 2.1840
+    assert (si.value("diesel_kgco2_per_kg"), si.value("gasoline_kgco2_per_kg")) == (3.1863, 3.0700)
+    for key in ("natural_gas_kgce_per_m3", "diesel_kgce_per_kg", "gasoline_kgce_per_kg", "electricity_kgce_per_kwh",
+                "heat_kgco2_per_gj"):  # inherited unchanged, listed under cn-2023
+        assert si.entry(key)["_set"] == "cn-2023" and si.value(key) == cn.value(key), key
 
 
 def test_slovenia_has_its_own_set():

@@ -6,6 +6,11 @@ A site names its set in :attr:`ems.readings.SiteInfo.factor_set`; a caller may
 override single values. GWPs are in the gas table (:mod:`ems.gases`); the set
 only names the IPCC edition.
 
+A set may ``extends`` another: its sections replace the parent's entries key by key
+(``si-2024`` keeps ``cn-2023``'s GB/T 2589 coefficients, the group's energy convention, and
+replaces the fuel CO2 factors by its country's). Energy coefficients (``coefficients``) and
+emission factors (``emission``) are separate keys; neither is derived from the other.
+
 Override keys
 -------------
 * a coefficient, emission factor or price of the set's home currency (its ``currency``) by name:
