@@ -155,8 +155,8 @@ def main() -> None:
         f"Data: {len(r):,} reading rows, {args.days} days of bench/bench_rollup.py make(); written into "
         f"VictoriaMetrics (InfluxDB v2 write API, loopback) in slices of {STORE_SLICE_ROWS:,} rows; the server "
         f"held {runs['this code'][-1]['samples']:,} samples after this code's last run (every row).", "",
-        f"| code | CPU until queued [s] | wall until closed (all answered) [s] | CPU until closed [s] | "
-        f"rows/s (wall) | peak RSS above RSS with the data loaded (5 ms samples) [MiB] | requests | failed |",
+        "| code | CPU until queued [s] | wall until closed (all answered) [s] | CPU until closed [s] | "
+        "rows/s (wall) | peak RSS above RSS with the data loaded (5 ms samples) [MiB] | requests | failed |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         f"| ratio this / anchor `{rev[:10]}` | {ratio[0]:.2f} | {ratio[1]:.2f} | {ratio[2]:.2f} | | | | |",

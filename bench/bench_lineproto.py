@@ -72,7 +72,7 @@ def _consume(r: pd.DataFrame, meters: dict, sites: dict) -> int:
 
 
 def _memory_rows(label: str, r: pd.DataFrame, meters: dict, sites: dict) -> list[str]:
-    w, c = _cpu(lambda: _consume(r, meters, sites))
+    _w, c = _cpu(lambda: _consume(r, meters, sites))
     return [
         f"| {label}: `reading_lines` (all lines held) | {len(r):,} | "
         f"{_peak(lambda: lineproto.reading_lines(r, meters, sites)):,.0f} | |",
