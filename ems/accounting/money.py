@@ -78,9 +78,10 @@ def convert(dates: np.ndarray, base: str, quote: str, fx: Mapping[str, Any]) -> 
         return 1.0 / r, used
     at = np.asarray([np.datetime64(pd.Timestamp(r["date"]).date(), "ns") for r in rows])
     idx = np.clip(np.searchsorted(at, np.asarray(dates, dtype="datetime64[ns]"), side="right") - 1, 0, len(rows) - 1)
+    days = np.asarray(dates)
     used = []
     for i in np.unique(idx):
-        covered = np.asarray(dates)[idx == i]
+        covered = days[idx == i]
         used.append({**rows[int(i)], "pair": f"{base}/{quote}", "first_day": str(pd.Timestamp(covered.min()).date()),
                      "last_day": str(pd.Timestamp(covered.max()).date())})
-    return np.asarray([float(rows[int(i)]["rate"]) for i in idx]), used
+    return np.asarray([float(r["rate"]) for r in rows])[idx], used
