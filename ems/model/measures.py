@@ -103,10 +103,12 @@ MEASURES: dict[str, MeasureSpec] = {
         MeasureSpec("waste_heat_recovery", "recover compressor waste heat for steam", {
             "site": _SITE, "share": "new share of heat demand met by recovered heat [-] (required)"}),
         MeasureSpec("compressed_air_upgrade", "variable-speed compressors and leak repair", {
-            "site": _SITE, "saving": "share of compressed-air electricity saved [-], default 0.35",
+            "site": _SITE, "saving": "share of compressed-air electricity saved [-], default the cost data's "
+                     "conversions.compressed_air_saving",
             "leakage_fraction": "new leakage share [-], optional"}),
         MeasureSpec("hvac_control", "smarter HVAC control (AI set points, scheduling)", {
-            "site": _SITE, "saving": "share of HVAC electricity saved [-], default 0.20"}),
+            "site": _SITE, "saving": "share of HVAC electricity saved [-], default the cost data's "
+                     "conversions.hvac_saving"}),
         MeasureSpec("zero_carbon", "zero-carbon factory: 100 % renewable electricity, offsets for the rest", {
             "site": _SITE}, sized_from_kpis=True),
     )
@@ -194,6 +196,13 @@ def number(i: int, m: Mapping[str, Any], key: str, default: float | None = None,
     if not lo <= x <= hi:
         raise fail(i, f"{m['measure']}.{key}: expected a value in [{lo}, {hi}], found {x}")
     return x
+
+
+def _default(conv: Mapping[str, Any], key: str) -> float | None:
+    """A measure parameter's default from the cost data's ``conversions`` (``{value, unit, source}``);
+    None if the data has none (then the measure must give the parameter)."""
+    entry = conv.get(key)
+    return float(entry["value"]) if isinstance(entry, Mapping) and "value" in entry else None
 
 
 def sites_of(i: int, m: Mapping[str, Any], sites: Mapping[str, Site]) -> list[str]:
@@ -305,7 +314,7 @@ def _air(i: int, m: Mapping[str, Any], s: Site, sc: ResolvedScenario, conv: Mapp
     ca = s.loads.compressed_air
     if ca is None:
         raise fail(i, f"compressed_air_upgrade: site {s.id} has no loads.compressed_air")
-    saving = number(i, m, "saving", 0.35, hi=1.0)
+    saving = number(i, m, "saving", _default(conv, "compressed_air_saving"), hi=1.0)
     rated = ca.kw
     ca.kw = ca.kw * (1.0 - saving)
     if ca.annual_kwh is not None:
@@ -319,7 +328,7 @@ def _hvac(i: int, m: Mapping[str, Any], s: Site, sc: ResolvedScenario, conv: Map
     h = s.loads.hvac
     if h is None:
         raise fail(i, f"hvac_control: site {s.id} has no loads.hvac")
-    saving = number(i, m, "saving", 0.20, hi=1.0)
+    saving = number(i, m, "saving", _default(conv, "hvac_saving"), hi=1.0)
     size = h.max_kw or 0.0
     h.cooling_kw_per_degc *= 1.0 - saving
     h.heating_kw_per_degc *= 1.0 - saving
