@@ -27,12 +27,12 @@ import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from ems.datafiles import data_path
 from ems.errors import ConfigError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Battery, Dispatch, PvArray, Site
@@ -161,7 +161,7 @@ def load_costs(path: str | Path | None = None) -> dict[str, Any]:
     ConfigError
         A missing file or one without ``measures`` and ``conversions``.
     """
-    p = Path(path) if path is not None else Path(str(resources.files("ems").joinpath("data", "measures", "costs.yaml")))
+    p = Path(path) if path is not None else data_path("measures", "costs.yaml")
     if not p.is_file():
         raise ConfigError(f"cost data: expected a YAML file, found no file at {str(p)!r}")
     data = load_document(p).data  # size, depth and file-type limits, located errors
