@@ -49,7 +49,7 @@ WIND_MS = 1.0
 """Wind speed at module height assumed for the cell temperature [m/s]."""
 DC_AC_RATIO = 1.1
 """Array DC rating over inverter AC rating [-] assumed when a site file gives no ``inverter_kw``
-(a modelling assumption; NREL's PVWatts v5 defaults to 1.2, plants are built between about 1.1 and 1.3)."""
+(a modelling assumption: give ``inverter_kw`` in the site file where the plant's rating is known)."""
 INVERTER_ETA_REF = 0.9637
 """Reference efficiency of the PVWatts inverter curve [-] (Dobos 2014)."""
 
