@@ -167,6 +167,9 @@ def load_costs(path: str | Path | None = None) -> dict[str, Any]:
     data = load_document(p).data  # size, depth and file-type limits, located errors
     if not isinstance(data, dict) or not isinstance(data.get("measures"), dict) or "conversions" not in data:
         raise ConfigError(f"{p}: expected a mapping with 'measures' and 'conversions' (see ems/data/measures/costs.yaml)")
+    rate = data.get("discount_rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{p}: discount_rate: expected a real rate per year in [0, 1) (e.g. 0.06), found {rate!r}")
     return data
 
 
