@@ -16,12 +16,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ems.durable import publish
 
 __all__ = ["cache_dir", "digest", "load_arrays", "save_arrays"]
 
@@ -68,20 +69,13 @@ def load_arrays(kind: str, name: str) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def save_arrays(kind: str, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-    """Keep an entry (written to a temporary file, then renamed: readers never see half of one)."""
+    """Keep an entry (written under a temporary name, then renamed: readers never see half of one)."""
     root = cache_dir()
     if root is None:
         return
     folder = root / kind
-    tmp = None
+    entries: dict[str, Any] = {"_meta": np.array(json.dumps(dict(meta))), **arrays}
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
-            entries: dict[str, Any] = {"_meta": np.array(json.dumps(dict(meta))), **arrays}
-            np.savez(fh, **entries)
-        os.replace(tmp, folder / f"{name}.npz")
+        publish(folder, f"{name}.npz", lambda fh: np.savez(fh, **entries))
     except OSError as exc:
         log.debug("cache folder %s not writable (%s); not caching", folder, exc)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

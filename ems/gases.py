@@ -19,12 +19,12 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ems.datafiles import data_path
 from ems.errors import AccountingError, ConfigError
 from ems.yamldoc import load_document
 
@@ -172,5 +172,5 @@ def load_gases(path: str | None = None) -> GasTable:
     -------
     GasTable
     """
-    p = Path(path) if path else Path(str(resources.files("ems").joinpath("data", "gases.yaml")))
+    p = Path(path) if path else data_path("gases.yaml")
     return _table(load_document(p).data, str(p))

@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+from ems.datafiles import data_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,7 +82,7 @@ _QUARTER_POINTS_S = np.array([450.0, 1350.0, 2250.0, 3150.0])
 """Where :func:`sun_shape` samples an hour [s after its start]."""
 
 
-TERMS_FILE = Path(str(resources.files("ems").joinpath("data", "sun", "spa-terms.json")))
+TERMS_FILE = data_path("sun", "spa-terms.json")
 """The SPA's periodic terms (Reda & Andreas Tables A4.2, A4.3)."""
 
 

@@ -197,3 +197,16 @@ def test_example_scenarios_apply(path):
     _, applied = apply_measures(sc, site_totals=totals)
     assert len(applied) >= len(sc.extra["measures"])
     assert all(a.quantity > 0 for a in applied)
+
+
+def test_cost_data_without_a_discount_rate_is_refused_with_the_file(tmp_path):
+    """The discount rate is cost data like the rest: a cost file without one is refused, naming the file
+    and what was expected (there is no rate written in the code to fall back on)."""
+    from ems.errors import ConfigError
+
+    text = (ROOT / "ems" / "data" / "measures" / "costs.yaml").read_text()
+    bad = tmp_path / "costs.yaml"
+    bad.write_text("\n".join(line for line in text.splitlines() if not line.startswith("discount_rate:")))
+    with pytest.raises(ConfigError, match=r"costs\.yaml: discount_rate: expected a real rate per year .* found None"):
+        load_costs(bad)
+    assert load_costs()["discount_rate"] == 0.06

@@ -32,13 +32,13 @@ import copy
 import datetime as dt
 import functools
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ems.datafiles import data_path
 from ems.errors import ConfigError
 from ems.readings import SiteInfo, event_detail
 from ems.yamldoc import load_document
@@ -73,7 +73,7 @@ def load_framework(name: str | None = None, path: str | None = None) -> dict[str
     dict
         The framework's rules plus ``name`` and ``markets`` (country -> market).
     """
-    p = Path(path) if path else Path(str(resources.files("ems").joinpath("data", "frameworks.yaml")))
+    p = Path(path) if path else data_path("frameworks.yaml")
     data = _frameworks_file(str(p), p.stat().st_mtime_ns)
     fws = data.get("frameworks") or {}
     key = name or str(data.get("default", ""))

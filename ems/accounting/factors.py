@@ -38,12 +38,12 @@ import copy
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ems.datafiles import data_path
 from ems.errors import AccountingError, ConfigError
 from ems.readings import SiteInfo
 from ems.yamldoc import load_document
@@ -277,13 +277,13 @@ def _home_currency(data: Mapping[str, Any]) -> str:
 
 def builtin_sets_with(places: Sequence[str], kind: str = "average") -> list[str]:
     """Names of the built-in factor sets with a ``kind`` grid factor for any of ``places``."""
-    d = resources.files("ems").joinpath("data", "factors")
+    d = data_path("factors")
     names = sorted(Path(str(x)).stem for x in d.iterdir() if str(x).endswith(".yaml"))
     return [n for n in names if any((kind, p, "published") in load_factor_set(n)._grid_index() for p in places)]
 
 
 def _builtin(name: str) -> Path | None:
-    path = Path(str(resources.files("ems").joinpath("data", "factors", f"{name}.yaml")))
+    path = data_path("factors", f"{name}.yaml")
     return path if path.exists() else None
 
 
@@ -337,7 +337,7 @@ def _resolve(name: str) -> Path:
         return p
     b = _builtin(name)
     if b is None:
-        d = resources.files("ems").joinpath("data", "factors")
+        d = data_path("factors")
         known = sorted(Path(str(x)).stem for x in d.iterdir() if str(x).endswith(".yaml"))
         raise ConfigError(f"unknown factor set {name!r}; expected one of {known} or a path to a YAML file")
     return b

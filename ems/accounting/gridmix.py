@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from ems import __version__, sun
 from ems.accounting import intensity as intensity_module
 from ems.accounting.intensity import IntensitySeries, calibrate, validate_intensity
 from ems.cache import digest, load_arrays, save_arrays
+from ems.datafiles import data_path
 from ems.errors import ConfigError
 from ems.yamldoc import load_document
 
@@ -62,7 +62,7 @@ _CURTAILABLE = ("wind", "solar")
 
 
 def _data_dir() -> Path:
-    return Path(str(resources.files("ems").joinpath("data", "gridmix")))
+    return data_path("gridmix")
 
 
 @functools.cache

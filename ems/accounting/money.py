@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ems.datafiles import data_path
 from ems.errors import AccountingError, ConfigError
 from ems.readings import SiteInfo
 from ems.yamldoc import load_document
@@ -28,7 +28,7 @@ __all__ = ["convert", "load_fx", "site_currency"]
 @functools.lru_cache(maxsize=4)
 def load_fx(path: str | None = None) -> dict[str, Any]:
     """Load exchange rates: ``reporting_currency``, ``country_currency``, ``rates`` (base, quote, date, rate, source)."""
-    p = Path(path) if path else Path(str(resources.files("ems").joinpath("data", "fx.yaml")))
+    p = Path(path) if path else data_path("fx.yaml")
     data = load_document(p).data
     if "rates" not in data:
         raise ConfigError(f"{p}: expected a mapping with 'reporting_currency', 'country_currency', 'rates'")
@@ -78,9 +78,10 @@ def convert(dates: np.ndarray, base: str, quote: str, fx: Mapping[str, Any]) -> 
         return 1.0 / r, used
     at = np.asarray([np.datetime64(pd.Timestamp(r["date"]).date(), "ns") for r in rows])
     idx = np.clip(np.searchsorted(at, np.asarray(dates, dtype="datetime64[ns]"), side="right") - 1, 0, len(rows) - 1)
+    days = np.asarray(dates)
     used = []
     for i in np.unique(idx):
-        covered = np.asarray(dates)[idx == i]
+        covered = days[idx == i]
         used.append({**rows[int(i)], "pair": f"{base}/{quote}", "first_day": str(pd.Timestamp(covered.min()).date()),
                      "last_day": str(pd.Timestamp(covered.max()).date())})
-    return np.asarray([float(rows[int(i)]["rate"]) for i in idx]), used
+    return np.asarray([float(r["rate"]) for r in rows])[idx], used

@@ -10,13 +10,13 @@ targets; SBTi uses linear annual reduction for absolute targets).
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ems.datafiles import data_path
 from ems.errors import AccountingError, ConfigError
 from ems.formatting import with_unit
 from ems.yamldoc import load_document
@@ -41,7 +41,7 @@ def load_targets(name: str = "group") -> dict[str, Any]:
     """
     p = Path(name)
     if not (p.suffix in (".yaml", ".yml") and p.exists()):
-        p = Path(str(resources.files("ems").joinpath("data", "targets", f"{name}.yaml")))
+        p = data_path("targets", f"{name}.yaml")
     if not p.exists():
         raise ConfigError(f"unknown targets {name!r}: expected a built-in name (group) or a YAML path")
     data = load_document(p).data

@@ -22,12 +22,12 @@ is data (``ems/data/modbus/ems-em3.yaml``) checked by the same schema.
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ems.datafiles import data_path
 from ems.errors import LocatedError
 from ems.modbus.registers import CLOCK, TYPES, Model, Register, unit_factor
 from ems.readings import METER_KINDS, QUANTITIES, Carrier, MeterInfo, MeterKind, SiteInfo
@@ -166,7 +166,7 @@ def to_model(name: str, spec: ModelSpec) -> Model:
 @cache
 def builtin_models() -> dict[str, Model]:
     """ems's own meter models (``ems/data/modbus/ems-em3.yaml``), by name."""
-    path = Path(str(resources.files("ems").joinpath("data", "modbus", "ems-em3.yaml")))
+    path = data_path("modbus", "ems-em3.yaml")
     spec = _validate(path.read_text(encoding="utf-8"), str(path), _MapFile)
     return {name: to_model(name, m) for name, m in spec.models.items()}
 

@@ -27,12 +27,12 @@ import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from ems.datafiles import data_path
 from ems.errors import ConfigError
 from ems.model.scenario import ResolvedScenario
 from ems.model.site import Battery, Dispatch, PvArray, Site
@@ -103,10 +103,12 @@ MEASURES: dict[str, MeasureSpec] = {
         MeasureSpec("waste_heat_recovery", "recover compressor waste heat for steam", {
             "site": _SITE, "share": "new share of heat demand met by recovered heat [-] (required)"}),
         MeasureSpec("compressed_air_upgrade", "variable-speed compressors and leak repair", {
-            "site": _SITE, "saving": "share of compressed-air electricity saved [-], default 0.35",
+            "site": _SITE, "saving": "share of compressed-air electricity saved [-], default the cost data's "
+                     "conversions.compressed_air_saving",
             "leakage_fraction": "new leakage share [-], optional"}),
         MeasureSpec("hvac_control", "smarter HVAC control (AI set points, scheduling)", {
-            "site": _SITE, "saving": "share of HVAC electricity saved [-], default 0.20"}),
+            "site": _SITE, "saving": "share of HVAC electricity saved [-], default the cost data's "
+                     "conversions.hvac_saving"}),
         MeasureSpec("zero_carbon", "zero-carbon factory: 100 % renewable electricity, offsets for the rest", {
             "site": _SITE}, sized_from_kpis=True),
     )
@@ -159,12 +161,15 @@ def load_costs(path: str | Path | None = None) -> dict[str, Any]:
     ConfigError
         A missing file or one without ``measures`` and ``conversions``.
     """
-    p = Path(path) if path is not None else Path(str(resources.files("ems").joinpath("data", "measures", "costs.yaml")))
+    p = Path(path) if path is not None else data_path("measures", "costs.yaml")
     if not p.is_file():
         raise ConfigError(f"cost data: expected a YAML file, found no file at {str(p)!r}")
     data = load_document(p).data  # size, depth and file-type limits, located errors
     if not isinstance(data, dict) or not isinstance(data.get("measures"), dict) or "conversions" not in data:
         raise ConfigError(f"{p}: expected a mapping with 'measures' and 'conversions' (see ems/data/measures/costs.yaml)")
+    rate = data.get("discount_rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{p}: discount_rate: expected a real rate per year in [0, 1) (e.g. 0.06), found {rate!r}")
     return data
 
 
@@ -194,6 +199,13 @@ def number(i: int, m: Mapping[str, Any], key: str, default: float | None = None,
     if not lo <= x <= hi:
         raise fail(i, f"{m['measure']}.{key}: expected a value in [{lo}, {hi}], found {x}")
     return x
+
+
+def _default(conv: Mapping[str, Any], key: str) -> float | None:
+    """A measure parameter's default from the cost data's ``conversions`` (``{value, unit, source}``);
+    None if the data has none (then the measure must give the parameter)."""
+    entry = conv.get(key)
+    return float(entry["value"]) if isinstance(entry, Mapping) and "value" in entry else None
 
 
 def sites_of(i: int, m: Mapping[str, Any], sites: Mapping[str, Site]) -> list[str]:
@@ -305,7 +317,7 @@ def _air(i: int, m: Mapping[str, Any], s: Site, sc: ResolvedScenario, conv: Mapp
     ca = s.loads.compressed_air
     if ca is None:
         raise fail(i, f"compressed_air_upgrade: site {s.id} has no loads.compressed_air")
-    saving = number(i, m, "saving", 0.35, hi=1.0)
+    saving = number(i, m, "saving", _default(conv, "compressed_air_saving"), hi=1.0)
     rated = ca.kw
     ca.kw = ca.kw * (1.0 - saving)
     if ca.annual_kwh is not None:
@@ -319,7 +331,7 @@ def _hvac(i: int, m: Mapping[str, Any], s: Site, sc: ResolvedScenario, conv: Map
     h = s.loads.hvac
     if h is None:
         raise fail(i, f"hvac_control: site {s.id} has no loads.hvac")
-    saving = number(i, m, "saving", 0.20, hi=1.0)
+    saving = number(i, m, "saving", _default(conv, "hvac_saving"), hi=1.0)
     size = h.max_kw or 0.0
     h.cooling_kw_per_degc *= 1.0 - saving
     h.heating_kw_per_degc *= 1.0 - saving

@@ -47,13 +47,16 @@ FAIMAN_U1 = 6.84
 """Faiman wind heat loss factor [W/m2/K per m/s] (Faiman 2008, pvlib's default)."""
 WIND_MS = 1.0
 """Wind speed at module height assumed for the cell temperature [m/s]."""
+DC_AC_RATIO = 1.1
+"""Array DC rating over inverter AC rating [-] assumed when a site file gives no ``inverter_kw``
+(a modelling assumption: give ``inverter_kw`` in the site file where the plant's rating is known)."""
 INVERTER_ETA_REF = 0.9637
 """Reference efficiency of the PVWatts inverter curve [-] (Dobos 2014)."""
 
 
 def inverter_kw(array: PvArray) -> float:
-    """AC rating of the array's inverters [kW]; ``kwp / 1.1`` when not given."""
-    return float(array.inverter_kw if array.inverter_kw is not None else array.kwp / 1.1)
+    """AC rating of the array's inverters [kW]; ``kwp /`` :data:`DC_AC_RATIO` when not given."""
+    return float(array.inverter_kw if array.inverter_kw is not None else array.kwp / DC_AC_RATIO)
 
 
 def poa_global(

@@ -63,7 +63,9 @@ KT_MAX = 0.82
 _KT_DAILY_MAX = 0.78
 _KT_DAILY_STD = 0.13
 _NS_PER_DAY = 86_400 * 10**9
-_GSC = 1361.0  # solar constant [W/m2] (Kopp & Lean 2011), as pvlib uses for E0
+_GSC = 1361.0
+"""Solar constant of the daily extraterrestrial irradiation [W/m2] (Kopp & Lean 2011); the
+step irradiance uses :data:`ems.sun.SOLAR_CONSTANT` (Spencer, 1366.1: pvlib's default)."""
 
 
 def solar_geometry(

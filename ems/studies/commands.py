@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import calendar
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,6 @@ def _e(text: Any) -> str:
     from rich.markup import escape
 
     return escape(str(text))
-
-
-def _fmt(x: Any, digits: int = 2) -> str:
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "–"
-        if math.isinf(x):
-            return "never"
-        if abs(x) < 0.5 * 10.0**-digits:
-            x = 0.0  # no "-0.0"
-        return f"{x:,.{digits}f}"
-    return str(x)
 
 
 _STUDY_LABELS = {

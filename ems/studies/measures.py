@@ -116,7 +116,7 @@ def _priced(i: int, m: Mapping[str, Any], costs: Mapping[str, Any], change: Chan
     return AppliedMeasure(
         change.measure, change.site, change.params, change.quantity, str(c.get("unit", "")), capex, opex,
         float(m.get("lifetime_years", c.get("lifetime_years", 1.0))),
-        float(m.get("discount_rate", costs.get("discount_rate", 0.06))), offsets=offsets, note=change.note,
+        float(m.get("discount_rate", costs["discount_rate"])), offsets=offsets, note=change.note,
     )
 
 

@@ -77,11 +77,6 @@ class Message:
     received: float
 
     @property
-    def truncated(self) -> bool:
-        """True when only a prefix of the payload is held."""
-        return self.size > len(self.payload)
-
-    @property
     def cost(self) -> int:
         """Bytes it holds in memory (payload and topic)."""
         return len(self.payload) + len(self.topic) + 200

@@ -45,9 +45,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from typing import Any
 
+from ems.datafiles import data_path
 from ems.errors import MissingExtraError, PayloadError
 from ems.readings import QUANTITIES, MeterInfo, SiteInfo
 from ems.telemetry import codec
@@ -93,7 +93,7 @@ def payload_class() -> Any:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     except ImportError as exc:
         raise MissingExtraError("protobuf", "plant") from exc
-    raw = resources.files("ems").joinpath("data", "sparkplug", "sparkplug_b.desc").read_bytes()
+    raw = data_path("sparkplug", "sparkplug_b.desc").read_bytes()
     pool = descriptor_pool.DescriptorPool()
     for f in descriptor_pb2.FileDescriptorSet.FromString(raw).file:
         pool.Add(f)
